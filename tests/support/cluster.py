@@ -1,0 +1,100 @@
+"""What a test holds of the running control plane: kubeconfig, server URL, real kubectl/helm, API clients.
+
+Who uses it: the ``cluster`` fixture in ``tests/conftest.py`` hands tests a ``Cluster``. It exists so
+every test talks to the API server the same three ways (kubectl, helm, the Python client) with the
+same admin credentials, and can act as another user through impersonation (RBAC tests).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Cluster:
+    kubeconfig: str  # path of the admin kubeconfig (user in group system:masters)
+    server: str  # https://127.0.0.1:<port>
+    bin: str  # directory holding kubectl, helm, promtool, ...
+
+    def env(self) -> dict[str, str]:
+        """os.environ plus KUBECONFIG, and ``bin`` first on PATH: for launching subprocesses (the operator)."""
+        env = dict(os.environ)
+        env["KUBECONFIG"] = self.kubeconfig
+        env["PATH"] = f"{self.bin}{os.pathsep}{env.get('PATH', '')}"
+        return env
+
+    def kubectl(
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        as_user: str | None = None,
+        as_groups: list[str] | None = None,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess:
+        """Run the real kubectl against this cluster (text mode, output captured).
+
+        ``as_user``/``as_groups`` become ``--as``/``--as-group`` (impersonation by the admin).
+        With ``check=True`` a non-zero exit raises ``CommandFailed`` (a CalledProcessError whose
+        message carries stdout and stderr).
+        """
+        imp = [f"--as={as_user}"] if as_user else []
+        imp += [f"--as-group={g}" for g in as_groups or []]
+        argv = [str(Path(self.bin) / "kubectl"), f"--kubeconfig={self.kubeconfig}", *imp, *args]
+        return _run(argv, input, check, self.env(), timeout)
+
+    def helm(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        """Run the real helm against this cluster (text mode, output captured)."""
+        argv = [str(Path(self.bin) / "helm"), f"--kubeconfig={self.kubeconfig}", *args]
+        return _run(argv, None, check, self.env(), timeout)
+
+    def api_client(self, as_user: str | None = None, as_groups: list[str] | None = None):
+        """A ``kubernetes.client.ApiClient`` with admin credentials, optionally impersonating
+        ``as_user`` / ``as_groups`` (sent as Impersonate-User / Impersonate-Group headers)."""
+        from kubernetes import config
+
+        client = config.new_client_from_config(config_file=self.kubeconfig)
+        if as_user:
+            client.set_default_header("Impersonate-User", as_user)
+        if as_groups:
+            _impersonate_groups(client, list(as_groups))
+        return client
+
+
+def _impersonate_groups(client, groups: list[str]) -> None:
+    """Send one Impersonate-Group header per group.
+
+    ApiClient.default_headers is a plain dict (one value per name) and the API server does not split
+    a comma-joined value, so the header is added where the request reaches urllib3, which sends
+    every value of an HTTPHeaderDict as its own header line.
+    """
+    import urllib3
+
+    pool = client.rest_client.pool_manager
+    original = pool.request
+
+    def request(method, url, *args, headers=None, **kwargs):
+        merged = urllib3.HTTPHeaderDict(headers or {})
+        for g in groups:
+            merged.add("Impersonate-Group", g)
+        return original(method, url, *args, headers=merged, **kwargs)
+
+    pool.request = request
+
+
+class CommandFailed(subprocess.CalledProcessError):
+    """CalledProcessError that prints what the command said, so a failing test shows why."""
+
+    def __str__(self) -> str:
+        cmd = " ".join(a for a in self.cmd if not a.startswith("--kubeconfig="))
+        return f"{cmd} exited {self.returncode}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}"
+
+
+def _run(argv: list[str], input: str | None, check: bool, env: dict, timeout: float) -> subprocess.CompletedProcess:
+    proc = subprocess.run(argv, input=input, capture_output=True, text=True, env=env, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise CommandFailed(proc.returncode, argv, proc.stdout, proc.stderr)
+    return proc

@@ -1,0 +1,315 @@
+"""A real, throwaway Kubernetes control plane: etcd + kube-apiserver (+ kube-controller-manager).
+
+Who uses it: the session fixture ``cluster`` in ``tests/conftest.py`` and ``hack/cluster.py``
+(``make cluster-up`` / ``make cluster-down``). It exists because kubeclip is an operator and its
+tests need what only a real API server does: CRD structural-schema and CEL validation, label
+selectors, the status subresource, resourceVersion conflicts, RBAC, impersonation, server-side
+defaults — the same idea as controller-runtime's envtest.
+
+Only the standard library and the ``openssl`` CLI are used, so ``hack/cluster.py`` runs without the
+test dependencies. Binaries come from ``$KUBEBUILDER_ASSETS`` when it holds them, else from
+``$KUBECLIP_TOOLS/bin`` (built by ``hack/tools.sh``).
+
+There is no kubelet and no scheduler: pods can be created but never run; tests play the kubelet
+by patching pod status. kube-controller-manager, when built, runs only the garbage collector (so
+ownerReference cascades really happen), the serviceaccount controller (every namespace gets its
+``default`` ServiceAccount, which the ServiceAccount admission plugin needs before pods can be
+created) and the namespace controller (deleted namespaces are emptied and go away).
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import ctypes
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SERVICE_CIDR = "10.96.0.0/16"
+READY_TIMEOUT_S = 180.0  # a cold kube-apiserver on 2 busy cores installs its CRD/RBAC bootstrap in ~5-20 s
+ADMIN_USER = "kubeclip-admin"
+
+
+class ControlPlaneError(RuntimeError):
+    """The control plane could not be started; the message says what to do."""
+
+
+def tools_bin() -> Path:
+    """Where hack/tools.sh puts the binaries: $KUBECLIP_TOOLS/bin, default <repo>/.tools/bin."""
+    return Path(os.environ.get("KUBECLIP_TOOLS") or REPO / ".tools") / "bin"
+
+
+def find_binary(name: str, required: bool = True) -> Path | None:
+    """$KUBEBUILDER_ASSETS/<name> when present (the envtest convention), else $KUBECLIP_TOOLS/bin/<name>."""
+    candidates = []
+    if os.environ.get("KUBEBUILDER_ASSETS"):
+        candidates.append(Path(os.environ["KUBEBUILDER_ASSETS"]) / name)
+    candidates.append(tools_bin() / name)
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return c
+    if required:
+        raise ControlPlaneError(
+            f"{name} not found (looked in {', '.join(map(str, candidates))}). "
+            "Run `make tools` (hack/tools.sh) to build kube-apiserver/etcd and fetch kubectl/helm/promtool."
+        )
+    return None
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: SIGTERM this child when the process that started it dies (even by SIGKILL),
+    so a killed pytest leaves no etcd/apiserver behind. Linux prctl(PR_SET_PDEATHSIG)."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # 1 == PR_SET_PDEATHSIG
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    proc = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ControlPlaneError(f"openssl {' '.join(args)} failed:\n{proc.stderr}")
+
+
+def make_pki(d: Path) -> None:
+    """A CA, the apiserver's serving cert, an admin client cert (group system:masters) and the
+    service-account signing key pair. EC P-256 keys: generated in milliseconds."""
+    d.mkdir(parents=True, exist_ok=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "30",
+             "-subj", "/CN=kubeclip-test-ca", cwd=d)
+    (d / "server.ext").write_text(
+        "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
+        "DNS:kubernetes.default.svc,IP:10.96.0.1\nextendedKeyUsage=serverAuth\n"
+    )
+    (d / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    for name, subj, ext in (
+        ("server", "/CN=kube-apiserver", "server.ext"),
+        ("admin", f"/O=system:masters/CN={ADMIN_USER}", "client.ext"),
+    ):
+        _openssl("req", "-new", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subj, cwd=d)
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-out", f"{name}.crt", "-days", "30", "-extfile", ext, cwd=d)
+    _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "sa.key", cwd=d)
+    _openssl("ec", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=d)
+
+
+def write_kubeconfig(path: Path, server: str, pki: Path, user: str = ADMIN_USER) -> None:
+    """Admin kubeconfig with the certificates inlined, so it can be copied anywhere."""
+
+    def b64(name: str) -> str:
+        return base64.b64encode((pki / name).read_bytes()).decode()
+
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "kubeclip-test", "cluster": {"server": server, "certificate-authority-data": b64("ca.crt")}}],
+        "users": [{"name": user, "user": {"client-certificate-data": b64("admin.crt"), "client-key-data": b64("admin.key")}}],
+        "contexts": [{"name": "kubeclip-test", "context": {"cluster": "kubeclip-test", "user": user, "namespace": "default"}}],
+        "current-context": "kubeclip-test",
+    }
+    path.write_text(json.dumps(cfg, indent=2))  # JSON is YAML: kubectl, helm and the python client read it
+    path.chmod(0o600)
+
+
+@dataclass
+class ControlPlane:
+    """etcd + kube-apiserver (+ kube-controller-manager) under ``workdir``.
+
+    ``owned=True`` (tests): children die with this process and ``stop()`` runs at exit.
+    ``owned=False`` (``make cluster-up``): children outlive this process; ``state.json`` in
+    ``workdir`` records their process groups for ``stop_from_state()``.
+    """
+
+    workdir: Path
+    owned: bool = True
+    controller_manager: bool = True
+    server: str = ""
+    kubeconfig: Path = field(init=False)
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir)
+        self.kubeconfig = self.workdir / "kubeconfig"
+
+    # ------------------------------------------------------------------ start
+    def start(self) -> "ControlPlane":
+        etcd = find_binary("etcd")
+        apiserver = find_binary("kube-apiserver")
+        kcm = find_binary("kube-controller-manager", required=False) if self.controller_manager else None
+        find_binary("kubectl")  # fail now, clearly, rather than in the first test that shells out
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.owned:
+            atexit.register(self.stop)  # also on KeyboardInterrupt / failing session teardown
+        pki = self.workdir / "pki"
+        make_pki(pki)
+        try:
+            self._start_etcd(etcd)
+            self._start_apiserver(apiserver, pki)
+            write_kubeconfig(self.kubeconfig, self.server, pki)
+            self._wait_ready(pki)
+            if kcm is not None:
+                self._start_controller_manager(kcm)
+        except BaseException:
+            self.stop()
+            raise
+        if not self.owned:
+            (self.workdir / "state.json").write_text(json.dumps(
+                {"server": self.server, "kubeconfig": str(self.kubeconfig),
+                 "pgids": {n: p.pid for n, p in self.procs.items()}}, indent=2))
+        return self
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+        log = open(self.workdir / f"{name}.log", "ab")
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,  # own process group: stop() kills the whole group
+            preexec_fn=_die_with_parent if self.owned else None,
+        )
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def _check_alive(self, name: str) -> None:
+        proc = self.procs[name]
+        if proc.poll() is not None:
+            raise ControlPlaneError(f"{name} exited with {proc.returncode}:\n{self.log_tail(name)}")
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        p = self.workdir / f"{name}.log"
+        return "\n".join(p.read_text(errors="replace").splitlines()[-lines:]) if p.exists() else ""
+
+    def _start_etcd(self, etcd: Path) -> None:
+        client, peer = free_port(), free_port()
+        self.etcd_url = f"http://127.0.0.1:{client}"
+        self._spawn("etcd", [
+            str(etcd), "--name=kubeclip-test", f"--data-dir={self.workdir / 'etcd'}",
+            f"--listen-client-urls={self.etcd_url}", f"--advertise-client-urls={self.etcd_url}",
+            f"--listen-peer-urls=http://127.0.0.1:{peer}", f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+            f"--initial-cluster=kubeclip-test=http://127.0.0.1:{peer}",
+            "--unsafe-no-fsync=true",  # throwaway data: do not pay for fsync on a shared disk
+            "--log-level=warn",
+        ])
+        deadline = time.monotonic() + 30
+        while True:
+            self._check_alive("etcd")
+            try:
+                with urllib.request.urlopen(f"{self.etcd_url}/health", timeout=2) as r:
+                    if json.load(r).get("health") == "true":
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(f"etcd not healthy after 30 s:\n{self.log_tail('etcd')}")
+            time.sleep(0.1)
+
+    def _start_apiserver(self, apiserver: Path, pki: Path) -> None:
+        port = free_port()
+        self.server = f"https://127.0.0.1:{port}"
+        self._spawn("kube-apiserver", [
+            str(apiserver),
+            f"--etcd-servers={self.etcd_url}",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={port}",
+            f"--cert-dir={pki}", f"--tls-cert-file={pki / 'server.crt'}", f"--tls-private-key-file={pki / 'server.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            "--authorization-mode=RBAC",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--allow-privileged=true",
+            "--endpoint-reconciler-type=none",  # single throwaway apiserver: no lease bookkeeping
+            "--v=1",
+        ])
+
+    def _wait_ready(self, pki: Path) -> None:
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        last = ""
+        while True:
+            self._check_alive("kube-apiserver")
+            try:
+                with urllib.request.urlopen(f"{self.server}/readyz", context=ctx, timeout=5) as r:
+                    if r.status == 200:
+                        return
+            except urllib.error.HTTPError as e:  # 500 while post-start hooks run
+                last = e.read().decode(errors="replace")[-500:]
+            except OSError as e:
+                last = str(e)
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(
+                    f"kube-apiserver not ready after {READY_TIMEOUT_S:.0f} s ({last}):\n{self.log_tail('kube-apiserver')}")
+            time.sleep(0.2)
+
+    def _start_controller_manager(self, kcm: Path) -> None:
+        self._spawn("kube-controller-manager", [
+            str(kcm), f"--kubeconfig={self.kubeconfig}",
+            "--controllers=garbagecollector,serviceaccount,namespace",
+            "--leader-elect=false", "--secure-port=0",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--concurrent-gc-syncs=5", "--v=1",
+        ])
+        time.sleep(0.5)
+        self._check_alive("kube-controller-manager")
+
+    # ------------------------------------------------------------------ stop
+    def stop(self) -> None:
+        """SIGTERM each process group (controller-manager, apiserver, etcd: reverse start order),
+        SIGKILL what is left after 10 s."""
+        for name in reversed(list(self.procs)):
+            _stop_group(self.procs[name].pid, self.procs[name])
+        self.procs.clear()
+
+
+def _stop_group(pgid: int, proc: subprocess.Popen | None = None, grace_s: float = 10.0) -> None:
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if proc is not None:
+            if proc.poll() is not None:
+                break
+        else:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                break
+        time.sleep(0.05)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    if proc is not None:
+        proc.wait()
+
+
+def stop_from_state(workdir: Path) -> bool:
+    """Stop a control plane started with ``owned=False`` (``make cluster-down``). False if none."""
+    state = Path(workdir) / "state.json"
+    if not state.exists():
+        return False
+    for pgid in reversed(list(json.loads(state.read_text())["pgids"].values())):
+        _stop_group(pgid)
+    state.unlink()
+    return True
+
+
+def new_workdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="kubeclip-cp-"))
