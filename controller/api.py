@@ -1,0 +1,271 @@
+"""The FineTuneJob API: pydantic models of ``spec`` and ``status``, the one source of truth.
+
+Who uses it and why it exists: :mod:`controller.crd` generates the CRD's structural schema from
+these classes (``make crd``), :mod:`controller.reconcile` validates every job it sees with
+:func:`parse_job_spec`, and the trainer validates the trainer part of the same spec with
+:class:`trainer.config.TrainerSpec`, which :class:`FineTuneJobSpec` extends with the cluster-only
+keys (``trainer.config.CLUSTER_KEYS``). Embedded Kubernetes types whose full schema we do not
+re-declare (a Volume's source, an Affinity, a valueFrom) are typed as objects that keep unknown
+fields; the API server still validates them when the pod is created.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from trainer.config import CLUSTER_KEYS, ConfigError, TrainerSpec, format_validation_error
+
+#: Marks a field whose value is an embedded Kubernetes object kept as-is (see crd.py).
+PRESERVE = {"x-kubernetes-preserve-unknown-fields": True}
+#: A resource quantity ("500m", "4Gi", 2): the CRD types it as int-or-string.
+Quantity = Union[int, str]
+
+_NAME_RE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class ResourceRequirements(_Strict):
+    """Per-node compute resources; ``nvidia.com/gpu`` must equal numProcPerNode when given."""
+
+    limits: dict[str, Quantity] = Field(
+        default_factory=dict,
+        description="Maximum resources per node pod, e.g. {cpu: 8, memory: 32Gi, nvidia.com/gpu: 4}.",
+    )
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict, description="Requested resources per node pod (scheduling)."
+    )
+
+
+class Volume(_Strict):
+    """A pod Volume (persistentVolumeClaim, nfs, hostPath, emptyDir, ...), Kubernetes' own shape."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True, json_schema_extra=PRESERVE)
+    name: str = Field(min_length=1, max_length=63, pattern=_NAME_RE, description="Volume name, referenced by volumeMounts.")
+
+
+class VolumeMount(_Strict):
+    name: str = Field(min_length=1, max_length=63, description="Name of a volume in spec.volumes.")
+    mountPath: str = Field(min_length=1, max_length=4096, description="Where the volume appears in the trainer container.")
+    subPath: Optional[str] = Field(default=None, max_length=4096, description="Sub-path inside the volume.")
+    readOnly: bool = Field(default=False, description="Mount read-only (e.g. the dataset).")
+
+
+class EnvVar(_Strict):
+    name: str = Field(min_length=1, max_length=256, description="Environment variable name.")
+    value: Optional[str] = Field(default=None, description="Literal value.")
+    valueFrom: Optional[dict[str, Any]] = Field(
+        default=None,
+        description="Kubernetes EnvVarSource (secretKeyRef, configMapKeyRef, fieldRef, ...).",
+        json_schema_extra=PRESERVE,
+    )
+
+
+class Toleration(_Strict):
+    key: Optional[str] = Field(default=None, description="Taint key; empty with operator Exists matches all taints.")
+    operator: Optional[Literal["Exists", "Equal"]] = Field(default=None, description="Exists or Equal (default Equal).")
+    value: Optional[str] = Field(default=None, description="Taint value for operator Equal.")
+    effect: Optional[Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]] = Field(
+        default=None, description="Taint effect to tolerate; empty tolerates all."
+    )
+    tolerationSeconds: Optional[int] = Field(default=None, description="For NoExecute: how long the pod stays bound.")
+
+
+class LocalObjectReference(_Strict):
+    name: str = Field(min_length=1, max_length=253, description="Name of a Secret in the job's namespace.")
+
+
+CleanPodPolicy = Literal["Running", "All", "None"]
+
+
+class RunPolicy(_Strict):
+    """How the job runs: restarts, deadlines, cleanup and suspension (Kubeflow's RunPolicy)."""
+
+    backoffLimit: int = Field(
+        default=3,
+        ge=0,
+        le=1000,
+        description="Restarts allowed after retryable failures (exit >=128, OOMKilled, eviction, "
+        "pod deleted). The (backoffLimit+1)th failure fails the job with BackoffLimitExceeded.",
+    )
+    activeDeadlineSeconds: Optional[int] = Field(
+        default=None, ge=1, description="Fail the job (DeadlineExceeded) this long after it started."
+    )
+    ttlSecondsAfterFinished: Optional[int] = Field(
+        default=None, ge=0, description="Delete the job (and its children) this long after it finished."
+    )
+    cleanPodPolicy: CleanPodPolicy = Field(
+        default="Running",
+        description="Pods deleted when the job finishes: Running (those still running), All, or None.",
+    )
+    suspend: bool = Field(
+        default=False, description="True deletes the pods and keeps the job; false again recreates them."
+    )
+
+
+class FineTuneJobSpec(TrainerSpec):
+    """The whole ``spec`` of a FineTuneJob: the trainer's part plus where and how to run it."""
+
+    image: Optional[str] = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="Trainer container image. Empty: the controller's default image (chart value).",
+    )
+    imagePullPolicy: Optional[Literal["Always", "IfNotPresent", "Never"]] = Field(
+        default=None, description="Image pull policy of the trainer container."
+    )
+    imagePullSecrets: list[LocalObjectReference] = Field(
+        default_factory=list, max_length=16, description="Secrets used to pull the image."
+    )
+    resources: Optional[ResourceRequirements] = Field(default=None, description="Resources of each node pod.")
+    volumes: list[Volume] = Field(
+        default_factory=list, max_length=64, description="Pod volumes holding the dataset and the output (PVC, NFS, hostPath...)."
+    )
+    volumeMounts: list[VolumeMount] = Field(
+        default_factory=list, max_length=64, description="Mounts of spec.volumes into the trainer container."
+    )
+    env: list[EnvVar] = Field(default_factory=list, max_length=128, description="Extra environment of the trainer container.")
+    nodeSelector: dict[str, str] = Field(default_factory=dict, description="Node labels the pods must match.")
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=64, description="Tolerations of the pods.")
+    affinity: Optional[dict[str, Any]] = Field(
+        default=None, description="Kubernetes Affinity of the pods.", json_schema_extra=PRESERVE
+    )
+    priorityClassName: Optional[str] = Field(default=None, max_length=253, description="PriorityClass of the pods.")
+    serviceAccountName: Optional[str] = Field(default=None, max_length=253, description="ServiceAccount the pods run as.")
+    runPolicy: RunPolicy = Field(default_factory=RunPolicy, description="Restarts, deadlines, cleanup, suspension.")
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> "FineTuneJobSpec":
+        # The same rules as the CRD's CEL validations (crd.py), for objects that reach the
+        # controller without the API server's checks (older CRD, kubectl --validate=false).
+        for message in cross_field_errors(self):
+            raise ValueError(message)
+        return self
+
+
+#: Environment the controller sets on every trainer pod; spec.env may not override it.
+RESERVED_ENV = (
+    "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "NODE_RANK", "NPROC_PER_NODE",
+    "PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT",
+    "KUBECLIP_JOB_NAME", "KUBECLIP_NAMESPACE",
+)
+#: Where the job's ConfigMap is mounted, and the volume name it uses.
+CONFIG_DIR = "/etc/kubeclip"
+CONFIG_VOLUME = "kubeclip-config"
+#: A memory-backed /dev/shm for the data loader workers (the container default is 64 MiB).
+SHM_VOLUME = "kubeclip-shm"
+RESERVED_VOLUMES = (CONFIG_VOLUME, SHM_VOLUME)
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+def cross_field_errors(spec: FineTuneJobSpec) -> list[str]:
+    """Rules that span several fields (mirrored by CEL rules in the CRD)."""
+    errors = []
+    names = [v.name for v in spec.volumes]
+    if len(set(names)) != len(names):
+        errors.append("spec.volumes: names must be unique")
+    for reserved in RESERVED_VOLUMES:
+        if reserved in names:
+            errors.append(f"spec.volumes: the name {reserved} is reserved by the controller")
+    for m in spec.volumeMounts:
+        if m.name not in names:
+            errors.append(f"spec.volumeMounts: {m.name} is not a volume in spec.volumes")
+        if m.mountPath.rstrip("/") == CONFIG_DIR or m.mountPath.startswith(CONFIG_DIR + "/"):
+            errors.append(f"spec.volumeMounts: {CONFIG_DIR} is reserved for the job config")
+        if m.mountPath.rstrip("/") == "/dev/shm":
+            errors.append("spec.volumeMounts: /dev/shm is mounted by the controller")
+    for e in spec.env:
+        if e.name in RESERVED_ENV:
+            errors.append(f"spec.env: {e.name} is set by the controller")
+    if spec.resources is not None:
+        for kind in ("limits", "requests"):
+            gpus = getattr(spec.resources, kind).get(GPU_RESOURCE)
+            if gpus is not None and str(gpus) != str(spec.numProcPerNode):
+                errors.append(f"spec.resources.{kind}[{GPU_RESOURCE}] must equal spec.numProcPerNode")
+    return errors
+
+
+assert set(FineTuneJobSpec.model_fields) - set(TrainerSpec.model_fields) == CLUSTER_KEYS
+
+
+# --------------------------------------------------------------------------------------------
+# status
+# --------------------------------------------------------------------------------------------
+
+Phase = Literal["Created", "Running", "Restarting", "Succeeded", "Failed", "Suspended"]
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+
+
+class _Status(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class Condition(_Status):
+    """metav1.Condition."""
+
+    type: str = Field(description="Created, Running, Restarting, Succeeded, Failed or Suspended.")
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(description="CamelCase machine-readable reason.")
+    message: str = Field(default="", description="Human-readable details.")
+    lastTransitionTime: str = Field(description="When status last changed (RFC 3339).")
+    observedGeneration: Optional[int] = Field(default=None, description="metadata.generation the condition is based on.")
+
+
+class NodeCounts(_Status):
+    total: int = Field(default=0, description="spec.numNodes.")
+    pending: int = Field(default=0, description="Pods not yet running.")
+    running: int = Field(default=0, description="Pods running.")
+    succeeded: int = Field(default=0, description="Pods that exited 0.")
+    failed: int = Field(default=0, description="Pods that failed.")
+
+
+class ProgressStatus(_Status):
+    """The trainer's progress, read from node 0's /progress endpoint."""
+
+    phase: Optional[str] = Field(default=None, description="Trainer phase (preflight, training, evaluating...).")
+    epoch: Optional[int] = None
+    epochs: Optional[int] = None
+    step: Optional[int] = None
+    totalSteps: Optional[int] = None
+    percent: Optional[int] = Field(default=None, description="step / totalSteps in percent.")
+    summary: Optional[str] = Field(default=None, description="e.g. 'epoch 2/5 step 120/600'.")
+    loss: Optional[float] = None
+    samplesPerSecond: Optional[float] = None
+    recallAt1: Optional[float] = Field(default=None, description="Latest eval image-to-text R@1.")
+    etaSeconds: Optional[int] = None
+    lastCheckpoint: Optional[str] = Field(default=None, description="Path of the latest checkpoint.")
+    lastCheckpointStep: Optional[int] = None
+    updatedAt: Optional[str] = Field(default=None, description="When the trainer reported this (RFC 3339).")
+
+
+class FineTuneJobStatus(_Status):
+    phase: Optional[Phase] = Field(default=None, description="Created, Running, Restarting, Succeeded, Failed or Suspended.")
+    reason: Optional[str] = Field(default=None, description="Reason of the latest phase transition.")
+    message: Optional[str] = Field(default=None, description="Message of the latest phase transition.")
+    conditions: list[Condition] = Field(default_factory=list, description="metav1.Conditions, one per type.")
+    observedGeneration: Optional[int] = Field(default=None, description="metadata.generation last reconciled.")
+    nodes: Optional[NodeCounts] = Field(default=None, description="Pod counts of the current attempt.")
+    restartCount: int = Field(default=0, description="Restarts after retryable failures; never above runPolicy.backoffLimit.")
+    startTime: Optional[str] = Field(default=None, description="When the pods were first created (RFC 3339).")
+    completionTime: Optional[str] = Field(default=None, description="When the job succeeded or failed (RFC 3339).")
+    progress: Optional[ProgressStatus] = Field(default=None, description="The trainer's progress.")
+
+
+def parse_job_spec(spec: Any) -> FineTuneJobSpec:
+    """Validate a whole FineTuneJob spec; raises :class:`ConfigError` with one line naming the keys."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"spec: expected a mapping, got {type(spec).__name__}")
+    try:
+        return FineTuneJobSpec.model_validate(spec)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, "spec")) from None
+
+
+def trainer_part(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec keys the trainer reads (everything but the cluster-only keys)."""
+    return {k: v for k, v in spec.items() if k not in CLUSTER_KEYS}

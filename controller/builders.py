@@ -1,0 +1,203 @@
+"""Pure builders: a FineTuneJob -> the ConfigMap, headless Service and pods it owns (plain dicts).
+
+Who uses it and why it exists: :mod:`controller.reconcile` calls these to know what *should*
+exist, and the shell (:mod:`controller.kube`) posts them unchanged. Keeping them pure means the
+pod env, securityContext and owner references are table-tested without an API server, and every
+pass builds exactly the same objects (deterministic names, no randomness, no clock).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from trainer.config import API_GROUP, API_VERSION, DEFAULT_MASTER_PORT, KIND
+
+from . import naming
+from .api import CONFIG_DIR, CONFIG_VOLUME, GPU_RESOURCE, SHM_VOLUME, FineTuneJobSpec, trainer_part
+
+CONFIG_KEY = "job.yaml"
+CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
+COMMAND = ["python", "-m", "trainer.node", CONFIG_PATH]
+#: The restricted Pod Security Standard, and the trainer image's non-root user (uid 1000).
+RUN_AS_USER = 1000
+
+
+def owner_reference(job: dict[str, Any]) -> dict[str, Any]:
+    meta = job["metadata"]
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _meta(job: dict[str, Any], name: str, extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
+    job_name = job["metadata"]["name"]
+    return {
+        "name": name,
+        "namespace": job["metadata"]["namespace"],
+        "labels": {
+            naming.LABEL_JOB: job_name,
+            naming.LABEL_MANAGED: naming.MANAGER,
+            "app.kubernetes.io/name": "kubeclip",
+            **(extra_labels or {}),
+        },
+        "ownerReferences": [owner_reference(job)],
+    }
+
+
+def trainer_manifest(job: dict[str, Any]) -> str:
+    """The job.yaml the trainer reads: the FineTuneJob with only the trainer's part of the spec."""
+    doc = {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": KIND,
+        "metadata": {"name": job["metadata"]["name"], "namespace": job["metadata"]["namespace"]},
+        "spec": trainer_part(job.get("spec") or {}),
+    }
+    return yaml.safe_dump(doc, sort_keys=True)
+
+
+def configmap(job: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(job, naming.configmap_name(job["metadata"]["name"])),
+        "data": {CONFIG_KEY: trainer_manifest(job)},
+    }
+
+
+def service(job: dict[str, Any], spec: FineTuneJobSpec) -> dict[str, Any]:
+    """Headless Service: gives node 0 the stable DNS name MASTER_ADDR points at."""
+    name = job["metadata"]["name"]
+    ports = [{"name": "rendezvous", "port": DEFAULT_MASTER_PORT, "targetPort": DEFAULT_MASTER_PORT}]
+    if spec.metrics.port:
+        ports.append({"name": "metrics", "port": spec.metrics.port, "targetPort": spec.metrics.port})
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(job, naming.service_name(name)),
+        "spec": {
+            "clusterIP": "None",
+            "selector": naming.selector(name),
+            "ports": ports,
+            # Rendezvous needs node 0's DNS record before any readiness signal exists.
+            "publishNotReadyAddresses": True,
+        },
+    }
+
+
+def node_env(job: dict[str, Any], spec: FineTuneJobSpec, index: int) -> list[dict[str, Any]]:
+    """torchrun's PET_* variables, the PyTorchJob-style ones, and the job's identity."""
+    name, ns = job["metadata"]["name"], job["metadata"]["namespace"]
+    master = naming.master_addr(name, ns)
+    values = {
+        "PET_NNODES": spec.numNodes,
+        "PET_NPROC_PER_NODE": spec.numProcPerNode,
+        "PET_NODE_RANK": index,
+        "PET_MASTER_ADDR": master,
+        "PET_MASTER_PORT": DEFAULT_MASTER_PORT,
+        "MASTER_ADDR": master,
+        "MASTER_PORT": DEFAULT_MASTER_PORT,
+        "WORLD_SIZE": spec.numNodes * spec.numProcPerNode,
+        "RANK": index,
+        "NODE_RANK": index,
+        "NPROC_PER_NODE": spec.numProcPerNode,
+        "KUBECLIP_JOB_NAME": name,
+        "KUBECLIP_NAMESPACE": ns,
+    }
+    return [{"name": k, "value": str(v)} for k, v in values.items()]
+
+
+def _resources(spec: FineTuneJobSpec) -> dict[str, Any]:
+    if spec.resources is None:
+        return {}
+    limits = dict(spec.resources.limits)
+    requests = dict(spec.resources.requests)
+    if GPU_RESOURCE in limits or GPU_RESOURCE in requests:
+        # One GPU per training process; extended resources need limits == requests.
+        limits[GPU_RESOURCE] = requests[GPU_RESOURCE] = spec.numProcPerNode
+    out: dict[str, Any] = {}
+    if limits:
+        out["limits"] = limits
+    if requests:
+        out["requests"] = requests
+    return out
+
+
+def container_security_context() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def pod(job: dict[str, Any], spec: FineTuneJobSpec, index: int, attempt: int, image: str) -> dict[str, Any]:
+    """Node ``index`` of attempt ``attempt`` (= status.restartCount when it was created)."""
+    name = job["metadata"]["name"]
+    ports = []
+    if index == 0:
+        ports.append({"name": "rendezvous", "containerPort": DEFAULT_MASTER_PORT})
+    if spec.metrics.port:
+        ports.append({"name": "metrics", "containerPort": spec.metrics.port})
+    container: dict[str, Any] = {
+        "name": naming.CONTAINER,
+        "image": image,
+        "command": list(COMMAND),
+        "env": [e.model_dump(exclude_none=True) for e in spec.env] + node_env(job, spec, index),
+        "ports": ports,
+        "volumeMounts": [
+            {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": SHM_VOLUME, "mountPath": "/dev/shm"},
+            *(m.model_dump(exclude_none=True) for m in spec.volumeMounts),
+        ],
+        "securityContext": container_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if spec.imagePullPolicy:
+        container["imagePullPolicy"] = spec.imagePullPolicy
+    resources = _resources(spec)
+    if resources:
+        container["resources"] = resources
+    pod_spec: dict[str, Any] = {
+        "hostname": naming.pod_name(name, index),
+        "subdomain": naming.service_name(name),
+        "restartPolicy": "Never",
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [
+            {"name": CONFIG_VOLUME, "configMap": {"name": naming.configmap_name(name)}},
+            {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}},
+            *(v.model_dump(exclude_none=True) for v in spec.volumes),
+        ],
+    }
+    optional = {
+        "nodeSelector": dict(spec.nodeSelector) or None,
+        "tolerations": [t.model_dump(exclude_none=True) for t in spec.tolerations] or None,
+        "affinity": spec.affinity,
+        "priorityClassName": spec.priorityClassName,
+        "serviceAccountName": spec.serviceAccountName,
+        "imagePullSecrets": [s.model_dump() for s in spec.imagePullSecrets] or None,
+    }
+    pod_spec.update({k: v for k, v in optional.items() if v})
+    labels = {naming.LABEL_INDEX: str(index), naming.LABEL_ATTEMPT: str(attempt)}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": _meta(job, naming.pod_name(name, index), labels),
+        "spec": pod_spec,
+    }

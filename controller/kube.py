@@ -1,0 +1,191 @@
+"""The only module that talks to the Kubernetes API (besides kopf's watches in operator.py).
+
+Who uses it and why it exists: the reconcile pass (:mod:`controller.worker`) reads a job and
+its children and applies a :class:`controller.reconcile.Plan` through :class:`Kube`; the leader
+elector reads and writes its Lease here. Objects travel as plain camelCase dicts (raw JSON, no
+client models), exactly what the pure planner and builders use. Config: ``KUBECONFIG`` (or
+``~/.kube/config``) first, then the in-cluster service account.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from trainer.config import API_GROUP, API_VERSION, KIND
+
+from .crd import PLURAL
+from .naming import LABEL_JOB, MANAGER
+from .reconcile import Delete, Event
+
+log = logging.getLogger(__name__)
+
+
+class Conflict(Exception):
+    """The job changed since it was read: the pass is dropped and runs again on the next event."""
+
+
+def load_config() -> client.ApiClient:
+    if os.environ.get("KUBECONFIG") or os.path.exists(os.path.expanduser("~/.kube/config")):
+        config.load_kube_config()
+    else:
+        config.load_incluster_config()
+    cfg = client.Configuration.get_default_copy()
+    cfg.connection_pool_maxsize = 32
+    return client.ApiClient(cfg)
+
+
+def _raw(resp: Any) -> dict[str, Any]:
+    return json.loads(resp.data)
+
+
+class Kube:
+    def __init__(self, api: Optional[client.ApiClient] = None) -> None:
+        self.api = api or load_config()
+        self.core = client.CoreV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+        self.coord = client.CoordinationV1Api(self.api)
+
+    # ---- jobs ------------------------------------------------------------------------------
+
+    def get_job(self, namespace: str, name: str) -> Optional[dict[str, Any]]:
+        try:
+            return self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, name)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def list_jobs(self, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
+        if not namespaces:
+            return self.custom.list_cluster_custom_object(API_GROUP, API_VERSION, PLURAL)["items"]
+        items: list[dict[str, Any]] = []
+        for ns in namespaces:
+            items += self.custom.list_namespaced_custom_object(API_GROUP, API_VERSION, ns, PLURAL)["items"]
+        return items
+
+    def write_status(self, job: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+        """PUT the status subresource; the resourceVersion makes a concurrent writer a Conflict."""
+        body = {**job, "status": status}
+        try:
+            return self.custom.replace_namespaced_custom_object_status(
+                API_GROUP, API_VERSION, job["metadata"]["namespace"], PLURAL, job["metadata"]["name"], body
+            )
+        except ApiException as err:
+            if err.status in (404, 409):
+                raise Conflict(f"{job['metadata']['name']}: {err.reason}") from None
+            raise
+
+    def delete_job(self, job: dict[str, Any]) -> None:
+        meta = job["metadata"]
+        try:
+            self.custom.delete_namespaced_custom_object(
+                API_GROUP, API_VERSION, meta["namespace"], PLURAL, meta["name"],
+                body=client.V1DeleteOptions(propagation_policy="Background", preconditions=client.V1Preconditions(uid=meta["uid"])),
+            )
+        except ApiException as err:
+            if err.status not in (404, 409):
+                raise
+
+    # ---- children --------------------------------------------------------------------------
+
+    def observe(self, job: dict[str, Any]) -> tuple[list[dict[str, Any]], Optional[dict[str, Any]], Optional[dict[str, Any]]]:
+        """The job's pods (by label), its Service and its ConfigMap (by name)."""
+        from .naming import configmap_name, service_name
+
+        ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
+        pods = _raw(self.core.list_namespaced_pod(ns, label_selector=f"{LABEL_JOB}={name}", _preload_content=False))["items"]
+        svc = self._get(self.core.read_namespaced_service, service_name(name), ns)
+        cm = self._get(self.core.read_namespaced_config_map, configmap_name(name), ns)
+        return pods, svc, cm
+
+    @staticmethod
+    def _get(fn: Any, name: str, ns: str) -> Optional[dict[str, Any]]:
+        try:
+            return _raw(fn(name, ns, _preload_content=False))
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def create(self, obj: dict[str, Any]) -> None:
+        """Create; an object that already exists under that name is fine (deterministic names)."""
+        ns, kind = obj["metadata"]["namespace"], obj["kind"]
+        fn = {"Pod": self.core.create_namespaced_pod, "Service": self.core.create_namespaced_service,
+              "ConfigMap": self.core.create_namespaced_config_map}[kind]
+        try:
+            fn(ns, obj, _preload_content=False)
+        except ApiException as err:
+            if err.status != 409:
+                raise
+
+    def update(self, obj: dict[str, Any]) -> None:
+        if obj["kind"] != "ConfigMap":
+            raise ValueError(f"cannot update a {obj['kind']}")
+        try:
+            self.core.replace_namespaced_config_map(obj["metadata"]["name"], obj["metadata"]["namespace"], obj, _preload_content=False)
+        except ApiException as err:
+            if err.status not in (404, 409):
+                raise
+
+    def delete(self, namespace: str, d: Delete) -> None:
+        if d.kind != "Pod":
+            raise ValueError(f"cannot delete a {d.kind}")
+        opts = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=d.uid) if d.uid else None)
+        try:
+            self.core.delete_namespaced_pod(d.name, namespace, body=opts, _preload_content=False)
+        except ApiException as err:
+            if err.status not in (404, 409):  # gone already / a newer pod holds the name
+                raise
+
+    def event(self, job: dict[str, Any], ev: Event) -> None:
+        meta = job["metadata"]
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND, "name": meta["name"],
+                "namespace": meta["namespace"], "uid": meta["uid"], "resourceVersion": meta.get("resourceVersion"),
+            },
+            "reason": ev.reason,
+            "message": ev.message[:1024],
+            "type": ev.type,
+            "count": 1,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "source": {"component": MANAGER},
+            "reportingComponent": MANAGER,
+        }
+        try:
+            self.core.create_namespaced_event(meta["namespace"], body, _preload_content=False)
+        except ApiException as err:  # events are best effort
+            log.warning("could not post event %s for %s: %s", ev.reason, meta["name"], err.reason)
+
+    # ---- leases ----------------------------------------------------------------------------
+
+    def get_lease(self, namespace: str, name: str) -> Optional[dict[str, Any]]:
+        return self._get(self.coord.read_namespaced_lease, name, namespace)
+
+    def write_lease(self, namespace: str, name: str, spec: dict[str, Any], old: Optional[dict[str, Any]]) -> bool:
+        """Create or replace (with the old resourceVersion); False when another replica won the race."""
+        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+        try:
+            if old is None:
+                self.coord.create_namespaced_lease(namespace, body, _preload_content=False)
+            else:
+                body["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
+                self.coord.replace_namespaced_lease(name, namespace, body, _preload_content=False)
+            return True
+        except ApiException as err:
+            if err.status == 409:
+                return False
+            raise

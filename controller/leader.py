@@ -1,0 +1,112 @@
+"""Leader election through a ``coordination.k8s.io/v1`` Lease, so several replicas are safe.
+
+Who uses it and why it exists: :func:`controller.operator.main` waits in :meth:`Elector.acquire`
+before it starts kopf, and runs :meth:`Elector.keep` beside it; losing the lease stops the
+operator and the process exits non-zero, so Kubernetes restarts it as a fresh candidate (what
+client-go's leaderelection does too). kopf's own peering (its KopfPeering CRDs) is not used:
+kopf runs ``standalone``. :func:`decide` is the pure rule, tested without an API server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timedelta, timezone
+from typing import Any, Optional
+
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _fmt(t: datetime) -> str:
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse(s: Optional[str]) -> Optional[datetime]:
+    if not s:
+        return None
+    for fmt in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
+        try:
+            return datetime.strptime(s, fmt).replace(tzinfo=timezone.utc)
+        except ValueError:
+            pass
+    return None
+
+
+def decide(spec: Optional[dict[str, Any]], me: str, now: datetime, duration_s: float) -> Optional[dict[str, Any]]:
+    """The Lease spec to write to become/stay leader, or None when another holder is still valid."""
+    spec = dict(spec or {})
+    holder = spec.get("holderIdentity") or ""
+    renewed = _parse(spec.get("renewTime")) or _parse(spec.get("acquireTime"))
+    held_for = float(spec.get("leaseDurationSeconds") or duration_s)
+    if holder and holder != me and renewed is not None and now < renewed + timedelta(seconds=held_for):
+        return None
+    out = {**spec, "holderIdentity": me, "leaseDurationSeconds": int(duration_s), "renewTime": _fmt(now)}
+    if holder != me:
+        out["acquireTime"] = _fmt(now)
+        out["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + (1 if holder else 0)
+    return out
+
+
+class Elector:
+    """Acquire and keep the Lease ``settings.lease_namespace/settings.lease_name``."""
+
+    def __init__(self, kube: Any, settings: Settings) -> None:
+        self.kube, self.s = kube, settings
+        self.lost = False
+
+    def _try(self) -> bool:
+        lease = self.kube.get_lease(self.s.lease_namespace, self.s.lease_name)
+        now = datetime.now(timezone.utc)
+        new = decide(lease.get("spec") if lease else None, self.s.identity, now, self.s.lease_duration_s)
+        if new is None:
+            return False
+        return self.kube.write_lease(self.s.lease_namespace, self.s.lease_name, new, lease)
+
+    async def _attempt(self) -> bool:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, self._try)
+        except Exception as err:  # an API hiccup is a failed attempt, not a crash
+            log.warning("lease attempt failed: %s", err)
+            return False
+
+    async def acquire(self, stop: asyncio.Event) -> bool:
+        log.info("waiting for leadership", extra={"lease": f"{self.s.lease_namespace}/{self.s.lease_name}", "identity": self.s.identity})
+        while not stop.is_set():
+            if await self._attempt():
+                log.info("became leader", extra={"identity": self.s.identity})
+                return True
+            try:
+                await asyncio.wait_for(stop.wait(), self.s.retry_period_s)
+            except asyncio.TimeoutError:
+                pass
+        return False
+
+    async def keep(self, stop: asyncio.Event) -> None:
+        """Renew every retry period; give up (set ``lost`` and ``stop``) after the renew deadline."""
+        loop = asyncio.get_running_loop()
+        last_ok = loop.time()
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), self.s.retry_period_s)
+                return
+            except asyncio.TimeoutError:
+                pass
+            if await self._attempt():
+                last_ok = loop.time()
+            elif loop.time() - last_ok > self.s.renew_deadline_s:
+                log.error("lost leadership: could not renew the lease in %.0fs", self.s.renew_deadline_s)
+                self.lost = True
+                stop.set()
+                return
+
+    def release(self) -> None:
+        """Hand the lease over at once on a clean shutdown (holder cleared)."""
+        try:
+            lease = self.kube.get_lease(self.s.lease_namespace, self.s.lease_name)
+            if lease and (lease.get("spec") or {}).get("holderIdentity") == self.s.identity:
+                spec = {**lease["spec"], "holderIdentity": "", "leaseDurationSeconds": 1}
+                self.kube.write_lease(self.s.lease_namespace, self.s.lease_name, spec, lease)
+        except Exception as err:
+            log.warning("could not release the lease: %s", err)

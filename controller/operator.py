@@ -1,0 +1,239 @@
+"""The operator process: kopf watches -> :class:`controller.worker.Worker` passes, plus the
+leader Lease, the resync loop, the metrics and health endpoints.
+
+Who uses it and why it exists: ``kubeclip operator`` and ``python -m controller`` call
+:func:`main`. kopf is only the shell — watch streams with resumption and backoff, dispatch,
+logging. Every handler does the same thing: run one idempotent pass for the job concerned
+(a pod event is mapped to its job through the ``kubeclip.dev/job-name`` label). The handlers
+are ``on.event`` handlers on purpose: kopf then keeps no per-object state (no progress
+annotations, no finalizers), so a job can always be deleted even with the controller down. The
+periodic work (progress polls, deadlines, TTLs, retries after errors, a full resync) is one
+loop here instead of a kopf timer per object, because kopf timers need a finalizer on every job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Optional
+
+import kopf
+from aiohttp import web
+
+from trainer.config import API_GROUP, API_VERSION
+
+from . import metrics
+from .api import TERMINAL_PHASES
+from .crd import PLURAL
+from .leader import Elector
+from .naming import LABEL_JOB
+from .settings import Settings
+from .worker import Worker
+
+log = logging.getLogger("controller")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and any ``extra=`` fields."""
+
+    _std = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "ts": round(record.created, 3),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        out.update({k: v for k, v in vars(record).items() if k not in self._std and not k.startswith("_")})
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def build_registry(worker: Worker) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=registry)
+    def job_event(event: dict[str, Any], namespace: str, name: str, **_: Any) -> None:
+        if event.get("type") == "DELETED":
+            worker.forget(namespace, name)
+            return
+        worker.reconcile(namespace, name)
+
+    @kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT}, registry=registry)
+    def pod_event(namespace: str, labels: dict[str, str], **_: Any) -> None:
+        worker.reconcile(namespace, labels[LABEL_JOB])
+
+    return registry
+
+
+class Health:
+    """``/healthz``: the event loop answers. ``/readyz``: leader with watches up, or a standby."""
+
+    def __init__(self) -> None:
+        self.ready = False
+
+    async def start(self, port: int) -> Optional[web.AppRunner]:
+        if not port:
+            return None
+        app = web.Application()
+        app.router.add_get("/healthz", lambda _: web.Response(text="ok"))
+        app.router.add_get("/readyz", lambda _: web.Response(text="ready" if self.ready else "not ready", status=200 if self.ready else 503))
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "0.0.0.0", port).start()
+        return runner
+
+
+async def resync_loop(worker: Worker, s: Settings, stop: asyncio.Event, pool: ThreadPoolExecutor) -> None:
+    """Due passes (deadlines, TTLs, retries) every second; progress polls; a periodic full pass."""
+    loop = asyncio.get_running_loop()
+    namespaces = () if s.all_namespaces or not s.namespaces else s.namespaces
+    last_poll = last_full = time.monotonic()
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), 1.0)
+            return
+        except asyncio.TimeoutError:
+            pass
+        now = time.monotonic()
+        for key, t in list(worker.due.items()):
+            if t <= now and worker.due.get(key) == t:
+                del worker.due[key]
+                loop.run_in_executor(pool, worker.reconcile, *key)
+        full = now - last_full >= s.full_resync_s
+        if not full and now - last_poll < s.progress_interval_s:
+            continue
+        last_poll = now
+        if full:
+            last_full = now
+        try:
+            jobs = await loop.run_in_executor(pool, worker.kube.list_jobs, namespaces)
+        except Exception as err:
+            log.warning("resync list failed: %s", err)
+            continue
+        metrics.set_phases((j.get("status") or {}).get("phase") for j in jobs)
+        for j in jobs:
+            phase = (j.get("status") or {}).get("phase")
+            if full and phase not in TERMINAL_PHASES or phase in ("Running", "Restarting"):
+                loop.run_in_executor(pool, worker.reconcile, j["metadata"]["namespace"], j["metadata"]["name"])
+
+
+def kopf_settings(s: Settings) -> kopf.OperatorSettings:
+    ks = kopf.OperatorSettings()
+    ks.posting.enabled = False  # our Events are the phase transitions, posted by the worker
+    ks.execution.max_workers = s.workers
+    ks.watching.server_timeout = 300
+    ks.networking.request_timeout = 60
+    return ks
+
+
+async def run(s: Settings) -> int:
+    from .kube import Kube
+
+    try:
+        kube = Kube()
+    except Exception as err:
+        log.error("no Kubernetes configuration (KUBECONFIG or in-cluster): %s", err)
+        return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    health = Health()
+    runner = await health.start(s.health_port)
+    if s.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(s.metrics_port, registry=metrics.REGISTRY)
+    elector = Elector(kube, s) if s.leader_election else None
+    try:
+        if elector is not None:
+            health.ready = True  # a standby is healthy and ready to take over
+            if not await elector.acquire(stop):
+                return 0
+            metrics.IS_LEADER.set(1)
+        pool = ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix="resync")
+        worker = Worker(kube, s)
+        tasks = [asyncio.create_task(resync_loop(worker, s, stop, pool))]
+        if elector is not None:
+            tasks.append(asyncio.create_task(elector.keep(stop)))
+        ready = asyncio.Event()
+
+        async def mark_ready() -> None:
+            await ready.wait()
+            health.ready = True
+            log.info("watching", extra={"namespaces": list(s.namespaces) or "*"})
+
+        tasks.append(asyncio.create_task(mark_ready()))
+        health.ready = False
+        clusterwide = s.all_namespaces or not s.namespaces
+        await kopf.operator(
+            registry=build_registry(worker),
+            settings=kopf_settings(s),
+            standalone=True,
+            clusterwide=clusterwide,
+            namespaces=() if clusterwide else list(s.namespaces),
+            stop_flag=stop,
+            ready_flag=ready,
+        )
+        stop.set()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        pool.shutdown(wait=False, cancel_futures=True)
+        if elector is not None and elector.lost:
+            return 1
+        return 0
+    finally:
+        metrics.IS_LEADER.set(0)
+        if elector is not None and not elector.lost:
+            await loop.run_in_executor(None, elector.release)
+        if runner is not None:
+            await runner.cleanup()
+
+
+def main(
+    namespaces: list[str] | tuple[str, ...] = (),
+    all_namespaces: bool = False,
+    *,
+    metrics_port: int = 8080,
+    health_port: int = 8081,
+    leader_election: bool = True,
+    lease_name: Optional[str] = None,
+    lease_namespace: Optional[str] = None,
+    default_image: Optional[str] = None,
+    log_level: str = "INFO",
+) -> int:
+    """Run the controller until SIGTERM; the exit code: 0 clean stop, 1 leadership lost, 2 no config."""
+    kw: dict[str, Any] = {}
+    if lease_name:
+        kw["lease_name"] = lease_name
+    if lease_namespace:
+        kw["lease_namespace"] = lease_namespace
+    if default_image is not None:
+        kw["default_image"] = default_image
+    s = Settings(
+        namespaces=tuple(namespaces), all_namespaces=all_namespaces or not namespaces, metrics_port=metrics_port,
+        health_port=health_port, leader_election=leader_election, log_level=log_level, **kw,
+    )
+    setup_logging(s.log_level)
+    log.info("starting", extra={"settings": {k: v for k, v in vars(s).items()}})
+    return asyncio.run(run(s))

@@ -1,0 +1,131 @@
+"""Pure status helpers: metav1.Conditions, phase transitions, node counts and trainer progress.
+
+Who uses it and why it exists: :mod:`controller.reconcile` builds the job's next status with
+these functions. A condition's ``lastTransitionTime`` changes only when its ``status`` flips, and
+nothing here reads the clock (``now`` is passed in), so a pass over an unchanged world yields a
+status equal to the stored one and the shell writes nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+#: For each phase: the condition it sets True, and the conditions it turns False if present.
+_PHASE_CONDITIONS = {
+    "Created": ("Created", ()),
+    "Running": ("Running", ("Restarting", "Suspended")),
+    "Restarting": ("Restarting", ("Running",)),
+    "Suspended": ("Suspended", ("Running", "Restarting")),
+    "Succeeded": ("Succeeded", ("Running", "Restarting")),
+    "Failed": ("Failed", ("Running", "Restarting")),
+}
+WARNING_PHASES = frozenset({"Restarting", "Failed"})
+
+
+def rfc3339(t: datetime) -> str:
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(s: Optional[str]) -> Optional[datetime]:
+    if not s:
+        return None
+    try:
+        return datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
+def set_condition(
+    conditions: list[dict[str, Any]], type_: str, status: str, reason: str, message: str, generation: Optional[int], now: datetime
+) -> list[dict[str, Any]]:
+    """Return a new list with condition ``type_`` set; its transition time moves only on a flip."""
+    out = [dict(c) for c in conditions]
+    old = next((c for c in out if c.get("type") == type_), None)
+    new = {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": old["lastTransitionTime"] if old and old.get("status") == status else rfc3339(now),
+    }
+    if generation is not None:
+        new["observedGeneration"] = generation
+    if old is None:
+        out.append(new)
+    else:
+        out[out.index(old)] = new
+    return out
+
+
+def enter_phase(
+    status: dict[str, Any], phase: str, reason: str, message: str, generation: Optional[int], now: datetime
+) -> dict[str, Any]:
+    """The status after moving to ``phase`` (conditions updated; other fields untouched)."""
+    out = dict(status)
+    out["phase"], out["reason"], out["message"] = phase, reason, message
+    conds = list(status.get("conditions") or [])
+    true_type, false_types = _PHASE_CONDITIONS[phase]
+    conds = set_condition(conds, true_type, "True", reason, message, generation, now)
+    for t in false_types:
+        if any(c.get("type") == t and c.get("status") == "True" for c in conds):
+            conds = set_condition(conds, t, "False", reason, message, generation, now)
+    out["conditions"] = conds
+    return out
+
+
+def resume(status: dict[str, Any], generation: Optional[int], now: datetime) -> dict[str, Any]:
+    """Leaving Suspended: the Suspended condition goes False and the job is Created again."""
+    conds = set_condition(status.get("conditions") or [], "Suspended", "False", "Resumed", "runPolicy.suspend is false", generation, now)
+    return enter_phase({**status, "conditions": conds}, "Created", "Resumed", "pods recreated after suspension", generation, now)
+
+
+def pod_phase(pod: dict[str, Any]) -> str:
+    return (pod.get("status") or {}).get("phase") or "Pending"
+
+
+def node_counts(total: int, pods: list[dict[str, Any]]) -> dict[str, int]:
+    phases = [pod_phase(p) for p in pods]
+    return {
+        "total": total,
+        "pending": phases.count("Pending"),
+        "running": phases.count("Running"),
+        "succeeded": phases.count("Succeeded"),
+        "failed": phases.count("Failed") + phases.count("Unknown"),
+    }
+
+
+def progress_status(progress: dict[str, Any]) -> dict[str, Any]:
+    """Map the trainer's ``trainer.config.Progress`` JSON onto ``status.progress``."""
+    out: dict[str, Any] = {}
+
+    def put(key: str, value: Any) -> None:
+        if value is not None:
+            out[key] = value
+
+    put("phase", progress.get("phase"))
+    epoch, epochs = progress.get("epoch"), progress.get("epochs")
+    step, total = progress.get("step"), progress.get("totalSteps")
+    put("epoch", epoch)
+    put("epochs", epochs)
+    put("step", step)
+    put("totalSteps", total)
+    if isinstance(step, int) and isinstance(total, int) and total > 0:
+        out["percent"] = min(100, int(100 * step / total))
+        out["summary"] = f"epoch {epoch}/{epochs} step {step}/{total}"
+    loss = progress.get("loss")
+    put("loss", round(float(loss), 4) if isinstance(loss, (int, float)) else None)
+    sps = progress.get("samplesPerSecond")
+    put("samplesPerSecond", round(float(sps), 1) if isinstance(sps, (int, float)) else None)
+    ev = progress.get("eval") or {}
+    r1 = ev.get("image_to_text_R@1")
+    put("recallAt1", round(float(r1), 4) if isinstance(r1, (int, float)) else None)
+    eta = progress.get("etaSeconds")
+    put("etaSeconds", int(eta) if isinstance(eta, (int, float)) else None)
+    ckpt = progress.get("lastCheckpoint") or {}
+    put("lastCheckpoint", ckpt.get("path"))
+    put("lastCheckpointStep", ckpt.get("step"))
+    updated = progress.get("updatedAt")
+    if isinstance(updated, (int, float)) and updated > 0:
+        out["updatedAt"] = rfc3339(datetime.fromtimestamp(updated, timezone.utc))
+    return out

@@ -1,0 +1,125 @@
+"""One reconcile pass — read, plan, apply — and the per-job serialisation around it.
+
+Who uses it and why it exists: every kopf handler in :mod:`controller.operator` (a FineTuneJob
+event, a pod event mapped to its job, the resync loop) calls :meth:`Worker.reconcile`, so every
+trigger runs the *same* idempotent pass. Passes of one job never overlap: a trigger arriving
+while a pass runs marks the job dirty and the running pass goes round once more (coalescing a
+burst of pod events into one or two passes). No kopf import here; the API is :mod:`controller.kube`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable, Optional
+
+from . import metrics
+from .api import TERMINAL_PHASES
+from .kube import Conflict, Kube
+from .progress import progress_url, read_progress
+from .reconcile import Observed, Plan, plan
+from .settings import Settings
+from .status import pod_phase
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    def __init__(self, kube: Kube, settings: Settings, *, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+        self.kube, self.s, self.clock = kube, settings, clock
+        self._mu = threading.Lock()
+        self._running: dict[tuple[str, str], bool] = {}  # key -> dirty
+        #: (namespace, name) -> monotonic time a pass is due (deadline, TTL, retry after error).
+        self.due: dict[tuple[str, str], float] = {}
+        self._errors: dict[tuple[str, str], int] = {}
+
+    def reconcile(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        with self._mu:
+            if key in self._running:
+                self._running[key] = True
+                return
+            self._running[key] = False
+        try:
+            while True:
+                self._pass(namespace, name)
+                with self._mu:
+                    if not self._running[key]:
+                        del self._running[key]
+                        return
+                    self._running[key] = False
+        except BaseException:
+            with self._mu:
+                self._running.pop(key, None)
+            raise
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.due.pop((namespace, name), None)
+        self._errors.pop((namespace, name), None)
+
+    def _pass(self, namespace: str, name: str) -> Optional[Plan]:
+        key = (namespace, name)
+        t0 = time.perf_counter()
+        try:
+            job = self.kube.get_job(namespace, name)
+            if job is None:
+                self.forget(namespace, name)
+                return None
+            p = self.plan_for(job)
+            self.apply(job, p)
+            self._errors.pop(key, None)
+            if p.requeue_after is not None:
+                self.due[key] = time.monotonic() + p.requeue_after + 0.05
+            else:
+                self.due.pop(key, None)
+            return p
+        except Conflict as err:
+            log.info("conflict, will retry: %s", err, extra={"job": f"{namespace}/{name}"})
+            self.due[key] = time.monotonic() + 0.5
+        except Exception as err:  # never crash, never hot-loop: retry with backoff
+            metrics.RECONCILE_ERRORS.inc()
+            n = self._errors[key] = self._errors.get(key, 0) + 1
+            delay = min(60.0, 0.5 * 2**n)
+            log.exception("reconcile failed (retry in %.1fs): %s", delay, err, extra={"job": f"{namespace}/{name}"})
+            self.due[key] = time.monotonic() + delay
+        finally:
+            metrics.RECONCILE_SECONDS.observe(time.perf_counter() - t0)
+        return None
+
+    def plan_for(self, job: dict[str, Any]) -> Plan:
+        pods, svc, cm = self.kube.observe(job)
+        progress = None
+        status = job.get("status") or {}
+        if status.get("phase") not in TERMINAL_PHASES:
+            node0 = next((p for p in pods if p["metadata"]["name"].endswith("-node-0")
+                          and pod_phase(p) in ("Running", "Succeeded")), None)
+            port = ((job.get("spec") or {}).get("metrics") or {}).get("port", 9090)
+            url = progress_url(node0, port, self.s) if node0 is not None and port else None
+            if url:
+                progress = read_progress(url, self.s.progress_timeout_s)
+        observed = Observed(pods=tuple(pods), service=svc, configmap=cm, progress=progress, now=self.clock())
+        return plan(job, observed, default_image=self.s.default_image)
+
+    def apply(self, job: dict[str, Any], p: Plan) -> None:
+        ns = job["metadata"]["namespace"]
+        ctx = {"job": f"{ns}/{job['metadata']['name']}"}
+        if p.status is not None:
+            self.kube.write_status(job, p.status)  # first: a Conflict aborts the whole plan
+            if p.transition:
+                metrics.record_transition(p.transition, p.status.get("reason"))
+                log.info("phase %s: %s", p.transition, p.status.get("message"), extra={**ctx, "reason": p.status.get("reason")})
+        for ev in p.events:
+            self.kube.event(job, ev)
+        for obj in p.create:
+            self.kube.create(obj)
+        for obj in p.update:
+            self.kube.update(obj)
+        for d in p.delete:
+            self.kube.delete(ns, d)
+        if p.create or p.delete:
+            log.info("applied: created %s, deleted %s", [o["metadata"]["name"] for o in p.create], [d.name for d in p.delete], extra=ctx)
+        if p.delete_job:
+            log.info("ttlSecondsAfterFinished reached: deleting the job", extra=ctx)
+            self.kube.delete_job(job)
