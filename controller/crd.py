@@ -152,8 +152,20 @@ def _add_rules(spec: dict[str, Any]) -> None:
     ]
 
 
+#: Descriptions of the trainer's sections, whose classes (trainer/config.py) carry none.
+SECTION_DOCS = {
+    "model": "Which OpenCLIP model to start from (architecture and pretrained weights).",
+    "dataset": "The image-caption CSV files (paths inside the trainer container).",
+    "training": "Optimisation: epochs, batch size, learning rate, precision, checkpoints.",
+    "output": "Where checkpoints, progress.json and the final model are written.",
+    "metrics": "The trainer's Prometheus and /progress endpoint on node 0.",
+}
+
+
 def openapi_schema() -> dict[str, Any]:
     spec = _model_schema(FineTuneJobSpec)
+    for key, doc in SECTION_DOCS.items():
+        spec["properties"][key].setdefault("description", doc)
     spec["description"] = (
         "What to fine-tune (model, dataset, training, output) and where to run it (image, "
         "numNodes x numProcPerNode, resources, volumes, scheduling, runPolicy)."

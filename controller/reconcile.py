@@ -296,7 +296,7 @@ def plan(job: dict[str, Any], observed: Observed, *, default_image: str = "") ->
         return _plan(job, status, create=create, update=update, delete=_delete(pods), requeue_after=requeue)
 
     # Steady state: drop stale pods, create the missing ones whose names are free.
-    taken = {p["metadata"]["name"] for p in pods}
+    taken = {p["metadata"]["name"] for p in observed.pods}  # foreign pods hold their names too
     for i in range(spec.numNodes):
         if i not in current and naming.pod_name(meta["name"], i) not in taken:
             create.append(builders.pod(job, spec, i, attempt, image))

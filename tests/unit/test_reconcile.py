@@ -1,0 +1,339 @@
+"""Table tests of the pure reconcile (controller/reconcile.py): plain dicts in, a Plan out."""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from controller import naming
+from controller.reconcile import Delete, Observed, classify, plan
+from controller.status import rfc3339
+from trainer.config import parse_manifest
+import yaml
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+UID = "uid-1"
+
+
+def job(status=None, **spec_over):
+    spec = {
+        "image": "img:1",
+        "model": {"name": "ViT-B-32"},
+        "dataset": {"trainCsv": "/data/train.csv"},
+        "output": {"path": "/out"},
+        "numNodes": 2,
+        "numProcPerNode": 2,
+    }
+    for k, v in spec_over.items():
+        spec[k] = v
+    return {
+        "apiVersion": "kubeclip.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "j", "namespace": "ns", "uid": UID, "generation": 1, "resourceVersion": "7"},
+        "spec": spec,
+        "status": status or {},
+    }
+
+
+def pod(i, phase="Running", attempt=0, *, exit_code=None, reason=None, message="", pod_reason=None, deleting=False, owner=UID, conditions=None):
+    p = {
+        "metadata": {
+            "name": f"j-node-{i}",
+            "uid": f"pod-{i}-{attempt}",
+            "labels": {naming.LABEL_JOB: "j", naming.LABEL_INDEX: str(i), naming.LABEL_ATTEMPT: str(attempt)},
+            "ownerReferences": [{"uid": owner, "controller": True}],
+        },
+        "status": {"phase": phase},
+    }
+    if exit_code is not None:
+        p["status"]["containerStatuses"] = [
+            {"name": "trainer", "state": {"terminated": {"exitCode": exit_code, "reason": reason or "Error", "message": message}}}
+        ]
+    if pod_reason:
+        p["status"]["reason"] = pod_reason
+    if conditions:
+        p["status"]["conditions"] = conditions
+    if deleting:
+        p["metadata"]["deletionTimestamp"] = rfc3339(NOW)
+    return p
+
+
+def children(j):
+    from controller import builders
+    from controller.api import parse_job_spec
+    from trainer.config import ConfigError
+
+    try:
+        svc = builders.service(j, parse_job_spec(j["spec"]))
+    except ConfigError:
+        svc = None
+    return {"configmap": builders.configmap(j), "service": svc}
+
+
+def observe(j, pods=(), progress=None, now=NOW, with_children=True):
+    kw = children(j) if with_children else {}
+    return Observed(pods=tuple(pods), progress=progress, now=now, **kw)
+
+
+def run(j, pods=(), **kw):
+    """Plan, then 'apply' the status to the job the way the API would (for multi-pass tests)."""
+    p = plan(j, observe(j, pods, **kw))
+    if p.status is not None:
+        j = {**j, "status": p.status}
+    return p, j
+
+
+def names(objs):
+    return sorted(o["metadata"]["name"] for o in objs)
+
+
+# ---- first pass -------------------------------------------------------------------------------
+
+
+def test_new_job_creates_configmap_service_and_all_pods():
+    j = job()
+    p = plan(j, observe(j, with_children=False))
+    assert [o["kind"] for o in p.create] == ["ConfigMap", "Service", "Pod", "Pod"]
+    assert names(p.create) == ["j", "j-config", "j-node-0", "j-node-1"]
+    assert p.status["phase"] == "Created" and p.status["startTime"] == rfc3339(NOW)
+    assert p.status["restartCount"] == 0 and p.status["observedGeneration"] == 1
+    assert [c["type"] for c in p.status["conditions"]] == ["Created"]
+    assert p.transition == "Created" and [e.reason for e in p.events] == ["Created"]
+
+
+def test_configmap_holds_only_the_trainer_part_and_the_trainer_accepts_it():
+    j = job(volumes=[{"name": "d", "hostPath": {"path": "/x"}}], volumeMounts=[{"name": "d", "mountPath": "/data"}])
+    cm = next(o for o in plan(j, observe(j, with_children=False)).create if o["kind"] == "ConfigMap")
+    doc = yaml.safe_load(cm["data"]["job.yaml"])
+    assert "volumes" not in doc["spec"] and "image" not in doc["spec"]
+    name, spec = parse_manifest(doc)
+    assert name == "j" and spec.numNodes == 2 and spec.dataset.trainCsv == "/data/train.csv"
+
+
+def test_unchanged_world_plans_nothing():
+    j = job()
+    _, j = run(j, [])
+    p, j = run(j, [pod(0), pod(1)])
+    assert p.status["phase"] == "Running"
+    again = plan(j, observe(j, [pod(0), pod(1)]))
+    assert again.empty and again.status is None
+
+
+def test_pending_pods_keep_created_and_running_when_all_run():
+    _, j = run(job(), [])
+    p, j = run(j, [pod(0), pod(1, "Pending")])
+    assert p.status is None or p.status["phase"] == "Created"
+    assert j["status"]["nodes"]["pending"] == 1 and j["status"]["nodes"]["running"] == 1
+    p, j = run(j, [pod(0), pod(1)])
+    assert j["status"]["phase"] == "Running" and [e.reason for e in p.events] == ["Running"]
+    running = next(c for c in j["status"]["conditions"] if c["type"] == "Running")
+    assert running["status"] == "True" and running["observedGeneration"] == 1
+
+
+def test_missing_pod_before_running_is_just_created():
+    _, j = run(job(), [])
+    p = plan(j, observe(j, [pod(0, "Pending")]))
+    assert names(p.create) == ["j-node-1"] and not p.delete and j["status"]["restartCount"] == 0
+
+
+def test_invalid_spec_fails_once_and_never_loops():
+    j = job(training={"batchSize": 0})
+    p, j = run(j, [])
+    assert p.status["phase"] == "Failed" and p.status["reason"] == "InvalidSpec"
+    assert "spec.training.batchSize" in p.status["message"] and not p.create
+    again = plan(j, observe(j))
+    assert again.empty and again.requeue_after is None
+
+
+def test_no_image_anywhere_is_invalid_spec_but_default_image_works():
+    j = job()
+    del j["spec"]["image"]
+    assert plan(j, observe(j)).status["reason"] == "InvalidSpec"
+    p = plan(j, observe(j), default_image="reg/trainer:2")
+    assert {o["spec"]["containers"][0]["image"] for o in p.create if o["kind"] == "Pod"} == {"reg/trainer:2"}
+
+
+def test_cross_field_rules_are_enforced_without_the_crd():
+    j = job(volumeMounts=[{"name": "nope", "mountPath": "/data"}])
+    assert "not a volume" in plan(j, observe(j)).status["message"]
+    j = job(env=[{"name": "RANK", "value": "3"}])
+    assert "RANK is set by the controller" in plan(j, observe(j)).status["message"]
+    j = job(resources={"limits": {"nvidia.com/gpu": 4}})  # numProcPerNode is 2
+    assert "numProcPerNode" in plan(j, observe(j)).status["message"]
+
+
+# ---- failures ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad_pod, retryable, reason",
+    [
+        (pod(1, "Failed", exit_code=137, reason="OOMKilled"), True, "OOMKilled"),
+        (pod(1, "Failed", exit_code=143), True, "Killed"),
+        (pod(1, "Failed", exit_code=128), True, "Killed"),
+        (pod(1, "Failed", pod_reason="Evicted"), True, "Evicted"),
+        (pod(1, "Failed", exit_code=1, conditions=[{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}]), True, "PreemptionByScheduler"),
+        (pod(1, "Unknown"), True, "NodeLost"),
+        (pod(1, "Running", deleting=True), True, "PodDeleted"),
+        (pod(1, "Failed", exit_code=2, message="spec.training.batchSize: bad"), False, "InvalidConfig"),
+        (pod(1, "Failed", exit_code=3, message="train.csv: 3 images missing"), False, "PreflightFailed"),
+        (pod(1, "Failed", exit_code=1), False, "TrainerFailed"),
+        (pod(1, "Failed", exit_code=127), False, "TrainerFailed"),
+    ],
+)
+def test_classify(bad_pod, retryable, reason):
+    f = classify(bad_pod)
+    assert f is not None and (f.retryable, f.reason) == (retryable, reason)
+
+
+def test_healthy_pods_are_not_failures():
+    assert classify(pod(0)) is None and classify(pod(0, "Pending")) is None and classify(pod(0, "Succeeded", exit_code=0)) is None
+
+
+def _running_job(backoff=2, **kw):
+    _, j = run(job(runPolicy={"backoffLimit": backoff, **kw}), [])
+    _, j = run(j, [pod(0), pod(1)])
+    assert j["status"]["phase"] == "Running"
+    return j
+
+
+def test_non_retryable_exit_fails_with_the_termination_message():
+    j = _running_job()
+    p, j = run(j, [pod(0), pod(1, "Failed", exit_code=3, message="train.csv: column 'caption' missing")])
+    assert j["status"]["phase"] == "Failed" and j["status"]["reason"] == "PreflightFailed"
+    assert "column 'caption' missing" in j["status"]["message"]
+    failed = next(c for c in j["status"]["conditions"] if c["type"] == "Failed")
+    assert failed["status"] == "True" and "column 'caption' missing" in failed["message"]
+    # cleanPodPolicy Running (default): the running node 0 is deleted, the failed pod kept for logs.
+    assert p.delete == (Delete("Pod", "j-node-0", "pod-0-0"),)
+    assert p.events[0].type == "Warning" and j["status"]["completionTime"] == rfc3339(NOW)
+
+
+def test_backoff_limit_is_honoured_exactly():
+    """backoffLimit=2: failures 1 and 2 restart, failure 3 fails; restartCount never exceeds 2."""
+    j = _running_job(backoff=2)
+    for attempt in (0, 1):
+        p, j = run(j, [pod(0, attempt=attempt), pod(1, "Failed", attempt, exit_code=137, reason="OOMKilled")])
+        assert j["status"]["phase"] == "Restarting" and j["status"]["restartCount"] == attempt + 1
+        assert sorted(d.name for d in p.delete) == ["j-node-0", "j-node-1"] and not p.create
+        # The same failed pods seen again (deletion not yet visible): nothing counted twice.
+        again, j = run(j, [pod(0, attempt=attempt, deleting=True), pod(1, "Failed", attempt, exit_code=137, reason="OOMKilled")])
+        assert j["status"]["restartCount"] == attempt + 1 and [d.name for d in again.delete] == ["j-node-1"]
+        # Old pods gone: the next attempt's pods are created with the new attempt label.
+        p, j = run(j, [])
+        assert names(p.create) == ["j-node-0", "j-node-1"]
+        assert {o["metadata"]["labels"][naming.LABEL_ATTEMPT] for o in p.create} == {str(attempt + 1)}
+        p, j = run(j, [pod(0, attempt=attempt + 1), pod(1, attempt=attempt + 1)])
+        assert j["status"]["phase"] == "Running"
+        restarting = next(c for c in j["status"]["conditions"] if c["type"] == "Restarting")
+        assert restarting["status"] == "False"
+    p, j = run(j, [pod(0, attempt=2), pod(1, "Failed", 2, exit_code=137, reason="OOMKilled")])
+    assert j["status"]["phase"] == "Failed" and j["status"]["reason"] == "BackoffLimitExceeded"
+    assert j["status"]["restartCount"] == 2
+
+
+def test_backoff_limit_zero_fails_on_first_retryable_failure():
+    j = _running_job(backoff=0)
+    _, j = run(j, [pod(0), pod(1, "Failed", pod_reason="Evicted")])
+    assert (j["status"]["phase"], j["status"]["reason"], j["status"]["restartCount"]) == ("Failed", "BackoffLimitExceeded", 0)
+
+
+def test_pod_vanishing_while_running_is_a_restart():
+    j = _running_job()
+    p, j = run(j, [pod(0)])
+    assert j["status"]["phase"] == "Restarting" and j["status"]["reason"] == "PodDeleted" and j["status"]["restartCount"] == 1
+    assert [d.name for d in p.delete] == ["j-node-0"]
+
+
+def test_stale_pods_of_an_older_attempt_are_deleted_never_counted():
+    j = _running_job()
+    j["status"]["restartCount"] = 1
+    j["status"]["phase"] = "Restarting"
+    p = plan(j, observe(j, [pod(0, "Failed", 0, exit_code=137), pod(1, "Running", 1)]))
+    assert [d.name for d in p.delete] == ["j-node-0"] and not p.create
+    assert p.status is None or p.status["restartCount"] == 1
+
+
+def test_foreign_pods_are_ignored():
+    _, j = run(job(), [])
+    p = plan(j, observe(j, [pod(0, "Failed", exit_code=1, owner="someone-else")]))
+    assert (p.status is None or p.status["phase"] == "Created") and not p.delete
+    assert names(p.create) == ["j-node-1"]  # node 0's name is taken: wait for it to go
+
+
+# ---- success, cleanup, ttl, deadline, suspend --------------------------------------------------
+
+
+@pytest.mark.parametrize("policy, deleted", [("Running", ["j-node-1"]), ("All", ["j-node-0", "j-node-1"]), ("None", [])])
+def test_node0_success_and_clean_pod_policy(policy, deleted):
+    j = _running_job(cleanPodPolicy=policy)
+    p, j = run(j, [pod(0, "Succeeded", exit_code=0), pod(1)])
+    assert j["status"]["phase"] == "Succeeded" and j["status"]["completionTime"] == rfc3339(NOW)
+    assert sorted(d.name for d in p.delete) == deleted
+    assert p.transition == "Succeeded" and p.events[0].reason == "Succeeded"
+
+
+def test_terminal_job_stays_terminal_and_ttl_deletes_it():
+    j = _running_job(ttlSecondsAfterFinished=60)
+    p, j = run(j, [pod(0, "Succeeded", exit_code=0), pod(1, "Succeeded", exit_code=0)])
+    assert p.requeue_after == 60 and not p.delete_job
+    later = plan(j, observe(j, [pod(0, "Failed", exit_code=137)], now=NOW + timedelta(seconds=30)))
+    assert later.status is None and not later.delete_job and later.requeue_after == pytest.approx(30)
+    due = plan(j, observe(j, [], now=NOW + timedelta(seconds=60)))
+    assert due.delete_job and due.status is None
+
+
+def test_ttl_zero_deletes_at_once():
+    j = _running_job(ttlSecondsAfterFinished=0)
+    p, _ = run(j, [pod(0, "Succeeded", exit_code=0), pod(1)])
+    assert p.delete_job
+
+
+def test_active_deadline():
+    j = _running_job(activeDeadlineSeconds=100)
+    p = plan(j, observe(j, [pod(0), pod(1)], now=NOW + timedelta(seconds=40)))
+    assert p.requeue_after == pytest.approx(60) and p.status is None
+    p, j = run(j, [pod(0), pod(1)], now=NOW + timedelta(seconds=100))
+    assert (j["status"]["phase"], j["status"]["reason"]) == ("Failed", "DeadlineExceeded")
+    assert sorted(d.name for d in p.delete) == ["j-node-0", "j-node-1"]
+
+
+def test_suspend_deletes_pods_and_resume_recreates_them():
+    j = _running_job()
+    j["spec"]["runPolicy"]["suspend"] = True
+    p, j = run(j, [pod(0), pod(1)])
+    assert j["status"]["phase"] == "Suspended" and sorted(d.name for d in p.delete) == ["j-node-0", "j-node-1"]
+    assert "startTime" not in j["status"] and not any(o["kind"] == "Pod" for o in p.create)
+    assert next(c for c in j["status"]["conditions"] if c["type"] == "Running")["status"] == "False"
+    p2, j = run(j, [])
+    assert p2.status is None and p2.empty
+    j["spec"]["runPolicy"]["suspend"] = False
+    p, j = run(j, [], now=NOW + timedelta(seconds=5))
+    assert j["status"]["phase"] == "Created" and j["status"]["reason"] == "Resumed"
+    assert names(p.create) == ["j-node-0", "j-node-1"] and j["status"]["startTime"] == rfc3339(NOW + timedelta(seconds=5))
+    assert next(c for c in j["status"]["conditions"] if c["type"] == "Suspended")["status"] == "False"
+    assert j["status"]["restartCount"] == 0
+
+
+def test_progress_lands_in_status_only_when_it_changes():
+    j = _running_job()
+    prog = {"phase": "training", "epoch": 1, "epochs": 3, "step": 50, "totalSteps": 300, "loss": 1.23456,
+            "samplesPerSecond": 812.34, "etaSeconds": 120.7, "eval": {"image_to_text_R@1": 0.41234},
+            "lastCheckpoint": {"path": "/out/checkpoints/step-50", "step": 50, "time": 1.0}, "updatedAt": 1767323045.0}
+    p, j = run(j, [pod(0), pod(1)], progress=prog)
+    pr = j["status"]["progress"]
+    assert pr["summary"] == "epoch 1/3 step 50/300" and pr["percent"] == 16 and pr["loss"] == 1.2346
+    assert pr["recallAt1"] == 0.4123 and pr["etaSeconds"] == 120 and pr["lastCheckpoint"] == "/out/checkpoints/step-50"
+    assert not p.events  # progress is not a transition
+    assert plan(j, observe(j, [pod(0), pod(1)], progress=prog)).status is None
+
+
+def test_configmap_drift_is_repaired():
+    j = _running_job()
+    obs = observe(j, [pod(0), pod(1)])
+    stale_cm = copy.deepcopy(obs.configmap)
+    stale_cm["data"]["job.yaml"] = "old"
+    p = plan(j, Observed(pods=obs.pods, service=obs.service, configmap=stale_cm, now=NOW))
+    assert len(p.update) == 1 and p.update[0]["data"] == obs.configmap["data"]
