@@ -1,0 +1,362 @@
+"""The controller on the real kube-apiserver, running as its ServiceAccount with the chart's rules.
+
+There is no kubelet: the tests play it by writing pod status (phase, exit codes, OOMKilled) and
+serve node 0's /progress from this process (the controller is pointed at 127.0.0.1 by
+KUBECLIP_PROGRESS_HOST/PORT, the one test-only setting). Everything else is real: kubectl apply,
+the CRD's schema and CEL rules, Pod Security admission, RBAC, owner references and the garbage
+collector.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from controller_harness import REPO, Operator, controller_kubeconfig, install_crd, job_manifest, set_pod_status, wait_for
+from trainer.config import parse_manifest
+
+pytestmark = [pytest.mark.cluster]
+
+GROUP, VERSION, PLURAL = "kubeclip.dev", "v1alpha1", "finetunejobs"
+PROGRESS: dict = {}
+
+
+class _ProgressHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802
+        body = json.dumps(PROGRESS).encode()
+        self.send_response(200 if self.path == "/progress" else 404)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def progress_server():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ProgressHandler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv.server_address[1]
+    srv.shutdown()
+
+
+@pytest.fixture(scope="module")
+def system_ns(cluster):
+    name = f"kubeclip-system-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def crd(cluster):
+    created = install_crd(cluster.kubectl)
+    yield
+    if created:
+        cluster.kubectl("delete", "crd", "finetunejobs.kubeclip.dev", "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def sa_kubeconfig(cluster, system_ns, tmp_path_factory):
+    return controller_kubeconfig(cluster, system_ns, tmp_path_factory.mktemp("ctl") / "kubeconfig")
+
+
+TEST_ENV = {
+    "KUBECLIP_PROGRESS_HOST": "127.0.0.1",
+    "KUBECLIP_PROGRESS_INTERVAL_SECONDS": "1",
+    "KUBECLIP_LEASE_DURATION_SECONDS": "4",
+    "KUBECLIP_RENEW_DEADLINE_SECONDS": "3",
+    "KUBECLIP_RETRY_PERIOD_SECONDS": "0.5",
+}
+
+
+@pytest.fixture(scope="module")
+def operator(crd, sa_kubeconfig, system_ns, progress_server, tmp_path_factory):
+    log = tmp_path_factory.mktemp("ctl-log") / "controller.log"
+    op = Operator(sa_kubeconfig, log, "--all-namespaces", f"--lease-namespace={system_ns}",
+                  env={**TEST_ENV, "KUBECLIP_PROGRESS_PORT": str(progress_server)}).start()
+    op.wait_ready()
+    yield op
+    rc = op.stop()
+    assert rc == 0, f"controller exited {rc} on SIGTERM:\n{op.log_tail()}"
+    errors = [line for line in log.read_text().splitlines() if '"level": "ERROR"' in line]
+    assert not errors, "controller logged errors:\n" + "\n".join(errors[:5])
+
+
+@pytest.fixture
+def api(cluster):
+    from kubernetes import client
+
+    with cluster.api_client() as a:
+        yield client.CoreV1Api(a), client.CustomObjectsApi(a)
+
+
+def _apply(cluster, doc, check=True):
+    return cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc), check=check)
+
+
+def _job(custom, ns, name):
+    return custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+
+
+def _status(custom, ns, name):
+    return _job(custom, ns, name).get("status") or {}
+
+
+def _pods(core, ns, job):
+    return sorted(core.list_namespaced_pod(ns, label_selector=f"kubeclip.dev/job-name={job}").items, key=lambda p: p.metadata.name)
+
+
+def _wait_phase(custom, ns, name, phase, timeout=30):
+    return wait_for(lambda: _status(custom, ns, name).get("phase") == phase and _status(custom, ns, name), timeout,
+                    what=f"{name} phase {phase} (now {_status(custom, ns, name).get('phase')})")
+
+
+def _wait_pods(core, ns, job, n, attempt=None, timeout=30):
+    def ok():
+        pods = [p for p in _pods(core, ns, job) if p.metadata.deletion_timestamp is None]
+        if attempt is not None:
+            pods = [p for p in pods if p.metadata.labels.get("kubeclip.dev/attempt") == str(attempt)]
+        return len(pods) == n and pods
+    return wait_for(ok, timeout, what=f"{n} pods of {job}")
+
+
+def _run_all(core, ns, job):
+    for p in _pods(core, ns, job):
+        set_pod_status(core, ns, p.metadata.name, "Running")
+
+
+def _events(core, ns, name):
+    return [e.reason for e in sorted(core.list_namespaced_event(ns, field_selector=f"involvedObject.name={name}").items,
+                                     key=lambda e: e.metadata.creation_timestamp)]
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def test_example_job_gets_configmap_service_and_restricted_pods(cluster, operator, namespace, api):
+    core, custom = api
+    # Pod Security admission enforces "restricted": the pods below only exist if they comply.
+    cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    doc = yaml.safe_load((REPO / "examples/finetune-minimal.yaml").read_text())
+    doc["metadata"]["namespace"] = namespace
+    doc["spec"]["numNodes"], doc["spec"]["numProcPerNode"] = 3, 2
+    for kind in ("requests", "limits"):
+        doc["spec"]["resources"][kind]["nvidia.com/gpu"] = 2
+    _apply(cluster, doc)
+    name = doc["metadata"]["name"]
+    job = _job(custom, namespace, name)
+    pods = _wait_pods(core, namespace, name, 3)
+
+    cm = core.read_namespaced_config_map(f"{name}-config", namespace)
+    manifest = yaml.safe_load(cm.data["job.yaml"])
+    job_name, spec = parse_manifest(manifest)
+    assert job_name == name and spec.numNodes == 3 and spec.training.batchSize == 128
+    assert not {"image", "volumes", "resources"} & set(manifest["spec"])
+
+    svc = core.read_namespaced_service(name, namespace)
+    assert svc.spec.cluster_ip == "None" and svc.spec.selector == {"kubeclip.dev/job-name": name}
+
+    for i, p in enumerate(pods):
+        assert p.metadata.name == f"{name}-node-{i}" and p.metadata.labels["kubeclip.dev/node-index"] == str(i)
+        (ref,) = p.metadata.owner_references
+        assert (ref.kind, ref.name, ref.uid, ref.controller, ref.block_owner_deletion) == ("FineTuneJob", name, job["metadata"]["uid"], True, True)
+        c = p.spec.containers[0]
+        env = {e.name: e.value for e in c.env}
+        assert env["RANK"] == env["NODE_RANK"] == env["PET_NODE_RANK"] == str(i)
+        assert env["WORLD_SIZE"] == "6" and env["PET_NPROC_PER_NODE"] == "2" and env["PET_NNODES"] == "3"
+        assert env["MASTER_ADDR"] == f"{name}-node-0.{name}.{namespace}.svc" and env["MASTER_PORT"] == "23456"
+        assert c.command == ["python", "-m", "trainer.node", "/etc/kubeclip/job.yaml"]
+        assert c.security_context.allow_privilege_escalation is False and c.security_context.capabilities.drop == ["ALL"]
+        assert p.spec.security_context.run_as_non_root and p.spec.security_context.seccomp_profile.type == "RuntimeDefault"
+        assert c.resources.limits["nvidia.com/gpu"] == "2" and p.spec.hostname == p.metadata.name and p.spec.subdomain == name
+        assert p.spec.restart_policy == "Never"
+
+    st = _wait_phase(custom, namespace, name, "Created")
+    assert st["nodes"]["total"] == 3 and st["restartCount"] == 0 and st["observedGeneration"] == 1
+    (cond,) = st["conditions"]
+    assert (cond["type"], cond["status"], cond["reason"]) == ("Created", "True", "Created") and cond["lastTransitionTime"]
+    # kopf keeps no state on the object: no finalizers, no annotations of its own.
+    meta = _job(custom, namespace, name)["metadata"]
+    assert not meta.get("finalizers") and not any("kopf" in k for k in (meta.get("annotations") or {}))
+    out = cluster.kubectl("get", "ftj", "-n", namespace).stdout
+    assert out.split()[:6] == ["NAME", "PHASE", "NODES", "PROGRESS", "LOSS", "R@1"] and "Created" in out
+    assert wait_for(lambda: "Created" in _events(core, namespace, name), 10, what="Created event")
+
+
+def test_running_progress_success_and_clean_pod_policy(cluster, operator, namespace, api):
+    core, custom = api
+    _apply(cluster, job_manifest("ok", namespace))
+    _wait_pods(core, namespace, "ok", 2)
+    PROGRESS.clear()
+    PROGRESS.update({"phase": "training", "epoch": 1, "epochs": 2, "step": 30, "totalSteps": 100, "loss": 2.5,
+                     "samplesPerSecond": 40.0, "eval": {"image_to_text_R@1": 0.25}, "updatedAt": 1767225600.0,
+                     "lastCheckpoint": {"path": "/data/out/checkpoints/step-30", "step": 30, "time": 1.0}})
+    _run_all(core, namespace, "ok")
+    _wait_phase(custom, namespace, "ok", "Running")
+    st = wait_for(lambda: (_status(custom, namespace, "ok").get("progress") or {}).get("step") == 30 and _status(custom, namespace, "ok"),
+                  15, what="progress in status")
+    assert st["progress"]["summary"] == "epoch 1/2 step 30/100" and st["progress"]["recallAt1"] == 0.25
+    assert st["nodes"]["running"] == 2
+    out = cluster.kubectl("get", "ftj", "ok", "-n", namespace).stdout
+    assert "epoch 1/2 step 30/100" in out and "2.5" in out and "0.25" in out
+    set_pod_status(core, namespace, "ok-node-0", "Succeeded", exit_code=0)
+    st = _wait_phase(custom, namespace, "ok", "Succeeded")
+    assert st["completionTime"] and any(c["type"] == "Succeeded" and c["status"] == "True" for c in st["conditions"])
+    # cleanPodPolicy Running: node 1 (still running) is deleted, node 0 (done) stays for its logs.
+    wait_for(lambda: [p.metadata.name for p in _pods(core, namespace, "ok")] == ["ok-node-0"], 15, what="node 1 cleaned up")
+    assert wait_for(lambda: {"Created", "Running", "Succeeded"} <= set(_events(core, namespace, "ok")), 10, what="events")
+    assert operator.metric("kubeclip_controller_jobs_succeeded_total") >= 1
+
+
+def test_non_retryable_exit_fails_with_termination_message(cluster, operator, namespace, api):
+    core, custom = api
+    _apply(cluster, job_manifest("bad-data", namespace))
+    _wait_pods(core, namespace, "bad-data", 2)
+    _run_all(core, namespace, "bad-data")
+    _wait_phase(custom, namespace, "bad-data", "Running")
+    set_pod_status(core, namespace, "bad-data-node-1", "Failed", exit_code=3, message="train.csv: 12 image files missing")
+    st = _wait_phase(custom, namespace, "bad-data", "Failed")
+    failed = next(c for c in st["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "PreflightFailed" and "12 image files missing" in failed["message"]
+    assert st["restartCount"] == 0
+    wait_for(lambda: [p.metadata.name for p in _pods(core, namespace, "bad-data")] == ["bad-data-node-1"], 15, what="cleanup")
+    assert "PreflightFailed" in _events(core, namespace, "bad-data")
+
+
+def test_retryable_failures_restart_until_backoff_limit(cluster, operator, namespace, api):
+    core, custom = api
+    _apply(cluster, job_manifest("flaky", namespace, runPolicy={"backoffLimit": 1}))
+    first = _wait_pods(core, namespace, "flaky", 2)
+    _run_all(core, namespace, "flaky")
+    _wait_phase(custom, namespace, "flaky", "Running")
+    set_pod_status(core, namespace, "flaky-node-1", "Failed", exit_code=137, reason="OOMKilled")
+    second = _wait_pods(core, namespace, "flaky", 2, attempt=1)
+    assert {p.metadata.uid for p in second}.isdisjoint({p.metadata.uid for p in first})
+    st = _status(custom, namespace, "flaky")
+    assert st["restartCount"] == 1 and st["phase"] == "Restarting" and st["reason"] == "OOMKilled"
+    _run_all(core, namespace, "flaky")
+    _wait_phase(custom, namespace, "flaky", "Running")
+    set_pod_status(core, namespace, "flaky-node-0", "Failed", exit_code=143)
+    st = _wait_phase(custom, namespace, "flaky", "Failed")
+    assert st["reason"] == "BackoffLimitExceeded" and st["restartCount"] == 1
+    # No third attempt is ever created.
+    assert all(p.metadata.labels["kubeclip.dev/attempt"] == "1" for p in _pods(core, namespace, "flaky"))
+    assert _events(core, namespace, "flaky").count("OOMKilled") == 1
+
+
+def test_deleted_pod_is_a_counted_restart(cluster, operator, namespace, api):
+    core, custom = api
+    _apply(cluster, job_manifest("evicted", namespace, runPolicy={"backoffLimit": 3}))
+    _wait_pods(core, namespace, "evicted", 2)
+    _run_all(core, namespace, "evicted")
+    _wait_phase(custom, namespace, "evicted", "Running")
+    core.delete_namespaced_pod("evicted-node-1", namespace)
+    _wait_pods(core, namespace, "evicted", 2, attempt=1)
+    st = _status(custom, namespace, "evicted")
+    assert st["restartCount"] == 1 and st["reason"] == "PodDeleted"
+
+
+def test_active_deadline(cluster, operator, namespace, api):
+    core, custom = api
+    _apply(cluster, job_manifest("slow", namespace, runPolicy={"activeDeadlineSeconds": 3}))
+    _wait_pods(core, namespace, "slow", 2)
+    _run_all(core, namespace, "slow")
+    st = _wait_phase(custom, namespace, "slow", "Failed", timeout=20)
+    assert st["reason"] == "DeadlineExceeded"
+    wait_for(lambda: not _pods(core, namespace, "slow"), 15, what="pods deleted")
+
+
+def test_suspend_and_resume(cluster, operator, namespace, api):
+    core, custom = api
+    _apply(cluster, job_manifest("pause", namespace))
+    _wait_pods(core, namespace, "pause", 2)
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "pause", {"spec": {"runPolicy": {"suspend": True}}})
+    st = _wait_phase(custom, namespace, "pause", "Suspended")
+    assert any(c["type"] == "Suspended" and c["status"] == "True" for c in st["conditions"])
+    wait_for(lambda: not _pods(core, namespace, "pause"), 15, what="pods deleted on suspend")
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "pause", {"spec": {"runPolicy": {"suspend": False}}})
+    _wait_pods(core, namespace, "pause", 2)
+    st = _wait_phase(custom, namespace, "pause", "Created")
+    assert st["reason"] == "Resumed" and st["restartCount"] == 0
+
+
+def test_ttl_deletes_finished_job_and_children(cluster, operator, namespace, api):
+    core, custom = api
+    _apply(cluster, job_manifest("brief", namespace, runPolicy={"ttlSecondsAfterFinished": 2, "cleanPodPolicy": "None"}))
+    _wait_pods(core, namespace, "brief", 2)
+    _run_all(core, namespace, "brief")
+    set_pod_status(core, namespace, "brief-node-0", "Succeeded", exit_code=0)
+    _wait_phase(custom, namespace, "brief", "Succeeded")
+    assert len(_pods(core, namespace, "brief")) == 2  # cleanPodPolicy None keeps them
+    wait_for(lambda: cluster.kubectl("get", "ftj", "brief", "-n", namespace, check=False).returncode != 0, 20, what="job deleted by TTL")
+    # The garbage collector follows the owner references.
+    wait_for(lambda: not _pods(core, namespace, "brief") and not core.list_namespaced_config_map(namespace, label_selector="kubeclip.dev/job-name=brief").items,
+             60, what="children garbage-collected")
+
+
+@pytest.mark.parametrize(
+    "name, change, error",
+    [
+        ("zero-batch", {"training": {"batchSize": 0}}, "spec.training.batchSize"),
+        ("frozen", {"training": {"lockImage": True, "lockText": True}}, "nothing would be trained"),
+        ("dangling-mount", {"volumeMounts": [{"name": "nope", "mountPath": "/x"}]}, "must name a volume"),
+        ("gpu-mismatch", {"numProcPerNode": 2, "resources": {"limits": {"nvidia.com/gpu": 4}}}, "must equal numProcPerNode"),
+        ("reserved-env", {"env": [{"name": "RANK", "value": "1"}]}, "set by the controller"),
+        ("reserved-mount", {"volumeMounts": [{"name": "data", "mountPath": "/etc/kubeclip"}]}, "reserved for the job config"),
+        ("bad-policy", {"runPolicy": {"cleanPodPolicy": "Sometimes"}}, "cleanPodPolicy"),
+        ("typo", {"training": {"batchSzie": 8}}, "batchSzie"),
+        ("x" * 54, {}, "at most 53 characters"),
+    ],
+)
+def test_crd_rejects_invalid_specs(cluster, crd, namespace, name, change, error):
+    doc = job_manifest(name, namespace, **change)
+    if name == "gpu-mismatch":
+        doc["spec"]["volumeMounts"] = []
+        doc["spec"]["volumes"] = []
+    res = _apply(cluster, doc, check=False)
+    assert res.returncode != 0 and error in res.stderr, res.stderr
+
+
+def test_good_gpu_spec_and_nullable_fields_are_accepted(cluster, crd, namespace):
+    doc = job_manifest("gpus", namespace, numProcPerNode=4, resources={"limits": {"nvidia.com/gpu": 4}, "requests": {"nvidia.com/gpu": "4"}})
+    doc["spec"]["dataset"]["valCsv"] = None
+    doc["spec"]["imagePullPolicy"] = None
+    _apply(cluster, doc)
+
+
+def test_spec_the_crd_cannot_judge_fails_as_invalid_spec(cluster, operator, namespace, api):
+    core, custom = api
+    doc = job_manifest("no-image", namespace)
+    del doc["spec"]["image"]  # and the controller runs without --default-image
+    _apply(cluster, doc)
+    st = _wait_phase(custom, namespace, "no-image", "Failed")
+    assert st["reason"] == "InvalidSpec" and "spec.image" in st["message"]
+    assert not _pods(core, namespace, "no-image")
+    assert operator.proc.poll() is None
+
+
+def test_kubectl_explain_is_useful(cluster, crd):
+    out = cluster.kubectl("explain", "ftj.spec.runPolicy.backoffLimit").stdout
+    assert "BackoffLimitExceeded" in out
+    assert "OpenCLIP model name" in cluster.kubectl("explain", "finetunejob.spec.model.name").stdout
+
+
+def test_metrics_and_health(operator):
+    assert operator.get("/healthz")[0] == 200 and operator.get("/readyz")[0] == 200
+    text = operator.metrics()
+    for name in ("kubeclip_controller_jobs_created_total", "kubeclip_controller_jobs_succeeded_total",
+                 "kubeclip_controller_jobs_failed_total", "kubeclip_controller_jobs_restarted_total",
+                 "kubeclip_controller_reconcile_duration_seconds_bucket", "kubeclip_controller_reconcile_errors_total",
+                 "kubeclip_controller_jobs{"):
+        assert name in text, name
+    assert operator.metric("kubeclip_controller_jobs_created_total") >= 1
+    assert operator.metric("kubeclip_controller_reconcile_duration_seconds_count") >= 1
+    assert operator.metric("kubeclip_controller_leader") == 1

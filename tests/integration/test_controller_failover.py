@@ -1,0 +1,130 @@
+"""Kill the controller mid-reconcile (SIGKILL) with a standby replica waiting on the Lease, and at
+scale: every job still ends with exactly its objects, and a failure is counted exactly once.
+
+Runs its own controllers (the other module's is stopped by then), watching one namespace only
+(``--namespace``), as the ServiceAccount bound to the chart's rules.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+
+import pytest
+import yaml
+
+from controller_harness import Operator, controller_kubeconfig, install_crd, job_manifest, set_pod_status, wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+GROUP, VERSION, PLURAL = "kubeclip.dev", "v1alpha1", "finetunejobs"
+ENV = {
+    "KUBECLIP_LEASE_DURATION_SECONDS": "4",
+    "KUBECLIP_RENEW_DEADLINE_SECONDS": "3",
+    "KUBECLIP_RETRY_PERIOD_SECONDS": "0.5",
+    "KUBECLIP_PROGRESS_INTERVAL_SECONDS": "2",
+}
+
+
+@pytest.fixture(scope="module")
+def setup(cluster, tmp_path_factory):
+    created = install_crd(cluster.kubectl)
+    sys_ns = f"kubeclip-system-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", sys_ns)
+    d = tmp_path_factory.mktemp("failover")
+    kubeconfig = controller_kubeconfig(cluster, sys_ns, d / "kubeconfig")
+    yield sys_ns, kubeconfig, d
+    cluster.kubectl("delete", "namespace", sys_ns, "--wait=false", check=False)
+    if created:
+        cluster.kubectl("delete", "crd", "finetunejobs.kubeclip.dev", "--wait=false", check=False)
+
+
+@pytest.fixture
+def api(cluster):
+    from kubernetes import client
+
+    with cluster.api_client() as a:
+        yield client.CoreV1Api(a), client.CustomObjectsApi(a), client.CoordinationV1Api(a)
+
+
+def _start(setup, namespace, tag):
+    sys_ns, kubeconfig, d = setup
+    op = Operator(kubeconfig, d / f"{tag}.log", f"--namespace={namespace}", f"--lease-namespace={sys_ns}",
+                  "--lease-name=failover", env=ENV).start()
+    op.wait_ready()
+    return op
+
+
+def _inventory(core, custom, ns):
+    jobs = {j["metadata"]["name"]: j for j in custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]}
+    pods = [p for p in core.list_namespaced_pod(ns).items if p.metadata.deletion_timestamp is None]
+    cms = [c.metadata.name for c in core.list_namespaced_config_map(ns, label_selector="kubeclip.dev/job-name").items]
+    svcs = [s.metadata.name for s in core.list_namespaced_service(ns).items]
+    return jobs, pods, cms, svcs
+
+
+def _converged(core, custom, ns, n_jobs, nodes, attempt):
+    jobs, pods, cms, svcs = _inventory(core, custom, ns)
+    want_pods = sorted(f"{j}-node-{i}" for j in jobs for i in range(nodes))
+    return (
+        len(jobs) == n_jobs
+        and sorted(p.metadata.name for p in pods) == want_pods
+        and all(p.metadata.labels["kubeclip.dev/attempt"] == str(attempt) for p in pods)
+        and sorted(cms) == sorted(f"{j}-config" for j in jobs)
+        and sorted(svcs) == sorted(jobs)
+        and all((j.get("status") or {}).get("restartCount") == attempt for j in jobs.values())
+    )
+
+
+def test_sigkill_mid_reconcile_with_standby_takeover(cluster, setup, namespace, api):
+    core, custom, coord = api
+    sys_ns = setup[0]
+    a = _start(setup, namespace, "a")
+    b = _start(setup, namespace, "b")  # standby: ready, but not reconciling
+    assert wait_for(lambda: a.metric("kubeclip_controller_leader") == 1, 10, what="a leads")
+    assert b.metric("kubeclip_controller_leader") == 0
+    n, nodes = 12, 3
+    docs = [job_manifest(f"job-{i}", namespace, numNodes=nodes) for i in range(n)]
+    cluster.kubectl("apply", "-f", "-", input="\n---\n".join(yaml.safe_dump(d) for d in docs))
+    # Kill the leader as soon as it has started creating pods: mid-reconcile for most jobs.
+    wait_for(lambda: core.list_namespaced_pod(namespace).items, 30, 0.05, "first pod")
+    a.stop(signal.SIGKILL)
+    wait_for(lambda: b.metric("kubeclip_controller_leader") == 1, 20, what="standby takes over")
+    wait_for(lambda: _converged(core, custom, namespace, n, nodes, 0), 60, what="every job has exactly its objects")
+    lease = coord.read_namespaced_lease("failover", sys_ns)
+    assert lease.spec.lease_transitions >= 1
+
+    # Now every job fails retryably, and the new leader is SIGKILLed right away.
+    for j in range(n):
+        for i in range(nodes):
+            set_pod_status(core, namespace, f"job-{j}-node-{i}", "Running")
+    wait_for(lambda: all((x.get("status") or {}).get("phase") == "Running" for x in _inventory(core, custom, namespace)[0].values()),
+             60, what="all Running")
+    c = _start(setup, namespace, "c")  # the next standby
+    for j in range(n):
+        set_pod_status(core, namespace, f"job-{j}-node-1", "Failed", exit_code=137, reason="OOMKilled")
+    time.sleep(0.3)
+    b.stop(signal.SIGKILL)
+    wait_for(lambda: c.metric("kubeclip_controller_leader") == 1, 20, what="c takes over")
+    wait_for(lambda: _converged(core, custom, namespace, n, nodes, 1), 90, what="one restart per job, counted once")
+    for j in range(n):
+        reasons = [e.reason for e in core.list_namespaced_event(namespace, field_selector=f"involvedObject.name=job-{j}").items]
+        assert reasons.count("Created") <= 1 and reasons.count("OOMKilled") <= 1, reasons
+
+    assert c.stop() == 0  # SIGTERM: clean exit, lease handed back
+    assert not coord.read_namespaced_lease("failover", sys_ns).spec.holder_identity
+
+
+def test_hundred_jobs_all_get_their_pods(cluster, setup, namespace, api):
+    """N=100 at once (the CI size of the benchmark; timings are reported by `make bench`, not asserted)."""
+    core, custom, _ = api
+    op = _start(setup, namespace, "scale")
+    n = 100
+    docs = [job_manifest(f"s-{i}", namespace, numNodes=2) for i in range(n)]
+    cluster.kubectl("apply", "-f", "-", input="\n---\n".join(yaml.safe_dump(d) for d in docs), timeout=300)
+    wait_for(lambda: _converged(core, custom, namespace, n, 2, 0), 240, 1.0, what="100 jobs with 2 pods each")
+    wait_for(lambda: all((j.get("status") or {}).get("phase") == "Created" for j in _inventory(core, custom, namespace)[0].values()),
+             60, what="every status written")
+    assert op.metric("kubeclip_controller_reconcile_errors_total") == 0
+    assert op.stop() == 0
