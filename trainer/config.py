@@ -133,7 +133,13 @@ class OutputSpec(_Strict):
 
 
 class MetricsSpec(_Strict):
-    port: int = Field(default=9090, ge=0, le=65535, description="Prometheus port on rank 0 (0 disables it).")
+    port: int = Field(
+        default=9090,
+        ge=0,
+        le=65535,
+        description="Port of rank 0's /metrics (Prometheus) and /progress (JSON). 0: a free port, "
+        "reported as metricsPort in progress.json.",
+    )
 
 
 class TrainerSpec(_Strict):
@@ -239,5 +245,7 @@ class Progress(BaseModel):
     etaSeconds: Optional[float] = None
     eval: dict[str, float] = Field(default_factory=dict, description="Latest retrieval eval, e.g. image_to_text_R@1.")
     lastCheckpoint: Optional[LastCheckpoint] = None
+    metricsPort: Optional[int] = Field(default=None, description="Port rank 0 serves /metrics and /progress on.")
+    modelPath: Optional[str] = Field(default=None, description="Where the exported model went (phase done).")
     updatedAt: float = 0.0
     message: str = ""

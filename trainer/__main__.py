@@ -1,0 +1,70 @@
+"""``python -m trainer JOB.yaml [--output DIR]``: what every training process runs (torchrun's target).
+
+Who runs it: ``torchrun -m trainer`` (started by ``trainer.node`` in a pod, or by hand),
+``kubeclip run`` (through the elastic launcher), or a person for a single-process run.
+
+Order matters for start-up time: the manifest is validated (pydantic) and the dataset preflight
+runs (pandas) before torch is imported. Exit codes: 0 done, ``EXIT_CONFIG`` (2) bad manifest,
+``EXIT_PREFLIGHT`` (3) bad dataset (one line on stderr and in /dev/termination-log), 1 anything
+else. ``KUBECLIP_PREFLIGHT_DONE=1`` (set by ``trainer.node`` and ``kubeclip run``, which ran it
+already) skips the image checks here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from trainer.config import EXIT_CONFIG, EXIT_PREFLIGHT, TERMINATION_LOG, ConfigError, OutputSpec, load_manifest
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="python -m trainer", description="Fine-tune OpenCLIP on a CSV dataset.")
+    ap.add_argument("manifest", help="FineTuneJob manifest (YAML)")
+    ap.add_argument("--output", help="override spec.output.path")
+    return ap.parse_args(argv)
+
+
+def load(manifest: str, output: str | None):
+    job, spec = load_manifest(manifest)
+    if output:
+        spec = spec.model_copy(update={"output": OutputSpec(path=output)})
+    return job, spec
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    rank0 = os.environ.get("RANK", "0") == "0"
+    try:
+        job, spec = load(args.manifest, args.output)
+    except ConfigError as err:
+        if rank0:
+            print(f"config: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    from trainer.preflight import PreflightError, read_table, run_preflight, write_termination_log
+
+    report = None
+    try:
+        if os.environ.get("KUBECLIP_PREFLIGHT_DONE") == "1":
+            read_table(spec.dataset.trainCsv, spec)  # cheap re-check: the loader reads it anyway
+        else:
+            report = run_preflight(spec)
+            if rank0:
+                print(report.summary(), file=sys.stderr, flush=True)
+    except PreflightError as err:
+        line = f"preflight: {err}"
+        if rank0:
+            print(line, file=sys.stderr)
+        write_termination_log(line, TERMINATION_LOG)
+        return EXIT_PREFLIGHT
+
+    from trainer.train import train
+
+    train(job, spec, report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Image-caption data for the training loop: a dataset, a resumable sharded batch sampler, loaders.
+
+Who uses it: ``trainer.train`` (training batches), ``trainer.evaluate`` callers (validation).
+
+Two properties exact resume depends on:
+
+* :class:`ShardedBatchSampler` draws one permutation per epoch from ``(seed, epoch)`` alone and
+  gives rank ``r`` every ``world``-th index of it, so "epoch 3, batch 17" names the same samples
+  on every run, and a resumed run can start at that batch (``start_batch``).
+* :class:`CaptionDataset` seeds the random augmentation of each sample from ``(seed, epoch,
+  index)``: the crop a sample gets does not depend on how many loader workers exist or which one
+  loads it (open_clip_train's does). The sampler hands ``(epoch, index)`` pairs to the dataset,
+  so persistent workers need no side channel to learn the epoch.
+
+Rows are numpy object arrays, not Python lists: forked workers touching list items would copy
+the pages holding them (reference counts), numpy arrays of str stay shared.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from trainer.preflight import Table
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for one sample in one epoch (SeedSequence mixes the three well)."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class CaptionDataset(Dataset):
+    """``dataset[(epoch, i)]`` → ``(image tensor, token ids)``; augmentation seeded per sample."""
+
+    def __init__(self, table: Table, transform, tokenizer, seed: int, augment: bool):
+        self.paths = table.paths
+        self.captions = table.captions
+        self.transform = transform
+        self.tokenizer = tokenizer
+        self.seed = seed
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key):
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        from PIL import Image
+
+        with Image.open(self.paths[index]) as im:
+            im = im.convert("RGB")
+            if self.augment:
+                image = self._seeded(im, sample_seed(self.seed, epoch, index))
+            else:
+                image = self.transform(im)
+        tokens = self.tokenizer([str(self.captions[index])])[0]
+        return image, tokens
+
+    def _seeded(self, im, seed: int):
+        # torchvision's random transforms draw from torch's global generator. In a worker that
+        # generator belongs to the worker alone; in the main process (workers=0) we fork it so
+        # the training RNG stream is untouched.
+        if get_worker_info() is not None:
+            torch.manual_seed(seed)
+            return self.transform(im)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(im)
+
+
+class ShardedBatchSampler:
+    """Per-rank batches of ``(epoch, index)``: a seeded permutation per epoch, strided by rank.
+
+    The tail that does not fill a global batch is dropped, so every rank runs the same number of
+    steps (a collective would hang otherwise).
+    """
+
+    def __init__(self, n: int, batch_size: int, world: int, rank: int, seed: int):
+        self.n, self.batch_size, self.world, self.rank, self.seed = n, batch_size, world, rank, seed
+        self.batches_per_epoch = n // (batch_size * world)
+        self.epoch = 0
+        self.start_batch = 0
+
+    def set_position(self, epoch: int, start_batch: int) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch - self.start_batch
+
+    def __iter__(self):
+        perm = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        mine = perm[: self.batches_per_epoch * self.batch_size * self.world][self.rank :: self.world]
+        bs = self.batch_size
+        for b in range(self.start_batch, self.batches_per_epoch):
+            yield [(self.epoch, int(i)) for i in mine[b * bs : (b + 1) * bs]]
+
+
+def train_loader(dataset: CaptionDataset, sampler: ShardedBatchSampler, workers: int, pin: bool) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=pin,
+        prefetch_factor=4 if workers > 0 else None,
+        # Its own generator: creating an iterator must not consume the global RNG stream.
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+def eval_loader(dataset: CaptionDataset, batch_size: int, workers: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, drop_last=False)

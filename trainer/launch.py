@@ -1,0 +1,147 @@
+"""``kubeclip run JOB.yaml``: run a FineTuneJob on this machine with ``numProcPerNode`` processes.
+
+Who uses it: ``kubeclip.cli`` (the ``run`` command), ``hack/demo.py``.
+
+It validates the manifest and runs the dataset preflight here (exit 2 / 3 with the one-line reason,
+before any process or torch import), then starts the training processes with PyTorch's elastic
+launcher API (what torchrun uses: a c10d rendezvous on a free local port, gloo on CPU), each
+running ``python -m trainer JOB.yaml``. While they train it draws a progress bar from
+``<output>/progress.json`` (rank 0 writes it) and, at the end, prints where the model went.
+With a progress bar the processes' own logs go to ``<output>/logs/`` instead of the terminal.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Optional
+
+from trainer.config import EXIT_CONFIG, EXIT_PREFLIGHT, ConfigError
+
+
+def _progress_bar(output: str, stop: threading.Event) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from trainer.metrics import read_progress
+
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+        transient=False,
+    ) as bar:
+        task = bar.add_task("starting", total=None, info="")
+        while not stop.wait(0.3):
+            p = read_progress(output)
+            if p is None:
+                continue
+            info = []
+            if p.loss is not None:
+                info.append(f"loss {p.loss:.3f}")
+            if p.samplesPerSecond:
+                info.append(f"{p.samplesPerSecond:.0f} samples/s")
+            if p.eval.get("image_to_text_R@1") is not None:
+                info.append(f"i2t R@1 {p.eval['image_to_text_R@1']:.2f}")
+            bar.update(task, description=f"{p.phase} epoch {p.epoch + 1}/{p.epochs}", completed=p.step,
+                       total=p.totalSteps or None, info="  ".join(info))
+        p = read_progress(output)
+        if p is not None:
+            bar.update(task, description=p.phase, completed=p.step, total=p.totalSteps or None)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_local(manifest: Path, nproc: Optional[int] = None, output: Optional[str] = None, quiet: bool = False) -> int:
+    """Run the manifest locally; return the process exit code (0, 2, 3, or the failing rank's)."""
+    from trainer.__main__ import load
+    from trainer.preflight import PreflightError, run_preflight
+
+    try:
+        job, spec = load(str(manifest), output)
+    except ConfigError as err:
+        print(f"config: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    if nproc is not None and nproc < 1:
+        print("config: --nproc must be at least 1", file=sys.stderr)
+        return EXIT_CONFIG
+    n = nproc or spec.numProcPerNode
+    try:
+        report = run_preflight(spec, world=n)
+    except PreflightError as err:
+        print(f"preflight: {err}", file=sys.stderr)
+        return EXIT_PREFLIGHT
+    out = spec.output.path
+    print(f"{report.summary()}; starting {n} process(es), output {out}", file=sys.stderr, flush=True)
+
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    os.environ["KUBECLIP_PREFLIGHT_DONE"] = "1"
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
+    run_id = f"kubeclip-{uuid.uuid4().hex[:8]}"
+    logs_dir = Path(out) / "logs"
+    logs = DefaultLogsSpecs(log_dir=str(logs_dir), redirects=Std.ALL) if not quiet else DefaultLogsSpecs(log_dir=str(logs_dir))
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=n,
+        run_id=run_id,
+        rdzv_backend="c10d",
+        rdzv_endpoint=f"127.0.0.1:{_free_port()}",
+        max_restarts=0,
+        monitor_interval=0.2,
+        start_method="spawn",
+        logs_specs=logs,
+    )
+    args = ["-m", "trainer", str(manifest)] + (["--output", output] if output else [])
+    stop = threading.Event()
+    bar = None
+    if not quiet:
+        bar = threading.Thread(target=_progress_bar, args=(out, stop), daemon=True)
+        bar.start()
+    rc = 0
+    try:
+        elastic_launch(config, sys.executable)(*args)
+    except ChildFailedError as err:
+        codes = [f.exitcode for f in err.failures.values()]
+        code = next((c for c in codes if c not in (0, None)), 1)
+        rc = 128 - code if code < 0 else code  # killed by signal N -> 128+N, like a shell
+        if not quiet:
+            print(f"training failed (exit {rc}); process logs under {logs_dir}/{run_id}", file=sys.stderr)
+    except KeyboardInterrupt:
+        rc = 128 + signal.SIGINT
+    finally:
+        stop.set()
+        if bar is not None:
+            bar.join(timeout=5)
+    if rc:
+        if not quiet:
+            _tail_logs(logs_dir / run_id)
+        return rc
+    final = Path(out) / "final"
+    print(f"model: {final.resolve()}  (open_clip.create_model_and_transforms('local-dir:{final.resolve()}'))")
+    metrics = final / "metrics.json"
+    if metrics.is_file():
+        print(f"metrics: {metrics.resolve()}")
+    return 0
+
+
+def _tail_logs(root: Path, lines: int = 15) -> None:
+    for f in sorted(root.glob("**/stderr.log"))[:1]:
+        tail = f.read_text(errors="replace").splitlines()[-lines:]
+        print(f"--- last lines of {f} ---", file=sys.stderr)
+        print("\n".join(tail), file=sys.stderr)

@@ -1,0 +1,134 @@
+"""Rank 0's window on a run: Prometheus ``/metrics``, JSON ``/progress``, ``<output>/progress.json``.
+
+Who uses it: ``trainer.train`` (updates it), the controller (reads ``/progress`` for ``kubectl
+get``), Prometheus (scrapes ``/metrics``), ``kubeclip run`` (draws its progress bar from
+``progress.json``). Metric names are a contract (``docs/contracts.md``); every series carries
+``finetunejob="<job name>"``.
+
+``spec.metrics.port: 0`` binds a free port; the port actually bound is logged and written to
+``progress.json`` as ``metricsPort``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Optional
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from trainer.config import LastCheckpoint, Progress
+
+log = logging.getLogger("trainer")
+
+P = "kubeclip_trainer_"
+STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+WAIT_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0)
+
+
+class TrainerMetrics:
+    def __init__(self, job: str, output: str, epochs: int, total_steps: int):
+        self.job = job
+        self.progress_path = Path(output) / "progress.json"
+        self.registry = r = CollectorRegistry()
+        lab = ["finetunejob"]
+        self.step = Gauge(P + "step", "Optimizer steps completed.", lab, registry=r).labels(job)
+        self.epoch = Gauge(P + "epoch", "Current epoch (0-based).", lab, registry=r).labels(job)
+        self.total_steps = Gauge(P + "total_steps", "Optimizer steps of the whole run.", lab, registry=r).labels(job)
+        self.samples = Counter(P + "samples", "Training samples processed by all ranks.", lab, registry=r).labels(job)
+        self.sps = Gauge(P + "samples_per_second", "Training throughput of all ranks (samples per second).", lab, registry=r).labels(job)
+        self.loss = Gauge(P + "loss", "Training loss of the last optimizer step.", lab, registry=r).labels(job)
+        self.lr = Gauge(P + "learning_rate", "Learning rate of the last optimizer step.", lab, registry=r).labels(job)
+        self.logit_scale = Gauge(P + "logit_scale", "The model's contrastive temperature, exp(logit_scale).", lab, registry=r).labels(job)
+        self.step_seconds = Histogram(P + "step_seconds", "Wall time of one optimizer step, data wait included.", lab, buckets=STEP_BUCKETS, registry=r).labels(job)
+        self.data_wait = Histogram(P + "data_wait_seconds", "Time one step waited for its batch from the data loader.", lab, buckets=WAIT_BUCKETS, registry=r).labels(job)
+        self._recall = Gauge(P + "eval_recall", "Retrieval recall@k on the validation set.", lab + ["direction", "k"], registry=r)
+        self._mean_rank = Gauge(P + "eval_mean_rank", "Mean rank of the true match on the validation set.", lab + ["direction"], registry=r)
+        self.eval_loss = Gauge(P + "eval_loss", "Contrastive loss on the validation set.", lab, registry=r).labels(job)
+        self.last_ckpt = Gauge(P + "last_checkpoint_timestamp_seconds", "Unix time of the last committed checkpoint.", lab, registry=r).labels(job)
+        self.gpu_mem = Gauge(P + "gpu_memory_bytes", "Peak GPU memory allocated by this process (0 on CPU).", lab, registry=r).labels(job)
+        self.total_steps.set(total_steps)
+        self.gpu_mem.set(0)
+        self.progress = Progress(phase="starting", epochs=epochs, totalSteps=total_steps, updatedAt=time.time())
+        self._lock = threading.Lock()
+        self._server: Optional[ThreadingHTTPServer] = None
+        self.port: Optional[int] = None
+
+    # -- updates ---------------------------------------------------------------------------
+    def update(self, **fields) -> None:
+        """Change progress fields (``Progress`` names) and persist ``progress.json``."""
+        with self._lock:
+            self.progress = self.progress.model_copy(update=dict(fields, updatedAt=time.time()))
+            data = self.progress.model_dump_json()
+        tmp = self.progress_path.with_name(f".progress.json.tmp-{os.getpid()}")
+        self.progress_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(data)
+        os.replace(tmp, self.progress_path)
+
+    def record_eval(self, result: dict[str, float]) -> None:
+        for direction in ("image_to_text", "text_to_image"):
+            for k in (1, 5, 10):
+                self._recall.labels(self.job, direction, str(k)).set(result[f"{direction}_R@{k}"])
+            self._mean_rank.labels(self.job, direction).set(result[f"{direction}_mean_rank"])
+        self.eval_loss.set(result["val_loss"])
+        keep = {k: round(v, 6) for k, v in result.items() if "@" in k or k.endswith(("mean_rank", "loss"))}
+        self.update(eval=keep)
+
+    def record_checkpoint(self, path: str, step: int) -> None:
+        now = time.time()
+        self.last_ckpt.set(now)
+        self.update(lastCheckpoint=LastCheckpoint(path=path, step=step, time=now))
+
+    # -- HTTP ------------------------------------------------------------------------------
+    def serve(self, port: int, host: str = "") -> int:
+        metrics = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's API
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    body, ctype = generate_latest(metrics.registry), CONTENT_TYPE_LATEST
+                elif path == "/progress":
+                    with metrics._lock:
+                        body = metrics.progress.model_dump_json().encode()
+                    ctype = "application/json"
+                elif path in ("/healthz", "/"):
+                    body, ctype = b"ok\n", "text/plain"
+                else:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):  # quiet: scrapes every 15 s would flood the log
+                pass
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True).start()
+        log.info("metrics: http://0.0.0.0:%d/metrics and /progress", self.port)
+        self.update(metricsPort=self.port)
+        return self.port
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+def read_progress(output: str) -> Optional[Progress]:
+    """``progress.json`` of a run, or None while it does not exist (or is being replaced)."""
+    try:
+        return Progress.model_validate(json.loads((Path(output) / "progress.json").read_text()))
+    except (OSError, ValueError):
+        return None

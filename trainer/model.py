@@ -1,0 +1,166 @@
+"""Build the OpenCLIP model, its transforms and tokenizer; split parameters for AdamW.
+
+Who uses it: ``trainer.train`` (the loop), ``trainer.evaluate`` callers such as ``hack/demo.py``.
+
+Why the import dance in :func:`import_open_clip`: ``import open_clip`` imports torchvision, whose
+``torchvision.ops.roi_align`` imports ``torch._dynamo`` (seconds of imports, the compiler stack),
+and ``open_clip.timm_model`` imports timm. A fine-tune of a plain ViT/text-transformer CLIP needs
+neither: the trainer runs no ``torch.compile`` and uses its own AdamW and gradient all-reduce
+(``trainer.optim``, ``trainer.distributed``) precisely because ``torch.optim`` and
+``DistributedDataParallel`` import dynamo on first use. So while open_clip is imported, the one
+name torchvision takes from dynamo (``is_compile_supported``, only called inside ``roi_align``,
+which CLIP never calls) is served by a forwarding stub, and timm is reported missing unless the
+model config names a timm tower. Both stubs are removed from ``sys.modules`` right after, so any
+later real ``import torch._dynamo`` / ``import timm`` works normally. If anything in that import
+fails, it is retried plainly.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import json
+import logging
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+from trainer.config import TrainerSpec
+
+log = logging.getLogger("trainer")
+
+
+def _forward_is_compile_supported(device_type: Any) -> bool:
+    from torch._dynamo.utils import is_compile_supported  # the real one, imported on first call
+
+    return is_compile_supported(device_type)
+
+
+class _LeanFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Serves ``torch._dynamo``/``torch._dynamo.utils`` as stubs and hides ``timm`` (see module doc)."""
+
+    STUBS = ("torch._dynamo", "torch._dynamo.utils")
+
+    def __init__(self, hide_timm: bool) -> None:
+        self.hide_timm = hide_timm
+
+    def find_spec(self, fullname, path=None, target=None):  # noqa: D401
+        if fullname in self.STUBS:
+            return importlib.machinery.ModuleSpec(fullname, self, is_package=fullname == "torch._dynamo")
+        if self.hide_timm and (fullname == "timm" or fullname.startswith("timm.")):
+            raise ModuleNotFoundError(f"No module named {fullname!r} (hidden while importing open_clip)", name=fullname)
+        return None
+
+    def create_module(self, spec):
+        return types.ModuleType(spec.name)
+
+    def exec_module(self, module):
+        if module.__name__ == "torch._dynamo":
+            module.__path__ = []  # a package, so 'torch._dynamo.utils' can be imported below it
+        else:
+            module.is_compile_supported = _forward_is_compile_supported
+
+
+def _needs_timm(model_name: str) -> bool:
+    if model_name.startswith("local-dir:"):
+        try:
+            cfg = json.loads((Path(model_name[len("local-dir:"):]) / "open_clip_config.json").read_text())
+        except (OSError, ValueError):
+            return True
+        cfg = cfg.get("model_cfg", cfg)
+        return "timm_model_name" in cfg.get("vision_cfg", {})
+    return True  # a built-in name: we do not know its config before open_clip is imported
+
+
+def import_open_clip(model_name: str = ""):
+    """``import open_clip`` without pulling in torch._dynamo (and timm when the model needs none)."""
+    if "open_clip" in sys.modules:
+        return sys.modules["open_clip"]
+    import torch  # noqa: F401 - the real torch first, so only the two stub names are intercepted
+
+    if "torch._dynamo" in sys.modules:  # someone imported it already: nothing to save
+        import open_clip
+
+        return open_clip
+    finder = _LeanFinder(hide_timm=not _needs_timm(model_name))
+    sys.meta_path.insert(0, finder)
+    try:
+        import open_clip
+
+        return open_clip
+    except Exception:  # pragma: no cover - a future torchvision/open_clip changed its imports
+        for name in [m for m in sys.modules if m.startswith(("open_clip", "torchvision"))]:
+            del sys.modules[name]
+        sys.meta_path.remove(finder)
+        finder = None
+        import open_clip
+
+        return open_clip
+    finally:
+        if finder is not None:
+            sys.meta_path.remove(finder)
+        for name in _LeanFinder.STUBS:
+            sys.modules.pop(name, None)
+        torch_mod = sys.modules["torch"]
+        if isinstance(torch_mod.__dict__.get("_dynamo"), types.ModuleType):
+            del torch_mod._dynamo  # torch imports the real one lazily on attribute access
+
+
+def build(spec: TrainerSpec, device):
+    """Return ``(model, train_transform, val_transform, tokenizer, open_clip_config)``.
+
+    ``open_clip_config`` is the dict written to ``final/open_clip_config.json`` on export.
+    """
+    open_clip = import_open_clip(spec.model.name)
+    name = spec.model.name
+    pretrained = spec.model.pretrained or None
+    local_dir = name.startswith("local-dir:")
+    model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
+        name,
+        pretrained=None if local_dir else pretrained,
+        device=device,
+        # Fine-tuning: a light crop jitter instead of open_clip's pre-training default (0.9..1.0
+        # is also what open_clip_train uses unless told otherwise).
+        aug_cfg={"scale": (0.9, 1.0)},
+    )
+    if local_dir and pretrained:  # open_clip ignores `pretrained` for local-dir: models; we honour it
+        open_clip.load_checkpoint(model, pretrained)
+    tokenizer = open_clip.get_tokenizer(name)
+    if local_dir:
+        config = json.loads((Path(name[len("local-dir:"):]) / "open_clip_config.json").read_text())
+    else:
+        config = {"model_cfg": open_clip.get_model_config(name)}
+    pp = getattr(model.visual, "preprocess_cfg", None)
+    if pp and "preprocess_cfg" not in config:
+        config["preprocess_cfg"] = dict(pp)
+    t = spec.training
+    if t.lockImage:
+        model.lock_image_tower(unlocked_groups=0, freeze_bn_stats=True)
+    if t.lockText:
+        model.lock_text_tower(unlocked_layers=0, freeze_layer_norm=True)
+    if t.gradCheckpointing:
+        model.set_grad_checkpointing(True)
+    return model, preprocess_train, preprocess_val, tokenizer, config
+
+
+def no_decay(name: str, param) -> bool:
+    """Norm weights, biases, logit scale/bias and embeddings are not weight-decayed."""
+    return (
+        param.ndim < 2
+        or "bn" in name
+        or "ln" in name
+        or "norm" in name
+        or "bias" in name
+        or "logit_scale" in name
+        or "embedding" in name
+        or name.endswith(("class_embedding", "positional_embedding", "token_embedding.weight"))
+    )
+
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    decay, other = [], []
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            (other if no_decay(n, p) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]

@@ -1,0 +1,243 @@
+"""Dataset preflight: catch a bad CSV in about a second, before any model is built.
+
+Who uses it: ``trainer.node`` (the pod entrypoint, before it execs torchrun), ``trainer.launch``
+(``kubeclip run``, before it starts processes) and ``python -m trainer`` (when nothing ran it
+before). It imports pandas and PIL only, never torch, so a wrong separator fails fast instead of
+after a minute of imports and model loading.
+
+Every problem is a :class:`PreflightError` whose ``str()`` is ONE line a person can act on; the
+caller exits with ``trainer.config.EXIT_PREFLIGHT`` and writes that line to
+``/dev/termination-log``. ``docs/trainer.md`` lists each message and its fix.
+
+:func:`read_table` is also what the data loader uses to read the CSV, so the trainer trains on
+exactly the rows the preflight checked.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from trainer.config import TrainerSpec
+
+#: Separators tried when ``spec.dataset.separator`` is empty, in order of preference.
+CANDIDATE_SEPARATORS = (",", "\t", ";", "|")
+#: How many offending paths a message shows.
+SHOW_PATHS = 3
+#: Images whose header is decoded (evenly spaced over the file); existence is checked for all.
+DECODE_LIMIT = 2000
+
+
+class PreflightError(Exception):
+    """A dataset problem the user must fix; ``str()`` is one line. Not retryable."""
+
+
+def _sep_name(sep: str) -> str:
+    return {"\t": "'\\t' (tab)", ",": "','", ";": "';'", "|": "'|'"}.get(sep, repr(sep))
+
+
+@dataclass(frozen=True)
+class Table:
+    """One checked CSV: absolute image paths and captions as numpy arrays (not lists: see STYLE)."""
+
+    csv: str
+    separator: str
+    paths: "object"  # numpy array of str
+    captions: "object"  # numpy array of str
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+@dataclass(frozen=True)
+class DatasetReport:
+    train: Table
+    val: Optional[Table]
+
+    def summary(self) -> str:
+        val = f", val {len(self.val)} rows" if self.val is not None else ", no valCsv"
+        return f"preflight ok: train {len(self.train)} rows (separator {_sep_name(self.train.separator)}){val}"
+
+
+def _read_header(csv: Path, what: str) -> str:
+    try:
+        with open(csv, "rb") as f:
+            raw = f.readline()
+    except FileNotFoundError:
+        raise PreflightError(f"{what} {csv}: file not found") from None
+    except IsADirectoryError:
+        raise PreflightError(f"{what} {csv}: is a directory, expected a CSV file") from None
+    except OSError as err:
+        raise PreflightError(f"{what} {csv}: cannot read: {err.strerror}") from None
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    try:
+        return raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as err:
+        raise PreflightError(
+            f"{what} {csv}: not UTF-8 (byte 0x{raw[err.start]:02x} in the header line); re-save the file as UTF-8"
+        ) from None
+
+
+def _split_header(header: str, sep: str) -> list[str]:
+    return [c.strip().strip('"') for c in header.split(sep)]
+
+
+def detect_separator(header: str, wanted: tuple[str, ...]) -> Optional[str]:
+    """The separator that splits the header into all ``wanted`` columns, else the most frequent one."""
+    for sep in CANDIDATE_SEPARATORS:
+        if set(wanted) <= set(_split_header(header, sep)):
+            return sep
+    counts = {sep: header.count(sep) for sep in CANDIDATE_SEPARATORS}
+    best = max(counts, key=lambda s: counts[s])
+    return best if counts[best] else None
+
+
+def read_table(csv: str, spec: TrainerSpec, what: str = "spec.dataset.trainCsv") -> Table:
+    """Read and check one CSV: separator, columns, encoding, empty rows. Images are not touched."""
+    import numpy as np
+    import pandas as pd
+
+    ds = spec.dataset
+    path = Path(csv)
+    header = _read_header(path, what)
+    if not header.strip():
+        raise PreflightError(f"{what} {path}: empty file (expected a header line with '{ds.imageColumn}' and '{ds.captionColumn}')")
+    wanted = (ds.imageColumn, ds.captionColumn)
+    sep = ds.separator or detect_separator(header, wanted) or ","
+    columns = _split_header(header, sep)
+    missing = [c for c in wanted if c not in columns]
+    if missing:
+        likely = detect_separator(header, wanted)
+        fits = likely is not None and set(wanted) <= set(_split_header(header, likely))
+        if fits and likely != sep:
+            hint = f"; the header splits into these columns with separator {_sep_name(likely)}: set spec.dataset.separator to it (or leave it empty to detect)"
+        else:
+            hint = (
+                f"; set spec.dataset.imageColumn/captionColumn to the right names"
+                f" (likely separator {_sep_name(likely) if likely else 'none found'})"
+            )
+        keys = " and ".join(
+            f"'{c}' (spec.dataset.{'imageColumn' if c == ds.imageColumn else 'captionColumn'})" for c in missing
+        )
+        raise PreflightError(
+            f"{what} {path}: column {keys} not found with separator {_sep_name(sep)}; columns found: {columns}{hint}"
+        )
+    try:
+        df = pd.read_csv(
+            path,
+            sep=sep,
+            usecols=list(wanted),
+            dtype=str,
+            keep_default_na=False,
+            encoding="utf-8",
+            engine="c",
+            skipinitialspace=True,
+        )
+    except UnicodeDecodeError as err:
+        raise PreflightError(f"{what} {path}: not UTF-8 ({err.reason} at byte {err.start}); re-save the file as UTF-8") from None
+    except pd.errors.ParserError as err:
+        raise PreflightError(f"{what} {path}: malformed CSV with separator {_sep_name(sep)}: {str(err).strip().splitlines()[-1]}") from None
+    except pd.errors.EmptyDataError:
+        raise PreflightError(f"{what} {path}: empty file") from None
+    if len(df) == 0:
+        raise PreflightError(f"{what} {path}: the header is there but the dataset has no rows")
+    for col, key in ((ds.imageColumn, "imageColumn"), (ds.captionColumn, "captionColumn")):
+        empty = np.flatnonzero(df[col].str.strip().to_numpy() == "")
+        if len(empty):
+            lines = ", ".join(str(i + 2) for i in empty[:SHOW_PATHS])
+            raise PreflightError(f"{what} {path}: {len(empty)} of {len(df)} rows have an empty '{col}' (spec.dataset.{key}), first at line(s) {lines}")
+    base = Path(ds.root) if ds.root else path.resolve().parent
+    rel = df[ds.imageColumn].str.strip().to_numpy(dtype=object)
+    paths = np.array([p if os.path.isabs(p) else os.path.join(base, p) for p in rel], dtype=object)
+    captions = df[ds.captionColumn].to_numpy(dtype=object)
+    return Table(csv=str(path), separator=sep, paths=paths, captions=captions)
+
+
+def check_images(table: Table, what: str) -> None:
+    """Every image must exist; a spread sample of them must open as an image (header decode)."""
+    from PIL import Image, UnidentifiedImageError
+
+    missing = [p for p in table.paths if not os.path.isfile(p)]
+    if missing:
+        shown = ", ".join(missing[:SHOW_PATHS])
+        raise PreflightError(
+            f"{what} {table.csv}: {len(missing)} of {len(table)} images not found (relative paths resolve against "
+            f"spec.dataset.root, else the CSV's directory), first: {shown}"
+        )
+    n = len(table)
+    stride = max(1, n // DECODE_LIMIT)
+    bad = []
+    for p in table.paths[::stride]:
+        try:
+            with Image.open(p) as im:
+                im.size  # noqa: B018 - parses the header
+        except (UnidentifiedImageError, OSError, ValueError):
+            bad.append(p)
+    if bad:
+        checked = len(table.paths[::stride])
+        raise PreflightError(
+            f"{what} {table.csv}: {len(bad)} of {checked} checked images cannot be read as images, first: {', '.join(bad[:SHOW_PATHS])}"
+        )
+
+
+def _check_model(spec: TrainerSpec) -> None:
+    name = spec.model.name
+    if name.startswith("local-dir:"):
+        d = Path(name[len("local-dir:"):])
+        if not (d / "open_clip_config.json").is_file():
+            raise PreflightError(f"spec.model.name {name}: no open_clip_config.json in {d}")
+    pre = spec.model.pretrained
+    looks_like_path = "/" in pre or pre.endswith((".safetensors", ".pt", ".pth", ".bin"))
+    if pre and looks_like_path and not os.path.isfile(pre):
+        raise PreflightError(f"spec.model.pretrained {pre}: file not found")
+
+
+def _check_output(spec: TrainerSpec) -> None:
+    out = Path(spec.output.path)
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        raise PreflightError(f"spec.output.path {out}: not writable (checked {probe})")
+
+
+def world_size(spec: TrainerSpec) -> int:
+    """The number of training processes: torchrun's WORLD_SIZE when set, else the spec's topology."""
+    env = os.environ.get("WORLD_SIZE")
+    return int(env) if env else spec.numNodes * spec.numProcPerNode
+
+
+def run_preflight(spec: TrainerSpec, world: Optional[int] = None) -> DatasetReport:
+    """All checks, cheapest first. Raises :class:`PreflightError`; returns the checked tables."""
+    world = world or world_size(spec)
+    _check_model(spec)
+    _check_output(spec)
+    train = read_table(spec.dataset.trainCsv, spec, "spec.dataset.trainCsv")
+    t = spec.training
+    global_batch = t.batchSize * world
+    if len(train) < global_batch * t.gradAccumSteps:
+        raise PreflightError(
+            f"spec.dataset.trainCsv {train.csv}: {len(train)} rows, fewer than one optimizer step needs "
+            f"(batchSize {t.batchSize} x {world} processes x gradAccumSteps {t.gradAccumSteps} = "
+            f"{global_batch * t.gradAccumSteps}); lower spec.training.batchSize or add data"
+        )
+    val = None
+    if spec.dataset.valCsv:
+        val = read_table(spec.dataset.valCsv, spec, "spec.dataset.valCsv")
+    check_images(train, "spec.dataset.trainCsv")
+    if val is not None:
+        check_images(val, "spec.dataset.valCsv")
+    return DatasetReport(train=train, val=val)
+
+
+def write_termination_log(message: str, path: str) -> None:
+    """Kubernetes shows this file's content in the pod status; write it only where it exists."""
+    if os.path.exists(path):
+        try:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(message[:4000])
+        except OSError:
+            pass
