@@ -1,0 +1,412 @@
+"""The Helm chart (helm/kubeclip): linted, rendered, validated, and installed for real.
+
+Who uses it: ``make test``. The chart is how people meet kubeclip, so every path of it is
+exercised with the real binaries (helm, promtool, kubectl from ``$KUBECLIP_TOOLS/bin``):
+
+* ``helm lint --strict`` and ``helm template`` for several value sets (default, namespaced,
+  everything on, external ServiceAccount without CRDs, maximal name lengths);
+* every rendered built-in object passes ``kubernetes-validate --strict`` (the oldest supported
+  Kubernetes and the newest); ServiceMonitor/PodMonitor/PrometheusRule — which it has no schema
+  for — are validated against the Prometheus Operator's own CRDs (from its Go module, fetched
+  through the Go module proxy), and the alert rules by ``promtool check rules`` and
+  ``promtool test rules`` (the alerts fire, and only, when they should);
+* values.yaml is fully documented and values.schema.json closes every object (typos fail);
+* the controller Deployment's arguments are accepted by the real ``kubeclip operator`` parser;
+* ``helm install`` + ``helm upgrade`` + ``helm uninstall`` against the real kube-apiserver: CRD
+  established and explainable, RBAC scoped as promised (checked with ``kubectl auth can-i`` as
+  the controller's ServiceAccount), monitors accepted by the server, CRD kept after uninstall.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "kubeclip"
+sys.path.insert(0, str(ROOT / "tests"))
+import crd_jsonschema  # noqa: E402
+from support.controlplane import find_binary  # noqa: E402
+
+CRD_NAME = "finetunejobs.kubeclip.dev"
+MONITORING = {"ServiceMonitor": "servicemonitors", "PodMonitor": "podmonitors", "PrometheusRule": "prometheusrules"}
+# The Prometheus Operator release whose CRDs validate our monitors (a Go module, so the Go proxy serves it).
+PROMETHEUS_OPERATOR = "github.com/prometheus-operator/prometheus-operator@v0.85.0"
+
+ALL_ON = {
+    "replicaCount": 2,
+    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}, "podMonitor": {"enabled": True},
+                "prometheusRule": {"enabled": True}},
+    "dashboard": {"enabled": True},
+    "image": {"digest": "sha256:" + "a" * 64},
+}
+VALUE_SETS = {
+    "default": {},
+    "namespaced": {"watch": {"namespaces": ["team-a", "team-b"]}},
+    "all-on": ALL_ON,
+    "external-sa-no-crds": {"crds": {"enabled": False}, "serviceAccount": {"create": False, "name": "ops"}, "rbac": {"create": False},
+                            "leaderElection": {"enabled": False}, "metrics": {"service": {"enabled": False}}},
+    "long-names": {**ALL_ON, "fullnameOverride": "x" * 63},
+}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(find_binary("helm")), *args], capture_output=True, text=True, timeout=120)
+    if check:
+        assert proc.returncode == 0, f"helm {' '.join(args)}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def values_file(tmp_path: Path, values: dict) -> Path:
+    path = tmp_path / f"values-{abs(hash(json.dumps(values, sort_keys=True)))}.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def render(tmp_path: Path, values: dict, release: str = "kc", namespace: str = "kubeclip-system") -> list[dict]:
+    out = helm("template", release, str(CHART), "-n", namespace, "-f", str(values_file(tmp_path, values))).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+@lru_cache(maxsize=1)
+def prometheus_operator_crds() -> dict[str, dict]:
+    """{kind: CRD} of ServiceMonitor, PodMonitor, PrometheusRule from the operator's Go module."""
+    proc = subprocess.run(["go", "mod", "download", "-json", PROMETHEUS_OPERATOR], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    folder = Path(json.loads(proc.stdout)["Dir"]) / "example" / "prometheus-operator-crd"
+    return {kind: yaml.safe_load((folder / f"monitoring.coreos.com_{plural}.yaml").read_text()) for kind, plural in MONITORING.items()}
+
+
+def rules_of(docs: list[dict]) -> dict:
+    (rule,) = by_kind(docs, "PrometheusRule")
+    return {"groups": rule["spec"]["groups"]}
+
+
+# ----------------------------------------------------------------------------- lint, render, validate
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_lint_strict(tmp_path, name):
+    out = helm("lint", "--strict", str(CHART), "-f", str(values_file(tmp_path, VALUE_SETS[name])))
+    assert "1 chart(s) linted, 0 chart(s) failed" in out.stdout
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_rendered_objects_validate(tmp_path, name):
+    docs = render(tmp_path, VALUE_SETS[name])
+    assert by_kind(docs, "Deployment"), "no controller Deployment rendered"
+    for doc in docs:
+        kind = doc["kind"]
+        if kind in MONITORING:
+            errors = crd_jsonschema.errors(prometheus_operator_crds()[kind], doc)
+            assert errors == [], f"{kind}: {errors}"
+        else:
+            for version in ("1.30.0", kubernetes_validate.latest_version()):
+                kubernetes_validate.validate(doc, version, strict=True)
+        for key in ("name", "namespace"):
+            value = doc["metadata"].get(key, "")
+            assert len(value) <= 63, f"{kind} {key} {value!r} is longer than 63 characters"
+        for label, value in doc["metadata"].get("labels", {}).items():
+            assert len(str(value)) <= 63 and re.fullmatch(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]?", str(value)), (label, value)
+
+
+def test_monitor_validation_can_fail(tmp_path):
+    """The Prometheus Operator schema check above does reject a malformed monitor."""
+    (monitor,) = by_kind(render(tmp_path, ALL_ON), "PodMonitor")
+    monitor["spec"]["podMetricsEndpoints"][0]["interval"] = "every minute"
+    monitor["spec"]["selektor"] = {}
+    found = " ".join(crd_jsonschema.errors(prometheus_operator_crds()["PodMonitor"], monitor))
+    assert "selektor" in found and "interval" in found
+
+
+def test_schema_rejects_unknown_and_mistyped_values(tmp_path):
+    for bad in ({"replicas": 2}, {"metrics": {"serviceMonitor": {"enabeld": True}}}, {"replicaCount": "two"},
+                {"image": {"pullPolicy": "Sometimes"}}, {"watch": {"namespaces": ["Not_A_Namespace"]}}):
+        proc = helm("template", "kc", str(CHART), "-f", str(values_file(tmp_path, bad)), check=False)
+        assert proc.returncode != 0 and "schema" in proc.stderr, (bad, proc.stderr)
+
+
+def test_schema_closes_every_object():
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    open_objects = []
+
+    def walk(node, path):
+        if not isinstance(node, dict):
+            return
+        if "properties" in node and node.get("additionalProperties") is not False:
+            open_objects.append(path)
+        if node.get("type") == "object" and "properties" not in node and "additionalProperties" not in node:
+            # Only Kubernetes-typed pass-through objects (validated by the API server) may stay open.
+            assert "Kubernetes" in node.get("description", "") or path == "global", f"{path} is an open object"
+        for key, child in node.get("properties", {}).items():
+            walk(child, key if path == "" else f"{path}.{key}")
+        for key in ("items", "additionalProperties"):
+            walk(node.get(key), f"{path}[]")
+
+    walk(schema, "")
+    assert open_objects == [], f"objects without additionalProperties: false: {open_objects}"
+
+
+# Schema options that deliberately have no default in values.yaml: Helm's `global`, the inner
+# keys of Kubernetes types (accepted so users can set them, documented by Kubernetes), and
+# securityContext fields the restricted defaults do not need.
+NO_DEFAULT = (
+    "global", "affinity.", "extraEnv", "podSecurityContext.fsGroupChangePolicy", "podSecurityContext.supplementalGroups",
+    "podSecurityContext.seccompProfile.localhostProfile", "containerSecurityContext.runAsUser",
+    "containerSecurityContext.runAsGroup", "containerSecurityContext.privileged", "containerSecurityContext.seccompProfile",
+    "containerSecurityContext.capabilities.add",
+)
+
+
+def _value_keys_with_comment() -> dict[str, bool]:
+    """{dotted key: has a comment right above it} for every mapping key of values.yaml."""
+    stack: list[tuple[int, str]] = []
+    keys = {}
+    previous = ""
+    for line in (CHART / "values.yaml").read_text().splitlines():
+        m = re.match(r"^(\s*)([A-Za-z_][\w.-]*):(\s|$)", line)
+        if m:
+            indent = len(m.group(1))
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            dotted = ".".join([k for _, k in stack] + [m.group(2)])
+            keys[dotted] = previous.lstrip().startswith("#")
+            stack.append((indent, m.group(2)))
+        if line.strip():
+            previous = line
+    return keys
+
+
+def test_every_value_is_documented_and_in_the_schema():
+    schema = json.loads((CHART / "values.schema.json").read_text())
+
+    def declared(dotted: str) -> bool | None:
+        """True: an option of the schema; False: an entry of a free-form map; None: unknown."""
+        node = schema
+        for part in dotted.split("."):
+            if part in node.get("properties", {}):
+                node = node["properties"][part]
+            elif isinstance(node.get("additionalProperties"), dict):
+                return False
+            else:
+                return None
+        return True
+
+    keys = _value_keys_with_comment()
+    assert len(keys) > 60
+    for dotted, commented in keys.items():
+        kind = declared(dotted)
+        assert kind is not None, f"values.yaml key {dotted} is not in values.schema.json"
+        if kind:
+            assert commented, f"values.yaml key {dotted} has no comment above it"
+    # And every option of the schema has a default in values.yaml (so it is documented there).
+    def options(node, prefix=""):
+        for key, child in node.get("properties", {}).items():
+            yield prefix + key
+            yield from options(child, prefix + key + ".")
+    missing = [o for o in options(schema) if o not in keys and not o.startswith(NO_DEFAULT)]
+    assert missing == [], f"schema options without a documented default in values.yaml: {missing}"
+
+
+def test_controller_deployment(tmp_path):
+    docs = render(tmp_path, {"watch": {"namespaces": ["team-a"]}, "logLevel": "debug"})
+    (dep,) = by_kind(docs, "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = container["args"]
+    assert args[0] == "operator" and "--namespace=team-a" in args and "--all-namespaces" not in args
+    assert {"--metrics-port=8080", "--health-port=8081", "--leader-election", "--lease-namespace=kubeclip-system"} <= set(args)
+    # The real CLI accepts exactly these arguments (click rejects unknown options before --help).
+    kubeclip = Path(sys.executable).parent / "kubeclip"
+    proc = subprocess.run([str(kubeclip), *args, "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"metrics": 8080, "health": 8081}
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    sc, psc = container["securityContext"], pod["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"] and sc["runAsNonRoot"]
+    assert psc["runAsUser"] == 1000 and psc["seccompProfile"]["type"] == "RuntimeDefault"
+    (svc,) = by_kind(docs, "Service")
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
+
+
+def test_crd_template_is_the_generated_crd_with_keep_policy(tmp_path):
+    generated = yaml.safe_load((CHART / "files" / "crd-finetunejobs.yaml").read_text())
+    (crd,) = by_kind(render(tmp_path, {}), "CustomResourceDefinition")
+    assert crd["spec"] == generated["spec"] and crd["metadata"]["name"] == CRD_NAME
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    (crd,) = by_kind(render(tmp_path, {"crds": {"keep": False}}), "CustomResourceDefinition")
+    assert "helm.sh/resource-policy" not in crd["metadata"].get("annotations", {})
+    assert by_kind(render(tmp_path, {"crds": {"enabled": False}}), "CustomResourceDefinition") == []
+
+
+def test_rbac_rules_come_from_the_controller_file(tmp_path):
+    rules = yaml.safe_load((CHART / "files" / "rbac-rules.yaml").read_text())
+    cluster = render(tmp_path, {})
+    (role,) = by_kind(cluster, "ClusterRole")
+    assert role["rules"] == rules and not by_kind(cluster, "Role")
+    (binding,) = by_kind(cluster, "ClusterRoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kc-kubeclip", "namespace": "kubeclip-system"}]
+    namespaced = render(tmp_path, {"watch": {"namespaces": ["team-a", "kubeclip-system"]}})
+    assert not by_kind(namespaced, "ClusterRole") and not by_kind(namespaced, "ClusterRoleBinding")
+    assert sorted(r["metadata"]["namespace"] for r in by_kind(namespaced, "Role")) == ["kubeclip-system", "team-a"]
+    assert all(r["rules"] == rules for r in by_kind(namespaced, "Role"))
+    assert sorted(b["metadata"]["namespace"] for b in by_kind(namespaced, "RoleBinding")) == ["kubeclip-system", "team-a"]
+
+
+def test_monitors_target_the_contract_ports(tmp_path):
+    docs = render(tmp_path, ALL_ON)
+    (sm,) = by_kind(docs, "ServiceMonitor")
+    assert sm["spec"]["endpoints"][0]["port"] == "metrics" and sm["metadata"]["labels"]["release"] == "prom"
+    (pm,) = by_kind(docs, "PodMonitor")
+    sel = pm["spec"]["selector"]
+    assert sel["matchLabels"] == {"kubeclip.dev/node-index": "0"}
+    assert sel["matchExpressions"] == [{"key": "kubeclip.dev/job-name", "operator": "Exists"}]
+    assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    (cm,) = by_kind(docs, "ConfigMap")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(cm["data"]["kubeclip.json"]) == json.loads((CHART / "dashboards" / "kubeclip.json").read_text())
+
+
+def test_alert_rules_pass_promtool_check(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(rules_of(render(tmp_path, ALL_ON))))
+    proc = subprocess.run([str(find_binary("promtool")), "check", "rules", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0 and "SUCCESS: 5 rules found" in proc.stdout, proc.stdout + proc.stderr
+
+
+# Synthetic series (1 sample per minute) and the alerts they must, and must not, raise.
+RULE_TESTS = {
+    "rule_files": ["rules.yaml"],
+    "evaluation_interval": "1m",
+    "tests": [
+        {
+            "interval": "1m",
+            "input_series": [
+                # "stuck" advances for 10 minutes, then stays at step 100 of 1000.
+                {"series": 'kubeclip_trainer_step{finetunejob="stuck",namespace="ml"}', "values": "0+10x10 100x60"},
+                {"series": 'kubeclip_trainer_total_steps{finetunejob="stuck",namespace="ml"}', "values": "1000x70"},
+                # "done" reached its last step: not stalled.
+                {"series": 'kubeclip_trainer_step{finetunejob="done",namespace="ml"}', "values": "0+100x10 1000x60"},
+                {"series": 'kubeclip_trainer_total_steps{finetunejob="done",namespace="ml"}', "values": "1000x70"},
+                # "healthy" keeps going with a finite loss.
+                {"series": 'kubeclip_trainer_step{finetunejob="healthy",namespace="ml"}', "values": "0+10x70"},
+                {"series": 'kubeclip_trainer_total_steps{finetunejob="healthy",namespace="ml"}', "values": "1000x70"},
+                {"series": 'kubeclip_trainer_loss{finetunejob="healthy",namespace="ml"}', "values": "2-0.01x70"},
+                {"series": 'kubeclip_trainer_loss{finetunejob="nan",namespace="ml"}', "values": "1 1 NaN NaN NaN NaN NaN NaN NaN NaN"},
+                {"series": 'kubeclip_trainer_loss{finetunejob="inf",namespace="ml"}', "values": "1 1 Inf Inf Inf Inf Inf Inf Inf Inf"},
+                {"series": "kubeclip_controller_jobs_failed_total", "values": "0x10 1x60"},
+                {"series": "kubeclip_controller_jobs_restarted_total", "values": "0x5 1 2 3 4 5x60"},
+                {"series": 'kubeclip_controller_reconcile_errors_total{pod="ctl-0"}', "values": "0x70"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "5m", "alertname": "KubeclipTrainingStalled", "exp_alerts": []},
+                {"eval_time": "50m", "alertname": "KubeclipTrainingStalled",
+                 "exp_alerts": [{"exp_labels": {"severity": "critical", "finetunejob": "stuck", "namespace": "ml"}}]},
+                {"eval_time": "1m", "alertname": "KubeclipLossNotFinite", "exp_alerts": []},
+                {"eval_time": "8m", "alertname": "KubeclipLossNotFinite",
+                 "exp_alerts": [{"exp_labels": {"severity": "critical", "finetunejob": "nan", "namespace": "ml"}},
+                                {"exp_labels": {"severity": "critical", "finetunejob": "inf", "namespace": "ml"}}]},
+                {"eval_time": "5m", "alertname": "KubeclipJobFailed", "exp_alerts": []},
+                {"eval_time": "12m", "alertname": "KubeclipJobFailed", "exp_alerts": [{"exp_labels": {"severity": "critical"}}]},
+                {"eval_time": "4m", "alertname": "KubeclipJobRestarting", "exp_alerts": []},
+                {"eval_time": "20m", "alertname": "KubeclipJobRestarting", "exp_alerts": [{"exp_labels": {"severity": "warning"}}]},
+                {"eval_time": "60m", "alertname": "KubeclipReconcileErrors", "exp_alerts": []},
+            ],
+        }
+    ],
+}
+
+
+def test_alerts_fire_when_and_only_when_they_should(tmp_path):
+    rules = rules_of(render(tmp_path, ALL_ON))
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule.pop("annotations")  # their templates are checked by `promtool check rules` above
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules))
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(RULE_TESTS))
+    proc = subprocess.run([str(find_binary("promtool")), "test", "rules", "tests.yaml"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0 and "SUCCESS" in proc.stdout, proc.stdout + proc.stderr
+
+
+# ----------------------------------------------------------------------------- the real API server
+
+
+def _adopt_existing_crd(cluster, release: str, namespace: str) -> None:
+    """Other tests apply the same CRD; let this release adopt it the way Helm allows."""
+    if cluster.kubectl("get", "crd", CRD_NAME, check=False).returncode == 0:
+        cluster.kubectl("label", "--overwrite", "crd", CRD_NAME, "app.kubernetes.io/managed-by=Helm")
+        cluster.kubectl("annotate", "--overwrite", "crd", CRD_NAME,
+                        f"meta.helm.sh/release-name={release}", f"meta.helm.sh/release-namespace={namespace}")
+
+
+def _can(cluster, sa: str, verb: str, resource: str, namespace: str | None) -> bool:
+    where = ["-n", namespace] if namespace else ["-A"]
+    out = cluster.kubectl("auth", "can-i", verb, resource, *where, f"--as={sa}", check=False)
+    return out.stdout.strip() == "yes"
+
+
+@pytest.mark.cluster
+def test_install_upgrade_uninstall(cluster, namespace, tmp_path):
+    for kind, crd in prometheus_operator_crds().items():
+        cluster.kubectl("apply", "--server-side", "--field-manager=kubeclip-chart-test", "-f", "-", input=yaml.safe_dump(crd))
+    release = "kc-" + namespace[-6:]
+    fullname = f"{release}-kubeclip"
+    sa = f"system:serviceaccount:{namespace}:{fullname}"
+    _adopt_existing_crd(cluster, release, namespace)
+
+    installed = cluster.helm("install", release, str(CHART), "-n", namespace)
+    assert "kubectl get ftj -w" in installed.stdout, "NOTES.txt does not show the next commands"
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
+    explained = cluster.kubectl("explain", "ftj.spec")
+    assert "numProcPerNode" in explained.stdout and "model" in explained.stdout
+    dep = json.loads(cluster.kubectl("get", "deployment", fullname, "-n", namespace, "-o", "json").stdout)
+    assert dep["spec"]["template"]["spec"]["serviceAccountName"] == fullname
+    assert "--all-namespaces" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    cluster.kubectl("get", "serviceaccount", fullname, "-n", namespace)
+    cluster.kubectl("get", "clusterrole,clusterrolebinding", fullname)
+    # Cluster-wide mode: the controller may manage jobs and pods everywhere, and nothing more.
+    assert _can(cluster, sa, "watch", "finetunejobs.kubeclip.dev", None)
+    assert _can(cluster, sa, "create", "pods", "default")
+    assert _can(cluster, sa, "update", "finetunejobs.kubeclip.dev/status", namespace)
+    assert not _can(cluster, sa, "get", "secrets", namespace)
+    assert not _can(cluster, sa, "update", "finetunejobs.kubeclip.dev", namespace)
+
+    # Upgrade: namespaced mode, two replicas, every monitor on (the server validates them).
+    values = values_file(tmp_path, {**ALL_ON, "watch": {"namespaces": [namespace]}})
+    cluster.helm("upgrade", release, str(CHART), "-n", namespace, "-f", str(values))
+    dep = json.loads(cluster.kubectl("get", "deployment", fullname, "-n", namespace, "-o", "json").stdout)
+    assert dep["spec"]["replicas"] == 2
+    assert f"--namespace={namespace}" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert cluster.kubectl("get", "clusterrole", fullname, check=False).returncode != 0, "ClusterRole left after switching to namespaced mode"
+    cluster.kubectl("get", "role,rolebinding", fullname, "-n", namespace)
+    assert _can(cluster, sa, "watch", "finetunejobs.kubeclip.dev", namespace)
+    assert _can(cluster, sa, "create", "leases.coordination.k8s.io", namespace)
+    assert not _can(cluster, sa, "watch", "finetunejobs.kubeclip.dev", "default")
+    for kind in MONITORING:
+        cluster.kubectl("get", kind.lower(), "-n", namespace, "-o", "name")
+    names = cluster.kubectl("get", "servicemonitor,podmonitor,prometheusrule,configmap", "-n", namespace, "-o", "name").stdout
+    assert all(s in names for s in ("servicemonitor", "podmonitor", "prometheusrule", f"configmap/{fullname}-dashboard")), names
+
+    cluster.helm("uninstall", release, "-n", namespace)
+    assert cluster.kubectl("get", "deployment", fullname, "-n", namespace, check=False).returncode != 0
+    assert cluster.kubectl("get", "role", fullname, "-n", namespace, check=False).returncode != 0
+    kept = json.loads(cluster.kubectl("get", "crd", CRD_NAME, "-o", "json").stdout)
+    assert kept["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep", "crds.keep did not keep the CRD"
