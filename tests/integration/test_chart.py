@@ -223,6 +223,22 @@ def test_every_value_is_documented_and_in_the_schema():
     assert missing == [], f"schema options without a documented default in values.yaml: {missing}"
 
 
+def test_chart_readme_lists_every_value():
+    readme = (CHART / "README.md").read_text()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def leaves(node, prefix=""):
+        for key, value in node.items():
+            if isinstance(value, dict) and value and key not in ("labels", "annotations") and prefix + key not in (
+                "resources.requests", "resources.limits", "dashboard.labels"):
+                yield from leaves(value, prefix + key + ".")
+            else:
+                yield prefix + key
+
+    missing = [k for k in leaves(values) if f"| `{k}` |" not in readme]
+    assert missing == [], f"helm/kubeclip/README.md does not document: {missing}"
+
+
 def test_controller_deployment(tmp_path):
     docs = render(tmp_path, {"watch": {"namespaces": ["team-a"]}, "logLevel": "debug"})
     (dep,) = by_kind(docs, "Deployment")

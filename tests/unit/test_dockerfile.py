@@ -101,9 +101,12 @@ def copy_sources(stage: list[tuple[str, str]]) -> list[tuple[list[str], str]]:
     return out
 
 
-def stage_tree(stage: list[tuple[str, str]], root: Path) -> Path:
-    """Lay out the stage's build directory under ``root`` the way COPY would; returns WORKDIR."""
+def replay(stage: list[tuple[str, str]], root: Path, env: dict[str, str]) -> int:
+    """Replay a stage under ``root``: WORKDIR and COPY lay out the files, and each ``RUN`` that
+    installs with pip runs in the WORKDIR in effect at that point. Returns how many RUNs ran.
+    Other RUNs (useradd, chown) need root and a real image, so they are not replayed."""
     workdir = None
+    ran = 0
     for kw, rest in stage:
         if kw == "WORKDIR":
             workdir = root / rest.lstrip("/")
@@ -115,20 +118,19 @@ def stage_tree(stage: list[tuple[str, str]], root: Path) -> Path:
                 target = workdir / dest
                 if len(srcs) > 1 or dest.endswith("/"):
                     target.mkdir(parents=True, exist_ok=True)
-                    target = target / Path(src.rstrip("/")).name if not src.endswith("/") else target
+                    if not src.endswith("/"):
+                        target = target / Path(src).name
                 source = ROOT / src
                 if source.is_dir():
                     shutil.copytree(source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
                 else:
                     shutil.copy2(source, target)
-    assert workdir is not None
-    return workdir
-
-
-def run_steps(runs: list[str], cwd: Path, env: dict[str, str]) -> None:
-    for cmd in runs:
-        proc = subprocess.run(["bash", "-eo", "pipefail", "-c", cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, f"RUN {cmd}\nfailed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        elif kw == "RUN" and rest in pip_runs(stage):
+            assert workdir is not None, "WORKDIR comes before the install"
+            proc = subprocess.run(["bash", "-eo", "pipefail", "-c", rest], cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+            assert proc.returncode == 0, f"RUN {rest}\nfailed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+            ran += 1
+    return ran
 
 
 def base_python_shim(tmp: Path) -> Path:
@@ -177,6 +179,11 @@ def test_targets_users_pins_and_labels():
     assert bases["trainer"].split(":")[1].startswith(pins["torch"] + "-cuda"), bases["trainer"]
     assert "torch" not in " ".join(pip_runs(by_stage["controller-build"])).replace("[controller]", "")
     assert by_stage["controller"][-1] == ("CMD", '["operator"]')
+    # The controller image holds the trainer's config model and nothing else of the trainer.
+    copied = {src for srcs, _ in copy_sources(by_stage["controller-build"]) for src in srcs}
+    assert "trainer/config.py" in copied and not any(s.rstrip("/") == "trainer" for s in copied)
+    if (ROOT / "trainer" / "__init__.py").exists():
+        assert "trainer/__init__.py" in copied, "trainer/ became a regular package: COPY its __init__.py too"
     assert ("ENTRYPOINT", '["kubeclip"]') in by_stage["controller"]
 
 
@@ -214,11 +221,10 @@ def test_dockerignore_keeps_exactly_what_copy_needs():
 def test_controller_stage_installs_without_torch(tmp_path):
     _, by_stage, _ = stages()
     build = by_stage["controller-build"]
-    workdir = stage_tree(build, tmp_path / "root")
     venv = tmp_path / "root" / env_of(build)["VENV"].lstrip("/")
     env = clean_env(**{k: v for k, v in env_of(build).items() if k != "VENV"})
     env.update(VENV=str(venv), PATH=f"{base_python_shim(tmp_path)}:{env['PATH']}")
-    run_steps(pip_runs(build), workdir, env)
+    assert replay(build, tmp_path / "root", env) == 1
 
     # Out of the source tree, so only the installed copy can be imported.
     elsewhere = tmp_path / "elsewhere"
@@ -240,7 +246,6 @@ def test_controller_stage_installs_without_torch(tmp_path):
 def test_trainer_stage_installs_over_the_base_torch(tmp_path):
     _, by_stage, _ = stages()
     trainer = by_stage["trainer"]
-    workdir = stage_tree(trainer, tmp_path / "root")
 
     # Stand-in for the base image: a fresh venv that sees this project's site-packages (torch
     # 2.14.1, torchvision, ...) minus kubeclip itself, as the base image's Python would.
@@ -258,7 +263,7 @@ def test_trainer_stage_installs_over_the_base_torch(tmp_path):
     env.pop("HOME", None)
     env.pop("HF_HOME", None)
     env["PATH"] = f"{venv / 'bin'}:{env['PATH']}"
-    run_steps(pip_runs(trainer), workdir, env)
+    assert replay(trainer, tmp_path / "root", env) == 1
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -268,7 +273,7 @@ def test_trainer_stage_installs_over_the_base_torch(tmp_path):
         "import importlib.util, torch, open_clip, trainer.config, kubeclip.cli\n"
         "print(torch.__version__, open_clip.__version__)\n"
         "print(torch.__file__)\n"
-        "print(importlib.util.find_spec('trainer').origin)\n"
+        "print(trainer.config.__file__)\n"
         "print(importlib.util.find_spec('trainer.node') is not None)\n",
         elsewhere,
     )
