@@ -301,6 +301,27 @@ def test_monitors_target_the_contract_ports(tmp_path):
     assert json.loads(cm["data"]["kubeclip.json"]) == json.loads((CHART / "dashboards" / "kubeclip.json").read_text())
 
 
+def test_podmonitor_selects_the_pods_the_controller_builds(tmp_path):
+    """The PodMonitor's selector and port name match node 0 of a real job, as built by the controller."""
+    from controller import builders
+    from controller.api import FineTuneJobSpec
+
+    job = yaml.safe_load((ROOT / "examples" / "finetune-multinode.yaml").read_text())
+    job["metadata"].update(namespace="ml", uid="0000")
+    spec = FineTuneJobSpec.model_validate(job["spec"])
+    (pm,) = by_kind(render(tmp_path, ALL_ON), "PodMonitor")
+    selector = pm["spec"]["selector"]
+    port = pm["spec"]["podMetricsEndpoints"][0]["port"]
+    for index in range(spec.numNodes):
+        pod = builders.pod(job, spec, index, 0, "trainer:test")
+        labels = pod["metadata"]["labels"]
+        selected = all(labels.get(k) == v for k, v in selector["matchLabels"].items()) and all(
+            e["key"] in labels for e in selector["matchExpressions"])
+        assert selected == (index == 0), f"node {index}: selected={selected}"
+        ports = {p["name"]: p["containerPort"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+        assert ports.get(port) == spec.metrics.port
+
+
 def test_alert_rules_pass_promtool_check(tmp_path):
     path = tmp_path / "rules.yaml"
     path.write_text(yaml.safe_dump(rules_of(render(tmp_path, ALL_ON))))
