@@ -28,8 +28,9 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY kubeclip/ kubeclip/
 COPY controller/ controller/
-# The controller uses only the trainer's config model (pydantic), never the training code.
-COPY trainer/__init__.py trainer/config.py trainer/
+# The controller uses only the trainer's config model (pydantic), never the training code
+# (trainer/ is a namespace package: pyproject's packages.find includes it without __init__.py).
+COPY trainer/config.py trainer/
 RUN python -m venv "$VENV" \
     && "$VENV/bin/pip" install --no-cache-dir "./[controller]"
 
