@@ -19,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from support.controlplane import ControlPlane, ControlPlaneError, find_binary, stop_from_state  # noqa: E402
+from support.controlplane import ControlPlane, ControlPlaneError, client_bin_dir, stop_from_state  # noqa: E402
 
 CLUSTER_DIR = REPO / ".cluster"
 
@@ -38,7 +38,7 @@ def up() -> int:
         return 1
     print(f"control plane up in {time.monotonic() - t0:.1f}s: {cp.server} "
           f"({', '.join(cp.procs)}; logs in {CLUSTER_DIR})")
-    print(f"kubectl and helm are in {find_binary('kubectl').parent}; no kubelet: pods are created but never run.")
+    print(f"kubectl and helm are in {client_bin_dir()}; no kubelet: pods are created but never run.")
     print(f"export KUBECONFIG={cp.kubeconfig}")
     return 0
 

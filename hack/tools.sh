@@ -51,7 +51,7 @@ go_build() {  # go_build NAME PACKAGE
   ensure_cmd go golang-go
   log "building $name from $pkg (first time: several minutes; log in $TOOLS/build-$name.log)"
   local t0=$SECONDS tmp="$BIN/.$name.tmp"
-  if ! (cd "$GOMOD_DIR" && GOFLAGS=-mod=mod CGO_ENABLED=0 \
+  if ! (cd "$GOMOD_DIR" && GOFLAGS=-mod=mod \
         go build -trimpath -ldflags='-s -w' -o "$tmp" "$pkg") >"$TOOLS/build-$name.log" 2>&1; then
     tail -40 "$TOOLS/build-$name.log" >&2
     log "go build of $name failed (full log: $TOOLS/build-$name.log)"

@@ -27,7 +27,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/: makes `support` importable
 
 from support.cluster import Cluster  # noqa: E402
-from support.controlplane import ControlPlane, ControlPlaneError, find_binary, new_workdir  # noqa: E402
+from support.controlplane import ControlPlane, ControlPlaneError, client_bin_dir, new_workdir  # noqa: E402
 
 # How long the namespace fixture waits for the serviceaccount controller to create `default`.
 DEFAULT_SA_WAIT_S = 30.0
@@ -50,8 +50,7 @@ def _control_plane():
 
 @pytest.fixture(scope="session")
 def cluster(_control_plane: ControlPlane) -> Cluster:
-    bin_dir = find_binary("kubectl").parent
-    return Cluster(kubeconfig=str(_control_plane.kubeconfig), server=_control_plane.server, bin=str(bin_dir))
+    return Cluster(kubeconfig=str(_control_plane.kubeconfig), server=_control_plane.server, bin=str(client_bin_dir()))
 
 
 def _namespace_name(nodeid: str) -> str:

@@ -66,6 +66,16 @@ def find_binary(name: str, required: bool = True) -> Path | None:
     return None
 
 
+def client_bin_dir() -> Path:
+    """The directory holding kubectl, helm and promtool together ($KUBECLIP_TOOLS/bin: hack/tools.sh
+    links $KUBEBUILDER_ASSETS' kubectl there too), so tests can put one directory on PATH."""
+    d = tools_bin()
+    missing = [n for n in ("kubectl", "helm", "promtool") if not os.access(d / n, os.X_OK)]
+    if missing:
+        raise ControlPlaneError(f"{', '.join(missing)} missing in {d}: run `make tools` (hack/tools.sh).")
+    return d
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -151,7 +161,7 @@ class ControlPlane:
         etcd = find_binary("etcd")
         apiserver = find_binary("kube-apiserver")
         kcm = find_binary("kube-controller-manager", required=False) if self.controller_manager else None
-        find_binary("kubectl")  # fail now, clearly, rather than in the first test that shells out
+        client_bin_dir()  # fail now, clearly, rather than in the first test that shells out
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.owned:
             atexit.register(self.stop)  # also on KeyboardInterrupt / failing session teardown
