@@ -23,6 +23,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -394,9 +395,10 @@ def _adopt_existing_crd(cluster, release: str, namespace: str) -> None:
                         f"meta.helm.sh/release-name={release}", f"meta.helm.sh/release-namespace={namespace}")
 
 
-def _can(cluster, sa: str, verb: str, resource: str, namespace: str | None) -> bool:
+def _can(cluster, sa: str, verb: str, resource: str, namespace: str | None, subresource: str = "") -> bool:
     where = ["-n", namespace] if namespace else ["-A"]
-    out = cluster.kubectl("auth", "can-i", verb, resource, *where, f"--as={sa}", check=False)
+    sub = [f"--subresource={subresource}"] if subresource else []
+    out = cluster.kubectl("auth", "can-i", verb, resource, *sub, *where, f"--as={sa}", check=False)
     return out.stdout.strip() == "yes"
 
 
@@ -408,11 +410,26 @@ def test_install_upgrade_uninstall(cluster, namespace, tmp_path):
     fullname = f"{release}-kubeclip"
     sa = f"system:serviceaccount:{namespace}:{fullname}"
     _adopt_existing_crd(cluster, release, namespace)
+    # Chart.yaml's kubeVersion (>=1.30) is checked against the server's /version.
+    server = json.loads(cluster.kubectl("version", "-o", "json").stdout)["serverVersion"]["gitVersion"]
+    assert not server.startswith("v0.0.0"), (
+        f"the test kube-apiserver reports {server}: hack/tools.sh must stamp its version, e.g. go build -ldflags "
+        "'-X k8s.io/component-base/version.gitVersion=v1.34.4 -X k8s.io/component-base/version.gitMajor=1 "
+        "-X k8s.io/component-base/version.gitMinor=34'"
+    )
 
     installed = cluster.helm("install", release, str(CHART), "-n", namespace)
     assert "kubectl get ftj -w" in installed.stdout, "NOTES.txt does not show the next commands"
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
-    explained = cluster.kubectl("explain", "ftj.spec")
+    # A fresh discovery cache each try (kubectl caches discovery from before the CRD existed), and
+    # a few seconds of grace: the API server publishes a new CRD's OpenAPI asynchronously.
+    deadline = time.monotonic() + 60
+    while True:
+        explained = cluster.kubectl("--cache-dir", str(tmp_path / f"kcache-{time.monotonic_ns()}"), "explain", "ftj.spec", check=False)
+        if explained.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert explained.returncode == 0, explained.stderr
     assert "numProcPerNode" in explained.stdout and "model" in explained.stdout
     dep = json.loads(cluster.kubectl("get", "deployment", fullname, "-n", namespace, "-o", "json").stdout)
     assert dep["spec"]["template"]["spec"]["serviceAccountName"] == fullname
@@ -422,7 +439,7 @@ def test_install_upgrade_uninstall(cluster, namespace, tmp_path):
     # Cluster-wide mode: the controller may manage jobs and pods everywhere, and nothing more.
     assert _can(cluster, sa, "watch", "finetunejobs.kubeclip.dev", None)
     assert _can(cluster, sa, "create", "pods", "default")
-    assert _can(cluster, sa, "update", "finetunejobs.kubeclip.dev/status", namespace)
+    assert _can(cluster, sa, "update", "finetunejobs.kubeclip.dev", namespace, subresource="status")
     assert not _can(cluster, sa, "get", "secrets", namespace)
     assert not _can(cluster, sa, "update", "finetunejobs.kubeclip.dev", namespace)
 
