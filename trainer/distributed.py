@@ -48,7 +48,9 @@ def setup() -> Topology:
         device = torch.device("cpu")
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         # Share the cores between the local processes: oversubscription makes CPU DDP crawl.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+        # OMP_NUM_THREADS, when set, wins (torch already read it).
+        if "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(
             backend="nccl" if device.type == "cuda" else "gloo",

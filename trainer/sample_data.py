@@ -23,6 +23,8 @@ COLOURS = {
     "purple": (130, 50, 160), "orange": (240, 130, 30), "black": (20, 20, 20), "cyan": (40, 190, 200),
 }
 KINDS = ("circle", "square", "triangle", "diamond")
+#: What ``make demo`` and ``examples/local-cpu.yaml`` use (``runs/demo/data``).
+DEMO = {"n": 512, "val_n": 64, "size": 64, "seed": 0}
 PLACES = {"top left": (0.28, 0.28), "top right": (0.72, 0.28), "bottom left": (0.28, 0.72),
           "bottom right": (0.72, 0.72), "middle": (0.5, 0.5)}
 

@@ -19,6 +19,7 @@ A run restarted with the same command continues from the newest checkpoint in
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import random
@@ -56,6 +57,15 @@ def precision_setup(precision: str, device: torch.device):
     if cuda and precision in ("amp", "amp_fp16"):
         return torch.float32, lambda: torch.autocast("cuda", dtype=torch.float16), True
     return torch.float32, contextlib.nullcontext, False
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of every parameter and buffer: ranks compare theirs to prove they hold the same model."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def train(job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None) -> dict:
@@ -159,6 +169,7 @@ def train(job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None) -
     model.train()
     steady_time, steady_samples = 0.0, 0
     last_eval: dict = {}
+    epoch_losses: list[float] = []  # mean training loss of each epoch this process ran
     evaluated_last = False
     loss_value = float("nan")
     first_step_at: Optional[float] = None
@@ -168,6 +179,7 @@ def train(job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None) -
         sampler.set_position(epoch, first_s * t.gradAccumSteps)
         batches = iter(loader)
         t_prev = time.perf_counter()
+        losses_this_epoch: list[float] = []
         for s in range(first_s, steps_per_epoch):
             lr = lr_at(step, t.learningRate, warmup, total_steps)
             opt.set_lr(lr)
@@ -206,6 +218,7 @@ def train(job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None) -
                 model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
             step += 1
             loss_value = loss_sum / t.gradAccumSteps
+            losses_this_epoch.append(loss_value)
 
             now = time.perf_counter()
             dt, t_prev = now - t_prev, now
@@ -243,6 +256,8 @@ def train(job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None) -
             if t.checkpointEverySteps and step % t.checkpointEverySteps == 0 and s + 1 < steps_per_epoch:
                 save_checkpoint(epoch, s + 1)
         # ---- epoch end: eval, then a checkpoint that resumes at the next epoch -----------------
+        if losses_this_epoch:
+            epoch_losses.append(sum(losses_this_epoch) / len(losses_this_epoch))
         last_eval = run_eval() or last_eval
         evaluated_last = epoch == t.epochs - 1
         save_checkpoint(epoch + 1, 0)
@@ -251,8 +266,12 @@ def train(job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None) -
     if not evaluated_last and val_table is not None:  # resumed after the last epoch's end: redo its eval
         epoch = t.epochs - 1
         last_eval = run_eval()
+    # Every rank's weights must be identical after the last all-reduced step: check, don't assume.
+    digests = distributed.gather_objects(weights_digest(model), topo)
     final_metrics: dict = {}
     if topo.is_main:
+        if len(set(digests)) != 1:
+            log.error("ranks disagree on the final weights: %s", digests)
         metrics.update(phase="exporting")
         final_metrics = dict(last_eval)
         final_metrics.update(
@@ -262,6 +281,8 @@ def train(job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None) -
             world_size=topo.world,
             global_batch=global_batch,
             train_loss=loss_value,
+            epoch_train_loss=epoch_losses,
+            rank_weight_digests=digests,
             wall_seconds=round(time.time() - t_start, 2),
             first_step_seconds=round(first_step_at - t_start, 3) if first_step_at else None,
         )

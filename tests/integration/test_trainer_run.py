@@ -1,0 +1,147 @@
+"""A real 2-process gloo run through ``kubeclip run``: learning, rank agreement, metrics, export.
+
+One run (module fixture) of a tiny OpenCLIP model on a generated dataset, started exactly as a
+user would (``kubeclip run JOB.yaml``: the elastic launcher, 2 processes, gloo on CPU). While it
+trains, the test scrapes rank 0's ``/metrics`` and ``/progress`` (port 0 = a free port, read from
+``progress.json``) and runs ``promtool check metrics`` on the scrapes. Afterwards it checks that
+the loss went down, that both ranks ended with identical weights (each rank hashes its own and
+rank 0 records all hashes), and that ``final/`` loads through open_clip with the trained weights.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from trainer_helpers import VENV_BIN, env, manifest, promtool
+
+pytestmark = pytest.mark.slow
+
+CONTRACT_NAMES = [
+    "kubeclip_trainer_step", "kubeclip_trainer_epoch", "kubeclip_trainer_total_steps", "kubeclip_trainer_samples_total",
+    "kubeclip_trainer_samples_per_second", "kubeclip_trainer_loss", "kubeclip_trainer_learning_rate",
+    "kubeclip_trainer_logit_scale", "kubeclip_trainer_step_seconds_bucket", "kubeclip_trainer_data_wait_seconds_bucket",
+    "kubeclip_trainer_eval_recall", "kubeclip_trainer_eval_mean_rank", "kubeclip_trainer_eval_loss",
+    "kubeclip_trainer_last_checkpoint_timestamp_seconds", "kubeclip_trainer_gpu_memory_bytes",
+]
+
+
+def get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.read().decode()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    out = root / "out"
+    job = manifest(root, "ddp-run", out, training={"epochs": 4, "batchSize": 8, "workers": 1, "checkpointEverySteps": 4,
+                                                  "logEverySteps": 2})
+    log = open(root / "console.log", "w")
+    proc = subprocess.Popen([str(VENV_BIN / "kubeclip"), "run", str(job)], stdout=log, stderr=subprocess.STDOUT, env=env())
+    scrapes = {}
+    progress_path = out / "progress.json"
+    deadline = time.time() + 600
+    while proc.poll() is None and time.time() < deadline:
+        try:
+            p = json.loads(progress_path.read_text())
+        except (OSError, ValueError):
+            p = None
+        if p and p.get("metricsPort") and p.get("phase") == "training":
+            base = f"http://127.0.0.1:{p['metricsPort']}"
+            try:
+                if "training" not in scrapes and p.get("step", 0) >= 1:
+                    scrapes["training"] = (get(base + "/metrics"), get(base + "/progress"))
+                if "after_eval" not in scrapes and p.get("eval"):
+                    scrapes["after_eval"] = (get(base + "/metrics"), get(base + "/progress"))
+            except OSError:
+                pass
+        time.sleep(0.02)
+    rc = proc.wait(timeout=60)
+    log.close()
+    return {"rc": rc, "out": out, "console": (root / "console.log").read_text(), "scrapes": scrapes, "root": root}
+
+
+def test_kubeclip_run_succeeds_and_says_where_the_model_went(run):
+    assert run["rc"] == 0, run["console"][-4000:]
+    assert f"model: {(run['out'] / 'final').resolve()}" in run["console"]
+
+
+def test_loss_decreases_and_ranks_agree(run):
+    m = json.loads((run["out"] / "final" / "metrics.json").read_text())
+    assert m["world_size"] == 2
+    losses = m["epoch_train_loss"]
+    assert len(losses) == 4 and losses[-1] < losses[0] - 0.05, losses
+    digests = m["rank_weight_digests"]
+    assert len(digests) == 2 and digests[0] == digests[1], digests
+
+
+def test_final_metrics_keys(run):
+    m = json.loads((run["out"] / "final" / "metrics.json").read_text())
+    for key in ("image_to_text_R@1", "text_to_image_R@1", "image_to_text_R@5", "text_to_image_R@5",
+                "image_to_text_R@10", "text_to_image_mean_rank", "val_loss", "samples_per_second"):
+        assert isinstance(m[key], float), key
+    assert 0.0 <= m["image_to_text_R@1"] <= m["image_to_text_R@5"] <= m["image_to_text_R@10"] <= 1.0
+
+
+def test_export_reloads_through_open_clip_with_the_trained_weights(run):
+    import torch
+
+    from trainer.checkpoint import latest, load
+    from trainer.model import import_open_clip
+
+    open_clip = import_open_clip()
+    final = run["out"] / "final"
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{final}")
+    trained = load(latest(str(run["out"])))["model"]  # the epoch-end checkpoint holds the final weights
+    loaded = model.state_dict()
+    assert loaded.keys() == trained.keys()
+    assert all(torch.equal(loaded[k], trained[k]) for k in trained)
+    assert preprocess.transforms[0].size in (32, (32, 32), [32, 32])  # preprocess_cfg travelled too
+
+
+def test_metrics_endpoint_passes_promtool_and_has_the_contract_names(run):
+    assert set(run["scrapes"]) == {"training", "after_eval"}, "the run ended before both scrapes"
+    tool = promtool()
+    for phase, (text, _) in run["scrapes"].items():
+        check = subprocess.run([tool, "check", "metrics"], input=text, capture_output=True, text=True)
+        assert check.returncode == 0, f"{phase}: {check.stdout}{check.stderr}"
+        assert 'finetunejob="ddp-run"' in text
+    text = run["scrapes"]["after_eval"][0]
+    for name in CONTRACT_NAMES:
+        assert f"\n{name}" in text or text.startswith(name), name
+    assert 'kubeclip_trainer_eval_recall{direction="image_to_text",finetunejob="ddp-run",k="5"}' in text
+
+
+def test_progress_endpoint_serves_the_progress_model(run):
+    from trainer.config import Progress
+
+    p = Progress.model_validate_json(run["scrapes"]["training"][1])
+    assert p.phase == "training" and p.totalSteps == 24 and 1 <= p.step <= 24
+    done = Progress.model_validate_json((run["out"] / "progress.json").read_text())
+    assert done.phase == "done" and done.step == 24 and done.modelPath == str(run["out"] / "final")
+    assert done.lastCheckpoint is not None and done.lastCheckpoint.step == 24
+
+
+def test_kubeclip_run_bad_csv_exits_3_with_the_preflight_line(tmp_path):
+    from trainer_helpers import dataset
+
+    train_csv, _ = dataset(tmp_path)
+    bad = tmp_path / "bad.csv"
+    bad.write_text(train_csv.read_text().replace(",", ";").replace("filepath", "path"))
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "apiVersion: kubeclip.dev/v1alpha1\nkind: FineTuneJob\nmetadata: {name: bad}\n"
+        f"spec: {{model: {{name: ViT-B-32}}, dataset: {{trainCsv: {bad}, separator: ','}}, output: {{path: {tmp_path / 'o'}}}}}\n"
+    )
+    t0 = time.time()
+    proc = subprocess.run([str(VENV_BIN / "kubeclip"), "run", str(job)], capture_output=True, text=True, env=env(), timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("preflight: spec.dataset.trainCsv") and "columns found: ['path;caption']" in line
+    assert "separator ';'" in line
+    assert time.time() - t0 < 60
