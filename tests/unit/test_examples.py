@@ -123,3 +123,27 @@ def test_every_example_passes_server_side_dry_run(cluster, namespace):
     job["spec"]["training"].update(lockImage=True, lockText=True)
     bad = cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=yaml.safe_dump(job), check=False)
     assert bad.returncode != 0 and "nothing would be trained" in bad.stderr, bad.stderr
+
+
+def _preflight_messages() -> list[list[str]]:
+    """The literal parts of every ``PreflightError(...)`` message in trainer/preflight.py."""
+    import ast
+
+    tree = ast.parse((ROOT / "trainer" / "preflight.py").read_text())
+    messages = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "PreflightError" and node.args:
+            parts = [c.value for c in ast.walk(node.args[0]) if isinstance(c, ast.Constant) and isinstance(c.value, str)]
+            parts = [p.strip(" :;,.()'") for p in parts]
+            messages.append([p for p in parts if len(p) >= 8])
+    return messages
+
+
+def test_readme_troubleshooting_covers_every_preflight_error():
+    """The README's troubleshooting table names each preflight error the trainer can raise."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Troubleshooting", 1)[1].split("\n## ", 1)[0]
+    messages = _preflight_messages()
+    assert len(messages) >= 12, "fewer preflight errors than expected: did trainer/preflight.py move?"
+    missing = [m for m in messages if m and not any(part in section for part in m)]
+    assert missing == [], f"README troubleshooting lacks: {missing}"
