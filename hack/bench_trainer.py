@@ -3,7 +3,8 @@
 
 What ``make bench`` runs for the trainer. Both trainers get the same generated dataset (the
 peer's ``make_dataset.py``), the same tiny OpenCLIP config (``local-dir:`` the peer's
-``tiny_model``), batch size, workers, epochs, learning rate, warmup, seed and fp32 on CPU. Runs
+``tiny_model``), batch size, workers, epochs, learning rate, warmup, weight decay, AdamW betas/eps, seed and fp32
+on CPU. Runs
 alternate (peer, kubeclip, peer, kubeclip, ...) so drifting machine load hits both alike.
 
 Measured from outside, the same way for both (``../shared/peer/openclip/run_measured.py`` wraps
@@ -89,7 +90,10 @@ def run_peer(peer_py: Path, work: Path, data: Path, a, name: str, ddp: bool) -> 
             "--csv-separator", ",", "--csv-img-key", "filepath", "--csv-caption-key", "caption",
             "--model", f"local-dir:{PEER / 'tiny_model'}", "--epochs", a.epochs, "--batch-size", a.batch,
             "--workers", a.workers, "--precision", "fp32", "--device", "cpu", "--lr", a.lr, "--warmup", a.warmup,
-            "--seed", 0, "--log-every-n-steps", 1, "--name", name]
+            "--seed", 0, "--log-every-n-steps", 1, "--name", name,
+            # the optimizer kubeclip uses (CLIP's ViT values); open_clip_train picks them only when
+            # the model name contains "vit", which "local-dir:..." does not
+            "--wd", a.wd, "--beta1", 0.9, "--beta2", 0.98, "--eps", 1e-6]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     if ddp:  # open_clip_train 3.3.0 passes device_ids for a CPU module: its CPU DDP needs the fix
         env["OCB_CPU_DDP_FIX"] = "1"
@@ -114,7 +118,7 @@ def run_ours(work: Path, data: Path, a, name: str, ddp: bool) -> dict:
         "spec": {
             "model": {"name": f"local-dir:{PEER / 'tiny_model'}"},
             "dataset": {"trainCsv": str(data / "train.csv"), "valCsv": str(data / "val.csv"), "separator": ","},
-            "training": {"epochs": a.epochs, "batchSize": a.batch, "learningRate": a.lr, "warmupSteps": a.warmup,
+            "training": {"epochs": a.epochs, "batchSize": a.batch, "learningRate": a.lr, "warmupSteps": a.warmup, "weightDecay": a.wd,
                          "workers": a.workers, "precision": "fp32", "seed": 0, "checkpointEverySteps": 0,
                          "logEverySteps": 1},
             "output": {"path": str(run / "out")},
@@ -141,6 +145,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--warmup", type=int, default=16)
+    ap.add_argument("--wd", type=float, default=0.2, help="weight decay (open_clip_train's default)")
     ap.add_argument("--repeat", type=int, default=2, help="alternating runs per side; medians are reported")
     ap.add_argument("--ddp", action="store_true", help="also compare 2-process gloo DDP runs")
     ap.add_argument("--work", default=str(REPO / "runs" / "bench-trainer"))

@@ -9,8 +9,9 @@ neither: the trainer runs no ``torch.compile`` and uses its own AdamW and gradie
 (``trainer.optim``, ``trainer.distributed``) precisely because ``torch.optim`` and
 ``DistributedDataParallel`` import dynamo on first use. So while open_clip is imported, the one
 name torchvision takes from dynamo (``is_compile_supported``, only called inside ``roi_align``,
-which CLIP never calls) is served by a forwarding stub, and timm is reported missing unless the
-model config names a timm tower. Both stubs are removed from ``sys.modules`` right after, so any
+which CLIP never calls) is served by a forwarding stub, and timm is reported missing. When the
+model config names a timm tower (or is not known before import: a built-in model name), the
+import is a plain one, since timm imports dynamo itself. Both stubs are removed from ``sys.modules`` right after, so any
 later real ``import torch._dynamo`` / ``import timm`` works normally. If anything in that import
 fails, it is retried plainly.
 """
@@ -79,32 +80,39 @@ def import_open_clip(model_name: str = ""):
         return sys.modules["open_clip"]
     import torch  # noqa: F401 - the real torch first, so only the two stub names are intercepted
 
-    if "torch._dynamo" in sys.modules:  # someone imported it already: nothing to save
+    if "torch._dynamo" in sys.modules or _needs_timm(model_name):
+        # dynamo is there already, or timm is needed (timm imports dynamo itself): nothing to save
         import open_clip
 
         return open_clip
-    finder = _LeanFinder(hide_timm=not _needs_timm(model_name))
+    finder = _LeanFinder(hide_timm=True)
     sys.meta_path.insert(0, finder)
     try:
         import open_clip
 
         return open_clip
     except Exception:  # pragma: no cover - a future torchvision/open_clip changed its imports
-        for name in [m for m in sys.modules if m.startswith(("open_clip", "torchvision"))]:
-            del sys.modules[name]
-        sys.meta_path.remove(finder)
+        _forget_lean_import(finder)
         finder = None
+        for name in [m for m in sys.modules if m.startswith(("open_clip", "torchvision", "timm"))]:
+            del sys.modules[name]
         import open_clip
 
         return open_clip
     finally:
         if finder is not None:
-            sys.meta_path.remove(finder)
-        for name in _LeanFinder.STUBS:
-            sys.modules.pop(name, None)
-        torch_mod = sys.modules["torch"]
-        if isinstance(torch_mod.__dict__.get("_dynamo"), types.ModuleType):
-            del torch_mod._dynamo  # torch imports the real one lazily on attribute access
+            _forget_lean_import(finder)
+
+
+def _forget_lean_import(finder: _LeanFinder) -> None:
+    """Remove the finder and the stubs, so later imports of torch._dynamo/timm are the real ones."""
+    if finder in sys.meta_path:
+        sys.meta_path.remove(finder)
+    for name in _LeanFinder.STUBS:
+        sys.modules.pop(name, None)
+    torch_mod = sys.modules["torch"]
+    if isinstance(torch_mod.__dict__.get("_dynamo"), types.ModuleType):
+        del torch_mod._dynamo  # torch imports the real one lazily on attribute access
 
 
 def build(spec: TrainerSpec, device):
