@@ -435,6 +435,13 @@ def test_install_upgrade_uninstall(cluster, namespace, tmp_path):
     assert dep["spec"]["template"]["spec"]["serviceAccountName"] == fullname
     assert "--all-namespaces" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
     cluster.kubectl("get", "serviceaccount", fullname, "-n", namespace)
+    # No kubelet here, so no pod ever runs; still, the controller's pod spec must pass the
+    # restricted Pod Security Standard: dry-run a Pod made from the Deployment's template.
+    cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    template = dep["spec"]["template"]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "controller-pod-check", "labels": template["metadata"]["labels"]},
+           "spec": template["spec"]}
+    cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=json.dumps(pod))
     cluster.kubectl("get", "clusterrole,clusterrolebinding", fullname)
     # Cluster-wide mode: the controller may manage jobs and pods everywhere, and nothing more.
     assert _can(cluster, sa, "watch", "finetunejobs.kubeclip.dev", None)

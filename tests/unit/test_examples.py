@@ -115,6 +115,8 @@ def test_every_example_passes_server_side_dry_run(cluster, namespace):
     """The real API server accepts each document: schema, CEL rules and admission."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=kubeclip-examples-test", "-f", str(CRD_FILE))
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/finetunejobs.kubeclip.dev")
+    # The loader pod must pass the restricted Pod Security Standard (PodSecurity admission).
+    cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     for path in EXAMPLES:
         out = cluster.kubectl("apply", "--dry-run=server", "--validate=strict", "-n", namespace, "-f", str(path))
         assert out.stdout.count("(server dry run)") == len(documents(path)), out.stdout
