@@ -116,11 +116,12 @@ def node_env(job: dict[str, Any], spec: FineTuneJobSpec, index: int) -> list[dic
 def _resources(spec: FineTuneJobSpec) -> dict[str, Any]:
     if spec.resources is None:
         return {}
-    limits = dict(spec.resources.limits)
-    requests = dict(spec.resources.requests)
+    # Quantities travel as strings ("8", "64Gi"): the API's canonical form.
+    limits = {k: str(v) for k, v in spec.resources.limits.items()}
+    requests = {k: str(v) for k, v in spec.resources.requests.items()}
     if GPU_RESOURCE in limits or GPU_RESOURCE in requests:
         # One GPU per training process; extended resources need limits == requests.
-        limits[GPU_RESOURCE] = requests[GPU_RESOURCE] = spec.numProcPerNode
+        limits[GPU_RESOURCE] = requests[GPU_RESOURCE] = str(spec.numProcPerNode)
     out: dict[str, Any] = {}
     if limits:
         out["limits"] = limits

@@ -32,6 +32,26 @@ class Conflict(Exception):
     """The job changed since it was read: the pass is dropped and runs again on the next event."""
 
 
+class Terminating(Exception):
+    """The job's namespace is being deleted: nothing can be created there any more."""
+
+
+def describe_error(err: BaseException) -> Optional[str]:
+    """A one-line text for an API error (status, reason, the server's message); None otherwise."""
+    if not isinstance(err, ApiException):
+        return None
+    try:
+        message = json.loads(err.body or "{}").get("message", "")
+    except (ValueError, AttributeError):
+        message = ""
+    return f"{err.status} {err.reason}: {message}".strip()
+
+
+def _check_terminating(err: ApiException) -> None:
+    if err.status == 403 and "NamespaceTerminating" in str(err.body or ""):
+        raise Terminating(describe_error(err)) from None
+
+
 def load_config() -> client.ApiClient:
     if os.environ.get("KUBECONFIG") or os.path.exists(os.path.expanduser("~/.kube/config")):
         config.load_kube_config()
@@ -123,6 +143,7 @@ class Kube:
         try:
             fn(ns, obj, _preload_content=False)
         except ApiException as err:
+            _check_terminating(err)
             if err.status != 409:
                 raise
 

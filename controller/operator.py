@@ -40,7 +40,7 @@ log = logging.getLogger("controller")
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message and any ``extra=`` fields."""
 
-    _std = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+    _std = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "settings", "k8s_skip", "k8s_ref"}
 
     def format(self, record: logging.LogRecord) -> str:
         out = {
@@ -63,10 +63,17 @@ def setup_logging(level: str) -> None:
     root.setLevel(level.upper())
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+    # kopf logs every handler call at INFO ("Handler ... succeeded"): our passes log what they do.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
 
 def build_registry(worker: Worker) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> Any:
+        # The same resolution as controller/kube.py: KUBECONFIG, then in-cluster.
+        return kopf.login_via_client(**kwargs)
 
     @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=registry)
     def job_event(event: dict[str, Any], namespace: str, name: str, **_: Any) -> None:
@@ -137,6 +144,9 @@ async def resync_loop(worker: Worker, s: Settings, stop: asyncio.Event, pool: Th
 def kopf_settings(s: Settings) -> kopf.OperatorSettings:
     ks = kopf.OperatorSettings()
     ks.posting.enabled = False  # our Events are the phase transitions, posted by the worker
+    # No watching of CRDs/namespaces (that needs cluster-scoped RBAC the namespaced chart mode
+    # lacks): the resources are resolved once at start-up, so the CRD must exist by then.
+    ks.scanning.disabled = True
     ks.execution.max_workers = s.workers
     ks.watching.server_timeout = 300
     ks.networking.request_timeout = 60

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 
 from . import metrics
 from .api import TERMINAL_PHASES
-from .kube import Conflict, Kube
+from .kube import Conflict, Kube, Terminating, describe_error
 from .progress import progress_url, read_progress
 from .reconcile import Observed, Plan, plan
 from .settings import Settings
@@ -78,11 +78,16 @@ class Worker:
         except Conflict as err:
             log.info("conflict, will retry: %s", err, extra={"job": f"{namespace}/{name}"})
             self.due[key] = time.monotonic() + 0.5
+        except Terminating as err:
+            log.info("namespace terminating, job left to the garbage collector: %s", err, extra={"job": f"{namespace}/{name}"})
+            self.forget(namespace, name)
         except Exception as err:  # never crash, never hot-loop: retry with backoff
             metrics.RECONCILE_ERRORS.inc()
             n = self._errors[key] = self._errors.get(key, 0) + 1
             delay = min(60.0, 0.5 * 2**n)
-            log.exception("reconcile failed (retry in %.1fs): %s", delay, err, extra={"job": f"{namespace}/{name}"})
+            text = describe_error(err)
+            log.error("reconcile failed (retry in %.1fs): %s", delay, text or repr(err), exc_info=text is None,
+                      extra={"job": f"{namespace}/{name}"})
             self.due[key] = time.monotonic() + delay
         finally:
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - t0)

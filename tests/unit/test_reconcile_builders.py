@@ -81,7 +81,7 @@ def test_owner_reference_controls_and_blocks_deletion():
 def test_gpus_follow_num_proc_per_node_and_scheduling_passes_through():
     p = _pod(0)
     res = p["spec"]["containers"][0]["resources"]
-    assert res["limits"]["nvidia.com/gpu"] == 4 and res["requests"]["nvidia.com/gpu"] == 4
+    assert res["limits"]["nvidia.com/gpu"] == "4" and res["requests"]["nvidia.com/gpu"] == "4"
     assert res["limits"]["memory"] == "64Gi" and res["requests"]["cpu"] == "8"
     s = p["spec"]
     assert s["nodeSelector"] == {"gpu": "h100"} and s["tolerations"][0]["operator"] == "Exists"
