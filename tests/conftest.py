@@ -7,7 +7,8 @@ use, and torn down at the end of the session — also when tests fail or pytest 
 
 Fixtures:
   cluster    session: ``Cluster`` (tests/support/cluster.py) with ``.kubeconfig``, ``.server``,
-             ``.bin``, ``.kubectl(...)``, ``.helm(...)``, ``.api_client(...)``, ``.env()``.
+             ``.bin``, ``.kubectl(...)``, ``.helm(...)``, ``.api_client(...)``, ``.env()``,
+             ``.restart_controller_manager()`` (after installing a CRD whose objects own others).
   namespace  function: name of a new namespace holding its ``default`` ServiceAccount; deleted after.
 
 Missing binaries make the ``cluster`` fixture FAIL (never skip): run ``make tools``.
@@ -50,7 +51,8 @@ def _control_plane():
 
 @pytest.fixture(scope="session")
 def cluster(_control_plane: ControlPlane) -> Cluster:
-    return Cluster(kubeconfig=str(_control_plane.kubeconfig), server=_control_plane.server, bin=str(client_bin_dir()))
+    return Cluster(kubeconfig=str(_control_plane.kubeconfig), server=_control_plane.server, bin=str(client_bin_dir()),
+                   control_plane=_control_plane)
 
 
 def _namespace_name(nodeid: str) -> str:
