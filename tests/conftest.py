@@ -28,7 +28,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/: makes `support` importable
 
 from support.cluster import Cluster  # noqa: E402
-from support.controlplane import ControlPlane, ControlPlaneError, client_bin_dir, new_workdir  # noqa: E402
+from support.controlplane import ControlPlane, ControlPlaneError, client_bin_dir, find_binary, new_workdir  # noqa: E402
 
 # How long the namespace fixture waits for the serviceaccount controller to create `default`.
 DEFAULT_SA_WAIT_S = 30.0
@@ -36,13 +36,25 @@ DEFAULT_SA_WAIT_S = 30.0
 
 @pytest.fixture(scope="session")
 def _control_plane():
+    try:  # binaries first: a missing build is reported without a stray temp dir
+        for name in ("etcd", "kube-apiserver"):
+            find_binary(name)
+        client_bin_dir()
+    except ControlPlaneError as e:
+        error = str(e)
+    else:
+        error = None
+    if error:
+        pytest.fail(f"test control plane cannot start: {error}", pytrace=False)
     workdir = new_workdir()
     cp = ControlPlane(workdir, owned=True)
     t0 = time.monotonic()
     try:
         cp.start()
     except ControlPlaneError as e:
-        pytest.fail(f"test control plane did not start (files kept in {workdir}):\n{e}", pytrace=False)
+        error = f"test control plane did not start (logs kept in {workdir}):\n{e}"
+    if error:
+        pytest.fail(error, pytrace=False)
     print(f"\ncontrol plane up in {time.monotonic() - t0:.1f}s at {cp.server} (workdir {workdir})")
     yield cp
     cp.stop()
