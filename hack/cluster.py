@@ -11,6 +11,7 @@ groups are recorded in .cluster/state.json, and `down` stops them and removes .c
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
@@ -25,9 +26,14 @@ CLUSTER_DIR = REPO / ".cluster"
 
 
 def up() -> int:
-    if (CLUSTER_DIR / "state.json").exists():
-        print(f"a cluster is already up (stop it with `make cluster-down`)\nexport KUBECONFIG={CLUSTER_DIR / 'kubeconfig'}")
-        return 0
+    state = CLUSTER_DIR / "state.json"
+    if state.exists():
+        pgids = json.loads(state.read_text())["pgids"].values()
+        if all(_alive(p) for p in pgids):
+            print(f"a cluster is already up (stop it with `make cluster-down`)\nexport KUBECONFIG={CLUSTER_DIR / 'kubeconfig'}")
+            return 0
+        print("the previous cluster died; starting a new one")
+        stop_from_state(CLUSTER_DIR)
     shutil.rmtree(CLUSTER_DIR, ignore_errors=True)
     t0 = time.monotonic()
     cp = ControlPlane(CLUSTER_DIR, owned=False)
@@ -41,6 +47,14 @@ def up() -> int:
     print(f"kubectl and helm are in {client_bin_dir()}; no kubelet: pods are created but never run.")
     print(f"export KUBECONFIG={cp.kubeconfig}")
     return 0
+
+
+def _alive(pid: int) -> bool:
+    """The group leader still runs (a zombie, left unreaped once this script has exited, does not count)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def down() -> int:
