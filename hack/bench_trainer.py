@@ -15,6 +15,7 @@ each run):
     excluded — open_clip_train's from its per-step log (the peer's ``summarize_oc_log.py``),
     kubeclip's from ``final/metrics.json`` (computed the same way);
   * peak RSS of the largest single process, and peak PSS of the whole process tree;
+  * CPU seconds of the whole process tree (robust to other load on a shared machine);
   * final validation loss (contrastive, per batch of the training batch size) of each.
 
 The peer needs its own virtualenv with ``open_clip_torch[training]==3.3.0`` (transformers,
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -61,6 +63,7 @@ def measured(cmd: list, cwd: Path, name: str, marker: str, marker_file: Path, en
     """Run ``cmd`` under run_measured.py; return its measurements plus time to first step."""
     out_json = cwd / f"{name}.measure.json"
     log = open(cwd / f"{name}.console.log", "w")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
     proc = subprocess.Popen([PY, str(PEER / "run_measured.py"), str(out_json), "--", *map(str, cmd)],
                             cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -74,11 +77,15 @@ def measured(cmd: list, cwd: Path, name: str, marker: str, marker_file: Path, en
                 pass
         time.sleep(0.02)
     log.close()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         tail = (cwd / f"{name}.console.log").read_text(errors="replace").splitlines()[-20:]
         raise SystemExit(f"[bench] {name} failed (exit {proc.returncode}):\n" + "\n".join(tail))
     res = json.loads(out_json.read_text())
     res["time_to_first_step_s"] = round(first, 2) if first is not None else None
+    # CPU seconds of the whole process tree (every rank and loader worker is waited for): far
+    # less sensitive to other load on the machine than wall-clock figures
+    res["cpu_s"] = round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 2)
     return res
 
 
@@ -162,21 +169,22 @@ def main() -> None:
         peer, ours = [], []
         for i in range(a.repeat):
             peer.append(run_peer(peer_py, work, data, a, f"peer-{mode}-{i}", ddp))
-            print(f"[bench] peer {mode} #{i}: {json.dumps({k: peer[-1][k] for k in ('samples_per_s', 'time_to_first_step_s', 'max_single_proc_rss_mb', 'val_loss', 'wall_s')})}", file=sys.stderr)
+            print(f"[bench] peer {mode} #{i}: {json.dumps({k: peer[-1][k] for k in ('samples_per_s', 'time_to_first_step_s', 'max_single_proc_rss_mb', 'val_loss', 'wall_s', 'cpu_s')})}", file=sys.stderr)
             ours.append(run_ours(work, data, a, f"kubeclip-{mode}-{i}", ddp))
-            print(f"[bench] kubeclip {mode} #{i}: {json.dumps({k: ours[-1][k] for k in ('samples_per_s', 'time_to_first_step_s', 'max_single_proc_rss_mb', 'val_loss', 'wall_s')})}", file=sys.stderr)
+            print(f"[bench] kubeclip {mode} #{i}: {json.dumps({k: ours[-1][k] for k in ('samples_per_s', 'time_to_first_step_s', 'max_single_proc_rss_mb', 'val_loss', 'wall_s', 'cpu_s')})}", file=sys.stderr)
 
         def med(runs, key):
             vals = [r[key] for r in runs if r.get(key) is not None]
             return round(statistics.median(vals), 3) if vals else None
 
         row = {}
-        for key in ("samples_per_s", "time_to_first_step_s", "max_single_proc_rss_mb", "peak_tree_pss_mb", "val_loss", "wall_s"):
+        for key in ("samples_per_s", "time_to_first_step_s", "max_single_proc_rss_mb", "peak_tree_pss_mb", "val_loss", "wall_s", "cpu_s"):
             row[key] = {"kubeclip": med(ours, key), "open_clip_train": med(peer, key)}
         row["ratios"] = {
             "samples_per_s": round(row["samples_per_s"]["kubeclip"] / row["samples_per_s"]["open_clip_train"], 2),
             "time_to_first_step": round(row["time_to_first_step_s"]["kubeclip"] / row["time_to_first_step_s"]["open_clip_train"], 2),
             "peak_rss": round(row["max_single_proc_rss_mb"]["kubeclip"] / row["max_single_proc_rss_mb"]["open_clip_train"], 2),
+            "cpu_seconds": round(row["cpu_s"]["kubeclip"] / row["cpu_s"]["open_clip_train"], 2),
         }
         row["all_runs"] = {"kubeclip": ours, "open_clip_train": peer}
         report["runs"][mode] = row
@@ -186,7 +194,8 @@ def main() -> None:
               f"time-to-first-step ratio {r['time_to_first_step']} "
               f"({row['time_to_first_step_s']['kubeclip']} s vs {row['time_to_first_step_s']['open_clip_train']} s), "
               f"peak RSS ratio {r['peak_rss']} ({row['max_single_proc_rss_mb']['kubeclip']} MB vs "
-              f"{row['max_single_proc_rss_mb']['open_clip_train']} MB), val loss kubeclip "
+              f"{row['max_single_proc_rss_mb']['open_clip_train']} MB), CPU-seconds ratio {r['cpu_seconds']} "
+              f"({row['cpu_s']['kubeclip']} vs {row['cpu_s']['open_clip_train']}), val loss kubeclip "
               f"{row['val_loss']['kubeclip']} vs open_clip_train {row['val_loss']['open_clip_train']}")
     (work / "results.json").write_text(json.dumps(report, indent=1, default=str))
     print(f"[bench] details: {work / 'results.json'}", file=sys.stderr)

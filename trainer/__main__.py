@@ -43,12 +43,14 @@ def main(argv=None) -> int:
             print(f"config: {err}", file=sys.stderr)
         return EXIT_CONFIG
 
-    from trainer.preflight import PreflightError, read_table, run_preflight, write_termination_log
+    from trainer.preflight import DatasetReport, PreflightError, read_table, run_preflight, write_termination_log
 
     report = None
     try:
         if os.environ.get("KUBECLIP_PREFLIGHT_DONE") == "1":
-            read_table(spec.dataset.trainCsv, spec)  # cheap re-check: the loader reads it anyway
+            # checked already by the launcher: only read the tables (the loader needs them)
+            val = read_table(spec.dataset.valCsv, spec, "spec.dataset.valCsv") if spec.dataset.valCsv else None
+            report = DatasetReport(train=read_table(spec.dataset.trainCsv, spec), val=val)
         else:
             report = run_preflight(spec)
             if rank0:

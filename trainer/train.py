@@ -115,6 +115,9 @@ def train(job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None) -
         if scaler is not None and ck.get("scaler"):
             scaler.load_state_dict(ck["scaler"])
         step, start_epoch, start_step_in_epoch = ck["step"], ck["epoch"], ck["step_in_epoch"]
+        if ck.get("world") != topo.world:
+            log.warning("checkpoint was written by %s processes, this run has %d: the data order after resume "
+                        "differs from an uninterrupted run (weights, optimizer and step are restored)", ck.get("world"), topo.world)
         rngs = ck["rng"]
         checkpoint.set_rng_state(rngs[topo.rank] if topo.rank < len(rngs) else rngs[0])
         log.info("resumed from %s: step %d (epoch %d, step %d of it)", latest, step, start_epoch, start_step_in_epoch)
