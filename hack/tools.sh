@@ -59,7 +59,7 @@ go_key() { { cat "$GOMOD_DIR/go.mod"; echo "$LDFLAGS"; } | sha256sum | cut -c1-1
 go_build() {  # go_build NAME PACKAGE
   local name=$1 pkg=$2
   stamp_ok "$name" "go:$(go_key)" && return 0
-  ensure_cmd go golang-go
+  command -v go >/dev/null || { log "Go >= 1.24 is needed to build $name (Debian bookworm's golang-go is too old): https://go.dev/dl/"; exit 1; }
   log "building $name from $pkg (first time: several minutes; log in $TOOLS/build-$name.log)"
   local t0=$SECONDS tmp="$BIN/.$name.tmp"
   if ! (cd "$GOMOD_DIR" && GOFLAGS=-mod=mod \
