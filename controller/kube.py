@@ -66,6 +66,12 @@ def _raw(resp: Any) -> dict[str, Any]:
     return json.loads(resp.data)
 
 
+def _done(resp: Any) -> None:
+    """Read the raw response to its end: only then does urllib3 give the connection back to the
+    pool (an unread response costs a new TLS connection on the next call)."""
+    resp.data  # noqa: B018
+
+
 class Kube:
     def __init__(self, api: Optional[client.ApiClient] = None) -> None:
         self.api = api or load_config()
@@ -141,7 +147,7 @@ class Kube:
         fn = {"Pod": self.core.create_namespaced_pod, "Service": self.core.create_namespaced_service,
               "ConfigMap": self.core.create_namespaced_config_map}[kind]
         try:
-            fn(ns, obj, _preload_content=False)
+            _done(fn(ns, obj, _preload_content=False))
         except ApiException as err:
             _check_terminating(err)
             if err.status != 409:
@@ -151,7 +157,7 @@ class Kube:
         if obj["kind"] != "ConfigMap":
             raise ValueError(f"cannot update a {obj['kind']}")
         try:
-            self.core.replace_namespaced_config_map(obj["metadata"]["name"], obj["metadata"]["namespace"], obj, _preload_content=False)
+            _done(self.core.replace_namespaced_config_map(obj["metadata"]["name"], obj["metadata"]["namespace"], obj, _preload_content=False))
         except ApiException as err:
             if err.status not in (404, 409):
                 raise
@@ -161,7 +167,7 @@ class Kube:
             raise ValueError(f"cannot delete a {d.kind}")
         opts = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=d.uid) if d.uid else None)
         try:
-            self.core.delete_namespaced_pod(d.name, namespace, body=opts, _preload_content=False)
+            _done(self.core.delete_namespaced_pod(d.name, namespace, body=opts, _preload_content=False))
         except ApiException as err:
             if err.status not in (404, 409):  # gone already / a newer pod holds the name
                 raise
@@ -187,7 +193,7 @@ class Kube:
             "reportingComponent": MANAGER,
         }
         try:
-            self.core.create_namespaced_event(meta["namespace"], body, _preload_content=False)
+            _done(self.core.create_namespaced_event(meta["namespace"], body, _preload_content=False))
         except ApiException as err:  # events are best effort
             log.warning("could not post event %s for %s: %s", ev.reason, meta["name"], err.reason)
 
@@ -201,10 +207,10 @@ class Kube:
         body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": name, "namespace": namespace}, "spec": spec}
         try:
             if old is None:
-                self.coord.create_namespaced_lease(namespace, body, _preload_content=False)
+                _done(self.coord.create_namespaced_lease(namespace, body, _preload_content=False))
             else:
                 body["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
-                self.coord.replace_namespaced_lease(name, namespace, body, _preload_content=False)
+                _done(self.coord.replace_namespaced_lease(name, namespace, body, _preload_content=False))
             return True
         except ApiException as err:
             if err.status == 409:

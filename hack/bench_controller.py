@@ -127,6 +127,8 @@ def main() -> int:
         count = op.metric("kubeclip_controller_reconcile_duration_seconds_count")
         total = op.metric("kubeclip_controller_reconcile_duration_seconds_sum")
         rss_now, hwm = op.rss_kb()
+        stat = Path(f"/proc/{op.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        cpu_s = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
         fig = {
             "jobs": n, "nodes_per_job": nodes, "pods": want,
             "create_all_jobs_s": round(t_created, 1),
@@ -138,13 +140,14 @@ def main() -> int:
             "reconcile_p50_le_s": _histogram_quantile(text, "kubeclip_controller_reconcile_duration_seconds", 0.5),
             "reconcile_p95_le_s": _histogram_quantile(text, "kubeclip_controller_reconcile_duration_seconds", 0.95),
             "reconcile_errors": op.metric("kubeclip_controller_reconcile_errors_total"),
+            "controller_cpu_s": round(cpu_s, 1),
             "rss_idle_mib": round(rss_idle / 1024), "rss_after_mib": round(rss_now / 1024), "rss_peak_mib": round(max(hwm, peak[0]) / 1024),
         }
         print("controller at scale:", json.dumps(fig))
         print(f"| {n} jobs x {nodes} nodes | all pods {fig['all_pods_s']} s | all statuses {fig['all_status_s']} s | "
               f"job->pods p50 {fig['job_to_pods_p50_s']:.0f} s p95 {fig['job_to_pods_p95_s']:.0f} s | "
               f"reconcile mean {fig['reconcile_mean_ms']} ms p95 <= {fig['reconcile_p95_le_s']} s ({fig['reconcile_passes']} passes) | "
-              f"RSS {fig['rss_idle_mib']} -> {fig['rss_peak_mib']} MiB peak |")
+              f"controller CPU {fig['controller_cpu_s']} s | RSS {fig['rss_idle_mib']} -> {fig['rss_peak_mib']} MiB peak |")
         return 0
     finally:
         if op is not None:
