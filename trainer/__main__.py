@@ -3,11 +3,13 @@
 Who runs it: ``torchrun -m trainer`` (started by ``trainer.node`` in a pod, or by hand),
 ``kubeclip run`` (through the elastic launcher), or a person for a single-process run.
 
-Order matters for start-up time: the manifest is validated (pydantic) and the dataset preflight
-runs (pandas) before torch is imported. Exit codes: 0 done, ``EXIT_CONFIG`` (2) bad manifest,
+Order matters for start-up time: the manifest is validated (pydantic) before anything else, and
+the dataset preflight (pandas, image checks) runs in a forked child while this process imports
+torch and open_clip (``trainer.preflight.BackgroundPreflight``); a bad dataset ends the run as soon
+as the child finds it. Exit codes: 0 done, ``EXIT_CONFIG`` (2) bad manifest,
 ``EXIT_PREFLIGHT`` (3) bad dataset (one line on stderr and in /dev/termination-log), 1 anything
 else. ``KUBECLIP_PREFLIGHT_DONE=1`` (set by ``trainer.node`` and ``kubeclip run``, which ran it
-already) skips the image checks here.
+already) skips the image checks here; the child then only reads the tables.
 """
 
 from __future__ import annotations
@@ -43,24 +45,26 @@ def main(argv=None) -> int:
             print(f"config: {err}", file=sys.stderr)
         return EXIT_CONFIG
 
-    from trainer.preflight import DatasetReport, PreflightError, read_table, run_preflight, write_termination_log
+    from trainer.preflight import BackgroundPreflight, PreflightError, write_termination_log
 
-    report = None
+    # The preflight (pandas, image checks) runs in a forked child while this process imports
+    # torch and open_clip below; a bad dataset still exits 3 within about a second.
+    checked = os.environ.get("KUBECLIP_PREFLIGHT_DONE") == "1"  # by trainer.node or kubeclip run
+    pending = BackgroundPreflight(spec, tables_only=checked, announce=rank0, exit_code=EXIT_PREFLIGHT,
+                                  termination_log=TERMINATION_LOG)
+    from trainer.model import import_open_clip
+
+    import_open_clip(spec.model.name)
     try:
-        if os.environ.get("KUBECLIP_PREFLIGHT_DONE") == "1":
-            # checked already by the launcher: only read the tables (the loader needs them)
-            val = read_table(spec.dataset.valCsv, spec, "spec.dataset.valCsv") if spec.dataset.valCsv else None
-            report = DatasetReport(train=read_table(spec.dataset.trainCsv, spec), val=val)
-        else:
-            report = run_preflight(spec)
-            if rank0:
-                print(report.summary(), file=sys.stderr, flush=True)
+        report = pending.result()
     except PreflightError as err:
         line = f"preflight: {err}"
         if rank0:
             print(line, file=sys.stderr)
         write_termination_log(line, TERMINATION_LOG)
         return EXIT_PREFLIGHT
+    if rank0 and not checked:
+        print(report.summary(), file=sys.stderr, flush=True)
 
     from trainer.train import train
 

@@ -103,7 +103,6 @@ def train_loader(dataset: CaptionDataset, sampler: ShardedBatchSampler, workers:
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=pin,
-        prefetch_factor=4 if workers > 0 else None,
         # Its own generator: creating an iterator must not consume the global RNG stream.
         generator=torch.Generator().manual_seed(0),
     )

@@ -9,9 +9,9 @@ neither: the trainer runs no ``torch.compile`` and uses its own AdamW and gradie
 (``trainer.optim``, ``trainer.distributed``) precisely because ``torch.optim`` and
 ``DistributedDataParallel`` import dynamo on first use. So while open_clip is imported, the one
 name torchvision takes from dynamo (``is_compile_supported``, only called inside ``roi_align``,
-which CLIP never calls) is served by a forwarding stub, and timm is reported missing. When the
-model config names a timm tower (or is not known before import: a built-in model name), the
-import is a plain one, since timm imports dynamo itself. Both stubs are removed from ``sys.modules`` right after, so any
+which CLIP never calls) is served by a forwarding stub, and timm and huggingface_hub (only used to
+download weights) are reported missing. When the model is not a ``local-dir:`` one without timm
+towers (a built-in name may need the hub and timm), the import is a plain one. Both stubs are removed from ``sys.modules`` right after, so any
 later real ``import torch._dynamo`` / ``import timm`` works normally. If anything in that import
 fails, it is retried plainly.
 """
@@ -43,13 +43,17 @@ class _LeanFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     STUBS = ("torch._dynamo", "torch._dynamo.utils")
 
+    #: Not needed for a local-dir: model without timm towers: timm (vision towers) and the Hugging
+    #: Face hub client (downloads); open_clip imports both inside try/except ImportError.
+    HIDDEN = ("timm", "huggingface_hub")
+
     def __init__(self, hide_timm: bool) -> None:
         self.hide_timm = hide_timm
 
     def find_spec(self, fullname, path=None, target=None):  # noqa: D401
         if fullname in self.STUBS:
             return importlib.machinery.ModuleSpec(fullname, self, is_package=fullname == "torch._dynamo")
-        if self.hide_timm and (fullname == "timm" or fullname.startswith("timm.")):
+        if self.hide_timm and fullname.split(".")[0] in self.HIDDEN:
             raise ModuleNotFoundError(f"No module named {fullname!r} (hidden while importing open_clip)", name=fullname)
         return None
 

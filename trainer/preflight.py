@@ -16,6 +16,7 @@ exactly the rows the preflight checked.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -241,3 +242,68 @@ def write_termination_log(message: str, path: str) -> None:
                 f.write(message[:4000])
         except OSError:
             pass
+
+
+def read_tables(spec: TrainerSpec) -> DatasetReport:
+    """The tables only, without the image checks (a launcher ran the full preflight already)."""
+    val = read_table(spec.dataset.valCsv, spec, "spec.dataset.valCsv") if spec.dataset.valCsv else None
+    return DatasetReport(train=read_table(spec.dataset.trainCsv, spec), val=val)
+
+
+class BackgroundPreflight:
+    """Run the preflight in a forked child while this process imports torch and open_clip.
+
+    Who uses it: ``python -m trainer`` (every torchrun rank). pandas' import and the image checks
+    take about as long as a second core needs to do them, and torch's import is seconds of
+    single-threaded work, so on a 2-core machine the two overlap almost completely. A bad dataset
+    still ends the run within about a second: the child prints the one line, writes
+    ``/dev/termination-log`` and signals the parent (SIGUSR1), whose handler exits with
+    ``EXIT_PREFLIGHT`` wherever it is in its imports. On success the child sends the checked
+    tables back through a pipe (pickled numpy arrays).
+
+    Fork happens before torch is imported (no threads yet), so it is safe.
+    """
+
+    def __init__(self, spec: TrainerSpec, *, tables_only: bool, announce: bool, exit_code: int, termination_log: str):
+        import pickle
+        import signal
+
+        self._read, write = os.pipe()
+        self._pid = os.fork()
+        if self._pid == 0:  # the child: check, report, exit without running any parent cleanup
+            os.close(self._read)
+            try:
+                report = read_tables(spec) if tables_only else run_preflight(spec)
+                payload = ("ok", report)
+            except PreflightError as err:
+                payload = ("failed", f"preflight: {err}")
+            except BaseException as err:  # noqa: BLE001 - anything else is reported to the parent
+                payload = ("error", f"{type(err).__name__}: {err}")
+            if payload[0] == "failed":
+                if announce:
+                    print(payload[1], file=sys.stderr, flush=True)
+                write_termination_log(payload[1], termination_log)
+                os.kill(os.getppid(), signal.SIGUSR1)
+            with os.fdopen(write, "wb") as f:
+                f.write(pickle.dumps(payload))
+            os._exit(0)
+        os.close(write)
+        signal.signal(signal.SIGUSR1, lambda *_: os._exit(exit_code))
+
+    def result(self) -> DatasetReport:
+        """Wait for the child; return its tables, or raise what it found."""
+        import pickle
+        import signal
+
+        with os.fdopen(self._read, "rb") as f:
+            data = f.read()
+        os.waitpid(self._pid, 0)
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+        if not data:
+            raise RuntimeError("the preflight process died without a result")
+        kind, value = pickle.loads(data)
+        if kind == "failed":  # the SIGUSR1 normally ended us already; this is the fallback
+            raise PreflightError(value[len("preflight: "):])
+        if kind == "error":
+            raise RuntimeError(f"preflight crashed: {value}")
+        return value

@@ -1,4 +1,4 @@
-"""``trainer.model.import_open_clip``: open_clip without torch._dynamo/timm, and nothing broken after.
+"""``trainer.model.import_open_clip``: open_clip without torch._dynamo/timm/hub, nothing broken after.
 
 Runs in fresh interpreters (the point is what gets imported), with the repository's tiny config.
 """
@@ -16,7 +16,7 @@ PROBE = f"""
 import sys
 from trainer.model import import_open_clip
 oc = import_open_clip("local-dir:{TINY}")
-lean = "torch._dynamo" not in sys.modules and "timm" not in sys.modules
+lean = not any(m in sys.modules for m in ("torch._dynamo", "timm", "huggingface_hub", "transformers"))
 model, _, _ = oc.create_model_and_transforms("local-dir:{TINY}")
 import torch, torch._dynamo            # the real dynamo still imports afterwards
 from torchvision.ops import roi_align  # and torchvision's user of the stub works through it

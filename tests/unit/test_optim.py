@@ -9,13 +9,15 @@ torch = pytest.importorskip("torch")  # the trainer extra; make test installs it
 from trainer.optim import AdamW, default_warmup, lr_at  # noqa: E402
 
 
-def test_adamw_matches_torch_adamw():
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-kernel", "foreach-fallback"])
+def test_adamw_matches_torch_adamw(fused):
     torch.manual_seed(0)
     ref = [torch.nn.Parameter(torch.randn(7, 5)), torch.nn.Parameter(torch.randn(5))]
     ours = [torch.nn.Parameter(p.detach().clone()) for p in ref]
     t_opt = torch.optim.AdamW([{"params": [ref[0]], "weight_decay": 0.1}, {"params": [ref[1]], "weight_decay": 0.0}],
                               lr=1e-2, betas=(0.9, 0.98), eps=1e-6)
     o_opt = AdamW([{"params": [ours[0]], "weight_decay": 0.1}, {"params": [ours[1]], "weight_decay": 0.0}])
+    o_opt.fused = fused
     for step in range(6):
         lr = 1e-2 * (step + 1) / 6
         for g in t_opt.param_groups:
@@ -28,6 +30,7 @@ def test_adamw_matches_torch_adamw():
         o_opt.step()
     for p, q in zip(ref, ours):
         torch.testing.assert_close(q, p, rtol=1e-6, atol=1e-7)
+    assert o_opt.fused == fused  # the fused kernel really ran (it did not fall back)
 
 
 def test_adamw_state_round_trip():

@@ -194,19 +194,23 @@ def test_termination_log_is_written_only_where_it_exists(tmp_path):
     assert target.read_text() == "preflight: boom"
 
 
-def test_trainer_exits_3_with_one_line_before_importing_torch(data):
-    """``python -m trainer`` on a bad CSV: exit 3, one stderr line, and torch never imported."""
-    tmp, names = data
+def bad_job(tmp: Path, names: list[str]) -> Path:
     write_csv(tmp / "train.csv", ["filepath", "title"], [[f"img/{n}", "c"] for n in names])
     manifest = tmp / "job.yaml"
     manifest.write_text(
         "apiVersion: kubeclip.dev/v1alpha1\nkind: FineTuneJob\nmetadata: {name: t}\n"
         f"spec: {{model: {{name: ViT-B-32}}, dataset: {{trainCsv: {tmp / 'train.csv'}}}, output: {{path: {tmp / 'out'}}}}}\n"
     )
+    return manifest
+
+
+def test_pod_entrypoint_fails_with_one_line_without_importing_torch(data):
+    """``python -m trainer.node`` on a bad CSV: exit 3, one stderr line, torch never imported."""
+    manifest = bad_job(*data)
     probe = (
         "import sys, runpy\n"
-        "sys.argv = ['trainer', sys.argv[1]]\n"
-        "try:\n    runpy.run_module('trainer', run_name='__main__')\n"
+        "sys.argv = ['trainer.node', sys.argv[1]]\n"
+        "try:\n    runpy.run_module('trainer.node', run_name='__main__')\n"
         "except SystemExit as e:\n"
         "    print('torch imported' if 'torch' in sys.modules else 'no torch', file=sys.stderr)\n"
         "    raise\n"
@@ -215,4 +219,13 @@ def test_trainer_exits_3_with_one_line_before_importing_torch(data):
     assert proc.returncode == EXIT_PREFLIGHT, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert lines[0].startswith("preflight: spec.dataset.trainCsv") and "columns found: ['filepath', 'title']" in lines[0]
-    assert lines[-1] == "no torch"
+    assert lines[1:] == ["no torch"]
+
+
+def test_trainer_fails_with_one_line_before_building_a_model(data):
+    """``python -m trainer`` (preflight in a forked child while torch imports): exit 3, one line."""
+    manifest = bad_job(*data)
+    proc = subprocess.run([sys.executable, "-m", "trainer", str(manifest)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == EXIT_PREFLIGHT, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("preflight: spec.dataset.trainCsv"), proc.stderr
