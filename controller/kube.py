@@ -165,7 +165,9 @@ class Kube:
     def delete(self, namespace: str, d: Delete) -> None:
         if d.kind != "Pod":
             raise ValueError(f"cannot delete a {d.kind}")
-        opts = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=d.uid) if d.uid else None)
+        opts = client.V1DeleteOptions(
+            preconditions=client.V1Preconditions(uid=d.uid) if d.uid else None, grace_period_seconds=0 if d.force else None
+        )
         try:
             _done(self.core.delete_namespaced_pod(d.name, namespace, body=opts, _preload_content=False))
         except ApiException as err:

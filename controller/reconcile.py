@@ -46,11 +46,18 @@ class Observed:
     now: datetime = field(default_factory=lambda: datetime(1970, 1, 1))
 
 
+#: A pod still there this long after its deletionTimestamp (which already includes its grace
+#: period) is force-deleted (grace 0): its kubelet is gone (node lost) or never finished the
+#: deletion, and its name blocks the next attempt's pod.
+FORCE_DELETE_AFTER_S = 30.0
+
+
 @dataclass(frozen=True)
 class Delete:
     kind: str  # "Pod"
     name: str
     uid: Optional[str] = None  # precondition: never delete a newer object of the same name
+    force: bool = False  # gracePeriodSeconds=0
 
 
 @dataclass(frozen=True)
@@ -148,17 +155,27 @@ def _deleting(pod: dict[str, Any]) -> bool:
     return bool(pod["metadata"].get("deletionTimestamp"))
 
 
-def _delete(pods: list[dict[str, Any]]) -> tuple[Delete, ...]:
-    return tuple(Delete("Pod", p["metadata"]["name"], p["metadata"].get("uid")) for p in pods if not _deleting(p))
+def _delete(pods: list[dict[str, Any]], now: datetime) -> tuple[Delete, ...]:
+    """Delete pods not yet deleting; force-delete those stuck in deletion (see FORCE_DELETE_AFTER_S)."""
+    out = []
+    for p in pods:
+        meta = p["metadata"]
+        if not _deleting(p):
+            out.append(Delete("Pod", meta["name"], meta.get("uid")))
+        else:
+            due = parse_time(meta.get("deletionTimestamp"))
+            if due is not None and (now - due).total_seconds() > FORCE_DELETE_AFTER_S:
+                out.append(Delete("Pod", meta["name"], meta.get("uid"), force=True))
+    return tuple(out)
 
 
-def cleanup(pods: list[dict[str, Any]], policy: str) -> tuple[Delete, ...]:
+def cleanup(pods: list[dict[str, Any]], policy: str, now: datetime) -> tuple[Delete, ...]:
     """Pods to delete once the job has finished, per runPolicy.cleanPodPolicy."""
     if policy == "None":
         return ()
     if policy == "All":
-        return _delete(pods)
-    return _delete([p for p in pods if pod_phase(p) not in ("Succeeded", "Failed")])
+        return _delete(pods, now)
+    return _delete([p for p in pods if pod_phase(p) not in ("Succeeded", "Failed")], now)
 
 
 # ------------------------------------------------------------------------------------------
@@ -173,7 +190,7 @@ def _finish(
     gen = job["metadata"].get("generation")
     new = enter_phase(status, phase, reason, message, gen, now)
     new["completionTime"] = rfc3339(now)
-    return _plan(job, new, events=[], delete=cleanup(pods, policy), requeue_after=ttl if ttl else None, delete_job=ttl == 0)
+    return _plan(job, new, events=[], delete=cleanup(pods, policy, now), requeue_after=ttl if ttl else None, delete_job=ttl == 0)
 
 
 def _plan(job: dict[str, Any], new_status: dict[str, Any], **kw: Any) -> Plan:
@@ -214,7 +231,7 @@ def plan(job: dict[str, Any], observed: Observed, *, default_image: str = "") ->
         done = parse_time(old.get("completionTime"))
         due = None if ttl is None or done is None else (done - now).total_seconds() + ttl
         return _plan(
-            job, status, delete=cleanup(pods, policy), delete_job=due is not None and due <= 0,
+            job, status, delete=cleanup(pods, policy, now), delete_job=due is not None and due <= 0,
             requeue_after=due if due is not None and due > 0 else None,
         )
 
@@ -252,7 +269,7 @@ def plan(job: dict[str, Any], observed: Observed, *, default_image: str = "") ->
             status = enter_phase(status, "Suspended", "Suspended", "runPolicy.suspend is true: pods deleted", gen, now)
         status.pop("startTime", None)
         status["nodes"] = node_counts(spec.numNodes, [])
-        return _plan(job, status, create=create, update=update, delete=_delete(pods))
+        return _plan(job, status, create=create, update=update, delete=_delete(pods, now))
     if status.get("phase") == "Suspended":
         status = resume(status, gen, now)
     if status.get("phase") is None:
@@ -293,7 +310,7 @@ def plan(job: dict[str, Any], observed: Observed, *, default_image: str = "") ->
         status = enter_phase(status, "Restarting", cause.reason,
                              f"{cause.message}; restart {attempt + 1}/{rp.backoffLimit}, all pods recreated", gen, now)
         status["nodes"] = node_counts(spec.numNodes, [])
-        return _plan(job, status, create=create, update=update, delete=_delete(pods), requeue_after=requeue)
+        return _plan(job, status, create=create, update=update, delete=_delete(pods, now), requeue_after=requeue)
 
     # Steady state: drop stale pods, create the missing ones whose names are free.
     taken = {p["metadata"]["name"] for p in observed.pods}  # foreign pods hold their names too
@@ -306,4 +323,9 @@ def plan(job: dict[str, Any], observed: Observed, *, default_image: str = "") ->
             status = enter_phase(status, "Running", "Running", f"all {spec.numNodes} node pod(s) running", gen, now)
         if observed.progress:
             status["progress"] = progress_status(observed.progress)
-    return _plan(job, status, create=create, update=update, delete=_delete(stale), requeue_after=requeue)
+    for p in observed.pods:  # come back when a pod stuck in deletion becomes due for a force delete
+        due = parse_time(p["metadata"].get("deletionTimestamp"))
+        if due is not None:
+            left = max(1.0, (due - now).total_seconds() + FORCE_DELETE_AFTER_S + 1)
+            requeue = left if requeue is None else min(requeue, left)
+    return _plan(job, status, create=create, update=update, delete=_delete(stale, now), requeue_after=requeue)

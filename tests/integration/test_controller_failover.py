@@ -48,17 +48,30 @@ def api(cluster):
         yield client.CoreV1Api(a), client.CustomObjectsApi(a), client.CoordinationV1Api(a)
 
 
+STARTED: list[Operator] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_all():
+    yield
+    while STARTED:
+        STARTED.pop().stop(signal.SIGKILL)
+
+
 def _start(setup, namespace, tag):
     sys_ns, kubeconfig, d = setup
     op = Operator(kubeconfig, d / f"{tag}.log", f"--namespace={namespace}", f"--lease-namespace={sys_ns}",
-                  "--lease-name=failover", env=ENV).start()
+                  f"--lease-name=lease-{namespace}", env=ENV).start()
+    STARTED.append(op)
     op.wait_ready()
     return op
 
 
 def _inventory(core, custom, ns):
     jobs = {j["metadata"]["name"]: j for j in custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]}
-    pods = [p for p in core.list_namespaced_pod(ns).items if p.metadata.deletion_timestamp is None]
+    all_pods = core.list_namespaced_pod(ns).items
+    pods = [p for p in all_pods if p.metadata.deletion_timestamp is None]
+    _inventory.deleting = [(p.metadata.name, p.metadata.finalizers, p.spec.node_name, p.status.phase) for p in all_pods if p.metadata.deletion_timestamp]
     cms = [c.metadata.name for c in core.list_namespaced_config_map(ns, label_selector="kubeclip.dev/job-name").items]
     svcs = [s.metadata.name for s in core.list_namespaced_service(ns).items]
     return jobs, pods, cms, svcs
@@ -67,14 +80,23 @@ def _inventory(core, custom, ns):
 def _converged(core, custom, ns, n_jobs, nodes, attempt):
     jobs, pods, cms, svcs = _inventory(core, custom, ns)
     want_pods = sorted(f"{j}-node-{i}" for j in jobs for i in range(nodes))
-    return (
-        len(jobs) == n_jobs
-        and sorted(p.metadata.name for p in pods) == want_pods
-        and all(p.metadata.labels["kubeclip.dev/attempt"] == str(attempt) for p in pods)
-        and sorted(cms) == sorted(f"{j}-config" for j in jobs)
-        and sorted(svcs) == sorted(jobs)
-        and all((j.get("status") or {}).get("restartCount") == attempt for j in jobs.values())
-    )
+    have_pods = sorted(p.metadata.name for p in pods)
+    checks = {
+        "jobs": len(jobs) == n_jobs,
+        "pods": have_pods == want_pods,
+        "attempts": all(p.metadata.labels["kubeclip.dev/attempt"] == str(attempt) for p in pods),
+        "configmaps": sorted(cms) == sorted(f"{j}-config" for j in jobs),
+        "services": sorted(svcs) == sorted(jobs),
+        "restartCount": all((j.get("status") or {}).get("restartCount") == attempt for j in jobs.values()),
+    }
+    if all(checks.values()):
+        return True
+    # Raised (not returned) so that wait_for's timeout message says what is still wrong.
+    bad = [k for k, ok in checks.items() if not ok]
+    extra = sorted(set(have_pods) - set(want_pods))[:5]
+    missing = sorted(set(want_pods) - set(have_pods))[:5]
+    phases = sorted({(n, (j.get("status") or {}).get("phase"), (j.get("status") or {}).get("restartCount")) for n, j in jobs.items()})[:6]
+    raise AssertionError(f"not yet: {bad}; extra pods {extra}; missing {missing}; deleting {_inventory.deleting[:5]}; jobs {phases}")
 
 
 def test_sigkill_mid_reconcile_with_standby_takeover(cluster, setup, namespace, api):
@@ -92,7 +114,7 @@ def test_sigkill_mid_reconcile_with_standby_takeover(cluster, setup, namespace, 
     a.stop(signal.SIGKILL)
     wait_for(lambda: b.metric("kubeclip_controller_leader") == 1, 20, what="standby takes over")
     wait_for(lambda: _converged(core, custom, namespace, n, nodes, 0), 60, what="every job has exactly its objects")
-    lease = coord.read_namespaced_lease("failover", sys_ns)
+    lease = coord.read_namespaced_lease(f"lease-{namespace}", sys_ns)
     assert lease.spec.lease_transitions >= 1
 
     # Now every job fails retryably, and the new leader is SIGKILLed right away.
@@ -113,7 +135,7 @@ def test_sigkill_mid_reconcile_with_standby_takeover(cluster, setup, namespace, 
         assert reasons.count("Created") <= 1 and reasons.count("OOMKilled") <= 1, reasons
 
     assert c.stop() == 0  # SIGTERM: clean exit, lease handed back
-    assert not coord.read_namespaced_lease("failover", sys_ns).spec.holder_identity
+    assert not coord.read_namespaced_lease(f"lease-{namespace}", sys_ns).spec.holder_identity
 
 
 def test_hundred_jobs_all_get_their_pods(cluster, setup, namespace, api):

@@ -337,3 +337,17 @@ def test_configmap_drift_is_repaired():
     stale_cm["data"]["job.yaml"] = "old"
     p = plan(j, Observed(pods=obs.pods, service=obs.service, configmap=stale_cm, now=NOW))
     assert len(p.update) == 1 and p.update[0]["data"] == obs.configmap["data"]
+
+
+def test_pod_stuck_in_deletion_is_force_deleted_after_a_while():
+    """A stale pod whose deletion never completes (kubelet gone) must not block the next attempt."""
+    j = _running_job()
+    j["status"]["restartCount"], j["status"]["phase"] = 1, "Restarting"
+    stuck = pod(1, "Running", 0, deleting=True)
+    stuck["metadata"]["deletionTimestamp"] = rfc3339(NOW - timedelta(seconds=5))
+    p = plan(j, observe(j, [stuck]))
+    assert not p.delete and names(p.create) == ["j-node-0"]  # node 1's name is still taken
+    assert p.requeue_after == pytest.approx(26)  # back when the force delete is due
+    stuck["metadata"]["deletionTimestamp"] = rfc3339(NOW - timedelta(seconds=31))
+    p = plan(j, observe(j, [stuck]))
+    assert p.delete == (Delete("Pod", "j-node-1", "pod-1-0", force=True),)
