@@ -14,9 +14,13 @@ already) skips the image checks here; the child then only reads the tables.
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
+import time
+
+STARTED = time.time()  # first thing: the trainer reports its start-up time from here
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
 
 from trainer.config import EXIT_CONFIG, EXIT_PREFLIGHT, TERMINATION_LOG, ConfigError, OutputSpec, load_manifest
 
@@ -50,7 +54,10 @@ def main(argv=None) -> int:
     # The preflight (pandas, image checks) runs in a forked child while this process imports
     # torch and open_clip below; a bad dataset still exits 3 within about a second.
     checked = os.environ.get("KUBECLIP_PREFLIGHT_DONE") == "1"  # by trainer.node or kubeclip run
-    pending = BackgroundPreflight(spec, tables_only=checked, announce=rank0, exit_code=EXIT_PREFLIGHT,
+    # Under a bare torchrun, one process per node checks the images; the others read the tables
+    # (a failure there exits 3 and torchrun stops the node's other ranks).
+    local_lead = os.environ.get("LOCAL_RANK", "0") == "0"
+    pending = BackgroundPreflight(spec, tables_only=checked or not local_lead, announce=local_lead, exit_code=EXIT_PREFLIGHT,
                                   termination_log=TERMINATION_LOG)
     from trainer.model import import_open_clip
 
@@ -68,7 +75,7 @@ def main(argv=None) -> int:
 
     from trainer.train import train
 
-    train(job, spec, report)
+    train(job, spec, report, started_at=STARTED)
     return 0
 
 

@@ -68,8 +68,10 @@ def weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def train(job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None) -> dict:
-    t_start = time.time()
+def train(job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None, started_at: Optional[float] = None) -> dict:
+    """Run one rank of the job; ``started_at``: process start, for the start-up time in the log."""
+    t_start = started_at or time.time()
+    t_train = time.time()
     topo = distributed.setup()
     t = spec.training
     out = spec.output.path
@@ -231,7 +233,8 @@ def train(job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None) -
             if first_step_at is None:
                 first_step_at = time.time()
                 if topo.is_main:
-                    log.info("first step done %.2fs after start", first_step_at - t_start)
+                    log.info("first step done %.2fs after start (imports and preflight %.2fs, then model, data "
+                             "and the step %.2fs)", first_step_at - t_start, t_train - t_start, first_step_at - t_train)
             if topo.is_main:
                 sps = steady_samples / steady_time if steady_time else global_batch / dt
                 metrics.step.set(step)
