@@ -103,26 +103,33 @@ def train(job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None, s
     warmup = t.warmupSteps if t.warmupSteps is not None else default_warmup(total_steps)
     global_batch = t.batchSize * topo.world * t.gradAccumSteps
 
-    # ---- optimizer --------------------------------------------------------------------------
-    opt = AdamW(param_groups(model, t.weightDecay))
-    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-
-    # ---- resume -----------------------------------------------------------------------------
+    # ---- resume position, then start the loader early ---------------------------------------
+    # Its workers decode the first batches while the optimizer and metrics are set up below.
     step, start_epoch, start_step_in_epoch = 0, 0, 0
     latest = distributed.broadcast_object(str(checkpoint.latest(out) or ""), topo)
-    if latest:
-        ck = checkpoint.load(latest)
+    ck = checkpoint.load(latest) if latest else None
+    if ck is not None:
+        step, start_epoch, start_step_in_epoch = ck["step"], ck["epoch"], ck["step_in_epoch"]
+    first_batches = None
+    if start_epoch < t.epochs:
+        sampler.set_position(start_epoch, start_step_in_epoch * t.gradAccumSteps)
+        first_batches = iter(loader)
+
+    # ---- optimizer, and the rest of the resume state ---------------------------------------
+    opt = AdamW(param_groups(model, t.weightDecay))
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    if ck is not None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         if scaler is not None and ck.get("scaler"):
             scaler.load_state_dict(ck["scaler"])
-        step, start_epoch, start_step_in_epoch = ck["step"], ck["epoch"], ck["step_in_epoch"]
         if ck.get("world") != topo.world:
             log.warning("checkpoint was written by %s processes, this run has %d: the data order after resume "
                         "differs from an uninterrupted run (weights, optimizer and step are restored)", ck.get("world"), topo.world)
         rngs = ck["rng"]
         checkpoint.set_rng_state(rngs[topo.rank] if topo.rank < len(rngs) else rngs[0])
         log.info("resumed from %s: step %d (epoch %d, step %d of it)", latest, step, start_epoch, start_step_in_epoch)
+        del ck
 
     metrics = None
     if topo.is_main:
@@ -181,8 +188,11 @@ def train(job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None, s
     last_progress_write = 0.0
     for epoch in range(start_epoch, t.epochs):
         first_s = start_step_in_epoch if epoch == start_epoch else 0
-        sampler.set_position(epoch, first_s * t.gradAccumSteps)
-        batches = iter(loader)
+        if epoch == start_epoch and first_batches is not None:
+            batches = first_batches
+        else:
+            sampler.set_position(epoch, first_s * t.gradAccumSteps)
+            batches = iter(loader)
         t_prev = time.perf_counter()
         losses_this_epoch: list[float] = []
         for s in range(first_s, steps_per_epoch):
