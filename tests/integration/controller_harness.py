@@ -28,6 +28,13 @@ CRD_FILE = REPO / "helm/kubeclip/files/crd-finetunejobs.yaml"
 RULES_FILE = REPO / "helm/kubeclip/files/rbac-rules.yaml"
 
 
+def _die_with_parent() -> None:
+    """Linux: the controller gets SIGKILL when the test process dies, however it dies."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -104,7 +111,8 @@ class Operator:
 
     def start(self) -> "Operator":
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO)
+        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
+                                     preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         return self
 
     def get(self, path: str, port: Optional[int] = None) -> tuple[int, str]:
