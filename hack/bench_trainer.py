@@ -23,7 +23,10 @@ webdataset...: kept out of the project's env so they never slow kubeclip's impor
 ``$KUBECLIP_PEER_VENV`` (default ``.cache/peer-venv``) on first use and reuses torch from the
 project's venv through a ``.pth`` file instead of downloading it again.
 
-    python hack/bench_trainer.py [--repeat 2] [--ddp] [--n 512 --epochs 2 --batch 32 --workers 2]
+    python hack/bench_trainer.py [--repeat 3] [--skip-ddp] [--n 512 --epochs 2 --batch 32 --workers 2]
+
+Prints one ``trainer_bench <mode>: ...`` line per mode (1 process, 2 processes) with the ratios
+kubeclip / open_clip_train, and writes every run's figures to ``runs/bench-trainer/results.json``.
 """
 
 from __future__ import annotations
@@ -104,7 +107,8 @@ def run_peer(peer_py: Path, work: Path, data: Path, a, name: str, ddp: bool) -> 
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     if ddp:  # open_clip_train 3.3.0 passes device_ids for a CPU module: its CPU DDP needs the fix
         env["OCB_CPU_DDP_FIX"] = "1"
-        cmd = [peer_py.parent / "torchrun", "--nproc_per_node", 2, PEER / "oc_train.py", *args, "--dist-backend", "gloo"]
+        cmd = [peer_py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", 2, PEER / "oc_train.py", *args,
+               "--dist-backend", "gloo"]
     else:
         cmd = [peer_py, "-m", "open_clip_train.main", *args]
     res = measured(cmd, run, name, "Train Epoch: 0 [", run / "logs" / name / "out.log", env)
@@ -132,7 +136,7 @@ def run_ours(work: Path, data: Path, a, name: str, ddp: bool) -> dict:
             "metrics": {"port": 0},
         }}))
     if ddp:
-        cmd = [Path(PY).parent / "torchrun", "--standalone", "--nproc_per_node", 2, "-m", "trainer", manifest]
+        cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", 2, "-m", "trainer", manifest]
     else:
         cmd = [PY, "-m", "trainer", manifest]
     res = measured(cmd, REPO, name, "step 1/", REPO / f"{name}.console.log", dict(os.environ))
@@ -153,8 +157,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--warmup", type=int, default=16)
     ap.add_argument("--wd", type=float, default=0.2, help="weight decay (open_clip_train's default)")
-    ap.add_argument("--repeat", type=int, default=2, help="alternating runs per side; medians are reported")
-    ap.add_argument("--ddp", action="store_true", help="also compare 2-process gloo DDP runs")
+    ap.add_argument("--repeat", type=int, default=3, help="alternating runs per side; medians are reported")
+    ap.add_argument("--skip-ddp", action="store_true", help="skip the 2-process gloo DDP comparison")
     ap.add_argument("--work", default=str(REPO / "runs" / "bench-trainer"))
     a = ap.parse_args()
     work = Path(a.work)
@@ -163,7 +167,7 @@ def main() -> None:
     data = work / "data"
     subprocess.run([PY, PEER / "make_dataset.py", "--n", str(a.n), "--size", str(a.size), "--out", data],
                    check=True, stdout=subprocess.DEVNULL)
-    modes = [("single", False)] + ([("ddp2", True)] if a.ddp else [])
+    modes = [("single", False)] + ([] if a.skip_ddp else [("ddp2", True)])
     report = {"settings": vars(a), "python": sys.version.split()[0], "cpus": os.cpu_count(), "runs": {}}
     for mode, ddp in modes:
         peer, ours = [], []
