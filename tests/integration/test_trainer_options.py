@@ -1,0 +1,89 @@
+"""Training options that change what is trained: pretrained weights, tower locking, grad checkpointing.
+
+Real single-process runs (``python -m trainer``) of a tiny OpenCLIP model on a generated dataset.
+The starting weights come from a ``spec.model.pretrained`` safetensors file the test writes, so it
+can compare the exported ``final/`` weights with the exact weights training started from:
+
+* ``lockImage``: every image-tower tensor ends bit-identical to the start, the text tower moved;
+* ``gradCheckpointing``: recomputing activations in backward changes memory, not maths — the
+  final weights match a run without it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from trainer_helpers import dataset, env, tiny_model
+
+pytestmark = pytest.mark.slow
+
+
+def start_weights(root, model_name: str):
+    from trainer.model import import_open_clip
+
+    open_clip = import_open_clip(model_name)
+    torch.manual_seed(123)
+    model = open_clip.create_model(model_name)
+    path = root / "start.safetensors"
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path))
+    return path, state
+
+
+def train(root, name: str, model_name: str, pretrained, training: dict):
+    train_csv, val_csv = dataset(root)
+    out = root / name
+    doc = {
+        "apiVersion": "kubeclip.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"name": model_name, "pretrained": str(pretrained)},
+            "dataset": {"trainCsv": str(train_csv), "valCsv": str(val_csv)},
+            "training": {"precision": "fp32", "seed": 0, "learningRate": 1e-3, "warmupSteps": 2, "epochs": 1,
+                         "batchSize": 16, "workers": 0, "checkpointEverySteps": 0, **training},
+            "output": {"path": str(out)},
+            "metrics": {"port": 0},
+        },
+    }
+    job = root / f"{name}.yaml"
+    job.write_text(yaml.safe_dump(doc))
+    proc = subprocess.run([sys.executable, "-m", "trainer", str(job)], env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return load_file(str(out / "final" / "open_clip_model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("options")
+    model_name = tiny_model(root)
+    path, state = start_weights(root, model_name)
+    return root, model_name, path, state
+
+
+def test_lock_image_freezes_the_image_tower_and_trains_the_text_tower(setup):
+    root, model_name, start_path, start = setup
+    final = train(root, "lock-image", model_name, start_path, {"lockImage": True})
+    visual = [k for k in start if k.startswith("visual.")]
+    text = [k for k in start if k.startswith(("transformer.", "token_embedding", "text_projection", "ln_final"))]
+    assert visual and text
+    assert set(final) == set(start)
+    assert all(torch.equal(final[k], start[k]) for k in visual), [k for k in visual if not torch.equal(final[k], start[k])]
+    moved = [k for k in text if not torch.equal(final[k], start[k])]
+    assert len(moved) > len(text) // 2, f"text tower barely trained: {len(moved)}/{len(text)} tensors changed"
+
+
+def test_grad_checkpointing_trains_the_same_weights(setup):
+    root, model_name, start_path, start = setup
+    plain = train(root, "plain", model_name, start_path, {})
+    ckpt = train(root, "grad-ckpt", model_name, start_path, {"gradCheckpointing": True})
+    assert any(not torch.equal(plain[k], start[k]) for k in start), "the plain run did not train"
+    # Same float ops recomputed in backward: expect equality up to reduction-order noise.
+    far = [k for k in plain if not torch.allclose(plain[k], ckpt[k], rtol=1e-4, atol=1e-6)]
+    assert not far, f"weights differ with gradCheckpointing: {far[:5]}"
