@@ -11,7 +11,9 @@ neither: the trainer runs no ``torch.compile`` and uses its own AdamW and gradie
 name torchvision takes from dynamo (``is_compile_supported``, only called inside ``roi_align``,
 which CLIP never calls) is served by a forwarding stub, and timm and huggingface_hub (only used to
 download weights) are reported missing. When the model is not a ``local-dir:`` one without timm
-towers (a built-in name may need the hub and timm), the import is a plain one. Both stubs are removed from ``sys.modules`` right after, so any
+towers (a built-in name may need the hub and timm), the import is a plain one. torchvision's
+model zoo and dataset packages, which its ``__init__`` imports and CLIP never uses, are served
+empty during that import too. Both stubs are removed from ``sys.modules`` right after, so any
 later real ``import torch._dynamo`` / ``import timm`` works normally. If anything in that import
 fails, it is retried plainly.
 """
@@ -43,6 +45,11 @@ class _LeanFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     STUBS = ("torch._dynamo", "torch._dynamo.utils")
 
+    #: torchvision's ``__init__`` imports its model zoo and dataset classes (about half a second
+    #: of imports); open_clip uses only ``torchvision.transforms`` and ``torchvision.ops.misc``.
+    #: While open_clip is imported these two are served as empty packages.
+    EMPTY = ("torchvision.models", "torchvision.datasets")
+
     #: Not needed for a local-dir: model without timm towers: timm (vision towers) and the Hugging
     #: Face hub client (downloads); open_clip imports both inside try/except ImportError.
     HIDDEN = ("timm", "huggingface_hub")
@@ -51,8 +58,8 @@ class _LeanFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         self.hide_timm = hide_timm
 
     def find_spec(self, fullname, path=None, target=None):  # noqa: D401
-        if fullname in self.STUBS:
-            return importlib.machinery.ModuleSpec(fullname, self, is_package=fullname == "torch._dynamo")
+        if fullname in self.STUBS or fullname in self.EMPTY:
+            return importlib.machinery.ModuleSpec(fullname, self, is_package=fullname != "torch._dynamo.utils")
         if self.hide_timm and fullname.split(".")[0] in self.HIDDEN:
             raise ModuleNotFoundError(f"No module named {fullname!r} (hidden while importing open_clip)", name=fullname)
         return None
@@ -61,10 +68,10 @@ class _LeanFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return types.ModuleType(spec.name)
 
     def exec_module(self, module):
-        if module.__name__ == "torch._dynamo":
-            module.__path__ = []  # a package, so 'torch._dynamo.utils' can be imported below it
-        else:
+        if module.__name__ == "torch._dynamo.utils":
             module.is_compile_supported = _forward_is_compile_supported
+        else:  # torch._dynamo (a package, so 'torch._dynamo.utils' can be imported below it), EMPTY
+            module.__path__ = []
 
 
 def _needs_timm(model_name: str) -> bool:
@@ -109,7 +116,7 @@ def import_open_clip(model_name: str = ""):
 
 
 def _forget_lean_import(finder: _LeanFinder) -> None:
-    """Remove the finder and the stubs, so later imports of torch._dynamo/timm are the real ones."""
+    """Remove the finder and the stubs, so later imports of torch._dynamo/timm/torchvision.models are real."""
     if finder in sys.meta_path:
         sys.meta_path.remove(finder)
     for name in _LeanFinder.STUBS:
@@ -117,6 +124,14 @@ def _forget_lean_import(finder: _LeanFinder) -> None:
     torch_mod = sys.modules["torch"]
     if isinstance(torch_mod.__dict__.get("_dynamo"), types.ModuleType):
         del torch_mod._dynamo  # torch imports the real one lazily on attribute access
+    # The empty torchvision packages: a later `import torchvision.models` loads the real one.
+    torchvision = sys.modules.get("torchvision")
+    for name in _LeanFinder.EMPTY:
+        stub = sys.modules.get(name)
+        if stub is not None and getattr(stub.__spec__, "loader", None) is finder:
+            del sys.modules[name]
+            if torchvision is not None and torchvision.__dict__.get(name.rsplit(".", 1)[1]) is stub:
+                delattr(torchvision, name.rsplit(".", 1)[1])
 
 
 def build(spec: TrainerSpec, device):
