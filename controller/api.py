@@ -265,7 +265,3 @@ def parse_job_spec(spec: Any) -> FineTuneJobSpec:
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, "spec")) from None
 
-
-def trainer_part(spec: dict[str, Any]) -> dict[str, Any]:
-    """The spec keys the trainer reads (everything but the cluster-only keys)."""
-    return {k: v for k, v in spec.items() if k not in CLUSTER_KEYS}

@@ -15,6 +15,8 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
+from trainer.config import MetricsSpec
+
 from . import metrics
 from .api import TERMINAL_PHASES
 from .kube import Conflict, Kube, Terminating, describe_error
@@ -100,7 +102,7 @@ class Worker:
         if status.get("phase") not in TERMINAL_PHASES:
             node0 = next((p for p in pods if p["metadata"]["name"].endswith("-node-0")
                           and pod_phase(p) in ("Running", "Succeeded")), None)
-            port = ((job.get("spec") or {}).get("metrics") or {}).get("port", 9090)
+            port = ((job.get("spec") or {}).get("metrics") or {}).get("port", MetricsSpec().port)
             url = progress_url(node0, port, self.s) if node0 is not None and port else None
             if url:
                 progress = read_progress(url, self.s.progress_timeout_s)

@@ -167,13 +167,17 @@ def format_validation_error(err: ValidationError, prefix: str = "spec") -> str:
     return "; ".join(parts)
 
 
+def trainer_part(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec keys the trainer reads: everything but :data:`CLUSTER_KEYS`."""
+    return {k: v for k, v in spec.items() if k not in CLUSTER_KEYS}
+
+
 def parse_spec(spec: Any, *, prefix: str = "spec") -> TrainerSpec:
     """Validate a spec mapping; cluster-only keys are dropped, everything else must be known."""
     if not isinstance(spec, dict):
         raise ConfigError(f"{prefix}: expected a mapping, got {type(spec).__name__}")
-    trainer_part = {k: v for k, v in spec.items() if k not in CLUSTER_KEYS}
     try:
-        return TrainerSpec.model_validate(trainer_part)
+        return TrainerSpec.model_validate(trainer_part(spec))
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, prefix)) from None
 

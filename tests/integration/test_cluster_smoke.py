@@ -82,6 +82,20 @@ def create_widget(api, namespace: str, body: dict) -> dict:
     raise AssertionError("widgets endpoint never appeared")
 
 
+def until_allowed(cluster, call, *, as_user, as_groups=None, within_s: float = 10) -> None:
+    """Retry ``call(api)`` while it is denied (403): RBAC informers see new bindings asynchronously."""
+    deadline = time.monotonic() + within_s
+    while True:
+        with cluster.api_client(as_user=as_user, as_groups=as_groups) as api:
+            try:
+                call(api)
+                return
+            except ApiException as e:
+                if e.status != 403 or time.monotonic() > deadline:
+                    raise
+        time.sleep(0.2)
+
+
 def test_cel_rule_rejects_bad_object_at_create_time(widgets, namespace):
     with pytest.raises(ApiException) as err:
         create_widget(widgets, namespace, widget("too-many", replicas=5, max_replicas=2))
@@ -148,16 +162,7 @@ def test_impersonated_service_account_without_rights_is_denied(cluster, namespac
     cluster.kubectl("-n", namespace, "create", "role", "cm-reader", "--verb=list", "--resource=configmaps")
     cluster.kubectl("-n", namespace, "create", "rolebinding", "cm-reader", "--role=cm-reader",
                     f"--serviceaccount={namespace}:default")
-    deadline = time.monotonic() + 10  # RBAC informers catch up asynchronously
-    while True:
-        with cluster.api_client(as_user=sa) as api:
-            try:
-                client.CoreV1Api(api).list_namespaced_config_map(namespace)
-                break
-            except ApiException as e:
-                if e.status != 403 or time.monotonic() > deadline:
-                    raise
-        time.sleep(0.2)
+    until_allowed(cluster, lambda api: client.CoreV1Api(api).list_namespaced_config_map(namespace), as_user=sa)
     can = cluster.kubectl("-n", namespace, "auth", "can-i", "delete", "configmaps", as_user=sa, check=False)
     assert can.stdout.strip() == "no"
 
@@ -166,16 +171,8 @@ def test_impersonated_groups_reach_the_server(cluster, namespace):
     """Several Impersonate-Group headers arrive as separate groups (RBAC binds to the second one)."""
     cluster.kubectl("-n", namespace, "create", "role", "pod-reader", "--verb=list", "--resource=pods")
     cluster.kubectl("-n", namespace, "create", "rolebinding", "pod-reader", "--role=pod-reader", "--group=readers")
-    deadline = time.monotonic() + 10
-    while True:
-        with cluster.api_client(as_user="alice", as_groups=["staff", "readers"]) as api:
-            try:
-                client.CoreV1Api(api).list_namespaced_pod(namespace)
-                break
-            except ApiException as e:
-                if e.status != 403 or time.monotonic() > deadline:
-                    raise
-        time.sleep(0.2)
+    until_allowed(cluster, lambda api: client.CoreV1Api(api).list_namespaced_pod(namespace),
+                  as_user="alice", as_groups=["staff", "readers"])
     with cluster.api_client(as_user="alice", as_groups=["staff"]) as api:
         with pytest.raises(ApiException) as err:
             client.CoreV1Api(api).list_namespaced_pod(namespace)
