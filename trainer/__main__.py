@@ -49,7 +49,7 @@ def main(argv=None) -> int:
             print(f"config: {err}", file=sys.stderr)
         return EXIT_CONFIG
 
-    from trainer.preflight import BackgroundPreflight, PreflightError, write_termination_log
+    from trainer.preflight import BackgroundPreflight, PreflightError, fail
 
     # The preflight (pandas, image checks) runs in a forked child while this process imports
     # torch and open_clip below; a bad dataset still exits 3 within about a second.
@@ -65,11 +65,7 @@ def main(argv=None) -> int:
     try:
         report = pending.result()
     except PreflightError as err:
-        line = f"preflight: {err}"
-        if rank0:
-            print(line, file=sys.stderr)
-        write_termination_log(line, TERMINATION_LOG)
-        return EXIT_PREFLIGHT
+        return fail(f"preflight: {err}", EXIT_PREFLIGHT, echo=rank0)
     if rank0 and not checked:
         print(report.summary(), file=sys.stderr, flush=True)
 

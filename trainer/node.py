@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
-from trainer.config import DEFAULT_MASTER_PORT, EXIT_CONFIG, EXIT_PREFLIGHT, TERMINATION_LOG, ConfigError, load_manifest
+from trainer.config import DEFAULT_MASTER_PORT, EXIT_CONFIG, EXIT_PREFLIGHT, ConfigError, load_manifest
 
 
 def torchrun_env(spec, environ: dict) -> dict:
@@ -40,22 +40,16 @@ def main(argv=None) -> int:
         print("usage: python -m trainer.node JOB.yaml", file=sys.stderr)
         return EXIT_CONFIG
     manifest = argv[0]
-    from trainer.preflight import PreflightError, run_preflight, write_termination_log
+    from trainer.preflight import PreflightError, fail, run_preflight
 
     try:
         _, spec = load_manifest(manifest)
     except ConfigError as err:
-        line = f"config: {err}"
-        print(line, file=sys.stderr)
-        write_termination_log(line, TERMINATION_LOG)
-        return EXIT_CONFIG
+        return fail(f"config: {err}", EXIT_CONFIG)
     try:
         report = run_preflight(spec, world=spec.numNodes * spec.numProcPerNode)
     except PreflightError as err:
-        line = f"preflight: {err}"
-        print(line, file=sys.stderr)
-        write_termination_log(line, TERMINATION_LOG)
-        return EXIT_PREFLIGHT
+        return fail(f"preflight: {err}", EXIT_PREFLIGHT)
     print(report.summary(), file=sys.stderr, flush=True)
     env = torchrun_env(spec, os.environ)
     cmd = [sys.executable, "-m", "torch.distributed.run", "-m", "trainer", manifest]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from trainer.config import TrainerSpec
+from trainer.config import TERMINATION_LOG, TrainerSpec
 
 #: Separators tried when ``spec.dataset.separator`` is empty, in order of preference.
 CANDIDATE_SEPARATORS = (",", "\t", ";", "|")
@@ -242,6 +242,14 @@ def write_termination_log(message: str, path: str) -> None:
                 f.write(message[:4000])
         except OSError:
             pass
+
+
+def fail(line: str, code: int, *, echo: bool = True) -> int:
+    """End a run on a one-line error: stderr (when ``echo``), the pod's termination log, exit code."""
+    if echo:
+        print(line, file=sys.stderr)
+    write_termination_log(line, TERMINATION_LOG)
+    return code
 
 
 def read_tables(spec: TrainerSpec) -> DatasetReport:
