@@ -107,7 +107,7 @@ def _trainer_terminated(pod: dict[str, Any]) -> Optional[dict[str, Any]]:
 def classify(pod: dict[str, Any]) -> Optional[Failure]:
     """Is this pod failed, and may a restart help? (docs/contracts.md, "Exit codes")."""
     name = pod["metadata"]["name"]
-    if pod["metadata"].get("deletionTimestamp"):
+    if _deleting(pod):
         return Failure(True, "PodDeleted", f"{name} was deleted")
     st = pod.get("status") or {}
     phase = st.get("phase")
@@ -137,16 +137,10 @@ def classify(pod: dict[str, Any]) -> Optional[Failure]:
     return Failure(False, "TrainerFailed", text)
 
 
-def _index(pod: dict[str, Any]) -> Optional[int]:
+def _int_label(pod: dict[str, Any], key: str) -> Optional[int]:
+    """An integer label (node index, attempt); None when missing or not a number."""
     try:
-        return int(pod["metadata"].get("labels", {}).get(naming.LABEL_INDEX, ""))
-    except ValueError:
-        return None
-
-
-def _attempt(pod: dict[str, Any]) -> Optional[int]:
-    try:
-        return int(pod["metadata"].get("labels", {}).get(naming.LABEL_ATTEMPT, ""))
+        return int(pod["metadata"].get("labels", {}).get(key, ""))
     except ValueError:
         return None
 
@@ -256,10 +250,11 @@ def plan(job: dict[str, Any], observed: Observed, *, default_image: str = "") ->
         create.append(builders.service(job, spec))
 
     attempt = int(status["restartCount"])
-    current = {
-        _index(p): p for p in pods
-        if _attempt(p) == attempt and _index(p) is not None and 0 <= _index(p) < spec.numNodes  # type: ignore[operator]
-    }
+    current = {}
+    for p in pods:
+        index = _int_label(p, naming.LABEL_INDEX)
+        if _int_label(p, naming.LABEL_ATTEMPT) == attempt and index is not None and 0 <= index < spec.numNodes:
+            current[index] = p
     stale = [p for p in pods if p not in current.values()]
     status["nodes"] = node_counts(spec.numNodes, [p for p in current.values() if not _deleting(p)])
 
