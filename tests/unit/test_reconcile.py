@@ -351,3 +351,18 @@ def test_pod_stuck_in_deletion_is_force_deleted_after_a_while():
     stuck["metadata"]["deletionTimestamp"] = rfc3339(NOW - timedelta(seconds=31))
     p = plan(j, observe(j, [stuck]))
     assert p.delete == (Delete("Pod", "j-node-1", "pod-1-0", force=True),)
+
+
+# ---- failure policy: the attempt judged as a whole (issue #9) ---------------------------------
+
+EVICTED = [{"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI", "message": "Eviction API: evicting"}]
+
+
+def test_knock_on_exit_with_an_eviction_in_the_same_attempt_restarts_without_using_backoff():
+    """node 1 evicted, node 0's collective breaks (exit 1): the attempt was disrupted, not failed."""
+    j = _running_job(backoff=0)
+    p, j = run(j, [pod(0, "Failed", exit_code=1), pod(1, "Failed", exit_code=143, conditions=EVICTED)])
+    assert (j["status"]["phase"], j["status"]["reason"]) == ("Restarting", "EvictionByEvictionAPI")
+    assert j["status"]["restartCount"] == 1 and j["status"]["disruptedAttempts"] == 1
+    assert j["status"].get("failedAttempts", 0) == 0  # backoffLimit=0 is untouched
+    assert sorted(d.name for d in p.delete) == ["j-node-0", "j-node-1"] and not p.create
