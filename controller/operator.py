@@ -119,10 +119,8 @@ async def resync_loop(worker: Worker, s: Settings, stop: asyncio.Event, pool: Th
         except asyncio.TimeoutError:
             pass
         now = time.monotonic()
-        for key, t in list(worker.due.items()):
-            if t <= now and worker.due.get(key) == t:
-                del worker.due[key]
-                loop.run_in_executor(pool, worker.reconcile, *key)
+        for key in worker.take_due(now):
+            loop.run_in_executor(pool, worker.reconcile, *key)
         full = now - last_full >= s.full_resync_s
         if not full and now - last_poll < s.progress_interval_s:
             continue
@@ -157,7 +155,7 @@ async def run(s: Settings) -> int:
     from .kube import Kube
 
     try:
-        kube = Kube()
+        kube = Kube(timeout_s=s.api_timeout_s)
     except Exception as err:
         log.error("no Kubernetes configuration (KUBECONFIG or in-cluster): %s", err)
         return 2

@@ -220,6 +220,16 @@ def load_manifest(path: str | Path) -> tuple[str, TrainerSpec]:
 EXIT_CONFIG = 2
 #: Exit code of a failed dataset preflight (wrong separator, missing images, ...): not retryable.
 EXIT_PREFLIGHT = 3
+#: Exit code of a loss that became NaN/inf: the same data and seed diverge again, not retryable.
+EXIT_NONFINITE = 4
+#: Exit code of a checkpoint that cannot resume this config (a field that breaks resume changed).
+EXIT_CHECKPOINT_MISMATCH = 5
+#: Exit code of a rendezvous that timed out (node 0 never reachable, a node never joined):
+#: retryable, the next attempt may find all nodes scheduled.
+EXIT_RENDEZVOUS_TIMEOUT = 6
+#: The exit codes that are the trainer's own final verdicts: the controller never retries them.
+FINAL_EXIT_CODES = {EXIT_CONFIG: "InvalidConfig", EXIT_PREFLIGHT: "PreflightFailed", EXIT_NONFINITE: "NonFiniteLoss",
+                    EXIT_CHECKPOINT_MISMATCH: "CheckpointMismatch"}
 
 #: Where Kubernetes reads a container's termination message from.
 TERMINATION_LOG = "/dev/termination-log"
