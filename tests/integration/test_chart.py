@@ -276,16 +276,23 @@ def test_crd_template_is_the_generated_crd_with_keep_policy(tmp_path):
 
 def test_rbac_rules_come_from_the_controller_file(tmp_path):
     rules = yaml.safe_load((CHART / "files" / "rbac-rules.yaml").read_text())
+    sa = [{"kind": "ServiceAccount", "name": "kc-kubeclip", "namespace": "kubeclip-system"}]
     cluster = render(tmp_path, {})
-    (role,) = by_kind(cluster, "ClusterRole")
-    assert role["rules"] == rules and not by_kind(cluster, "Role")
-    (binding,) = by_kind(cluster, "ClusterRoleBinding")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kc-kubeclip", "namespace": "kubeclip-system"}]
-    namespaced = render(tmp_path, {"watch": {"namespaces": ["team-a", "kubeclip-system"]}})
-    assert not by_kind(namespaced, "ClusterRole") and not by_kind(namespaced, "ClusterRoleBinding")
-    assert sorted(r["metadata"]["namespace"] for r in by_kind(namespaced, "Role")) == ["kubeclip-system", "team-a"]
-    assert all(r["rules"] == rules for r in by_kind(namespaced, "Role"))
-    assert sorted(b["metadata"]["namespace"] for b in by_kind(namespaced, "RoleBinding")) == ["kubeclip-system", "team-a"]
+    roles = {r["metadata"]["name"]: r for r in by_kind(cluster, "ClusterRole")}
+    assert roles["kc-kubeclip"]["rules"] == rules["namespaced"] and roles["kc-kubeclip-nodes"]["rules"] == rules["cluster"]
+    assert all(b["subjects"] == sa for b in by_kind(cluster, "ClusterRoleBinding"))
+    # The Lease: a Role in the release namespace only, get/update by name, in both modes.
+    (lease,) = by_kind(cluster, "Role")
+    assert (lease["metadata"]["name"], lease["metadata"]["namespace"]) == ("kc-kubeclip-leader", "kubeclip-system")
+    assert lease["rules"] == [rules["lease"][0], {**rules["lease"][1], "resourceNames": ["kc-kubeclip-leader"]}]
+    assert not any("leases" in r["resources"] for r in rules["namespaced"] + rules["cluster"])
+    namespaced = render(tmp_path, {"watch": {"namespaces": ["team-a", "team-b"]}})
+    assert [r["metadata"]["name"] for r in by_kind(namespaced, "ClusterRole")] == ["kc-kubeclip-nodes"]
+    ns_roles = sorted((r["metadata"]["namespace"], r["metadata"]["name"]) for r in by_kind(namespaced, "Role"))
+    assert ns_roles == [("kubeclip-system", "kc-kubeclip-leader"), ("team-a", "kc-kubeclip"), ("team-b", "kc-kubeclip")]
+    assert all(r["rules"] == rules["namespaced"] for r in by_kind(namespaced, "Role") if r["metadata"]["name"] == "kc-kubeclip")
+    assert len(by_kind(namespaced, "RoleBinding")) == 3
+    assert not by_kind(render(tmp_path, {"leaderElection": {"enabled": False}}), "Role")
 
 
 def test_monitors_target_the_contract_ports(tmp_path):
@@ -449,6 +456,11 @@ def test_install_upgrade_uninstall(cluster, namespace, tmp_path):
     assert _can(cluster, sa, "update", "finetunejobs.kubeclip.dev", namespace, subresource="status")
     assert not _can(cluster, sa, "get", "secrets", namespace)
     assert not _can(cluster, sa, "update", "finetunejobs.kubeclip.dev", namespace)
+    # Nodes: read by name only. The Lease: its own, in its own namespace only.
+    assert _can(cluster, sa, "get", "nodes", None) and not _can(cluster, sa, "list", "nodes", None)
+    assert _can(cluster, sa, "update", f"leases.coordination.k8s.io/{fullname}-leader", namespace)
+    assert not _can(cluster, sa, "update", "leases.coordination.k8s.io/kube-scheduler", namespace)
+    assert not _can(cluster, sa, "update", f"leases.coordination.k8s.io/{fullname}-leader", "default")
 
     # Upgrade: namespaced mode, two replicas, every monitor on (the server validates them).
     values = values_file(tmp_path, {**ALL_ON, "watch": {"namespaces": [namespace]}})
