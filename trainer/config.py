@@ -152,6 +152,11 @@ class TrainerSpec(_Strict):
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
     numNodes: int = Field(default=1, ge=1, le=1024, description="Number of nodes (pods), one torchrun each.")
     numProcPerNode: int = Field(default=1, ge=1, le=64, description="Training processes per node (GPUs per node).")
+    rendezvousTimeoutSeconds: int = Field(
+        default=1800, ge=10, le=86400,
+        description="How long the nodes wait for each other at start (node 0's address, then torchrun's "
+        "rendezvous): long enough for a node scale-up or a slow image pull. Then exit 6, a retryable failure.",
+    )
 
 
 class ConfigError(ValueError):

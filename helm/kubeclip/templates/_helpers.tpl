@@ -103,3 +103,6 @@ installing a controller that cannot read its own objects.
 {{- define "kubeclip.dashboardName" -}}
 {{- printf "%s-dashboard" (include "kubeclip.fullname" . | trunc 53 | trimSuffix "-") -}}
 {{- end -}}
+{{- define "kubeclip.admissionName" -}}
+{{- printf "%s-finetunejobs" (include "kubeclip.fullname" . | trunc 50 | trimSuffix "-") -}}
+{{- end -}}
