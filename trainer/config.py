@@ -236,6 +236,27 @@ EXIT_RENDEZVOUS_TIMEOUT = 6
 FINAL_EXIT_CODES = {EXIT_CONFIG: "InvalidConfig", EXIT_PREFLIGHT: "PreflightFailed", EXIT_NONFINITE: "NonFiniteLoss",
                     EXIT_CHECKPOINT_MISMATCH: "CheckpointMismatch"}
 
+
+
+class TrainerVerdict(Exception):
+    """A failure the trainer knows is deterministic (a retry would fail the same way): ``str()`` is
+    one line; ``python -m trainer`` exits with ``exit_code`` (one of FINAL_EXIT_CODES)."""
+
+    exit_code = EXIT_CONFIG
+
+
+class NonFiniteLoss(TrainerVerdict):
+    """The loss became NaN or infinite."""
+
+    exit_code = EXIT_NONFINITE
+
+
+class CheckpointMismatch(TrainerVerdict):
+    """The latest checkpoint was written under a config that it cannot resume (a field changed)."""
+
+    exit_code = EXIT_CHECKPOINT_MISMATCH
+
+
 #: Where Kubernetes reads a container's termination message from.
 TERMINATION_LOG = "/dev/termination-log"
 #: The port torch.distributed's rendezvous uses between nodes (Kubeflow's default too).
