@@ -24,7 +24,7 @@ from typing import Any, Optional
 from trainer.config import EXIT_RENDEZVOUS_TIMEOUT, FINAL_EXIT_CODES, ConfigError
 
 from . import builders, naming
-from .api import TERMINAL_PHASES, FineTuneJobSpec, parse_job_spec
+from .api import TERMINAL_PHASES, parse_job_spec
 from .status import enter_phase, node_counts, parse_time, pod_phase, progress_status, resume, rfc3339
 
 #: Pod status reasons (and DisruptionTarget reasons) that mean "the node or the scheduler took
