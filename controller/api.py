@@ -253,6 +253,9 @@ class ProgressStatus(_Status):
     etaSeconds: Optional[int] = None
     lastCheckpoint: Optional[str] = Field(default=None, description="Path of the latest checkpoint.")
     lastCheckpointStep: Optional[int] = None
+    skippedCheckpoints: list[str] = Field(
+        default_factory=list, description="Unreadable checkpoints the trainer resumed past (a Warning event each time)."
+    )
     updatedAt: Optional[str] = Field(default=None, description="When the trainer reported this (RFC 3339).")
 
 

@@ -267,9 +267,15 @@ def _finish(
 
 
 def _plan(job: dict[str, Any], new_status: dict[str, Any], **kw: Any) -> Plan:
-    """Build a Plan; the status goes in only if it differs, with an Event per transition."""
+    """Build a Plan; the status goes in only if it differs, with an Event per transition (and a
+    Warning when the trainer reports checkpoints it had to resume past)."""
     old = job.get("status") or {}
     events = list(kw.pop("events", []))
+    skipped = (new_status.get("progress") or {}).get("skippedCheckpoints")
+    if skipped and skipped != (old.get("progress") or {}).get("skippedCheckpoints"):
+        events.append(Event("Warning", "CheckpointFallback",
+                            f"the trainer could not read {len(skipped)} checkpoint(s) and resumed from an older one: "
+                            + "; ".join(skipped)))
     transition = None
     if (old.get("phase"), old.get("restartCount", 0)) != (new_status.get("phase"), new_status.get("restartCount", 0)):
         transition = new_status["phase"]

@@ -171,11 +171,15 @@ def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_latest(output: str, spec: Optional[TrainerSpec] = None) -> tuple[Optional[Path], Optional[dict]]:
+def load_latest(
+    output: str, spec: Optional[TrainerSpec] = None, skipped: Optional[list[str]] = None
+) -> tuple[Optional[Path], Optional[dict]]:
     """The newest checkpoint that can be read, falling back to older ones with a warning line
     each; ``(None, None)`` when there is none. Raises :class:`CheckpointMismatch` when the one
     found cannot resume ``spec``, and ``OSError`` when checkpoints exist but none can be read
-    (starting over silently would throw their training away)."""
+    (starting over silently would throw their training away). Each checkpoint passed over is
+    appended to ``skipped`` as ``"name: reason"`` (the progress reports it; the controller posts a
+    Warning event)."""
     found = list_checkpoints(output)
     errors = []
     for path in reversed(found):
@@ -184,6 +188,8 @@ def load_latest(output: str, spec: Optional[TrainerSpec] = None) -> tuple[Option
         except Exception as err:  # noqa: BLE001 - torn, truncated, foreign or unreadable: try the previous one
             reason = " ".join(str(err).split())[:200] or type(err).__name__
             errors.append(f"{path.name}: {reason}")
+            if skipped is not None:
+                skipped.append(errors[-1])
             log.warning("checkpoint: %s cannot be read (%s); falling back to the previous one", path.name, reason)
             continue
         if spec is not None:

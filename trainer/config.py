@@ -287,5 +287,8 @@ class Progress(BaseModel):
     lastCheckpoint: Optional[LastCheckpoint] = None
     metricsPort: Optional[int] = Field(default=None, description="Port rank 0 serves /metrics and /progress on.")
     modelPath: Optional[str] = Field(default=None, description="Where the exported model went (phase done).")
+    skippedCheckpoints: list[str] = Field(
+        default_factory=list, description="Checkpoints this run could not read and resumed past ('name: reason')."
+    )
     updatedAt: float = 0.0
     message: str = ""

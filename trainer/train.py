@@ -109,7 +109,8 @@ def train(job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None, s
     step, start_epoch, start_step_in_epoch = 0, 0, 0
     # Every rank reads the newest readable checkpoint (falling back past unreadable ones, refusing
     # one written under a config it cannot resume: exit 5); rank 0's choice wins if a rank differs.
-    found, ck = checkpoint.load_latest(out, spec)
+    skipped: list[str] = []
+    found, ck = checkpoint.load_latest(out, spec, skipped)
     latest = distributed.broadcast_object(str(found or ""), topo)
     if latest != str(found or ""):
         ck = checkpoint.load(Path(latest)) if latest else None
@@ -143,7 +144,7 @@ def train(job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None, s
         metrics = TrainerMetrics(job, out, t.epochs, total_steps)
         metrics.serve(spec.metrics.port)
         metrics.step.set(step)
-        metrics.update(phase="training", step=step, epoch=start_epoch)
+        metrics.update(phase="training", step=step, epoch=start_epoch, skippedCheckpoints=skipped)
         log.info(
             "training %s: %d processes on %s, %d steps (%d/epoch x %d epochs), global batch %d, warmup %d, precision %s",
             job, topo.world, topo.device.type, total_steps, steps_per_epoch, t.epochs, global_batch, warmup, t.precision,

@@ -49,8 +49,10 @@ def test_latest_unreadable_falls_back_to_the_previous_with_a_warning(tmp_path, c
     newest = checkpoint.save(out, 20, state(20), keep=3)
     newest.write_bytes(newest.read_bytes()[:100])  # torn by a storage fault
     with caplog.at_level(logging.WARNING, logger="trainer.checkpoint"):
-        path, st = checkpoint.load_latest(out)
+        skipped: list = []
+        path, st = checkpoint.load_latest(out, skipped=skipped)
     assert path.name == "step-00000010.pt" and st["step"] == 10 and torch.equal(st["model"]["w"], torch.full((4,), 10.0))
+    assert len(skipped) == 1 and skipped[0].startswith("step-00000020.pt: ")  # reported in progress -> Warning event
     assert any("step-00000020.pt cannot be read" in r.getMessage() and "falling back" in r.getMessage() for r in caplog.records)
 
 

@@ -457,3 +457,14 @@ def test_knock_on_exit_with_an_eviction_in_the_same_attempt_restarts_without_usi
     assert j["status"]["restartCount"] == 1 and j["status"]["disruptedAttempts"] == 1
     assert j["status"].get("failedAttempts", 0) == 0  # backoffLimit=0 is untouched
     assert sorted(d.name for d in p.delete) == ["j-node-0", "j-node-1"] and not p.create
+
+
+def test_a_checkpoint_fallback_reported_by_the_trainer_becomes_one_warning_event():
+    j = _running_job()
+    prog = {"phase": "training", "step": 20, "totalSteps": 100, "skippedCheckpoints": ["step-00000030.pt: truncated file"]}
+    p, j = run(j, [pod(0), pod(1)], progress=prog)
+    assert [(e.type, e.reason) for e in p.events] == [("Warning", "CheckpointFallback")]
+    assert "step-00000030.pt: truncated file" in p.events[0].message
+    assert j["status"]["progress"]["skippedCheckpoints"] == ["step-00000030.pt: truncated file"]
+    again = plan(j, observe(j, [pod(0), pod(1)], progress={**prog, "step": 21}))
+    assert not again.events  # posted once, not on every progress poll
