@@ -143,3 +143,21 @@ def test_wait_for_master_returns_once_node_0_listens():
     server.close()
     with pytest.raises(RendezvousTimeout, match="does not resolve"):
         wait_for_master("no-such-host.invalid", port, 0.5, interval_s=0.2)
+
+
+def test_resuming_across_a_changed_batch_size_is_refused_with_exit_5(tmp_path):
+    """A real run writes checkpoints; the same output with another batchSize must not resume from
+    them (the data position would mean other samples): one line naming the field, exit 5."""
+    import yaml
+
+    out = tmp_path / "out"
+    job = manifest(tmp_path, "fp", out, training={"epochs": 1, "batchSize": 8, "workers": 0, "checkpointEverySteps": 2}, nproc=1)
+    first = subprocess.run([sys.executable, "-m", "trainer", str(job)], capture_output=True, text=True, env=env(), cwd=REPO, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    doc = yaml.safe_load(job.read_text())
+    doc["spec"]["training"]["batchSize"] = 4
+    job.write_text(yaml.safe_dump(doc))
+    second = subprocess.run([sys.executable, "-m", "trainer", str(job)], capture_output=True, text=True, env=env(), cwd=REPO, timeout=600)
+    assert second.returncode == 5, second.stderr[-3000:]
+    last = second.stderr.strip().splitlines()[-1]
+    assert "cannot resume this job: spec.training.batchSize was 8, now 4" in last and last.startswith("checkpoint step-")
