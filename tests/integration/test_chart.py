@@ -51,7 +51,7 @@ ALL_ON = {
 }
 VALUE_SETS = {
     "default": {},
-    "namespaced": {"watch": {"namespaces": ["team-a", "team-b"]}},
+    "namespaced": {"watch": {"namespaces": ["team-a", "team-b"]}, "networkPolicy": {"enabled": True}},
     "all-on": ALL_ON,
     "external-sa-no-crds": {"crds": {"enabled": False}, "serviceAccount": {"create": False, "name": "ops"}, "rbac": {"create": False},
                             "leaderElection": {"enabled": False}, "metrics": {"service": {"enabled": False}}},
@@ -293,6 +293,50 @@ def test_rbac_rules_come_from_the_controller_file(tmp_path):
     assert all(r["rules"] == rules["namespaced"] for r in by_kind(namespaced, "Role") if r["metadata"]["name"] == "kc-kubeclip")
     assert len(by_kind(namespaced, "RoleBinding")) == 3
     assert not by_kind(render(tmp_path, {"leaderElection": {"enabled": False}}), "Role")
+
+
+def test_admission_policy_follows_the_values(tmp_path):
+    def validations(values):
+        docs = render(tmp_path, values)
+        policies, bindings = by_kind(docs, "ValidatingAdmissionPolicy"), by_kind(docs, "ValidatingAdmissionPolicyBinding")
+        assert len(policies) == len(bindings) <= 1
+        if not policies:
+            return []
+        assert bindings[0]["spec"] == {"policyName": policies[0]["metadata"]["name"], "validationActions": ["Deny"]}
+        assert policies[0]["spec"]["matchConstraints"]["resourceRules"][0]["resources"] == ["finetunejobs"]
+        return [v["expression"] for v in policies[0]["spec"]["validations"]]
+
+    default = validations({})
+    assert len(default) == 2 and "hostPath" in default[0] and "serviceAccountName" in default[1]
+    assert validations({"admission": {"allowHostPath": True}}) == default[1:]
+    assert validations({"admission": {"allowServiceAccounts": True}}) == default[:1]
+    assert validations({"admission": {"allowHostPath": True, "allowServiceAccounts": True}}) == []
+    assert validations({"admission": {"enabled": False}}) == []
+
+
+def test_network_policy_lets_in_only_trainers_monitoring_and_the_controller(tmp_path):
+    from controller import builders
+    from controller.api import FineTuneJobSpec
+
+    docs = render(tmp_path, VALUE_SETS["namespaced"])
+    policies = by_kind(docs, "NetworkPolicy")
+    assert sorted(p["metadata"]["namespace"] for p in policies) == ["team-a", "team-b"]
+    spec = policies[0]["spec"]
+    assert spec["policyTypes"] == ["Ingress"] and len(spec["ingress"]) == 3
+    peers, monitoring, controller = spec["ingress"]
+    assert "ports" not in peers and peers["from"][0]["podSelector"] == spec["podSelector"]
+    assert monitoring["ports"] == [{"port": "metrics"}] == controller["ports"]
+    assert monitoring["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+    (dep,) = by_kind(docs, "Deployment")
+    assert controller["from"][0]["podSelector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    # The policy selects the pods the controller builds, and their metrics port has that name.
+    job = yaml.safe_load((ROOT / "examples" / "finetune-multinode.yaml").read_text())
+    job["metadata"].update(namespace="team-a", uid="0000")
+    pod = builders.pod(job, FineTuneJobSpec.model_validate(job["spec"]), 1, 0, "trainer:test")
+    assert all(e["key"] in pod["metadata"]["labels"] for e in spec["podSelector"]["matchExpressions"])
+    assert "metrics" in {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
+    failed = helm("template", "kc", str(CHART), "-f", str(values_file(tmp_path, {"networkPolicy": {"enabled": True}})), check=False)
+    assert failed.returncode != 0 and "networkPolicy.enabled needs networkPolicy.namespaces" in failed.stderr
 
 
 def test_monitors_target_the_contract_ports(tmp_path):
