@@ -221,7 +221,8 @@ def _stuck(pod: dict[str, Any], now: datetime) -> bool:
 
 
 def _delete(pods: list[dict[str, Any]], now: datetime, nodes: dict[str, Optional[dict[str, Any]]]) -> tuple[Delete, ...]:
-    """Delete pods not yet deleting; force-delete those stuck in deletion on a node known gone."""
+    """Delete pods not yet deleting; force-delete those stuck in deletion on a node known gone, or
+    bound to no node at all (no kubelet can be running them)."""
     out = []
     for p in pods:
         meta = p["metadata"]
@@ -229,7 +230,7 @@ def _delete(pods: list[dict[str, Any]], now: datetime, nodes: dict[str, Optional
             out.append(Delete("Pod", meta["name"], meta.get("uid")))
         elif _stuck(p, now):
             node_name = (p.get("spec") or {}).get("nodeName")
-            if node_name and node_name in nodes and node_gone(nodes[node_name], now):
+            if not node_name or (node_name in nodes and node_gone(nodes[node_name], now)):
                 out.append(Delete("Pod", meta["name"], meta.get("uid"), force=True))
     return tuple(out)
 

@@ -442,6 +442,9 @@ def test_pod_stuck_in_deletion_is_force_deleted_only_when_its_node_is_gone(node,
     assert p.requeue_after == pytest.approx(30)  # node state changes trigger nothing: look again
     # A timer alone never forces: without the node's state nothing is force-deleted.
     assert not plan(j, Observed(pods=(stuck,), now=NOW + timedelta(hours=1), **children(j))).delete
+    # A pod bound to no node has no kubelet that could run it: forced once the grace is over.
+    del stuck["spec"]["nodeName"]
+    assert plan(j, Observed(pods=(stuck,), now=NOW, **children(j))).delete == (Delete("Pod", "j-node-1", "pod-1-0", force=True),)
 
 
 # ---- failure policy: the attempt judged as a whole (issue #9) ---------------------------------
