@@ -1,6 +1,6 @@
 """Dataset preflight: catch a bad CSV in about a second, before any model is built.
 
-Who uses it: ``trainer.node`` (the pod entrypoint, before it execs torchrun), ``trainer.launch``
+Who uses it: ``trainer.node`` (the pod entrypoint, before it runs torchrun), ``trainer.launch``
 (``kubeclip run``, before it starts processes) and ``python -m trainer`` (when nothing ran it
 before). It imports pandas and PIL only, never torch, so a wrong separator fails fast instead of
 after a minute of imports and model loading.
