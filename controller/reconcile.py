@@ -7,11 +7,15 @@ with plain dicts (``tests/unit/test_reconcile*.py``). The pass is level-triggere
 the status from what exists and never asks "what just happened".
 
 The restart bookkeeping is kept in the objects themselves: every pod carries the attempt it was
-created for (label ``kubeclip.dev/attempt`` = ``status.restartCount`` at creation). A retryable
-failure of a current pod increments ``restartCount`` in the *status write that comes first* in
-the plan; the old pods are then stale and deleted, and the next attempt's pods are created once
-their names are free. So a failure is counted exactly once, even when the controller dies half
-way, and ``restartCount`` never exceeds ``runPolicy.backoffLimit``.
+created for (label ``kubeclip.dev/attempt`` = ``status.restartCount`` at creation). All failed
+pods of the current attempt are judged together (:func:`judge`, the Job controller's shape: a
+disruption anywhere makes the attempt disrupted, only the trainer's own verdicts are final). A
+restart increments ``restartCount`` and ``failedAttempts`` or ``disruptedAttempts`` in the
+*status write that comes first* in the plan; the old pods are then stale and deleted, and the
+next attempt's pods are created once their names are free and ``status.nextAttemptTime`` (the
+exponential restart delay) has passed. So a failure is counted exactly once, even when the
+controller dies half way, and neither counter exceeds its limit (``runPolicy.backoffLimit``,
+``runPolicy.disruptionLimit``).
 """
 
 from __future__ import annotations
