@@ -89,8 +89,9 @@ class RunPolicy(_Strict):
         default=3,
         ge=0,
         le=1000,
-        description="Restarts allowed after retryable failures (exit >=128, OOMKilled, eviction, "
-        "pod deleted). The (backoffLimit+1)th failure fails the job with BackoffLimitExceeded.",
+        description="Restarts allowed after failed attempts (any exit but the trainer's final verdicts, "
+        "OOMKilled, signals). The (backoffLimit+1)th failure fails the job with BackoffLimitExceeded. "
+        "Disruptions do not count unless countDisruptions is true.",
     )
     activeDeadlineSeconds: Optional[int] = Field(
         default=None, ge=1, description="Fail the job (DeadlineExceeded) this long after it started."
@@ -104,6 +105,18 @@ class RunPolicy(_Strict):
     )
     suspend: bool = Field(
         default=False, description="True deletes the pods and keeps the job; false again recreates them."
+    )
+    countDisruptions: bool = Field(
+        default=False,
+        description="Count disrupted attempts (eviction, preemption, node lost, pod deleted) against "
+        "backoffLimit too. False: they only count against disruptionLimit.",
+    )
+    disruptionLimit: int = Field(
+        default=20,
+        ge=0,
+        le=1000,
+        description="Restarts allowed after disruptions (eviction, preemption, node lost, pod deleted). "
+        "One more disruption fails the job with DisruptionLimitExceeded.",
     )
 
 
@@ -240,6 +253,9 @@ class ProgressStatus(_Status):
     etaSeconds: Optional[int] = None
     lastCheckpoint: Optional[str] = Field(default=None, description="Path of the latest checkpoint.")
     lastCheckpointStep: Optional[int] = None
+    skippedCheckpoints: list[str] = Field(
+        default_factory=list, description="Unreadable checkpoints the trainer resumed past (a Warning event each time)."
+    )
     updatedAt: Optional[str] = Field(default=None, description="When the trainer reported this (RFC 3339).")
 
 
@@ -250,7 +266,12 @@ class FineTuneJobStatus(_Status):
     conditions: list[Condition] = Field(default_factory=list, description="metav1.Conditions, one per type.")
     observedGeneration: Optional[int] = Field(default=None, description="metadata.generation last reconciled.")
     nodes: Optional[NodeCounts] = Field(default=None, description="Pod counts of the current attempt.")
-    restartCount: int = Field(default=0, description="Restarts after retryable failures; never above runPolicy.backoffLimit.")
+    restartCount: int = Field(default=0, description="Restarts so far (failed plus disrupted attempts); the attempt number of the pods.")
+    failedAttempts: int = Field(default=0, description="Restarts after failed attempts; never above runPolicy.backoffLimit.")
+    disruptedAttempts: int = Field(default=0, description="Restarts after disruptions; never above runPolicy.disruptionLimit.")
+    nextAttemptTime: Optional[str] = Field(
+        default=None, description="Restarting: the next attempt's pods are created at this time (exponential delay, RFC 3339)."
+    )
     startTime: Optional[str] = Field(default=None, description="When the pods were first created (RFC 3339).")
     completionTime: Optional[str] = Field(default=None, description="When the job succeeded or failed (RFC 3339).")
     progress: Optional[ProgressStatus] = Field(default=None, description="The trainer's progress.")

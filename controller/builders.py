@@ -195,6 +195,9 @@ def pod(job: dict[str, Any], spec: FineTuneJobSpec, index: int, attempt: int, im
         "imagePullSecrets": [s.model_dump() for s in spec.imagePullSecrets] or None,
     }
     pod_spec.update({k: v for k, v in optional.items() if v})
+    if not spec.serviceAccountName:
+        # The trainer never calls the API: no token in its pods unless the job asks for an identity.
+        pod_spec["automountServiceAccountToken"] = False
     labels = {naming.LABEL_INDEX: str(index), naming.LABEL_ATTEMPT: str(attempt)}
     return {
         "apiVersion": "v1",

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from trainer.config import API_GROUP, API_VERSION, KIND
+from trainer.config import API_GROUP, API_VERSION, KIND, TrainerSpec
 
 from .api import CONFIG_DIR, GPU_RESOURCE, RESERVED_VOLUMES, RESERVED_ENV, FineTuneJobSpec, FineTuneJobStatus
 from .naming import MAX_JOB_NAME
@@ -195,8 +195,31 @@ def openapi_schema() -> dict[str, Any]:
                 "rule": "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
                 "message": "metadata.name must be a DNS-1035 label (it names the headless Service)",
             },
+            *immutability_rules(),
         ],
     }
+
+
+#: Phases in which the trainer part of the spec may change: not yet started, or suspended.
+MUTABLE_PHASES = ("Suspended",)
+
+
+def immutability_rules() -> list[dict[str, Any]]:
+    """CEL transition rules: each trainer key of the spec (the pods' job.yaml) is immutable while
+    the job has pods, i.e. from the first status until it is Suspended. runPolicy (suspend, limits,
+    TTL) and the cluster keys stay mutable: they take effect for pods created afterwards."""
+    phases = ", ".join(f"'{p}'" for p in MUTABLE_PHASES)
+    free = f"!has(oldSelf.status) || !has(oldSelf.status.phase) || oldSelf.status.phase in [{phases}]"
+    rules = []
+    for key in TrainerSpec.model_fields:
+        same = f"has(self.spec.{key}) == has(oldSelf.spec.{key}) && (!has(self.spec.{key}) || self.spec.{key} == oldSelf.spec.{key})"
+        rules.append({
+            "rule": f"{free} || ({same})",
+            "message": f"spec.{key} cannot change while the job runs: suspend it first (runPolicy.suspend: true)",
+            "fieldPath": f".spec.{key}",
+            "reason": "FieldValueForbidden",
+        })
+    return rules
 
 
 PRINTER_COLUMNS = [

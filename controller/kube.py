@@ -73,8 +73,10 @@ def _done(resp: Any) -> None:
 
 
 class Kube:
-    def __init__(self, api: Optional[client.ApiClient] = None) -> None:
+    def __init__(self, api: Optional[client.ApiClient] = None, timeout_s: float = 10.0) -> None:
         self.api = api or load_config()
+        #: (connect, read) timeout of every call: a hung connection fails the call instead of the pass.
+        self.timeout = (min(5.0, timeout_s), timeout_s)
         self.core = client.CoreV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
         self.coord = client.CoordinationV1Api(self.api)
@@ -83,7 +85,7 @@ class Kube:
 
     def get_job(self, namespace: str, name: str) -> Optional[dict[str, Any]]:
         try:
-            return self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, name)
+            return self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, name, _request_timeout=self.timeout)
         except ApiException as err:
             if err.status == 404:
                 return None
@@ -91,10 +93,10 @@ class Kube:
 
     def list_jobs(self, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
         if not namespaces:
-            return self.custom.list_cluster_custom_object(API_GROUP, API_VERSION, PLURAL)["items"]
+            return self.custom.list_cluster_custom_object(API_GROUP, API_VERSION, PLURAL, _request_timeout=self.timeout)["items"]
         items: list[dict[str, Any]] = []
         for ns in namespaces:
-            items += self.custom.list_namespaced_custom_object(API_GROUP, API_VERSION, ns, PLURAL)["items"]
+            items += self.custom.list_namespaced_custom_object(API_GROUP, API_VERSION, ns, PLURAL, _request_timeout=self.timeout)["items"]
         return items
 
     def write_status(self, job: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
@@ -102,7 +104,8 @@ class Kube:
         body = {**job, "status": status}
         try:
             return self.custom.replace_namespaced_custom_object_status(
-                API_GROUP, API_VERSION, job["metadata"]["namespace"], PLURAL, job["metadata"]["name"], body
+                API_GROUP, API_VERSION, job["metadata"]["namespace"], PLURAL, job["metadata"]["name"], body,
+                _request_timeout=self.timeout,
             )
         except ApiException as err:
             if err.status in (404, 409):
@@ -115,6 +118,7 @@ class Kube:
             self.custom.delete_namespaced_custom_object(
                 API_GROUP, API_VERSION, meta["namespace"], PLURAL, meta["name"],
                 body=client.V1DeleteOptions(propagation_policy="Background", preconditions=client.V1Preconditions(uid=meta["uid"])),
+                _request_timeout=self.timeout,
             )
         except ApiException as err:
             if err.status not in (404, 409):
@@ -122,20 +126,37 @@ class Kube:
 
     # ---- children --------------------------------------------------------------------------
 
-    def observe(self, job: dict[str, Any]) -> tuple[list[dict[str, Any]], Optional[dict[str, Any]], Optional[dict[str, Any]]]:
-        """The job's pods (by label), its Service and its ConfigMap (by name)."""
+    def observe(self, job: dict[str, Any]) -> tuple[
+        list[dict[str, Any]], Optional[dict[str, Any]], Optional[dict[str, Any]], dict[str, Optional[dict[str, Any]]]
+    ]:
+        """The job's pods (by label), its Service and its ConfigMap (by name), and the Nodes of its
+        pods that are being deleted (None for a Node that does not exist): the planner
+        force-deletes a pod stuck in deletion only when its node is known gone."""
         from .naming import configmap_name, service_name
 
         ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
-        pods = _raw(self.core.list_namespaced_pod(ns, label_selector=f"{LABEL_JOB}={name}", _preload_content=False))["items"]
+        pods = _raw(self.core.list_namespaced_pod(ns, label_selector=f"{LABEL_JOB}={name}", _preload_content=False,
+                                                  _request_timeout=self.timeout))["items"]
         svc = self._get(self.core.read_namespaced_service, service_name(name), ns)
         cm = self._get(self.core.read_namespaced_config_map, configmap_name(name), ns)
-        return pods, svc, cm
+        nodes: dict[str, Optional[dict[str, Any]]] = {}
+        for p in pods:
+            node_name = (p.get("spec") or {}).get("nodeName")
+            if p["metadata"].get("deletionTimestamp") and node_name and node_name not in nodes:
+                nodes[node_name] = self.get_node(node_name)
+        return pods, svc, cm, nodes
 
-    @staticmethod
-    def _get(fn: Any, name: str, ns: str) -> Optional[dict[str, Any]]:
+    def get_node(self, name: str) -> Optional[dict[str, Any]]:
         try:
-            return _raw(fn(name, ns, _preload_content=False))
+            return _raw(self.core.read_node(name, _preload_content=False, _request_timeout=self.timeout))
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def _get(self, fn: Any, name: str, ns: str) -> Optional[dict[str, Any]]:
+        try:
+            return _raw(fn(name, ns, _preload_content=False, _request_timeout=self.timeout))
         except ApiException as err:
             if err.status == 404:
                 return None
@@ -147,7 +168,7 @@ class Kube:
         fn = {"Pod": self.core.create_namespaced_pod, "Service": self.core.create_namespaced_service,
               "ConfigMap": self.core.create_namespaced_config_map}[kind]
         try:
-            _done(fn(ns, obj, _preload_content=False))
+            _done(fn(ns, obj, _preload_content=False, _request_timeout=self.timeout))
         except ApiException as err:
             _check_terminating(err)
             if err.status != 409:
@@ -157,7 +178,8 @@ class Kube:
         if obj["kind"] != "ConfigMap":
             raise ValueError(f"cannot update a {obj['kind']}")
         try:
-            _done(self.core.replace_namespaced_config_map(obj["metadata"]["name"], obj["metadata"]["namespace"], obj, _preload_content=False))
+            _done(self.core.replace_namespaced_config_map(obj["metadata"]["name"], obj["metadata"]["namespace"], obj, _preload_content=False,
+                                                         _request_timeout=self.timeout))
         except ApiException as err:
             if err.status not in (404, 409):
                 raise
@@ -169,7 +191,7 @@ class Kube:
             preconditions=client.V1Preconditions(uid=d.uid) if d.uid else None, grace_period_seconds=0 if d.force else None
         )
         try:
-            _done(self.core.delete_namespaced_pod(d.name, namespace, body=opts, _preload_content=False))
+            _done(self.core.delete_namespaced_pod(d.name, namespace, body=opts, _preload_content=False, _request_timeout=self.timeout))
         except ApiException as err:
             if err.status not in (404, 409):  # gone already / a newer pod holds the name
                 raise
@@ -195,7 +217,7 @@ class Kube:
             "reportingComponent": MANAGER,
         }
         try:
-            _done(self.core.create_namespaced_event(meta["namespace"], body, _preload_content=False))
+            _done(self.core.create_namespaced_event(meta["namespace"], body, _preload_content=False, _request_timeout=self.timeout))
         except ApiException as err:  # events are best effort
             log.warning("could not post event %s for %s: %s", ev.reason, meta["name"], err.reason)
 
@@ -209,10 +231,10 @@ class Kube:
         body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": name, "namespace": namespace}, "spec": spec}
         try:
             if old is None:
-                _done(self.coord.create_namespaced_lease(namespace, body, _preload_content=False))
+                _done(self.coord.create_namespaced_lease(namespace, body, _preload_content=False, _request_timeout=self.timeout))
             else:
                 body["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
-                _done(self.coord.replace_namespaced_lease(name, namespace, body, _preload_content=False))
+                _done(self.coord.replace_namespaced_lease(name, namespace, body, _preload_content=False, _request_timeout=self.timeout))
             return True
         except ApiException as err:
             if err.status == 409:

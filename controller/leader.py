@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timedelta, timezone
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Optional
 
 from .settings import Settings
@@ -34,19 +36,46 @@ def _parse(s: Optional[str]) -> Optional[datetime]:
     return None
 
 
-def decide(spec: Optional[dict[str, Any]], me: str, now: datetime, duration_s: float) -> Optional[dict[str, Any]]:
-    """The Lease spec to write to become/stay leader, or None when another holder is still valid."""
+@dataclass(frozen=True)
+class Observation:
+    """The Lease record as this replica last saw it, and *its own* monotonic time when it first saw
+    it. Lease times written by another replica come from another clock; client-go's rule is to
+    never compare them with ours, only to notice when the record changes."""
+
+    record: tuple[Any, ...]
+    seen_at: float
+
+
+def _record(spec: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(spec.get(k) for k in ("holderIdentity", "renewTime", "acquireTime", "leaseTransitions", "leaseDurationSeconds"))
+
+
+def decide(
+    spec: Optional[dict[str, Any]], me: str, now: datetime, duration_s: float, *,
+    observed: Optional[Observation] = None, local_now: float = 0.0,
+) -> tuple[Optional[dict[str, Any]], Observation]:
+    """The Lease spec to write to become/stay leader (None while another holder's lease is valid),
+    and the observation to keep for the next call.
+
+    Another holder's lease is valid until *our* monotonic clock passes the time we first saw its
+    current record plus its leaseDurationSeconds (client-go's leaderelection): a holder that
+    keeps renewing keeps changing the record; one whose record stops changing has expired after
+    leaseDuration of our time, whatever its renewTime says (clocks of two nodes may disagree).
+    ``now`` (wall clock) only fills the times we write.
+    """
     spec = dict(spec or {})
+    record = _record(spec)
+    if observed is None or observed.record != record:
+        observed = Observation(record, local_now)
     holder = spec.get("holderIdentity") or ""
-    renewed = _parse(spec.get("renewTime")) or _parse(spec.get("acquireTime"))
     held_for = float(spec.get("leaseDurationSeconds") or duration_s)
-    if holder and holder != me and renewed is not None and now < renewed + timedelta(seconds=held_for):
-        return None
+    if holder and holder != me and local_now < observed.seen_at + held_for:
+        return None, observed
     out = {**spec, "holderIdentity": me, "leaseDurationSeconds": int(duration_s), "renewTime": _fmt(now)}
     if holder != me:
         out["acquireTime"] = _fmt(now)
         out["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + (1 if holder else 0)
-    return out
+    return out, observed
 
 
 class Elector:
@@ -55,18 +84,25 @@ class Elector:
     def __init__(self, kube: Any, settings: Settings) -> None:
         self.kube, self.s = kube, settings
         self.lost = False
+        self._observed: Optional[Observation] = None
 
     def _try(self) -> bool:
         lease = self.kube.get_lease(self.s.lease_namespace, self.s.lease_name)
-        now = datetime.now(timezone.utc)
-        new = decide(lease.get("spec") if lease else None, self.s.identity, now, self.s.lease_duration_s)
+        new, self._observed = decide(lease.get("spec") if lease else None, self.s.identity, datetime.now(timezone.utc),
+                                     self.s.lease_duration_s, observed=self._observed, local_now=time.monotonic())
         if new is None:
             return False
         return self.kube.write_lease(self.s.lease_namespace, self.s.lease_name, new, lease)
 
     async def _attempt(self) -> bool:
+        """One get-and-write of the Lease, abandoned after the renew deadline (each API call also
+        has its own timeout, see Kube): a hung call counts as a failed attempt, never blocks."""
         try:
-            return await asyncio.get_running_loop().run_in_executor(None, self._try)
+            fut = asyncio.get_running_loop().run_in_executor(None, self._try)
+            return await asyncio.wait_for(fut, self.s.renew_deadline_s)
+        except asyncio.TimeoutError:
+            log.warning("lease attempt timed out after %.0fs", self.s.renew_deadline_s)
+            return False
         except Exception as err:  # an API hiccup is a failed attempt, not a crash
             log.warning("lease attempt failed: %s", err)
             return False

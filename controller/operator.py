@@ -119,10 +119,8 @@ async def resync_loop(worker: Worker, s: Settings, stop: asyncio.Event, pool: Th
         except asyncio.TimeoutError:
             pass
         now = time.monotonic()
-        for key, t in list(worker.due.items()):
-            if t <= now and worker.due.get(key) == t:
-                del worker.due[key]
-                loop.run_in_executor(pool, worker.reconcile, *key)
+        for key in worker.take_due(now):
+            loop.run_in_executor(pool, worker.reconcile, *key)
         full = now - last_full >= s.full_resync_s
         if not full and now - last_poll < s.progress_interval_s:
             continue
@@ -141,6 +139,45 @@ async def resync_loop(worker: Worker, s: Settings, stop: asyncio.Event, pool: Th
                 loop.run_in_executor(pool, worker.reconcile, j["metadata"]["namespace"], j["metadata"]["name"])
 
 
+#: Exit code when a background task (resync loop, lease renewal) or kopf itself died: the
+#: Deployment restarts the process instead of leaving a leader that no longer polls progress,
+#: deadlines or TTLs.
+EXIT_TASK_DIED = 3
+#: How long kopf may take to stop once the stop flag is set.
+STOP_TIMEOUT_S = 30.0
+
+
+async def supervise(kopf_task: "asyncio.Task[Any]", background: dict["asyncio.Task[Any]", str], stop: asyncio.Event) -> bool:
+    """Wait for kopf to end; True when a background task ended before the stop flag was set (or
+    raised), or kopf itself failed. Then the stop flag is set and kopf is given time to stop."""
+    died = False
+    pending: set[asyncio.Task[Any]] = {kopf_task, *background}
+    while kopf_task in pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            err = None if t.cancelled() else t.exception()
+            if t is kopf_task:
+                if err is not None:
+                    log.error("kopf stopped with an error: %r", err, exc_info=err)
+                    died = True
+            elif err is not None or not stop.is_set():
+                log.error("%s died: %r; exiting so the process is restarted", background[t], err or "returned early",
+                          exc_info=err)
+                died = True
+        if died and not stop.is_set():
+            stop.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(kopf_task), STOP_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                log.error("kopf did not stop in %.0fs", STOP_TIMEOUT_S)
+                kopf_task.cancel()
+            except Exception:  # noqa: BLE001 - already dying; its error is not the cause
+                pass
+            break
+    stop.set()
+    return died
+
+
 def kopf_settings(s: Settings) -> kopf.OperatorSettings:
     ks = kopf.OperatorSettings()
     ks.posting.enabled = False  # our Events are the phase transitions, posted by the worker
@@ -157,7 +194,7 @@ async def run(s: Settings) -> int:
     from .kube import Kube
 
     try:
-        kube = Kube()
+        kube = Kube(timeout_s=s.api_timeout_s)
     except Exception as err:
         log.error("no Kubernetes configuration (KUBECONFIG or in-cluster): %s", err)
         return 2
@@ -182,9 +219,10 @@ async def run(s: Settings) -> int:
             metrics.IS_LEADER.set(1)
         pool = ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix="resync")
         worker = Worker(kube, s)
-        tasks = [asyncio.create_task(resync_loop(worker, s, stop, pool))]
+        #: Tasks that must run as long as the operator does; one that ends early ends the process.
+        background = {asyncio.create_task(resync_loop(worker, s, stop, pool)): "resync loop"}
         if elector is not None:
-            tasks.append(asyncio.create_task(elector.keep(stop)))
+            background[asyncio.create_task(elector.keep(stop))] = "lease renewal"
         ready = asyncio.Event()
 
         async def mark_ready() -> None:
@@ -192,10 +230,10 @@ async def run(s: Settings) -> int:
             health.ready = True
             log.info("watching", extra={"namespaces": list(s.namespaces) or "*"})
 
-        tasks.append(asyncio.create_task(mark_ready()))
+        helper = asyncio.create_task(mark_ready())
         health.ready = False
         clusterwide = s.all_namespaces or not s.namespaces
-        await kopf.operator(
+        kopf_task = asyncio.create_task(kopf.operator(
             registry=build_registry(worker),
             settings=kopf_settings(s),
             standalone=True,
@@ -203,12 +241,14 @@ async def run(s: Settings) -> int:
             namespaces=() if clusterwide else list(s.namespaces),
             stop_flag=stop,
             ready_flag=ready,
-        )
-        stop.set()
-        for t in tasks:
+        ))
+        died = await supervise(kopf_task, background, stop)
+        for t in [*background, helper]:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*background, helper, return_exceptions=True)
         pool.shutdown(wait=False, cancel_futures=True)
+        if died:
+            return EXIT_TASK_DIED
         if elector is not None and elector.lost:
             return 1
         return 0
@@ -232,7 +272,8 @@ def main(
     default_image: Optional[str] = None,
     log_level: str = "INFO",
 ) -> int:
-    """Run the controller until SIGTERM; the exit code: 0 clean stop, 1 leadership lost, 2 no config."""
+    """Run the controller until SIGTERM; the exit code: 0 clean stop, 1 leadership lost, 2 no config,
+    3 a background task died."""
     kw: dict[str, Any] = {}
     if lease_name:
         kw["lease_name"] = lease_name

@@ -7,24 +7,28 @@ with plain dicts (``tests/unit/test_reconcile*.py``). The pass is level-triggere
 the status from what exists and never asks "what just happened".
 
 The restart bookkeeping is kept in the objects themselves: every pod carries the attempt it was
-created for (label ``kubeclip.dev/attempt`` = ``status.restartCount`` at creation). A retryable
-failure of a current pod increments ``restartCount`` in the *status write that comes first* in
-the plan; the old pods are then stale and deleted, and the next attempt's pods are created once
-their names are free. So a failure is counted exactly once, even when the controller dies half
-way, and ``restartCount`` never exceeds ``runPolicy.backoffLimit``.
+created for (label ``kubeclip.dev/attempt`` = ``status.restartCount`` at creation). All failed
+pods of the current attempt are judged together (:func:`judge`, the Job controller's shape: a
+disruption anywhere makes the attempt disrupted, only the trainer's own verdicts are final). A
+restart increments ``restartCount`` and ``failedAttempts`` or ``disruptedAttempts`` in the
+*status write that comes first* in the plan; the old pods are then stale and deleted, and the
+next attempt's pods are created once their names are free and ``status.nextAttemptTime`` (the
+exponential restart delay) has passed. So a failure is counted exactly once, even when the
+controller dies half way, and neither counter exceeds its limit (``runPolicy.backoffLimit``,
+``runPolicy.disruptionLimit``).
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Optional
 
-from trainer.config import EXIT_CONFIG, EXIT_PREFLIGHT, ConfigError
+from trainer.config import EXIT_RENDEZVOUS_TIMEOUT, FINAL_EXIT_CODES, ConfigError
 
 from . import builders, naming
-from .api import TERMINAL_PHASES, FineTuneJobSpec, parse_job_spec
+from .api import TERMINAL_PHASES, parse_job_spec
 from .status import enter_phase, node_counts, parse_time, pod_phase, progress_status, resume, rfc3339
 
 #: Pod status reasons (and DisruptionTarget reasons) that mean "the node or the scheduler took
@@ -37,19 +41,34 @@ RETRYABLE_POD_REASONS = frozenset(
 
 @dataclass(frozen=True)
 class Observed:
-    """What exists now: the job's pods (any attempt), its Service and ConfigMap, node 0's progress."""
+    """What exists now: the job's pods (any attempt), its Service and ConfigMap, node 0's progress,
+    and the Nodes of pods stuck in deletion (name -> Node, or None when the Node does not exist;
+    a name not in the map was not looked at)."""
 
     pods: tuple[dict[str, Any], ...] = ()
     service: Optional[dict[str, Any]] = None
     configmap: Optional[dict[str, Any]] = None
     progress: Optional[dict[str, Any]] = None
     now: datetime = field(default_factory=lambda: datetime(1970, 1, 1))
+    nodes: dict[str, Optional[dict[str, Any]]] = field(default_factory=dict)
 
 
 #: A pod still there this long after its deletionTimestamp (which already includes its grace
-#: period) is force-deleted (grace 0): its kubelet is gone (node lost) or never finished the
-#: deletion, and its name blocks the next attempt's pod.
+#: period) is force-deleted (grace 0) *if its node is known gone* (:func:`node_gone`): a
+#: partitioned kubelet may still run it, and a second copy of node 0 would write the same
+#: checkpoint directory. On a timer alone it is never force-deleted.
 FORCE_DELETE_AFTER_S = 30.0
+#: A Node NotReady for this long counts as gone (the kubelet stopped reporting).
+NODE_LOST_AFTER_S = 300.0
+#: While a pod is stuck in deletion the job is looked at again this often (Node changes trigger
+#: no pass of their own).
+NODE_RECHECK_S = 30.0
+#: The taint an administrator sets on a node that is shut down for good (non-graceful node shutdown).
+OUT_OF_SERVICE_TAINT = "node.kubernetes.io/out-of-service"
+#: Delay before the next attempt: RESTART_DELAY_S doubling per restart up to RESTART_DELAY_CAP_S
+#: (the Job controller's 10 s -> 6 min). The controller's settings may change both.
+RESTART_DELAY_S = 10.0
+RESTART_DELAY_CAP_S = 360.0
 
 
 @dataclass(frozen=True)
@@ -69,9 +88,14 @@ class Event:
 
 @dataclass(frozen=True)
 class Failure:
+    """One failed pod. ``retryable=False`` is a final verdict of the trainer; ``disruption`` means the
+    pod was taken away (evicted, preempted, node lost, deleted) rather than failing by itself."""
+
     retryable: bool
     reason: str
     message: str
+    disruption: bool = False
+    at: str = ""  # the container's finishedAt, to find the first failure of an attempt
 
 
 @dataclass(frozen=True)
@@ -104,37 +128,83 @@ def _trainer_terminated(pod: dict[str, Any]) -> Optional[dict[str, Any]]:
     return None
 
 
+def _signal_name(code: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(code - 128).name
+    except ValueError:
+        return f"signal {code - 128}"
+
+
 def classify(pod: dict[str, Any]) -> Optional[Failure]:
-    """Is this pod failed, and may a restart help? (docs/contracts.md, "Exit codes")."""
+    """Is this pod failed, and how? (docs/contracts.md, "Exit codes" and "Failure policy")."""
     name = pod["metadata"]["name"]
-    if _deleting(pod):
-        return Failure(True, "PodDeleted", f"{name} was deleted")
     st = pod.get("status") or {}
     phase = st.get("phase")
+    if phase == "Succeeded":
+        return None
+    for cond in st.get("conditions") or []:  # set before the kill: the root cause of what follows
+        if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
+            return Failure(True, cond.get("reason") or "Disrupted", f"{name}: {cond.get('message') or 'disrupted'}", True)
+    if _deleting(pod):
+        return Failure(True, "PodDeleted", f"{name} was deleted", True)
     if phase == "Unknown":
-        return Failure(True, "NodeLost", f"{name}: node lost ({st.get('message') or 'phase Unknown'})")
+        return Failure(True, "NodeLost", f"{name}: node lost ({st.get('message') or 'phase Unknown'})", True)
     if phase != "Failed":
         return None
-    for cond in st.get("conditions") or []:
-        if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
-            return Failure(True, cond.get("reason") or "Disrupted", f"{name}: {cond.get('message') or 'disrupted'}")
     if st.get("reason") in RETRYABLE_POD_REASONS:
-        return Failure(True, st["reason"], f"{name}: {st.get('message') or st['reason']}")
+        return Failure(True, st["reason"], f"{name}: {st.get('message') or st['reason']}", True)
     term = _trainer_terminated(pod)
     if term is None:
         return Failure(True, st.get("reason") or "PodFailed", f"{name} failed before the trainer ran: {st.get('message') or ''}".rstrip(": "))
     code = int(term.get("exitCode") or 0)
     detail = (term.get("message") or "").strip()
+    at = term.get("finishedAt") or ""
     text = f"{name} exited with code {code}" + (f": {detail}" if detail else "")
     if term.get("reason") == "OOMKilled":
-        return Failure(True, "OOMKilled", f"{name} was OOMKilled (exit code {code})")
+        return Failure(True, "OOMKilled", f"{name} was OOMKilled (exit code {code})", at=at)
     if code >= 128:
-        return Failure(True, "Killed", text)
-    if code == EXIT_CONFIG:
-        return Failure(False, "InvalidConfig", text)
-    if code == EXIT_PREFLIGHT:
-        return Failure(False, "PreflightFailed", text)
-    return Failure(False, "TrainerFailed", text)
+        return Failure(True, "Killed", f"{name} killed by {_signal_name(code)} (exit code {code})" + (f": {detail}" if detail else ""), at=at)
+    if code in FINAL_EXIT_CODES:
+        return Failure(False, FINAL_EXIT_CODES[code], text, at=at)
+    if code == EXIT_RENDEZVOUS_TIMEOUT:
+        return Failure(True, "RendezvousTimeout", text, at=at)
+    return Failure(True, "TrainerFailed", text, at=at)
+
+
+def judge(failures: list[Failure]) -> Optional[Failure]:
+    """The verdict on one attempt from all its failed pods together.
+
+    A disruption anywhere explains the rest (a peer's broken collective exits 1 or is killed):
+    the attempt was disrupted. Otherwise a final verdict of the trainer ends the job; otherwise
+    the attempt failed, and its first failure (earliest finishedAt) is the cause.
+    """
+    if not failures:
+        return None
+    disrupted = [f for f in failures if f.disruption]
+    if disrupted:
+        return disrupted[0]
+    final = [f for f in failures if not f.retryable]
+    if final:
+        return final[0]
+    timed = sorted((f for f in failures if f.at), key=lambda f: f.at)
+    return timed[0] if timed else failures[0]
+
+
+def node_gone(node: Optional[dict[str, Any]], now: datetime) -> Optional[str]:
+    """Why a Node is known gone (missing, out-of-service taint, NotReady too long), else None."""
+    if node is None:
+        return "its node no longer exists"
+    for taint in (node.get("spec") or {}).get("taints") or []:
+        if taint.get("key") == OUT_OF_SERVICE_TAINT:
+            return f"its node is tainted {OUT_OF_SERVICE_TAINT}"
+    for cond in (node.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready" and cond.get("status") != "True":
+            since = parse_time(cond.get("lastTransitionTime"))
+            if since is not None and (now - since).total_seconds() >= NODE_LOST_AFTER_S:
+                return f"its node has been NotReady for {int((now - since).total_seconds())}s"
+    return None
 
 
 def _int_label(pod: dict[str, Any], key: str) -> Optional[int]:
@@ -149,27 +219,38 @@ def _deleting(pod: dict[str, Any]) -> bool:
     return bool(pod["metadata"].get("deletionTimestamp"))
 
 
-def _delete(pods: list[dict[str, Any]], now: datetime) -> tuple[Delete, ...]:
-    """Delete pods not yet deleting; force-delete those stuck in deletion (see FORCE_DELETE_AFTER_S)."""
+def _stuck(pod: dict[str, Any], now: datetime) -> bool:
+    due = parse_time(pod["metadata"].get("deletionTimestamp"))
+    return due is not None and (now - due).total_seconds() > FORCE_DELETE_AFTER_S
+
+
+def _delete(pods: list[dict[str, Any]], now: datetime, nodes: dict[str, Optional[dict[str, Any]]]) -> tuple[Delete, ...]:
+    """Delete pods not yet deleting; force-delete those stuck in deletion on a node known gone, or
+    bound to no node at all (no kubelet can be running them)."""
     out = []
     for p in pods:
         meta = p["metadata"]
         if not _deleting(p):
             out.append(Delete("Pod", meta["name"], meta.get("uid")))
-        else:
-            due = parse_time(meta.get("deletionTimestamp"))
-            if due is not None and (now - due).total_seconds() > FORCE_DELETE_AFTER_S:
+        elif _stuck(p, now):
+            node_name = (p.get("spec") or {}).get("nodeName")
+            if not node_name or (node_name in nodes and node_gone(nodes[node_name], now)):
                 out.append(Delete("Pod", meta["name"], meta.get("uid"), force=True))
     return tuple(out)
 
 
-def cleanup(pods: list[dict[str, Any]], policy: str, now: datetime) -> tuple[Delete, ...]:
+def cleanup(pods: list[dict[str, Any]], policy: str, now: datetime, nodes: dict[str, Optional[dict[str, Any]]]) -> tuple[Delete, ...]:
     """Pods to delete once the job has finished, per runPolicy.cleanPodPolicy."""
     if policy == "None":
         return ()
     if policy == "All":
-        return _delete(pods, now)
-    return _delete([p for p in pods if pod_phase(p) not in ("Succeeded", "Failed")], now)
+        return _delete(pods, now, nodes)
+    return _delete([p for p in pods if pod_phase(p) not in ("Succeeded", "Failed")], now, nodes)
+
+
+def restart_delay(restarts: int, base: float = RESTART_DELAY_S, cap: float = RESTART_DELAY_CAP_S) -> float:
+    """Seconds before attempt ``restarts + 1``: base, 2*base, 4*base ... up to cap (Job-like)."""
+    return min(cap, base * 2 ** min(restarts, 30))
 
 
 # ------------------------------------------------------------------------------------------
@@ -179,18 +260,27 @@ def cleanup(pods: list[dict[str, Any]], policy: str, now: datetime) -> tuple[Del
 
 def _finish(
     job: dict[str, Any], status: dict[str, Any], pods: list[dict[str, Any]], phase: str, reason: str, message: str,
-    policy: str, now: datetime, ttl: Optional[int],
+    policy: str, observed: Observed, ttl: Optional[int],
 ) -> Plan:
+    now = observed.now
     gen = job["metadata"].get("generation")
     new = enter_phase(status, phase, reason, message, gen, now)
     new["completionTime"] = rfc3339(now)
-    return _plan(job, new, events=[], delete=cleanup(pods, policy, now), requeue_after=ttl if ttl else None, delete_job=ttl == 0)
+    new.pop("nextAttemptTime", None)
+    return _plan(job, new, events=[], delete=cleanup(pods, policy, now, observed.nodes), requeue_after=ttl if ttl else None,
+                 delete_job=ttl == 0)
 
 
 def _plan(job: dict[str, Any], new_status: dict[str, Any], **kw: Any) -> Plan:
-    """Build a Plan; the status goes in only if it differs, with an Event per transition."""
+    """Build a Plan; the status goes in only if it differs, with an Event per transition (and a
+    Warning when the trainer reports checkpoints it had to resume past)."""
     old = job.get("status") or {}
     events = list(kw.pop("events", []))
+    skipped = (new_status.get("progress") or {}).get("skippedCheckpoints")
+    if skipped and skipped != (old.get("progress") or {}).get("skippedCheckpoints"):
+        events.append(Event("Warning", "CheckpointFallback",
+                            f"the trainer could not read {len(skipped)} checkpoint(s) and resumed from an older one: "
+                            + "; ".join(skipped)))
     transition = None
     if (old.get("phase"), old.get("restartCount", 0)) != (new_status.get("phase"), new_status.get("restartCount", 0)):
         transition = new_status["phase"]
@@ -200,10 +290,13 @@ def _plan(job: dict[str, Any], new_status: dict[str, Any], **kw: Any) -> Plan:
     return Plan(status=status, events=tuple(events), transition=transition, **{k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()})
 
 
-def plan(job: dict[str, Any], observed: Observed, *, default_image: str = "") -> Plan:
+def plan(
+    job: dict[str, Any], observed: Observed, *, default_image: str = "",
+    restart_delay_s: float = RESTART_DELAY_S, restart_delay_cap_s: float = RESTART_DELAY_CAP_S,
+) -> Plan:
     """One reconcile pass for ``job`` (a FineTuneJob as the API returns it)."""
     meta = job["metadata"]
-    uid, gen, now = meta.get("uid"), meta.get("generation"), observed.now
+    uid, gen, now, nodes = meta.get("uid"), meta.get("generation"), observed.now, observed.nodes
     old = job.get("status") or {}
     status = copy.deepcopy(old)
     status.setdefault("restartCount", 0)
@@ -225,7 +318,7 @@ def plan(job: dict[str, Any], observed: Observed, *, default_image: str = "") ->
         done = parse_time(old.get("completionTime"))
         due = None if ttl is None or done is None else (done - now).total_seconds() + ttl
         return _plan(
-            job, status, delete=cleanup(pods, policy, now), delete_job=due is not None and due <= 0,
+            job, status, delete=cleanup(pods, policy, now, nodes), delete_job=due is not None and due <= 0,
             requeue_after=due if due is not None and due > 0 else None,
         )
 
@@ -235,7 +328,7 @@ def plan(job: dict[str, Any], observed: Observed, *, default_image: str = "") ->
         if not image:
             raise ConfigError("spec.image: empty, and the controller has no default image (--default-image)")
     except ConfigError as err:
-        return _finish(job, status, pods, "Failed", "InvalidSpec", str(err), policy, now,
+        return _finish(job, status, pods, "Failed", "InvalidSpec", str(err), policy, observed,
                        (raw_spec.get("runPolicy") or {}).get("ttlSecondsAfterFinished"))
     rp = spec.runPolicy
 
@@ -264,7 +357,8 @@ def plan(job: dict[str, Any], observed: Observed, *, default_image: str = "") ->
             status = enter_phase(status, "Suspended", "Suspended", "runPolicy.suspend is true: pods deleted", gen, now)
         status.pop("startTime", None)
         status["nodes"] = node_counts(spec.numNodes, [])
-        return _plan(job, status, create=create, update=update, delete=_delete(pods, now))
+        status.pop("nextAttemptTime", None)
+        return _plan(job, status, create=create, update=update, delete=_delete(pods, now, nodes))
     if status.get("phase") == "Suspended":
         status = resume(status, gen, now)
     if status.get("phase") is None:
@@ -278,7 +372,7 @@ def plan(job: dict[str, Any], observed: Observed, *, default_image: str = "") ->
         if left <= 0:
             return _finish(job, status, pods, "Failed", "DeadlineExceeded",
                            f"the job ran longer than runPolicy.activeDeadlineSeconds={rp.activeDeadlineSeconds}",
-                           rp.cleanPodPolicy, now, rp.ttlSecondsAfterFinished)
+                           rp.cleanPodPolicy, observed, rp.ttlSecondsAfterFinished)
         requeue = left
 
     node0 = current.get(0)
@@ -286,41 +380,68 @@ def plan(job: dict[str, Any], observed: Observed, *, default_image: str = "") ->
         if observed.progress:
             status["progress"] = progress_status(observed.progress)
         return _finish(job, status, pods, "Succeeded", "Succeeded", f"{node0['metadata']['name']} completed",
-                       rp.cleanPodPolicy, now, rp.ttlSecondsAfterFinished)
+                       rp.cleanPodPolicy, observed, rp.ttlSecondsAfterFinished)
 
     failures = [f for f in (classify(p) for _, p in sorted(current.items(), key=lambda kv: kv[0])) if f]
     if status["phase"] == "Running":
         missing = [i for i in range(spec.numNodes) if i not in current]
-        failures += [Failure(True, "PodDeleted", f"{naming.pod_name(meta['name'], i)} disappeared") for i in missing]
-    fatal = next((f for f in failures if not f.retryable), None)
-    if fatal is not None:
-        return _finish(job, status, pods, "Failed", fatal.reason, fatal.message, rp.cleanPodPolicy, now, rp.ttlSecondsAfterFinished)
-    if failures:
-        cause = failures[0]
-        if attempt >= rp.backoffLimit:
+        failures += [Failure(True, "PodDeleted", f"{naming.pod_name(meta['name'], i)} disappeared", True) for i in missing]
+    cause = judge(failures)
+    if cause is not None and not cause.retryable:
+        return _finish(job, status, pods, "Failed", cause.reason, cause.message, rp.cleanPodPolicy, observed, rp.ttlSecondsAfterFinished)
+    if cause is not None:
+        disrupted = int(status.get("disruptedAttempts", 0))
+        failed = int(status.get("failedAttempts", max(0, attempt - disrupted)))  # jobs from before these fields
+        counted = failed + (disrupted if rp.countDisruptions else 0)
+        if cause.disruption and disrupted >= rp.disruptionLimit:
+            return _finish(job, status, pods, "Failed", "DisruptionLimitExceeded",
+                           f"{cause.message}; runPolicy.disruptionLimit={rp.disruptionLimit} restarts used",
+                           rp.cleanPodPolicy, observed, rp.ttlSecondsAfterFinished)
+        if (not cause.disruption or rp.countDisruptions) and counted >= rp.backoffLimit:
             return _finish(job, status, pods, "Failed", "BackoffLimitExceeded",
                            f"{cause.message}; runPolicy.backoffLimit={rp.backoffLimit} restarts used",
-                           rp.cleanPodPolicy, now, rp.ttlSecondsAfterFinished)
+                           rp.cleanPodPolicy, observed, rp.ttlSecondsAfterFinished)
+        if cause.disruption:
+            status["disruptedAttempts"] = disrupted = disrupted + 1
+            used = f"disruption {disrupted}/{rp.disruptionLimit}" + (
+                f", backoff {counted + 1}/{rp.backoffLimit}" if rp.countDisruptions else ", not counted against backoffLimit")
+        else:
+            status["failedAttempts"] = failed = failed + 1
+            used = f"backoff {counted + 1}/{rp.backoffLimit}"
+        status.setdefault("failedAttempts", failed)
+        status.setdefault("disruptedAttempts", disrupted)
+        delay = restart_delay(attempt, restart_delay_s, restart_delay_cap_s)
         status["restartCount"] = attempt + 1
+        status["nextAttemptTime"] = rfc3339(now + timedelta(seconds=delay))
         status = enter_phase(status, "Restarting", cause.reason,
-                             f"{cause.message}; restart {attempt + 1}/{rp.backoffLimit}, all pods recreated", gen, now)
+                             f"{cause.message}; restart {attempt + 1} ({used}), all pods recreated in {delay:.0f}s", gen, now)
         status["nodes"] = node_counts(spec.numNodes, [])
-        return _plan(job, status, create=create, update=update, delete=_delete(pods, now), requeue_after=requeue)
+        wake = delay if requeue is None else min(requeue, delay)
+        return _plan(job, status, create=create, update=update, delete=_delete(pods, now, nodes), requeue_after=wake)
 
-    # Steady state: drop stale pods, create the missing ones whose names are free.
+    # Steady state: drop stale pods, create the missing ones whose names are free, once the
+    # restart delay (if any) is over.
     taken = {p["metadata"]["name"] for p in observed.pods}  # foreign pods hold their names too
-    for i in range(spec.numNodes):
-        if i not in current and naming.pod_name(meta["name"], i) not in taken:
-            create.append(builders.pod(job, spec, i, attempt, image))
+    not_before = parse_time(status.get("nextAttemptTime"))
+    if not_before is not None and now < not_before:
+        wait = (not_before - now).total_seconds()
+        requeue = wait if requeue is None else min(requeue, wait)
+    else:
+        status.pop("nextAttemptTime", None)
+        for i in range(spec.numNodes):
+            if i not in current and naming.pod_name(meta["name"], i) not in taken:
+                create.append(builders.pod(job, spec, i, attempt, image))
     live = [p for p in current.values() if not _deleting(p)]
     if len(live) == spec.numNodes and all(pod_phase(p) in ("Running", "Succeeded") for p in live):
         if status["phase"] != "Running":
             status = enter_phase(status, "Running", "Running", f"all {spec.numNodes} node pod(s) running", gen, now)
         if observed.progress:
             status["progress"] = progress_status(observed.progress)
-    for p in observed.pods:  # come back when a pod stuck in deletion becomes due for a force delete
+    for p in observed.pods:  # come back to look at the node of a pod stuck in deletion
         due = parse_time(p["metadata"].get("deletionTimestamp"))
         if due is not None:
             left = max(1.0, (due - now).total_seconds() + FORCE_DELETE_AFTER_S + 1)
+            if left <= 1.0:
+                left = NODE_RECHECK_S
             requeue = left if requeue is None else min(requeue, left)
-    return _plan(job, status, create=create, update=update, delete=_delete(stale, now), requeue_after=requeue)
+    return _plan(job, status, create=create, update=update, delete=_delete(stale, now, nodes), requeue_after=requeue)

@@ -60,6 +60,13 @@ class Settings:
     progress_port: Optional[int] = field(default_factory=lambda: _env_int("KUBECLIP_PROGRESS_PORT"))
     #: HTTP timeout of one progress read, seconds: a hung trainer must not stall the pass long.
     progress_timeout_s: float = 2.0
+    #: Delay before a job's next attempt after a restart, doubling per restart up to the cap
+    #: (seconds; the Job controller's 10 s -> 6 min). Tests shorten them.
+    restart_delay_s: float = field(default_factory=lambda: _env_float("KUBECLIP_RESTART_DELAY_SECONDS", 10.0))
+    restart_delay_cap_s: float = field(default_factory=lambda: _env_float("KUBECLIP_RESTART_DELAY_CAP_SECONDS", 360.0))
+    #: Timeout of every API call the controller makes (seconds): a hung connection must not stall
+    #: a pass, or the leader's renewals, for ever.
+    api_timeout_s: float = field(default_factory=lambda: _env_float("KUBECLIP_API_TIMEOUT_SECONDS", 10.0))
     #: Threads running reconcile passes (kopf's executor); API calls are blocking.
     workers: int = field(default_factory=lambda: int(_env_float("KUBECLIP_WORKERS", 16)))
     log_level: str = "INFO"

@@ -125,6 +125,9 @@ def progress_status(progress: dict[str, Any]) -> dict[str, Any]:
     ckpt = progress.get("lastCheckpoint") or {}
     put("lastCheckpoint", ckpt.get("path"))
     put("lastCheckpointStep", ckpt.get("step"))
+    skipped = progress.get("skippedCheckpoints")
+    if isinstance(skipped, list) and skipped:
+        out["skippedCheckpoints"] = [str(x)[:300] for x in skipped[:10]]
     updated = progress.get("updatedAt")
     if isinstance(updated, (int, float)) and updated > 0:
         out["updatedAt"] = rfc3339(datetime.fromtimestamp(updated, timezone.utc))

@@ -34,7 +34,9 @@ class Worker:
         self._mu = threading.Lock()
         self._running: dict[tuple[str, str], bool] = {}  # key -> dirty
         #: (namespace, name) -> monotonic time a pass is due (deadline, TTL, retry after error).
-        self.due: dict[tuple[str, str], float] = {}
+        #: Private and guarded by ``_mu``: passes (worker threads) write it while the resync loop
+        #: (the event loop) takes due keys out of it; only the methods below touch it.
+        self._due: dict[tuple[str, str], float] = {}
         self._errors: dict[tuple[str, str], int] = {}
 
     def reconcile(self, namespace: str, name: str) -> None:
@@ -58,8 +60,30 @@ class Worker:
             raise
 
     def forget(self, namespace: str, name: str) -> None:
-        self.due.pop((namespace, name), None)
-        self._errors.pop((namespace, name), None)
+        with self._mu:
+            self._due.pop((namespace, name), None)
+            self._errors.pop((namespace, name), None)
+
+    def schedule(self, key: tuple[str, str], delay: Optional[float]) -> None:
+        """Run a pass for ``key`` in ``delay`` seconds (None: no pass is due)."""
+        with self._mu:
+            if delay is None:
+                self._due.pop(key, None)
+            else:
+                self._due[key] = time.monotonic() + delay
+
+    def due_at(self, key: tuple[str, str]) -> Optional[float]:
+        """The monotonic time a pass for ``key`` is due, if one is."""
+        with self._mu:
+            return self._due.get(key)
+
+    def take_due(self, now: float) -> list[tuple[str, str]]:
+        """Remove and return the keys whose pass is due at monotonic time ``now``."""
+        with self._mu:
+            keys = [k for k, t in self._due.items() if t <= now]
+            for k in keys:
+                del self._due[k]
+            return keys
 
     def _pass(self, namespace: str, name: str) -> Optional[Plan]:
         key = (namespace, name)
@@ -71,32 +95,31 @@ class Worker:
                 return None
             p = self.plan_for(job)
             self.apply(job, p)
-            self._errors.pop(key, None)
-            if p.requeue_after is not None:
-                self.due[key] = time.monotonic() + p.requeue_after + 0.05
-            else:
-                self.due.pop(key, None)
+            with self._mu:
+                self._errors.pop(key, None)
+            self.schedule(key, None if p.requeue_after is None else p.requeue_after + 0.05)
             return p
         except Conflict as err:
             log.info("conflict, will retry: %s", err, extra={"job": f"{namespace}/{name}"})
-            self.due[key] = time.monotonic() + 0.5
+            self.schedule(key, 0.5)
         except Terminating as err:
             log.info("namespace terminating, job left to the garbage collector: %s", err, extra={"job": f"{namespace}/{name}"})
             self.forget(namespace, name)
         except Exception as err:  # never crash, never hot-loop: retry with backoff
             metrics.RECONCILE_ERRORS.inc()
-            n = self._errors[key] = self._errors.get(key, 0) + 1
+            with self._mu:
+                n = self._errors[key] = self._errors.get(key, 0) + 1
             delay = min(60.0, 0.5 * 2**n)
             text = describe_error(err)
             log.error("reconcile failed (retry in %.1fs): %s", delay, text or repr(err), exc_info=text is None,
                       extra={"job": f"{namespace}/{name}"})
-            self.due[key] = time.monotonic() + delay
+            self.schedule(key, delay)
         finally:
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - t0)
         return None
 
     def plan_for(self, job: dict[str, Any]) -> Plan:
-        pods, svc, cm = self.kube.observe(job)
+        pods, svc, cm, nodes = self.kube.observe(job)
         progress = None
         status = job.get("status") or {}
         if status.get("phase") not in TERMINAL_PHASES:
@@ -106,8 +129,9 @@ class Worker:
             url = progress_url(node0, port, self.s) if node0 is not None and port else None
             if url:
                 progress = read_progress(url, self.s.progress_timeout_s)
-        observed = Observed(pods=tuple(pods), service=svc, configmap=cm, progress=progress, now=self.clock())
-        return plan(job, observed, default_image=self.s.default_image)
+        observed = Observed(pods=tuple(pods), service=svc, configmap=cm, progress=progress, now=self.clock(), nodes=nodes)
+        return plan(job, observed, default_image=self.s.default_image,
+                    restart_delay_s=self.s.restart_delay_s, restart_delay_cap_s=self.s.restart_delay_cap_s)
 
     def apply(self, job: dict[str, Any], p: Plan) -> None:
         ns = job["metadata"]["namespace"]

@@ -7,8 +7,9 @@ Order matters for start-up time: the manifest is validated (pydantic) before any
 the dataset preflight (pandas, image checks) runs in a forked child while this process imports
 torch and open_clip (``trainer.preflight.BackgroundPreflight``); a bad dataset ends the run as soon
 as the child finds it. Exit codes: 0 done, ``EXIT_CONFIG`` (2) bad manifest,
-``EXIT_PREFLIGHT`` (3) bad dataset (one line on stderr and in /dev/termination-log), 1 anything
-else. ``KUBECLIP_PREFLIGHT_DONE=1`` (set by ``trainer.node`` and ``kubeclip run``, which ran it
+``EXIT_PREFLIGHT`` (3) bad dataset (one line on stderr and in /dev/termination-log), the other
+final verdicts of ``trainer.config.TrainerVerdict`` (4 non-finite loss, 5 checkpoint mismatch, also
+one line), 1 anything else. ``KUBECLIP_PREFLIGHT_DONE=1`` (set by ``trainer.node`` and ``kubeclip run``, which ran it
 already) skips the image checks here; the child then only reads the tables.
 """
 
@@ -22,7 +23,7 @@ import argparse  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 
-from trainer.config import EXIT_CONFIG, EXIT_PREFLIGHT, TERMINATION_LOG, ConfigError, OutputSpec, load_manifest
+from trainer.config import EXIT_CONFIG, EXIT_PREFLIGHT, TERMINATION_LOG, ConfigError, OutputSpec, TrainerVerdict, load_manifest
 
 
 def parse_args(argv):
@@ -71,7 +72,10 @@ def main(argv=None) -> int:
 
     from trainer.train import train
 
-    train(job, spec, report, started_at=STARTED)
+    try:
+        train(job, spec, report, started_at=STARTED)
+    except TrainerVerdict as err:  # deterministic: a final verdict for the controller (docs/contracts.md)
+        return fail(str(err), err.exit_code, echo=rank0)
     return 0
 
 

@@ -152,6 +152,11 @@ class TrainerSpec(_Strict):
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
     numNodes: int = Field(default=1, ge=1, le=1024, description="Number of nodes (pods), one torchrun each.")
     numProcPerNode: int = Field(default=1, ge=1, le=64, description="Training processes per node (GPUs per node).")
+    rendezvousTimeoutSeconds: int = Field(
+        default=1800, ge=10, le=86400,
+        description="How long the nodes wait for each other at start (node 0's address, then torchrun's "
+        "rendezvous): long enough for a node scale-up or a slow image pull. Then exit 6, a retryable failure.",
+    )
 
 
 class ConfigError(ValueError):
@@ -220,6 +225,37 @@ def load_manifest(path: str | Path) -> tuple[str, TrainerSpec]:
 EXIT_CONFIG = 2
 #: Exit code of a failed dataset preflight (wrong separator, missing images, ...): not retryable.
 EXIT_PREFLIGHT = 3
+#: Exit code of a loss that became NaN/inf: the same data and seed diverge again, not retryable.
+EXIT_NONFINITE = 4
+#: Exit code of a checkpoint that cannot resume this config (a field that breaks resume changed).
+EXIT_CHECKPOINT_MISMATCH = 5
+#: Exit code of a rendezvous that timed out (node 0 never reachable, a node never joined):
+#: retryable, the next attempt may find all nodes scheduled.
+EXIT_RENDEZVOUS_TIMEOUT = 6
+#: The exit codes that are the trainer's own final verdicts: the controller never retries them.
+FINAL_EXIT_CODES = {EXIT_CONFIG: "InvalidConfig", EXIT_PREFLIGHT: "PreflightFailed", EXIT_NONFINITE: "NonFiniteLoss",
+                    EXIT_CHECKPOINT_MISMATCH: "CheckpointMismatch"}
+
+
+
+class TrainerVerdict(Exception):
+    """A failure the trainer knows is deterministic (a retry would fail the same way): ``str()`` is
+    one line; ``python -m trainer`` exits with ``exit_code`` (one of FINAL_EXIT_CODES)."""
+
+    exit_code = EXIT_CONFIG
+
+
+class NonFiniteLoss(TrainerVerdict):
+    """The loss became NaN or infinite."""
+
+    exit_code = EXIT_NONFINITE
+
+
+class CheckpointMismatch(TrainerVerdict):
+    """The latest checkpoint was written under a config that it cannot resume (a field changed)."""
+
+    exit_code = EXIT_CHECKPOINT_MISMATCH
+
 
 #: Where Kubernetes reads a container's termination message from.
 TERMINATION_LOG = "/dev/termination-log"
@@ -251,5 +287,8 @@ class Progress(BaseModel):
     lastCheckpoint: Optional[LastCheckpoint] = None
     metricsPort: Optional[int] = Field(default=None, description="Port rank 0 serves /metrics and /progress on.")
     modelPath: Optional[str] = Field(default=None, description="Where the exported model went (phase done).")
+    skippedCheckpoints: list[str] = Field(
+        default_factory=list, description="Checkpoints this run could not read and resumed past ('name: reason')."
+    )
     updatedAt: float = 0.0
     message: str = ""

@@ -2,20 +2,35 @@
 
 Who runs it: the pods the controller creates (``docs/contracts.md``, "Pods").
 
-It validates the manifest and runs the dataset preflight once per node (no torch import, about a
-second), so a bad CSV ends the pod with exit code 3 and its reason in ``/dev/termination-log``
-instead of N ranks crashing in a data loader. Then it *execs* torchrun (the pod's process
-becomes torchrun: signals and the exit code pass straight through), which reads its topology from
-the ``PET_*`` variables the controller sets: ``PET_NNODES``, ``PET_NPROC_PER_NODE``,
-``PET_NODE_RANK``, ``PET_MASTER_ADDR``, ``PET_MASTER_PORT``.
+1. It validates the manifest and runs the dataset preflight once per node (no torch import, about
+   a second), so a bad CSV ends the pod with exit code 3 and its reason in ``/dev/termination-log``
+   instead of N ranks crashing in a data loader.
+2. On nodes other than 0 it waits until node 0's address resolves and its rendezvous port
+   accepts connections (node 0's pod may wait for a GPU node to scale up or an image to pull),
+   for at most ``spec.rendezvousTimeoutSeconds``; then exit 6 (``EXIT_RENDEZVOUS_TIMEOUT``).
+3. It runs torchrun's agent *in this process* (``torch.distributed.run``, the same code and
+   signal handling as the ``torchrun`` command), which reads its topology from the ``PET_*``
+   variables the controller sets (``PET_NNODES``, ``PET_NPROC_PER_NODE``, ``PET_NODE_RANK``,
+   ``PET_MASTER_ADDR``, ``PET_MASTER_PORT``), with the same rendezvous timeout.
+4. It turns the way torchrun ended into the container's exit code and termination message: the
+   first failed worker's own exit code (2..6 are the trainer's verdicts, which wrote their line
+   already), ``128+N`` for a worker killed by signal N (SIGSEGV, SIGBUS from a full /dev/shm,
+   an NCCL abort) with that signal named, and 6 for a rendezvous that timed out. The ``torchrun``
+   command itself exits 1 for all of these, which the controller could not tell apart.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import sys
+import time
+from typing import Callable, Optional
 
-from trainer.config import DEFAULT_MASTER_PORT, EXIT_CONFIG, EXIT_PREFLIGHT, ConfigError, load_manifest
+from trainer.config import (
+    DEFAULT_MASTER_PORT, EXIT_CONFIG, EXIT_PREFLIGHT, EXIT_RENDEZVOUS_TIMEOUT, TERMINATION_LOG, ConfigError, load_manifest,
+)
 
 
 def torchrun_env(spec, environ: dict) -> dict:
@@ -34,7 +49,86 @@ def torchrun_env(spec, environ: dict) -> dict:
     return env
 
 
-def main(argv=None) -> int:
+class RendezvousTimeout(Exception):
+    """Node 0 could not be reached in time; ``str()`` is one line."""
+
+
+def wait_for_master(host: str, port: int, timeout_s: float, *, interval_s: float = 2.0,
+                    clock: Callable[[], float] = time.monotonic, log: Callable[[str], None] = lambda _: None) -> None:
+    """Return once ``host`` resolves and ``host:port`` accepts a TCP connection; raise
+    :class:`RendezvousTimeout` after ``timeout_s``. The headless Service publishes node 0's DNS
+    record as soon as its pod has an IP; until then resolution fails, which is not an error here."""
+    deadline = clock() + timeout_s
+    last = "not tried"
+    announced = False
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=min(5.0, max(0.1, interval_s))):
+                return
+        except socket.gaierror as err:
+            last = f"{host} does not resolve ({err.strerror})"
+        except OSError as err:
+            last = f"{host}:{port} refuses connections ({err.strerror or err})"
+        if clock() >= deadline:
+            raise RendezvousTimeout(f"rendezvous: node 0 not reachable after {timeout_s:.0f}s "
+                                    f"(spec.rendezvousTimeoutSeconds): {last}")
+        if not announced:
+            log(f"waiting for node 0 at {host}:{port}: {last}")
+            announced = True
+        time.sleep(interval_s)
+
+
+def _signal_name(n: int) -> str:
+    try:
+        return signal.Signals(n).name
+    except ValueError:
+        return f"signal {n}"
+
+
+def run_torchrun(args: list[str], *, termination_log: str = TERMINATION_LOG) -> int:
+    """Run torchrun's agent here with ``args`` (torchrun's own command line); return the exit code
+    that carries the real cause, and write the cause to ``termination_log`` when no worker did."""
+    from torch.distributed import DistStoreError
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous.api import RendezvousError
+    from torch.distributed.run import parse_args, run
+
+    from trainer.preflight import write_termination_log
+
+    def fail(line: str, code: int) -> int:
+        print(line, file=sys.stderr, flush=True)
+        write_termination_log(line, termination_log)
+        return code
+
+    try:
+        run(parse_args(args))
+        return 0
+    except ChildFailedError as err:
+        rank, failure = err.get_first_failure()
+        if failure.exitcode < 0:  # the worker died from a signal: report it the shell's way
+            sig = -failure.exitcode
+            return fail(f"rank {rank} (pid {failure.pid}) killed by {_signal_name(sig)}", 128 + sig)
+        if not _has_content(termination_log):  # the trainer's verdicts wrote their own line
+            detail = (failure.message or "").strip()
+            if detail and "enable traceback" not in detail:
+                fail(f"rank {rank} exited with code {failure.exitcode}: {detail.splitlines()[-1]}", 0)
+        return failure.exitcode
+    except SignalException as err:  # this pod was told to stop (deletion, eviction)
+        return fail(f"torchrun stopped by {_signal_name(err.sigval)}", 128 + int(err.sigval))
+    except (RendezvousError, DistStoreError) as err:
+        line = " ".join(str(err).split())
+        return fail(f"rendezvous: {line[:300]}", EXIT_RENDEZVOUS_TIMEOUT)
+
+
+def _has_content(path: str) -> bool:
+    try:
+        return os.path.getsize(path) > 0
+    except OSError:
+        return False
+
+
+def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m trainer.node JOB.yaml", file=sys.stderr)
@@ -52,10 +146,16 @@ def main(argv=None) -> int:
         return fail(f"preflight: {err}", EXIT_PREFLIGHT)
     print(report.summary(), file=sys.stderr, flush=True)
     env = torchrun_env(spec, os.environ)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "-m", "trainer", manifest]
+    if int(env["PET_NODE_RANK"]) != 0 and int(env["PET_NNODES"]) > 1:
+        try:
+            wait_for_master(env["PET_MASTER_ADDR"], int(env["PET_MASTER_PORT"]), spec.rendezvousTimeoutSeconds,
+                            log=lambda line: print(line, file=sys.stderr, flush=True))
+        except RendezvousTimeout as err:
+            return fail(str(err), EXIT_RENDEZVOUS_TIMEOUT)
+    os.environ.clear()
+    os.environ.update(env)  # torchrun's arguments default to the PET_* variables; workers inherit the rest
     sys.stderr.flush()
-    os.execve(sys.executable, cmd, env)
-    return 0  # not reached
+    return run_torchrun(["--rdzv-conf", f"timeout={spec.rendezvousTimeoutSeconds}", "-m", "trainer", manifest])
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Dataset preflight: catch a bad CSV in about a second, before any model is built.
 
-Who uses it: ``trainer.node`` (the pod entrypoint, before it execs torchrun), ``trainer.launch``
+Who uses it: ``trainer.node`` (the pod entrypoint, before it runs torchrun), ``trainer.launch``
 (``kubeclip run``, before it starts processes) and ``python -m trainer`` (when nothing ran it
 before). It imports pandas and PIL only, never torch, so a wrong separator fails fast instead of
 after a minute of imports and model loading.
@@ -203,6 +203,39 @@ def _check_output(spec: TrainerSpec) -> None:
         probe = probe.parent
     if not os.access(probe, os.W_OK):
         raise PreflightError(f"spec.output.path {out}: not writable (checked {probe})")
+    check_free_space(out, probe)
+
+
+#: Free space the output filesystem needs at least, even before the first checkpoint exists.
+MIN_FREE_BYTES = 1 << 30
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def check_free_space(out: Path, probe: Path, need: Optional[int] = None) -> None:
+    """Enough free space on ``out``'s filesystem (``probe``: its nearest existing ancestor) for the
+    next checkpoint: twice the newest checkpoint's size (the temporary file lives beside the
+    committed one until the rename), and never less than :data:`MIN_FREE_BYTES`. A full disk
+    found now is one line; found at the first checkpoint it is an hour of lost training."""
+    if need is None:
+        need = MIN_FREE_BYTES
+        ckpts = sorted((out / "checkpoints").glob("step-*.pt")) if (out / "checkpoints").is_dir() else []
+        if ckpts:
+            need = max(need, 2 * ckpts[-1].stat().st_size)
+    try:
+        st = os.statvfs(probe)
+    except OSError:
+        return  # the writability check above already spoke for this path
+    free = st.f_bavail * st.f_frsize
+    if free < need:
+        raise PreflightError(f"spec.output.path {out}: only {_human(free)} free on its filesystem, "
+                             f"checkpoints need at least {_human(need)}; free space or use a larger volume")
 
 
 def world_size(spec: TrainerSpec) -> int:

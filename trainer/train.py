@@ -24,13 +24,14 @@ import logging
 import math
 import random
 import time
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
 from trainer import checkpoint, distributed
-from trainer.config import TrainerSpec
+from trainer.config import NonFiniteLoss, TrainerSpec
 from trainer.data import CaptionDataset, ShardedBatchSampler, eval_loader, train_loader
 from trainer.evaluate import evaluate
 from trainer.export import export
@@ -106,8 +107,13 @@ def train(job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None, s
     # ---- resume position, then start the loader early ---------------------------------------
     # Its workers decode the first batches while the optimizer and metrics are set up below.
     step, start_epoch, start_step_in_epoch = 0, 0, 0
-    latest = distributed.broadcast_object(str(checkpoint.latest(out) or ""), topo)
-    ck = checkpoint.load(latest) if latest else None
+    # Every rank reads the newest readable checkpoint (falling back past unreadable ones, refusing
+    # one written under a config it cannot resume: exit 5); rank 0's choice wins if a rank differs.
+    skipped: list[str] = []
+    found, ck = checkpoint.load_latest(out, spec, skipped)
+    latest = distributed.broadcast_object(str(found or ""), topo)
+    if latest != str(found or ""):
+        ck = checkpoint.load(Path(latest)) if latest else None
     if ck is not None:
         step, start_epoch, start_step_in_epoch = ck["step"], ck["epoch"], ck["step_in_epoch"]
     first_batches = None
@@ -138,7 +144,7 @@ def train(job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None, s
         metrics = TrainerMetrics(job, out, t.epochs, total_steps)
         metrics.serve(spec.metrics.port)
         metrics.step.set(step)
-        metrics.update(phase="training", step=step, epoch=start_epoch)
+        metrics.update(phase="training", step=step, epoch=start_epoch, skippedCheckpoints=skipped)
         log.info(
             "training %s: %d processes on %s, %d steps (%d/epoch x %d epochs), global batch %d, warmup %d, precision %s",
             job, topo.world, topo.device.type, total_steps, steps_per_epoch, t.epochs, global_batch, warmup, t.precision,
@@ -157,7 +163,7 @@ def train(job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None, s
                 "world": topo.world,
                 "rng": rngs,
             }
-            path = checkpoint.save(out, step, state, t.keepCheckpoints)
+            path = checkpoint.save(out, step, state, t.keepCheckpoints, spec=spec)
             metrics.record_checkpoint(str(path), step)
         distributed.barrier(topo)
 
@@ -233,6 +239,9 @@ def train(job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None, s
                 model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
             step += 1
             loss_value = loss_sum / t.gradAccumSteps
+            if not math.isfinite(loss_value):  # the same on every rank (a global-batch loss): all stop
+                raise NonFiniteLoss(f"training: loss is {loss_value} at step {step} (epoch {epoch}); lower "
+                                    "training.learningRate or set training.gradClipNorm")
             losses_this_epoch.append(loss_value)
 
             now = time.perf_counter()

@@ -65,21 +65,51 @@ def install_crd(kubectl: Callable[..., Any]) -> bool:
     return not existed
 
 
-def controller_kubeconfig(cluster: Any, sa_namespace: str, out: Path) -> Path:
-    """A kubeconfig whose user is ServiceAccount ``kubeclip-controller`` with the shipped rules only."""
-    role = f"kubeclip-controller-test-{uuid.uuid4().hex[:6]}"
-    rules = yaml.safe_load(RULES_FILE.read_text())
-    docs = [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "kubeclip-controller", "namespace": sa_namespace}},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": role}, "rules": rules},
+def lease_role(namespace: str, lease_name: str, subject_namespace: str) -> list[dict[str, Any]]:
+    """The shipped ``lease`` rules as a Role for one Lease name, bound to the controller's SA."""
+    rules = yaml.safe_load(RULES_FILE.read_text())["lease"]
+    for r in rules:
+        if "resourceNames" in r:
+            r["resourceNames"] = [lease_name]
+    role = f"kubeclip-lease-{lease_name}"[:63]
+    return [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": role, "namespace": namespace}, "rules": rules},
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": role},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-            "subjects": [{"kind": "ServiceAccount", "name": "kubeclip-controller", "namespace": sa_namespace}],
+            "kind": "RoleBinding",
+            "metadata": {"name": role, "namespace": namespace},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": "kubeclip-controller", "namespace": subject_namespace}],
         },
     ]
+
+
+def grant_lease(cluster: Any, namespace: str, lease_name: str) -> None:
+    """Let the controller's ServiceAccount (in ``namespace``) hold the Lease ``namespace/lease_name``."""
+    cluster.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(d) for d in lease_role(namespace, lease_name, namespace)))
+
+
+def controller_kubeconfig(cluster: Any, sa_namespace: str, out: Path, lease_name: str = "kubeclip-controller") -> Path:
+    """A kubeconfig whose user is ServiceAccount ``kubeclip-controller`` with the shipped rules only:
+    ``namespaced`` and ``cluster`` in ClusterRoles (the chart's cluster-wide mode), ``lease`` in a
+    Role in ``sa_namespace`` for ``lease_name`` only (more names: :func:`grant_lease`)."""
+    role = f"kubeclip-controller-test-{uuid.uuid4().hex[:6]}"
+    rules = yaml.safe_load(RULES_FILE.read_text())
+    docs: list[dict[str, Any]] = [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "kubeclip-controller", "namespace": sa_namespace}},
+    ]
+    for suffix, key in (("", "namespaced"), ("-cluster", "cluster")):
+        docs += [
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": role + suffix}, "rules": rules[key]},
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": role + suffix},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role + suffix},
+                "subjects": [{"kind": "ServiceAccount", "name": "kubeclip-controller", "namespace": sa_namespace}],
+            },
+        ]
+    docs += lease_role(sa_namespace, lease_name, sa_namespace)
     cluster.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(d) for d in docs))
     token = cluster.kubectl("create", "token", "kubeclip-controller", "-n", sa_namespace, "--duration=4h").stdout.strip()
     admin = yaml.safe_load(Path(cluster.kubeconfig).read_text())

@@ -51,7 +51,7 @@ ALL_ON = {
 }
 VALUE_SETS = {
     "default": {},
-    "namespaced": {"watch": {"namespaces": ["team-a", "team-b"]}},
+    "namespaced": {"watch": {"namespaces": ["team-a", "team-b"]}, "networkPolicy": {"enabled": True}},
     "all-on": ALL_ON,
     "external-sa-no-crds": {"crds": {"enabled": False}, "serviceAccount": {"create": False, "name": "ops"}, "rbac": {"create": False},
                             "leaderElection": {"enabled": False}, "metrics": {"service": {"enabled": False}}},
@@ -276,16 +276,67 @@ def test_crd_template_is_the_generated_crd_with_keep_policy(tmp_path):
 
 def test_rbac_rules_come_from_the_controller_file(tmp_path):
     rules = yaml.safe_load((CHART / "files" / "rbac-rules.yaml").read_text())
+    sa = [{"kind": "ServiceAccount", "name": "kc-kubeclip", "namespace": "kubeclip-system"}]
     cluster = render(tmp_path, {})
-    (role,) = by_kind(cluster, "ClusterRole")
-    assert role["rules"] == rules and not by_kind(cluster, "Role")
-    (binding,) = by_kind(cluster, "ClusterRoleBinding")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kc-kubeclip", "namespace": "kubeclip-system"}]
-    namespaced = render(tmp_path, {"watch": {"namespaces": ["team-a", "kubeclip-system"]}})
-    assert not by_kind(namespaced, "ClusterRole") and not by_kind(namespaced, "ClusterRoleBinding")
-    assert sorted(r["metadata"]["namespace"] for r in by_kind(namespaced, "Role")) == ["kubeclip-system", "team-a"]
-    assert all(r["rules"] == rules for r in by_kind(namespaced, "Role"))
-    assert sorted(b["metadata"]["namespace"] for b in by_kind(namespaced, "RoleBinding")) == ["kubeclip-system", "team-a"]
+    roles = {r["metadata"]["name"]: r for r in by_kind(cluster, "ClusterRole")}
+    assert roles["kc-kubeclip"]["rules"] == rules["namespaced"] and roles["kc-kubeclip-nodes"]["rules"] == rules["cluster"]
+    assert all(b["subjects"] == sa for b in by_kind(cluster, "ClusterRoleBinding"))
+    # The Lease: a Role in the release namespace only, get/update by name, in both modes.
+    (lease,) = by_kind(cluster, "Role")
+    assert (lease["metadata"]["name"], lease["metadata"]["namespace"]) == ("kc-kubeclip-leader", "kubeclip-system")
+    assert lease["rules"] == [rules["lease"][0], {**rules["lease"][1], "resourceNames": ["kc-kubeclip-leader"]}]
+    assert not any("leases" in r["resources"] for r in rules["namespaced"] + rules["cluster"])
+    namespaced = render(tmp_path, {"watch": {"namespaces": ["team-a", "team-b"]}})
+    assert [r["metadata"]["name"] for r in by_kind(namespaced, "ClusterRole")] == ["kc-kubeclip-nodes"]
+    ns_roles = sorted((r["metadata"]["namespace"], r["metadata"]["name"]) for r in by_kind(namespaced, "Role"))
+    assert ns_roles == [("kubeclip-system", "kc-kubeclip-leader"), ("team-a", "kc-kubeclip"), ("team-b", "kc-kubeclip")]
+    assert all(r["rules"] == rules["namespaced"] for r in by_kind(namespaced, "Role") if r["metadata"]["name"] == "kc-kubeclip")
+    assert len(by_kind(namespaced, "RoleBinding")) == 3
+    assert not by_kind(render(tmp_path, {"leaderElection": {"enabled": False}}), "Role")
+
+
+def test_admission_policy_follows_the_values(tmp_path):
+    def validations(values):
+        docs = render(tmp_path, values)
+        policies, bindings = by_kind(docs, "ValidatingAdmissionPolicy"), by_kind(docs, "ValidatingAdmissionPolicyBinding")
+        assert len(policies) == len(bindings) <= 1
+        if not policies:
+            return []
+        assert bindings[0]["spec"] == {"policyName": policies[0]["metadata"]["name"], "validationActions": ["Deny"]}
+        assert policies[0]["spec"]["matchConstraints"]["resourceRules"][0]["resources"] == ["finetunejobs"]
+        return [v["expression"] for v in policies[0]["spec"]["validations"]]
+
+    default = validations({})
+    assert len(default) == 2 and "hostPath" in default[0] and "serviceAccountName" in default[1]
+    assert validations({"admission": {"allowHostPath": True}}) == default[1:]
+    assert validations({"admission": {"allowServiceAccounts": True}}) == default[:1]
+    assert validations({"admission": {"allowHostPath": True, "allowServiceAccounts": True}}) == []
+    assert validations({"admission": {"enabled": False}}) == []
+
+
+def test_network_policy_lets_in_only_trainers_monitoring_and_the_controller(tmp_path):
+    from controller import builders
+    from controller.api import FineTuneJobSpec
+
+    docs = render(tmp_path, VALUE_SETS["namespaced"])
+    policies = by_kind(docs, "NetworkPolicy")
+    assert sorted(p["metadata"]["namespace"] for p in policies) == ["team-a", "team-b"]
+    spec = policies[0]["spec"]
+    assert spec["policyTypes"] == ["Ingress"] and len(spec["ingress"]) == 3
+    peers, monitoring, controller = spec["ingress"]
+    assert "ports" not in peers and peers["from"][0]["podSelector"] == spec["podSelector"]
+    assert monitoring["ports"] == [{"port": "metrics"}] == controller["ports"]
+    assert monitoring["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+    (dep,) = by_kind(docs, "Deployment")
+    assert controller["from"][0]["podSelector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    # The policy selects the pods the controller builds, and their metrics port has that name.
+    job = yaml.safe_load((ROOT / "examples" / "finetune-multinode.yaml").read_text())
+    job["metadata"].update(namespace="team-a", uid="0000")
+    pod = builders.pod(job, FineTuneJobSpec.model_validate(job["spec"]), 1, 0, "trainer:test")
+    assert all(e["key"] in pod["metadata"]["labels"] for e in spec["podSelector"]["matchExpressions"])
+    assert "metrics" in {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
+    failed = helm("template", "kc", str(CHART), "-f", str(values_file(tmp_path, {"networkPolicy": {"enabled": True}})), check=False)
+    assert failed.returncode != 0 and "networkPolicy.enabled needs networkPolicy.namespaces" in failed.stderr
 
 
 def test_monitors_target_the_contract_ports(tmp_path):
@@ -449,6 +500,11 @@ def test_install_upgrade_uninstall(cluster, namespace, tmp_path):
     assert _can(cluster, sa, "update", "finetunejobs.kubeclip.dev", namespace, subresource="status")
     assert not _can(cluster, sa, "get", "secrets", namespace)
     assert not _can(cluster, sa, "update", "finetunejobs.kubeclip.dev", namespace)
+    # Nodes: read by name only. The Lease: its own, in its own namespace only.
+    assert _can(cluster, sa, "get", "nodes", None) and not _can(cluster, sa, "list", "nodes", None)
+    assert _can(cluster, sa, "update", f"leases.coordination.k8s.io/{fullname}-leader", namespace)
+    assert not _can(cluster, sa, "update", "leases.coordination.k8s.io/kube-scheduler", namespace)
+    assert not _can(cluster, sa, "update", f"leases.coordination.k8s.io/{fullname}-leader", "default")
 
     # Upgrade: namespaced mode, two replicas, every monitor on (the server validates them).
     values = values_file(tmp_path, {**ALL_ON, "watch": {"namespaces": [namespace]}})

@@ -74,6 +74,8 @@ TEST_ENV = {
     "KUBECLIP_LEASE_DURATION_SECONDS": "4",
     "KUBECLIP_RENEW_DEADLINE_SECONDS": "3",
     "KUBECLIP_RETRY_PERIOD_SECONDS": "0.5",
+    "KUBECLIP_RESTART_DELAY_SECONDS": "1",  # the Job-like 10 s -> 6 min delay, shortened
+    "KUBECLIP_RESTART_DELAY_CAP_SECONDS": "2",
 }
 
 
@@ -243,6 +245,7 @@ def test_retryable_failures_restart_until_backoff_limit(cluster, operator, names
     assert {p.metadata.uid for p in second}.isdisjoint({p.metadata.uid for p in first})
     st = _status(custom, namespace, "flaky")
     assert st["restartCount"] == 1 and st["phase"] == "Restarting" and st["reason"] == "OOMKilled"
+    assert st["failedAttempts"] == 1 and st["disruptedAttempts"] == 0
     _run_all(core, namespace, "flaky")
     _wait_phase(custom, namespace, "flaky", "Running")
     set_pod_status(core, namespace, "flaky-node-0", "Failed", exit_code=143)
@@ -253,9 +256,9 @@ def test_retryable_failures_restart_until_backoff_limit(cluster, operator, names
     assert _events(core, namespace, "flaky").count("OOMKilled") == 1
 
 
-def test_deleted_pod_is_a_counted_restart(cluster, operator, namespace, api):
+def test_deleted_pod_is_a_disruption_that_does_not_use_backoff(cluster, operator, namespace, api):
     core, custom = api
-    _apply(cluster, job_manifest("evicted", namespace, runPolicy={"backoffLimit": 3}))
+    _apply(cluster, job_manifest("evicted", namespace, runPolicy={"backoffLimit": 0}))
     _wait_pods(core, namespace, "evicted", 2)
     _run_all(core, namespace, "evicted")
     _wait_phase(custom, namespace, "evicted", "Running")
@@ -263,6 +266,25 @@ def test_deleted_pod_is_a_counted_restart(cluster, operator, namespace, api):
     _wait_pods(core, namespace, "evicted", 2, attempt=1)
     st = _status(custom, namespace, "evicted")
     assert st["restartCount"] == 1 and st["reason"] == "PodDeleted"
+    assert st["disruptedAttempts"] == 1 and st["failedAttempts"] == 0
+
+
+def test_eviction_with_a_knock_on_exit_in_the_same_attempt_restarts(cluster, operator, namespace, api):
+    """node 1 evicted (DisruptionTarget, as the Eviction API writes it) and node 0's broken
+    collective (exit 1) seen in one pass: a disrupted attempt, restarted, backoffLimit=0 untouched."""
+    core, custom = api
+    _apply(cluster, job_manifest("knock", namespace, runPolicy={"backoffLimit": 0}))
+    _wait_pods(core, namespace, "knock", 2)
+    _run_all(core, namespace, "knock")
+    _wait_phase(custom, namespace, "knock", "Running")
+    disruption = {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI",
+                  "message": "Eviction API: evicting", "lastTransitionTime": "2026-01-01T00:01:00Z"}
+    core.patch_namespaced_pod_status("knock-node-1", namespace, {"status": {"conditions": [disruption]}})
+    set_pod_status(core, namespace, "knock-node-0", "Failed", exit_code=1, message="RuntimeError: Connection closed by peer")
+    set_pod_status(core, namespace, "knock-node-1", "Failed", exit_code=143)
+    _wait_pods(core, namespace, "knock", 2, attempt=1)
+    st = _status(custom, namespace, "knock")
+    assert (st["reason"], st["restartCount"], st["disruptedAttempts"], st["failedAttempts"]) == ("EvictionByEvictionAPI", 1, 1, 0)
 
 
 def test_active_deadline(cluster, operator, namespace, api):

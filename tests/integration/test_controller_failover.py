@@ -14,7 +14,7 @@ import uuid
 import pytest
 import yaml
 
-from controller_harness import Operator, controller_kubeconfig, install_crd, job_manifest, set_pod_status, wait_for
+from controller_harness import Operator, controller_kubeconfig, grant_lease, install_crd, job_manifest, set_pod_status, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -24,6 +24,8 @@ ENV = {
     "KUBECLIP_RENEW_DEADLINE_SECONDS": "3",
     "KUBECLIP_RETRY_PERIOD_SECONDS": "0.5",
     "KUBECLIP_PROGRESS_INTERVAL_SECONDS": "2",
+    "KUBECLIP_RESTART_DELAY_SECONDS": "1",
+    "KUBECLIP_RESTART_DELAY_CAP_SECONDS": "2",
 }
 
 
@@ -34,7 +36,7 @@ def setup(cluster, tmp_path_factory):
     cluster.kubectl("create", "namespace", sys_ns)
     d = tmp_path_factory.mktemp("failover")
     kubeconfig = controller_kubeconfig(cluster, sys_ns, d / "kubeconfig")
-    yield sys_ns, kubeconfig, d
+    yield sys_ns, kubeconfig, d, cluster
     cluster.kubectl("delete", "namespace", sys_ns, "--wait=false", check=False)
     if created:
         cluster.kubectl("delete", "crd", "finetunejobs.kubeclip.dev", "--wait=false", check=False)
@@ -59,7 +61,8 @@ def _stop_all():
 
 
 def _start(setup, namespace, tag):
-    sys_ns, kubeconfig, d = setup
+    sys_ns, kubeconfig, d, cluster = setup
+    grant_lease(cluster, sys_ns, f"lease-{namespace}")  # the shipped Lease rules are for one name only
     op = Operator(kubeconfig, d / f"{tag}.log", f"--namespace={namespace}", f"--lease-namespace={sys_ns}",
                   f"--lease-name=lease-{namespace}", env=ENV).start()
     STARTED.append(op)

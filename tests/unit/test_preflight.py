@@ -229,3 +229,27 @@ def test_trainer_fails_with_one_line_before_building_a_model(data):
     assert proc.returncode == EXIT_PREFLIGHT, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("preflight: spec.dataset.trainCsv"), proc.stderr
+
+
+def test_free_space_is_checked_against_the_real_filesystem(tmp_path):
+    """The output filesystem's real free space (statvfs) against a need just above / below it."""
+    from trainer.preflight import check_free_space
+
+    st = os.statvfs(tmp_path)
+    free = st.f_bavail * st.f_frsize
+    check_free_space(tmp_path / "out", tmp_path, need=max(1, free // 2))
+    with pytest.raises(PreflightError, match=r"spec.output.path .*/out: only .* free on its filesystem, checkpoints need at least"):
+        check_free_space(tmp_path / "out", tmp_path, need=free + (1 << 40))
+
+
+def test_free_space_need_grows_with_the_checkpoints_already_written(tmp_path):
+    """Twice the newest checkpoint: a sparse 'checkpoint' larger than half the free space fails."""
+    from trainer.preflight import check_free_space
+
+    d = tmp_path / "out" / "checkpoints"
+    d.mkdir(parents=True)
+    st = os.statvfs(tmp_path)
+    with open(d / "step-00000010.pt", "wb") as f:
+        f.truncate(st.f_bavail * st.f_frsize // 2 + (1 << 30))  # sparse: takes no real space
+    with pytest.raises(PreflightError, match="checkpoints need at least"):
+        check_free_space(tmp_path / "out", tmp_path)

@@ -175,17 +175,26 @@ def test_cross_field_rules_are_enforced_without_the_crd():
         (pod(1, "Failed", exit_code=128), True, "Killed"),
         (pod(1, "Failed", pod_reason="Evicted"), True, "Evicted"),
         (pod(1, "Failed", exit_code=1, conditions=[{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}]), True, "PreemptionByScheduler"),
+        (pod(1, "Running", conditions=[{"type": "DisruptionTarget", "status": "True", "reason": "DeletionByTaintManager"}]), True, "DeletionByTaintManager"),
         (pod(1, "Unknown"), True, "NodeLost"),
         (pod(1, "Running", deleting=True), True, "PodDeleted"),
         (pod(1, "Failed", exit_code=2, message="spec.training.batchSize: bad"), False, "InvalidConfig"),
         (pod(1, "Failed", exit_code=3, message="train.csv: 3 images missing"), False, "PreflightFailed"),
-        (pod(1, "Failed", exit_code=1), False, "TrainerFailed"),
-        (pod(1, "Failed", exit_code=127), False, "TrainerFailed"),
+        (pod(1, "Failed", exit_code=4, message="loss is nan at step 12"), False, "NonFiniteLoss"),
+        (pod(1, "Failed", exit_code=5, message="spec.training.batchSize changed"), False, "CheckpointMismatch"),
+        (pod(1, "Failed", exit_code=6, message="rendezvous: node 0 not reachable"), True, "RendezvousTimeout"),
+        (pod(1, "Failed", exit_code=1), True, "TrainerFailed"),
+        (pod(1, "Failed", exit_code=127), True, "TrainerFailed"),
     ],
 )
 def test_classify(bad_pod, retryable, reason):
     f = classify(bad_pod)
     assert f is not None and (f.retryable, f.reason) == (retryable, reason)
+
+
+def test_a_signal_is_named_in_the_message():
+    f = classify(pod(1, "Failed", exit_code=139, message="rank 1 (local 1) died"))
+    assert f.retryable and not f.disruption and "SIGSEGV" in f.message and "rank 1 (local 1) died" in f.message
 
 
 def test_healthy_pods_are_not_failures():
@@ -217,13 +226,21 @@ def test_backoff_limit_is_honoured_exactly():
     for attempt in (0, 1):
         p, j = run(j, [pod(0, attempt=attempt), pod(1, "Failed", attempt, exit_code=137, reason="OOMKilled")])
         assert j["status"]["phase"] == "Restarting" and j["status"]["restartCount"] == attempt + 1
+        assert j["status"]["failedAttempts"] == attempt + 1 and j["status"]["disruptedAttempts"] == 0
         assert sorted(d.name for d in p.delete) == ["j-node-0", "j-node-1"] and not p.create
+        # Job-like delay before the next attempt: 10 s, then 20 s; in the status, the event and the requeue.
+        delay = 10 * 2**attempt
+        assert j["status"]["nextAttemptTime"] == rfc3339(NOW + timedelta(seconds=delay)) and p.requeue_after == delay
+        assert f"in {delay}s" in p.events[0].message and p.events[0].type == "Warning"
         # The same failed pods seen again (deletion not yet visible): nothing counted twice.
         again, j = run(j, [pod(0, attempt=attempt, deleting=True), pod(1, "Failed", attempt, exit_code=137, reason="OOMKilled")])
         assert j["status"]["restartCount"] == attempt + 1 and [d.name for d in again.delete] == ["j-node-1"]
+        # Old pods gone, but the delay is not over: nothing is created, the pass comes back in time.
+        p, j = run(j, [], now=NOW + timedelta(seconds=delay - 4))
+        assert not p.create and p.requeue_after == pytest.approx(4)
         # Old pods gone: the next attempt's pods are created with the new attempt label.
-        p, j = run(j, [])
-        assert names(p.create) == ["j-node-0", "j-node-1"]
+        p, j = run(j, [], now=NOW + timedelta(seconds=delay))
+        assert names(p.create) == ["j-node-0", "j-node-1"] and "nextAttemptTime" not in j["status"]
         assert {o["metadata"]["labels"][naming.LABEL_ATTEMPT] for o in p.create} == {str(attempt + 1)}
         p, j = run(j, [pod(0, attempt=attempt + 1), pod(1, attempt=attempt + 1)])
         assert j["status"]["phase"] == "Running"
@@ -234,10 +251,64 @@ def test_backoff_limit_is_honoured_exactly():
     assert j["status"]["restartCount"] == 2
 
 
-def test_backoff_limit_zero_fails_on_first_retryable_failure():
+def test_backoff_limit_zero_fails_on_first_failed_attempt():
     j = _running_job(backoff=0)
-    _, j = run(j, [pod(0), pod(1, "Failed", pod_reason="Evicted")])
+    _, j = run(j, [pod(0), pod(1, "Failed", exit_code=1, message="RuntimeError: boom")])
     assert (j["status"]["phase"], j["status"]["reason"], j["status"]["restartCount"]) == ("Failed", "BackoffLimitExceeded", 0)
+    assert "RuntimeError: boom" in j["status"]["message"]
+
+
+def test_disruptions_have_their_own_cap_and_do_not_use_backoff():
+    j = _running_job(backoff=0, disruptionLimit=2)
+    for attempt in (0, 1):
+        _, j = run(j, [pod(0, attempt=attempt), pod(1, "Failed", attempt, pod_reason="Evicted")])
+        assert (j["status"]["phase"], j["status"]["reason"]) == ("Restarting", "Evicted")
+        assert j["status"]["disruptedAttempts"] == attempt + 1 and j["status"]["failedAttempts"] == 0
+    _, j = run(j, [pod(0, attempt=2), pod(1, "Unknown", 2)])
+    assert (j["status"]["phase"], j["status"]["reason"]) == ("Failed", "DisruptionLimitExceeded")
+
+
+def test_count_disruptions_opts_into_backoff_limit():
+    j = _running_job(backoff=1, countDisruptions=True)
+    _, j = run(j, [pod(0), pod(1, "Failed", pod_reason="Evicted")])
+    assert j["status"]["phase"] == "Restarting" and "backoff 1/1" in j["status"]["message"]
+    _, j = run(j, [pod(0, attempt=1), pod(1, "Failed", 1, pod_reason="Evicted")])
+    assert (j["status"]["phase"], j["status"]["reason"]) == ("Failed", "BackoffLimitExceeded")
+
+
+def test_restart_delay_doubles_up_to_its_cap():
+    from controller.reconcile import restart_delay
+
+    assert [restart_delay(n) for n in range(8)] == [10, 20, 40, 80, 160, 320, 360, 360]
+    assert restart_delay(3, 1, 5) == 5 and restart_delay(10**6) == 360
+
+
+@pytest.mark.parametrize(
+    "pods, reason, retried",
+    [
+        # eviction seen together with the knock-on exit of node 0, either order of nodes
+        ([pod(0, "Failed", exit_code=1), pod(1, "Failed", pod_reason="Evicted")], "Evicted", True),
+        ([pod(0, "Failed", exit_code=137), pod(1, "Running", deleting=True)], "PodDeleted", True),
+        ([pod(0, "Failed", exit_code=3, message="x"), pod(1, "Unknown")], "NodeLost", True),
+        # no disruption: the trainer's verdict is final even next to a knock-on exit
+        ([pod(0, "Failed", exit_code=1), pod(1, "Failed", exit_code=2, message="spec.x: bad")], "InvalidConfig", False),
+        ([pod(0, "Failed", exit_code=4, message="loss is nan"), pod(1)], "NonFiniteLoss", False),
+    ],
+)
+def test_an_attempt_is_judged_from_all_its_failures(pods, reason, retried):
+    j = _running_job(backoff=0)
+    _, j = run(j, pods)
+    assert j["status"]["reason"] == reason and j["status"]["phase"] == ("Restarting" if retried else "Failed")
+
+
+def test_the_first_failure_of_an_attempt_is_its_cause():
+    """node 1 segfaults first; node 0's exit 1 is the knock-on (later finishedAt)."""
+    j = _running_job()
+    first, later = pod(1, "Failed", exit_code=139), pod(0, "Failed", exit_code=1)
+    first["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"] = "2026-01-02T03:04:00Z"
+    later["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"] = "2026-01-02T03:04:03Z"
+    _, j = run(j, [later, first])
+    assert j["status"]["reason"] == "Killed" and "SIGSEGV" in j["status"]["message"]
 
 
 def test_pod_vanishing_while_running_is_a_restart():
@@ -339,15 +410,64 @@ def test_configmap_drift_is_repaired():
     assert len(p.update) == 1 and p.update[0]["data"] == obs.configmap["data"]
 
 
-def test_pod_stuck_in_deletion_is_force_deleted_after_a_while():
-    """A stale pod whose deletion never completes (kubelet gone) must not block the next attempt."""
+def _node(name, ready="True", since=NOW - timedelta(hours=1), taints=()):
+    return {"metadata": {"name": name}, "spec": {"taints": list(taints)},
+            "status": {"conditions": [{"type": "Ready", "status": ready, "lastTransitionTime": rfc3339(since)}]}}
+
+
+@pytest.mark.parametrize(
+    "node, forced",
+    [
+        (None, True),  # the Node object is gone
+        (_node("n1", taints=[{"key": "node.kubernetes.io/out-of-service", "effect": "NoExecute"}]), True),
+        (_node("n1", ready="Unknown", since=NOW - timedelta(seconds=301)), True),
+        (_node("n1", ready="Unknown", since=NOW - timedelta(seconds=60)), False),  # not long enough
+        (_node("n1"), False),  # a Ready node's kubelet will finish the deletion
+    ],
+)
+def test_pod_stuck_in_deletion_is_force_deleted_only_when_its_node_is_gone(node, forced):
+    """A stale pod whose deletion never completes must not block the next attempt, but a partitioned
+    kubelet may still run it: force only when the node is known gone, never on a timer alone."""
     j = _running_job()
     j["status"]["restartCount"], j["status"]["phase"] = 1, "Restarting"
     stuck = pod(1, "Running", 0, deleting=True)
+    stuck["spec"] = {"nodeName": "n1"}
     stuck["metadata"]["deletionTimestamp"] = rfc3339(NOW - timedelta(seconds=5))
-    p = plan(j, observe(j, [stuck]))
+    p = plan(j, Observed(pods=(stuck,), now=NOW, nodes={"n1": node}, **children(j)))
     assert not p.delete and names(p.create) == ["j-node-0"]  # node 1's name is still taken
-    assert p.requeue_after == pytest.approx(26)  # back when the force delete is due
+    assert p.requeue_after == pytest.approx(26)  # back when the grace is over
     stuck["metadata"]["deletionTimestamp"] = rfc3339(NOW - timedelta(seconds=31))
-    p = plan(j, observe(j, [stuck]))
-    assert p.delete == (Delete("Pod", "j-node-1", "pod-1-0", force=True),)
+    p = plan(j, Observed(pods=(stuck,), now=NOW, nodes={"n1": node}, **children(j)))
+    assert p.delete == ((Delete("Pod", "j-node-1", "pod-1-0", force=True),) if forced else ())
+    assert p.requeue_after == pytest.approx(30)  # node state changes trigger nothing: look again
+    # A timer alone never forces: without the node's state nothing is force-deleted.
+    assert not plan(j, Observed(pods=(stuck,), now=NOW + timedelta(hours=1), **children(j))).delete
+    # A pod bound to no node has no kubelet that could run it: forced once the grace is over.
+    del stuck["spec"]["nodeName"]
+    assert plan(j, Observed(pods=(stuck,), now=NOW, **children(j))).delete == (Delete("Pod", "j-node-1", "pod-1-0", force=True),)
+
+
+# ---- failure policy: the attempt judged as a whole (issue #9) ---------------------------------
+
+EVICTED = [{"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI", "message": "Eviction API: evicting"}]
+
+
+def test_knock_on_exit_with_an_eviction_in_the_same_attempt_restarts_without_using_backoff():
+    """node 1 evicted, node 0's collective breaks (exit 1): the attempt was disrupted, not failed."""
+    j = _running_job(backoff=0)
+    p, j = run(j, [pod(0, "Failed", exit_code=1), pod(1, "Failed", exit_code=143, conditions=EVICTED)])
+    assert (j["status"]["phase"], j["status"]["reason"]) == ("Restarting", "EvictionByEvictionAPI")
+    assert j["status"]["restartCount"] == 1 and j["status"]["disruptedAttempts"] == 1
+    assert j["status"].get("failedAttempts", 0) == 0  # backoffLimit=0 is untouched
+    assert sorted(d.name for d in p.delete) == ["j-node-0", "j-node-1"] and not p.create
+
+
+def test_a_checkpoint_fallback_reported_by_the_trainer_becomes_one_warning_event():
+    j = _running_job()
+    prog = {"phase": "training", "step": 20, "totalSteps": 100, "skippedCheckpoints": ["step-00000030.pt: truncated file"]}
+    p, j = run(j, [pod(0), pod(1)], progress=prog)
+    assert [(e.type, e.reason) for e in p.events] == [("Warning", "CheckpointFallback")]
+    assert "step-00000030.pt: truncated file" in p.events[0].message
+    assert j["status"]["progress"]["skippedCheckpoints"] == ["step-00000030.pt: truncated file"]
+    again = plan(j, observe(j, [pod(0), pod(1)], progress={**prog, "step": 21}))
+    assert not again.events  # posted once, not on every progress poll

@@ -71,6 +71,13 @@ def test_restricted_security_context():
     assert csc["runAsNonRoot"] and csc["seccompProfile"] == {"type": "RuntimeDefault"}
 
 
+def test_no_service_account_token_unless_the_job_names_a_service_account():
+    assert "automountServiceAccountToken" not in _pod(0)["spec"] and _pod(0)["spec"]["serviceAccountName"] == "trainer"
+    spec = {k: v for k, v in JOB["spec"].items() if k != "serviceAccountName"}
+    p = builders.pod({**JOB, "spec": spec}, parse_job_spec(spec), 0, 0, "reg/trainer:1")
+    assert p["spec"]["automountServiceAccountToken"] is False and "serviceAccountName" not in p["spec"]
+
+
 def test_owner_reference_controls_and_blocks_deletion():
     for obj in (_pod(0), builders.configmap(JOB), builders.service(JOB, parse_job_spec(JOB["spec"]))):
         (ref,) = obj["metadata"]["ownerReferences"]

@@ -29,7 +29,7 @@ class FakeKube:
         return self.job
 
     def observe(self, job):
-        return [], None, None
+        return [], None, None, {}
 
     def write_status(self, job, status):
         self.statuses.append(status)
@@ -76,17 +76,43 @@ def test_errors_never_raise_and_back_off():
     for _ in range(4):
         t0 = time.monotonic()
         w.reconcile("ns", "j")
-        delays.append(w.due[("ns", "j")] - t0)
+        delays.append(w.due_at(("ns", "j")) - t0)
     assert [round(d) for d in delays] == [1, 2, 4, 8]
     assert metrics.RECONCILE_ERRORS._value.get() - before == 4
     kube.fail = None
     w.reconcile("ns", "j")
-    assert ("ns", "j") not in w.due  # success: no retry scheduled, backoff reset
+    assert w.due_at(("ns", "j")) is None  # success: no retry scheduled, backoff reset
 
 
 def test_deleted_job_is_forgotten():
     kube = FakeKube(None)
     w = Worker(kube, Settings(), clock=CLOCK)
-    w.due[("ns", "j")] = 1.0
+    w.schedule(("ns", "j"), 1.0)
     w.reconcile("ns", "j")
-    assert ("ns", "j") not in w.due and not kube.created
+    assert w.due_at(("ns", "j")) is None and not kube.created
+
+
+def test_due_store_is_safe_while_passes_write_it():
+    """Passes on worker threads schedule retries while the resync loop takes due keys: every
+    scheduled key is taken exactly once and nothing raises (the old loop raised KeyError here)."""
+    kube = FakeKube(JOB, fail=RuntimeError("apiserver down"))
+    w = Worker(kube, Settings(), clock=CLOCK)
+    keys = [("ns", f"j{i}") for i in range(200)]
+    taken: list = []
+    stop = threading.Event()
+
+    def taker():
+        while not stop.is_set():
+            taken.extend(w.take_due(float("inf")))
+
+    t = threading.Thread(target=taker)
+    t.start()
+    writers = [threading.Thread(target=lambda ks=keys[i::4]: [w.schedule(k, 0.0) for k in ks]) for i in range(4)]
+    for x in writers:
+        x.start()
+    for x in writers:
+        x.join()
+    stop.set()
+    t.join()
+    taken.extend(w.take_due(float("inf")))
+    assert sorted(taken) == sorted(keys)

@@ -80,13 +80,12 @@ installing a controller that cannot read its own objects.
 {{- $rules -}}
 {{- end -}}
 
-{{/* Namespaces that get a Role in namespaced mode: the watched ones plus the release namespace (for the Lease), without duplicates. */}}
-{{- define "kubeclip.roleNamespaces" -}}
-{{- $nss := list .Release.Namespace -}}
-{{- range .Values.watch.namespaces -}}
-{{- $nss = append $nss . -}}
+{{/* The ClusterRole reading Nodes and the Role on the Lease: "<fullname>-nodes" / "<fullname>-leader", the prefix cut so the whole stays within 63. */}}
+{{- define "kubeclip.nodesRoleName" -}}
+{{- printf "%s-nodes" (include "kubeclip.fullname" . | trunc 57 | trimSuffix "-") -}}
 {{- end -}}
-{{- $nss | uniq | join "," -}}
+{{- define "kubeclip.leaseRoleName" -}}
+{{- printf "%s-leader" (include "kubeclip.fullname" . | trunc 56 | trimSuffix "-") -}}
 {{- end -}}
 
 {{/* The metrics Service and monitors: "<fullname>-metrics", the prefix cut to 55 so the whole stays within 63. */}}
@@ -103,4 +102,7 @@ installing a controller that cannot read its own objects.
 {{- end -}}
 {{- define "kubeclip.dashboardName" -}}
 {{- printf "%s-dashboard" (include "kubeclip.fullname" . | trunc 53 | trimSuffix "-") -}}
+{{- end -}}
+{{- define "kubeclip.admissionName" -}}
+{{- printf "%s-finetunejobs" (include "kubeclip.fullname" . | trunc 50 | trimSuffix "-") -}}
 {{- end -}}
