@@ -25,9 +25,8 @@ pytestmark = pytest.mark.slow
 
 
 def start_weights(root, model_name: str):
-    from trainer.model import import_open_clip
+    import open_clip
 
-    open_clip = import_open_clip(model_name)
     torch.manual_seed(123)
     model = open_clip.create_model(model_name)
     path = root / "start.safetensors"
