@@ -5,6 +5,8 @@ The starting weights come from a ``spec.model.pretrained`` safetensors file the 
 can compare the exported ``final/`` weights with the exact weights training started from:
 
 * ``lockImage``: every image-tower tensor ends bit-identical to the start, the text tower moved;
+* ``lockImageUnlockedGroups`` / ``lockTextUnlockedLayers``: exactly the tensors of open_clip's last
+  N layer groups of the locked tower change; more groups than the tower has exit 2 with one line;
 * ``gradCheckpointing``: recomputing activations in backward changes memory, not maths — the
   final weights match a run without it;
 * ``gradAccumSteps``: k micro-batches of b rows train like one batch of k*b rows (open_clip's
@@ -38,6 +40,12 @@ def start_weights(root, model_name: str):
 
 
 def train(root, name: str, model_name: str, pretrained, training: dict):
+    proc = run(root, name, model_name, pretrained, training)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return load_file(str(root / name / "final" / "open_clip_model.safetensors"))
+
+
+def run(root, name: str, model_name: str, pretrained, training: dict) -> subprocess.CompletedProcess:
     train_csv, val_csv = dataset(root)
     out = root / name
     doc = {
@@ -55,9 +63,7 @@ def train(root, name: str, model_name: str, pretrained, training: dict):
     }
     job = root / f"{name}.yaml"
     job.write_text(yaml.safe_dump(doc))
-    proc = subprocess.run([sys.executable, "-m", "trainer", str(job)], env=env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return load_file(str(out / "final" / "open_clip_model.safetensors"))
+    return subprocess.run([sys.executable, "-m", "trainer", str(job)], env=env(), capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +115,38 @@ def without_key_bias(name: str, t: torch.Tensor) -> torch.Tensor:
         return t
     w = t.numel() // 3
     return torch.cat([t[:w], t[2 * w:]])
+
+
+def changed(final: dict, start: dict, prefix: tuple[str, ...]) -> set[str]:
+    return {k for k in start if k.startswith(prefix) and not torch.equal(final[k], start[k])}
+
+
+#: open_clip's layer groups of the tiny (1-block) towers, last first: [projection], [last block + final norm], [embeddings]
+IMAGE_LAST_TWO_GROUPS = ("visual.proj", "visual.ln_post.", "visual.transformer.resblocks.0.")
+TEXT_TOWER = ("transformer.", "token_embedding", "positional_embedding", "text_projection", "ln_final")
+
+
+def test_lock_image_unlocked_groups_trains_exactly_the_last_groups(setup):
+    root, model_name, start_path, start = setup
+    final = train(root, "unlock-image-2", model_name, start_path, {"lockImage": True, "lockImageUnlockedGroups": 2})
+    visual = {k for k in start if k.startswith("visual.")}
+    intended = {k for k in visual if k.startswith(IMAGE_LAST_TWO_GROUPS)}
+    assert intended and intended != visual
+    assert changed(final, start, ("visual.",)) == intended
+    assert len(changed(final, start, TEXT_TOWER)) > 5  # the text tower trained
+
+
+def test_lock_text_unlocked_layers_trains_exactly_the_projection(setup):
+    root, model_name, start_path, start = setup
+    final = train(root, "unlock-text-1", model_name, start_path, {"lockText": True, "lockTextUnlockedLayers": 1})
+    assert changed(final, start, TEXT_TOWER) == {"text_projection"}
+    assert len(changed(final, start, ("visual.",))) > 5  # the image tower trained
+
+
+def test_more_unlocked_groups_than_the_tower_has_exits_2_with_one_line(setup):
+    root, model_name, start_path, _ = setup
+    proc = run(root, "unlock-too-many", model_name, start_path, {"lockImage": True, "lockImageUnlockedGroups": 4})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "config: spec.training.lockImageUnlockedGroups 4: the image tower (VisionTransformer) has only 3 layer groups")
+    assert not (root / "unlock-too-many" / "checkpoints").exists()
