@@ -7,6 +7,8 @@ can compare the exported ``final/`` weights with the exact weights training star
 * ``lockImage``: every image-tower tensor ends bit-identical to the start, the text tower moved;
 * ``lockImageUnlockedGroups`` / ``lockTextUnlockedLayers``: exactly the tensors of open_clip's last
   N layer groups of the locked tower change; more groups than the tower has exit 2 with one line;
+* ``lockImageFreezeBnStats``: a locked ResNet tower's BatchNorm running statistics stay put (and
+  move without it);
 * ``gradCheckpointing``: recomputing activations in backward changes memory, not maths — the
   final weights match a run without it;
 * ``gradAccumSteps``: k micro-batches of b rows train like one batch of k*b rows (open_clip's
@@ -23,7 +25,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from trainer_helpers import dataset, env, tiny_model
+from trainer_helpers import TINY_CONFIG, dataset, env, tiny_model
 
 pytestmark = pytest.mark.slow
 
@@ -150,3 +152,24 @@ def test_more_unlocked_groups_than_the_tower_has_exits_2_with_one_line(setup):
     assert proc.stderr.strip().splitlines()[-1] == (
         "config: spec.training.lockImageUnlockedGroups 4: the image tower (VisionTransformer) has only 3 layer groups")
     assert not (root / "unlock-too-many" / "checkpoints").exists()
+
+
+#: A tiny ModifiedResNet image tower: the one open_clip tower with BatchNorm (running statistics).
+TINY_RESNET = {
+    "model_cfg": {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8, "head_width": 64},
+                  "text_cfg": TINY_CONFIG["model_cfg"]["text_cfg"]},
+    "preprocess_cfg": TINY_CONFIG["preprocess_cfg"],
+}
+
+
+@pytest.mark.parametrize("freeze", [True, False], ids=["frozen-bn-stats", "live-bn-stats"])
+def test_lock_image_freeze_bn_stats_keeps_the_running_statistics(tmp_path, freeze):
+    model_name = tiny_model(tmp_path, TINY_RESNET, "tiny-resnet")
+    start_path, start = start_weights(tmp_path, model_name)
+    final = train(tmp_path, "resnet", model_name, start_path, {"lockImage": True, "lockImageFreezeBnStats": freeze})
+    stats = {k for k in start if k.startswith("visual.") and k.endswith(("running_mean", "running_var"))}
+    params = {k for k in start if k.startswith("visual.")} - stats - {k for k in start if k.endswith("num_batches_tracked")}
+    assert len(stats) >= 10 and params
+    assert not changed(final, start, tuple(params))  # locked weights never move
+    moved = changed(final, start, tuple(stats))
+    assert (not moved) if freeze else (moved == stats), sorted(moved)[:5]
