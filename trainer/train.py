@@ -328,7 +328,9 @@ class Recipe:
 
     # ---- evaluation -------------------------------------------------------------------------
     def evaluate_baseline(self) -> dict:
-        """Before step 0: the place for an evaluation of the starting weights (none yet)."""
+        """Called once by :meth:`run` before the first optimizer step of a fresh run (not on resume),
+        with the model built, wrapped and in train mode: where an evaluation of the starting weights
+        goes. It evaluates nothing yet and returns ``{}``."""
         return {}
 
     def evaluate(self) -> dict:
