@@ -34,6 +34,7 @@ from trainer.config import TrainerSpec
 from trainer.data import CaptionDataset, ShardedBatchSampler, eval_loader, train_loader
 from trainer.evaluate import evaluate
 from trainer.export import export
+from trainer.forgetting import Forgetting
 from trainer.loss import contrastive_loss
 from trainer.model import build, param_groups
 from trainer.optim import AdamW, default_warmup, lr_at
@@ -102,6 +103,8 @@ def train(job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None, s
     total_steps = steps_per_epoch * t.epochs
     warmup = t.warmupSteps if t.warmupSteps is not None else default_warmup(total_steps)
     global_batch = t.batchSize * topo.world * t.gradAccumSteps
+    # Baseline, retention/zero-shot evals, best weights, WiSE-FT; keeps θ_start (built, not resumed).
+    watch = Forgetting(spec, topo, model, val_table, report, tf_val, tokenizer, autocast)
 
     # ---- resume position, then start the loader early ---------------------------------------
     # Its workers decode the first batches while the optimizer and metrics are set up below.
@@ -144,6 +147,8 @@ def train(job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None, s
             job, topo.world, topo.device.type, total_steps, steps_per_epoch, t.epochs, global_batch, warmup, t.precision,
         )
 
+    watch.baseline(model, metrics)  # the start model on val/retention/zero-shot, before the first step
+
     def save_checkpoint(epoch: int, step_in_epoch: int) -> None:
         rngs = distributed.gather_objects(checkpoint.rng_state(), topo)
         if topo.is_main:
@@ -168,6 +173,7 @@ def train(job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None, s
             val_ds = CaptionDataset(val_table, tf_val, tokenizer, t.seed, augment=False)
             result = evaluate(model, eval_loader(val_ds, t.batchSize, 0), topo.device, autocast)
             metrics.record_eval(result)
+            watch.after_eval(model, epoch, step, result, metrics)
             metrics.update(phase="training")
             log.info(
                 "eval epoch %d: val_loss %.4f  i2t R@1 %.3f R@5 %.3f  t2i R@1 %.3f R@5 %.3f",
@@ -187,6 +193,9 @@ def train(job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None, s
     first_step_at: Optional[float] = None
     last_progress_write = 0.0
     for epoch in range(start_epoch, t.epochs):
+        if watch.should_stop():  # early stopping (spec.evaluation.patience), also after a resume
+            evaluated_last = epoch > start_epoch  # the previous epoch's eval ran in this process
+            break
         first_s = start_step_in_epoch if epoch == start_epoch else 0
         if epoch == start_epoch and first_batches is not None:
             batches = first_batches
@@ -302,8 +311,9 @@ def train(job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None, s
             wall_seconds=round(time.time() - t_start, 2),
             first_step_seconds=round(first_step_at - t_start, 3) if first_step_at else None,
         )
-        path = export(model, oc_config, final_metrics, out)
-        metrics.update(phase="done", step=step, modelPath=str(path), etaSeconds=0.0, message=f"model exported to {path}")
+        state, message = watch.finish(model, final_metrics, oc_config)  # WiSE-FT sweep and selection
+        path = export(model, oc_config, final_metrics, out, state=state)
+        metrics.update(phase="done", step=step, modelPath=str(path), etaSeconds=0.0, message=message or f"model exported to {path}")
         log.info("model exported to %s (load with open_clip.create_model_and_transforms('local-dir:%s'))", path, path)
         metrics.close()
     distributed.barrier(topo)
