@@ -71,7 +71,7 @@ def run(manifest: Path, log: Path) -> None:
         raise SystemExit(f"{manifest} failed ({rc}), see {log}:\n" + log.read_text()[-3000:])
 
 
-def setup(root: Path, *, n_a=512, n_b=256, val_n=128, pre_epochs=12, pre_lr=2e-3, ft_epochs=3, ft_lr=1e-4, batch=32,
+def setup(root: Path, *, n_a=512, n_b=256, val_n=256, pre_epochs=20, pre_lr=2e-3, ft_epochs=6, ft_lr=1e-3, batch=32, ft_seed=0,
           alphas=(0.25, 0.5, 0.75), select=None) -> dict:
     """Run both steps under ``root``; return the fine-tune's ``final/metrics.json`` and paths."""
     from trainer.sample_data import generate
@@ -89,7 +89,7 @@ def setup(root: Path, *, n_a=512, n_b=256, val_n=128, pre_epochs=12, pre_lr=2e-3
     ft_out = root / "finetune"
     export = {"wiseFtAlphas": list(alphas), "allAlphas": True, **(select or {})}
     ft = job(root, "finetune", f"local-dir:{pre_out / 'final'}", b_train, b_val, ft_out,
-             {"epochs": ft_epochs, "batchSize": batch, "learningRate": ft_lr, "warmupSteps": 2},
+             {"epochs": ft_epochs, "batchSize": batch, "learningRate": ft_lr, "warmupSteps": 2, "seed": ft_seed},
              {"evaluation": {"retentionCsv": str(a_val), "zeroShot": {"csv": str(zeroshot_csv(a_val)), "templates": TEMPLATES}},
               "export": export})
     run(ft, root / "finetune.log")
@@ -109,10 +109,12 @@ def table(m: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/forgetting")
-    ap.add_argument("--ft-lr", type=float, default=1e-4)
-    ap.add_argument("--ft-epochs", type=int, default=3)
+    ap.add_argument("--ft-lr", type=float, default=1e-3)
+    ap.add_argument("--ft-epochs", type=int, default=6)
+    ap.add_argument("--ft-seed", type=int, default=0)
+    ap.add_argument("--val-n", type=int, default=256)
     a = ap.parse_args()
-    r = setup(Path(a.out), ft_lr=a.ft_lr, ft_epochs=a.ft_epochs)
+    r = setup(Path(a.out), ft_lr=a.ft_lr, ft_epochs=a.ft_epochs, ft_seed=a.ft_seed, val_n=a.val_n)
     print(table(r["metrics"]))
     print("exported alpha", r["metrics"]["exported_alpha"], "-", r["metrics"]["export_policy"])
 
