@@ -113,8 +113,10 @@ def main() -> None:
     ap.add_argument("--ft-epochs", type=int, default=6)
     ap.add_argument("--ft-seed", type=int, default=0)
     ap.add_argument("--val-n", type=int, default=256)
+    ap.add_argument("--max-retention-drop", type=float, default=0.1, help="spec.export.maxRetentionDrop")
     a = ap.parse_args()
-    r = setup(Path(a.out), ft_lr=a.ft_lr, ft_epochs=a.ft_epochs, ft_seed=a.ft_seed, val_n=a.val_n)
+    r = setup(Path(a.out), ft_lr=a.ft_lr, ft_epochs=a.ft_epochs, ft_seed=a.ft_seed, val_n=a.val_n,
+              select={"select": "bestWithinRetentionDrop", "maxRetentionDrop": a.max_retention_drop})
     print(table(r["metrics"]))
     print("exported alpha", r["metrics"]["exported_alpha"], "-", r["metrics"]["export_policy"])
 
