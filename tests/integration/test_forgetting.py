@@ -136,32 +136,48 @@ def test_log_progress_and_status_show_baseline_gain_and_the_table(run):
 
 
 def test_early_stopping_exports_the_best_epoch_and_stays_stopped_on_resume(tmp_path):
-    """minDelta 100 on val_loss: no eval after the first counts as better, so patience 2 stops after epoch 2."""
+    """minDelta 100 on val_loss: no eval after the first counts as better, so patience 2 stops after epoch 2.
+
+    Two processes (``kubeclip run``, gloo): rank 0 decides, every rank must leave the loop together.
+    """
     import torch
     from safetensors.torch import load_file
 
     from trainer.checkpoint import list_checkpoints, load
 
-    train_csv, val_csv = dataset(tmp_path)  # 96 rows: 6 steps per epoch at batch 16
+    train_csv, val_csv = dataset(tmp_path)  # 96 rows: 6 steps per epoch at 2 x batch 8
     out = tmp_path / "out"
     job = forgetting_demo.job(
         tmp_path, "early", tiny_model(tmp_path), train_csv, val_csv, out,
-        {"epochs": 6, "batchSize": 16, "learningRate": 1e-3, "warmupSteps": 1, "keepCheckpoints": 10},
-        {"evaluation": {"metric": "val_loss", "patience": 2, "minDelta": 100.0}, "export": {"weights": "best"}},
+        {"epochs": 6, "batchSize": 8, "learningRate": 1e-3, "warmupSteps": 1, "keepCheckpoints": 10},
+        {"evaluation": {"metric": "val_loss", "patience": 2, "minDelta": 100.0}, "export": {"weights": "best"},
+         "numProcPerNode": 2},
     )
-    forgetting_demo.run(job, tmp_path / "early.log")
+
+    def kubeclip_run(log: str) -> str:
+        """Run the job; return its console output and the ranks' log files this run wrote."""
+        before = set((out / "logs").rglob("*"))
+        proc = subprocess.run([str(VENV_BIN / "kubeclip"), "run", str(job)], capture_output=True, text=True, env=env(), timeout=300)
+        new = sorted(p for p in set((out / "logs").rglob("*")) - before if p.is_file())
+        text = proc.stdout + proc.stderr + "".join(p.read_text() for p in new)
+        (tmp_path / log).write_text(text)
+        assert proc.returncode == 0, text[-3000:]
+        return text
+
+    first = kubeclip_run("early.log")
     m = json.loads((out / "final" / "metrics.json").read_text())
     assert m["stopped_early"] is True and m["steps"] == 18, (m["steps"], m.get("best"))
     assert m["best"]["epoch"] == 0 and m["best"]["metric"] == "val_loss" and m["best"]["step"] == 6
-    assert "early stopping: val_loss has not improved by more than 100 for 2 evals" in (tmp_path / "early.log").read_text()
+    assert m["world_size"] == 2
+    assert "early stopping: val_loss has not improved by more than 100 for 2 evals" in first
     epoch0 = load(next(p for p in list_checkpoints(str(out)) if p.name == "step-00000006.pt"))["model"]
     final = load_file(str(out / "final" / "open_clip_model.safetensors"))
     assert all(torch.equal(final[k], epoch0[k].float()) for k in epoch0)
     # The same command again: it resumes, sees it stopped, trains no further and exports the same weights.
-    forgetting_demo.run(job, tmp_path / "again.log")
+    again_log = kubeclip_run("again.log")
     again = json.loads((out / "final" / "metrics.json").read_text())
     assert again["steps"] == 18 and again["stopped_early"] is True
-    assert "resumed from" in (tmp_path / "again.log").read_text()
+    assert "resumed from" in again_log
     final2 = load_file(str(out / "final" / "open_clip_model.safetensors"))
     assert all(torch.equal(final2[k], final[k]) for k in final)
 
