@@ -47,8 +47,6 @@ def _read_zeroshot(spec: TrainerSpec) -> Table:
     except PreflightError as err:  # name the key the user must change, not the dataset's
         raise PreflightError(str(err).replace("spec.dataset.captionColumn", "spec.evaluation.zeroShot.labelColumn")
                              .replace("imageColumn/captionColumn", "imageColumn / spec.evaluation.zeroShot.labelColumn")) from None
-    table = Table(csv=table.csv, separator=table.separator, paths=table.paths,
-                  captions=table.captions.astype(str).astype(object))
     classes = sorted({str(c).strip() for c in table.captions})
     if len(classes) < 2:
         raise PreflightError(f"{ZEROSHOT} {table.csv}: {len(classes)} class in column '{zs.labelColumn}'; zero-shot "

@@ -36,7 +36,10 @@ def export(model: Optional[torch.nn.Module], config: dict, metrics: dict, output
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    weights = state if state is not None else model.state_dict()
+    if state is None:
+        assert model is not None, "export needs a model or a state dict"
+        state = model.state_dict()
+    weights = state
     state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous() for k, v in weights.items()}
     save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
     (tmp / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")

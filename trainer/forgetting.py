@@ -39,8 +39,6 @@ import os
 from pathlib import Path
 from typing import Optional
 
-import torch
-
 from trainer import distributed, evalsets, wiseft
 from trainer.config import LOWER_IS_BETTER, TERMINATION_LOG, TrainerSpec
 from trainer.data import CaptionDataset, eval_loader
@@ -100,6 +98,7 @@ class Forgetting:
             from trainer.zeroshot import accuracy
 
             zs = self.spec.evaluation.zeroShot
+            assert zs is not None  # tables.zeroshot exists only when it is configured
             out["zeroshot"] = accuracy(model, self.tables.zeroshot, self.transform, self.tokenizer, zs.templates, bs,
                                        self.device, self.autocast)
         return out
@@ -208,6 +207,7 @@ class Forgetting:
             final_metrics["exported_alpha"] = 1.0
             return ft, self._tell(f"{'best' if use_best else 'last'} weights exported; {self.summary(final_metrics)}")
         ft = ft if ft is not None else wiseft.cpu_state(model)
+        assert self.start is not None  # captured in __init__ whenever spec.export.sweeps()
         table = []
         for alpha in spec.alphas():
             if alpha == 0.0:

@@ -24,14 +24,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from trainer_helpers import REPO, VENV_BIN, dataset, env, tiny_model
 
 sys.path.insert(0, str(REPO / "hack"))
-import forgetting_demo  # noqa: E402
+import forgetting_demo
 
 pytestmark = pytest.mark.slow
 
