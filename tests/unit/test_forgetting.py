@@ -185,3 +185,11 @@ def test_progress_maps_gain_and_forgetting_onto_status():
 def test_succeeded_message_carries_the_trainer_summary():
     assert completed_message("j-node-0", {"exitCode": 0, "message": "exported alpha 0.5: ...\n"}) == "j-node-0 completed: exported alpha 0.5: ..."
     assert completed_message("j-node-0", None) == "j-node-0 completed"
+
+
+def test_reconcile_puts_the_trainer_summary_in_the_succeeded_message():
+    from test_reconcile import _running_job, pod, run  # the reconcile tests' job/pod builders
+
+    summary = "exported alpha 0.5: select bestWithinRetentionDrop 0.1: ...; alpha 0.00 val i2t R@1 0.027 ..."
+    _, j = run(_running_job(), [pod(0, "Succeeded", exit_code=0, reason="Completed", message=summary), pod(1)])
+    assert j["status"]["phase"] == "Succeeded" and j["status"]["message"] == f"j-node-0 completed: {summary}"
