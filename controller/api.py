@@ -250,6 +250,15 @@ class ProgressStatus(_Status):
     loss: Optional[float] = None
     samplesPerSecond: Optional[float] = None
     recallAt1: Optional[float] = Field(default=None, description="Latest eval image-to-text R@1.")
+    recallAt1Baseline: Optional[float] = Field(default=None, description="Image-to-text R@1 of the start model (step 0).")
+    recallAt1Gain: Optional[float] = Field(default=None, description="recallAt1 - recallAt1Baseline: what fine-tuning gained.")
+    retentionRecallAt1: Optional[float] = Field(default=None, description="Latest image-to-text R@1 on spec.evaluation.retentionCsv.")
+    retentionRecallAt1Baseline: Optional[float] = Field(default=None, description="Retention R@1 of the start model.")
+    retentionDrop: Optional[float] = Field(
+        default=None, description="retentionRecallAt1Baseline - retentionRecallAt1: what fine-tuning forgot."
+    )
+    zeroShotTop1: Optional[float] = Field(default=None, description="Latest zero-shot top-1 accuracy (spec.evaluation.zeroShot).")
+    zeroShotTop1Baseline: Optional[float] = Field(default=None, description="Zero-shot top-1 accuracy of the start model.")
     etaSeconds: Optional[int] = None
     lastCheckpoint: Optional[str] = Field(default=None, description="Path of the latest checkpoint.")
     lastCheckpointStep: Optional[int] = None

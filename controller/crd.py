@@ -241,6 +241,8 @@ PRINTER_COLUMNS = [
     {"name": "Progress", "type": "string", "jsonPath": ".status.progress.summary"},
     {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss"},
     {"name": "R@1", "type": "number", "jsonPath": ".status.progress.recallAt1"},
+    {"name": "R@1 vs base", "type": "number", "jsonPath": ".status.progress.recallAt1Gain"},
+    {"name": "Retention drop", "type": "number", "jsonPath": ".status.progress.retentionDrop", "priority": 1},
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restartCount", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]

@@ -29,7 +29,7 @@ from trainer.config import EXIT_RENDEZVOUS_TIMEOUT, FINAL_EXIT_CODES, ConfigErro
 
 from . import builders, naming
 from .api import TERMINAL_PHASES, parse_job_spec
-from .status import enter_phase, node_counts, parse_time, pod_phase, progress_status, resume, rfc3339
+from .status import completed_message, enter_phase, node_counts, parse_time, pod_phase, progress_status, resume, rfc3339
 
 #: Pod status reasons (and DisruptionTarget reasons) that mean "the node or the scheduler took
 #: the pod away", not "the trainer failed".
@@ -379,7 +379,8 @@ def plan(
     if node0 is not None and pod_phase(node0) == "Succeeded" and not _deleting(node0):
         if observed.progress:
             status["progress"] = progress_status(observed.progress)
-        return _finish(job, status, pods, "Succeeded", "Succeeded", f"{node0['metadata']['name']} completed",
+        return _finish(job, status, pods, "Succeeded", "Succeeded",
+                       completed_message(node0["metadata"]["name"], _trainer_terminated(node0)),
                        rp.cleanPodPolicy, observed, rp.ttlSecondsAfterFinished)
 
     failures = [f for f in (classify(p) for _, p in sorted(current.items(), key=lambda kv: kv[0])) if f]

@@ -95,6 +95,16 @@ def node_counts(total: int, pods: list[dict[str, Any]]) -> dict[str, int]:
     }
 
 
+def _number(value: Any) -> Optional[float]:
+    return round(float(value), 4) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def completed_message(name: str, terminated: Optional[dict[str, Any]]) -> str:
+    """The Succeeded message: the trainer's own summary (its termination message) when it left one."""
+    detail = ((terminated or {}).get("message") or "").strip()
+    return f"{name} completed" + (f": {detail}" if detail else "")
+
+
 def progress_status(progress: dict[str, Any]) -> dict[str, Any]:
     """Map the trainer's ``trainer.config.Progress`` JSON onto ``status.progress``."""
     out: dict[str, Any] = {}
@@ -117,9 +127,18 @@ def progress_status(progress: dict[str, Any]) -> dict[str, Any]:
     put("loss", round(float(loss), 4) if isinstance(loss, (int, float)) else None)
     sps = progress.get("samplesPerSecond")
     put("samplesPerSecond", round(float(sps), 1) if isinstance(sps, (int, float)) else None)
-    ev = progress.get("eval") or {}
-    r1 = ev.get("image_to_text_R@1")
-    put("recallAt1", round(float(r1), 4) if isinstance(r1, (int, float)) else None)
+    r1 = _number((progress.get("eval") or {}).get("image_to_text_R@1"))
+    base = _number((progress.get("baseline") or {}).get("image_to_text_R@1"))
+    put("recallAt1", r1)
+    put("recallAt1Baseline", base)
+    put("recallAt1Gain", round(r1 - base, 4) if r1 is not None and base is not None else None)
+    ret = _number((progress.get("retention") or {}).get("image_to_text_R@1"))
+    ret_base = _number((progress.get("retentionBaseline") or {}).get("image_to_text_R@1"))
+    put("retentionRecallAt1", ret)
+    put("retentionRecallAt1Baseline", ret_base)
+    put("retentionDrop", round(ret_base - ret, 4) if ret is not None and ret_base is not None else None)
+    put("zeroShotTop1", _number((progress.get("zeroShot") or {}).get("top1")))
+    put("zeroShotTop1Baseline", _number((progress.get("zeroShotBaseline") or {}).get("top1")))
     eta = progress.get("etaSeconds")
     put("etaSeconds", int(eta) if isinstance(eta, (int, float)) else None)
     ckpt = progress.get("lastCheckpoint") or {}

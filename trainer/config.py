@@ -16,7 +16,7 @@ PyYAML only: the controller image must never need torch.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -184,6 +184,106 @@ class MetricsSpec(_Strict):
     )
 
 
+#: Validation-set keys ``spec.evaluation.metric`` may name; for the last two, lower is better.
+EVAL_METRICS = (
+    "image_to_text_R@1", "image_to_text_R@5", "image_to_text_R@10",
+    "text_to_image_R@1", "text_to_image_R@5", "text_to_image_R@10",
+    "val_loss", "image_to_text_mean_rank", "text_to_image_mean_rank",
+)
+LOWER_IS_BETTER = frozenset({"val_loss", "image_to_text_mean_rank", "text_to_image_mean_rank"})
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class ZeroShotSpec(_Strict):
+    csv: str = Field(
+        min_length=1,
+        description="CSV of images and their class names (columns spec.dataset.imageColumn and labelColumn; "
+        "same separator and path rules as the training CSV). Top-1/top-5 zero-shot accuracy over its classes "
+        "is measured before training, at each eval and for each WiSE-FT alpha.",
+    )
+    labelColumn: str = Field(default="label", min_length=1, description="Column holding the class name of each image.")
+    templates: list[str] = Field(
+        default_factory=lambda: ["a photo of a {}."],
+        min_length=1,
+        max_length=128,
+        description="Caption templates; '{}' is replaced by the class name and each class's text embedding is "
+        "the mean over templates (open_clip's zero-shot classifier).",
+    )
+
+    @model_validator(mode="after")
+    def _placeholders(self) -> "ZeroShotSpec":
+        bad = [t for t in self.templates if "{}" not in t]
+        if bad:
+            raise ValueError(f"templates must contain '{{}}' (the class name): {bad[0]!r}")
+        return self
+
+
+class EvaluationSpec(_Strict):
+    retentionCsv: Optional[str] = Field(
+        default=None,
+        description="A general-domain image-caption CSV (same columns and rules as valCsv) evaluated before "
+        "training and at each eval: how much of what the model knew is kept.",
+    )
+    zeroShot: Optional[ZeroShotSpec] = Field(default=None, description="Zero-shot classification on your classes.")
+    metric: Literal[EVAL_METRICS] = Field(  # type: ignore[valid-type]
+        default="image_to_text_R@1",
+        description="Validation metric that picks the best checkpoint (spec.export.weights: best) and drives "
+        "early stopping (loss and mean ranks: lower is better; recalls: higher).",
+    )
+    patience: Optional[int] = Field(
+        default=None,
+        ge=1,
+        le=100000,
+        description="Early stopping: end training after this many evals (epoch ends) without the metric "
+        "improving by more than minDelta. Empty: never stop early.",
+    )
+    minDelta: float = Field(default=0.0, ge=0.0, description="Smallest change of the metric that counts as improvement.")
+
+
+class ExportSpec(_Strict):
+    weights: Literal["last", "best"] = Field(
+        default="last",
+        description="Fine-tuned weights to export: the last step's, or the best by spec.evaluation.metric "
+        "(kept as <output>/checkpoints/best.safetensors).",
+    )
+    wiseFtAlphas: list[Fraction] = Field(
+        default_factory=list,
+        max_length=64,
+        description="WiSE-FT: for each alpha the weights (1-alpha)*start + alpha*finetuned are evaluated on val, "
+        "retention and zero-shot at the end (0 and 1 are always in the table).",
+    )
+    select: Literal["finetuned", "alpha", "bestWithinRetentionDrop"] = Field(
+        default="finetuned",
+        description="What goes to final/: the fine-tuned weights; the fixed alpha; or the alpha with the best val "
+        "image_to_text_R@1 whose retention image_to_text_R@1 is at most maxRetentionDrop below the start model's.",
+    )
+    alpha: Optional[Fraction] = Field(default=None, description="The alpha exported when select is alpha.")
+    maxRetentionDrop: Optional[Fraction] = Field(
+        default=None, description="Largest allowed retention R@1 drop (absolute) when select is bestWithinRetentionDrop."
+    )
+    allAlphas: bool = Field(
+        default=False,
+        description="Also export every evaluated alpha as its own local-dir: model under <output>/wiseft/alpha-<a>/.",
+    )
+
+    @model_validator(mode="after")
+    def _policy(self) -> "ExportSpec":
+        if self.select == "alpha" and self.alpha is None:
+            raise ValueError("select: alpha needs spec.export.alpha")
+        if self.select == "bestWithinRetentionDrop" and self.maxRetentionDrop is None:
+            raise ValueError("select: bestWithinRetentionDrop needs spec.export.maxRetentionDrop")
+        return self
+
+    def alphas(self) -> list[float]:
+        """Every alpha the end-of-run sweep evaluates, ascending: 0, 1, the listed ones, the fixed one."""
+        extra = [self.alpha] if self.alpha is not None else []
+        return sorted({0.0, 1.0, *self.wiseFtAlphas, *extra})
+
+    def sweeps(self) -> bool:
+        return bool(self.wiseFtAlphas) or self.select != "finetuned" or self.allAlphas
+
+
 class TrainerSpec(_Strict):
     """Everything the trainer needs; the controller's CRD spec extends this class."""
 
@@ -199,6 +299,24 @@ class TrainerSpec(_Strict):
         description="How long the nodes wait for each other at start (node 0's address, then torchrun's "
         "rendezvous): long enough for a node scale-up or a slow image pull. Then exit 6, a retryable failure.",
     )
+    evaluation: EvaluationSpec = Field(
+        default_factory=EvaluationSpec, description="Forgetting checks: retention set, zero-shot, early stopping."
+    )
+    export: ExportSpec = Field(default_factory=ExportSpec, description="What is exported: best/last, WiSE-FT mixes.")
+
+    @model_validator(mode="after")
+    def _needs_val(self) -> "TrainerSpec":
+        ev, ex = self.evaluation, self.export
+        if self.dataset.valCsv is None:
+            used = [k for k, on in (("spec.evaluation.retentionCsv", ev.retentionCsv), ("spec.evaluation.zeroShot", ev.zeroShot),
+                                    ("spec.evaluation.patience", ev.patience), ("spec.export.weights: best", ex.weights == "best"),
+                                    ("spec.export.wiseFtAlphas", ex.wiseFtAlphas), ("spec.export.select", ex.select != "finetuned"),
+                                    ("spec.export.allAlphas", ex.allAlphas)) if on]
+            if used:
+                raise ValueError(f"{used[0]} needs spec.dataset.valCsv (the gain is measured on it)")
+        if ex.select == "bestWithinRetentionDrop" and not ev.retentionCsv:
+            raise ValueError("spec.export.select: bestWithinRetentionDrop needs spec.evaluation.retentionCsv")
+        return self
 
 
 class ConfigError(ValueError):
@@ -326,6 +444,11 @@ class Progress(BaseModel):
     samplesPerSecond: Optional[float] = None
     etaSeconds: Optional[float] = None
     eval: dict[str, float] = Field(default_factory=dict, description="Latest retrieval eval, e.g. image_to_text_R@1.")
+    baseline: dict[str, float] = Field(default_factory=dict, description="The same eval of the start model (step 0).")
+    retention: dict[str, float] = Field(default_factory=dict, description="Latest eval on spec.evaluation.retentionCsv.")
+    retentionBaseline: dict[str, float] = Field(default_factory=dict, description="Retention eval of the start model.")
+    zeroShot: dict[str, float] = Field(default_factory=dict, description="Latest zero-shot accuracy (top1, top5).")
+    zeroShotBaseline: dict[str, float] = Field(default_factory=dict, description="Zero-shot accuracy of the start model.")
     lastCheckpoint: Optional[LastCheckpoint] = None
     metricsPort: Optional[int] = Field(default=None, description="Port rank 0 serves /metrics and /progress on.")
     modelPath: Optional[str] = Field(default=None, description="Where the exported model went (phase done).")

@@ -48,9 +48,16 @@ class TrainerMetrics:
         self.logit_scale = Gauge(P + "logit_scale", "The model's contrastive temperature, exp(logit_scale).", lab, registry=r).labels(job)
         self.step_seconds = Histogram(P + "step_seconds", "Wall time of one optimizer step, data wait included.", lab, buckets=STEP_BUCKETS, registry=r).labels(job)
         self.data_wait = Histogram(P + "data_wait_seconds", "Time one step waited for its batch from the data loader.", lab, buckets=WAIT_BUCKETS, registry=r).labels(job)
-        self._recall = Gauge(P + "eval_recall", "Retrieval recall@k on the validation set.", lab + ["direction", "k"], registry=r)
-        self._mean_rank = Gauge(P + "eval_mean_rank", "Mean rank of the true match on the validation set.", lab + ["direction"], registry=r)
-        self.eval_loss = Gauge(P + "eval_loss", "Contrastive loss on the validation set.", lab, registry=r).labels(job)
+        # Eval gauges carry set="val" (spec.dataset.valCsv) or set="retention" (spec.evaluation.retentionCsv).
+        sets = lab + ["set"]
+        self._recall = Gauge(P + "eval_recall", "Retrieval recall@k on an eval set.", sets + ["direction", "k"], registry=r)
+        self._mean_rank = Gauge(P + "eval_mean_rank", "Mean rank of the true match on an eval set.", sets + ["direction"], registry=r)
+        self._eval_loss = Gauge(P + "eval_loss", "Contrastive loss on an eval set.", sets, registry=r)
+        self._base_recall = Gauge(P + "baseline_recall", "Retrieval recall@k of the start model (before the first step).",
+                                  sets + ["direction", "k"], registry=r)
+        self._zeroshot = Gauge(P + "zeroshot_accuracy", "Zero-shot top-k accuracy on spec.evaluation.zeroShot.", lab + ["k"], registry=r)
+        self._base_zeroshot = Gauge(P + "baseline_zeroshot_accuracy", "Zero-shot top-k accuracy of the start model.",
+                                    lab + ["k"], registry=r)
         self.last_ckpt = Gauge(P + "last_checkpoint_timestamp_seconds", "Unix time of the last committed checkpoint.", lab, registry=r).labels(job)
         self.gpu_mem = Gauge(P + "gpu_memory_bytes", "Peak GPU memory allocated by this process (0 on CPU).", lab, registry=r).labels(job)
         self.total_steps.set(total_steps)
@@ -71,14 +78,25 @@ class TrainerMetrics:
         tmp.write_text(data)
         os.replace(tmp, self.progress_path)
 
-    def record_eval(self, result: dict[str, float]) -> None:
+    def record_eval(self, result: dict[str, float], set_: str = "val") -> None:
         for direction in ("image_to_text", "text_to_image"):
             for k in (1, 5, 10):
-                self._recall.labels(self.job, direction, str(k)).set(result[f"{direction}_R@{k}"])
-            self._mean_rank.labels(self.job, direction).set(result[f"{direction}_mean_rank"])
-        self.eval_loss.set(result["val_loss"])
-        keep = {k: round(v, 6) for k, v in result.items() if "@" in k or k.endswith(("mean_rank", "loss"))}
-        self.update(eval=keep)
+                self._recall.labels(self.job, set_, direction, str(k)).set(result[f"{direction}_R@{k}"])
+            self._mean_rank.labels(self.job, set_, direction).set(result[f"{direction}_mean_rank"])
+        self._eval_loss.labels(self.job, set_).set(result["val_loss"])
+        self.update(**{"eval" if set_ == "val" else set_: progress_eval(result)})
+
+    def record_baseline(self, result: dict[str, float], set_: str) -> None:
+        for direction in ("image_to_text", "text_to_image"):
+            for k in (1, 5, 10):
+                self._base_recall.labels(self.job, set_, direction, str(k)).set(result[f"{direction}_R@{k}"])
+        self.update(**{"baseline" if set_ == "val" else f"{set_}Baseline": progress_eval(result)})
+
+    def record_zeroshot(self, result: dict[str, float], baseline: bool = False) -> None:
+        gauge = self._base_zeroshot if baseline else self._zeroshot
+        for k in (1, 5):
+            gauge.labels(self.job, str(k)).set(result[f"top{k}"])
+        self.update(**{"zeroShotBaseline" if baseline else "zeroShot": {k: round(v, 6) for k, v in result.items() if k.startswith("top")}})
 
     def record_checkpoint(self, path: str, step: int) -> None:
         now = time.time()
@@ -124,6 +142,11 @@ class TrainerMetrics:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+
+def progress_eval(result: dict[str, float]) -> dict[str, float]:
+    """The eval figures ``/progress`` carries: recalls, mean ranks, loss (rounded)."""
+    return {k: round(v, 6) for k, v in result.items() if "@" in k or k.endswith(("mean_rank", "loss"))}
 
 
 def read_progress(output: str) -> Optional[Progress]:

@@ -56,10 +56,13 @@ class Table:
 class DatasetReport:
     train: Table
     val: Optional[Table]
+    #: retention and zero-shot tables (``trainer.evalsets.EvalTables``), when the spec has them
+    extra: Optional["object"] = None
 
     def summary(self) -> str:
         val = f", val {len(self.val)} rows" if self.val is not None else ", no valCsv"
-        return f"preflight ok: train {len(self.train)} rows (separator {_sep_name(self.train.separator)}){val}"
+        more = self.extra.summary() if self.extra is not None else ""
+        return f"preflight ok: train {len(self.train)} rows (separator {_sep_name(self.train.separator)}){val}" + (f", {more}" if more else "")
 
 
 def _read_header(csv: Path, what: str) -> str:
@@ -264,7 +267,9 @@ def run_preflight(spec: TrainerSpec, world: Optional[int] = None) -> DatasetRepo
     check_images(train, "spec.dataset.trainCsv")
     if val is not None:
         check_images(val, "spec.dataset.valCsv")
-    return DatasetReport(train=train, val=val)
+    from trainer import evalsets  # retention and zero-shot CSVs: same rules, same one-line errors
+
+    return DatasetReport(train=train, val=val, extra=evalsets.read(spec, images=True))
 
 
 def write_termination_log(message: str, path: str) -> None:
@@ -287,8 +292,10 @@ def fail(line: str, code: int, *, echo: bool = True) -> int:
 
 def read_tables(spec: TrainerSpec) -> DatasetReport:
     """The tables only, without the image checks (a launcher ran the full preflight already)."""
+    from trainer import evalsets
+
     val = read_table(spec.dataset.valCsv, spec, "spec.dataset.valCsv") if spec.dataset.valCsv else None
-    return DatasetReport(train=read_table(spec.dataset.trainCsv, spec), val=val)
+    return DatasetReport(train=read_table(spec.dataset.trainCsv, spec), val=val, extra=evalsets.read(spec, images=False))
 
 
 class BackgroundPreflight:

@@ -6,7 +6,9 @@ Who uses it: ``hack/demo.py`` (``make demo``), ``hack/bench_trainer.py``, the tr
 
 Each image is a few coloured shapes on a plain background; its caption names the largest shape's
 colour and kind and where it sits ("a red circle at the top left"), so a CLIP model can learn
-the pairing in a few hundred steps. Writes ``OUT/train.csv`` and ``OUT/val.csv`` (comma, header
+the pairing in a few hundred steps. ``--domain bars`` makes a second, different domain (dark
+background, vertical or horizontal bars; "stripes: 3 vertical cyan bars on black"): the
+forgetting tests pre-train on shapes and fine-tune on bars. Writes ``OUT/train.csv`` and ``OUT/val.csv`` (comma, header
 ``filepath,caption``, paths relative to OUT) and ``OUT/images/{train,val}/*.png``. The same
 arguments always give the same files.
 """
@@ -58,13 +60,32 @@ def make_image(rng: random.Random, size: int):
     return img, f"a {colour} {kind} {where}"
 
 
-def write_split(out: Path, split: str, n: int, size: int, seed: int) -> Path:
-    rng = random.Random(f"kubeclip-sample-{seed}-{split}")
+def make_bars_image(rng: random.Random, size: int):
+    """The second domain: 1-4 bars of one colour on a dark background, a different caption style."""
+    from PIL import Image, ImageDraw
+
+    bg = tuple(rng.randint(0, 40) for _ in range(3))
+    img = Image.new("RGB", (size, size), bg)
+    draw = ImageDraw.Draw(img)
+    count, colour, vertical = rng.randint(1, 4), rng.choice(sorted(COLOURS)), rng.random() < 0.5
+    slot = size / count
+    for i in range(count):
+        a, b = i * slot + slot * 0.25, i * slot + slot * 0.75
+        draw.rectangle([a, 0, b, size] if vertical else [0, a, size, b], fill=COLOURS[colour])
+    return img, f"stripes: {count} {'vertical' if vertical else 'horizontal'} {colour} bars on black"
+
+
+DOMAINS = {"shapes": make_image, "bars": make_bars_image}
+
+
+def write_split(out: Path, split: str, n: int, size: int, seed: int, domain: str = "shapes") -> Path:
+    rng = random.Random(f"kubeclip-sample-{seed}-{split}" + ("" if domain == "shapes" else f"-{domain}"))
+    make = DOMAINS[domain]
     folder = out / "images" / split
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(n):
-        img, caption = make_image(rng, size)
+        img, caption = make(rng, size)
         rel = f"images/{split}/{i:05d}.png"
         img.save(out / rel, format="PNG", optimize=False)
         rows.append((rel, caption))
@@ -76,16 +97,17 @@ def write_split(out: Path, split: str, n: int, size: int, seed: int) -> Path:
     return path
 
 
-def generate(out: str | Path, n: int = 256, val_n: int = 64, size: int = 64, seed: int = 0) -> tuple[Path, Path]:
+def generate(out: str | Path, n: int = 256, val_n: int = 64, size: int = 64, seed: int = 0,
+             domain: str = "shapes") -> tuple[Path, Path]:
     """Write the dataset (skipped when OUT already holds this exact one) and return the two CSVs."""
     out = Path(out)
     stamp = out / ".generated"
-    key = f"n={n} val_n={val_n} size={size} seed={seed}\n"
+    key = f"n={n} val_n={val_n} size={size} seed={seed}" + ("" if domain == "shapes" else f" domain={domain}") + "\n"
     if stamp.is_file() and stamp.read_text() == key:
         return out / "train.csv", out / "val.csv"
     out.mkdir(parents=True, exist_ok=True)
-    train = write_split(out, "train", n, size, seed)
-    val = write_split(out, "val", val_n, size, seed)
+    train = write_split(out, "train", n, size, seed, domain)
+    val = write_split(out, "val", val_n, size, seed, domain)
     stamp.write_text(key)
     return train, val
 
@@ -97,8 +119,9 @@ def main(argv=None) -> None:
     ap.add_argument("--val-n", type=int, default=64)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--domain", choices=sorted(DOMAINS), default="shapes")
     a = ap.parse_args(argv)
-    train, val = generate(a.out, a.n, a.val_n, a.size, a.seed)
+    train, val = generate(a.out, a.n, a.val_n, a.size, a.seed, a.domain)
     print(f"train_csv={train}\nval_csv={val}")
 
 

@@ -39,6 +39,7 @@ from trainer.config import NonFiniteLoss, TrainerSpec
 from trainer.data import CaptionDataset, ShardedBatchSampler, eval_loader, train_loader
 from trainer.evaluate import evaluate
 from trainer.export import export
+from trainer.forgetting import Forgetting
 from trainer.loss import make_loss
 from trainer.model import build, is_siglip, param_groups
 from trainer.optim import adamw, default_warmup, lr_at, set_lr
@@ -158,6 +159,10 @@ class Recipe:
         torch.manual_seed(t.seed)
         self._setup_model()
         self._setup_data()
+        # Baseline, retention/zero-shot evals, best weights, WiSE-FT; keeps θ_start, so it is made
+        # from the built model before a checkpoint's weights are loaded into it.
+        self.watch = Forgetting(self.spec, topo, self.model, self.val_table, self.report, self.tf_val,
+                                self.tokenizer, self.autocast)
         ck = self._resume_position()
         self._setup_optimizer(ck)
         self._setup_metrics()
@@ -336,11 +341,11 @@ class Recipe:
                      etaSeconds=round((total - s.step) * gb / sps, 1) if sps else None)
 
     # ---- evaluation -------------------------------------------------------------------------
-    def evaluate_baseline(self) -> dict:
-        """Called once by :meth:`run` before the first optimizer step of a fresh run (not on resume),
-        with the model built, wrapped and in train mode: where an evaluation of the starting weights
-        goes. It evaluates nothing yet and returns ``{}``."""
-        return {}
+    def evaluate_baseline(self) -> None:
+        """Called once by :meth:`run` before the first optimizer step (every rank: it is collective):
+        the start model on val/retention/zero-shot (``trainer.forgetting``). A resumed run reads the
+        baseline its first attempt stored instead of evaluating resumed weights."""
+        self.watch.baseline(self.model, self.metrics)
 
     def evaluate(self) -> dict:
         """Retrieval eval on the validation CSV (rank 0; the others wait at the barrier)."""
@@ -351,6 +356,7 @@ class Recipe:
             val_ds = CaptionDataset(self.val_table, self.tf_val, self.tokenizer, self.t.seed, augment=False)
             result = evaluate(self.model, eval_loader(val_ds, self.t.batchSize, 0), self.topo.device, self.autocast)
             m.record_eval(result)
+            self.watch.after_eval(self.model, self.state.epoch, self.state.step, result, m)
             m.update(phase="training")
             log.info(
                 "eval epoch %d: val_loss %.4f  i2t R@1 %.3f R@5 %.3f  t2i R@1 %.3f R@5 %.3f",
@@ -406,8 +412,10 @@ class Recipe:
             wall_seconds=round(time.time() - self.t_start, 2),
             first_step_seconds=round(s.first_step_at - self.t_start, 3) if s.first_step_at else None,
         )
-        path = export(self.model, self.oc_config, final, self.out)
-        m.update(phase="done", step=s.step, modelPath=str(path), etaSeconds=0.0, message=f"model exported to {path}")
+        export_state, message = self.watch.finish(self.model, final, self.oc_config)  # WiSE-FT sweep, selection
+        path = export(self.model, self.oc_config, final, self.out, state=export_state)
+        m.update(phase="done", step=s.step, modelPath=str(path), etaSeconds=0.0,
+                 message=message or f"model exported to {path}")
         log.info("model exported to %s (load with open_clip.create_model_and_transforms('local-dir:%s'))", path, path)
         m.close()
         return final
@@ -416,9 +424,12 @@ class Recipe:
     def run(self) -> dict:
         self.setup()
         self.model.train()
-        if self.state.step == 0:
-            self.evaluate_baseline()
-        for epoch in range(self.state.epoch, self.t.epochs):
+        self.evaluate_baseline()
+        start_epoch = self.state.epoch
+        for epoch in range(start_epoch, self.t.epochs):
+            if self.watch.should_stop():  # early stopping (spec.evaluation.patience), also after a resume
+                self.state.evaluated_last = epoch > start_epoch  # the previous epoch's eval ran in this process
+                break
             self.train_epoch(epoch)
         final = self.export_final()
         self.cleanup()

@@ -378,7 +378,7 @@ def test_alert_rules_pass_promtool_check(tmp_path):
     path = tmp_path / "rules.yaml"
     path.write_text(yaml.safe_dump(rules_of(render(tmp_path, ALL_ON))))
     proc = subprocess.run([str(find_binary("promtool")), "check", "rules", str(path)], capture_output=True, text=True)
-    assert proc.returncode == 0 and "SUCCESS: 5 rules found" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "SUCCESS: 6 rules found" in proc.stdout, proc.stdout + proc.stderr
 
 
 # Synthetic series (1 sample per minute) and the alerts they must, and must not, raise.
@@ -404,6 +404,18 @@ RULE_TESTS = {
                 {"series": "kubeclip_controller_jobs_failed_total", "values": "0x10 1x60"},
                 {"series": "kubeclip_controller_jobs_restarted_total", "values": "0x5 1 2 3 4 5x60"},
                 {"series": 'kubeclip_controller_reconcile_errors_total{pod="ctl-0"}', "values": "0x70"},
+                # "forgets": retention R@1 falls from its 0.30 baseline to 0.20 after 10 minutes (drop 0.10 > 0.05);
+                # "keeps" loses 0.02 only; "zs" loses 0.2 of zero-shot top-1 from the start.
+                {"series": 'kubeclip_trainer_baseline_recall{finetunejob="forgets",namespace="ml",set="retention",direction="image_to_text",k="1"}',
+                 "values": "0.3x70"},
+                {"series": 'kubeclip_trainer_eval_recall{finetunejob="forgets",namespace="ml",set="retention",direction="image_to_text",k="1"}',
+                 "values": "0.3x10 0.2x60"},
+                {"series": 'kubeclip_trainer_baseline_recall{finetunejob="keeps",namespace="ml",set="retention",direction="image_to_text",k="1"}',
+                 "values": "0.3x70"},
+                {"series": 'kubeclip_trainer_eval_recall{finetunejob="keeps",namespace="ml",set="retention",direction="image_to_text",k="1"}',
+                 "values": "0.3x10 0.28x60"},
+                {"series": 'kubeclip_trainer_baseline_zeroshot_accuracy{finetunejob="zs",namespace="ml",k="1"}', "values": "0.6x70"},
+                {"series": 'kubeclip_trainer_zeroshot_accuracy{finetunejob="zs",namespace="ml",k="1"}', "values": "0.6x20 0.4x50"},
             ],
             "alert_rule_test": [
                 {"eval_time": "5m", "alertname": "KubeclipTrainingStalled", "exp_alerts": []},
@@ -418,6 +430,14 @@ RULE_TESTS = {
                 {"eval_time": "4m", "alertname": "KubeclipJobRestarting", "exp_alerts": []},
                 {"eval_time": "20m", "alertname": "KubeclipJobRestarting", "exp_alerts": [{"exp_labels": {"severity": "warning"}}]},
                 {"eval_time": "60m", "alertname": "KubeclipReconcileErrors", "exp_alerts": []},
+                {"eval_time": "5m", "alertname": "KubeclipForgetting", "exp_alerts": []},
+                {"eval_time": "15m", "alertname": "KubeclipForgetting",
+                 "exp_alerts": [{"exp_labels": {"severity": "warning", "finetunejob": "forgets", "namespace": "ml", "set": "retention",
+                                                "direction": "image_to_text", "k": "1"}}]},
+                {"eval_time": "30m", "alertname": "KubeclipForgetting",
+                 "exp_alerts": [{"exp_labels": {"severity": "warning", "finetunejob": "forgets", "namespace": "ml", "set": "retention",
+                                                "direction": "image_to_text", "k": "1"}},
+                                {"exp_labels": {"severity": "warning", "finetunejob": "zs", "namespace": "ml", "k": "1"}}]},
             ],
         }
     ],

@@ -113,7 +113,7 @@ def test_metrics_endpoint_passes_promtool_and_has_the_contract_names(run):
     text = run["scrapes"]["after_eval"][0]
     for name in CONTRACT_NAMES:
         assert f"\n{name}" in text or text.startswith(name), name
-    assert 'kubeclip_trainer_eval_recall{direction="image_to_text",finetunejob="ddp-run",k="5"}' in text
+    assert 'kubeclip_trainer_eval_recall{direction="image_to_text",finetunejob="ddp-run",k="5",set="val"}' in text
 
 
 def test_progress_endpoint_serves_the_progress_model(run):

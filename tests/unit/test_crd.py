@@ -68,7 +68,7 @@ def test_names_columns_status_and_rules():
     assert names["shortNames"] == ["ftj"] and names["categories"] == ["kubeclip"] and names["kind"] == "FineTuneJob"
     v = c["spec"]["versions"][0]
     assert v["name"] == "v1alpha1" and v["subresources"] == {"status": {}}
-    assert [col["name"] for col in v["additionalPrinterColumns"]] == ["Phase", "Nodes", "Progress", "Loss", "R@1", "Restarts", "Age"]
+    assert [col["name"] for col in v["additionalPrinterColumns"]] == ["Phase", "Nodes", "Progress", "Loss", "R@1", "R@1 vs base", "Retention drop", "Restarts", "Age"]
     rules = [r["rule"] for r in _walk_rules(_schema())]
     assert any("metadata.name.size()" in r for r in rules) and any("lockImage" in r for r in rules)
     assert any("volumeMounts.all" in r for r in rules) and any("nvidia.com/gpu" in r for r in rules)

@@ -38,6 +38,9 @@ REQUIRED = {
     "GPU memory": "kubeclip_trainer_gpu_memory_bytes",
     "eval R@k": "kubeclip_trainer_eval_recall",
     "restarts": "kubeclip_controller_jobs_restarted_total",
+    "gain over the start model": "kubeclip_trainer_baseline_recall",
+    "zero-shot accuracy": "kubeclip_trainer_zeroshot_accuracy",
+    "zero-shot at the start": "kubeclip_trainer_baseline_zeroshot_accuracy",
     "reconcile latency": "kubeclip_controller_reconcile_duration_seconds_bucket",
 }
 

@@ -1,0 +1,125 @@
+"""Forgetting demo: pre-train a tiny CLIP on one domain, fine-tune on another, sweep WiSE-FT.
+
+Who uses it: a person (``python hack/forgetting_demo.py --out runs/forgetting``) for the README's
+"Keep what CLIP knew" table; ``tests/integration/test_forgetting.py`` builds the same setup
+through :func:`setup`. Everything is generated here: domain A is ``trainer.sample_data``'s shapes
+("a red circle at the top left"), domain B its bars ("stripes: 3 vertical cyan bars on black").
+Step 1 trains a random tiny model on A (the "pretrained CLIP"); step 2 fine-tunes that model on B
+with A's val split as the retention set, A's val images labelled by colour and shape as the
+zero-shot set, and a WiSE-FT sweep. Both steps are plain ``python -m trainer JOB.yaml`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+TINY = {
+    "model_cfg": {
+        "embed_dim": 64,
+        "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "head_width": 32, "layers": 1, "mlp_ratio": 2.0},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
+    },
+    "preprocess_cfg": {"size": 32, "interpolation": "bilinear", "resize_mode": "shortest"},
+}
+PLACES = ("at the top left", "at the top right", "at the bottom left", "at the bottom right", "in the middle")
+TEMPLATES = [f"a {{}} {p}" for p in PLACES]
+
+
+def zeroshot_csv(val_csv: Path) -> Path:
+    """A's val images labelled "<colour> <shape>" (from their captions): 32 classes."""
+    out = val_csv.with_name("zeroshot.csv")
+    with open(val_csv, newline="") as f, open(out, "w", newline="") as g:
+        w = csv.writer(g, lineterminator="\n")
+        w.writerow(["filepath", "label"])
+        for row in csv.DictReader(f):
+            w.writerow([row["filepath"], " ".join(row["caption"].split()[1:3])])
+    return out
+
+
+def job(root: Path, name: str, model: str, train_csv: Path, val_csv: Path, out: Path, training: dict, extra: dict) -> Path:
+    doc = {
+        "apiVersion": "kubeclip.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name},
+        "spec": {
+            "model": {"name": model},
+            "dataset": {"trainCsv": str(train_csv), "valCsv": str(val_csv)},
+            "training": {"precision": "fp32", "seed": 0, "workers": 0, "checkpointEverySteps": 0, "logEverySteps": 50,
+                         **training},
+            "output": {"path": str(out)},
+            "metrics": {"port": 0},
+            **extra,
+        },
+    }
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def run(manifest: Path, log: Path) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+    with open(log, "w") as f:
+        rc = subprocess.call([sys.executable, "-m", "trainer", str(manifest)], stdout=f, stderr=subprocess.STDOUT, env=env)
+    if rc != 0:
+        raise SystemExit(f"{manifest} failed ({rc}), see {log}:\n" + log.read_text()[-3000:])
+
+
+def setup(root: Path, *, n_a=512, n_b=256, val_n=256, pre_epochs=20, pre_lr=2e-3, ft_epochs=6, ft_lr=1e-3, batch=32, ft_seed=0,
+          alphas=(0.25, 0.5, 0.75), select=None) -> dict:
+    """Run both steps under ``root``; return the fine-tune's ``final/metrics.json`` and paths."""
+    from trainer.sample_data import generate
+
+    a_train, a_val = generate(root / "data-a", n=n_a, val_n=val_n, size=32, seed=0)
+    b_train, b_val = generate(root / "data-b", n=n_b, val_n=val_n, size=32, seed=0, domain="bars")
+    tiny = root / "tiny"
+    tiny.mkdir(parents=True, exist_ok=True)
+    (tiny / "open_clip_config.json").write_text(json.dumps(TINY))
+    pre_out = root / "pretrain"
+    if not (pre_out / "final" / "metrics.json").is_file():
+        pre = job(root, "pretrain", f"local-dir:{tiny}", a_train, a_val, pre_out,
+                  {"epochs": pre_epochs, "batchSize": batch, "learningRate": pre_lr, "warmupSteps": 5}, {})
+        run(pre, root / "pretrain.log")
+    ft_out = root / "finetune"
+    export = {"wiseFtAlphas": list(alphas), "allAlphas": True, **(select or {})}
+    ft = job(root, "finetune", f"local-dir:{pre_out / 'final'}", b_train, b_val, ft_out,
+             {"epochs": ft_epochs, "batchSize": batch, "learningRate": ft_lr, "warmupSteps": 2, "seed": ft_seed},
+             {"evaluation": {"retentionCsv": str(a_val), "zeroShot": {"csv": str(zeroshot_csv(a_val)), "templates": TEMPLATES}},
+              "export": export})
+    run(ft, root / "finetune.log")
+    return {"metrics": json.loads((ft_out / "final" / "metrics.json").read_text()), "pretrain": pre_out / "final",
+            "finetune": ft_out, "log": (root / "finetune.log").read_text(), "manifest": ft}
+
+
+def table(m: dict) -> str:
+    rows = ["| α | val i2t R@1 (domain B) | retention i2t R@1 (domain A) | zero-shot top-1 (A, 32 classes) |",
+            "|---|---|---|---|"]
+    for e in m["wiseft"]:
+        rows.append(f"| {e['alpha']:.2f} | {e['val']['image_to_text_R@1']:.3f} | {e['retention']['image_to_text_R@1']:.3f} | "
+                    f"{e['zeroshot']['top1']:.3f} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/forgetting")
+    ap.add_argument("--ft-lr", type=float, default=1e-3)
+    ap.add_argument("--ft-epochs", type=int, default=6)
+    ap.add_argument("--ft-seed", type=int, default=0)
+    ap.add_argument("--val-n", type=int, default=256)
+    ap.add_argument("--max-retention-drop", type=float, default=0.1, help="spec.export.maxRetentionDrop")
+    a = ap.parse_args()
+    r = setup(Path(a.out), ft_lr=a.ft_lr, ft_epochs=a.ft_epochs, ft_seed=a.ft_seed, val_n=a.val_n,
+              select={"select": "bestWithinRetentionDrop", "maxRetentionDrop": a.max_retention_drop})
+    print(table(r["metrics"]))
+    print("exported alpha", r["metrics"]["exported_alpha"], "-", r["metrics"]["export_policy"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""WiSE-FT (Wortsman et al., CVPR 2022): mix the start and the fine-tuned weights, pick a mix.
+
+Who uses it: ``trainer.forgetting`` (rank 0, at the end of a run), the tests.
+
+:func:`interpolate` is the whole method: ``(1 - alpha) * start + alpha * finetuned`` for every
+floating-point tensor of the state dict, computed in fp32 on the CPU in exactly that order (so a
+test can recompute it bit for bit); integer buffers are taken from the fine-tuned weights.
+Alpha 0 gives the start weights and alpha 1 the fine-tuned ones, exactly.
+
+:func:`select` applies ``spec.export.select`` to the evaluated table; :func:`table_lines` formats
+the table for the log and the job's status message.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from trainer.config import ExportSpec
+
+R1 = "image_to_text_R@1"
+
+
+def cpu_state(model_or_state) -> dict[str, torch.Tensor]:
+    """A detached fp32 CPU copy of a state dict (what the sweep keeps: one copy per weight set)."""
+    state = model_or_state.state_dict() if hasattr(model_or_state, "state_dict") else model_or_state
+    return {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype, copy=True) for k, v in state.items()}
+
+
+def interpolate(start: dict[str, torch.Tensor], finetuned: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    if start.keys() != finetuned.keys():
+        raise ValueError("start and fine-tuned weights have different parameters")
+    out = {}
+    for k, f in finetuned.items():
+        s = start[k]
+        if f.is_floating_point():
+            out[k] = (1.0 - alpha) * s.float() + alpha * f.float()
+        else:
+            out[k] = f.clone()
+    return out
+
+
+def _r1(entry: dict, part: str) -> Optional[float]:
+    v = (entry.get(part) or {}).get(R1)
+    return float(v) if v is not None else None
+
+
+def select(table: list[dict], policy: ExportSpec) -> tuple[float, str]:
+    """Return ``(alpha to export, one-line reason)``; ``table`` entries are ``{"alpha", "val", "retention", ...}``."""
+    if policy.select == "finetuned":
+        return 1.0, "select finetuned: the fine-tuned weights (alpha 1)"
+    if policy.select == "alpha":
+        return float(policy.alpha), f"select alpha: the fixed alpha {policy.alpha:g}"
+    start = next(e for e in table if e["alpha"] == 0.0)
+    base = _r1(start, "retention")
+    limit = policy.maxRetentionDrop
+    ok = [e for e in table if base is not None and _r1(e, "retention") is not None and base - _r1(e, "retention") <= limit + 1e-12]
+    best = max(ok, key=lambda e: (_r1(e, "val") or 0.0, e["alpha"]))  # alpha 0 always qualifies
+    return float(best["alpha"]), (
+        f"select bestWithinRetentionDrop {limit:g}: alpha {best['alpha']:g} has the best val R@1 "
+        f"({_r1(best, 'val'):.3f}) among the alphas whose retention R@1 stays within {limit:g} of the start's ({base:.3f})"
+    )
+
+
+def table_lines(table: list[dict]) -> list[str]:
+    """One line per alpha: val i2t/t2i R@1, retention i2t R@1, zero-shot top-1 (where measured)."""
+    lines = []
+    for e in table:
+        parts = [f"alpha {e['alpha']:.2f}", f"val i2t R@1 {_r1(e, 'val'):.3f} t2i R@1 {e['val']['text_to_image_R@1']:.3f}"]
+        if e.get("retention"):
+            parts.append(f"retention R@1 {_r1(e, 'retention'):.3f}")
+        if e.get("zeroshot"):
+            parts.append(f"zero-shot top1 {e['zeroshot']['top1']:.3f}")
+        lines.append("  ".join(parts))
+    return lines
