@@ -9,16 +9,15 @@ with fewer than 5 classes ``top5`` is 1.0 by definition.
 
 from __future__ import annotations
 
+import open_clip
 import torch
 
 from trainer.data import CaptionDataset, eval_loader
-from trainer.model import import_open_clip
 from trainer.preflight import Table
 
 
 @torch.no_grad()
 def accuracy(model, table: Table, transform, tokenizer, templates: list[str], batch_size: int, device, autocast) -> dict[str, float]:
-    open_clip = import_open_clip()
     was_training = model.training
     model.eval()
     labels = [str(c).strip() for c in table.captions]

@@ -106,10 +106,9 @@ def test_wiseft_weights_are_exactly_the_interpolation(run):
 
 
 def test_every_alpha_is_its_own_local_dir_model(run):
-    from trainer.model import import_open_clip
+    import open_clip
 
     d = run["finetune"] / "wiseft" / "alpha-0.25"
-    open_clip = import_open_clip(f"local-dir:{d}")
     model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{d}")
     assert json.loads((d / "metrics.json").read_text())["alpha"] == 0.25
     assert sum(p.numel() for p in model.parameters()) > 0
