@@ -28,9 +28,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY kubeclip/ kubeclip/
 COPY controller/ controller/
-# The controller uses only the trainer's config model (pydantic), never the training code
-# (trainer/ is a namespace package: pyproject's packages.find includes it without __init__.py).
-COPY trainer/config.py trainer/
+# The controller and the trainer share only the API package (kubeclip/api: pydantic), installed
+# with kubeclip itself; the training code (trainer/) is not copied into this image.
 RUN python -m venv "$VENV" \
     && "$VENV/bin/pip" install --no-cache-dir "./[controller]"
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import yaml
 
-from trainer.config import API_GROUP, API_VERSION, DEFAULT_MASTER_PORT, KIND, trainer_part
+from kubeclip.api import API_GROUP, API_VERSION, DEFAULT_MASTER_PORT, KIND, trainer_part
 
 from . import naming
-from .api import CONFIG_DIR, CONFIG_VOLUME, GPU_RESOURCE, SHM_VOLUME, FineTuneJobSpec
+from kubeclip.api import CONFIG_DIR, CONFIG_VOLUME, GPU_RESOURCE, SHM_VOLUME, FineTuneJobSpec
 
 CONFIG_KEY = "job.yaml"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"

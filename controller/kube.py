@@ -19,7 +19,7 @@ from typing import Any, Optional
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from trainer.config import API_GROUP, API_VERSION, KIND
+from kubeclip.api import API_GROUP, API_VERSION, KIND
 
 from .crd import PLURAL
 from .naming import LABEL_JOB, MANAGER

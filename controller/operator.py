@@ -24,10 +24,10 @@ from typing import Any, Optional
 import kopf
 from aiohttp import web
 
-from trainer.config import API_GROUP, API_VERSION
+from kubeclip.api import API_GROUP, API_VERSION
 
 from . import metrics
-from .api import TERMINAL_PHASES
+from kubeclip.api import TERMINAL_PHASES
 from .crd import PLURAL
 from .leader import Elector
 from .naming import LABEL_JOB

@@ -25,10 +25,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
-from trainer.config import EXIT_RENDEZVOUS_TIMEOUT, FINAL_EXIT_CODES, ConfigError
+from kubeclip.api import EXIT_RENDEZVOUS_TIMEOUT, FINAL_EXIT_CODES, TERMINAL_PHASES, ConfigError, Reason, parse_job_spec
 
 from . import builders, naming
-from .api import TERMINAL_PHASES, parse_job_spec
 from .status import completed_message, enter_phase, node_counts, parse_time, pod_phase, progress_status, resume, rfc3339
 
 #: Pod status reasons (and DisruptionTarget reasons) that mean "the node or the scheduler took
@@ -146,31 +145,31 @@ def classify(pod: dict[str, Any]) -> Optional[Failure]:
         return None
     for cond in st.get("conditions") or []:  # set before the kill: the root cause of what follows
         if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
-            return Failure(True, cond.get("reason") or "Disrupted", f"{name}: {cond.get('message') or 'disrupted'}", True)
+            return Failure(True, cond.get("reason") or Reason.DISRUPTED, f"{name}: {cond.get('message') or 'disrupted'}", True)
     if _deleting(pod):
-        return Failure(True, "PodDeleted", f"{name} was deleted", True)
+        return Failure(True, Reason.POD_DELETED, f"{name} was deleted", True)
     if phase == "Unknown":
-        return Failure(True, "NodeLost", f"{name}: node lost ({st.get('message') or 'phase Unknown'})", True)
+        return Failure(True, Reason.NODE_LOST, f"{name}: node lost ({st.get('message') or 'phase Unknown'})", True)
     if phase != "Failed":
         return None
     if st.get("reason") in RETRYABLE_POD_REASONS:
         return Failure(True, st["reason"], f"{name}: {st.get('message') or st['reason']}", True)
     term = _trainer_terminated(pod)
     if term is None:
-        return Failure(True, st.get("reason") or "PodFailed", f"{name} failed before the trainer ran: {st.get('message') or ''}".rstrip(": "))
+        return Failure(True, st.get("reason") or Reason.POD_FAILED, f"{name} failed before the trainer ran: {st.get('message') or ''}".rstrip(": "))
     code = int(term.get("exitCode") or 0)
     detail = (term.get("message") or "").strip()
     at = term.get("finishedAt") or ""
     text = f"{name} exited with code {code}" + (f": {detail}" if detail else "")
     if term.get("reason") == "OOMKilled":
-        return Failure(True, "OOMKilled", f"{name} was OOMKilled (exit code {code})", at=at)
+        return Failure(True, Reason.OOM_KILLED, f"{name} was OOMKilled (exit code {code})", at=at)
     if code >= 128:
-        return Failure(True, "Killed", f"{name} killed by {_signal_name(code)} (exit code {code})" + (f": {detail}" if detail else ""), at=at)
+        return Failure(True, Reason.KILLED, f"{name} killed by {_signal_name(code)} (exit code {code})" + (f": {detail}" if detail else ""), at=at)
     if code in FINAL_EXIT_CODES:
         return Failure(False, FINAL_EXIT_CODES[code], text, at=at)
     if code == EXIT_RENDEZVOUS_TIMEOUT:
-        return Failure(True, "RendezvousTimeout", text, at=at)
-    return Failure(True, "TrainerFailed", text, at=at)
+        return Failure(True, Reason.RENDEZVOUS_TIMEOUT, text, at=at)
+    return Failure(True, Reason.TRAINER_FAILED, text, at=at)
 
 
 def judge(failures: list[Failure]) -> Optional[Failure]:
@@ -278,7 +277,7 @@ def _plan(job: dict[str, Any], new_status: dict[str, Any], **kw: Any) -> Plan:
     events = list(kw.pop("events", []))
     skipped = (new_status.get("progress") or {}).get("skippedCheckpoints")
     if skipped and skipped != (old.get("progress") or {}).get("skippedCheckpoints"):
-        events.append(Event("Warning", "CheckpointFallback",
+        events.append(Event("Warning", Reason.CHECKPOINT_FALLBACK,
                             f"the trainer could not read {len(skipped)} checkpoint(s) and resumed from an older one: "
                             + "; ".join(skipped)))
     transition = None
@@ -328,7 +327,7 @@ def plan(
         if not image:
             raise ConfigError("spec.image: empty, and the controller has no default image (--default-image)")
     except ConfigError as err:
-        return _finish(job, status, pods, "Failed", "InvalidSpec", str(err), policy, observed,
+        return _finish(job, status, pods, "Failed", Reason.INVALID_SPEC, str(err), policy, observed,
                        (raw_spec.get("runPolicy") or {}).get("ttlSecondsAfterFinished"))
     rp = spec.runPolicy
 
@@ -370,7 +369,7 @@ def plan(
         started = parse_time(status["startTime"]) or now
         left = (started - now).total_seconds() + rp.activeDeadlineSeconds
         if left <= 0:
-            return _finish(job, status, pods, "Failed", "DeadlineExceeded",
+            return _finish(job, status, pods, "Failed", Reason.DEADLINE_EXCEEDED,
                            f"the job ran longer than runPolicy.activeDeadlineSeconds={rp.activeDeadlineSeconds}",
                            rp.cleanPodPolicy, observed, rp.ttlSecondsAfterFinished)
         requeue = left
@@ -386,7 +385,7 @@ def plan(
     failures = [f for f in (classify(p) for _, p in sorted(current.items(), key=lambda kv: kv[0])) if f]
     if status["phase"] == "Running":
         missing = [i for i in range(spec.numNodes) if i not in current]
-        failures += [Failure(True, "PodDeleted", f"{naming.pod_name(meta['name'], i)} disappeared", True) for i in missing]
+        failures += [Failure(True, Reason.POD_DELETED, f"{naming.pod_name(meta['name'], i)} disappeared", True) for i in missing]
     cause = judge(failures)
     if cause is not None and not cause.retryable:
         return _finish(job, status, pods, "Failed", cause.reason, cause.message, rp.cleanPodPolicy, observed, rp.ttlSecondsAfterFinished)
@@ -395,11 +394,11 @@ def plan(
         failed = int(status.get("failedAttempts", max(0, attempt - disrupted)))  # jobs from before these fields
         counted = failed + (disrupted if rp.countDisruptions else 0)
         if cause.disruption and disrupted >= rp.disruptionLimit:
-            return _finish(job, status, pods, "Failed", "DisruptionLimitExceeded",
+            return _finish(job, status, pods, "Failed", Reason.DISRUPTION_LIMIT_EXCEEDED,
                            f"{cause.message}; runPolicy.disruptionLimit={rp.disruptionLimit} restarts used",
                            rp.cleanPodPolicy, observed, rp.ttlSecondsAfterFinished)
         if (not cause.disruption or rp.countDisruptions) and counted >= rp.backoffLimit:
-            return _finish(job, status, pods, "Failed", "BackoffLimitExceeded",
+            return _finish(job, status, pods, "Failed", Reason.BACKOFF_LIMIT_EXCEEDED,
                            f"{cause.message}; runPolicy.backoffLimit={rp.backoffLimit} restarts used",
                            rp.cleanPodPolicy, observed, rp.ttlSecondsAfterFinished)
         if cause.disruption:

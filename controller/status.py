@@ -11,6 +11,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Optional
 
+from kubeclip.api import Reason
+
 #: For each phase: the condition it sets True, and the conditions it turns False if present.
 _PHASE_CONDITIONS = {
     "Created": ("Created", ()),
@@ -76,8 +78,8 @@ def enter_phase(
 
 def resume(status: dict[str, Any], generation: Optional[int], now: datetime) -> dict[str, Any]:
     """Leaving Suspended: the Suspended condition goes False and the job is Created again."""
-    conds = set_condition(status.get("conditions") or [], "Suspended", "False", "Resumed", "runPolicy.suspend is false", generation, now)
-    return enter_phase({**status, "conditions": conds}, "Created", "Resumed", "pods recreated after suspension", generation, now)
+    conds = set_condition(status.get("conditions") or [], "Suspended", "False", Reason.RESUMED, "runPolicy.suspend is false", generation, now)
+    return enter_phase({**status, "conditions": conds}, "Created", Reason.RESUMED, "pods recreated after suspension", generation, now)
 
 
 def pod_phase(pod: dict[str, Any]) -> str:
@@ -106,7 +108,7 @@ def completed_message(name: str, terminated: Optional[dict[str, Any]]) -> str:
 
 
 def progress_status(progress: dict[str, Any]) -> dict[str, Any]:
-    """Map the trainer's ``trainer.config.Progress`` JSON onto ``status.progress``."""
+    """Map the trainer's ``kubeclip.api.Progress`` JSON onto ``status.progress``."""
     out: dict[str, Any] = {}
 
     def put(key: str, value: Any) -> None:

@@ -15,10 +15,10 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
-from trainer.config import MetricsSpec
+from kubeclip.api import MetricsSpec
 
 from . import metrics
-from .api import TERMINAL_PHASES
+from kubeclip.api import TERMINAL_PHASES
 from .kube import Conflict, Kube, Terminating, describe_error
 from .progress import progress_url, read_progress
 from .reconcile import Observed, Plan, plan

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.chdir(REPO)  # the example manifest's paths are relative to the repository
 
-from trainer.config import load_manifest  # noqa: E402
+from kubeclip.api import load_manifest  # noqa: E402
 from trainer.sample_data import DEMO, generate  # noqa: E402
 
 MANIFEST = REPO / "examples" / "local-cpu.yaml"

@@ -8,7 +8,7 @@ the dataset preflight (pandas, image checks) runs in a forked child while this p
 torch and open_clip (``trainer.preflight.BackgroundPreflight``); a bad dataset ends the run as soon
 as the child finds it. Exit codes: 0 done, ``EXIT_CONFIG`` (2) bad manifest or a model that does
 not fit it (``trainer.model.ModelError``), ``EXIT_PREFLIGHT`` (3) bad dataset (one line on stderr
-and in /dev/termination-log), the other final verdicts of ``trainer.config.TrainerVerdict``
+and in /dev/termination-log), the other final verdicts of ``kubeclip.api.TrainerVerdict``
 (4 non-finite loss, 5 checkpoint mismatch, also one line), 1 anything else.
 ``KUBECLIP_PREFLIGHT_DONE=1`` (set by ``trainer.node`` and ``kubeclip run``, which ran it
 already) skips the image checks here; the child then only reads the tables.
@@ -24,7 +24,7 @@ import argparse  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 
-from trainer.config import EXIT_CONFIG, EXIT_PREFLIGHT, TERMINATION_LOG, ConfigError, OutputSpec, TrainerVerdict, load_manifest
+from kubeclip.api import EXIT_CONFIG, EXIT_PREFLIGHT, TERMINATION_LOG, ConfigError, OutputSpec, TrainerVerdict, load_manifest
 
 
 def parse_args(argv):

@@ -14,7 +14,7 @@ save. The output directory must be shared by all nodes (a PVC in the cluster) fo
 Reading is ``torch.load(weights_only=True)``: the volume is shared, and a checkpoint must not be
 able to run code. :func:`load_latest` falls back to the previous checkpoint when the latest
 cannot be read (one ``checkpoint: ... falling back`` warning line, which the progress reports),
-and refuses with :class:`trainer.config.CheckpointMismatch` (exit 5) when a field that breaks
+and refuses with :class:`kubeclip.api.CheckpointMismatch` (exit 5) when a field that breaks
 resume changed since it was written.
 """
 
@@ -30,7 +30,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from trainer.config import CheckpointMismatch, TrainerSpec
+from kubeclip.api import CheckpointMismatch, TrainerSpec
 
 NAME = re.compile(r"^step-(\d{8})\.pt$")
 TEMP = re.compile(r"^\.step-\d{8}\.pt\.tmp-(\d+)$")

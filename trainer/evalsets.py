@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from trainer.config import TrainerSpec
+from kubeclip.api import TrainerSpec
 from trainer.preflight import PreflightError, Table, check_images, read_table
 
 RETENTION = "spec.evaluation.retentionCsv"

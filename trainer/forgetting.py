@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Optional
 
 from trainer import distributed, evalsets, wiseft
-from trainer.config import LOWER_IS_BETTER, TERMINATION_LOG, TrainerSpec
+from kubeclip.api import LOWER_IS_BETTER, TERMINATION_LOG, TrainerSpec
 from trainer.data import CaptionDataset, eval_loader
 from trainer.evaluate import evaluate
 

@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
-from trainer.config import EXIT_CONFIG, EXIT_PREFLIGHT, ConfigError
+from kubeclip.api import EXIT_CONFIG, EXIT_PREFLIGHT, ConfigError
 
 
 def _progress_bar(output: str, stop: threading.Event) -> None:

@@ -23,7 +23,7 @@ from typing import Optional
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from trainer.config import LastCheckpoint, Progress
+from kubeclip.api import LastCheckpoint, Progress
 
 log = logging.getLogger("trainer")
 

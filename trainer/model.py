@@ -22,7 +22,7 @@ from typing import Any
 import open_clip
 import torch
 
-from trainer.config import TrainerSpec, TrainingSpec
+from kubeclip.api import TrainerSpec, TrainingSpec
 
 log = logging.getLogger("trainer")
 

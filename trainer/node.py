@@ -28,7 +28,7 @@ import sys
 import time
 from typing import Callable, Optional
 
-from trainer.config import (
+from kubeclip.api import (
     DEFAULT_MASTER_PORT, EXIT_CONFIG, EXIT_PREFLIGHT, EXIT_RENDEZVOUS_TIMEOUT, TERMINATION_LOG, ConfigError, load_manifest,
 )
 

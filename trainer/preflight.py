@@ -6,7 +6,7 @@ before). It imports pandas and PIL only, never torch, so a wrong separator fails
 after a minute of imports and model loading.
 
 Every problem is a :class:`PreflightError` whose ``str()`` is ONE line a person can act on; the
-caller exits with ``trainer.config.EXIT_PREFLIGHT`` and writes that line to
+caller exits with ``kubeclip.api.EXIT_PREFLIGHT`` and writes that line to
 ``/dev/termination-log``. ``docs/trainer.md`` lists each message and its fix.
 
 :func:`read_table` is also what the data loader uses to read the CSV, so the trainer trains on
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from trainer.config import TERMINATION_LOG, TrainerSpec
+from kubeclip.api import TERMINATION_LOG, TrainerSpec
 
 #: Separators tried when ``spec.dataset.separator`` is empty, in order of preference.
 CANDIDATE_SEPARATORS = (",", "\t", ";", "|")

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from trainer import checkpoint, distributed
-from trainer.config import NonFiniteLoss, TrainerSpec
+from kubeclip.api import NonFiniteLoss, TrainerSpec
 from trainer.data import CaptionDataset, ShardedBatchSampler, eval_loader, train_loader
 from trainer.evaluate import evaluate
 from trainer.export import export

@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from trainer.config import ExportSpec
+from kubeclip.api import ExportSpec
 
 R1 = "image_to_text_R@1"
 

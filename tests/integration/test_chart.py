@@ -316,7 +316,7 @@ def test_admission_policy_follows_the_values(tmp_path):
 
 def test_network_policy_lets_in_only_trainers_monitoring_and_the_controller(tmp_path):
     from controller import builders
-    from controller.api import FineTuneJobSpec
+    from kubeclip.api import FineTuneJobSpec
 
     docs = render(tmp_path, VALUE_SETS["namespaced"])
     policies = by_kind(docs, "NetworkPolicy")
@@ -356,7 +356,7 @@ def test_monitors_target_the_contract_ports(tmp_path):
 def test_podmonitor_selects_the_pods_the_controller_builds(tmp_path):
     """The PodMonitor's selector and port name match node 0 of a real job, as built by the controller."""
     from controller import builders
-    from controller.api import FineTuneJobSpec
+    from kubeclip.api import FineTuneJobSpec
 
     job = yaml.safe_load((ROOT / "examples" / "finetune-multinode.yaml").read_text())
     job["metadata"].update(namespace="ml", uid="0000")

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from controller_harness import REPO, Operator, controller_kubeconfig, install_crd, job_manifest, set_pod_status, wait_for
-from trainer.config import parse_manifest
+from kubeclip.api import parse_manifest
 
 pytestmark = [pytest.mark.cluster]
 

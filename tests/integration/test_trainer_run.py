@@ -117,7 +117,7 @@ def test_metrics_endpoint_passes_promtool_and_has_the_contract_names(run):
 
 
 def test_progress_endpoint_serves_the_progress_model(run):
-    from trainer.config import Progress
+    from kubeclip.api import Progress
 
     p = Progress.model_validate_json(run["scrapes"]["training"][1])
     assert p.phase == "training" and p.totalSteps == 24 and 1 <= p.step <= 24

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from trainer import checkpoint
-from trainer.config import CheckpointMismatch, parse_spec
+from kubeclip.api import CheckpointMismatch, parse_spec
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import (
+from kubeclip.api import (
     CLUSTER_KEYS,
     ConfigError,
     Progress,

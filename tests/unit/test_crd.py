@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controller.api import parse_job_spec
+from kubeclip.api import parse_job_spec
 from controller.crd import crd, crd_yaml
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -179,11 +179,9 @@ def test_targets_users_pins_and_labels():
     assert bases["trainer"].split(":")[1].startswith(pins["torch"] + "-cuda"), bases["trainer"]
     assert "torch" not in " ".join(pip_runs(by_stage["controller-build"])).replace("[controller]", "")
     assert by_stage["controller"][-1] == ("CMD", '["operator"]')
-    # The controller image holds the trainer's config model and nothing else of the trainer.
+    # The controller image holds the API package (inside kubeclip/) and nothing of the trainer.
     copied = {src for srcs, _ in copy_sources(by_stage["controller-build"]) for src in srcs}
-    assert "trainer/config.py" in copied and not any(s.rstrip("/") == "trainer" for s in copied)
-    if (ROOT / "trainer" / "__init__.py").exists():
-        assert "trainer/__init__.py" in copied, "trainer/ became a regular package: COPY its __init__.py too"
+    assert "kubeclip/" in copied and not any(s.startswith("trainer") for s in copied), copied
     assert ("ENTRYPOINT", '["kubeclip"]') in by_stage["controller"]
 
 
@@ -237,9 +235,10 @@ def test_controller_stage_installs_without_torch(tmp_path):
     assert "operator" in (helped.stdout + helped.stderr).lower() or "usage" in helped.stdout.lower()
     no_torch = run_py(venv / "bin" / "python", "import torch", elsewhere)
     assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
-    # Only the trainer's config model was copied in, never its training code.
-    where = run_py(venv / "bin" / "python", "import trainer.config, controller; print(controller.__file__)", elsewhere)
-    assert where.returncode == 0 and str(venv) in where.stdout, where.stderr
+    # The API package is installed with kubeclip; no trainer code is.
+    where = run_py(venv / "bin" / "python", "import importlib.util, kubeclip.api, controller\n"
+                   "print(controller.__file__, importlib.util.find_spec('trainer'))", elsewhere)
+    assert where.returncode == 0 and str(venv) in where.stdout and where.stdout.strip().endswith("None"), where.stdout + where.stderr
 
 
 @pytest.mark.slow
@@ -270,10 +269,10 @@ def test_trainer_stage_installs_over_the_base_torch(tmp_path):
     py = venv / "bin" / "python"
     probe = run_py(
         py,
-        "import importlib.util, torch, open_clip, trainer.config, kubeclip.cli\n"
+        "import importlib.util, torch, open_clip, trainer.train, kubeclip.cli\n"
         "print(torch.__version__, open_clip.__version__)\n"
         "print(torch.__file__)\n"
-        "print(trainer.config.__file__)\n"
+        "print(trainer.train.__file__)\n"
         "print(importlib.util.find_spec('trainer.node') is not None)\n",
         elsewhere,
     )

@@ -5,8 +5,8 @@ controller's model and the trainer's config all evolve; this keeps the examples 
 
 * each FineTuneJob validates against the generated CRD's openAPIV3Schema
   (helm/kubeclip/files/crd-finetunejobs.yaml, unknown fields rejected), against the controller's
-  model (``controller.api.FineTuneJobSpec``, which mirrors the CRD's CEL rules) and against the
-  trainer's ``trainer.config.parse_spec``;
+  model (``kubeclip.api.FineTuneJobSpec``, which mirrors the CRD's CEL rules) and against the
+  trainer's ``kubeclip.api.parse_spec``;
 * every other object (PVC, Pod) passes ``kubernetes-validate --strict``;
 * on the real API server, ``kubectl apply --dry-run=server`` accepts every document, which also
   runs the CRD's CEL rules and admission.
@@ -67,8 +67,8 @@ def test_the_schema_check_catches_a_typo():
 
 @pytest.mark.parametrize("name,job", jobs(), ids=[n for n, _ in jobs()])
 def test_job_passes_the_controller_and_trainer_models(name, job):
-    from controller.api import FineTuneJobSpec
-    from trainer.config import parse_spec
+    from kubeclip.api import FineTuneJobSpec
+    from kubeclip.api import parse_spec
 
     FineTuneJobSpec.model_validate(job["spec"])
     spec = parse_spec(job["spec"])

@@ -18,7 +18,7 @@ from PIL import Image
 
 from controller.status import completed_message, progress_status
 from trainer import wiseft
-from trainer.config import ConfigError, ExportSpec, parse_spec
+from kubeclip.api import ConfigError, ExportSpec, parse_spec
 from trainer.preflight import PreflightError, run_preflight
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from trainer.config import EXIT_PREFLIGHT, parse_spec
+from kubeclip.api import EXIT_PREFLIGHT, parse_spec
 from trainer.preflight import PreflightError, detect_separator, run_preflight, write_termination_log
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import pytest
 from controller import naming
 from controller.reconcile import Delete, Observed, classify, plan
 from controller.status import rfc3339
-from trainer.config import parse_manifest
+from kubeclip.api import parse_manifest
 import yaml
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
@@ -62,8 +62,8 @@ def pod(i, phase="Running", attempt=0, *, exit_code=None, reason=None, message="
 
 def children(j):
     from controller import builders
-    from controller.api import parse_job_spec
-    from trainer.config import ConfigError
+    from kubeclip.api import parse_job_spec
+    from kubeclip.api import ConfigError
 
     try:
         svc = builders.service(j, parse_job_spec(j["spec"]))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from controller import builders, naming
-from controller.api import parse_job_spec
+from kubeclip.api import parse_job_spec
 
 JOB = {
     "metadata": {"name": "pen", "namespace": "ml", "uid": "u-1"},

@@ -1,16 +1,15 @@
-"""The one config model of a fine-tuning run: the ``spec`` of a FineTuneJob.
+"""The trainer's part of a FineTuneJob ``spec``: model, dataset, training, evaluation, export, output.
 
 Who uses it and why it exists:
 
 * the trainer (``python -m trainer JOB.yaml``, ``kubeclip run JOB.yaml``) validates a manifest
   with it before anything heavy is imported;
-* the controller (``controller/api.py``) subclasses :class:`TrainerSpec` with the cluster-only
-  fields (image, resources, volumes, ...) and generates the CRD's structural schema from the
-  result, so the API server, the controller and the trainer validate the *same* thing.
+* :mod:`kubeclip.api.job` extends :class:`TrainerSpec` with the cluster-only fields (image,
+  resources, volumes, ...), and ``controller/crd.py`` generates the CRD's structural schema from
+  the result, so the API server, the controller and the trainer validate the *same* thing.
 
 Keys are camelCase (Kubernetes convention) and unknown keys are rejected with their full path
-(``spec.training.batchSzie: extra inputs are not permitted``). This module imports pydantic and
-PyYAML only: the controller image must never need torch.
+(``spec.training.batchSzie: extra inputs are not permitted``).
 """
 
 from __future__ import annotations
@@ -19,14 +18,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-API_GROUP = "kubeclip.dev"
-API_VERSION = "v1alpha1"
-KIND = "FineTuneJob"
+from .base import API_GROUP, API_VERSION, KIND, ConfigError, Strict, format_validation_error
 
 #: Top-level spec keys that only the cluster uses (pod image, volumes, scheduling, run policy).
-#: The controller types them in ``controller/api.py``; the trainer ignores them when it reads a
+#: The controller types them in :mod:`kubeclip.api.job`; the trainer ignores them when it reads a
 #: whole manifest, so one YAML file runs both in the cluster and with ``kubeclip run``.
 CLUSTER_KEYS = frozenset(
     {
@@ -49,13 +46,8 @@ CLUSTER_KEYS = frozenset(
 Precision = Literal["fp32", "bf16", "fp16", "amp", "amp_bf16", "amp_fp16"]
 
 
-class _Strict(BaseModel):
-    """Base: unknown keys are errors, field names are the camelCase API names."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
-
-
-class ModelSpec(_Strict):
+class ModelSpec(Strict):
     name: str = Field(
         min_length=1,
         description="OpenCLIP model name (e.g. ViT-B-32), or 'local-dir:/path' to a directory "
@@ -69,7 +61,7 @@ class ModelSpec(_Strict):
     )
 
 
-class DatasetSpec(_Strict):
+class DatasetSpec(Strict):
     trainCsv: str = Field(min_length=1, description="Path to the training CSV (one row per image-caption pair).")
     valCsv: Optional[str] = Field(
         default=None, description="Path to a validation CSV; enables retrieval eval (R@1/5/10) at epoch ends."
@@ -88,7 +80,7 @@ class DatasetSpec(_Strict):
     )
 
 
-class TrainingSpec(_Strict):
+class TrainingSpec(Strict):
     epochs: int = Field(default=1, ge=1, le=100000, description="Number of passes over the training set.")
     batchSize: int = Field(default=32, ge=1, le=1 << 20, description="Batch size per process (per GPU).")
     learningRate: float = Field(default=5e-5, gt=0, le=1.0, description="Peak learning rate of AdamW.")
@@ -167,14 +159,14 @@ class TrainingSpec(_Strict):
         return self
 
 
-class OutputSpec(_Strict):
+class OutputSpec(Strict):
     path: str = Field(
         min_length=1,
         description="Directory for checkpoints, progress.json, metrics.json and the final model (final/).",
     )
 
 
-class MetricsSpec(_Strict):
+class MetricsSpec(Strict):
     port: int = Field(
         default=9090,
         ge=0,
@@ -195,7 +187,7 @@ LOWER_IS_BETTER = frozenset({"val_loss", "image_to_text_mean_rank", "text_to_ima
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
-class ZeroShotSpec(_Strict):
+class ZeroShotSpec(Strict):
     csv: str = Field(
         min_length=1,
         description="CSV of images and their class names (columns spec.dataset.imageColumn and labelColumn; "
@@ -219,7 +211,7 @@ class ZeroShotSpec(_Strict):
         return self
 
 
-class EvaluationSpec(_Strict):
+class EvaluationSpec(Strict):
     retentionCsv: Optional[str] = Field(
         default=None,
         description="A general-domain image-caption CSV (same columns and rules as valCsv) evaluated before "
@@ -241,7 +233,7 @@ class EvaluationSpec(_Strict):
     minDelta: float = Field(default=0.0, ge=0.0, description="Smallest change of the metric that counts as improvement.")
 
 
-class ExportSpec(_Strict):
+class ExportSpec(Strict):
     weights: Literal["last", "best"] = Field(
         default="last",
         description="Fine-tuned weights to export: the last step's, or the best by spec.evaluation.metric "
@@ -284,7 +276,7 @@ class ExportSpec(_Strict):
         return bool(self.wiseFtAlphas) or self.select != "finetuned" or self.allAlphas
 
 
-class TrainerSpec(_Strict):
+class TrainerSpec(Strict):
     """Everything the trainer needs; the controller's CRD spec extends this class."""
 
     model: ModelSpec
@@ -318,18 +310,6 @@ class TrainerSpec(_Strict):
             raise ValueError("spec.export.select: bestWithinRetentionDrop needs spec.evaluation.retentionCsv")
         return self
 
-
-class ConfigError(ValueError):
-    """A config the user must fix; ``str()`` is one line naming each bad key by its path."""
-
-
-def format_validation_error(err: ValidationError, prefix: str = "spec") -> str:
-    """One line: ``spec.training.batchSize: Input should be greater than or equal to 1; ...``."""
-    parts = []
-    for e in err.errors():
-        loc = ".".join([prefix, *(str(p) for p in e["loc"])]) if e["loc"] else prefix
-        parts.append(f"{loc}: {e['msg']}")
-    return "; ".join(parts)
 
 
 def trainer_part(spec: dict[str, Any]) -> dict[str, Any]:
@@ -374,86 +354,3 @@ def load_manifest(path: str | Path) -> tuple[str, TrainerSpec]:
     if not jobs:
         raise ConfigError(f"{p}: no {KIND} document found")
     return parse_manifest(jobs[0])
-
-
-# --------------------------------------------------------------------------------------------
-# What the trainer reports back. The controller reads these (exit codes from pod status, the
-# progress JSON from node 0), so they are part of the same contract as the spec.
-# --------------------------------------------------------------------------------------------
-
-#: Exit code of a bad config (unknown key, wrong type): retrying cannot help.
-EXIT_CONFIG = 2
-#: Exit code of a failed dataset preflight (wrong separator, missing images, ...): not retryable.
-EXIT_PREFLIGHT = 3
-#: Exit code of a loss that became NaN/inf: the same data and seed diverge again, not retryable.
-EXIT_NONFINITE = 4
-#: Exit code of a checkpoint that cannot resume this config (a field that breaks resume changed).
-EXIT_CHECKPOINT_MISMATCH = 5
-#: Exit code of a rendezvous that timed out (node 0 never reachable, a node never joined):
-#: retryable, the next attempt may find all nodes scheduled.
-EXIT_RENDEZVOUS_TIMEOUT = 6
-#: The exit codes that are the trainer's own final verdicts: the controller never retries them.
-FINAL_EXIT_CODES = {EXIT_CONFIG: "InvalidConfig", EXIT_PREFLIGHT: "PreflightFailed", EXIT_NONFINITE: "NonFiniteLoss",
-                    EXIT_CHECKPOINT_MISMATCH: "CheckpointMismatch"}
-
-
-
-class TrainerVerdict(Exception):
-    """A failure the trainer knows is deterministic (a retry would fail the same way): ``str()`` is
-    one line; ``python -m trainer`` exits with ``exit_code`` (one of FINAL_EXIT_CODES)."""
-
-    exit_code = EXIT_CONFIG
-
-
-class NonFiniteLoss(TrainerVerdict):
-    """The loss became NaN or infinite."""
-
-    exit_code = EXIT_NONFINITE
-
-
-class CheckpointMismatch(TrainerVerdict):
-    """The latest checkpoint was written under a config that it cannot resume (a field changed)."""
-
-    exit_code = EXIT_CHECKPOINT_MISMATCH
-
-
-#: Where Kubernetes reads a container's termination message from.
-TERMINATION_LOG = "/dev/termination-log"
-#: The port torch.distributed's rendezvous uses between nodes (Kubeflow's default too).
-DEFAULT_MASTER_PORT = 23456
-
-
-class LastCheckpoint(BaseModel):
-    path: str
-    step: int
-    time: float = Field(description="Unix time the checkpoint was committed.")
-
-
-class Progress(BaseModel):
-    """Served by rank 0 at ``GET /progress`` (metrics port) and written to ``<output>/progress.json``."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    phase: Literal["starting", "preflight", "training", "evaluating", "exporting", "done", "failed"] = "starting"
-    epoch: int = 0
-    epochs: int = 0
-    step: int = 0
-    totalSteps: int = 0
-    loss: Optional[float] = None
-    learningRate: Optional[float] = None
-    samplesPerSecond: Optional[float] = None
-    etaSeconds: Optional[float] = None
-    eval: dict[str, float] = Field(default_factory=dict, description="Latest retrieval eval, e.g. image_to_text_R@1.")
-    baseline: dict[str, float] = Field(default_factory=dict, description="The same eval of the start model (step 0).")
-    retention: dict[str, float] = Field(default_factory=dict, description="Latest eval on spec.evaluation.retentionCsv.")
-    retentionBaseline: dict[str, float] = Field(default_factory=dict, description="Retention eval of the start model.")
-    zeroShot: dict[str, float] = Field(default_factory=dict, description="Latest zero-shot accuracy (top1, top5).")
-    zeroShotBaseline: dict[str, float] = Field(default_factory=dict, description="Zero-shot accuracy of the start model.")
-    lastCheckpoint: Optional[LastCheckpoint] = None
-    metricsPort: Optional[int] = Field(default=None, description="Port rank 0 serves /metrics and /progress on.")
-    modelPath: Optional[str] = Field(default=None, description="Where the exported model went (phase done).")
-    skippedCheckpoints: list[str] = Field(
-        default_factory=list, description="Checkpoints this run could not read and resumed past ('name: reason')."
-    )
-    updatedAt: float = 0.0
-    message: str = ""

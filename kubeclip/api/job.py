@@ -1,21 +1,21 @@
-"""The FineTuneJob API: pydantic models of ``spec`` and ``status``, the one source of truth.
+"""The whole FineTuneJob ``spec``: the trainer's part plus the cluster-only keys (image, resources,
+volumes, scheduling, run policy).
 
-Who uses it and why it exists: :mod:`controller.crd` generates the CRD's structural schema from
-these classes (``make crd``), :mod:`controller.reconcile` validates every job it sees with
-:func:`parse_job_spec`, and the trainer validates the trainer part of the same spec with
-:class:`trainer.config.TrainerSpec`, which :class:`FineTuneJobSpec` extends with the cluster-only
-keys (``trainer.config.CLUSTER_KEYS``). Embedded Kubernetes types whose full schema we do not
-re-declare (a Volume's source, an Affinity, a valueFrom) are typed as objects that keep unknown
-fields; the API server still validates them when the pod is created.
+Who uses it and why it exists: ``controller/crd.py`` generates the CRD's structural schema from
+:class:`FineTuneJobSpec` (``make crd``), and ``controller/reconcile.py`` validates every job it
+sees with :func:`parse_job_spec`. Embedded Kubernetes types whose full schema we do not re-declare
+(a Volume's source, an Affinity, a valueFrom) are typed as objects that keep unknown fields; the
+API server still validates them when the pod is created.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
-from trainer.config import CLUSTER_KEYS, ConfigError, TrainerSpec, format_validation_error
+from .base import ConfigError, Strict, format_validation_error
+from .trainer_spec import CLUSTER_KEYS, TrainerSpec
 
 #: Marks a field whose value is an embedded Kubernetes object kept as-is (see crd.py).
 PRESERVE = {"x-kubernetes-preserve-unknown-fields": True}
@@ -25,11 +25,8 @@ Quantity = Union[int, str]
 _NAME_RE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
-
-class ResourceRequirements(_Strict):
+class ResourceRequirements(Strict):
     """Per-node compute resources; ``nvidia.com/gpu`` must equal numProcPerNode when given."""
 
     limits: dict[str, Quantity] = Field(
@@ -41,21 +38,21 @@ class ResourceRequirements(_Strict):
     )
 
 
-class Volume(_Strict):
+class Volume(Strict):
     """A pod Volume (persistentVolumeClaim, nfs, hostPath, emptyDir, ...), Kubernetes' own shape."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True, json_schema_extra=PRESERVE)
     name: str = Field(min_length=1, max_length=63, pattern=_NAME_RE, description="Volume name, referenced by volumeMounts.")
 
 
-class VolumeMount(_Strict):
+class VolumeMount(Strict):
     name: str = Field(min_length=1, max_length=63, description="Name of a volume in spec.volumes.")
     mountPath: str = Field(min_length=1, max_length=4096, description="Where the volume appears in the trainer container.")
     subPath: Optional[str] = Field(default=None, max_length=4096, description="Sub-path inside the volume.")
     readOnly: bool = Field(default=False, description="Mount read-only (e.g. the dataset).")
 
 
-class EnvVar(_Strict):
+class EnvVar(Strict):
     name: str = Field(min_length=1, max_length=256, description="Environment variable name.")
     value: Optional[str] = Field(default=None, description="Literal value.")
     valueFrom: Optional[dict[str, Any]] = Field(
@@ -65,7 +62,7 @@ class EnvVar(_Strict):
     )
 
 
-class Toleration(_Strict):
+class Toleration(Strict):
     key: Optional[str] = Field(default=None, description="Taint key; empty with operator Exists matches all taints.")
     operator: Optional[Literal["Exists", "Equal"]] = Field(default=None, description="Exists or Equal (default Equal).")
     value: Optional[str] = Field(default=None, description="Taint value for operator Equal.")
@@ -75,14 +72,14 @@ class Toleration(_Strict):
     tolerationSeconds: Optional[int] = Field(default=None, description="For NoExecute: how long the pod stays bound.")
 
 
-class LocalObjectReference(_Strict):
+class LocalObjectReference(Strict):
     name: str = Field(min_length=1, max_length=253, description="Name of a Secret in the job's namespace.")
 
 
 CleanPodPolicy = Literal["Running", "All", "None"]
 
 
-class RunPolicy(_Strict):
+class RunPolicy(Strict):
     """How the job runs: restarts, deadlines, cleanup and suspension (Kubeflow's RunPolicy)."""
 
     backoffLimit: int = Field(
@@ -206,86 +203,6 @@ def cross_field_errors(spec: FineTuneJobSpec) -> list[str]:
 assert set(FineTuneJobSpec.model_fields) - set(TrainerSpec.model_fields) == CLUSTER_KEYS
 
 
-# --------------------------------------------------------------------------------------------
-# status
-# --------------------------------------------------------------------------------------------
-
-Phase = Literal["Created", "Running", "Restarting", "Succeeded", "Failed", "Suspended"]
-TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
-
-
-class _Status(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-
-
-class Condition(_Status):
-    """metav1.Condition."""
-
-    type: str = Field(description="Created, Running, Restarting, Succeeded, Failed or Suspended.")
-    status: Literal["True", "False", "Unknown"]
-    reason: str = Field(description="CamelCase machine-readable reason.")
-    message: str = Field(default="", description="Human-readable details.")
-    lastTransitionTime: str = Field(description="When status last changed (RFC 3339).")
-    observedGeneration: Optional[int] = Field(default=None, description="metadata.generation the condition is based on.")
-
-
-class NodeCounts(_Status):
-    total: int = Field(default=0, description="spec.numNodes.")
-    pending: int = Field(default=0, description="Pods not yet running.")
-    running: int = Field(default=0, description="Pods running.")
-    succeeded: int = Field(default=0, description="Pods that exited 0.")
-    failed: int = Field(default=0, description="Pods that failed.")
-
-
-class ProgressStatus(_Status):
-    """The trainer's progress, read from node 0's /progress endpoint."""
-
-    phase: Optional[str] = Field(default=None, description="Trainer phase (preflight, training, evaluating...).")
-    epoch: Optional[int] = None
-    epochs: Optional[int] = None
-    step: Optional[int] = None
-    totalSteps: Optional[int] = None
-    percent: Optional[int] = Field(default=None, description="step / totalSteps in percent.")
-    summary: Optional[str] = Field(default=None, description="e.g. 'epoch 2/5 step 120/600'.")
-    loss: Optional[float] = None
-    samplesPerSecond: Optional[float] = None
-    recallAt1: Optional[float] = Field(default=None, description="Latest eval image-to-text R@1.")
-    recallAt1Baseline: Optional[float] = Field(default=None, description="Image-to-text R@1 of the start model (step 0).")
-    recallAt1Gain: Optional[float] = Field(default=None, description="recallAt1 - recallAt1Baseline: what fine-tuning gained.")
-    retentionRecallAt1: Optional[float] = Field(default=None, description="Latest image-to-text R@1 on spec.evaluation.retentionCsv.")
-    retentionRecallAt1Baseline: Optional[float] = Field(default=None, description="Retention R@1 of the start model.")
-    retentionDrop: Optional[float] = Field(
-        default=None, description="retentionRecallAt1Baseline - retentionRecallAt1: what fine-tuning forgot."
-    )
-    zeroShotTop1: Optional[float] = Field(default=None, description="Latest zero-shot top-1 accuracy (spec.evaluation.zeroShot).")
-    zeroShotTop1Baseline: Optional[float] = Field(default=None, description="Zero-shot top-1 accuracy of the start model.")
-    etaSeconds: Optional[int] = None
-    lastCheckpoint: Optional[str] = Field(default=None, description="Path of the latest checkpoint.")
-    lastCheckpointStep: Optional[int] = None
-    skippedCheckpoints: list[str] = Field(
-        default_factory=list, description="Unreadable checkpoints the trainer resumed past (a Warning event each time)."
-    )
-    updatedAt: Optional[str] = Field(default=None, description="When the trainer reported this (RFC 3339).")
-
-
-class FineTuneJobStatus(_Status):
-    phase: Optional[Phase] = Field(default=None, description="Created, Running, Restarting, Succeeded, Failed or Suspended.")
-    reason: Optional[str] = Field(default=None, description="Reason of the latest phase transition.")
-    message: Optional[str] = Field(default=None, description="Message of the latest phase transition.")
-    conditions: list[Condition] = Field(default_factory=list, description="metav1.Conditions, one per type.")
-    observedGeneration: Optional[int] = Field(default=None, description="metadata.generation last reconciled.")
-    nodes: Optional[NodeCounts] = Field(default=None, description="Pod counts of the current attempt.")
-    restartCount: int = Field(default=0, description="Restarts so far (failed plus disrupted attempts); the attempt number of the pods.")
-    failedAttempts: int = Field(default=0, description="Restarts after failed attempts; never above runPolicy.backoffLimit.")
-    disruptedAttempts: int = Field(default=0, description="Restarts after disruptions; never above runPolicy.disruptionLimit.")
-    nextAttemptTime: Optional[str] = Field(
-        default=None, description="Restarting: the next attempt's pods are created at this time (exponential delay, RFC 3339)."
-    )
-    startTime: Optional[str] = Field(default=None, description="When the pods were first created (RFC 3339).")
-    completionTime: Optional[str] = Field(default=None, description="When the job succeeded or failed (RFC 3339).")
-    progress: Optional[ProgressStatus] = Field(default=None, description="The trainer's progress.")
-
-
 def parse_job_spec(spec: Any) -> FineTuneJobSpec:
     """Validate a whole FineTuneJob spec; raises :class:`ConfigError` with one line naming the keys."""
     if not isinstance(spec, dict):
@@ -294,4 +211,3 @@ def parse_job_spec(spec: Any) -> FineTuneJobSpec:
         return FineTuneJobSpec.model_validate(spec)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, "spec")) from None
-
