@@ -71,8 +71,6 @@ def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         elif key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
             out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
             out[key] = True
-        elif key == "maxItems" and out.get("type") == "string":
-            out["maxLength"] = value
         else:
             out[key] = copy.deepcopy(value)
     extra = node.get("additionalProperties")

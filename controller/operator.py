@@ -72,7 +72,9 @@ def build_registry(worker: Worker) -> kopf.OperatorRegistry:
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> Any:
-        # The same resolution as controller/kube.py: KUBECONFIG, then in-cluster.
+        # kopf's piggybacking tries the in-cluster service account first, then KUBECONFIG, while
+        # controller/kube.py tries KUBECONFIG first: they can differ only where both exist (a pod that
+        # also sets KUBECONFIG), which the chart's Deployment never does.
         return kopf.login_via_client(**kwargs)
 
     @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=registry)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
 from kubeclip.api import EXIT_RENDEZVOUS_TIMEOUT, FINAL_EXIT_CODES, TERMINAL_PHASES, ConfigError, Reason, parse_job_spec
@@ -48,7 +48,7 @@ class Observed:
     service: Optional[dict[str, Any]] = None
     configmap: Optional[dict[str, Any]] = None
     progress: Optional[dict[str, Any]] = None
-    now: datetime = field(default_factory=lambda: datetime(1970, 1, 1))
+    now: datetime = field(default_factory=lambda: datetime(1970, 1, 1, tzinfo=timezone.utc))
     nodes: dict[str, Optional[dict[str, Any]]] = field(default_factory=dict)
 
 

@@ -22,7 +22,6 @@ _PHASE_CONDITIONS = {
     "Succeeded": ("Succeeded", ("Running", "Restarting")),
     "Failed": ("Failed", ("Running", "Restarting")),
 }
-WARNING_PHASES = frozenset({"Restarting", "Failed"})
 
 
 def rfc3339(t: datetime) -> str:

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 
 from kubeclip.api import MetricsSpec
 
-from . import metrics
+from . import metrics, naming
 from kubeclip.api import TERMINAL_PHASES
 from .kube import Conflict, Kube, Terminating, describe_error
 from .progress import progress_url, read_progress
@@ -123,7 +123,7 @@ class Worker:
         progress = None
         status = job.get("status") or {}
         if status.get("phase") not in TERMINAL_PHASES:
-            node0 = next((p for p in pods if p["metadata"]["name"].endswith("-node-0")
+            node0 = next((p for p in pods if (p["metadata"].get("labels") or {}).get(naming.LABEL_INDEX) == "0"
                           and pod_phase(p) in ("Running", "Succeeded")), None)
             port = ((job.get("spec") or {}).get("metrics") or {}).get("port", MetricsSpec().port)
             url = progress_url(node0, port, self.s) if node0 is not None and port else None

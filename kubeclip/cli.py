@@ -27,28 +27,15 @@ def run(
     raise typer.Exit(run_local(manifest, nproc=nproc, output=output, quiet=quiet))
 
 
-@app.command()
-def operator(
-    namespace: Optional[list[str]] = typer.Option(None, "--namespace", "-n", help="Watch only these namespaces."),
-    all_namespaces: bool = typer.Option(False, "--all-namespaces", "-A", help="Watch every namespace (default when no --namespace)."),
-    metrics_port: int = typer.Option(8080, "--metrics-port", help="Prometheus /metrics port (0: off)."),
-    health_port: int = typer.Option(8081, "--health-port", help="/healthz and /readyz port (0: off)."),
-    leader_election: bool = typer.Option(True, "--leader-election/--no-leader-election", help="Reconcile only while holding the Lease."),
-    lease_name: Optional[str] = typer.Option(None, "--lease-name", help="Lease name (default kubeclip-controller)."),
-    lease_namespace: Optional[str] = typer.Option(None, "--lease-namespace", help="Lease namespace (default $POD_NAMESPACE, else default)."),
-    default_image: Optional[str] = typer.Option(None, "--default-image", help="Trainer image for jobs without spec.image ($KUBECLIP_DEFAULT_IMAGE)."),
-    log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
-) -> None:
-    """Run the FineTuneJob controller (KUBECONFIG, then in-cluster config)."""
-    from controller.operator import main as operator_main
+def _register_operator() -> None:
+    """``kubeclip operator``: the controller's own command (flags defined once, in controller.cli).
+    Importing it loads typer and the settings dataclass only, not kopf."""
+    from controller.cli import operator
 
-    raise typer.Exit(
-        operator_main(
-            namespaces=list(namespace or []), all_namespaces=all_namespaces, metrics_port=metrics_port,
-            health_port=health_port, leader_election=leader_election, lease_name=lease_name,
-            lease_namespace=lease_namespace, default_image=default_image, log_level=log_level,
-        )
-    )
+    app.command("operator")(operator)
+
+
+_register_operator()
 
 
 @app.command()

@@ -422,6 +422,14 @@ class Recipe:
 
     # ---- the whole run ----------------------------------------------------------------------
     def run(self) -> dict:
+        try:
+            return self._run()
+        except BaseException as err:  # /progress and progress.json say "failed", not a stale "training"
+            if self.metrics is not None:
+                self.metrics.update(phase="failed", message=str(err).splitlines()[0] if str(err) else type(err).__name__)
+            raise
+
+    def _run(self) -> dict:
         self.setup()
         self.model.train()
         self.evaluate_baseline()

@@ -19,7 +19,7 @@ class Progress(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    phase: Literal["starting", "preflight", "training", "evaluating", "exporting", "done", "failed"] = "starting"
+    phase: Literal["starting", "training", "evaluating", "exporting", "done", "failed"] = "starting"
     epoch: int = 0
     epochs: int = 0
     step: int = 0

@@ -40,7 +40,7 @@ class NodeCounts(_Status):
 class ProgressStatus(_Status):
     """The trainer's progress, read from node 0's /progress endpoint."""
 
-    phase: Optional[str] = Field(default=None, description="Trainer phase (preflight, training, evaluating...).")
+    phase: Optional[str] = Field(default=None, description="Trainer phase (starting, training, evaluating, exporting, done, failed).")
     epoch: Optional[int] = None
     epochs: Optional[int] = None
     step: Optional[int] = None

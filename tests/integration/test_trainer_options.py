@@ -173,3 +173,22 @@ def test_lock_image_freeze_bn_stats_keeps_the_running_statistics(tmp_path, freez
     assert not changed(final, start, tuple(params))  # locked weights never move
     moved = changed(final, start, tuple(stats))
     assert (not moved) if freeze else (moved == stats), sorted(moved)[:5]
+
+
+def test_a_non_finite_loss_is_a_final_verdict_and_progress_says_failed(setup):
+    """A real NaN, not a mock: start weights whose text projection is NaN make the very first loss
+    NaN. The trainer exits 4 (EXIT_NONFINITE, a final verdict) with one line, and the progress
+    document the controller reads says ``failed`` with that line instead of a stale ``training``."""
+    import json
+
+    root, model_name, _, start = setup
+    poisoned = dict(start)
+    poisoned["text_projection"] = torch.full_like(start["text_projection"], float("nan"))
+    path = root / "nan.safetensors"
+    save_file(poisoned, str(path))
+    proc = run(root, "nan", model_name, path, {})
+    assert proc.returncode == 4, proc.stdout[-2000:] + proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("training: loss is nan at step 1"), last
+    progress = json.loads((root / "nan" / "progress.json").read_text())
+    assert progress["phase"] == "failed" and progress["message"].startswith("training: loss is nan"), progress
