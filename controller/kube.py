@@ -23,6 +23,7 @@ from kubeclip.api import API_GROUP, API_VERSION, KIND
 
 from .crd import PLURAL
 from .naming import LABEL_JOB, MANAGER
+from .times import rfc3339
 from .reconcile import Delete, Event
 
 log = logging.getLogger(__name__)
@@ -198,7 +199,7 @@ class Kube:
 
     def event(self, job: dict[str, Any], ev: Event) -> None:
         meta = job["metadata"]
-        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = rfc3339(datetime.now(timezone.utc))
         body = {
             "apiVersion": "v1",
             "kind": "Event",

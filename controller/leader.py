@@ -17,23 +17,9 @@ from datetime import datetime, timezone
 from typing import Any, Optional
 
 from .settings import Settings
+from .times import rfc3339
 
 log = logging.getLogger(__name__)
-
-
-def _fmt(t: datetime) -> str:
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse(s: Optional[str]) -> Optional[datetime]:
-    if not s:
-        return None
-    for fmt in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
-        try:
-            return datetime.strptime(s, fmt).replace(tzinfo=timezone.utc)
-        except ValueError:
-            pass
-    return None
 
 
 @dataclass(frozen=True)
@@ -71,9 +57,9 @@ def decide(
     held_for = float(spec.get("leaseDurationSeconds") or duration_s)
     if holder and holder != me and local_now < observed.seen_at + held_for:
         return None, observed
-    out = {**spec, "holderIdentity": me, "leaseDurationSeconds": int(duration_s), "renewTime": _fmt(now)}
+    out = {**spec, "holderIdentity": me, "leaseDurationSeconds": int(duration_s), "renewTime": rfc3339(now, micro=True)}
     if holder != me:
-        out["acquireTime"] = _fmt(now)
+        out["acquireTime"] = rfc3339(now, micro=True)
         out["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + (1 if holder else 0)
     return out, observed
 

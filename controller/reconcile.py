@@ -28,7 +28,8 @@ from typing import Any, Optional
 from kubeclip.api import EXIT_RENDEZVOUS_TIMEOUT, FINAL_EXIT_CODES, TERMINAL_PHASES, ConfigError, Reason, parse_job_spec
 
 from . import builders, naming
-from .status import completed_message, enter_phase, node_counts, parse_time, pod_phase, progress_status, resume, rfc3339
+from .status import completed_message, enter_phase, node_counts, pod_phase, progress_status, resume
+from .times import parse_time, rfc3339
 
 #: Pod status reasons (and DisruptionTarget reasons) that mean "the node or the scheduler took
 #: the pod away", not "the trainer failed".

@@ -13,6 +13,8 @@ from typing import Any, Optional
 
 from kubeclip.api import Reason
 
+from .times import rfc3339
+
 #: For each phase: the condition it sets True, and the conditions it turns False if present.
 _PHASE_CONDITIONS = {
     "Created": ("Created", ()),
@@ -22,19 +24,6 @@ _PHASE_CONDITIONS = {
     "Succeeded": ("Succeeded", ("Running", "Restarting")),
     "Failed": ("Failed", ("Running", "Restarting")),
 }
-
-
-def rfc3339(t: datetime) -> str:
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(s: Optional[str]) -> Optional[datetime]:
-    if not s:
-        return None
-    try:
-        return datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-    except ValueError:
-        return None
 
 
 def set_condition(

@@ -9,7 +9,7 @@ import pytest
 
 from controller import naming
 from controller.reconcile import Delete, Observed, classify, plan
-from controller.status import rfc3339
+from controller.times import rfc3339
 from kubeclip.api import parse_manifest
 import yaml
 
