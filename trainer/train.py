@@ -97,7 +97,13 @@ def train(job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None, s
     train_table = report.train if report else read_table(spec.dataset.trainCsv, spec)
     val_table = (report.val if report else read_table(spec.dataset.valCsv, spec, "spec.dataset.valCsv")) if spec.dataset.valCsv else None
     sampler = ShardedBatchSampler(len(train_table), t.batchSize, topo.world, topo.rank, t.seed)
-    loader = train_loader(CaptionDataset(train_table, tf_train, tokenizer, t.seed, augment=True), sampler, t.workers, topo.device.type == "cuda")
+    loader = None
+    if topo.device.type == "cuda":  # JPEG decode, crop and resize on the GPU (trainer.gpu_data)
+        from trainer.gpu_data import gpu_train_loader
+
+        loader = gpu_train_loader(train_table, tf_train, tokenizer, t.seed, sampler, t.workers, topo.device)
+    if loader is None:
+        loader = train_loader(CaptionDataset(train_table, tf_train, tokenizer, t.seed, augment=True), sampler, t.workers, topo.device.type == "cuda")
     steps_per_epoch = sampler.batches_per_epoch // t.gradAccumSteps
     total_steps = steps_per_epoch * t.epochs
     warmup = t.warmupSteps if t.warmupSteps is not None else default_warmup(total_steps)
@@ -179,7 +185,7 @@ def train(job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None, s
 
     # ---- the loop ---------------------------------------------------------------------------
     model.train()
-    steady_time, steady_samples = 0.0, 0
+    steady_time, steady_samples, steady_wait = 0.0, 0, 0.0
     last_eval: dict = {}
     epoch_losses: list[float] = []  # mean training loss of each epoch this process ran
     evaluated_last = False
@@ -240,6 +246,7 @@ def train(job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None, s
             if s != first_s:  # the first step of an epoch waits for loader start-up: not steady state
                 steady_time += dt
                 steady_samples += global_batch
+                steady_wait += wait
             if first_step_at is None:
                 first_step_at = time.time()
                 if topo.is_main:
@@ -256,6 +263,7 @@ def train(job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None, s
                 metrics.logit_scale.set(model.logit_scale.exp().item())
                 metrics.step_seconds.observe(dt)
                 metrics.data_wait.observe(wait)
+                metrics.data_wait_share.set(steady_wait / steady_time if steady_time else wait / dt)
                 if topo.device.type == "cuda":
                     metrics.gpu_mem.set(torch.cuda.max_memory_allocated(topo.device))
                 if step == 1 or step % t.logEverySteps == 0 or step == total_steps:
@@ -292,6 +300,8 @@ def train(job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None, s
         final_metrics = dict(last_eval)
         final_metrics.update(
             samples_per_second=round(steady_samples / steady_time, 2) if steady_time else None,
+            data_wait_share=round(steady_wait / steady_time, 4) if steady_time else None,
+            peak_gpu_memory_bytes=torch.cuda.max_memory_allocated(topo.device) if topo.device.type == "cuda" else 0,
             steps=step,
             epochs=t.epochs,
             world_size=topo.world,
