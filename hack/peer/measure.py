@@ -1,0 +1,127 @@
+"""Run one training command and measure it from outside, the same way for kubeclip and open_clip_train.
+
+Who uses it: ``hack/bench_trainer.py`` and ``hack/bench_gpu.py``.
+
+:func:`run` starts the command and, every 50 ms until it exits, samples
+  * the process tree (the command and every descendant: ranks, loader workers): peak summed
+    RSS and PSS (PSS splits pages shared after fork, so it does not double-count them);
+  * the log file for a marker line (a trainer's first step), giving time to first step;
+  * with ``gpu=True``, the GPU's used memory (``nvidia-smi``; device-wide, minus what was used
+    before the start: the run's footprint including its CUDA context and allocator cache).
+It returns those with the wall time, the largest single process's peak RSS (``getrusage``, as
+``/usr/bin/time -v`` reports it) and the CPU seconds of the whole tree.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                ppid = int(stat[stat.rfind(")") + 2:].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            kids.setdefault(ppid, []).append(int(pid))
+    return kids
+
+
+def _field_kb(path: str, key: str) -> int:
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def tree_memory_kb(root: int) -> tuple[int, int]:
+    """(summed RSS, summed PSS) of ``root`` and its descendants, in KiB."""
+    kids, stack, rss, pss = _children(), [root], 0, 0
+    while stack:
+        pid = stack.pop()
+        rss += _field_kb(f"/proc/{pid}/status", "VmRSS:")
+        pss += _field_kb(f"/proc/{pid}/smaps_rollup", "Pss:")
+        stack.extend(kids.get(pid, []))
+    return rss, pss
+
+
+def gpu_used_mib() -> Optional[int]:
+    """Used memory of GPU 0 in MiB per ``nvidia-smi``, or None without one."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return None
+    try:
+        out = subprocess.run([smi, "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                             capture_output=True, text=True, timeout=10).stdout
+        return int(out.strip().splitlines()[0])
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        return None
+
+
+def run(cmd: list, cwd: Path, log_path: Path, env: Optional[dict] = None, marker: str = "",
+        marker_file: Optional[Path] = None, gpu: bool = False) -> dict:
+    """Run ``cmd`` (stdout+stderr to ``log_path``); raise SystemExit with the log's tail if it fails."""
+    cmd = [str(c) for c in cmd]
+    marker_file = Path(marker_file or log_path)
+    gpu_base = gpu_used_mib() if gpu else None
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak = {"rss": 0, "pss": 0, "gpu": 0}
+    first: Optional[float] = None
+    t0 = time.time()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        done = threading.Event()
+
+        def sample_gpu() -> None:  # nvidia-smi takes ~50 ms: its own thread, 4 samples a second
+            while not done.is_set():
+                used = gpu_used_mib()
+                if used is not None:
+                    peak["gpu"] = max(peak["gpu"], used)
+                done.wait(0.25)
+
+        sampler = threading.Thread(target=sample_gpu, daemon=True) if gpu_base is not None else None
+        if sampler:
+            sampler.start()
+        while proc.poll() is None:
+            rss, pss = tree_memory_kb(proc.pid)
+            peak["rss"], peak["pss"] = max(peak["rss"], rss), max(peak["pss"], pss)
+            if marker and first is None and marker_file.exists():
+                try:
+                    if marker in marker_file.read_text(errors="replace"):
+                        first = time.time() - t0
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        done.set()
+        if sampler:
+            sampler.join()
+    wall = time.time() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        tail = Path(log_path).read_text(errors="replace").splitlines()[-25:]
+        raise SystemExit(f"[bench] {' '.join(cmd[:4])} ... failed (exit {proc.returncode}); {log_path}:\n" + "\n".join(tail))
+    res = {
+        "wall_s": round(wall, 2),
+        "time_to_first_step_s": round(first, 2) if first is not None else None,
+        "peak_tree_rss_mb": round(peak["rss"] / 1024, 1),
+        "peak_tree_pss_mb": round(peak["pss"] / 1024, 1),
+        "max_single_proc_rss_mb": round(after.ru_maxrss / 1024, 1),
+        "cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 2),
+    }
+    if gpu_base is not None:
+        res["peak_gpu_mem_mib"] = max(0, peak["gpu"] - gpu_base)
+    return res
