@@ -8,8 +8,9 @@ Who uses it: ``hack/bench_trainer.py`` and ``hack/bench_gpu.py``.
   * the log file for a marker line (a trainer's first step), giving time to first step;
   * with ``gpu=True``, the GPU's used memory (``nvidia-smi``; device-wide, minus what was used
     before the start: the run's footprint including its CUDA context and allocator cache).
-It returns those with the wall time, the largest single process's peak RSS (``getrusage``, as
-``/usr/bin/time -v`` reports it) and the CPU seconds of the whole tree.
+It returns those with the wall time, the largest single process's peak RSS (its ``VmHWM``, the
+figure ``/usr/bin/time -v`` reports, sampled while it runs: a process living under 50 ms
+can be missed) and the CPU seconds of the whole tree (``getrusage`` of waited-for children).
 """
 
 from __future__ import annotations
@@ -48,15 +49,16 @@ def _field_kb(path: str, key: str) -> int:
     return 0
 
 
-def tree_memory_kb(root: int) -> tuple[int, int]:
-    """(summed RSS, summed PSS) of ``root`` and its descendants, in KiB."""
-    kids, stack, rss, pss = _children(), [root], 0, 0
+def tree_memory_kb(root: int) -> tuple[int, int, int]:
+    """(summed RSS, summed PSS, largest single peak RSS) of ``root`` and its descendants, in KiB."""
+    kids, stack, rss, pss, hwm = _children(), [root], 0, 0, 0
     while stack:
         pid = stack.pop()
         rss += _field_kb(f"/proc/{pid}/status", "VmRSS:")
+        hwm = max(hwm, _field_kb(f"/proc/{pid}/status", "VmHWM:"))  # the kernel's own peak of that process
         pss += _field_kb(f"/proc/{pid}/smaps_rollup", "Pss:")
         stack.extend(kids.get(pid, []))
-    return rss, pss
+    return rss, pss, hwm
 
 
 def gpu_used_mib() -> Optional[int]:
@@ -79,7 +81,7 @@ def run(cmd: list, cwd: Path, log_path: Path, env: Optional[dict] = None, marker
     marker_file = Path(marker_file or log_path)
     gpu_base = gpu_used_mib() if gpu else None
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    peak = {"rss": 0, "pss": 0, "gpu": 0}
+    peak = {"rss": 0, "pss": 0, "hwm": 0, "gpu": 0}
     first: Optional[float] = None
     t0 = time.time()
     with open(log_path, "w") as log:
@@ -97,8 +99,8 @@ def run(cmd: list, cwd: Path, log_path: Path, env: Optional[dict] = None, marker
         if sampler:
             sampler.start()
         while proc.poll() is None:
-            rss, pss = tree_memory_kb(proc.pid)
-            peak["rss"], peak["pss"] = max(peak["rss"], rss), max(peak["pss"], pss)
+            rss, pss, hwm = tree_memory_kb(proc.pid)
+            peak["rss"], peak["pss"], peak["hwm"] = max(peak["rss"], rss), max(peak["pss"], pss), max(peak["hwm"], hwm)
             if marker and first is None and marker_file.exists():
                 try:
                     if marker in marker_file.read_text(errors="replace"):
@@ -119,7 +121,7 @@ def run(cmd: list, cwd: Path, log_path: Path, env: Optional[dict] = None, marker
         "time_to_first_step_s": round(first, 2) if first is not None else None,
         "peak_tree_rss_mb": round(peak["rss"] / 1024, 1),
         "peak_tree_pss_mb": round(peak["pss"] / 1024, 1),
-        "max_single_proc_rss_mb": round(after.ru_maxrss / 1024, 1),
+        "max_single_proc_rss_mb": round(peak["hwm"] / 1024, 1),
         "cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 2),
     }
     if gpu_base is not None:
