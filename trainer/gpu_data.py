@@ -13,12 +13,12 @@ background thread, one batch ahead of the step that needs it.
 
 Same pixels as open_clip's preprocess, within rounding: :func:`plan_from_transform` reads the
 crop scale/ratio, output size, interpolation and mean/std out of open_clip's own ``Compose``
-(``RandomResizedCrop`` for training; ``Resize`` + ``CenterCrop`` for evaluation), and returns
-None for anything else (colour jitter, grayscale, timm transforms, "longest"/"squash" resize):
+(``RandomResizedCrop`` for training; ``Resize`` + ``CenterCrop`` for evaluation; bicubic or
+bilinear), and returns None for anything else (colour jitter, grayscale, timm transforms, "longest"/"squash" resize):
 the caller then keeps the PIL path. The crop box of a sample is drawn by the same
 ``RandomResizedCrop.get_params`` call under the same per-sample seed as ``trainer.data``'s, so
-both paths crop the same region; resizing uses torchvision's tensor kernels (bicubic,
-antialiased, rounded to uint8 like PIL).
+both paths crop the same region; resizing uses torchvision's tensor kernels (antialiased,
+rounded to uint8 like PIL).
 
 Fallbacks, each per image or per batch, never silent: files that are not baseline RGB/gray
 JPEGs are decoded by PIL in the worker and travel as pixels; a batch nvJPEG refuses is decoded
@@ -53,6 +53,7 @@ class Preprocess:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     train: bool
+    interpolation: str = "bicubic"  # or "bilinear"; always antialiased, as PIL resizes
     scale: tuple[float, float] = (1.0, 1.0)  # RandomResizedCrop's area range (train)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)  # and aspect-ratio range
 
@@ -63,7 +64,7 @@ def plan_from_transform(transform: Any) -> Optional[Preprocess]:
 
     steps = list(getattr(transform, "transforms", []))
     names = [type(s).__name__ for s in steps]
-    bicubic = T.InterpolationMode.BICUBIC
+    modes = (T.InterpolationMode.BICUBIC, T.InterpolationMode.BILINEAR)
     norm = steps[-1] if steps else None
     if not isinstance(norm, T.Normalize) or names[-2:-1] not in (["MaybeToTensor"], ["ToTensor"]):
         return None
@@ -73,17 +74,19 @@ def plan_from_transform(transform: Any) -> Optional[Preprocess]:
     if len(head) == 1 and isinstance(head[0], T.RandomResizedCrop):
         rrc = head[0]
         size = list(rrc.size)
-        if len(size) != 2 or size[0] != size[1] or rrc.interpolation != bicubic or rrc.antialias is False:
+        if len(size) != 2 or size[0] != size[1] or rrc.interpolation not in modes or rrc.antialias is False:
             return None
-        return Preprocess(size[0], mean, std, train=True, scale=tuple(rrc.scale), ratio=tuple(rrc.ratio))
+        return Preprocess(size[0], mean, std, train=True, interpolation=rrc.interpolation.value,
+                          scale=tuple(rrc.scale), ratio=tuple(rrc.ratio))
     if len(head) == 2 and isinstance(head[0], T.Resize) and isinstance(head[1], T.CenterCrop):
         resize, crop = head
         if not isinstance(resize.size, int) and len(resize.size) != 1:
             return None
         side = resize.size if isinstance(resize.size, int) else resize.size[0]
-        if resize.interpolation != bicubic or resize.max_size is not None or list(crop.size) != [side, side]:
+        if resize.interpolation not in modes or resize.antialias is False or resize.max_size is not None \
+                or list(crop.size) != [side, side]:
             return None
-        return Preprocess(side, mean, std, train=False)
+        return Preprocess(side, mean, std, train=False, interpolation=resize.interpolation.value)
     return None
 
 
@@ -186,16 +189,16 @@ class BatchDecoder:
     def __call__(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         import torchvision.transforms.functional as F
 
-        bicubic = F.InterpolationMode.BICUBIC
+        mode = F.InterpolationMode(self.plan.interpolation)
         s = self.plan.size
         images = self.decode(batch["data"], batch["is_jpeg"])
         boxes = batch["boxes"].tolist()
         pixels = torch.empty((len(images), 3, s, s), dtype=torch.uint8, device=self.device)
         for k, (im, (top, left, h, w)) in enumerate(zip(images, boxes)):
             if self.plan.train:
-                pixels[k] = F.resized_crop(im, top, left, h, w, [s, s], bicubic, antialias=True)
+                pixels[k] = F.resized_crop(im, top, left, h, w, [s, s], mode, antialias=True)
             else:
-                pixels[k] = F.center_crop(F.resize(im, [s], bicubic, antialias=True), [s, s])
+                pixels[k] = F.center_crop(F.resize(im, [s], mode, antialias=True), [s, s])
         # ToTensor's /255 and Normalize in one pass over the batch
         x = pixels.float().div_(255).sub_(self.mean).div_(self.std)
         return x, batch["tokens"].to(self.device, non_blocking=True)
