@@ -102,7 +102,8 @@ def window(values: list, warm: int, steps: int, what: str) -> list:
     return values[warm:warm + steps]
 
 
-def run_peer(peer_py: Path, work: Path, csv: Path, a, device: str) -> dict:
+def run_peer(peer: tuple, work: Path, csv: Path, a, device: str) -> dict:
+    peer_py, peer_environ = peer
     name = "open_clip_train"
     run = work / name
     shutil.rmtree(run, ignore_errors=True)
@@ -113,8 +114,8 @@ def run_peer(peer_py: Path, work: Path, csv: Path, a, device: str) -> dict:
            "--lr", a.lr, "--warmup", a.lr_warmup, "--wd", 0.2, "--beta1", 0.9, "--beta2", 0.98, "--eps", 1e-6,
            "--seed", 0, "--log-every-n-steps", 1, "--save-frequency", 0, "--logs", run / "logs", "--name", name]
     out_log = run / "logs" / name / "out.log"
-    res = measure.run(cmd, run, run / "console.log", env=peer_env.peer_env(), marker="Train Epoch: 0 [",
-                      marker_file=out_log, gpu=device == "cuda")
+    res = measure.run(cmd, run, run / "console.log", env=peer_environ, marker="Train Epoch: 0 [",
+                      marker_file=out_log, gpu=device == "cuda", timeout=a.run_timeout)
     rows = window(oc_log.steps(out_log), a.warmup_steps, a.steps, name)
     step_s = sum(r["step_s"] for r in rows)
     res.update(samples_per_s=round(a.steps * a.batch / step_s, 1), data_wait_share=round(sum(r["data_s"] for r in rows) / step_s, 4),
@@ -143,7 +144,9 @@ def run_kubeclip(work: Path, csv: Path, a, device: str) -> dict:
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # the trainer picks CUDA whenever it sees a GPU
     log = run / "console.log"
-    res = measure.run([sys.executable, "-m", "trainer", manifest], run, log, env=env, marker=" step 1/", gpu=device == "cuda")
+    res = measure.run([sys.executable, "-m", "trainer", manifest], run, log, env=env, marker=" step 1/", gpu=device == "cuda",
+                      timeout=a.run_timeout)
+    res["gpu_data_path"] = "GPU data path: " in log.read_text(errors="replace")
     stamps, waits = [], []
     for line in log.read_text(errors="replace").splitlines():
         m = LOG_LINE.match(line)
@@ -163,6 +166,34 @@ def run_kubeclip(work: Path, csv: Path, a, device: str) -> dict:
     return res
 
 
+def decode_throughput(csv: Path, model: str, batch: int, batches: int) -> dict:
+    """Images/s of ``trainer.gpu_data`` alone: decode + crop/resize + normalise, files read beforehand."""
+    import numpy as np
+    import torch
+
+    import open_clip
+    from trainer.gpu_data import BatchDecoder, RawCaptionDataset, collate_raw, plan_from_transform
+    from trainer.preflight import Table
+
+    _, tf, _ = open_clip.create_model_and_transforms(model, aug_cfg={"scale": (0.9, 1.0)})
+    plan = plan_from_transform(tf)
+    rows = [line.rsplit(",", 1)[0] for line in csv.read_text().splitlines()[1:batch * batches + 1]]
+    paths = np.array([r.strip('"') for r in rows], dtype=object)
+    ds = RawCaptionDataset(Table(csv=str(csv), separator=",", paths=paths, captions=np.array(["x"] * len(paths), dtype=object)),
+                           plan, open_clip.get_tokenizer(model), 0)
+    raw = [collate_raw([ds[(0, i)] for i in range(b * batch, (b + 1) * batch)]) for b in range(batches)]
+    raw = [{**r, "data": [t.pin_memory() for t in r["data"]]} for r in raw]
+    dec = BatchDecoder(plan, torch.device("cuda"))
+    dec(raw[0])
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for r in raw[1:]:
+        dec(r)
+    torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    return {"images_per_s": round((batches - 1) * batch / dt, 1), "batch": batch, "batches_timed": batches - 1}
+
+
 def table(report: dict) -> str:
     r, s = report["results"], report["settings"]
     lines = [
@@ -180,6 +211,9 @@ def table(report: dict) -> str:
     if len(r) == 2:
         lines.append(f"| **ratio kubeclip / open_clip_train** | **{r['kubeclip']['samples_per_s'] / r['open_clip_train']['samples_per_s']:.2f}** | | | | | |")
     lines.append("")
+    if report.get("decode"):
+        lines.append(f"kubeclip's GPU decode alone (nvJPEG + crop/resize + normalise, one process): "
+                     f"{report['decode']['images_per_s']} images/s")
     lines.append(f"FLOPs per sample (forward + backward, both towers): {report['flops_per_sample'] / 1e9:.1f} GFLOP; "
                  f"peak bf16: {report['peak_tflops']} TFLOP/s")
     return "\n".join(lines)
@@ -199,7 +233,10 @@ def main(argv=None) -> None:
     ap.add_argument("--lr-warmup", type=int, default=10, help="learning-rate warmup steps")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: the pipeline without a GPU (tests)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="the card's peak dense bf16 TFLOP/s (default: by name)")
+    ap.add_argument("--decode-batches", type=int, default=20,
+                    help="on CUDA, also time kubeclip's GPU decode alone over this many batches (0: skip)")
     ap.add_argument("--wheels", type=Path, default=None, help="install the peer offline from the wheels in this folder")
+    ap.add_argument("--run-timeout", type=float, default=0, help="kill a trainer run after this many seconds (0: never)")
     ap.add_argument("--only", choices=["both", "kubeclip", "open_clip_train"], default="both")
     ap.add_argument("--work", type=Path, default=CACHE / "gpu", help="data, peer venv and run folders")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench-gpu", help="where the results go")
@@ -216,7 +253,7 @@ def main(argv=None) -> None:
     a.out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.time()
-    peer_py = peer_env.ensure(work / "peer-venv", a.wheels) if a.only != "kubeclip" else None
+    peer = peer_env.ensure(work / "peer", a.wheels) if a.only != "kubeclip" else None
     print(f"[bench] peer ready ({time.time() - t0:.1f} s)", file=sys.stderr)
     t0 = time.time()
     csv = dataset.make(work / f"data-{a.n}-{a.size}", a.n, a.size)["train"]
@@ -232,15 +269,27 @@ def main(argv=None) -> None:
               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
               "image_size": size, "flops_per_sample": flops, "peak_tflops": peak, "results": {}}
     order = [k for k in ("open_clip_train", "kubeclip") if a.only in ("both", k)]
+    failed = []
     for who in order:
-        res = run_peer(peer_py, work, csv, a, a.device) if who == "open_clip_train" else run_kubeclip(work, csv, a, a.device)
+        try:  # one side failing still measures the other
+            res = run_peer(peer, work, csv, a, a.device) if who == "open_clip_train" else run_kubeclip(work, csv, a, a.device)
+        except SystemExit as e:
+            print(str(e), file=sys.stderr)
+            failed.append(f"{who}: {str(e).splitlines()[0]}")
+            continue
         res["mfu"] = round(res["samples_per_s"] * flops / (peak * 1e12), 4) if peak else None
         report["results"][who] = res
         print(f"[bench] {who}: {json.dumps(res)}", file=sys.stderr)
+    if a.device == "cuda" and a.decode_batches:
+        report["decode"] = decode_throughput(csv, a.model, a.batch, a.decode_batches)
+        print(f"[bench] decode alone: {json.dumps(report['decode'])}", file=sys.stderr)
+    report["failed"] = failed
     md = table(report)
     (a.out / "bench_gpu.json").write_text(json.dumps(report, indent=1))
     (a.out / "bench_gpu.md").write_text(md + "\n")
     print(md)
+    if failed:
+        raise SystemExit("[bench] failed: " + "; ".join(failed))
 
 
 if __name__ == "__main__":

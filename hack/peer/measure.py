@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -75,8 +76,11 @@ def gpu_used_mib() -> Optional[int]:
 
 
 def run(cmd: list, cwd: Path, log_path: Path, env: Optional[dict] = None, marker: str = "",
-        marker_file: Optional[Path] = None, gpu: bool = False) -> dict:
-    """Run ``cmd`` (stdout+stderr to ``log_path``); raise SystemExit with the log's tail if it fails."""
+        marker_file: Optional[Path] = None, gpu: bool = False, timeout: Optional[float] = None) -> dict:
+    """Run ``cmd`` (stdout+stderr to ``log_path``); raise SystemExit with the log's tail if it fails.
+
+    ``timeout``: seconds after which the command's whole process group is killed (a failure).
+    """
     cmd = [str(c) for c in cmd]
     marker_file = Path(marker_file or log_path)
     gpu_base = gpu_used_mib() if gpu else None
@@ -85,7 +89,7 @@ def run(cmd: list, cwd: Path, log_path: Path, env: Optional[dict] = None, marker
     first: Optional[float] = None
     t0 = time.time()
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         done = threading.Event()
 
         def sample_gpu() -> None:  # nvidia-smi takes ~50 ms: its own thread, 4 samples a second
@@ -99,6 +103,10 @@ def run(cmd: list, cwd: Path, log_path: Path, env: Optional[dict] = None, marker
         if sampler:
             sampler.start()
         while proc.poll() is None:
+            if timeout and time.time() - t0 > timeout:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                break
             rss, pss, hwm = tree_memory_kb(proc.pid)
             peak["rss"], peak["pss"], peak["hwm"] = max(peak["rss"], rss), max(peak["pss"], pss), max(peak["hwm"], hwm)
             if marker and first is None and marker_file.exists():
@@ -115,7 +123,8 @@ def run(cmd: list, cwd: Path, log_path: Path, env: Optional[dict] = None, marker
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         tail = Path(log_path).read_text(errors="replace").splitlines()[-25:]
-        raise SystemExit(f"[bench] {' '.join(cmd[:4])} ... failed (exit {proc.returncode}); {log_path}:\n" + "\n".join(tail))
+        why = f"killed after {timeout} s" if timeout and wall > timeout else f"exit {proc.returncode}"
+        raise SystemExit(f"[bench] {' '.join(cmd[:4])} ... failed ({why}); {log_path}:\n" + "\n".join(tail))
     res = {
         "wall_s": round(wall, 2),
         "time_to_first_step_s": round(first, 2) if first is not None else None,
