@@ -177,8 +177,11 @@ def decode_throughput(csv: Path, model: str, batch: int, batches: int) -> dict:
 
     _, tf, _ = open_clip.create_model_and_transforms(model, aug_cfg={"scale": (0.9, 1.0)})
     plan = plan_from_transform(tf)
-    rows = [line.rsplit(",", 1)[0] for line in csv.read_text().splitlines()[1:batch * batches + 1]]
-    paths = np.array([r.strip('"') for r in rows], dtype=object)
+    import csv as csvlib
+
+    with open(csv, newline="") as f:
+        rows = list(csvlib.reader(f))[1:batch * batches + 1]
+    paths = np.array([r[0] for r in rows], dtype=object)
     ds = RawCaptionDataset(Table(csv=str(csv), separator=",", paths=paths, captions=np.array(["x"] * len(paths), dtype=object)),
                            plan, open_clip.get_tokenizer(model), 0)
     raw = [collate_raw([ds[(0, i)] for i in range(b * batch, (b + 1) * batch)]) for b in range(batches)]
