@@ -166,7 +166,7 @@ def run_kubeclip(work: Path, csv: Path, a, device: str) -> dict:
     return res
 
 
-def decode_throughput(csv: Path, model: str, batch: int, batches: int) -> dict:
+def decode_throughput(csv: Path, model: str, batch: int, batches: int, device: str = "cuda") -> dict:
     """Images/s of ``trainer.gpu_data`` alone: decode + crop/resize + normalise, files read beforehand."""
     import numpy as np
     import torch
@@ -185,14 +185,18 @@ def decode_throughput(csv: Path, model: str, batch: int, batches: int) -> dict:
     ds = RawCaptionDataset(Table(csv=str(csv), separator=",", paths=paths, captions=np.array(["x"] * len(paths), dtype=object)),
                            plan, open_clip.get_tokenizer(model), 0)
     raw = [collate_raw([ds[(0, i)] for i in range(b * batch, (b + 1) * batch)]) for b in range(batches)]
-    raw = [{**r, "data": [t.pin_memory() for t in r["data"]]} for r in raw]
-    dec = BatchDecoder(plan, torch.device("cuda"))
+    cuda = device == "cuda"
+    if cuda:
+        raw = [{**r, "data": [t.pin_memory() for t in r["data"]]} for r in raw]
+    dec = BatchDecoder(plan, torch.device(device))
     dec(raw[0])
-    torch.cuda.synchronize()
+    if cuda:
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
     for r in raw[1:]:
         dec(r)
-    torch.cuda.synchronize()
+    if cuda:
+        torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     return {"images_per_s": round((batches - 1) * batch / dt, 1), "batch": batch, "batches_timed": batches - 1}
 
