@@ -17,8 +17,8 @@ crop scale/ratio, output size, interpolation and mean/std out of open_clip's own
 bilinear), and returns None for anything else (colour jitter, grayscale, timm transforms, "longest"/"squash" resize):
 the caller then keeps the PIL path. The crop box of a sample is drawn by the same
 ``RandomResizedCrop.get_params`` call under the same per-sample seed as ``trainer.data``'s, so
-both paths crop the same region; resizing uses torchvision's tensor kernels (antialiased,
-rounded to uint8 like PIL).
+both paths crop the same region; the resize is PIL's antialiased resampling written as two
+batched matrix products per batch, rounded to 8 bits like PIL's.
 
 Fallbacks, each per image or per batch, never silent: files that are not baseline RGB/gray
 JPEGs are decoded by PIL in the worker and travel as pixels; a batch nvJPEG refuses is decoded
@@ -145,17 +145,60 @@ class RawCaptionDataset(Dataset):
 
 
 def collate_raw(items: list) -> dict:
-    """A batch of variable-size byte/pixel tensors: lists, not one stacked tensor."""
+    """One batch: all JPEG bytes in one flat uint8 tensor (one pinned copy, one transfer), lengths,
+    boxes, tokens; decoded pixels of the fallback files as a list."""
+    is_jpeg = [it[0] for it in items]
+    blobs = [it[1] for it in items if it[0]]
     return {
-        "is_jpeg": [it[0] for it in items],
-        "data": [it[1] for it in items],
+        "is_jpeg": is_jpeg,
+        "jpeg": torch.cat(blobs) if blobs else torch.empty(0, dtype=torch.uint8),
+        "jpeg_lengths": [len(b) for b in blobs],
+        "pixels": [it[1] for it in items if not it[0]],
         "boxes": torch.stack([it[2] for it in items]),
         "tokens": torch.stack([it[3] for it in items]),
     }
 
 
+def _kernel(name: str, t: torch.Tensor) -> torch.Tensor:
+    """PIL's resampling filters: bicubic (a = -0.5) and bilinear (triangle)."""
+    a = t.abs()
+    if name == "bilinear":
+        return (1 - a).clamp_(min=0)
+    near = ((1.5 * a - 2.5) * a) * a + 1
+    far = ((-0.5 * a + 2.5) * a - 4) * a + 2
+    return torch.where(a < 1, near, torch.where(a < 2, far, torch.zeros_like(a)))
+
+
+def resample_matrix(start: torch.Tensor, length: torch.Tensor, out_total: torch.Tensor, offset: torch.Tensor,
+                    out: int, size: int, kind: str) -> torch.Tensor:
+    """Per image, the ``(out, size)`` matrix taking one axis of an image to ``out`` resized pixels.
+
+    Input pixels ``[start, start + length)`` (the crop) are resized to ``out_total`` pixels, of which
+    rows ``offset .. offset + out`` are kept (a centre crop after the resize). Antialiased like PIL:
+    when shrinking, the filter is widened by the scale factor; weights of each output pixel are
+    normalised over the input pixels inside the crop. All arguments but ``out``, ``size`` and
+    ``kind`` are (N,) tensors; the result is (N, out, size).
+    """
+    scale = length / out_total
+    widen = scale.clamp(min=1.0)
+    centre = (torch.arange(out, device=start.device, dtype=torch.float64)[None] + offset[:, None] + 0.5) * scale[:, None]
+    x = torch.arange(size, device=start.device, dtype=torch.float64)[None] - start[:, None]  # crop coordinates
+    w = _kernel(kind, (x[:, None, :] + 0.5 - centre[..., None]) / widen[:, None, None])
+    w = w * ((x >= 0) & (x < length[:, None]))[:, None, :]
+    return (w / w.sum(-1, keepdim=True)).float()
+
+
 class BatchDecoder:
-    """Raw batch → ``(images float32 (N, 3, S, S) normalised, tokens)`` on ``device``."""
+    """Raw batch → ``(images float32 (N, 3, S, S) normalised, tokens)`` on ``device``.
+
+    The resize of the whole batch is two batched matrix products (rows, then columns) with
+    per-image resampling matrices (:func:`resample_matrix`) instead of one resize call per image:
+    a few dozen GPU kernels per batch, not thousands, so the decode thread leaves the Python
+    interpreter to the training thread.
+    """
+
+    #: images resized per matrix product: bounds the padded float copy of the batch
+    CHUNK = 64
 
     def __init__(self, plan: Preprocess, device: torch.device):
         self.plan = plan
@@ -164,43 +207,69 @@ class BatchDecoder:
         self.std = torch.tensor(plan.std, device=self.device).view(1, 3, 1, 1)
         self._warned = False
 
-    def decode(self, data: list, is_jpeg: list) -> list:
+    def decode(self, batch: dict) -> list:
         """uint8 (3, H, W) tensors on ``self.device``, in batch order."""
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        out: list = [None] * len(data)
-        jpeg = [i for i, j in enumerate(is_jpeg) if j]
-        if jpeg:
-            blobs = [data[i] for i in jpeg]
+        is_jpeg = batch["is_jpeg"]
+        out: list = [None] * len(is_jpeg)
+        if batch["jpeg_lengths"]:
+            blobs = list(torch.split(batch["jpeg"], batch["jpeg_lengths"]))
             try:
                 images = decode_jpeg(blobs, mode=ImageReadMode.RGB, device=self.device)
             except RuntimeError as e:  # nvJPEG refuses some encodings: this batch goes via the CPU
+                if self.device.type == "cpu":
+                    raise
                 if not self._warned:
                     log.warning("GPU JPEG decode failed (%s); decoding such batches on the CPU", str(e).splitlines()[0])
                     self._warned = True
                 images = [im.to(self.device) for im in decode_jpeg(blobs, mode=ImageReadMode.RGB)]
-            for i, im in zip(jpeg, images):
+            for i, im in zip([i for i, j in enumerate(is_jpeg) if j], images):
                 out[i] = im
-        for i, j in enumerate(is_jpeg):
-            if not j:
-                out[i] = data[i].to(self.device, non_blocking=True)
+        for i, px in zip([i for i, j in enumerate(is_jpeg) if not j], batch["pixels"]):
+            out[i] = px.to(self.device, non_blocking=True)
         return out
 
-    def __call__(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        import torchvision.transforms.functional as F
-
-        mode = F.InterpolationMode(self.plan.interpolation)
+    def _regions(self, images: list, boxes: torch.Tensor):
+        """(start, length, resized length, offset) per axis, as float64 (N,) tensors on the device."""
         s = self.plan.size
-        images = self.decode(batch["data"], batch["is_jpeg"])
-        boxes = batch["boxes"].tolist()
-        pixels = torch.empty((len(images), 3, s, s), dtype=torch.uint8, device=self.device)
-        for k, (im, (top, left, h, w)) in enumerate(zip(images, boxes)):
-            if self.plan.train:
-                pixels[k] = F.resized_crop(im, top, left, h, w, [s, s], mode, antialias=True)
-            else:
-                pixels[k] = F.center_crop(F.resize(im, [s], mode, antialias=True), [s, s])
-        # ToTensor's /255 and Normalize in one pass over the batch
-        x = pixels.float().div_(255).sub_(self.mean).div_(self.std)
+        if self.plan.train:  # RandomResizedCrop: resize the box to s x s
+            top, left, h, w = boxes.double().unbind(1)
+            full = torch.full_like(h, float(s))
+            zero = torch.zeros_like(h)
+            return (top, h, full, zero), (left, w, full, zero)
+        rows, cols = [], []
+        for im in images:  # Resize(s) on the shorter side, then CenterCrop(s), as torchvision sizes them
+            h, w = im.shape[-2:]
+            nh, nw = (s, int(s * w / h)) if h <= w else (int(s * h / w), s)
+            rows.append((0, h, nh, int(round((nh - s) / 2.0))))
+            cols.append((0, w, nw, int(round((nw - s) / 2.0))))
+        as_t = lambda v: torch.tensor(v, dtype=torch.float64).to(self.device).unbind(1)  # noqa: E731
+        return as_t(rows), as_t(cols)
+
+    def __call__(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        s, kind = self.plan.size, self.plan.interpolation
+        images = self.decode(batch)
+        (ys, yl, yt, yo), (xs, xl, xt, xo) = self._regions(images, batch["boxes"].to(self.device))
+        pixels = torch.empty((len(images), 3, s, s), dtype=torch.float32, device=self.device)
+        for c0 in range(0, len(images), self.CHUNK):
+            part = images[c0:c0 + self.CHUNK]
+            hmax, wmax = max(im.shape[-2] for im in part), max(im.shape[-1] for im in part)
+            if all(im.shape[-2:] == (hmax, wmax) for im in part):
+                stack = torch.stack(part).float()
+            else:  # mixed sizes: zero padding, which the matrices never weight
+                stack = torch.zeros((len(part), 3, hmax, wmax), dtype=torch.float32, device=self.device)
+                for k, im in enumerate(part):
+                    stack[k, :, : im.shape[-2], : im.shape[-1]] = im
+            sl = slice(c0, c0 + len(part))
+            wy = resample_matrix(ys[sl], yl[sl], yt[sl], yo[sl], s, hmax, kind)
+            wx = resample_matrix(xs[sl], xl[sl], xt[sl], xo[sl], s, wmax, kind)
+            # columns first, then rows, each pass rounded and clamped to 8 bits: PIL's order and its
+            # 8-bit intermediate image (bicubic overshoots at edges; PIL clamps between the passes)
+            cols = torch.matmul(stack, wx.transpose(1, 2)[:, None]).round_().clamp_(0, 255)
+            pixels[sl] = torch.matmul(wy[:, None], cols)
+        # uint8 rounding, then ToTensor's /255 and Normalize in one pass over the batch
+        x = pixels.round_().clamp_(0, 255).div_(255).sub_(self.mean).div_(self.std)
         return x, batch["tokens"].to(self.device, non_blocking=True)
 
 

@@ -113,7 +113,7 @@ def test_batch_matches_the_pil_path(setup, split):
     assert images.shape == want.shape == (12, 3, 48, 48) and images.dtype == torch.float32
     diff = (images - want).abs()
     # normalised units: 1/255/std ~ 0.015 per grey level; rounding differences of a few levels only
-    assert diff.mean() < 0.01 and diff.max() < 0.15, (diff.mean(), diff.max())
+    assert diff.mean() < 0.002 and diff.max() < 0.05, (diff.mean(), diff.max())
     assert torch.equal(tokens, torch.stack([ref[k][1] for k in keys]))
     if split == "train":  # the crop is drawn per (seed, epoch, index): another epoch crops elsewhere
         other = torch.stack([ref[(3, i)][0] for i in range(12)])
