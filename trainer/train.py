@@ -98,7 +98,7 @@ def train(job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None, s
     val_table = (report.val if report else read_table(spec.dataset.valCsv, spec, "spec.dataset.valCsv")) if spec.dataset.valCsv else None
     sampler = ShardedBatchSampler(len(train_table), t.batchSize, topo.world, topo.rank, t.seed)
     loader = None
-    if topo.device.type == "cuda":  # JPEG decode, crop and resize on the GPU (trainer.gpu_data)
+    if topo.device.type == "cuda" and t.gpuDecode:  # JPEG decode, crop and resize on the GPU (trainer.gpu_data)
         from trainer.gpu_data import gpu_train_loader
 
         loader = gpu_train_loader(train_table, tf_train, tokenizer, t.seed, sampler, t.workers, topo.device)
