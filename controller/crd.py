@@ -104,11 +104,24 @@ def _quote(items: tuple[str, ...]) -> str:
 def _add_rules(spec: dict[str, Any]) -> None:
     """CEL rules for what one field's schema cannot say (mirrors api.cross_field_errors)."""
     props = spec["properties"]
-    props["training"].setdefault("x-kubernetes-validations", []).append(
-        {
-            "rule": "!(has(self.lockImage) && has(self.lockText) && self.lockImage && self.lockText)",
-            "message": "lockImage and lockText are both true: nothing would be trained",
-        }
+    unlocked_image = "(has(self.lockImageUnlockedGroups) && self.lockImageUnlockedGroups > 0)"
+    unlocked_text = "(has(self.lockTextUnlockedLayers) && self.lockTextUnlockedLayers > 0)"
+    props["training"].setdefault("x-kubernetes-validations", []).extend(
+        [
+            {
+                "rule": f"!{unlocked_image} || (has(self.lockImage) && self.lockImage)",
+                "message": "lockImageUnlockedGroups is set but lockImage is false: set lockImage: true",
+            },
+            {
+                "rule": f"!{unlocked_text} || (has(self.lockText) && self.lockText)",
+                "message": "lockTextUnlockedLayers is set but lockText is false: set lockText: true",
+            },
+            {
+                "rule": "!(has(self.lockImage) && has(self.lockText) && self.lockImage && self.lockText) "
+                f"|| {unlocked_image} || {unlocked_text}",
+                "message": "lockImage and lockText are both true: nothing would be trained",
+            },
+        ]
     )
     props["volumes"]["x-kubernetes-validations"] = [
         {"rule": "self.all(v, self.exists_one(w, w.name == v.name))", "message": "volume names must be unique"},

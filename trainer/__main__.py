@@ -6,7 +6,8 @@ Who runs it: ``torchrun -m trainer`` (started by ``trainer.node`` in a pod, or b
 Order matters for start-up time: the manifest is validated (pydantic) before anything else, and
 the dataset preflight (pandas, image checks) runs in a forked child while this process imports
 torch and open_clip (``trainer.preflight.BackgroundPreflight``); a bad dataset ends the run as soon
-as the child finds it. Exit codes: 0 done, ``EXIT_CONFIG`` (2) bad manifest,
+as the child finds it. Exit codes: 0 done, ``EXIT_CONFIG`` (2) bad manifest or a model that does
+not fit it (``trainer.model.ModelError``),
 ``EXIT_PREFLIGHT`` (3) bad dataset (one line on stderr and in /dev/termination-log), 1 anything
 else. ``KUBECLIP_PREFLIGHT_DONE=1`` (set by ``trainer.node`` and ``kubeclip run``, which ran it
 already) skips the image checks here; the child then only reads the tables.
@@ -59,9 +60,7 @@ def main(argv=None) -> int:
     local_lead = os.environ.get("LOCAL_RANK", "0") == "0"
     pending = BackgroundPreflight(spec, tables_only=checked or not local_lead, announce=local_lead, exit_code=EXIT_PREFLIGHT,
                                   termination_log=TERMINATION_LOG)
-    from trainer.model import import_open_clip
-
-    import_open_clip(spec.model.name)
+    from trainer.model import ModelError  # imports torch and open_clip while the child checks the data
     try:
         report = pending.result()
     except PreflightError as err:
@@ -71,7 +70,10 @@ def main(argv=None) -> int:
 
     from trainer.train import train
 
-    train(job, spec, report, started_at=STARTED)
+    try:
+        train(job, spec, report, started_at=STARTED)
+    except ModelError as err:  # the model does not fit the spec (e.g. CoCa, too many unlocked groups)
+        return fail(f"config: {err}", EXIT_CONFIG, echo=rank0)
     return 0
 
 

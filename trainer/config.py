@@ -108,8 +108,46 @@ class TrainingSpec(_Strict):
     gradAccumSteps: int = Field(default=1, ge=1, le=4096, description="Micro-batches accumulated per optimizer step.")
     gradClipNorm: Optional[float] = Field(default=None, gt=0, description="Clip gradients to this global L2 norm.")
     gradCheckpointing: bool = Field(default=False, description="Trade compute for memory (activation checkpointing).")
-    lockImage: bool = Field(default=False, description="Freeze the image tower.")
-    lockText: bool = Field(default=False, description="Freeze the text tower.")
+    lockImage: bool = Field(default=False, description="Freeze the image tower (open_clip's --lock-image).")
+    lockImageUnlockedGroups: int = Field(
+        default=0,
+        ge=0,
+        le=10000,
+        description="With lockImage: leave the last N layer groups of the image tower trainable "
+        "(open_clip's --lock-image-unlocked-groups; a ViT has layers+2 groups: embeddings, each block, "
+        "last block with the final norm, projection). Checked against the model before training.",
+    )
+    lockImageFreezeBnStats: bool = Field(
+        default=True,
+        description="With lockImage: also freeze BatchNorm running statistics of the locked groups "
+        "(open_clip's --lock-image-freeze-bn-stats; ViTs have no BatchNorm).",
+    )
+    lockText: bool = Field(default=False, description="Freeze the text tower (open_clip's --lock-text).")
+    lockTextUnlockedLayers: int = Field(
+        default=0,
+        ge=0,
+        le=10000,
+        description="With lockText: leave the last N layer groups of the text tower trainable "
+        "(open_clip's --lock-text-unlocked-layers; layers+2 groups: embeddings, each block, last block "
+        "with the final norm, projection). Checked against the model before training.",
+    )
+    lockTextFreezeLayerNorm: bool = Field(
+        default=True,
+        description="With lockText: keep the LayerNorms of the unlocked layers frozen too "
+        "(open_clip's --lock-text-freeze-layer-norm). false works only for Hugging Face text towers; "
+        "open_clip's own text transformer always freezes them.",
+    )
+    localLoss: bool = Field(
+        default=False,
+        description="Each process computes the contrastive loss of its own rows against the global "
+        "batch (B x N*B logits) instead of the full N*B x N*B (open_clip's --local-loss). Use with "
+        "gatherWithGrad: without it the gradient is not that of the global-batch loss.",
+    )
+    gatherWithGrad: bool = Field(
+        default=False,
+        description="Gather features across processes with their gradient (open_clip's "
+        "--gather-with-grad): the gradient is exactly that of the global-batch loss.",
+    )
     seed: int = Field(default=0, ge=0, description="Random seed; a run with the same seed and data is reproducible.")
     workers: int = Field(default=2, ge=0, le=64, description="Data-loader worker processes per training process.")
     gpuDecode: bool = Field(
@@ -125,7 +163,11 @@ class TrainingSpec(_Strict):
 
     @model_validator(mode="after")
     def _towers(self) -> "TrainingSpec":
-        if self.lockImage and self.lockText:
+        if self.lockImageUnlockedGroups and not self.lockImage:
+            raise ValueError("lockImageUnlockedGroups is set but lockImage is false: set lockImage: true")
+        if self.lockTextUnlockedLayers and not self.lockText:
+            raise ValueError("lockTextUnlockedLayers is set but lockText is false: set lockText: true")
+        if self.lockImage and self.lockText and not (self.lockImageUnlockedGroups or self.lockTextUnlockedLayers):
             raise ValueError("lockImage and lockText are both true: nothing would be trained")
         return self
 

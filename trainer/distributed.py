@@ -1,4 +1,4 @@
-"""Process topology and the three collectives the loop needs.
+"""Process topology, the DDP wrapper and the object collectives the loop needs.
 
 Who uses it: ``trainer.train``.
 
@@ -6,12 +6,9 @@ Who uses it: ``trainer.train``.
 ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``; without them the
 trainer is a plain single process. The backend is NCCL on GPU and gloo on CPU.
 
-The loop does not wrap the model in ``DistributedDataParallel`` (whose constructor imports
-``torch._dynamo``, see ``trainer.model``): it all-reduces the gradients itself, once per optimizer
-step, so gradient accumulation needs no ``no_sync``. Each rank computes the contrastive loss over
-the features of the whole global batch (gathered from all ranks), with gradients flowing through
-its own local features only; summing those gradients over ranks gives exactly the gradient of
-the global-batch loss, so N processes x batch B train like 1 process x batch N*B.
+The model is wrapped in ``DistributedDataParallel`` (:func:`wrap`); what the averaged gradient
+is for each loss option is worked out in ``trainer.loss``. The object collectives below carry
+checkpoint paths, RNG states and weight digests between ranks.
 """
 
 from __future__ import annotations
@@ -65,41 +62,19 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def gather_features(local: torch.Tensor, topo: Topology) -> torch.Tensor:
-    """Concatenate every rank's features in rank order; this rank's slice keeps its gradient."""
+def wrap(model: torch.nn.Module, topo: Topology) -> torch.nn.Module:
+    """``DistributedDataParallel(model)`` when there are several processes, else the model itself.
+
+    DDP broadcasts rank 0's weights and buffers at construction (every rank starts identical) and
+    all-reduces (averages) gradients in buckets while backward still runs. Checkpoints and exports
+    use the unwrapped model, so their keys have no ``module.`` prefix.
+    """
     if topo.world == 1:
-        return local
-    parts = [torch.empty_like(local) for _ in range(topo.world)]
-    dist.all_gather(parts, local.detach().contiguous())
-    parts[topo.rank] = local
-    return torch.cat(parts, dim=0)
+        return model
+    from torch.nn.parallel import DistributedDataParallel
 
-
-def all_reduce_gradients(params: list[torch.nn.Parameter], topo: Topology) -> None:
-    """Sum gradients over ranks in one flat buffer (missing grads count as zero)."""
-    if topo.world == 1 or not params:
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    offset = 0
-    for p, g in zip(params, grads):
-        n = g.numel()
-        chunk = flat[offset : offset + n].view_as(g)
-        if p.grad is None:
-            p.grad = chunk.clone()
-        else:
-            p.grad.copy_(chunk)
-        offset += n
-
-
-def broadcast_parameters(module: torch.nn.Module, topo: Topology) -> None:
-    """Make every rank start from rank 0's weights and buffers."""
-    if topo.world == 1:
-        return
-    with torch.no_grad():
-        for t in list(module.parameters()) + list(module.buffers()):
-            dist.broadcast(t.data, src=0)
+    ids = [topo.device.index] if topo.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
 
 
 def barrier(topo: Topology) -> None:

@@ -4,8 +4,9 @@ Who uses it: ``trainer.train`` (rank 0, at every epoch end), ``hack/demo.py`` (b
 
 Each validation row is one (image, caption) pair; the caption of row i is the only correct match
 for image i. Recall@k is the fraction of queries whose match ranks in the top k; the mean rank is
-1-based. ``val_loss`` is the symmetric contrastive loss per batch of ``batch_size`` rows, averaged
-over rows — the quantity the training loss estimates, so the two can be compared.
+1-based. ``val_loss`` is the training objective (open_clip's CLIP loss, or its SigLIP loss for a
+model with a ``logit_bias``) per batch of ``batch_size`` rows, averaged over rows — the quantity
+the training loss estimates, so the two can be compared.
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ def evaluate(model, loader, device, autocast) -> dict[str, float]:
     model.eval()
     images, texts, loss_sum, n = [], [], 0.0, 0
     scale = model.logit_scale.exp().float()
+    bias = model.logit_bias.float() if getattr(model, "logit_bias", None) is not None else None
     for image, tokens in loader:
         image = image.to(device, non_blocking=True)
         tokens = tokens.to(device, non_blocking=True)
         with autocast():
             img = model.encode_image(image, normalize=True).float()
             txt = model.encode_text(tokens, normalize=True).float()
-        loss_sum += contrastive_loss(img, txt, scale).item() * len(img)
+        loss_sum += contrastive_loss(img, txt, scale, bias).item() * len(img)
         n += len(img)
         images.append(img.cpu())
         texts.append(txt.cpu())

@@ -1,137 +1,108 @@
-"""Build the OpenCLIP model, its transforms and tokenizer; split parameters for AdamW.
+"""Build the OpenCLIP model, its transforms and tokenizer; check it is trainable; split parameters for AdamW.
 
-Who uses it: ``trainer.train`` (the loop), ``trainer.evaluate`` callers such as ``hack/demo.py``.
+Who uses it: ``trainer.train`` (the loop, through :func:`build`), ``python -m trainer`` (imports
+open_clip while the dataset preflight runs), ``hack/demo.py``.
 
-Why the import dance in :func:`import_open_clip`: ``import open_clip`` imports torchvision, whose
-``torchvision.ops.roi_align`` imports ``torch._dynamo`` (seconds of imports, the compiler stack),
-and ``open_clip.timm_model`` imports timm. A fine-tune of a plain ViT/text-transformer CLIP needs
-neither: the trainer runs no ``torch.compile`` and uses its own AdamW and gradient all-reduce
-(``trainer.optim``, ``trainer.distributed``) precisely because ``torch.optim`` and
-``DistributedDataParallel`` import dynamo on first use. So while open_clip is imported, the one
-name torchvision takes from dynamo (``is_compile_supported``, only called inside ``roi_align``,
-which CLIP never calls) is served by a forwarding stub, and timm and huggingface_hub (only used to
-download weights) are reported missing. When the model is not a ``local-dir:`` one without timm
-towers (a built-in name may need the hub and timm), the import is a plain one. torchvision's
-model zoo and dataset packages, which its ``__init__`` imports and CLIP never uses, are served
-empty during that import too. Both stubs are removed from ``sys.modules`` right after, so any
-later real ``import torch._dynamo`` / ``import timm`` works normally. If anything in that import
-fails, it is retried plainly.
+open_clip is imported plainly. Before any weights are built, :func:`check_trainable` rejects
+models this trainer cannot train correctly (CoCa and anything else with a text decoder: their
+objective includes a captioning loss this trainer does not compute). After the model is built,
+:func:`lock_towers` freezes what ``spec.training`` asks with open_clip's own
+``lock_image_tower``/``lock_text_tower``, after checking the requested number of unlocked groups
+against the model (open_clip itself silently clamps it). Both raise :class:`ModelError`, whose
+``str()`` is one line; ``python -m trainer`` exits with ``EXIT_CONFIG`` on it.
 """
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
 import json
 import logging
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
-from trainer.config import TrainerSpec
+import open_clip
+import torch
+
+from trainer.config import TrainerSpec, TrainingSpec
 
 log = logging.getLogger("trainer")
 
 
-def _forward_is_compile_supported(device_type: Any) -> bool:
-    from torch._dynamo.utils import is_compile_supported  # the real one, imported on first call
-
-    return is_compile_supported(device_type)
+class ModelError(ValueError):
+    """The model and the spec do not fit together; ``str()`` is one line naming the field."""
 
 
-class _LeanFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Serves ``torch._dynamo``/``torch._dynamo.utils`` as stubs and hides ``timm`` (see module doc)."""
+def model_config(name: str) -> dict[str, Any]:
+    """``{"model_cfg": ..., ["preprocess_cfg": ...]}`` of a ``local-dir:`` or built-in model name."""
+    if name.startswith("local-dir:"):
+        return json.loads((Path(name[len("local-dir:"):]) / "open_clip_config.json").read_text())
+    cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        raise ModelError(f"spec.model.name {name}: not an open_clip model name (see open_clip.list_models())")
+    return {"model_cfg": cfg}
 
-    STUBS = ("torch._dynamo", "torch._dynamo.utils")
 
-    #: torchvision's ``__init__`` imports its model zoo and dataset classes (about half a second
-    #: of imports); open_clip uses only ``torchvision.transforms`` and ``torchvision.ops.misc``.
-    #: While open_clip is imported these two are served as empty packages.
-    EMPTY = ("torchvision.models", "torchvision.datasets")
+def check_trainable(name: str, config: dict[str, Any]) -> None:
+    """Reject models whose training objective is not the contrastive (CLIP) or sigmoid (SigLIP) loss."""
+    cfg = config.get("model_cfg", config)
+    if "multimodal_cfg" in cfg:
+        raise ModelError(
+            f"spec.model.name {name}: a CoCa-style model (it has a text decoder, trained with a captioning "
+            "loss); this trainer trains only contrastive CLIP and SigLIP models"
+        )
 
-    #: Not needed for a local-dir: model without timm towers: timm (vision towers) and the Hugging
-    #: Face hub client (downloads); open_clip imports both inside try/except ImportError.
-    HIDDEN = ("timm", "huggingface_hub")
 
-    def __init__(self, hide_timm: bool) -> None:
-        self.hide_timm = hide_timm
+def is_siglip(model: torch.nn.Module) -> bool:
+    """A model with a learned ``logit_bias`` (``init_logit_bias`` in its config) is a SigLIP model."""
+    return getattr(model, "logit_bias", None) is not None
 
-    def find_spec(self, fullname, path=None, target=None):  # noqa: D401
-        if fullname in self.STUBS or fullname in self.EMPTY:
-            return importlib.machinery.ModuleSpec(fullname, self, is_package=fullname != "torch._dynamo.utils")
-        if self.hide_timm and fullname.split(".")[0] in self.HIDDEN:
-            raise ModuleNotFoundError(f"No module named {fullname!r} (hidden while importing open_clip)", name=fullname)
+
+def _image_groups(visual: torch.nn.Module) -> int | None:
+    """How many layer groups ``lock(unlocked_groups=...)`` of this image tower can unlock; None: unknown."""
+    if isinstance(visual, open_clip.transformer.VisionTransformer):
+        # embeddings, each block but the last, last block + ln_post, proj (open_clip's grouping)
+        return len(visual.transformer.resblocks) + 2
+    if isinstance(visual, open_clip.modified_resnet.ModifiedResNet):
+        return 0  # open_clip locks it whole only
+    if isinstance(visual, open_clip.timm_model.TimmModel):
+        from timm.models import group_parameters
+
+        return max(group_parameters(visual.trunk, visual.trunk.group_matcher()).keys()) + 1
+    return None
+
+
+def _text_groups(model: torch.nn.Module) -> int | None:
+    """How many groups open_clip's ``lock_text_tower`` can unlock; None: a tower it groups itself (HF)."""
+    text = getattr(model, "text", model)
+    transformer = getattr(text, "transformer", None)
+    if not hasattr(transformer, "resblocks"):
         return None
-
-    def create_module(self, spec):
-        return types.ModuleType(spec.name)
-
-    def exec_module(self, module):
-        if module.__name__ == "torch._dynamo.utils":
-            module.is_compile_supported = _forward_is_compile_supported
-        else:  # torch._dynamo (a package, so 'torch._dynamo.utils' can be imported below it), EMPTY
-            module.__path__ = []
+    # embeddings, each block but the last, last block + ln_final, projection (when there is one)
+    return len(transformer.resblocks) + 1 + (getattr(text, "text_projection", None) is not None)
 
 
-def _needs_timm(model_name: str) -> bool:
-    if model_name.startswith("local-dir:"):
-        try:
-            cfg = json.loads((Path(model_name[len("local-dir:"):]) / "open_clip_config.json").read_text())
-        except (OSError, ValueError):
-            return True
-        cfg = cfg.get("model_cfg", cfg)
-        return "timm_model_name" in cfg.get("vision_cfg", {})
-    return True  # a built-in name: we do not know its config before open_clip is imported
-
-
-def import_open_clip(model_name: str = ""):
-    """``import open_clip`` without pulling in torch._dynamo (and timm when the model needs none)."""
-    if "open_clip" in sys.modules:
-        return sys.modules["open_clip"]
-    import torch  # noqa: F401 - the real torch first, so only the two stub names are intercepted
-
-    if "torch._dynamo" in sys.modules or _needs_timm(model_name):
-        # dynamo is there already, or timm is needed (timm imports dynamo itself): nothing to save
-        import open_clip
-
-        return open_clip
-    finder = _LeanFinder(hide_timm=True)
-    sys.meta_path.insert(0, finder)
-    try:
-        import open_clip
-
-        return open_clip
-    except Exception:  # pragma: no cover - a future torchvision/open_clip changed its imports
-        _forget_lean_import(finder)
-        finder = None
-        for name in [m for m in sys.modules if m.startswith(("open_clip", "torchvision", "timm"))]:
-            del sys.modules[name]
-        import open_clip
-
-        return open_clip
-    finally:
-        if finder is not None:
-            _forget_lean_import(finder)
-
-
-def _forget_lean_import(finder: _LeanFinder) -> None:
-    """Remove the finder and the stubs, so later imports of torch._dynamo/timm/torchvision.models are real."""
-    if finder in sys.meta_path:
-        sys.meta_path.remove(finder)
-    for name in _LeanFinder.STUBS:
-        sys.modules.pop(name, None)
-    torch_mod = sys.modules["torch"]
-    if isinstance(torch_mod.__dict__.get("_dynamo"), types.ModuleType):
-        del torch_mod._dynamo  # torch imports the real one lazily on attribute access
-    # The empty torchvision packages: a later `import torchvision.models` loads the real one.
-    torchvision = sys.modules.get("torchvision")
-    for name in _LeanFinder.EMPTY:
-        stub = sys.modules.get(name)
-        if stub is not None and getattr(stub.__spec__, "loader", None) is finder:
-            del sys.modules[name]
-            if torchvision is not None and torchvision.__dict__.get(name.rsplit(".", 1)[1]) is stub:
-                delattr(torchvision, name.rsplit(".", 1)[1])
+def lock_towers(model: torch.nn.Module, t: TrainingSpec) -> None:
+    """Freeze the towers as ``t`` asks, after checking the unlocked counts against this model."""
+    if t.lockImage:
+        groups = _image_groups(model.visual)
+        n = t.lockImageUnlockedGroups
+        if n and groups is not None and n > groups:
+            kind = type(model.visual).__name__
+            raise ModelError(
+                f"spec.training.lockImageUnlockedGroups {n}: the image tower ({kind}) has "
+                + (f"only {groups} layer groups" if groups else "no partial unlocking in open_clip, lock it whole (0)")
+            )
+        model.lock_image_tower(unlocked_groups=n, freeze_bn_stats=t.lockImageFreezeBnStats)
+    if t.lockText:
+        groups = _text_groups(model)
+        n = t.lockTextUnlockedLayers
+        if n and groups is not None and n > groups:
+            raise ModelError(f"spec.training.lockTextUnlockedLayers {n}: the text tower has only {groups} layer groups")
+        if not t.lockTextFreezeLayerNorm and groups is not None:
+            raise ModelError(
+                "spec.training.lockTextFreezeLayerNorm false: open_clip's own text transformer always freezes "
+                "its LayerNorms (only Hugging Face text towers can leave them trainable)"
+            )
+        model.lock_text_tower(unlocked_layers=n, freeze_layer_norm=t.lockTextFreezeLayerNorm)
 
 
 def build(spec: TrainerSpec, device):
@@ -139,8 +110,9 @@ def build(spec: TrainerSpec, device):
 
     ``open_clip_config`` is the dict written to ``final/open_clip_config.json`` on export.
     """
-    open_clip = import_open_clip(spec.model.name)
     name = spec.model.name
+    config = model_config(name)
+    check_trainable(name, config)
     pretrained = spec.model.pretrained or None
     local_dir = name.startswith("local-dir:")
     model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
@@ -154,19 +126,11 @@ def build(spec: TrainerSpec, device):
     if local_dir and pretrained:  # open_clip ignores `pretrained` for local-dir: models; we honour it
         open_clip.load_checkpoint(model, pretrained)
     tokenizer = open_clip.get_tokenizer(name)
-    if local_dir:
-        config = json.loads((Path(name[len("local-dir:"):]) / "open_clip_config.json").read_text())
-    else:
-        config = {"model_cfg": open_clip.get_model_config(name)}
     pp = getattr(model.visual, "preprocess_cfg", None)
     if pp and "preprocess_cfg" not in config:
         config["preprocess_cfg"] = dict(pp)
-    t = spec.training
-    if t.lockImage:
-        model.lock_image_tower(unlocked_groups=0, freeze_bn_stats=True)
-    if t.lockText:
-        model.lock_text_tower(unlocked_layers=0, freeze_layer_norm=True)
-    if t.gradCheckpointing:
+    lock_towers(model, spec.training)
+    if spec.training.gradCheckpointing:
         model.set_grad_checkpointing(True)
     return model, preprocess_train, preprocess_val, tokenizer, config
 
@@ -186,6 +150,7 @@ def no_decay(name: str, param) -> bool:
 
 
 def param_groups(model, weight_decay: float) -> list[dict]:
+    """Trainable parameters in two AdamW groups: decayed matrices, and everything :func:`no_decay` names."""
     decay, other = [], []
     for n, p in model.named_parameters():
         if p.requires_grad:

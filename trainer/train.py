@@ -9,9 +9,12 @@ Launch it any of these ways (each rank runs :func:`train`):
     python -m trainer.node /etc/kubeclip/job.yaml                # in a pod: preflight, then torchrun
                                                                  #   with the PET_* env the controller sets
 
-Read top to bottom: topology → seed → model → data → optimizer → resume → for each optimizer
-step: set lr, forward/backward every micro-batch (features gathered across ranks), all-reduce
-gradients, clip, AdamW step, log, checkpoint → at each epoch end: eval, checkpoint → export.
+The loop is a :class:`Recipe` in named pieces, read in this order: :meth:`Recipe.setup`
+(topology → seed → model → DDP → data → resume → AdamW → metrics), :meth:`Recipe.evaluate_baseline`,
+then per epoch :meth:`Recipe.train_epoch`, which runs :meth:`Recipe.train_step` (set lr →
+:func:`forward_backward` over the micro-batches → clip → AdamW step) and, at its end,
+:meth:`Recipe.evaluate` and :meth:`Recipe.save_checkpoint`; finally :meth:`Recipe.export_final`.
+Everything the loop changes lives in one :class:`LoopState`.
 A run restarted with the same command continues from the newest checkpoint in
 ``<output>/checkpoints`` at the exact step (see ``trainer.checkpoint`` and ``trainer.data``).
 """
@@ -24,7 +27,8 @@ import logging
 import math
 import random
 import time
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -34,9 +38,9 @@ from trainer.config import TrainerSpec
 from trainer.data import CaptionDataset, ShardedBatchSampler, eval_loader, train_loader
 from trainer.evaluate import evaluate
 from trainer.export import export
-from trainer.loss import contrastive_loss
-from trainer.model import build, param_groups
-from trainer.optim import AdamW, default_warmup, lr_at
+from trainer.loss import make_loss
+from trainer.model import build, is_siglip, param_groups
+from trainer.optim import adamw, default_warmup, lr_at, set_lr
 from trainer.preflight import DatasetReport, read_table
 
 log = logging.getLogger("trainer")
@@ -68,254 +72,366 @@ def weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def train(job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None, started_at: Optional[float] = None) -> dict:
-    """Run one rank of the job; ``started_at``: process start, for the start-up time in the log."""
-    t_start = started_at or time.time()
-    t_train = time.time()
-    topo = distributed.setup()
-    t = spec.training
-    out = spec.output.path
-    if topo.is_main:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
-    else:
-        logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s rank{topo.rank} %(message)s", force=True)
+def _outputs(out: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """``(image features, text features, logit_scale.exp(), logit_bias or None)`` of an open_clip forward."""
+    if isinstance(out, dict):
+        return out["image_features"], out["text_features"], out["logit_scale"], out.get("logit_bias")
+    return out[0], out[1], out[2], (out[3] if len(out) > 3 else None)
 
-    # Same seed on every rank: identical initial weights (rank 0's are broadcast anyway).
-    random.seed(t.seed)
-    np.random.seed(t.seed)
-    torch.manual_seed(t.seed)
 
-    # ---- model ------------------------------------------------------------------------------
-    model, tf_train, tf_val, tokenizer, oc_config = build(spec, topo.device)
-    dtype, autocast, use_scaler = precision_setup(t.precision, topo.device)
-    if dtype != torch.float32:
-        model.to(dtype)
-    distributed.broadcast_parameters(model, topo)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+def forward_backward(ddp: torch.nn.Module, loss_fn: Callable, micro_batches: list, autocast=contextlib.nullcontext,
+                     scaler: Optional[torch.amp.GradScaler] = None) -> float:
+    """Accumulate into ``.grad`` the gradient of the loss of all ``micro_batches`` together; return that loss.
 
-    # ---- data -------------------------------------------------------------------------------
-    train_table = report.train if report else read_table(spec.dataset.trainCsv, spec)
-    val_table = (report.val if report else read_table(spec.dataset.valCsv, spec, "spec.dataset.valCsv")) if spec.dataset.valCsv else None
-    sampler = ShardedBatchSampler(len(train_table), t.batchSize, topo.world, topo.rank, t.seed)
-    loader = None
-    if topo.device.type == "cuda" and t.gpuDecode:  # JPEG decode, crop and resize on the GPU (trainer.gpu_data)
-        from trainer.gpu_data import gpu_train_loader
+    One micro-batch: one forward and backward. Several (``gradAccumSteps``): open_clip's feature
+    cache — a no-grad forward of every micro-batch first, then per micro-batch a forward with grad
+    whose loss takes the other micro-batches' cached features as negatives. The encoders' gradient
+    summed over the micro-steps is that of the loss of the whole accumulated batch; the logit
+    scale/bias enter the loss with grad in the last micro-step only, so theirs is counted once
+    (open_clip_train counts it once per micro-step). DDP syncs only in the last micro-step.
+    """
+    model = getattr(ddp, "module", ddp)
+    k = len(micro_batches)
+    cached = []
+    if k > 1:
+        with torch.no_grad(), autocast():
+            cached = [_outputs(model(images, tokens))[:2] for images, tokens in micro_batches]
+    loss = None
+    for j, (images, tokens) in enumerate(micro_batches):
+        last = j == k - 1
+        sync = ddp.no_sync() if not last and hasattr(ddp, "no_sync") else contextlib.nullcontext()
+        with sync:
+            with autocast():
+                img, txt, scale, bias = _outputs(ddp(images, tokens))
+                if k > 1:
+                    img = torch.cat([c[0] for c in cached[:j]] + [img] + [c[0] for c in cached[j + 1:]])
+                    txt = torch.cat([c[1] for c in cached[:j]] + [txt] + [c[1] for c in cached[j + 1:]])
+                if not last:
+                    scale = scale.detach()
+                    bias = bias.detach() if bias is not None else None
+                loss = loss_fn(img, txt, scale, bias)
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+    return loss.item()
 
-        loader = gpu_train_loader(train_table, tf_train, tokenizer, t.seed, sampler, t.workers, topo.device)
-    if loader is None:
-        loader = train_loader(CaptionDataset(train_table, tf_train, tokenizer, t.seed, augment=True), sampler, t.workers, topo.device.type == "cuda")
-    steps_per_epoch = sampler.batches_per_epoch // t.gradAccumSteps
-    total_steps = steps_per_epoch * t.epochs
-    warmup = t.warmupSteps if t.warmupSteps is not None else default_warmup(total_steps)
-    global_batch = t.batchSize * topo.world * t.gradAccumSteps
 
-    # ---- resume position, then start the loader early ---------------------------------------
-    # Its workers decode the first batches while the optimizer and metrics are set up below.
-    step, start_epoch, start_step_in_epoch = 0, 0, 0
-    latest = distributed.broadcast_object(str(checkpoint.latest(out) or ""), topo)
-    ck = checkpoint.load(latest) if latest else None
-    if ck is not None:
-        step, start_epoch, start_step_in_epoch = ck["step"], ck["epoch"], ck["step_in_epoch"]
-    first_batches = None
-    if start_epoch < t.epochs:
-        sampler.set_position(start_epoch, start_step_in_epoch * t.gradAccumSteps)
-        first_batches = iter(loader)
+@dataclass
+class LoopState:
+    """What the loop changes as it runs; everything else on the :class:`Recipe` is fixed after setup."""
 
-    # ---- optimizer, and the rest of the resume state ---------------------------------------
-    opt = AdamW(param_groups(model, t.weightDecay))
-    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-    if ck is not None:
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        if scaler is not None and ck.get("scaler"):
-            scaler.load_state_dict(ck["scaler"])
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # the epoch the run (re)started in, then the current one
+    step_in_epoch: int = 0  # where in ``epoch`` the run (re)started
+    loss: float = float("nan")  # loss of the last optimizer step
+    lr: float = 0.0
+    epoch_losses: list[float] = field(default_factory=list)  # mean training loss of each epoch run here
+    last_eval: dict = field(default_factory=dict)
+    evaluated_last: bool = False  # the last epoch's eval ran in this process
+    steady_time: float = 0.0  # seconds and samples of steps that did not wait for loader start-up
+    steady_samples: int = 0
+    steady_wait: float = 0.0  # of which waiting for the next batch
+    first_step_at: Optional[float] = None
+    last_progress_write: float = 0.0
+
+
+class Recipe:
+    """One rank of a fine-tuning run, in named pieces (torchtune's recipe shape)."""
+
+    def __init__(self, job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None,
+                 started_at: Optional[float] = None):
+        self.job, self.spec, self.t, self.report = job, spec, spec.training, report
+        self.out = spec.output.path
+        self.t_start = started_at or time.time()
+        self.state = LoopState()
+        self.metrics = None
+
+    # ---- setup ------------------------------------------------------------------------------
+    def setup(self) -> None:
+        t = self.t
+        self.t_train = time.time()
+        self.topo = topo = distributed.setup()
+        level, fmt = (logging.INFO, "%(asctime)s %(message)s") if topo.is_main else (
+            logging.WARNING, f"%(asctime)s rank{topo.rank} %(message)s")
+        logging.basicConfig(level=level, format=fmt, force=True)
+        # Same seed on every rank: identical initial weights (DDP broadcasts rank 0's anyway).
+        random.seed(t.seed)
+        np.random.seed(t.seed)
+        torch.manual_seed(t.seed)
+        self._setup_model()
+        self._setup_data()
+        ck = self._resume_position()
+        self._setup_optimizer(ck)
+        self._setup_metrics()
+
+    def _setup_model(self) -> None:
+        t, topo = self.t, self.topo
+        self.model, tf_train, self.tf_val, self.tokenizer, self.oc_config = build(self.spec, topo.device)
+        self.dtype, self.autocast, use_scaler = precision_setup(t.precision, topo.device)
+        if self.dtype != torch.float32:
+            self.model.to(self.dtype)
+        self.ddp = distributed.wrap(self.model, topo)
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        self.loss_fn = make_loss(is_siglip(self.model), topo.rank, topo.world, local_loss=t.localLoss,
+                                 gather_with_grad=t.gatherWithGrad)
+        self.tf_train = tf_train
+
+    def _setup_data(self) -> None:
+        t, topo, spec, report = self.t, self.topo, self.spec, self.report
+        self.train_table = report.train if report else read_table(spec.dataset.trainCsv, spec)
+        self.val_table = None
+        if spec.dataset.valCsv:
+            self.val_table = report.val if report else read_table(spec.dataset.valCsv, spec, "spec.dataset.valCsv")
+        self.sampler = ShardedBatchSampler(len(self.train_table), t.batchSize, topo.world, topo.rank, t.seed)
+        self.loader = None
+        if topo.device.type == "cuda" and t.gpuDecode:  # JPEG decode, crop and resize on the GPU (trainer.gpu_data)
+            from trainer.gpu_data import gpu_train_loader
+
+            self.loader = gpu_train_loader(self.train_table, self.tf_train, self.tokenizer, t.seed, self.sampler,
+                                           t.workers, topo.device)
+        if self.loader is None:
+            dataset = CaptionDataset(self.train_table, self.tf_train, self.tokenizer, t.seed, augment=True)
+            self.loader = train_loader(dataset, self.sampler, t.workers, topo.device.type == "cuda")
+        self.steps_per_epoch = self.sampler.batches_per_epoch // t.gradAccumSteps
+        self.total_steps = self.steps_per_epoch * t.epochs
+        self.warmup = t.warmupSteps if t.warmupSteps is not None else default_warmup(self.total_steps)
+        self.global_batch = t.batchSize * topo.world * t.gradAccumSteps
+
+    def _resume_position(self) -> Optional[dict]:
+        """Read the newest checkpoint (if any), set the data position and start the loader early:
+        its workers decode the first batches while the optimizer and metrics are set up."""
+        t, s = self.t, self.state
+        self.latest = distributed.broadcast_object(str(checkpoint.latest(self.out) or ""), self.topo)
+        ck = checkpoint.load(self.latest) if self.latest else None
+        if ck is not None:
+            s.step, s.epoch, s.step_in_epoch = ck["step"], ck["epoch"], ck["step_in_epoch"]
+        self.first_batches = None
+        if s.epoch < t.epochs:
+            self.sampler.set_position(s.epoch, s.step_in_epoch * t.gradAccumSteps)
+            self.first_batches = iter(self.loader)
+        return ck
+
+    def _setup_optimizer(self, ck: Optional[dict]) -> None:
+        topo, s = self.topo, self.state
+        self.opt = adamw(param_groups(self.model, self.t.weightDecay), topo.device)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        if ck is None:
+            return
+        self.model.load_state_dict(ck["model"])
+        self.opt.load_state_dict(ck["optimizer"])
+        if self.scaler is not None and ck.get("scaler"):
+            self.scaler.load_state_dict(ck["scaler"])
         if ck.get("world") != topo.world:
             log.warning("checkpoint was written by %s processes, this run has %d: the data order after resume "
-                        "differs from an uninterrupted run (weights, optimizer and step are restored)", ck.get("world"), topo.world)
+                        "differs from an uninterrupted run (weights, optimizer and step are restored)",
+                        ck.get("world"), topo.world)
         rngs = ck["rng"]
         checkpoint.set_rng_state(rngs[topo.rank] if topo.rank < len(rngs) else rngs[0])
-        log.info("resumed from %s: step %d (epoch %d, step %d of it)", latest, step, start_epoch, start_step_in_epoch)
-        del ck
+        log.info("resumed from %s: step %d (epoch %d, step %d of it)", self.latest, s.step, s.epoch, s.step_in_epoch)
 
-    metrics = None
-    if topo.is_main:
+    def _setup_metrics(self) -> None:
+        if not self.topo.is_main:
+            return
         from trainer.metrics import TrainerMetrics
 
-        metrics = TrainerMetrics(job, out, t.epochs, total_steps)
-        metrics.serve(spec.metrics.port)
-        metrics.step.set(step)
-        metrics.update(phase="training", step=step, epoch=start_epoch)
+        t, s = self.t, self.state
+        self.metrics = TrainerMetrics(self.job, self.out, t.epochs, self.total_steps)
+        self.metrics.serve(self.spec.metrics.port)
+        self.metrics.step.set(s.step)
+        self.metrics.update(phase="training", step=s.step, epoch=s.epoch)
         log.info(
             "training %s: %d processes on %s, %d steps (%d/epoch x %d epochs), global batch %d, warmup %d, precision %s",
-            job, topo.world, topo.device.type, total_steps, steps_per_epoch, t.epochs, global_batch, warmup, t.precision,
+            self.job, self.topo.world, self.topo.device.type, self.total_steps, self.steps_per_epoch, t.epochs,
+            self.global_batch, self.warmup, t.precision,
         )
 
-    def save_checkpoint(epoch: int, step_in_epoch: int) -> None:
-        rngs = distributed.gather_objects(checkpoint.rng_state(), topo)
-        if topo.is_main:
-            state = {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "step": step,
-                "epoch": epoch,
-                "step_in_epoch": step_in_epoch,
-                "world": topo.world,
-                "rng": rngs,
-            }
-            path = checkpoint.save(out, step, state, t.keepCheckpoints)
-            metrics.record_checkpoint(str(path), step)
-        distributed.barrier(topo)
-
-    def run_eval() -> dict:
-        result = {}
-        if topo.is_main and val_table is not None:
-            metrics.update(phase="evaluating")
-            val_ds = CaptionDataset(val_table, tf_val, tokenizer, t.seed, augment=False)
-            result = evaluate(model, eval_loader(val_ds, t.batchSize, 0), topo.device, autocast)
-            metrics.record_eval(result)
-            metrics.update(phase="training")
-            log.info(
-                "eval epoch %d: val_loss %.4f  i2t R@1 %.3f R@5 %.3f  t2i R@1 %.3f R@5 %.3f",
-                epoch, result["val_loss"], result["image_to_text_R@1"], result["image_to_text_R@5"],
-                result["text_to_image_R@1"], result["text_to_image_R@5"],
-            )
-        distributed.barrier(topo)
-        return result
-
-    # ---- the loop ---------------------------------------------------------------------------
-    model.train()
-    steady_time, steady_samples, steady_wait = 0.0, 0, 0.0
-    last_eval: dict = {}
-    epoch_losses: list[float] = []  # mean training loss of each epoch this process ran
-    evaluated_last = False
-    loss_value = float("nan")
-    first_step_at: Optional[float] = None
-    last_progress_write = 0.0
-    for epoch in range(start_epoch, t.epochs):
-        first_s = start_step_in_epoch if epoch == start_epoch else 0
-        if epoch == start_epoch and first_batches is not None:
-            batches = first_batches
+    # ---- one optimizer step, one epoch ------------------------------------------------------
+    def train_step(self, batches) -> float:
+        """Set lr, forward/backward every micro-batch, clip, AdamW step; return the data wait (s)."""
+        t, s = self.t, self.state
+        s.lr = lr_at(s.step, t.learningRate, self.warmup, self.total_steps)
+        set_lr(self.opt, s.lr)
+        micro, wait = [], 0.0
+        for _ in range(t.gradAccumSteps):
+            t0 = time.perf_counter()
+            images, tokens = next(batches)
+            wait += time.perf_counter() - t0
+            micro.append((images.to(self.topo.device, self.dtype, non_blocking=True),
+                          tokens.to(self.topo.device, non_blocking=True)))
+        s.loss = forward_backward(self.ddp, self.loss_fn, micro, self.autocast, self.scaler)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.opt)
+        if t.gradClipNorm:
+            torch.nn.utils.clip_grad_norm_(self.trainable, t.gradClipNorm)
+        if self.scaler is not None:
+            self.scaler.step(self.opt)
+            self.scaler.update()
         else:
-            sampler.set_position(epoch, first_s * t.gradAccumSteps)
-            batches = iter(loader)
-        t_prev = time.perf_counter()
-        losses_this_epoch: list[float] = []
-        for s in range(first_s, steps_per_epoch):
-            lr = lr_at(step, t.learningRate, warmup, total_steps)
-            opt.set_lr(lr)
-            wait = 0.0
-            loss_sum = 0.0
-            for _ in range(t.gradAccumSteps):
-                t0 = time.perf_counter()
-                images, tokens = next(batches)
-                wait += time.perf_counter() - t0
-                images = images.to(topo.device, dtype, non_blocking=True)
-                tokens = tokens.to(topo.device, non_blocking=True)
-                with autocast():
-                    img = model.encode_image(images, normalize=True)
-                    txt = model.encode_text(tokens, normalize=True)
-                    # Global-batch loss; only this rank's features carry gradient (see distributed.py).
-                    loss = contrastive_loss(
-                        distributed.gather_features(img, topo),
-                        distributed.gather_features(txt, topo),
-                        model.logit_scale.exp(),
-                    )
-                loss_sum += loss.item()
-                loss = loss / t.gradAccumSteps
-                (scaler.scale(loss) if scaler is not None else loss).backward()
-            distributed.all_reduce_gradients(trainable, topo)
-            if scaler is not None:
-                scaler.unscale_(opt)
-            if t.gradClipNorm:
-                torch.nn.utils.clip_grad_norm_(trainable, t.gradClipNorm)
-            if scaler is not None:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            opt.zero_grad()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-            step += 1
-            loss_value = loss_sum / t.gradAccumSteps
-            losses_this_epoch.append(loss_value)
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        s.step += 1
+        return wait
 
+    def train_epoch(self, epoch: int) -> None:
+        """Steps of one epoch (from where a resumed run stopped), then eval and an epoch-end checkpoint."""
+        t, s = self.t, self.state
+        first_s = s.step_in_epoch if epoch == s.epoch else 0
+        s.epoch = epoch
+        if self.first_batches is not None:  # started in _resume_position for this epoch
+            batches, self.first_batches = self.first_batches, None
+        else:
+            self.sampler.set_position(epoch, first_s * t.gradAccumSteps)
+            batches = iter(self.loader)
+        t_prev = time.perf_counter()
+        losses: list[float] = []
+        for i in range(first_s, self.steps_per_epoch):
+            wait = self.train_step(batches)
+            losses.append(s.loss)
             now = time.perf_counter()
             dt, t_prev = now - t_prev, now
-            if s != first_s:  # the first step of an epoch waits for loader start-up: not steady state
-                steady_time += dt
-                steady_samples += global_batch
-                steady_wait += wait
-            if first_step_at is None:
-                first_step_at = time.time()
-                if topo.is_main:
-                    log.info("first step done %.2fs after start (imports and preflight %.2fs, then model, data "
-                             "and the step %.2fs)", first_step_at - t_start, t_train - t_start, first_step_at - t_train)
-            if topo.is_main:
-                sps = steady_samples / steady_time if steady_time else global_batch / dt
-                metrics.step.set(step)
-                metrics.epoch.set(epoch)
-                metrics.samples.inc(global_batch)
-                metrics.sps.set(sps)
-                metrics.loss.set(loss_value)
-                metrics.lr.set(lr)
-                metrics.logit_scale.set(model.logit_scale.exp().item())
-                metrics.step_seconds.observe(dt)
-                metrics.data_wait.observe(wait)
-                metrics.data_wait_share.set(steady_wait / steady_time if steady_time else wait / dt)
-                if topo.device.type == "cuda":
-                    metrics.gpu_mem.set(torch.cuda.max_memory_allocated(topo.device))
-                if step == 1 or step % t.logEverySteps == 0 or step == total_steps:
-                    log.info(
-                        "step %d/%d epoch %d loss %.4f lr %.3g samples/s %.1f data_wait %.3fs",
-                        step, total_steps, epoch, loss_value, lr, sps, wait,
-                    )
-                if step == 1 or step % t.logEverySteps == 0 or now - last_progress_write > 1.0 or step == total_steps:
-                    last_progress_write = now
-                    metrics.update(
-                        epoch=epoch, step=step, loss=loss_value, learningRate=lr, samplesPerSecond=round(sps, 2),
-                        etaSeconds=round((total_steps - step) * global_batch / sps, 1) if sps else None,
-                    )
-            if t.checkpointEverySteps and step % t.checkpointEverySteps == 0 and s + 1 < steps_per_epoch:
-                save_checkpoint(epoch, s + 1)
-        # ---- epoch end: eval, then a checkpoint that resumes at the next epoch -----------------
-        if losses_this_epoch:
-            epoch_losses.append(sum(losses_this_epoch) / len(losses_this_epoch))
-        last_eval = run_eval() or last_eval
-        evaluated_last = epoch == t.epochs - 1
-        save_checkpoint(epoch + 1, 0)
+            self._record_step(dt, wait, steady=i != first_s)  # an epoch's first step waits for loader start-up
+            if t.checkpointEverySteps and s.step % t.checkpointEverySteps == 0 and i + 1 < self.steps_per_epoch:
+                self.save_checkpoint(epoch, i + 1)
+        if losses:
+            s.epoch_losses.append(sum(losses) / len(losses))
+        s.last_eval = self.evaluate() or s.last_eval
+        s.evaluated_last = epoch == t.epochs - 1
+        self.save_checkpoint(epoch + 1, 0)
 
-    # ---- export -----------------------------------------------------------------------------
-    if not evaluated_last and val_table is not None:  # resumed after the last epoch's end: redo its eval
-        epoch = t.epochs - 1
-        last_eval = run_eval()
-    # Every rank's weights must be identical after the last all-reduced step: check, don't assume.
-    digests = distributed.gather_objects(weights_digest(model), topo)
-    final_metrics: dict = {}
-    if topo.is_main:
+    def _record_step(self, dt: float, wait: float, steady: bool) -> None:
+        """Throughput bookkeeping on every rank; log line, Prometheus metrics and progress.json on rank 0."""
+        s, gb = self.state, self.global_batch
+        if steady:
+            s.steady_time += dt
+            s.steady_samples += gb
+            s.steady_wait += wait
+        if s.first_step_at is None:
+            s.first_step_at = time.time()
+            if self.topo.is_main:
+                log.info("first step done %.2fs after start (imports and preflight %.2fs, then model, data "
+                         "and the step %.2fs)", s.first_step_at - self.t_start, self.t_train - self.t_start,
+                         s.first_step_at - self.t_train)
+        m = self.metrics
+        if m is None:
+            return
+        sps = s.steady_samples / s.steady_time if s.steady_time else gb / dt
+        m.step.set(s.step)
+        m.epoch.set(s.epoch)
+        m.samples.inc(gb)
+        m.sps.set(sps)
+        m.loss.set(s.loss)
+        m.lr.set(s.lr)
+        m.logit_scale.set(self.model.logit_scale.exp().item())
+        m.step_seconds.observe(dt)
+        m.data_wait.observe(wait)
+        m.data_wait_share.set(s.steady_wait / s.steady_time if s.steady_time else wait / dt)
+        if self.topo.device.type == "cuda":
+            m.gpu_mem.set(torch.cuda.max_memory_allocated(self.topo.device))
+        every, total, now = self.t.logEverySteps, self.total_steps, time.perf_counter()
+        if s.step == 1 or s.step % every == 0 or s.step == total:
+            log.info("step %d/%d epoch %d loss %.4f lr %.3g samples/s %.1f data_wait %.3fs",
+                     s.step, total, s.epoch, s.loss, s.lr, sps, wait)
+        if s.step == 1 or s.step % every == 0 or now - s.last_progress_write > 1.0 or s.step == total:
+            s.last_progress_write = now
+            m.update(epoch=s.epoch, step=s.step, loss=s.loss, learningRate=s.lr, samplesPerSecond=round(sps, 2),
+                     etaSeconds=round((total - s.step) * gb / sps, 1) if sps else None)
+
+    # ---- evaluation -------------------------------------------------------------------------
+    def evaluate_baseline(self) -> dict:
+        """Called once by :meth:`run` before the first optimizer step of a fresh run (not on resume),
+        with the model built, wrapped and in train mode: where an evaluation of the starting weights
+        goes. It evaluates nothing yet and returns ``{}``."""
+        return {}
+
+    def evaluate(self) -> dict:
+        """Retrieval eval on the validation CSV (rank 0; the others wait at the barrier)."""
+        result: dict = {}
+        m = self.metrics
+        if m is not None and self.val_table is not None:
+            m.update(phase="evaluating")
+            val_ds = CaptionDataset(self.val_table, self.tf_val, self.tokenizer, self.t.seed, augment=False)
+            result = evaluate(self.model, eval_loader(val_ds, self.t.batchSize, 0), self.topo.device, self.autocast)
+            m.record_eval(result)
+            m.update(phase="training")
+            log.info(
+                "eval epoch %d: val_loss %.4f  i2t R@1 %.3f R@5 %.3f  t2i R@1 %.3f R@5 %.3f",
+                self.state.epoch, result["val_loss"], result["image_to_text_R@1"], result["image_to_text_R@5"],
+                result["text_to_image_R@1"], result["text_to_image_R@5"],
+            )
+        distributed.barrier(self.topo)
+        return result
+
+    # ---- checkpoint, export -----------------------------------------------------------------
+    def save_checkpoint(self, epoch: int, step_in_epoch: int) -> None:
+        """Rank 0 writes everything the next step depends on (the unwrapped model: no ``module.`` keys)."""
+        rngs = distributed.gather_objects(checkpoint.rng_state(), self.topo)
+        if self.topo.is_main:
+            state = {
+                "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "step": self.state.step,
+                "epoch": epoch,
+                "step_in_epoch": step_in_epoch,
+                "world": self.topo.world,
+                "rng": rngs,
+            }
+            path = checkpoint.save(self.out, self.state.step, state, self.t.keepCheckpoints)
+            self.metrics.record_checkpoint(str(path), self.state.step)
+        distributed.barrier(self.topo)
+
+    def export_final(self) -> dict:
+        """Check that the ranks agree on the weights, then rank 0 writes ``final/``; returns its metrics."""
+        s, t = self.state, self.t
+        if not s.evaluated_last and self.val_table is not None:  # resumed after the last epoch's end: redo its eval
+            s.epoch = t.epochs - 1
+            s.last_eval = self.evaluate()
+        # Every rank's weights must be identical after the last synchronised step: check, don't assume.
+        digests = distributed.gather_objects(weights_digest(self.model), self.topo)
+        m = self.metrics
+        if m is None:
+            return {}
         if len(set(digests)) != 1:
             log.error("ranks disagree on the final weights: %s", digests)
-        metrics.update(phase="exporting")
-        final_metrics = dict(last_eval)
-        final_metrics.update(
-            samples_per_second=round(steady_samples / steady_time, 2) if steady_time else None,
-            data_wait_share=round(steady_wait / steady_time, 4) if steady_time else None,
-            peak_gpu_memory_bytes=torch.cuda.max_memory_allocated(topo.device) if topo.device.type == "cuda" else 0,
-            steps=step,
+        m.update(phase="exporting")
+        final = dict(s.last_eval)
+        final.update(
+            samples_per_second=round(s.steady_samples / s.steady_time, 2) if s.steady_time else None,
+            data_wait_share=round(s.steady_wait / s.steady_time, 4) if s.steady_time else None,
+            peak_gpu_memory_bytes=torch.cuda.max_memory_allocated(self.topo.device) if self.topo.device.type == "cuda" else 0,
+            steps=s.step,
             epochs=t.epochs,
-            world_size=topo.world,
-            global_batch=global_batch,
-            train_loss=loss_value,
-            epoch_train_loss=epoch_losses,
+            world_size=self.topo.world,
+            global_batch=self.global_batch,
+            train_loss=s.loss,
+            epoch_train_loss=s.epoch_losses,
             rank_weight_digests=digests,
-            wall_seconds=round(time.time() - t_start, 2),
-            first_step_seconds=round(first_step_at - t_start, 3) if first_step_at else None,
+            wall_seconds=round(time.time() - self.t_start, 2),
+            first_step_seconds=round(s.first_step_at - self.t_start, 3) if s.first_step_at else None,
         )
-        path = export(model, oc_config, final_metrics, out)
-        metrics.update(phase="done", step=step, modelPath=str(path), etaSeconds=0.0, message=f"model exported to {path}")
+        path = export(self.model, self.oc_config, final, self.out)
+        m.update(phase="done", step=s.step, modelPath=str(path), etaSeconds=0.0, message=f"model exported to {path}")
         log.info("model exported to %s (load with open_clip.create_model_and_transforms('local-dir:%s'))", path, path)
-        metrics.close()
-    distributed.barrier(topo)
-    distributed.teardown()
-    return final_metrics
+        m.close()
+        return final
+
+    # ---- the whole run ----------------------------------------------------------------------
+    def run(self) -> dict:
+        self.setup()
+        self.model.train()
+        if self.state.step == 0:
+            self.evaluate_baseline()
+        for epoch in range(self.state.epoch, self.t.epochs):
+            self.train_epoch(epoch)
+        final = self.export_final()
+        self.cleanup()
+        return final
+
+    def cleanup(self) -> None:
+        distributed.barrier(self.topo)
+        distributed.teardown()
+
+
+def train(job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None, started_at: Optional[float] = None) -> dict:
+    """Run one rank of the job; ``started_at``: process start, for the start-up time in the log."""
+    return Recipe(job, spec, report, started_at).run()

@@ -37,9 +37,9 @@ def test_bench_gpu_runs_on_cpu_with_a_tiny_model(tmp_path):
     # analytic cross-check: forward + backward = 6 FLOPs per matrix weight per token (17 image
     # tokens, 32 text tokens); embeddings are lookups. The counter also sees attention, and the
     # patch conv (16 patches) and output projections (1 token) see fewer tokens: within 20 %.
-    from trainer.model import import_open_clip
+    import open_clip
 
-    model = import_open_clip("").create_model(f"local-dir:{REPO / 'hack' / 'peer' / 'tiny_model'}")
+    model = open_clip.create_model(f"local-dir:{REPO / 'hack' / 'peer' / 'tiny_model'}")
     weights = {tower: sum(p.numel() for n, p in model.named_parameters()
                           if p.ndim >= 2 and "embedding" not in n and n.startswith("visual") == (tower == "image"))
                for tower in ("image", "text")}

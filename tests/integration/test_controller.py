@@ -308,6 +308,7 @@ def test_ttl_deletes_finished_job_and_children(cluster, operator, namespace, api
     [
         ("zero-batch", {"training": {"batchSize": 0}}, "spec.training.batchSize"),
         ("frozen", {"training": {"lockImage": True, "lockText": True}}, "nothing would be trained"),
+        ("unlocked-unlocked", {"training": {"lockImageUnlockedGroups": 2}}, "lockImageUnlockedGroups is set but lockImage is false"),
         ("dangling-mount", {"volumeMounts": [{"name": "nope", "mountPath": "/x"}]}, "must name a volume"),
         ("gpu-mismatch", {"numProcPerNode": 2, "resources": {"limits": {"nvidia.com/gpu": 4}}}, "must equal numProcPerNode"),
         ("reserved-env", {"env": [{"name": "RANK", "value": "1"}]}, "set by the controller"),

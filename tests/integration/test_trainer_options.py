@@ -5,8 +5,14 @@ The starting weights come from a ``spec.model.pretrained`` safetensors file the 
 can compare the exported ``final/`` weights with the exact weights training started from:
 
 * ``lockImage``: every image-tower tensor ends bit-identical to the start, the text tower moved;
+* ``lockImageUnlockedGroups`` / ``lockTextUnlockedLayers``: exactly the tensors of open_clip's last
+  N layer groups of the locked tower change; more groups than the tower has exit 2 with one line;
+* ``lockImageFreezeBnStats``: a locked ResNet tower's BatchNorm running statistics stay put (and
+  move without it);
 * ``gradCheckpointing``: recomputing activations in backward changes memory, not maths — the
-  final weights match a run without it.
+  final weights match a run without it;
+* ``gradAccumSteps``: k micro-batches of b rows train like one batch of k*b rows (open_clip's
+  feature cache: the negatives span the accumulated batch).
 """
 
 from __future__ import annotations
@@ -19,15 +25,14 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from trainer_helpers import dataset, env, tiny_model
+from trainer_helpers import TINY_CONFIG, dataset, env, tiny_model
 
 pytestmark = pytest.mark.slow
 
 
 def start_weights(root, model_name: str):
-    from trainer.model import import_open_clip
+    import open_clip
 
-    open_clip = import_open_clip(model_name)
     torch.manual_seed(123)
     model = open_clip.create_model(model_name)
     path = root / "start.safetensors"
@@ -37,6 +42,12 @@ def start_weights(root, model_name: str):
 
 
 def train(root, name: str, model_name: str, pretrained, training: dict):
+    proc = run(root, name, model_name, pretrained, training)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return load_file(str(root / name / "final" / "open_clip_model.safetensors"))
+
+
+def run(root, name: str, model_name: str, pretrained, training: dict) -> subprocess.CompletedProcess:
     train_csv, val_csv = dataset(root)
     out = root / name
     doc = {
@@ -54,9 +65,7 @@ def train(root, name: str, model_name: str, pretrained, training: dict):
     }
     job = root / f"{name}.yaml"
     job.write_text(yaml.safe_dump(doc))
-    proc = subprocess.run([sys.executable, "-m", "trainer", str(job)], env=env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return load_file(str(out / "final" / "open_clip_model.safetensors"))
+    return subprocess.run([sys.executable, "-m", "trainer", str(job)], env=env(), capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +96,80 @@ def test_grad_checkpointing_trains_the_same_weights(setup):
     # Same float ops recomputed in backward: expect equality up to reduction-order noise.
     far = [k for k in plain if not torch.allclose(plain[k], ckpt[k], rtol=1e-4, atol=1e-6)]
     assert not far, f"weights differ with gradCheckpointing: {far[:5]}"
+
+
+def test_grad_accumulation_trains_like_the_big_batch(setup):
+    """gradAccumSteps 2 x batchSize 8 (negatives span both micro-batches) == batchSize 16, step for step."""
+    root, model_name, start_path, start = setup
+    big = train(root, "batch16", model_name, start_path, {"batchSize": 16})
+    accum = train(root, "accum2x8", model_name, start_path, {"batchSize": 8, "gradAccumSteps": 2})
+    assert any(not torch.equal(big[k], start[k]) for k in start), "the batch-16 run did not train"
+    far = [k for k in big if not torch.allclose(without_key_bias(k, big[k]), without_key_bias(k, accum[k]), rtol=1e-4, atol=1e-6)]
+    assert not far, f"weights differ between gradAccumSteps 2 x 8 and batch 16: {far[:5]}"
+
+
+def without_key_bias(name: str, t: torch.Tensor) -> torch.Tensor:
+    """Drop the key third of an attention's ``in_proj_bias``: softmax ignores a shift shared by all keys,
+    so that bias's true gradient is exactly 0 and what autograd returns is rounding noise, which
+    Adam divides by its own tiny magnitude into lr-sized steps of random sign (measured: ~1e-5
+    here, while every other weight agrees to ~1e-8)."""
+    if not name.endswith("attn.in_proj_bias"):
+        return t
+    w = t.numel() // 3
+    return torch.cat([t[:w], t[2 * w:]])
+
+
+def changed(final: dict, start: dict, prefix: tuple[str, ...]) -> set[str]:
+    return {k for k in start if k.startswith(prefix) and not torch.equal(final[k], start[k])}
+
+
+#: open_clip's layer groups of the tiny (1-block) towers, last first: [projection], [last block + final norm], [embeddings]
+IMAGE_LAST_TWO_GROUPS = ("visual.proj", "visual.ln_post.", "visual.transformer.resblocks.0.")
+TEXT_TOWER = ("transformer.", "token_embedding", "positional_embedding", "text_projection", "ln_final")
+
+
+def test_lock_image_unlocked_groups_trains_exactly_the_last_groups(setup):
+    root, model_name, start_path, start = setup
+    final = train(root, "unlock-image-2", model_name, start_path, {"lockImage": True, "lockImageUnlockedGroups": 2})
+    visual = {k for k in start if k.startswith("visual.")}
+    intended = {k for k in visual if k.startswith(IMAGE_LAST_TWO_GROUPS)}
+    assert intended and intended != visual
+    assert changed(final, start, ("visual.",)) == intended
+    assert len(changed(final, start, TEXT_TOWER)) > 5  # the text tower trained
+
+
+def test_lock_text_unlocked_layers_trains_exactly_the_projection(setup):
+    root, model_name, start_path, start = setup
+    final = train(root, "unlock-text-1", model_name, start_path, {"lockText": True, "lockTextUnlockedLayers": 1})
+    assert changed(final, start, TEXT_TOWER) == {"text_projection"}
+    assert len(changed(final, start, ("visual.",))) > 5  # the image tower trained
+
+
+def test_more_unlocked_groups_than_the_tower_has_exits_2_with_one_line(setup):
+    root, model_name, start_path, _ = setup
+    proc = run(root, "unlock-too-many", model_name, start_path, {"lockImage": True, "lockImageUnlockedGroups": 4})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "config: spec.training.lockImageUnlockedGroups 4: the image tower (VisionTransformer) has only 3 layer groups")
+    assert not (root / "unlock-too-many" / "checkpoints").exists()
+
+
+#: A tiny ModifiedResNet image tower: the one open_clip tower with BatchNorm (running statistics).
+TINY_RESNET = {
+    "model_cfg": {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8, "head_width": 64},
+                  "text_cfg": TINY_CONFIG["model_cfg"]["text_cfg"]},
+    "preprocess_cfg": TINY_CONFIG["preprocess_cfg"],
+}
+
+
+@pytest.mark.parametrize("freeze", [True, False], ids=["frozen-bn-stats", "live-bn-stats"])
+def test_lock_image_freeze_bn_stats_keeps_the_running_statistics(tmp_path, freeze):
+    model_name = tiny_model(tmp_path, TINY_RESNET, "tiny-resnet")
+    start_path, start = start_weights(tmp_path, model_name)
+    final = train(tmp_path, "resnet", model_name, start_path, {"lockImage": True, "lockImageFreezeBnStats": freeze})
+    stats = {k for k in start if k.startswith("visual.") and k.endswith(("running_mean", "running_var"))}
+    params = {k for k in start if k.startswith("visual.")} - stats - {k for k in start if k.endswith("num_batches_tracked")}
+    assert len(stats) >= 10 and params
+    assert not changed(final, start, tuple(params))  # locked weights never move
+    moved = changed(final, start, tuple(stats))
+    assert (not moved) if freeze else (moved == stats), sorted(moved)[:5]

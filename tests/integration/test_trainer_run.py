@@ -109,10 +109,9 @@ def test_export_reloads_through_open_clip_with_the_trained_weights(run):
     import torch
 
     from trainer.checkpoint import latest, load
-    from trainer.model import import_open_clip
+    import open_clip
 
     final = run["out"] / "final"
-    open_clip = import_open_clip(f"local-dir:{final}")
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{final}")
     trained = load(latest(str(run["out"])))["model"]  # the epoch-end checkpoint holds the final weights
     loaded = model.state_dict()

@@ -29,10 +29,18 @@ TINY_CONFIG = {
 }
 
 
-def tiny_model(root: Path) -> str:
-    d = root / "tiny-model"
+#: The same with SigLIP's learned logit bias (and its initial temperature 10, bias -10): open_clip
+#: builds it with a ``logit_bias``, so the trainer trains it with the sigmoid loss.
+TINY_SIGLIP_CONFIG = {
+    "model_cfg": {**TINY_CONFIG["model_cfg"], "init_logit_scale": 2.302585092994046, "init_logit_bias": -10.0},
+    "preprocess_cfg": TINY_CONFIG["preprocess_cfg"],
+}
+
+
+def tiny_model(root: Path, config: dict = TINY_CONFIG, name: str = "tiny-model") -> str:
+    d = root / name
     d.mkdir(parents=True, exist_ok=True)
-    (d / "open_clip_config.json").write_text(json.dumps(TINY_CONFIG))
+    (d / "open_clip_config.json").write_text(json.dumps(config))
     return f"local-dir:{d}"
 
 
@@ -42,14 +50,15 @@ def dataset(root: Path, n: int = 96, val_n: int = 32, size: int = 32) -> tuple[P
     return generate(root / "data", n=n, val_n=val_n, size=size, seed=0)
 
 
-def manifest(root: Path, name: str, output: Path, *, training: dict, nproc: int = 2, port: int = 0) -> Path:
+def manifest(root: Path, name: str, output: Path, *, training: dict, nproc: int = 2, port: int = 0,
+             model: str | None = None) -> Path:
     train_csv, val_csv = dataset(root)
     doc = {
         "apiVersion": "kubeclip.dev/v1alpha1",
         "kind": "FineTuneJob",
         "metadata": {"name": name},
         "spec": {
-            "model": {"name": tiny_model(root)},
+            "model": {"name": model or tiny_model(root)},
             "dataset": {"trainCsv": str(train_csv), "valCsv": str(val_csv)},
             "training": {"precision": "fp32", "seed": 0, "learningRate": 1e-3, "warmupSteps": 2, **training},
             "output": {"path": str(output)},

@@ -48,11 +48,20 @@ def test_unknown_key_is_rejected_with_its_path():
         ({"precision": "fp8"}, "spec.training.precision"),
         ({"learningRate": -1}, "spec.training.learningRate"),
         ({"lockImage": True, "lockText": True}, "nothing would be trained"),
+        ({"lockImageUnlockedGroups": 2}, "lockImageUnlockedGroups is set but lockImage is false"),
+        ({"lockText": True, "lockTextUnlockedLayers": -1}, "spec.training.lockTextUnlockedLayers"),
+        ({"lockTextUnlockedLayers": 1}, "lockTextUnlockedLayers is set but lockText is false"),
     ],
 )
 def test_bad_values_name_the_key(training, where):
     with pytest.raises(ConfigError, match=where.replace(".", r"\.")):
         parse_spec(dict(MINIMAL, training=training))
+
+
+def test_both_towers_locked_with_unlocked_groups_is_a_partial_fine_tune():
+    t = parse_spec(dict(MINIMAL, training={"lockImage": True, "lockText": True, "lockTextUnlockedLayers": 2})).training
+    assert t.lockImage and t.lockText and t.lockTextUnlockedLayers == 2 and t.lockImageUnlockedGroups == 0
+    assert (t.localLoss, t.gatherWithGrad) == (False, False)  # open_clip's defaults
 
 
 def test_missing_required_keys():

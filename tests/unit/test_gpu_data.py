@@ -28,7 +28,6 @@ from trainer.gpu_data import (  # noqa: E402
     plan_from_transform,
     raw_loader,
 )
-from trainer.model import import_open_clip  # noqa: E402
 from trainer.preflight import Table  # noqa: E402
 
 torch.set_num_threads(1)
@@ -56,7 +55,8 @@ def setup(tmp_path_factory):
     (root / "model").mkdir()
     (root / "model" / "open_clip_config.json").write_text(json.dumps(CONFIG))
     name = f"local-dir:{root / 'model'}"
-    open_clip = import_open_clip(name)
+    import open_clip
+
     _, tf_train, tf_val = open_clip.create_model_and_transforms(name, aug_cfg={"scale": (0.9, 1.0)})
     tokenizer = open_clip.get_tokenizer(name)
     rng = np.random.default_rng(0)

@@ -1,4 +1,5 @@
-"""The trainer's own AdamW matches torch.optim.AdamW; the schedule warms up then decays to 0."""
+"""The optimizer the trainer builds and its schedule: torch's AdamW with the project's param groups,
+fused where torch has the kernel; the schedule warms up then decays to 0."""
 
 from __future__ import annotations
 
@@ -6,43 +7,57 @@ import pytest
 
 torch = pytest.importorskip("torch")  # the trainer extra; make test installs it
 
-from trainer.optim import AdamW, default_warmup, lr_at  # noqa: E402
+from trainer.model import param_groups  # noqa: E402
+from trainer.optim import BETAS, EPS, adamw, default_warmup, lr_at, set_lr  # noqa: E402
+
+TINY = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 16, "patch_size": 8, "width": 16, "head_width": 8, "layers": 1, "mlp_ratio": 2.0},
+    "text_cfg": {"context_length": 8, "vocab_size": 100, "width": 16, "heads": 2, "layers": 1},
+}
 
 
-@pytest.mark.parametrize("fused", [True, False], ids=["fused-kernel", "foreach-fallback"])
-def test_adamw_matches_torch_adamw(fused):
+def tiny_clip():
+    from open_clip.model import CLIP
+
     torch.manual_seed(0)
-    ref = [torch.nn.Parameter(torch.randn(7, 5)), torch.nn.Parameter(torch.randn(5))]
-    ours = [torch.nn.Parameter(p.detach().clone()) for p in ref]
-    t_opt = torch.optim.AdamW([{"params": [ref[0]], "weight_decay": 0.1}, {"params": [ref[1]], "weight_decay": 0.0}],
-                              lr=1e-2, betas=(0.9, 0.98), eps=1e-6)
-    o_opt = AdamW([{"params": [ours[0]], "weight_decay": 0.1}, {"params": [ours[1]], "weight_decay": 0.0}])
-    o_opt.fused = fused
-    for step in range(6):
-        lr = 1e-2 * (step + 1) / 6
-        for g in t_opt.param_groups:
-            g["lr"] = lr
-        o_opt.set_lr(lr)
-        grads = [torch.randn_like(p) for p in ref]
-        for p, q, g in zip(ref, ours, grads):
-            p.grad, q.grad = g.clone(), g.clone()
-        t_opt.step()
-        o_opt.step()
-    for p, q in zip(ref, ours):
-        torch.testing.assert_close(q, p, rtol=1e-6, atol=1e-7)
-    assert o_opt.fused == fused  # the fused kernel really ran (it did not fall back)
+    return CLIP(**TINY)
 
 
-def test_adamw_state_round_trip():
-    p = torch.nn.Parameter(torch.ones(3))
-    opt = AdamW([{"params": [p], "weight_decay": 0.0}])
-    opt.set_lr(0.1)
-    p.grad = torch.ones(3)
+def test_param_groups_decay_matrices_only():
+    model = tiny_clip()
+    decayed, other = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed_names = {names[id(p)] for p in decayed["params"]}
+    other_names = {names[id(p)] for p in other["params"]}
+    assert decayed["weight_decay"] == 0.1 and other["weight_decay"] == 0.0
+    assert "logit_scale" in other_names and "visual.ln_post.weight" in other_names
+    assert "token_embedding.weight" in other_names and "visual.positional_embedding" in other_names
+    assert all(not n.endswith(".bias") for n in decayed_names)
+    assert "visual.transformer.resblocks.0.mlp.c_fc.weight" in decayed_names and "text_projection" in decayed_names
+    assert decayed_names | other_names == {n for n, _ in model.named_parameters()}
+
+
+def test_frozen_parameters_are_left_out():
+    model = tiny_clip()
+    model.lock_image_tower()
+    groups = param_groups(model, 0.1)
+    assert not any(p is q for g in groups for p in g["params"] for q in model.visual.parameters())
+
+
+def test_adamw_is_torch_fused_with_clip_betas_and_the_groups():
+    model = tiny_clip()
+    opt = adamw(param_groups(model, 0.1), torch.device("cpu"))
+    assert isinstance(opt, torch.optim.AdamW)
+    assert opt.defaults["fused"] is True and opt.defaults["betas"] == BETAS and opt.defaults["eps"] == EPS
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+    set_lr(opt, 0.25)
+    assert [g["lr"] for g in opt.param_groups] == [0.25, 0.25]
+    # one real step moves the weights (the fused CPU kernel runs)
+    before = model.text_projection.detach().clone()
+    model.text_projection.grad = torch.ones_like(model.text_projection)
     opt.step()
-    q = torch.nn.Parameter(torch.ones(3))
-    opt2 = AdamW([{"params": [q], "weight_decay": 0.0}])
-    opt2.load_state_dict(opt.state_dict())
-    assert opt2.step_count == 1 and torch.equal(opt2.exp_avg[0][0], opt.exp_avg[0][0])
+    assert not torch.equal(before, model.text_projection)
 
 
 def test_schedule():
