@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "hack"))
+sys.path[:0] = [str(REPO / "hack"), str(REPO)]
 
 from peer import dataset, measure, oc_log, peer_env  # noqa: E402
 
@@ -123,8 +123,8 @@ def run_peer(peer: tuple, work: Path, csv: Path, a, device: str) -> dict:
     return res
 
 
-def run_kubeclip(work: Path, csv: Path, a, device: str) -> dict:
-    name = "kubeclip"
+def run_kubeclip(work: Path, csv: Path, a, device: str, gpu_decode: bool = True) -> dict:
+    name = "kubeclip" if gpu_decode else "kubeclip_pil"
     run = work / name
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
@@ -136,7 +136,7 @@ def run_kubeclip(work: Path, csv: Path, a, device: str) -> dict:
             "dataset": {"trainCsv": str(csv), "separator": ","},
             "training": {"epochs": 1, "batchSize": a.batch, "learningRate": a.lr, "warmupSteps": a.lr_warmup,
                          "weightDecay": 0.2, "workers": a.workers, "precision": a.precision, "seed": 0,
-                         "checkpointEverySteps": 0, "logEverySteps": 1},
+                         "checkpointEverySteps": 0, "logEverySteps": 1, "gpuDecode": gpu_decode},
             "output": {"path": str(run / "out")},
             "metrics": {"port": 0},
         }}))
@@ -215,7 +215,7 @@ def table(report: dict) -> str:
         mem = f"{v['peak_gpu_mem_mib'] / 1024:.1f} GiB" if v.get("peak_gpu_mem_mib") is not None else "n/a"
         lines.append(f"| {k} | {v['samples_per_s']} | {v['data_wait_share']:.1%} | {mem} | {mfu} | "
                      f"{v['time_to_first_step_s']} s | {v['wall_s']} s |")
-    if len(r) == 2:
+    if "kubeclip" in r and "open_clip_train" in r:
         lines.append(f"| **ratio kubeclip / open_clip_train** | **{r['kubeclip']['samples_per_s'] / r['open_clip_train']['samples_per_s']:.2f}** | | | | | |")
     lines.append("")
     if report.get("decode"):
@@ -243,6 +243,8 @@ def main(argv=None) -> None:
     ap.add_argument("--decode-batches", type=int, default=20,
                     help="on CUDA, also time kubeclip's GPU decode alone over this many batches (0: skip)")
     ap.add_argument("--wheels", type=Path, default=None, help="install the peer offline from the wheels in this folder")
+    ap.add_argument("--also-pil", action="store_true",
+                    help="also run kubeclip with gpuDecode: false (PIL in the loader workers), as 'kubeclip_pil'")
     ap.add_argument("--run-timeout", type=float, default=0, help="kill a trainer run after this many seconds (0: never)")
     ap.add_argument("--only", choices=["both", "kubeclip", "open_clip_train"], default="both")
     ap.add_argument("--work", type=Path, default=CACHE / "gpu", help="data, peer venv and run folders")
@@ -276,15 +278,20 @@ def main(argv=None) -> None:
               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
               "image_size": size, "flops_per_sample": flops, "peak_tflops": peak, "results": {}}
     order = [k for k in ("open_clip_train", "kubeclip") if a.only in ("both", k)]
+    if a.also_pil and a.only != "open_clip_train":
+        order.append("kubeclip_pil")
     failed = []
     for who in order:
         try:  # one side failing still measures the other
-            res = run_peer(peer, work, csv, a, a.device) if who == "open_clip_train" else run_kubeclip(work, csv, a, a.device)
+            if who == "open_clip_train":
+                res = run_peer(peer, work, csv, a, a.device)
+            else:
+                res = run_kubeclip(work, csv, a, a.device, gpu_decode=who == "kubeclip")
         except SystemExit as e:
             print(str(e), file=sys.stderr)
             failed.append(f"{who}: {str(e).splitlines()[0]}")
             continue
-        res["mfu"] = round(res["samples_per_s"] * flops / (peak * 1e12), 4) if peak else None
+        res["mfu"] = round(res["samples_per_s"] * flops / (peak * 1e12), 6) if peak else None
         report["results"][who] = res
         print(f"[bench] {who}: {json.dumps(res)}", file=sys.stderr)
     if a.device == "cuda" and a.decode_batches:

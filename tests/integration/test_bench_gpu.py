@@ -47,7 +47,7 @@ def test_bench_gpu_runs_on_cpu_with_a_tiny_model(tmp_path):
     assert 0.8 * analytic < flops < 1.2 * analytic, (flops, analytic)
     for who, r in report["results"].items():
         assert r["samples_per_s"] > 0 and 0 <= r["data_wait_share"] < 1, (who, r)
-        assert r["mfu"] == pytest.approx(r["samples_per_s"] * flops / 1e12, rel=1e-3)
+        assert r["mfu"] == pytest.approx(r["samples_per_s"] * flops / 1e12, abs=2e-6)
         assert r["time_to_first_step_s"] and r["wall_s"] >= r["time_to_first_step_s"]
     md = (out / "bench_gpu.md").read_text()
     assert "| open_clip_train |" in md and "| kubeclip |" in md and "ratio kubeclip / open_clip_train" in md
