@@ -27,7 +27,7 @@ def test_bench_gpu_runs_on_cpu_with_a_tiny_model(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     cmd = [sys.executable, str(REPO / "hack" / "bench_gpu.py"), "--device", "cpu", "--model",
            f"local-dir:{REPO / 'hack' / 'peer' / 'tiny_model'}", "--batch", "4", "--steps", "2", "--warmup-steps", "1",
-           "--n", "16", "--size", "64", "--workers", "1", "--precision", "fp32", "--peak-tflops", "1",
+           "--n", "16", "--size", "64", "--workers", "1", "--precision", "fp32", "--peak-tflops", "1", "--decode-batches", "3", "--decode-on-cpu",
            "--work", str(work), "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -49,6 +49,7 @@ def test_bench_gpu_runs_on_cpu_with_a_tiny_model(tmp_path):
         assert r["samples_per_s"] > 0 and 0 <= r["data_wait_share"] < 1, (who, r)
         assert r["mfu"] == pytest.approx(r["samples_per_s"] * flops / 1e12, abs=2e-6)
         assert r["time_to_first_step_s"] and r["wall_s"] >= r["time_to_first_step_s"]
+    assert report["failed"] == [] and report["decode"]["images_per_s"] > 0 and report["decode"]["batches_timed"] == 2
     md = (out / "bench_gpu.md").read_text()
     assert "| open_clip_train |" in md and "| kubeclip |" in md and "ratio kubeclip / open_clip_train" in md
     assert md.strip() in proc.stdout
