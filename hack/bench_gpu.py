@@ -41,7 +41,6 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -56,8 +55,16 @@ CACHE = Path(os.environ.get("KUBECLIP_BENCH_CACHE", Path.home() / ".cache" / "ku
 #: Peak dense (no sparsity) bf16 tensor-core TFLOP/s from the vendors' datasheets, matched in this
 #: order against ``torch.cuda.get_device_name()``. SXM parts unless the name says otherwise.
 PEAK_BF16_TFLOPS = [
-    ("GH200", 989.0), ("H200", 989.0), ("H100 NVL", 835.0), ("H100 PCIe", 756.0), ("H100", 989.0),
-    ("B200", 2250.0), ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0), ("A10", 125.0),
+    ("GH200", 989.0),
+    ("H200", 989.0),
+    ("H100 NVL", 835.0),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L4", 121.0),
+    ("A10", 125.0),
 ]
 
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) step (\d+)/\d+ .*? data_wait ([\d.]+)s")
@@ -72,11 +79,10 @@ def peak_tflops(device_name: str):
 
 def flops_per_sample(model_name: str, device: str) -> float:
     """Training FLOPs of one image-caption pair: both towers forward + backward and the loss."""
+    import open_clip
     import torch
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
-
-    import open_clip
 
     model = open_clip.create_model(model_name, device=device)
     tokenizer = open_clip.get_tokenizer(model_name)
@@ -99,7 +105,7 @@ def flops_per_sample(model_name: str, device: str) -> float:
 def window(values: list, warm: int, steps: int, what: str) -> list:
     if len(values) < warm + steps:
         raise SystemExit(f"[bench] {what}: {len(values)} steps logged, the window needs {warm + steps}")
-    return values[warm:warm + steps]
+    return values[warm : warm + steps]
 
 
 def run_peer(peer: tuple, work: Path, csv: Path, a, device: str) -> dict:
@@ -108,18 +114,73 @@ def run_peer(peer: tuple, work: Path, csv: Path, a, device: str) -> dict:
     run = work / name
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
-    cmd = [peer_py, "-m", "open_clip_train.main", "--train-data", csv, "--dataset-type", "csv", "--csv-separator", ",",
-           "--csv-img-key", "filepath", "--csv-caption-key", "caption", "--model", a.model, "--epochs", 1,
-           "--batch-size", a.batch, "--workers", a.workers, "--precision", a.precision, "--device", device,
-           "--lr", a.lr, "--warmup", a.lr_warmup, "--wd", 0.2, "--beta1", 0.9, "--beta2", 0.98, "--eps", 1e-6,
-           "--seed", 0, "--log-every-n-steps", 1, "--save-frequency", 0, "--logs", run / "logs", "--name", name]
+    cmd = [
+        peer_py,
+        "-m",
+        "open_clip_train.main",
+        "--train-data",
+        csv,
+        "--dataset-type",
+        "csv",
+        "--csv-separator",
+        ",",
+        "--csv-img-key",
+        "filepath",
+        "--csv-caption-key",
+        "caption",
+        "--model",
+        a.model,
+        "--epochs",
+        1,
+        "--batch-size",
+        a.batch,
+        "--workers",
+        a.workers,
+        "--precision",
+        a.precision,
+        "--device",
+        device,
+        "--lr",
+        a.lr,
+        "--warmup",
+        a.lr_warmup,
+        "--wd",
+        0.2,
+        "--beta1",
+        0.9,
+        "--beta2",
+        0.98,
+        "--eps",
+        1e-6,
+        "--seed",
+        0,
+        "--log-every-n-steps",
+        1,
+        "--save-frequency",
+        0,
+        "--logs",
+        run / "logs",
+        "--name",
+        name,
+    ]
     out_log = run / "logs" / name / "out.log"
-    res = measure.run(cmd, run, run / "console.log", env=peer_environ, marker="Train Epoch: 0 [",
-                      marker_file=out_log, gpu=device == "cuda", timeout=a.run_timeout)
+    res = measure.run(
+        cmd,
+        run,
+        run / "console.log",
+        env=peer_environ,
+        marker="Train Epoch: 0 [",
+        marker_file=out_log,
+        gpu=device == "cuda",
+        timeout=a.run_timeout,
+    )
     rows = window(oc_log.steps(out_log), a.warmup_steps, a.steps, name)
     step_s = sum(r["step_s"] for r in rows)
-    res.update(samples_per_s=round(a.steps * a.batch / step_s, 1), data_wait_share=round(sum(r["data_s"] for r in rows) / step_s, 4),
-               final_loss=rows[-1]["loss"])
+    res.update(
+        samples_per_s=round(a.steps * a.batch / step_s, 1),
+        data_wait_share=round(sum(r["data_s"] for r in rows) / step_s, 4),
+        final_loss=rows[-1]["loss"],
+    )
     return res
 
 
@@ -129,23 +190,47 @@ def run_kubeclip(work: Path, csv: Path, a, device: str, gpu_decode: bool = True)
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
     manifest = run / "job.yaml"
-    manifest.write_text(json.dumps({
-        "apiVersion": "kubeclip.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "bench-gpu"},
-        "spec": {
-            "model": {"name": a.model},
-            "dataset": {"trainCsv": str(csv), "separator": ","},
-            "training": {"epochs": 1, "batchSize": a.batch, "learningRate": a.lr, "warmupSteps": a.lr_warmup,
-                         "weightDecay": 0.2, "workers": a.workers, "precision": a.precision, "seed": 0,
-                         "checkpointEverySteps": 0, "logEverySteps": 1, "gpuDecode": gpu_decode},
-            "output": {"path": str(run / "out")},
-            "metrics": {"port": 0},
-        }}))
+    manifest.write_text(
+        json.dumps(
+            {
+                "apiVersion": "kubeclip.dev/v1alpha1",
+                "kind": "FineTuneJob",
+                "metadata": {"name": "bench-gpu"},
+                "spec": {
+                    "model": {"name": a.model},
+                    "dataset": {"trainCsv": str(csv), "separator": ","},
+                    "training": {
+                        "epochs": 1,
+                        "batchSize": a.batch,
+                        "learningRate": a.lr,
+                        "warmupSteps": a.lr_warmup,
+                        "weightDecay": 0.2,
+                        "workers": a.workers,
+                        "precision": a.precision,
+                        "seed": 0,
+                        "checkpointEverySteps": 0,
+                        "logEverySteps": 1,
+                        "gpuDecode": gpu_decode,
+                    },
+                    "output": {"path": str(run / "out")},
+                    "metrics": {"port": 0},
+                },
+            }
+        )
+    )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # the trainer picks CUDA whenever it sees a GPU
     log = run / "console.log"
-    res = measure.run([sys.executable, "-m", "trainer", manifest], run, log, env=env, marker=" step 1/", gpu=device == "cuda",
-                      timeout=a.run_timeout)
+    res = measure.run(
+        [sys.executable, "-m", "trainer", manifest],
+        run,
+        log,
+        env=env,
+        marker=" step 1/",
+        gpu=device == "cuda",
+        timeout=a.run_timeout,
+    )
     res["gpu_data_path"] = "GPU data path: " in log.read_text(errors="replace")
     stamps, waits = [], []
     for line in log.read_text(errors="replace").splitlines():
@@ -160,18 +245,22 @@ def run_kubeclip(work: Path, csv: Path, a, device: str, gpu_decode: bool = True)
     elapsed = t[-1] - t[0]
     wait = sum(window(waits, a.warmup_steps, a.steps, name))
     m = json.loads((run / "out" / "final" / "metrics.json").read_text())
-    res.update(samples_per_s=round(a.steps * a.batch / elapsed, 1), data_wait_share=round(wait / elapsed, 4),
-               final_loss=round(m["train_loss"], 4), trainer_data_wait_share=m.get("data_wait_share"),
-               trainer_max_memory_allocated_mib=round(m.get("peak_gpu_memory_bytes", 0) / 2**20))
+    res.update(
+        samples_per_s=round(a.steps * a.batch / elapsed, 1),
+        data_wait_share=round(wait / elapsed, 4),
+        final_loss=round(m["train_loss"], 4),
+        trainer_data_wait_share=m.get("data_wait_share"),
+        trainer_max_memory_allocated_mib=round(m.get("peak_gpu_memory_bytes", 0) / 2**20),
+    )
     return res
 
 
 def decode_throughput(csv: Path, model: str, batch: int, batches: int, device: str = "cuda") -> dict:
     """Images/s of ``trainer.gpu_data`` alone: decode + crop/resize + normalise, files read beforehand."""
     import numpy as np
+    import open_clip
     import torch
 
-    import open_clip
     from trainer.gpu_data import BatchDecoder, RawCaptionDataset, collate_raw, plan_from_transform
     from trainer.preflight import Table
 
@@ -180,10 +269,14 @@ def decode_throughput(csv: Path, model: str, batch: int, batches: int, device: s
     import csv as csvlib
 
     with open(csv, newline="") as f:
-        rows = list(csvlib.reader(f))[1:batch * batches + 1]
+        rows = list(csvlib.reader(f))[1 : batch * batches + 1]
     paths = np.array([r[0] for r in rows], dtype=object)
-    ds = RawCaptionDataset(Table(csv=str(csv), separator=",", paths=paths, captions=np.array(["x"] * len(paths), dtype=object)),
-                           plan, open_clip.get_tokenizer(model), 0)
+    ds = RawCaptionDataset(
+        Table(csv=str(csv), separator=",", paths=paths, captions=np.array(["x"] * len(paths), dtype=object)),
+        plan,
+        open_clip.get_tokenizer(model),
+        0,
+    )
     raw = [collate_raw([ds[(0, i)] for i in range(b * batch, (b + 1) * batch)]) for b in range(batches)]
     cuda = device == "cuda"
     if cuda:
@@ -204,8 +297,9 @@ def decode_throughput(csv: Path, model: str, batch: int, batches: int, device: s
 def table(report: dict) -> str:
     r, s = report["results"], report["settings"]
     lines = [
-        f"{report['device']} · {s['model']} random init, {report['image_size']} px, batch {s['batch']}, {s['workers']} workers, "
-        f"{s['precision']}, {s['steps']} timed steps after {s['warmup_steps']} · torch {report['torch']} · {report['date']}",
+        f"{report['device']} · {s['model']} random init, {report['image_size']} px, batch {s['batch']}, "
+        f"{s['workers']} workers, {s['precision']}, {s['steps']} timed steps after {s['warmup_steps']} · "
+        f"torch {report['torch']} · {report['date']}",
         "",
         "| | samples/s | data-wait share | peak GPU memory (nvidia-smi) | MFU | time to first step | wall |",
         "|---|---|---|---|---|---|---|",
@@ -213,16 +307,23 @@ def table(report: dict) -> str:
     for k, v in r.items():
         mfu = f"{v['mfu']:.1%}" if v.get("mfu") is not None else "n/a"
         mem = f"{v['peak_gpu_mem_mib'] / 1024:.1f} GiB" if v.get("peak_gpu_mem_mib") is not None else "n/a"
-        lines.append(f"| {k} | {v['samples_per_s']} | {v['data_wait_share']:.1%} | {mem} | {mfu} | "
-                     f"{v['time_to_first_step_s']} s | {v['wall_s']} s |")
+        lines.append(
+            f"| {k} | {v['samples_per_s']} | {v['data_wait_share']:.1%} | {mem} | {mfu} | "
+            f"{v['time_to_first_step_s']} s | {v['wall_s']} s |"
+        )
     if "kubeclip" in r and "open_clip_train" in r:
-        lines.append(f"| **ratio kubeclip / open_clip_train** | **{r['kubeclip']['samples_per_s'] / r['open_clip_train']['samples_per_s']:.2f}** | | | | | |")
+        ratio = r["kubeclip"]["samples_per_s"] / r["open_clip_train"]["samples_per_s"]
+        lines.append(f"| **ratio kubeclip / open_clip_train** | **{ratio:.2f}** | | | | | |")
     lines.append("")
     if report.get("decode"):
-        lines.append(f"kubeclip's GPU decode alone (nvJPEG + crop/resize + normalise, one process): "
-                     f"{report['decode']['images_per_s']} images/s")
-    lines.append(f"FLOPs per sample (forward + backward, both towers): {report['flops_per_sample'] / 1e9:.1f} GFLOP; "
-                 f"peak bf16: {report['peak_tflops']} TFLOP/s")
+        lines.append(
+            f"kubeclip's GPU decode alone (nvJPEG + crop/resize + normalise, one process): "
+            f"{report['decode']['images_per_s']} images/s"
+        )
+    lines.append(
+        f"FLOPs per sample (forward + backward, both towers): {report['flops_per_sample'] / 1e9:.1f} GFLOP; "
+        f"peak bf16: {report['peak_tflops']} TFLOP/s"
+    )
     return "\n".join(lines)
 
 
@@ -239,14 +340,25 @@ def main(argv=None) -> None:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--lr-warmup", type=int, default=10, help="learning-rate warmup steps")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: the pipeline without a GPU (tests)")
-    ap.add_argument("--peak-tflops", type=float, default=None, help="the card's peak dense bf16 TFLOP/s (default: by name)")
-    ap.add_argument("--decode-batches", type=int, default=20,
-                    help="on CUDA, also time kubeclip's GPU decode alone over this many batches (0: skip)")
+    ap.add_argument(
+        "--peak-tflops", type=float, default=None, help="the card's peak dense bf16 TFLOP/s (default: by name)"
+    )
+    ap.add_argument(
+        "--decode-batches",
+        type=int,
+        default=20,
+        help="on CUDA, also time kubeclip's GPU decode alone over this many batches (0: skip)",
+    )
     ap.add_argument("--decode-on-cpu", action="store_true", help="time the decode path on CPU too (tests)")
     ap.add_argument("--wheels", type=Path, default=None, help="install the peer offline from the wheels in this folder")
-    ap.add_argument("--also-pil", action="store_true",
-                    help="also run kubeclip with gpuDecode: false (PIL in the loader workers), as 'kubeclip_pil'")
-    ap.add_argument("--run-timeout", type=float, default=0, help="kill a trainer run after this many seconds (0: never)")
+    ap.add_argument(
+        "--also-pil",
+        action="store_true",
+        help="also run kubeclip with gpuDecode: false (PIL in the loader workers), as 'kubeclip_pil'",
+    )
+    ap.add_argument(
+        "--run-timeout", type=float, default=0, help="kill a trainer run after this many seconds (0: never)"
+    )
     ap.add_argument("--only", choices=["both", "kubeclip", "open_clip_train"], default="both")
     ap.add_argument("--work", type=Path, default=CACHE / "gpu", help="data, peer venv and run folders")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench-gpu", help="where the results go")
@@ -256,7 +368,11 @@ def main(argv=None) -> None:
 
     if a.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("[bench] no CUDA device here (use --device cpu to run the pipeline on the CPU)")
-    device_name = torch.cuda.get_device_name(0) if a.device == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    device_name = (
+        torch.cuda.get_device_name(0)
+        if a.device == "cuda"
+        else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    )
     a.n = a.n or max(20000, (a.warmup_steps + a.steps) * a.batch)
     work = a.work
     work.mkdir(parents=True, exist_ok=True)
@@ -271,13 +387,28 @@ def main(argv=None) -> None:
     flops = flops_per_sample(a.model, a.device)
     import open_clip
 
-    size = open_clip.get_model_config(a.model)["vision_cfg"]["image_size"] if not a.model.startswith("local-dir:") else \
-        json.loads((Path(a.model[10:]) / "open_clip_config.json").read_text()).get("model_cfg", {}).get("vision_cfg", {}).get("image_size")
+    size = (
+        open_clip.get_model_config(a.model)["vision_cfg"]["image_size"]
+        if not a.model.startswith("local-dir:")
+        else json.loads((Path(a.model[10:]) / "open_clip_config.json").read_text())
+        .get("model_cfg", {})
+        .get("vision_cfg", {})
+        .get("image_size")
+    )
     peak = a.peak_tflops or (peak_tflops(device_name) if a.device == "cuda" else None)
-    report = {"device": device_name, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
-              "python": platform.python_version(), "cpus": os.cpu_count(), "commit": os.environ.get("KUBECLIP_COMMIT", ""),
-              "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
-              "image_size": size, "flops_per_sample": flops, "peak_tflops": peak, "results": {}}
+    report = {
+        "device": device_name,
+        "date": datetime.date.today().isoformat(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "commit": os.environ.get("KUBECLIP_COMMIT", ""),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
+        "image_size": size,
+        "flops_per_sample": flops,
+        "peak_tflops": peak,
+        "results": {},
+    }
     order = [k for k in ("open_clip_train", "kubeclip") if a.only in ("both", k)]
     if a.also_pil and a.only != "open_clip_train":
         order.append("kubeclip_pil")

@@ -48,6 +48,7 @@ from peer import dataset, measure, oc_log, peer_env  # noqa: E402
 CACHE = Path(os.environ.get("KUBECLIP_BENCH_CACHE", Path.home() / ".cache" / "kubeclip" / "bench"))
 TINY = REPO / "hack" / "peer" / "tiny_model"
 PY = sys.executable
+SHOWN = ("samples_per_s", "time_to_first_step_s", "max_single_proc_rss_mb", "val_loss", "wall_s", "cpu_s")
 
 
 def run_peer(peer: tuple, work: Path, data: dict, a, name: str, ddp: bool) -> dict:
@@ -55,18 +56,66 @@ def run_peer(peer: tuple, work: Path, data: dict, a, name: str, ddp: bool) -> di
     run = work / name
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
-    args = ["--train-data", data["train"], "--val-data", data["val"], "--dataset-type", "csv",
-            "--csv-separator", ",", "--csv-img-key", "filepath", "--csv-caption-key", "caption",
-            "--model", f"local-dir:{TINY}", "--epochs", a.epochs, "--batch-size", a.batch,
-            "--workers", a.workers, "--precision", "fp32", "--device", "cpu", "--lr", a.lr, "--warmup", a.warmup,
-            "--seed", 0, "--log-every-n-steps", 1, "--name", name,
-            # the optimizer kubeclip uses (CLIP's ViT values); open_clip_train picks them only when
-            # the model name contains "vit", which "local-dir:..." does not
-            "--wd", a.wd, "--beta1", 0.9, "--beta2", 0.98, "--eps", 1e-6]
+    args = [
+        "--train-data",
+        data["train"],
+        "--val-data",
+        data["val"],
+        "--dataset-type",
+        "csv",
+        "--csv-separator",
+        ",",
+        "--csv-img-key",
+        "filepath",
+        "--csv-caption-key",
+        "caption",
+        "--model",
+        f"local-dir:{TINY}",
+        "--epochs",
+        a.epochs,
+        "--batch-size",
+        a.batch,
+        "--workers",
+        a.workers,
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--lr",
+        a.lr,
+        "--warmup",
+        a.warmup,
+        "--seed",
+        0,
+        "--log-every-n-steps",
+        1,
+        "--name",
+        name,
+        # the optimizer kubeclip uses (CLIP's ViT values); open_clip_train picks them only when
+        # the model name contains "vit", which "local-dir:..." does not
+        "--wd",
+        a.wd,
+        "--beta1",
+        0.9,
+        "--beta2",
+        0.98,
+        "--eps",
+        1e-6,
+    ]
     if ddp:  # torchrun swallows --logs (a prefix of its --logs-specs): logs go to ./logs of the run folder
         env = dict(env, KUBECLIP_PEER_CPU_DDP_FIX="1")
-        cmd = [peer_py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", 2,
-               REPO / "hack" / "peer" / "oc_train.py", *args, "--dist-backend", "gloo"]
+        cmd = [
+            peer_py,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            2,
+            REPO / "hack" / "peer" / "oc_train.py",
+            *args,
+            "--dist-backend",
+            "gloo",
+        ]
     else:
         cmd = [peer_py, "-m", "open_clip_train.main", *args]
     out_log = run / "logs" / name / "out.log"
@@ -77,8 +126,10 @@ def run_peer(peer: tuple, work: Path, data: dict, a, name: str, ddp: bool) -> di
     for i, st in enumerate(steps):  # steady state: each epoch's first step (loader start-up) left out
         first.setdefault(st["epoch"], i)
     steady = [st for i, st in enumerate(steps) if i not in first.values()]
-    res.update(samples_per_s=round(a.batch * world * len(steady) / sum(st["step_s"] for st in steady), 1),
-               val_loss=oc_log.final_val_loss(run / "logs" / name))
+    res.update(
+        samples_per_s=round(a.batch * world * len(steady) / sum(st["step_s"] for st in steady), 1),
+        val_loss=oc_log.final_val_loss(run / "logs" / name),
+    )
     return res
 
 
@@ -87,17 +138,33 @@ def run_ours(work: Path, data: dict, a, name: str, ddp: bool) -> dict:
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
     manifest = run / "job.yaml"
-    manifest.write_text(json.dumps({
-        "apiVersion": "kubeclip.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name},
-        "spec": {
-            "model": {"name": f"local-dir:{TINY}"},
-            "dataset": {"trainCsv": str(data["train"]), "valCsv": str(data["val"]), "separator": ","},
-            "training": {"epochs": a.epochs, "batchSize": a.batch, "learningRate": a.lr, "warmupSteps": a.warmup,
-                         "weightDecay": a.wd, "workers": a.workers, "precision": "fp32", "seed": 0,
-                         "checkpointEverySteps": 0, "logEverySteps": 1},
-            "output": {"path": str(run / "out")},
-            "metrics": {"port": 0},
-        }}))
+    manifest.write_text(
+        json.dumps(
+            {
+                "apiVersion": "kubeclip.dev/v1alpha1",
+                "kind": "FineTuneJob",
+                "metadata": {"name": name},
+                "spec": {
+                    "model": {"name": f"local-dir:{TINY}"},
+                    "dataset": {"trainCsv": str(data["train"]), "valCsv": str(data["val"]), "separator": ","},
+                    "training": {
+                        "epochs": a.epochs,
+                        "batchSize": a.batch,
+                        "learningRate": a.lr,
+                        "warmupSteps": a.warmup,
+                        "weightDecay": a.wd,
+                        "workers": a.workers,
+                        "precision": "fp32",
+                        "seed": 0,
+                        "checkpointEverySteps": 0,
+                        "logEverySteps": 1,
+                    },
+                    "output": {"path": str(run / "out")},
+                    "metrics": {"port": 0},
+                },
+            }
+        )
+    )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
     if ddp:
         cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", 2, "-m", "trainer", manifest]
@@ -134,34 +201,48 @@ def main() -> None:
         peers, ours = [], []
         for i in range(a.repeat):
             peers.append(run_peer(peer, work, data, a, f"peer-{mode}-{i}", ddp))
-            print(f"[bench] peer {mode} #{i}: {json.dumps({k: peers[-1][k] for k in ('samples_per_s', 'time_to_first_step_s', 'max_single_proc_rss_mb', 'val_loss', 'wall_s', 'cpu_s')})}", file=sys.stderr)
+            print(f"[bench] peer {mode} #{i}: {json.dumps({k: peers[-1][k] for k in SHOWN})}", file=sys.stderr)
             ours.append(run_ours(work, data, a, f"kubeclip-{mode}-{i}", ddp))
-            print(f"[bench] kubeclip {mode} #{i}: {json.dumps({k: ours[-1][k] for k in ('samples_per_s', 'time_to_first_step_s', 'max_single_proc_rss_mb', 'val_loss', 'wall_s', 'cpu_s')})}", file=sys.stderr)
+            print(f"[bench] kubeclip {mode} #{i}: {json.dumps({k: ours[-1][k] for k in SHOWN})}", file=sys.stderr)
 
         def med(runs, key):
             vals = [r[key] for r in runs if r.get(key) is not None]
             return round(statistics.median(vals), 3) if vals else None
 
         row = {}
-        for key in ("samples_per_s", "time_to_first_step_s", "max_single_proc_rss_mb", "peak_tree_pss_mb", "val_loss", "wall_s", "cpu_s"):
+        for key in (
+            "samples_per_s",
+            "time_to_first_step_s",
+            "max_single_proc_rss_mb",
+            "peak_tree_pss_mb",
+            "val_loss",
+            "wall_s",
+            "cpu_s",
+        ):
             row[key] = {"kubeclip": med(ours, key), "open_clip_train": med(peers, key)}
         row["ratios"] = {
             "samples_per_s": round(row["samples_per_s"]["kubeclip"] / row["samples_per_s"]["open_clip_train"], 2),
-            "time_to_first_step": round(row["time_to_first_step_s"]["kubeclip"] / row["time_to_first_step_s"]["open_clip_train"], 2),
-            "peak_rss": round(row["max_single_proc_rss_mb"]["kubeclip"] / row["max_single_proc_rss_mb"]["open_clip_train"], 2),
+            "time_to_first_step": round(
+                row["time_to_first_step_s"]["kubeclip"] / row["time_to_first_step_s"]["open_clip_train"], 2
+            ),
+            "peak_rss": round(
+                row["max_single_proc_rss_mb"]["kubeclip"] / row["max_single_proc_rss_mb"]["open_clip_train"], 2
+            ),
             "cpu_seconds": round(row["cpu_s"]["kubeclip"] / row["cpu_s"]["open_clip_train"], 2),
         }
         row["all_runs"] = {"kubeclip": ours, "open_clip_train": peers}
         report["runs"][mode] = row
         r = row["ratios"]
-        print(f"trainer_bench {mode}: samples/s ratio {r['samples_per_s']} "
-              f"({row['samples_per_s']['kubeclip']} vs {row['samples_per_s']['open_clip_train']}), "
-              f"time-to-first-step ratio {r['time_to_first_step']} "
-              f"({row['time_to_first_step_s']['kubeclip']} s vs {row['time_to_first_step_s']['open_clip_train']} s), "
-              f"peak RSS ratio {r['peak_rss']} ({row['max_single_proc_rss_mb']['kubeclip']} MB vs "
-              f"{row['max_single_proc_rss_mb']['open_clip_train']} MB), CPU-seconds ratio {r['cpu_seconds']} "
-              f"({row['cpu_s']['kubeclip']} vs {row['cpu_s']['open_clip_train']}), val loss kubeclip "
-              f"{row['val_loss']['kubeclip']} vs open_clip_train {row['val_loss']['open_clip_train']}")
+        print(
+            f"trainer_bench {mode}: samples/s ratio {r['samples_per_s']} "
+            f"({row['samples_per_s']['kubeclip']} vs {row['samples_per_s']['open_clip_train']}), "
+            f"time-to-first-step ratio {r['time_to_first_step']} "
+            f"({row['time_to_first_step_s']['kubeclip']} s vs {row['time_to_first_step_s']['open_clip_train']} s), "
+            f"peak RSS ratio {r['peak_rss']} ({row['max_single_proc_rss_mb']['kubeclip']} MB vs "
+            f"{row['max_single_proc_rss_mb']['open_clip_train']} MB), CPU-seconds ratio {r['cpu_seconds']} "
+            f"({row['cpu_s']['kubeclip']} vs {row['cpu_s']['open_clip_train']}), val loss kubeclip "
+            f"{row['val_loss']['kubeclip']} vs open_clip_train {row['val_loss']['open_clip_train']}"
+        )
     (work / "results.json").write_text(json.dumps(report, indent=1, default=str))
     print(f"[bench] details: {work / 'results.json'}", file=sys.stderr)
 

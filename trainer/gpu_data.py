@@ -4,18 +4,19 @@ Who uses it: ``trainer.train`` when the run is on CUDA (the PIL path of ``traine
 for CPU runs and for any transform this module does not reproduce); ``hack/bench_gpu.py``
 measures it; the tests run the same code on CPU tensors.
 
-Why: decoding 256-px JPEGs and resizing them with PIL costs a CPU core ~2 ms per image, so a
-ViT-B-32 step of 256 images on one H100 (~20 ms of GPU work) would need ~25 busy cores to keep
-up. Here a worker only reads the file, parses its header and draws the random crop box; the
-training process decodes the whole batch with nvJPEG (``torchvision.io.decode_jpeg(...,
-device="cuda")``), crops, resizes and normalises on the GPU, on a side CUDA stream in a
-background thread, one batch ahead of the step that needs it.
+Why: on one H200, ViT-B-32 at batch 256 trains at 2,000-3,300 samples/s; 12 loader workers
+decoding 256-px JPEGs with PIL start to fall behind at ~2,700/s, and their float32 batches cost
+twice the CPU time and three times the memory of the whole run (BENCHMARKS.md). Here a worker
+only reads the file, parses its header and draws the random crop box; the training process
+decodes the whole batch with nvJPEG (``torchvision.io.decode_jpeg(..., device="cuda")``), crops,
+resizes and normalises it on the GPU (~20,000 images/s there), on a side CUDA stream in a
+background thread, up to two batches ahead of the step that needs it.
 
 Same pixels as open_clip's preprocess, within rounding: :func:`plan_from_transform` reads the
 crop scale/ratio, output size, interpolation and mean/std out of open_clip's own ``Compose``
 (``RandomResizedCrop`` for training; ``Resize`` + ``CenterCrop`` for evaluation; bicubic or
-bilinear), and returns None for anything else (colour jitter, grayscale, timm transforms, "longest"/"squash" resize):
-the caller then keeps the PIL path. The crop box of a sample is drawn by the same
+bilinear), and returns None for anything else (colour jitter, grayscale, timm transforms,
+"longest"/"squash" resize): the caller then keeps the PIL path. The crop box of a sample is drawn by the same
 ``RandomResizedCrop.get_params`` call under the same per-sample seed as ``trainer.data``'s, so
 both paths crop the same region; the resize is PIL's antialiased resampling written as two
 batched matrix products per batch, rounded to 8 bits like PIL's.
@@ -27,6 +28,7 @@ on the CPU (logged once).
 
 from __future__ import annotations
 
+import io
 import logging
 import queue
 import threading
@@ -76,15 +78,26 @@ def plan_from_transform(transform: Any) -> Optional[Preprocess]:
         size = list(rrc.size)
         if len(size) != 2 or size[0] != size[1] or rrc.interpolation not in modes or rrc.antialias is False:
             return None
-        return Preprocess(size[0], mean, std, train=True, interpolation=rrc.interpolation.value,
-                          scale=tuple(rrc.scale), ratio=tuple(rrc.ratio))
+        return Preprocess(
+            size[0],
+            mean,
+            std,
+            train=True,
+            interpolation=rrc.interpolation.value,
+            scale=tuple(rrc.scale),
+            ratio=tuple(rrc.ratio),
+        )
     if len(head) == 2 and isinstance(head[0], T.Resize) and isinstance(head[1], T.CenterCrop):
         resize, crop = head
         if not isinstance(resize.size, int) and len(resize.size) != 1:
             return None
         side = resize.size if isinstance(resize.size, int) else resize.size[0]
-        if resize.interpolation not in modes or resize.antialias is False or resize.max_size is not None \
-                or list(crop.size) != [side, side]:
+        if (
+            resize.interpolation not in modes
+            or resize.antialias is False
+            or resize.max_size is not None
+            or list(crop.size) != [side, side]
+        ):
             return None
         return Preprocess(side, mean, std, train=False, interpolation=resize.interpolation.value)
     return None
@@ -130,10 +143,9 @@ class RawCaptionDataset(Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         from PIL import Image
 
-        path = self.paths[index]
-        with open(path, "rb") as f:
+        with open(self.paths[index], "rb") as f:
             raw = bytearray(f.read())
-        with Image.open(path) as im:  # header only, unless we fall back to decoding here
+        with Image.open(io.BytesIO(raw)) as im:  # header only, unless we fall back to decoding here
             box = crop_box(self.plan, im, sample_seed(self.seed, epoch, index))
             if raw.startswith(JPEG_MAGIC) and im.mode in ("RGB", "L"):
                 data, is_jpeg = torch.frombuffer(raw, dtype=torch.uint8), True
@@ -169,8 +181,15 @@ def _kernel(name: str, t: torch.Tensor) -> torch.Tensor:
     return torch.where(a < 1, near, torch.where(a < 2, far, torch.zeros_like(a)))
 
 
-def resample_matrix(start: torch.Tensor, length: torch.Tensor, out_total: torch.Tensor, offset: torch.Tensor,
-                    out: int, size: int, kind: str) -> torch.Tensor:
+def resample_matrix(
+    start: torch.Tensor,
+    length: torch.Tensor,
+    out_total: torch.Tensor,
+    offset: torch.Tensor,
+    out: int,
+    size: int,
+    kind: str,
+) -> torch.Tensor:
     """Per image, the ``(out, size)`` matrix taking one axis of an image to ``out`` resized pixels.
 
     Input pixels ``[start, start + length)`` (the crop) are resized to ``out_total`` pixels, of which
@@ -181,7 +200,9 @@ def resample_matrix(start: torch.Tensor, length: torch.Tensor, out_total: torch.
     """
     scale = length / out_total
     widen = scale.clamp(min=1.0)
-    centre = (torch.arange(out, device=start.device, dtype=torch.float64)[None] + offset[:, None] + 0.5) * scale[:, None]
+    centre = (torch.arange(out, device=start.device, dtype=torch.float64)[None] + offset[:, None] + 0.5) * scale[
+        :, None
+    ]
     x = torch.arange(size, device=start.device, dtype=torch.float64)[None] - start[:, None]  # crop coordinates
     w = _kernel(kind, (x[:, None, :] + 0.5 - centre[..., None]) / widen[:, None, None])
     w = w * ((x >= 0) & (x < length[:, None]))[:, None, :]
@@ -224,9 +245,9 @@ class BatchDecoder:
                     log.warning("GPU JPEG decode failed (%s); decoding such batches on the CPU", str(e).splitlines()[0])
                     self._warned = True
                 images = [im.to(self.device) for im in decode_jpeg(blobs, mode=ImageReadMode.RGB)]
-            for i, im in zip([i for i, j in enumerate(is_jpeg) if j], images):
+            for i, im in zip([i for i, j in enumerate(is_jpeg) if j], images, strict=True):
                 out[i] = im
-        for i, px in zip([i for i, j in enumerate(is_jpeg) if not j], batch["pixels"]):
+        for i, px in zip([i for i, j in enumerate(is_jpeg) if not j], batch["pixels"], strict=True):
             out[i] = px.to(self.device, non_blocking=True)
         return out
 
@@ -253,7 +274,7 @@ class BatchDecoder:
         (ys, yl, yt, yo), (xs, xl, xt, xo) = self._regions(images, batch["boxes"].to(self.device))
         pixels = torch.empty((len(images), 3, s, s), dtype=torch.float32, device=self.device)
         for c0 in range(0, len(images), self.CHUNK):
-            part = images[c0:c0 + self.CHUNK]
+            part = images[c0 : c0 + self.CHUNK]
             hmax, wmax = max(im.shape[-2] for im in part), max(im.shape[-1] for im in part)
             if all(im.shape[-2:] == (hmax, wmax) for im in part):
                 stack = torch.stack(part).float()
@@ -356,8 +377,9 @@ def raw_loader(dataset: RawCaptionDataset, sampler: ShardedBatchSampler, workers
     )
 
 
-def gpu_train_loader(table: Table, transform, tokenizer, seed: int, sampler: ShardedBatchSampler, workers: int,
-                     device: torch.device) -> Optional[DeviceLoader]:
+def gpu_train_loader(
+    table: Table, transform, tokenizer, seed: int, sampler: ShardedBatchSampler, workers: int, device: torch.device
+) -> Optional[DeviceLoader]:
     """The GPU-decoding loader for a CUDA run, or None when ``transform`` is not one it reproduces."""
     plan = plan_from_transform(transform)
     if plan is None:

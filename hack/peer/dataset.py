@@ -26,15 +26,34 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 COLOURS = {
-    "red": (215, 35, 40), "green": (40, 160, 70), "blue": (35, 70, 210), "yellow": (240, 205, 40),
-    "purple": (130, 45, 165), "orange": (240, 135, 30), "black": (20, 20, 20), "white": (245, 245, 245),
-    "pink": (235, 120, 180), "brown": (120, 75, 40), "grey": (128, 128, 128), "teal": (30, 140, 140),
+    "red": (215, 35, 40),
+    "green": (40, 160, 70),
+    "blue": (35, 70, 210),
+    "yellow": (240, 205, 40),
+    "purple": (130, 45, 165),
+    "orange": (240, 135, 30),
+    "black": (20, 20, 20),
+    "white": (245, 245, 245),
+    "pink": (235, 120, 180),
+    "brown": (120, 75, 40),
+    "grey": (128, 128, 128),
+    "teal": (30, 140, 140),
 }
 SHAPES = ("circle", "square", "triangle", "diamond", "bar")
-PLACES = {"top left": (0.28, 0.28), "top right": (0.72, 0.28), "bottom left": (0.28, 0.72),
-          "bottom right": (0.72, 0.72), "centre": (0.5, 0.5)}
-TEMPLATES = ("a photo of {a} {c} {s} in the {p}", "{a} {c} {s} at the {p}, on {ab} {b1} and {b2} background",
-             "a picture of {a} {c} {s} on {b1} fading to {b2}", "{c} {s}, {p}", "a drawing of {a} {c} {s} and {n} other shapes")
+PLACES = {
+    "top left": (0.28, 0.28),
+    "top right": (0.72, 0.28),
+    "bottom left": (0.28, 0.72),
+    "bottom right": (0.72, 0.72),
+    "centre": (0.5, 0.5),
+}
+TEMPLATES = (
+    "a photo of {a} {c} {s} in the {p}",
+    "{a} {c} {s} at the {p}, on {ab} {b1} and {b2} background",
+    "a picture of {a} {c} {s} on {b1} fading to {b2}",
+    "{c} {s}, {p}",
+    "a drawing of {a} {c} {s} and {n} other shapes",
+)
 
 
 def draw(seed: str, size: int):
@@ -71,6 +90,7 @@ def draw(seed: str, size: int):
             d.rectangle([cx - 1.6 * r, cy - r / 3, cx + 1.6 * r, cy + r / 3], fill=col)
         shapes.append((s, c, p))
     s, c, p = shapes[0]
+
     def art(word: str) -> str:
         return "an" if word[0] in "aeiou" else "a"
 

@@ -32,7 +32,7 @@ def _children() -> dict[int, list[int]]:
         if pid.isdigit():
             try:
                 stat = Path(f"/proc/{pid}/stat").read_text()
-                ppid = int(stat[stat.rfind(")") + 2:].split()[1])
+                ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
             except (OSError, ValueError, IndexError):
                 continue
             kids.setdefault(ppid, []).append(int(pid))
@@ -68,15 +68,27 @@ def gpu_used_mib() -> Optional[int]:
     if not smi:
         return None
     try:
-        out = subprocess.run([smi, "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
-                             capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run(
+            [smi, "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
         return int(out.strip().splitlines()[0])
     except (OSError, ValueError, IndexError, subprocess.SubprocessError):
         return None
 
 
-def run(cmd: list, cwd: Path, log_path: Path, env: Optional[dict] = None, marker: str = "",
-        marker_file: Optional[Path] = None, gpu: bool = False, timeout: Optional[float] = None) -> dict:
+def run(
+    cmd: list,
+    cwd: Path,
+    log_path: Path,
+    env: Optional[dict] = None,
+    marker: str = "",
+    marker_file: Optional[Path] = None,
+    gpu: bool = False,
+    timeout: Optional[float] = None,
+) -> dict:
     """Run ``cmd`` (stdout+stderr to ``log_path``); raise SystemExit with the log's tail if it fails.
 
     ``timeout``: seconds after which the command's whole process group is killed (a failure).

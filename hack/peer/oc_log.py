@@ -15,8 +15,10 @@ import json
 import re
 from pathlib import Path
 
-STEP = re.compile(r"Train Epoch: (?P<epoch>\d+) \[\s*(?P<seen>\d+)/(?P<total>\d+) \(\s*\d+%\)\] "
-                  r"Data \(t\): (?P<data>[\d.]+) Batch \(t\): (?P<batch>[\d.]+),.*? Loss: (?P<loss>[\d.]+)")
+STEP = re.compile(
+    r"Train Epoch: (?P<epoch>\d+) \[\s*(?P<seen>\d+)/(?P<total>\d+) \(\s*\d+%\)\] "
+    r"Data \(t\): (?P<data>[\d.]+) Batch \(t\): (?P<batch>[\d.]+),.*? Loss: (?P<loss>[\d.]+)"
+)
 
 
 def steps(out_log: Path) -> list[dict]:
@@ -25,8 +27,15 @@ def steps(out_log: Path) -> list[dict]:
     for line in Path(out_log).read_text(errors="replace").splitlines():
         m = STEP.search(line)
         if m:
-            rows.append({"epoch": int(m["epoch"]), "seen": int(m["seen"]), "data_s": float(m["data"]),
-                         "step_s": float(m["batch"]), "loss": float(m["loss"])})
+            rows.append(
+                {
+                    "epoch": int(m["epoch"]),
+                    "seen": int(m["seen"]),
+                    "data_s": float(m["data"]),
+                    "step_s": float(m["batch"]),
+                    "loss": float(m["loss"]),
+                }
+            )
     return rows
 
 

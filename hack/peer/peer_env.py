@@ -63,8 +63,12 @@ def ensure(folder: Path, wheels: Optional[Path] = None) -> tuple[Path, dict]:
             return py, env
         print(f"[bench] creating the peer's venv {venv} ({PEER})", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-        site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                              capture_output=True, text=True, check=True).stdout.strip()
+        site = subprocess.run(
+            [py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         Path(site, "kubeclip-bench-base.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
         subprocess.run([*pip[:3], "--python", str(py), *pip[3:], PEER], check=True)
     check = subprocess.run([py, "-c", CHECK], env=env, capture_output=True, text=True)

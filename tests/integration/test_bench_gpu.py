@@ -25,10 +25,37 @@ def test_bench_gpu_runs_on_cpu_with_a_tiny_model(tmp_path):
     out = tmp_path / "out"
     work = Path(os.environ.get("KUBECLIP_BENCH_CACHE", Path.home() / ".cache" / "kubeclip" / "bench")) / "test"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, str(REPO / "hack" / "bench_gpu.py"), "--device", "cpu", "--model",
-           f"local-dir:{REPO / 'hack' / 'peer' / 'tiny_model'}", "--batch", "4", "--steps", "2", "--warmup-steps", "1",
-           "--n", "16", "--size", "64", "--workers", "1", "--precision", "fp32", "--peak-tflops", "1", "--decode-batches", "3", "--decode-on-cpu",
-           "--work", str(work), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(REPO / "hack" / "bench_gpu.py"),
+        "--device",
+        "cpu",
+        "--model",
+        f"local-dir:{REPO / 'hack' / 'peer' / 'tiny_model'}",
+        "--batch",
+        "4",
+        "--steps",
+        "2",
+        "--warmup-steps",
+        "1",
+        "--n",
+        "16",
+        "--size",
+        "64",
+        "--workers",
+        "1",
+        "--precision",
+        "fp32",
+        "--peak-tflops",
+        "1",
+        "--decode-batches",
+        "3",
+        "--decode-on-cpu",
+        "--work",
+        str(work),
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "bench_gpu.json").read_text())
@@ -40,9 +67,14 @@ def test_bench_gpu_runs_on_cpu_with_a_tiny_model(tmp_path):
     import open_clip
 
     model = open_clip.create_model(f"local-dir:{REPO / 'hack' / 'peer' / 'tiny_model'}")
-    weights = {tower: sum(p.numel() for n, p in model.named_parameters()
-                          if p.ndim >= 2 and "embedding" not in n and n.startswith("visual") == (tower == "image"))
-               for tower in ("image", "text")}
+    weights = {
+        tower: sum(
+            p.numel()
+            for n, p in model.named_parameters()
+            if p.ndim >= 2 and "embedding" not in n and n.startswith("visual") == (tower == "image")
+        )
+        for tower in ("image", "text")
+    }
     analytic = 6 * (weights["image"] * 17 + weights["text"] * 32)
     assert 0.8 * analytic < flops < 1.2 * analytic, (flops, analytic)
     for who, r in report["results"].items():

@@ -41,7 +41,8 @@ def test_open_clip_train_step_lines_parse(tmp_path):
         "2026-11-27,17:41:40 | INFO | Train Epoch: 0 [15104/33280 (45%)] Data (t): 0.003 Batch (t): 0.157, "
         "1628.11/s, 1628.11/s/gpu LR: 0.000327 Logit Scale: 14.241 Contrastive_loss: 5.3 (5.4) Loss: 5.2642 (5.4586)\n"
         "2026-11-27,17:41:41 | INFO | Train Epoch: 1 [  256/33280 (1%)] Data (t): 1.250 Batch (t): 1.500, "
-        "170.6/s, 170.6/s/gpu LR: 0.000321 Logit Scale: 14.241 Contrastive_loss: 5.2 (5.2) Loss: 5.2479 (5.2479)\n")
+        "170.6/s, 170.6/s/gpu LR: 0.000321 Logit Scale: 14.241 Contrastive_loss: 5.2 (5.2) Loss: 5.2479 (5.2479)\n"
+    )
     steps = oc_log.steps(log)
     assert steps == [
         {"epoch": 0, "seen": 15104, "data_s": 0.003, "step_s": 0.157, "loss": 5.2642},

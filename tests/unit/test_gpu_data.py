@@ -32,11 +32,20 @@ from trainer.preflight import Table  # noqa: E402
 
 torch.set_num_threads(1)
 
-CONFIG = {"model_cfg": {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 48, "patch_size": 16, "width": 32, "head_width": 16, "layers": 1, "mlp_ratio": 2.0},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}}
+CONFIG = {
+    "model_cfg": {
+        "embed_dim": 32,
+        "vision_cfg": {
+            "image_size": 48,
+            "patch_size": 16,
+            "width": 32,
+            "head_width": 16,
+            "layers": 1,
+            "mlp_ratio": 2.0,
+        },
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
+}
 
 
 def photo(rng: np.random.Generator, w: int, h: int) -> Image.Image:
@@ -45,7 +54,7 @@ def photo(rng: np.random.Generator, w: int, h: int) -> Image.Image:
     base = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) * 127 / (w + h)], -1)
     img = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
     x0, y0 = rng.integers(0, w // 2), rng.integers(0, h // 2)
-    img[y0:y0 + h // 4, x0:x0 + w // 4] = rng.integers(0, 255, 3)
+    img[y0 : y0 + h // 4, x0 : x0 + w // 4] = rng.integers(0, 255, 3)
     return Image.fromarray(img)
 
 
@@ -72,8 +81,17 @@ def setup(tmp_path_factory):
         im.save(p, quality=90) if p.suffix == ".jpg" else im.save(p)
         paths.append(str(p))
         captions.append(f"picture number {i}")
-    table = Table(csv="mem", separator=",", paths=np.array(paths, dtype=object), captions=np.array(captions, dtype=object))
-    return {"table": table, "tf_train": tf_train, "tf_val": tf_val, "tokenizer": tokenizer, "open_clip": open_clip, "name": name}
+    table = Table(
+        csv="mem", separator=",", paths=np.array(paths, dtype=object), captions=np.array(captions, dtype=object)
+    )
+    return {
+        "table": table,
+        "tf_train": tf_train,
+        "tf_val": tf_val,
+        "tokenizer": tokenizer,
+        "open_clip": open_clip,
+        "name": name,
+    }
 
 
 def test_plan_reads_open_clips_transforms(setup):
@@ -84,7 +102,8 @@ def test_plan_reads_open_clips_transforms(setup):
     assert train.mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
     # colour jitter is a step the GPU path does not reproduce: the caller keeps the PIL path
     _, jitter, _ = setup["open_clip"].create_model_and_transforms(
-        setup["name"], aug_cfg={"scale": (0.9, 1.0), "color_jitter_prob": 0.5, "color_jitter": (0.4, 0.4, 0.4, 0.1)})
+        setup["name"], aug_cfg={"scale": (0.9, 1.0), "color_jitter_prob": 0.5, "color_jitter": (0.4, 0.4, 0.4, 0.1)}
+    )
     assert plan_from_transform(jitter) is None
 
 
@@ -123,14 +142,24 @@ def test_batch_matches_the_pil_path(setup, split):
 def test_loader_with_workers_and_prefetch_gives_the_pil_loaders_batches(setup):
     plan = plan_from_transform(setup["tf_train"])
     table = setup["table"]
-    ours = DeviceLoader(raw_loader(RawCaptionDataset(table, plan, setup["tokenizer"], 0),
-                                   ShardedBatchSampler(len(table), 4, 1, 0, 0), workers=2, pin=False),
-                        BatchDecoder(plan, torch.device("cpu")))
-    ref = train_loader(CaptionDataset(table, setup["tf_train"], setup["tokenizer"], 0, augment=True),
-                       ShardedBatchSampler(len(table), 4, 1, 0, 0), workers=0, pin=False)
+    ours = DeviceLoader(
+        raw_loader(
+            RawCaptionDataset(table, plan, setup["tokenizer"], 0),
+            ShardedBatchSampler(len(table), 4, 1, 0, 0),
+            workers=2,
+            pin=False,
+        ),
+        BatchDecoder(plan, torch.device("cpu")),
+    )
+    ref = train_loader(
+        CaptionDataset(table, setup["tf_train"], setup["tokenizer"], 0, augment=True),
+        ShardedBatchSampler(len(table), 4, 1, 0, 0),
+        workers=0,
+        pin=False,
+    )
     got, want = list(iter(ours)), list(iter(ref))
     assert len(got) == len(want) == 3
-    for (gi, gt), (wi, wt) in zip(got, want):
+    for (gi, gt), (wi, wt) in zip(got, want, strict=True):
         assert torch.equal(gt, wt)
         assert (gi - wi).abs().mean() < 0.01
 
@@ -157,7 +186,9 @@ def test_a_corrupt_jpeg_fails_loudly_not_silently(setup, tmp_path):
     bad = tmp_path / "truncated.jpg"
     blob = open(good, "rb").read()
     bad.write_bytes(blob[: len(blob) // 3])  # a header that parses, then no image data
-    table = Table(csv="mem", separator=",", paths=np.array([str(bad)], dtype=object), captions=np.array(["x"], dtype=object))
+    table = Table(
+        csv="mem", separator=",", paths=np.array([str(bad)], dtype=object), captions=np.array(["x"], dtype=object)
+    )
     item = RawCaptionDataset(table, plan, setup["tokenizer"], 0)[(0, 0)]
     with pytest.raises(RuntimeError):
         BatchDecoder(plan, torch.device("cpu"))(collate_raw([item]))
