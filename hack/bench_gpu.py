@@ -374,7 +374,7 @@ def main(argv=None) -> None:
         else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
     )
     a.n = a.n or max(20000, (a.warmup_steps + a.steps) * a.batch)
-    work = a.work
+    work = a.work.resolve()  # the runs start in their own folders
     work.mkdir(parents=True, exist_ok=True)
     a.out.mkdir(parents=True, exist_ok=True)
 

@@ -191,7 +191,7 @@ def main() -> None:
     ap.add_argument("--work", default=str(REPO / "runs" / "bench-trainer"))
     ap.add_argument("--wheels", type=Path, default=None, help="install the peer offline from the wheels in this folder")
     a = ap.parse_args()
-    work = Path(a.work)
+    work = Path(a.work).resolve()  # the runs start in their own folders
     work.mkdir(parents=True, exist_ok=True)
     peer = peer_env.ensure(CACHE / "cpu-peer", a.wheels)
     data = dataset.make(work / "data", a.n, a.size, val_n=max(32, a.n // 8))
