@@ -8,12 +8,13 @@ STAMP := $(VENV)/.kubeclip-installed
 export KUBECLIP_TOOLS ?= $(CURDIR)/.tools
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test test-unit bench tools cluster-up cluster-down crd lint clean
+.PHONY: help venv demo test test-unit bench bench-gpu tools cluster-up cluster-down crd lint clean
 
 help:
 	@echo "make demo     fine-tune a tiny OpenCLIP model locally on a generated dataset (2 processes)"
 	@echo "make test     the whole test suite (builds the test control plane on first use)"
 	@echo "make bench    kubeclip vs open_clip_train side by side, plus the controller at scale"
+	@echo "make bench-gpu  the same on one GPU: ViT-B-32, bf16 autocast, batch 256 (BENCH_GPU_ARGS=--wheels DIR offline)"
 	@echo "make tools    build/fetch kube-apiserver, etcd, kubectl, helm, promtool into $(KUBECLIP_TOOLS)/bin"
 	@echo "make cluster-up / cluster-down   a local kube-apiserver + etcd for people (.cluster/kubeconfig)"
 
@@ -40,6 +41,11 @@ test-unit: venv
 bench: venv tools
 	$(PY) hack/bench_trainer.py
 	$(PY) hack/bench_controller.py
+
+# One GPU: kubeclip vs open_clip_train 3.3.0, ViT-B-32 (hack/bench_gpu.py --help for the knobs).
+BENCH_GPU_ARGS ?=
+bench-gpu: venv
+	$(PY) hack/bench_gpu.py $(BENCH_GPU_ARGS)
 
 cluster-up: venv tools
 	$(PY) hack/cluster.py up

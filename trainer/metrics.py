@@ -47,6 +47,7 @@ class TrainerMetrics:
         self.lr = Gauge(P + "learning_rate", "Learning rate of the last optimizer step.", lab, registry=r).labels(job)
         self.logit_scale = Gauge(P + "logit_scale", "The model's contrastive temperature, exp(logit_scale).", lab, registry=r).labels(job)
         self.step_seconds = Histogram(P + "step_seconds", "Wall time of one optimizer step, data wait included.", lab, buckets=STEP_BUCKETS, registry=r).labels(job)
+        self.data_wait_share = Gauge(P + "data_wait_share", "Share of step wall time spent waiting for the next batch (0..1), over the steady steps so far (the first step of each epoch excluded).", lab, registry=r).labels(job)
         self.data_wait = Histogram(P + "data_wait_seconds", "Time one step waited for its batch from the data loader.", lab, buckets=WAIT_BUCKETS, registry=r).labels(job)
         # Eval gauges carry set="val" (spec.dataset.valCsv) or set="retention" (spec.evaluation.retentionCsv).
         sets = lab + ["set"]

@@ -130,6 +130,7 @@ class LoopState:
     evaluated_last: bool = False  # the last epoch's eval ran in this process
     steady_time: float = 0.0  # seconds and samples of steps that did not wait for loader start-up
     steady_samples: int = 0
+    steady_wait: float = 0.0  # of which waiting for the next batch
     first_step_at: Optional[float] = None
     last_progress_write: float = 0.0
 
@@ -186,8 +187,15 @@ class Recipe:
         if spec.dataset.valCsv:
             self.val_table = report.val if report else read_table(spec.dataset.valCsv, spec, "spec.dataset.valCsv")
         self.sampler = ShardedBatchSampler(len(self.train_table), t.batchSize, topo.world, topo.rank, t.seed)
-        dataset = CaptionDataset(self.train_table, self.tf_train, self.tokenizer, t.seed, augment=True)
-        self.loader = train_loader(dataset, self.sampler, t.workers, topo.device.type == "cuda")
+        self.loader = None
+        if topo.device.type == "cuda" and t.gpuDecode:  # JPEG decode, crop and resize on the GPU (trainer.gpu_data)
+            from trainer.gpu_data import gpu_train_loader
+
+            self.loader = gpu_train_loader(self.train_table, self.tf_train, self.tokenizer, t.seed, self.sampler,
+                                           t.workers, topo.device)
+        if self.loader is None:
+            dataset = CaptionDataset(self.train_table, self.tf_train, self.tokenizer, t.seed, augment=True)
+            self.loader = train_loader(dataset, self.sampler, t.workers, topo.device.type == "cuda")
         self.steps_per_epoch = self.sampler.batches_per_epoch // t.gradAccumSteps
         self.total_steps = self.steps_per_epoch * t.epochs
         self.warmup = t.warmupSteps if t.warmupSteps is not None else default_warmup(self.total_steps)
@@ -310,6 +318,7 @@ class Recipe:
         if steady:
             s.steady_time += dt
             s.steady_samples += gb
+            s.steady_wait += wait
         if s.first_step_at is None:
             s.first_step_at = time.time()
             if self.topo.is_main:
@@ -329,6 +338,7 @@ class Recipe:
         m.logit_scale.set(self.model.logit_scale.exp().item())
         m.step_seconds.observe(dt)
         m.data_wait.observe(wait)
+        m.data_wait_share.set(s.steady_wait / s.steady_time if s.steady_time else wait / dt)
         if self.topo.device.type == "cuda":
             m.gpu_mem.set(torch.cuda.max_memory_allocated(self.topo.device))
         every, total, now = self.t.logEverySteps, self.total_steps, time.perf_counter()
@@ -402,6 +412,8 @@ class Recipe:
         final = dict(s.last_eval)
         final.update(
             samples_per_second=round(s.steady_samples / s.steady_time, 2) if s.steady_time else None,
+            data_wait_share=round(s.steady_wait / s.steady_time, 4) if s.steady_time else None,
+            peak_gpu_memory_bytes=torch.cuda.max_memory_allocated(self.topo.device) if self.topo.device.type == "cuda" else 0,
             steps=s.step,
             epochs=t.epochs,
             world_size=self.topo.world,

@@ -142,6 +142,11 @@ class TrainingSpec(Strict):
     )
     seed: int = Field(default=0, ge=0, description="Random seed; a run with the same seed and data is reproducible.")
     workers: int = Field(default=2, ge=0, le=64, description="Data-loader worker processes per training process.")
+    gpuDecode: bool = Field(
+        default=True,
+        description="On GPU, decode JPEGs with nvJPEG and crop/resize/normalise on the GPU (loader workers only "
+        "read files); false: PIL in the loader workers, as on CPU. Ignored on CPU.",
+    )
     checkpointEverySteps: int = Field(
         default=500, ge=0, description="Write a resumable checkpoint every N optimizer steps (0: only at epoch ends)."
     )

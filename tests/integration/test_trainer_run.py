@@ -27,6 +27,7 @@ CONTRACT_NAMES = [
     "kubeclip_trainer_logit_scale", "kubeclip_trainer_step_seconds_bucket", "kubeclip_trainer_data_wait_seconds_bucket",
     "kubeclip_trainer_eval_recall", "kubeclip_trainer_eval_mean_rank", "kubeclip_trainer_eval_loss",
     "kubeclip_trainer_last_checkpoint_timestamp_seconds", "kubeclip_trainer_gpu_memory_bytes",
+    "kubeclip_trainer_data_wait_share",
 ]
 
 
@@ -86,6 +87,22 @@ def test_final_metrics_keys(run):
                 "image_to_text_R@10", "text_to_image_mean_rank", "val_loss", "samples_per_second"):
         assert isinstance(m[key], float), key
     assert 0.0 <= m["image_to_text_R@1"] <= m["image_to_text_R@5"] <= m["image_to_text_R@10"] <= 1.0
+    # a share of step time; with one loader worker per rank on a busy CPU it is not exactly 0
+    assert isinstance(m["data_wait_share"], float) and 0.0 < m["data_wait_share"] < 1.0, m["data_wait_share"]
+    assert m["peak_gpu_memory_bytes"] == 0  # a CPU run
+
+
+def sample(text: str, name: str) -> float:
+    line = next(ln for ln in text.splitlines() if ln.startswith(name + "{"))
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_data_wait_share_gauge_agrees_with_the_histograms(run):
+    text = run["scrapes"]["after_eval"][0]
+    share = sample(text, "kubeclip_trainer_data_wait_share")
+    wait, step = sample(text, "kubeclip_trainer_data_wait_seconds_sum"), sample(text, "kubeclip_trainer_step_seconds_sum")
+    # the gauge leaves out each epoch's first step (loader start-up), the histograms count it
+    assert 0.0 < share < 1.0 and 0.0 < wait < step, (share, wait, step)
 
 
 def test_export_reloads_through_open_clip_with_the_trained_weights(run):

@@ -1,0 +1,160 @@
+"""Run one training command and measure it from outside, the same way for kubeclip and open_clip_train.
+
+Who uses it: ``hack/bench_trainer.py`` and ``hack/bench_gpu.py``.
+
+:func:`run` starts the command and, until it exits, samples (every 0.25 s)
+  * the process tree (the command and every descendant: ranks, loader workers): peak summed
+    RSS and PSS (PSS splits pages shared after fork, so it does not double-count them);
+  * every 50 ms, the new part of the log file for a marker line (a trainer's first step),
+    giving time to first step;
+  * with ``gpu=True``, the GPU's used memory (``nvidia-smi``; device-wide, minus what was used
+    before the start: the run's footprint including its CUDA context and allocator cache).
+It returns those with the wall time, the largest single process's peak RSS (its ``VmHWM``, the
+figure ``/usr/bin/time -v`` reports, sampled while it runs: a process living under 0.25 s
+can be missed) and the CPU seconds of the whole tree (``getrusage`` of waited-for children).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            kids.setdefault(ppid, []).append(int(pid))
+    return kids
+
+
+def _field_kb(path: str, key: str) -> int:
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def tree_memory_kb(root: int) -> tuple[int, int, int]:
+    """(summed RSS, summed PSS, largest single peak RSS) of ``root`` and its descendants, in KiB."""
+    kids, stack, rss, pss, hwm = _children(), [root], 0, 0, 0
+    while stack:
+        pid = stack.pop()
+        rss += _field_kb(f"/proc/{pid}/status", "VmRSS:")
+        hwm = max(hwm, _field_kb(f"/proc/{pid}/status", "VmHWM:"))  # the kernel's own peak of that process
+        pss += _field_kb(f"/proc/{pid}/smaps_rollup", "Pss:")
+        stack.extend(kids.get(pid, []))
+    return rss, pss, hwm
+
+
+def gpu_used_mib() -> Optional[int]:
+    """Used memory of GPU 0 in MiB per ``nvidia-smi``, or None without one."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return None
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+        return int(out.strip().splitlines()[0])
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        return None
+
+
+def run(
+    cmd: list,
+    cwd: Path,
+    log_path: Path,
+    env: Optional[dict] = None,
+    marker: str = "",
+    marker_file: Optional[Path] = None,
+    gpu: bool = False,
+    timeout: Optional[float] = None,
+) -> dict:
+    """Run ``cmd`` (stdout+stderr to ``log_path``); raise SystemExit with the log's tail if it fails.
+
+    ``timeout``: seconds after which the command's whole process group is killed (a failure).
+    """
+    cmd = [str(c) for c in cmd]
+    marker_file = Path(marker_file or log_path)
+    gpu_base = gpu_used_mib() if gpu else None
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak = {"rss": 0, "pss": 0, "hwm": 0, "gpu": 0}
+    first: Optional[float] = None
+    t0 = time.time()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        done = threading.Event()
+
+        def sample_gpu() -> None:  # nvidia-smi takes ~50 ms: its own thread, 4 samples a second
+            while not done.is_set():
+                used = gpu_used_mib()
+                if used is not None:
+                    peak["gpu"] = max(peak["gpu"], used)
+                done.wait(0.25)
+
+        sampler = threading.Thread(target=sample_gpu, daemon=True) if gpu_base is not None else None
+        if sampler:
+            sampler.start()
+        seen, tick = 0, 0  # bytes of the marker file already searched; polls so far
+        while proc.poll() is None:
+            if timeout and time.time() - t0 > timeout:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                break
+            if tick % 5 == 0:  # the process tree every 0.25 s: walking /proc costs CPU the trainers need
+                rss, pss, hwm = tree_memory_kb(proc.pid)
+                peak["rss"], peak["pss"] = max(peak["rss"], rss), max(peak["pss"], pss)
+                peak["hwm"] = max(peak["hwm"], hwm)
+            if marker and first is None and marker_file.exists():
+                try:  # only the new part of the log, with an overlap for a marker cut in two
+                    start = max(0, seen - len(marker))
+                    with open(marker_file, "rb") as f:
+                        f.seek(start)
+                        chunk = f.read()
+                    if marker.encode() in chunk:
+                        first = time.time() - t0
+                    seen = start + len(chunk)
+                except OSError:
+                    pass
+            tick += 1
+            time.sleep(0.05)
+        done.set()
+        if sampler:
+            sampler.join()
+    wall = time.time() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        tail = Path(log_path).read_text(errors="replace").splitlines()[-25:]
+        why = f"killed after {timeout} s" if timeout and wall > timeout else f"exit {proc.returncode}"
+        raise SystemExit(f"[bench] {' '.join(cmd[:4])} ... failed ({why}); {log_path}:\n" + "\n".join(tail))
+    res = {
+        "wall_s": round(wall, 2),
+        "time_to_first_step_s": round(first, 2) if first is not None else None,
+        "peak_tree_rss_mb": round(peak["rss"] / 1024, 1),
+        "peak_tree_pss_mb": round(peak["pss"] / 1024, 1),
+        "max_single_proc_rss_mb": round(peak["hwm"] / 1024, 1),
+        "cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 2),
+    }
+    if gpu_base is not None:
+        res["peak_gpu_mem_mib"] = max(0, peak["gpu"] - gpu_base)
+    return res
