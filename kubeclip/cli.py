@@ -6,6 +6,7 @@ work in the controller image (no torch) and ``kubeclip run`` starts quickly.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Optional
 
@@ -29,7 +30,10 @@ def run(
 
 def _register_operator() -> None:
     """``kubeclip operator``: the controller's own command (flags defined once, in controller.cli).
-    Importing it loads typer and the settings dataclass only, not kopf."""
+    Importing it loads typer and the settings dataclass only, not kopf. The trainer image installs
+    no controller, so there the command does not exist."""
+    if importlib.util.find_spec("controller") is None:
+        return
     from controller.cli import operator
 
     app.command("operator")(operator)
