@@ -14,10 +14,13 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .settings import Settings
 from .times import rfc3339
+
+if TYPE_CHECKING:
+    from .kube import Kube
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +70,7 @@ def decide(
 class Elector:
     """Acquire and keep the Lease ``settings.lease_namespace/settings.lease_name``."""
 
-    def __init__(self, kube: Any, settings: Settings) -> None:
+    def __init__(self, kube: Kube, settings: Settings) -> None:
         self.kube, self.s = kube, settings
         self.lost = False
         self._observed: Optional[Observation] = None
