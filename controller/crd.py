@@ -18,6 +18,7 @@ import json
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from kubeclip.api import API_GROUP, API_VERSION, KIND, TrainerSpec
 
@@ -90,7 +91,7 @@ def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _model_schema(model: type) -> dict[str, Any]:
+def _model_schema(model: type[BaseModel]) -> dict[str, Any]:
     raw = model.model_json_schema(mode="validation")
     return structural(raw, raw.get("$defs", {}))
 

@@ -13,11 +13,12 @@ import json
 import logging
 import os
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from kubernetes import client, config
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from kubeclip.api import API_GROUP, API_VERSION, KIND
 
@@ -55,16 +56,17 @@ def _check_terminating(err: ApiException) -> None:
 
 def load_config() -> client.ApiClient:
     if os.environ.get("KUBECONFIG") or os.path.exists(os.path.expanduser("~/.kube/config")):
-        config.load_kube_config()
+        # The kubernetes package ships py.typed but leaves its config loaders unannotated.
+        config.load_kube_config()  # type: ignore[no-untyped-call]
     else:
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
     cfg = client.Configuration.get_default_copy()
     cfg.connection_pool_maxsize = 32
     return client.ApiClient(cfg)
 
 
 def _raw(resp: Any) -> dict[str, Any]:
-    return json.loads(resp.data)
+    return cast(dict[str, Any], json.loads(resp.data))
 
 
 def _done(resp: Any) -> None:
@@ -86,7 +88,8 @@ class Kube:
 
     def get_job(self, namespace: str, name: str) -> Optional[dict[str, Any]]:
         try:
-            return self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, name, _request_timeout=self.timeout)
+            return cast(dict[str, Any], self.custom.get_namespaced_custom_object(
+                API_GROUP, API_VERSION, namespace, PLURAL, name, _request_timeout=self.timeout))
         except ApiException as err:
             if err.status == 404:
                 return None
@@ -94,20 +97,23 @@ class Kube:
 
     def list_jobs(self, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
         if not namespaces:
-            return self.custom.list_cluster_custom_object(API_GROUP, API_VERSION, PLURAL, _request_timeout=self.timeout)["items"]
+            listed = cast(dict[str, Any], self.custom.list_cluster_custom_object(
+                API_GROUP, API_VERSION, PLURAL, _request_timeout=self.timeout))
+            return cast(list[dict[str, Any]], listed["items"])
         items: list[dict[str, Any]] = []
         for ns in namespaces:
-            items += self.custom.list_namespaced_custom_object(API_GROUP, API_VERSION, ns, PLURAL, _request_timeout=self.timeout)["items"]
+            items += cast(dict[str, Any], self.custom.list_namespaced_custom_object(
+                API_GROUP, API_VERSION, ns, PLURAL, _request_timeout=self.timeout))["items"]
         return items
 
     def write_status(self, job: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
         """PUT the status subresource; the resourceVersion makes a concurrent writer a Conflict."""
         body = {**job, "status": status}
         try:
-            return self.custom.replace_namespaced_custom_object_status(
+            return cast(dict[str, Any], self.custom.replace_namespaced_custom_object_status(
                 API_GROUP, API_VERSION, job["metadata"]["namespace"], PLURAL, job["metadata"]["name"], body,
                 _request_timeout=self.timeout,
-            )
+            ))
         except ApiException as err:
             if err.status in (404, 409):
                 raise Conflict(f"{job['metadata']['name']}: {err.reason}") from None
@@ -166,8 +172,12 @@ class Kube:
     def create(self, obj: dict[str, Any]) -> None:
         """Create; an object that already exists under that name is fine (deterministic names)."""
         ns, kind = obj["metadata"]["namespace"], obj["kind"]
-        fn = {"Pod": self.core.create_namespaced_pod, "Service": self.core.create_namespaced_service,
-              "ConfigMap": self.core.create_namespaced_config_map}[kind]
+        # Each takes (namespace, body) and serializes a plain dict body as it is.
+        creators: dict[str, Callable[..., Any]] = {
+            "Pod": self.core.create_namespaced_pod, "Service": self.core.create_namespaced_service,
+            "ConfigMap": self.core.create_namespaced_config_map,
+        }
+        fn = creators[kind]
         try:
             _done(fn(ns, obj, _preload_content=False, _request_timeout=self.timeout))
         except ApiException as err:
@@ -179,8 +189,10 @@ class Kube:
         if obj["kind"] != "ConfigMap":
             raise ValueError(f"cannot update a {obj['kind']}")
         try:
-            _done(self.core.replace_namespaced_config_map(obj["metadata"]["name"], obj["metadata"]["namespace"], obj, _preload_content=False,
-                                                         _request_timeout=self.timeout))
+            # The client serializes a plain dict body as it is; its annotations name only the model class.
+            _done(self.core.replace_namespaced_config_map(obj["metadata"]["name"], obj["metadata"]["namespace"],
+                                                         obj,  # type: ignore[arg-type]
+                                                         _preload_content=False, _request_timeout=self.timeout))
         except ApiException as err:
             if err.status not in (404, 409):
                 raise
@@ -218,7 +230,10 @@ class Kube:
             "reportingComponent": MANAGER,
         }
         try:
-            _done(self.core.create_namespaced_event(meta["namespace"], body, _preload_content=False, _request_timeout=self.timeout))
+            # A plain dict body is serialized as it is; the client's annotations name only CoreV1Event.
+            _done(self.core.create_namespaced_event(meta["namespace"],
+                                                    body,  # type: ignore[arg-type]
+                                                    _preload_content=False, _request_timeout=self.timeout))
         except ApiException as err:  # events are best effort
             log.warning("could not post event %s for %s: %s", ev.reason, meta["name"], err.reason)
 
@@ -229,13 +244,18 @@ class Kube:
 
     def write_lease(self, namespace: str, name: str, spec: dict[str, Any], old: Optional[dict[str, Any]]) -> bool:
         """Create or replace (with the old resourceVersion); False when another replica won the race."""
-        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+        body: dict[str, Any] = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+        # A plain dict body is serialized as it is; the client's annotations name only V1Lease.
         try:
             if old is None:
-                _done(self.coord.create_namespaced_lease(namespace, body, _preload_content=False, _request_timeout=self.timeout))
+                _done(self.coord.create_namespaced_lease(namespace,
+                                                         body,  # type: ignore[arg-type]
+                                                         _preload_content=False, _request_timeout=self.timeout))
             else:
                 body["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
-                _done(self.coord.replace_namespaced_lease(name, namespace, body, _preload_content=False, _request_timeout=self.timeout))
+                _done(self.coord.replace_namespaced_lease(name, namespace,
+                                                          body,  # type: ignore[arg-type]
+                                                          _preload_content=False, _request_timeout=self.timeout))
             return True
         except ApiException as err:
             if err.status == 409:

@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 from .settings import Settings
 from .times import rfc3339
@@ -64,10 +64,18 @@ def decide(
     return out, observed
 
 
+class LeaseStore(Protocol):
+    """What the elector needs of :class:`controller.kube.Kube` (this module stays free of the client)."""
+
+    def get_lease(self, namespace: str, name: str) -> Optional[dict[str, Any]]: ...
+
+    def write_lease(self, namespace: str, name: str, spec: dict[str, Any], old: Optional[dict[str, Any]]) -> bool: ...
+
+
 class Elector:
     """Acquire and keep the Lease ``settings.lease_namespace/settings.lease_name``."""
 
-    def __init__(self, kube: Any, settings: Settings) -> None:
+    def __init__(self, kube: LeaseStore, settings: Settings) -> None:
         self.kube, self.s = kube, settings
         self.lost = False
         self._observed: Optional[Observation] = None

@@ -18,8 +18,9 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import kopf
 from aiohttp import web
@@ -78,15 +79,16 @@ def build_registry(worker: Worker) -> kopf.OperatorRegistry:
         return kopf.login_via_client(**kwargs)
 
     @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=registry)
-    def job_event(event: dict[str, Any], namespace: str, name: str, **_: Any) -> None:
+    def job_event(event: kopf.RawEvent, namespace: Optional[str], name: str, **_: Any) -> None:
+        ns = cast(str, namespace)  # FineTuneJobs are namespaced: kopf always passes the namespace
         if event.get("type") == "DELETED":
-            worker.forget(namespace, name)
+            worker.forget(ns, name)
             return
-        worker.reconcile(namespace, name)
+        worker.reconcile(ns, name)
 
     @kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT}, registry=registry)
-    def pod_event(namespace: str, labels: dict[str, str], **_: Any) -> None:
-        worker.reconcile(namespace, labels[LABEL_JOB])
+    def pod_event(namespace: Optional[str], labels: Mapping[str, str], **_: Any) -> None:
+        worker.reconcile(cast(str, namespace), labels[LABEL_JOB])  # pods are namespaced: never None
 
     return registry
 
@@ -97,12 +99,18 @@ class Health:
     def __init__(self) -> None:
         self.ready = False
 
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        return web.Response(text="ready" if self.ready else "not ready", status=200 if self.ready else 503)
+
     async def start(self, port: int) -> Optional[web.AppRunner]:
         if not port:
             return None
         app = web.Application()
-        app.router.add_get("/healthz", lambda _: web.Response(text="ok"))
-        app.router.add_get("/readyz", lambda _: web.Response(text="ready" if self.ready else "not ready", status=200 if self.ready else 503))
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "0.0.0.0", port).start()

@@ -250,7 +250,7 @@ def cleanup(pods: list[dict[str, Any]], policy: str, now: datetime, nodes: dict[
 
 def restart_delay(restarts: int, base: float = RESTART_DELAY_S, cap: float = RESTART_DELAY_CAP_S) -> float:
     """Seconds before attempt ``restarts + 1``: base, 2*base, 4*base ... up to cap (Job-like)."""
-    return min(cap, base * 2 ** min(restarts, 30))
+    return min(cap, base * float(2 ** min(restarts, 30)))
 
 
 # ------------------------------------------------------------------------------------------
@@ -287,7 +287,8 @@ def _plan(job: dict[str, Any], new_status: dict[str, Any], **kw: Any) -> Plan:
         kind = "Warning" if transition in ("Restarting", "Failed") else "Normal"
         events.append(Event(kind, new_status.get("reason") or transition, new_status.get("message") or transition))
     status = new_status if new_status != old else None
-    return Plan(status=status, events=tuple(events), transition=transition, **{k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()})
+    rest: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
+    return Plan(status=status, events=tuple(events), transition=transition, **rest)
 
 
 def plan(

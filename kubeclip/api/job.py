@@ -13,12 +13,13 @@ from __future__ import annotations
 from typing import Any, Literal, Optional, Union
 
 from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic.config import JsonDict
 
 from .base import ConfigError, Strict, format_validation_error
 from .trainer_spec import CLUSTER_KEYS, TrainerSpec
 
 #: Marks a field whose value is an embedded Kubernetes object kept as-is (see crd.py).
-PRESERVE = {"x-kubernetes-preserve-unknown-fields": True}
+PRESERVE: JsonDict = {"x-kubernetes-preserve-unknown-fields": True}
 #: A resource quantity ("500m", "4Gi", 2): the CRD types it as int-or-string.
 Quantity = Union[int, str]
 
