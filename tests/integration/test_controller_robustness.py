@@ -36,8 +36,10 @@ async def dying_resync_loop(*args):
     raise RuntimeError("injected: the resync loop crashed")
 
 op.resync_loop = dying_resync_loop
-from controller.__main__ import main
-sys.exit(main(sys.argv[1:]))
+import typer
+from controller.cli import operator
+sys.argv[0] = "controller"
+typer.run(operator)
 """
 
 

@@ -35,8 +35,9 @@ def crd(cluster):
         cluster.kubectl("delete", "crd", "finetunejobs.kubeclip.dev", "--wait=false", check=False)
 
 
-def _apply(cluster, doc, check=False):
-    return cluster.kubectl("apply", "-f", "-", input=json.dumps(doc), check=check)
+def _apply(cluster, doc, check=False, dry_run=False):
+    extra = ["--dry-run=server"] if dry_run else []
+    return cluster.kubectl("apply", *extra, "-f", "-", input=json.dumps(doc), check=check)
 
 
 def _set_phase(cluster, namespace, name, phase):
@@ -86,7 +87,10 @@ def test_admission_refuses_host_path_and_service_accounts_unless_the_chart_allow
         plain = job_manifest("plain", namespace, serviceAccountName="default")
 
         def refused(doc, text):
-            out = _apply(cluster, doc)
+            # Server-side dry run: admission runs, nothing is stored, so a probe made before the
+            # policy is active cannot create the object (a later plain apply would be a no-op
+            # "unchanged" that admission never sees).
+            out = _apply(cluster, doc, dry_run=True)
             return out.returncode != 0 and text in out.stderr and out.stderr
 
         # Policies reach the API server's admission through an informer: allow it a moment.
@@ -96,7 +100,8 @@ def test_admission_refuses_host_path_and_service_accounts_unless_the_chart_allow
         # The chart value lets hostPath through; other ServiceAccounts stay refused.
         cluster.helm("upgrade", release, str(CHART), "-n", namespace, "-f",
                      _values(tmp_path, {**base, "admission": {"allowHostPath": True}}))
-        wait_for(lambda: _apply(cluster, host).returncode == 0, 30, 0.5, "hostPath to be allowed")
+        wait_for(lambda: _apply(cluster, host, dry_run=True).returncode == 0, 30, 0.5, "hostPath to be allowed")
+        assert _apply(cluster, host).returncode == 0
         assert refused(sa, "only the namespace's default ServiceAccount is allowed here")
     finally:
         cluster.helm("uninstall", release, "-n", namespace, check=False)
