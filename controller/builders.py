@@ -12,10 +12,21 @@ from typing import Any
 
 import yaml
 
-from kubeclip.api import API_GROUP, API_VERSION, DEFAULT_MASTER_PORT, KIND, trainer_part
+from kubeclip.api import (
+    API_GROUP,
+    API_VERSION,
+    CONFIG_DIR,
+    CONFIG_VOLUME,
+    DEFAULT_MASTER_PORT,
+    GPU_RESOURCE,
+    KIND,
+    SHM_PATH,
+    SHM_VOLUME,
+    FineTuneJobSpec,
+    trainer_part,
+)
 
 from . import naming
-from kubeclip.api import CONFIG_DIR, CONFIG_VOLUME, GPU_RESOURCE, SHM_VOLUME, FineTuneJobSpec
 
 CONFIG_KEY = "job.yaml"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
@@ -156,7 +167,7 @@ def pod(job: dict[str, Any], spec: FineTuneJobSpec, index: int, attempt: int, im
         "ports": ports,
         "volumeMounts": [
             {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True},
-            {"name": SHM_VOLUME, "mountPath": "/dev/shm"},
+            {"name": SHM_VOLUME, "mountPath": SHM_PATH},
             *(m.model_dump(exclude_none=True) for m in spec.volumeMounts),
         ],
         "securityContext": container_security_context(),

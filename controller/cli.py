@@ -9,7 +9,7 @@ It imports typer only; kopf and the kubernetes client load when the command runs
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -26,7 +26,9 @@ def _default(name: str) -> Any:
 
 
 def operator(
-    namespace: Annotated[Optional[list[str]], typer.Option("--namespace", "-n", help="Watch only this namespace (repeatable).")] = None,
+    namespace: Annotated[
+        list[str] | None, typer.Option("--namespace", "-n", help="Watch only this namespace (repeatable).")
+    ] = None,
     all_namespaces: Annotated[
         bool, typer.Option("--all-namespaces", "-A", help="Watch every namespace (default when no --namespace).")
     ] = False,
@@ -35,14 +37,12 @@ def operator(
     leader_election: Annotated[
         bool, typer.Option("--leader-election/--no-leader-election", help="Reconcile only while holding the Lease.")
     ] = _default("leader_election"),
-    lease_name: Annotated[
-        Optional[str], typer.Option(help=f"Lease name (default {_default('lease_name')}).")
-    ] = None,
+    lease_name: Annotated[str | None, typer.Option(help=f"Lease name (default {_default('lease_name')}).")] = None,
     lease_namespace: Annotated[
-        Optional[str], typer.Option(help="Lease namespace (default $POD_NAMESPACE, else default).")
+        str | None, typer.Option(help="Lease namespace (default $POD_NAMESPACE, else default).")
     ] = None,
     default_image: Annotated[
-        Optional[str], typer.Option(help="Trainer image for jobs without spec.image ($KUBECLIP_DEFAULT_IMAGE).")
+        str | None, typer.Option(help="Trainer image for jobs without spec.image ($KUBECLIP_DEFAULT_IMAGE).")
     ] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = _default("log_level"),
 ) -> None:

@@ -20,9 +20,20 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from kubeclip.api import API_GROUP, API_VERSION, KIND, TrainerSpec
+from kubeclip.api import (
+    API_GROUP,
+    API_VERSION,
+    CONFIG_DIR,
+    GPU_RESOURCE,
+    KIND,
+    RESERVED_ENV,
+    RESERVED_VOLUMES,
+    SHM_PATH,
+    FineTuneJobSpec,
+    FineTuneJobStatus,
+    TrainerSpec,
+)
 
-from kubeclip.api import CONFIG_DIR, GPU_RESOURCE, RESERVED_VOLUMES, RESERVED_ENV, FineTuneJobSpec, FineTuneJobStatus
 from .naming import MAX_JOB_NAME
 
 PLURAL = "finetunejobs"
@@ -136,12 +147,15 @@ def _add_rules(spec: dict[str, Any]) -> None:
             "message": f"{CONFIG_DIR} is reserved for the job config",
         },
         {
-            "rule": "self.all(m, m.mountPath != '/dev/shm' && m.mountPath != '/dev/shm/')",
-            "message": "/dev/shm is mounted by the controller",
+            "rule": f"self.all(m, m.mountPath != '{SHM_PATH}' && m.mountPath != '{SHM_PATH}/')",
+            "message": f"{SHM_PATH} is mounted by the controller",
         },
     ]
     props["env"]["x-kubernetes-validations"] = [
-        {"rule": f"self.all(e, !(e.name in {_quote(RESERVED_ENV)}))", "message": "this variable is set by the controller"}
+        {
+            "rule": f"self.all(e, !(e.name in {_quote(RESERVED_ENV)}))",
+            "message": "this variable is set by the controller",
+        }
     ]
     procs = "(has(self.numProcPerNode) ? self.numProcPerNode : 1)"
     gpu_rules = []
@@ -225,12 +239,14 @@ def immutability_rules() -> list[dict[str, Any]]:
     rules = []
     for key in TrainerSpec.model_fields:
         same = f"has(self.spec.{key}) == has(oldSelf.spec.{key}) && (!has(self.spec.{key}) || self.spec.{key} == oldSelf.spec.{key})"
-        rules.append({
-            "rule": f"{free} || ({same})",
-            "message": f"spec.{key} cannot change while the job runs: suspend it first (runPolicy.suspend: true)",
-            "fieldPath": f".spec.{key}",
-            "reason": "FieldValueForbidden",
-        })
+        rules.append(
+            {
+                "rule": f"{free} || ({same})",
+                "message": f"spec.{key} cannot change while the job runs: suspend it first (runPolicy.suspend: true)",
+                "fieldPath": f".spec.{key}",
+                "reason": "FieldValueForbidden",
+            }
+        )
     return rules
 
 

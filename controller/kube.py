@@ -15,7 +15,7 @@ import os
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any, Optional, cast
+from typing import Any, cast
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -24,8 +24,8 @@ from kubeclip.api import API_GROUP, API_VERSION, KIND
 
 from .crd import PLURAL
 from .naming import LABEL_JOB, MANAGER
-from .times import rfc3339
 from .reconcile import Delete, Event
+from .times import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class Terminating(Exception):
     """The job's namespace is being deleted: nothing can be created there any more."""
 
 
-def describe_error(err: BaseException) -> Optional[str]:
+def describe_error(err: BaseException) -> str | None:
     """A one-line text for an API error (status, reason, the server's message); None otherwise."""
     if not isinstance(err, ApiException):
         return None
@@ -76,7 +76,7 @@ def _done(resp: Any) -> None:
 
 
 class Kube:
-    def __init__(self, api: Optional[client.ApiClient] = None, timeout_s: float = 10.0) -> None:
+    def __init__(self, api: client.ApiClient | None = None, timeout_s: float = 10.0) -> None:
         self.api = api or load_config()
         #: (connect, read) timeout of every call: a hung connection fails the call instead of the pass.
         self.timeout = (min(5.0, timeout_s), timeout_s)
@@ -86,10 +86,14 @@ class Kube:
 
     # ---- jobs ------------------------------------------------------------------------------
 
-    def get_job(self, namespace: str, name: str) -> Optional[dict[str, Any]]:
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return cast(dict[str, Any], self.custom.get_namespaced_custom_object(
-                API_GROUP, API_VERSION, namespace, PLURAL, name, _request_timeout=self.timeout))
+            return cast(
+                dict[str, Any],
+                self.custom.get_namespaced_custom_object(
+                    API_GROUP, API_VERSION, namespace, PLURAL, name, _request_timeout=self.timeout
+                ),
+            )
         except ApiException as err:
             if err.status == 404:
                 return None
@@ -97,23 +101,37 @@ class Kube:
 
     def list_jobs(self, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
         if not namespaces:
-            listed = cast(dict[str, Any], self.custom.list_cluster_custom_object(
-                API_GROUP, API_VERSION, PLURAL, _request_timeout=self.timeout))
+            listed = cast(
+                dict[str, Any],
+                self.custom.list_cluster_custom_object(API_GROUP, API_VERSION, PLURAL, _request_timeout=self.timeout),
+            )
             return cast(list[dict[str, Any]], listed["items"])
         items: list[dict[str, Any]] = []
         for ns in namespaces:
-            items += cast(dict[str, Any], self.custom.list_namespaced_custom_object(
-                API_GROUP, API_VERSION, ns, PLURAL, _request_timeout=self.timeout))["items"]
+            items += cast(
+                dict[str, Any],
+                self.custom.list_namespaced_custom_object(
+                    API_GROUP, API_VERSION, ns, PLURAL, _request_timeout=self.timeout
+                ),
+            )["items"]
         return items
 
     def write_status(self, job: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
         """PUT the status subresource; the resourceVersion makes a concurrent writer a Conflict."""
         body = {**job, "status": status}
         try:
-            return cast(dict[str, Any], self.custom.replace_namespaced_custom_object_status(
-                API_GROUP, API_VERSION, job["metadata"]["namespace"], PLURAL, job["metadata"]["name"], body,
-                _request_timeout=self.timeout,
-            ))
+            return cast(
+                dict[str, Any],
+                self.custom.replace_namespaced_custom_object_status(
+                    API_GROUP,
+                    API_VERSION,
+                    job["metadata"]["namespace"],
+                    PLURAL,
+                    job["metadata"]["name"],
+                    body,
+                    _request_timeout=self.timeout,
+                ),
+            )
         except ApiException as err:
             if err.status in (404, 409):
                 raise Conflict(f"{job['metadata']['name']}: {err.reason}") from None
@@ -123,8 +141,14 @@ class Kube:
         meta = job["metadata"]
         try:
             self.custom.delete_namespaced_custom_object(
-                API_GROUP, API_VERSION, meta["namespace"], PLURAL, meta["name"],
-                body=client.V1DeleteOptions(propagation_policy="Background", preconditions=client.V1Preconditions(uid=meta["uid"])),
+                API_GROUP,
+                API_VERSION,
+                meta["namespace"],
+                PLURAL,
+                meta["name"],
+                body=client.V1DeleteOptions(
+                    propagation_policy="Background", preconditions=client.V1Preconditions(uid=meta["uid"])
+                ),
                 _request_timeout=self.timeout,
             )
         except ApiException as err:
@@ -133,27 +157,30 @@ class Kube:
 
     # ---- children --------------------------------------------------------------------------
 
-    def observe(self, job: dict[str, Any]) -> tuple[
-        list[dict[str, Any]], Optional[dict[str, Any]], Optional[dict[str, Any]], dict[str, Optional[dict[str, Any]]]
-    ]:
+    def observe(
+        self, job: dict[str, Any]
+    ) -> tuple[list[dict[str, Any]], dict[str, Any] | None, dict[str, Any] | None, dict[str, dict[str, Any] | None]]:
         """The job's pods (by label), its Service and its ConfigMap (by name), and the Nodes of its
         pods that are being deleted (None for a Node that does not exist): the planner
         force-deletes a pod stuck in deletion only when its node is known gone."""
         from .naming import configmap_name, service_name
 
         ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
-        pods = _raw(self.core.list_namespaced_pod(ns, label_selector=f"{LABEL_JOB}={name}", _preload_content=False,
-                                                  _request_timeout=self.timeout))["items"]
+        pods = _raw(
+            self.core.list_namespaced_pod(
+                ns, label_selector=f"{LABEL_JOB}={name}", _preload_content=False, _request_timeout=self.timeout
+            )
+        )["items"]
         svc = self._get(self.core.read_namespaced_service, service_name(name), ns)
         cm = self._get(self.core.read_namespaced_config_map, configmap_name(name), ns)
-        nodes: dict[str, Optional[dict[str, Any]]] = {}
+        nodes: dict[str, dict[str, Any] | None] = {}
         for p in pods:
             node_name = (p.get("spec") or {}).get("nodeName")
             if p["metadata"].get("deletionTimestamp") and node_name and node_name not in nodes:
                 nodes[node_name] = self.get_node(node_name)
         return pods, svc, cm, nodes
 
-    def get_node(self, name: str) -> Optional[dict[str, Any]]:
+    def get_node(self, name: str) -> dict[str, Any] | None:
         try:
             return _raw(self.core.read_node(name, _preload_content=False, _request_timeout=self.timeout))
         except ApiException as err:
@@ -161,7 +188,7 @@ class Kube:
                 return None
             raise
 
-    def _get(self, fn: Any, name: str, ns: str) -> Optional[dict[str, Any]]:
+    def _get(self, fn: Any, name: str, ns: str) -> dict[str, Any] | None:
         try:
             return _raw(fn(name, ns, _preload_content=False, _request_timeout=self.timeout))
         except ApiException as err:
@@ -174,7 +201,8 @@ class Kube:
         ns, kind = obj["metadata"]["namespace"], obj["kind"]
         # Each takes (namespace, body) and serializes a plain dict body as it is.
         creators: dict[str, Callable[..., Any]] = {
-            "Pod": self.core.create_namespaced_pod, "Service": self.core.create_namespaced_service,
+            "Pod": self.core.create_namespaced_pod,
+            "Service": self.core.create_namespaced_service,
             "ConfigMap": self.core.create_namespaced_config_map,
         }
         fn = creators[kind]
@@ -190,9 +218,15 @@ class Kube:
             raise ValueError(f"cannot update a {obj['kind']}")
         try:
             # The client serializes a plain dict body as it is; its annotations name only the model class.
-            _done(self.core.replace_namespaced_config_map(obj["metadata"]["name"], obj["metadata"]["namespace"],
-                                                         obj,  # type: ignore[arg-type]
-                                                         _preload_content=False, _request_timeout=self.timeout))
+            _done(
+                self.core.replace_namespaced_config_map(
+                    obj["metadata"]["name"],
+                    obj["metadata"]["namespace"],
+                    obj,  # type: ignore[arg-type]
+                    _preload_content=False,
+                    _request_timeout=self.timeout,
+                )
+            )
         except ApiException as err:
             if err.status not in (404, 409):
                 raise
@@ -201,10 +235,15 @@ class Kube:
         if d.kind != "Pod":
             raise ValueError(f"cannot delete a {d.kind}")
         opts = client.V1DeleteOptions(
-            preconditions=client.V1Preconditions(uid=d.uid) if d.uid else None, grace_period_seconds=0 if d.force else None
+            preconditions=client.V1Preconditions(uid=d.uid) if d.uid else None,
+            grace_period_seconds=0 if d.force else None,
         )
         try:
-            _done(self.core.delete_namespaced_pod(d.name, namespace, body=opts, _preload_content=False, _request_timeout=self.timeout))
+            _done(
+                self.core.delete_namespaced_pod(
+                    d.name, namespace, body=opts, _preload_content=False, _request_timeout=self.timeout
+                )
+            )
         except ApiException as err:
             if err.status not in (404, 409):  # gone already / a newer pod holds the name
                 raise
@@ -217,8 +256,12 @@ class Kube:
             "kind": "Event",
             "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
             "involvedObject": {
-                "apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND, "name": meta["name"],
-                "namespace": meta["namespace"], "uid": meta["uid"], "resourceVersion": meta.get("resourceVersion"),
+                "apiVersion": f"{API_GROUP}/{API_VERSION}",
+                "kind": KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+                "resourceVersion": meta.get("resourceVersion"),
             },
             "reason": ev.reason,
             "message": ev.message[:1024],
@@ -231,31 +274,52 @@ class Kube:
         }
         try:
             # A plain dict body is serialized as it is; the client's annotations name only CoreV1Event.
-            _done(self.core.create_namespaced_event(meta["namespace"],
-                                                    body,  # type: ignore[arg-type]
-                                                    _preload_content=False, _request_timeout=self.timeout))
+            _done(
+                self.core.create_namespaced_event(
+                    meta["namespace"],
+                    body,  # type: ignore[arg-type]
+                    _preload_content=False,
+                    _request_timeout=self.timeout,
+                )
+            )
         except ApiException as err:  # events are best effort
             log.warning("could not post event %s for %s: %s", ev.reason, meta["name"], err.reason)
 
     # ---- leases ----------------------------------------------------------------------------
 
-    def get_lease(self, namespace: str, name: str) -> Optional[dict[str, Any]]:
+    def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._get(self.coord.read_namespaced_lease, name, namespace)
 
-    def write_lease(self, namespace: str, name: str, spec: dict[str, Any], old: Optional[dict[str, Any]]) -> bool:
+    def write_lease(self, namespace: str, name: str, spec: dict[str, Any], old: dict[str, Any] | None) -> bool:
         """Create or replace (with the old resourceVersion); False when another replica won the race."""
-        body: dict[str, Any] = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+        body: dict[str, Any] = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        }
         # A plain dict body is serialized as it is; the client's annotations name only V1Lease.
         try:
             if old is None:
-                _done(self.coord.create_namespaced_lease(namespace,
-                                                         body,  # type: ignore[arg-type]
-                                                         _preload_content=False, _request_timeout=self.timeout))
+                _done(
+                    self.coord.create_namespaced_lease(
+                        namespace,
+                        body,  # type: ignore[arg-type]
+                        _preload_content=False,
+                        _request_timeout=self.timeout,
+                    )
+                )
             else:
                 body["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
-                _done(self.coord.replace_namespaced_lease(name, namespace,
-                                                          body,  # type: ignore[arg-type]
-                                                          _preload_content=False, _request_timeout=self.timeout))
+                _done(
+                    self.coord.replace_namespaced_lease(
+                        name,
+                        namespace,
+                        body,  # type: ignore[arg-type]
+                        _preload_content=False,
+                        _request_timeout=self.timeout,
+                    )
+                )
             return True
         except ApiException as err:
             if err.status == 409:

@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Optional, Protocol
+from typing import Any, Protocol
 
 from .settings import Settings
 from .times import rfc3339
@@ -33,13 +33,20 @@ class Observation:
 
 
 def _record(spec: dict[str, Any]) -> tuple[Any, ...]:
-    return tuple(spec.get(k) for k in ("holderIdentity", "renewTime", "acquireTime", "leaseTransitions", "leaseDurationSeconds"))
+    return tuple(
+        spec.get(k) for k in ("holderIdentity", "renewTime", "acquireTime", "leaseTransitions", "leaseDurationSeconds")
+    )
 
 
 def decide(
-    spec: Optional[dict[str, Any]], me: str, now: datetime, duration_s: float, *,
-    observed: Optional[Observation] = None, local_now: float = 0.0,
-) -> tuple[Optional[dict[str, Any]], Observation]:
+    spec: dict[str, Any] | None,
+    me: str,
+    now: datetime,
+    duration_s: float,
+    *,
+    observed: Observation | None = None,
+    local_now: float = 0.0,
+) -> tuple[dict[str, Any] | None, Observation]:
     """The Lease spec to write to become/stay leader (None while another holder's lease is valid),
     and the observation to keep for the next call.
 
@@ -67,9 +74,9 @@ def decide(
 class LeaseStore(Protocol):
     """What the elector needs of :class:`controller.kube.Kube` (this module stays free of the client)."""
 
-    def get_lease(self, namespace: str, name: str) -> Optional[dict[str, Any]]: ...
+    def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
-    def write_lease(self, namespace: str, name: str, spec: dict[str, Any], old: Optional[dict[str, Any]]) -> bool: ...
+    def write_lease(self, namespace: str, name: str, spec: dict[str, Any], old: dict[str, Any] | None) -> bool: ...
 
 
 class Elector:
@@ -78,12 +85,18 @@ class Elector:
     def __init__(self, kube: LeaseStore, settings: Settings) -> None:
         self.kube, self.s = kube, settings
         self.lost = False
-        self._observed: Optional[Observation] = None
+        self._observed: Observation | None = None
 
     def _try(self) -> bool:
         lease = self.kube.get_lease(self.s.lease_namespace, self.s.lease_name)
-        new, self._observed = decide(lease.get("spec") if lease else None, self.s.identity, datetime.now(timezone.utc),
-                                     self.s.lease_duration_s, observed=self._observed, local_now=time.monotonic())
+        new, self._observed = decide(
+            lease.get("spec") if lease else None,
+            self.s.identity,
+            datetime.now(timezone.utc),
+            self.s.lease_duration_s,
+            observed=self._observed,
+            local_now=time.monotonic(),
+        )
         if new is None:
             return False
         return self.kube.write_lease(self.s.lease_namespace, self.s.lease_name, new, lease)
@@ -102,7 +115,10 @@ class Elector:
             return False
 
     async def acquire(self, stop: asyncio.Event) -> bool:
-        log.info("waiting for leadership", extra={"lease": f"{self.s.lease_namespace}/{self.s.lease_name}", "identity": self.s.identity})
+        log.info(
+            "waiting for leadership",
+            extra={"lease": f"{self.s.lease_namespace}/{self.s.lease_name}", "identity": self.s.identity},
+        )
         while not stop.is_set():
             if await self._attempt():
                 log.info("became leader", extra={"identity": self.s.identity})

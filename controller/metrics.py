@@ -8,30 +8,38 @@ transitions of each plan; the resync loop sets the jobs-by-phase gauge; the oper
 from __future__ import annotations
 
 from collections import Counter as _Tally
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-JOBS_CREATED = Counter("kubeclip_controller_jobs_created_total", "FineTuneJobs that got their pods created.", registry=REGISTRY)
+JOBS_CREATED = Counter(
+    "kubeclip_controller_jobs_created_total", "FineTuneJobs that got their pods created.", registry=REGISTRY
+)
 JOBS_SUCCEEDED = Counter("kubeclip_controller_jobs_succeeded_total", "FineTuneJobs that succeeded.", registry=REGISTRY)
-JOBS_FAILED = Counter("kubeclip_controller_jobs_failed_total", "FineTuneJobs that failed.", ["reason"], registry=REGISTRY)
-JOBS_RESTARTED = Counter("kubeclip_controller_jobs_restarted_total", "Whole-job restarts after retryable failures.", registry=REGISTRY)
+JOBS_FAILED = Counter(
+    "kubeclip_controller_jobs_failed_total", "FineTuneJobs that failed.", ["reason"], registry=REGISTRY
+)
+JOBS_RESTARTED = Counter(
+    "kubeclip_controller_jobs_restarted_total", "Whole-job restarts after retryable failures.", registry=REGISTRY
+)
 RECONCILE_SECONDS = Histogram(
     "kubeclip_controller_reconcile_duration_seconds",
     "Duration of one reconcile pass (read, plan, apply).",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
 )
-RECONCILE_ERRORS = Counter("kubeclip_controller_reconcile_errors_total", "Reconcile passes that raised.", registry=REGISTRY)
+RECONCILE_ERRORS = Counter(
+    "kubeclip_controller_reconcile_errors_total", "Reconcile passes that raised.", registry=REGISTRY
+)
 JOBS = Gauge("kubeclip_controller_jobs", "FineTuneJobs by phase.", ["phase"], registry=REGISTRY)
 IS_LEADER = Gauge("kubeclip_controller_leader", "1 while this replica holds the leader Lease.", registry=REGISTRY)
 
 PHASES = ("Pending", "Created", "Running", "Restarting", "Succeeded", "Failed", "Suspended")
 
 
-def record_transition(phase: Optional[str], reason: Optional[str]) -> None:
+def record_transition(phase: str | None, reason: str | None) -> None:
     if phase == "Created" and reason == "Created":
         JOBS_CREATED.inc()
     elif phase == "Succeeded":
@@ -42,7 +50,7 @@ def record_transition(phase: Optional[str], reason: Optional[str]) -> None:
         JOBS_RESTARTED.inc()
 
 
-def set_phases(phases: Iterable[Optional[str]]) -> None:
+def set_phases(phases: Iterable[str | None]) -> None:
     tally = _Tally(p or "Pending" for p in phases)
     for phase in PHASES:
         JOBS.labels(phase=phase).set(tally.get(phase, 0))

@@ -20,15 +20,14 @@ import sys
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Optional, cast
+from typing import Any, cast
 
 import kopf
 from aiohttp import web
 
-from kubeclip.api import API_GROUP, API_VERSION
+from kubeclip.api import API_GROUP, API_VERSION, TERMINAL_PHASES
 
 from . import metrics
-from kubeclip.api import TERMINAL_PHASES
 from .crd import PLURAL
 from .leader import Elector
 from .naming import LABEL_JOB
@@ -41,7 +40,13 @@ log = logging.getLogger("controller")
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message and any ``extra=`` fields."""
 
-    _std = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "settings", "k8s_skip", "k8s_ref"}
+    _std = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+        "message",
+        "asctime",
+        "settings",
+        "k8s_skip",
+        "k8s_ref",
+    }
 
     def format(self, record: logging.LogRecord) -> str:
         out = {
@@ -79,7 +84,7 @@ def build_registry(worker: Worker) -> kopf.OperatorRegistry:
         return kopf.login_via_client(**kwargs)
 
     @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=registry)
-    def job_event(event: kopf.RawEvent, namespace: Optional[str], name: str, **_: Any) -> None:
+    def job_event(event: kopf.RawEvent, namespace: str | None, name: str, **_: Any) -> None:
         ns = cast(str, namespace)  # FineTuneJobs are namespaced: kopf always passes the namespace
         if event.get("type") == "DELETED":
             worker.forget(ns, name)
@@ -87,7 +92,7 @@ def build_registry(worker: Worker) -> kopf.OperatorRegistry:
         worker.reconcile(ns, name)
 
     @kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT}, registry=registry)
-    def pod_event(namespace: Optional[str], labels: Mapping[str, str], **_: Any) -> None:
+    def pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
         worker.reconcile(cast(str, namespace), labels[LABEL_JOB])  # pods are namespaced: never None
 
     return registry
@@ -105,7 +110,7 @@ class Health:
     async def _readyz(self, _: web.Request) -> web.Response:
         return web.Response(text="ready" if self.ready else "not ready", status=200 if self.ready else 503)
 
-    async def start(self, port: int) -> Optional[web.AppRunner]:
+    async def start(self, port: int) -> web.AppRunner | None:
         if not port:
             return None
         app = web.Application()
@@ -113,7 +118,8 @@ class Health:
         app.router.add_get("/readyz", self._readyz)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, "0.0.0.0", port).start()
+        # All interfaces: the kubelet's probes reach the pod IP, not loopback.
+        await web.TCPSite(runner, "0.0.0.0", port).start()  # noqa: S104
         return runner
 
 
@@ -145,7 +151,7 @@ async def resync_loop(worker: Worker, s: Settings, stop: asyncio.Event, pool: Th
         metrics.set_phases((j.get("status") or {}).get("phase") for j in jobs)
         for j in jobs:
             phase = (j.get("status") or {}).get("phase")
-            if full and phase not in TERMINAL_PHASES or phase in ("Running", "Restarting"):
+            if (full and phase not in TERMINAL_PHASES) or phase in ("Running", "Restarting"):
                 loop.run_in_executor(pool, worker.reconcile, j["metadata"]["namespace"], j["metadata"]["name"])
 
 
@@ -157,7 +163,9 @@ EXIT_TASK_DIED = 3
 STOP_TIMEOUT_S = 30.0
 
 
-async def supervise(kopf_task: "asyncio.Task[Any]", background: dict["asyncio.Task[Any]", str], stop: asyncio.Event) -> bool:
+async def supervise(
+    kopf_task: asyncio.Task[Any], background: dict[asyncio.Task[Any], str], stop: asyncio.Event
+) -> bool:
     """Wait for kopf to end; True when a background task ended before the stop flag was set (or
     raised), or kopf itself failed. Then the stop flag is set and kopf is given time to stop."""
     died = False
@@ -171,8 +179,12 @@ async def supervise(kopf_task: "asyncio.Task[Any]", background: dict["asyncio.Ta
                     log.error("kopf stopped with an error: %r", err, exc_info=err)
                     died = True
             elif err is not None or not stop.is_set():
-                log.error("%s died: %r; exiting so the process is restarted", background[t], err or "returned early",
-                          exc_info=err)
+                log.error(
+                    "%s died: %r; exiting so the process is restarted",
+                    background[t],
+                    err or "returned early",
+                    exc_info=err,
+                )
                 died = True
         if died and not stop.is_set():
             stop.set()
@@ -181,8 +193,8 @@ async def supervise(kopf_task: "asyncio.Task[Any]", background: dict["asyncio.Ta
             except asyncio.TimeoutError:
                 log.error("kopf did not stop in %.0fs", STOP_TIMEOUT_S)
                 kopf_task.cancel()
-            except Exception:  # noqa: BLE001 - already dying; its error is not the cause
-                pass
+            except Exception:  # kopf's own failure was logged by kopf; we are stopping anyway
+                log.debug("kopf stopped with an error", exc_info=True)
             break
     stop.set()
     return died
@@ -243,15 +255,17 @@ async def run(s: Settings) -> int:
         helper = asyncio.create_task(mark_ready())
         health.ready = False
         clusterwide = s.all_namespaces or not s.namespaces
-        kopf_task = asyncio.create_task(kopf.operator(
-            registry=build_registry(worker),
-            settings=kopf_settings(s),
-            standalone=True,
-            clusterwide=clusterwide,
-            namespaces=() if clusterwide else list(s.namespaces),
-            stop_flag=stop,
-            ready_flag=ready,
-        ))
+        kopf_task = asyncio.create_task(
+            kopf.operator(
+                registry=build_registry(worker),
+                settings=kopf_settings(s),
+                standalone=True,
+                clusterwide=clusterwide,
+                namespaces=() if clusterwide else list(s.namespaces),
+                stop_flag=stop,
+                ready_flag=ready,
+            )
+        )
         died = await supervise(kopf_task, background, stop)
         for t in [*background, helper]:
             t.cancel()
@@ -277,9 +291,9 @@ def main(
     metrics_port: int = 8080,
     health_port: int = 8081,
     leader_election: bool = True,
-    lease_name: Optional[str] = None,
-    lease_namespace: Optional[str] = None,
-    default_image: Optional[str] = None,
+    lease_name: str | None = None,
+    lease_namespace: str | None = None,
+    default_image: str | None = None,
     log_level: str = "INFO",
 ) -> int:
     """Run the controller until SIGTERM; the exit code: 0 clean stop, 1 leadership lost, 2 no config,
@@ -292,8 +306,13 @@ def main(
     if default_image is not None:
         kw["default_image"] = default_image
     s = Settings(
-        namespaces=tuple(namespaces), all_namespaces=all_namespaces or not namespaces, metrics_port=metrics_port,
-        health_port=health_port, leader_election=leader_election, log_level=log_level, **kw,
+        namespaces=tuple(namespaces),
+        all_namespaces=all_namespaces or not namespaces,
+        metrics_port=metrics_port,
+        health_port=health_port,
+        leader_election=leader_election,
+        log_level=log_level,
+        **kw,
     )
     setup_logging(s.log_level)
     log.info("starting", extra={"settings": {k: v for k, v in vars(s).items()}})

@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import urllib.request
-from typing import Any, Optional
+from typing import Any
 
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def progress_url(pod: dict[str, Any], metrics_port: int, settings: Settings) -> Optional[str]:
+def progress_url(pod: dict[str, Any], metrics_port: int, settings: Settings) -> str | None:
     host = settings.progress_host or (pod.get("status") or {}).get("podIP")
     port = settings.progress_port or metrics_port
     if not host or not port:
@@ -26,7 +26,7 @@ def progress_url(pod: dict[str, Any], metrics_port: int, settings: Settings) -> 
     return f"http://{host}:{port}/progress"
 
 
-def read_progress(url: str, timeout: float) -> Optional[dict[str, Any]]:
+def read_progress(url: str, timeout: float) -> dict[str, Any] | None:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (http to a pod IP)
             data = json.loads(resp.read(1 << 20))

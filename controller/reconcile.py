@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Optional
+from typing import Any
 
 from kubeclip.api import EXIT_RENDEZVOUS_TIMEOUT, FINAL_EXIT_CODES, TERMINAL_PHASES, ConfigError, Reason, parse_job_spec
 
@@ -34,8 +34,20 @@ from .times import parse_time, rfc3339
 #: Pod status reasons (and DisruptionTarget reasons) that mean "the node or the scheduler took
 #: the pod away", not "the trainer failed".
 RETRYABLE_POD_REASONS = frozenset(
-    {"Evicted", "Preempting", "NodeLost", "Shutdown", "Terminated", "NodeShutdown", "TerminationByKubelet",
-     "PreemptionByScheduler", "EvictionByEvictionAPI", "DeletionByTaintManager", "DeletionByPodGC", "UnexpectedAdmissionError"}
+    {
+        "Evicted",
+        "Preempting",
+        "NodeLost",
+        "Shutdown",
+        "Terminated",
+        "NodeShutdown",
+        "TerminationByKubelet",
+        "PreemptionByScheduler",
+        "EvictionByEvictionAPI",
+        "DeletionByTaintManager",
+        "DeletionByPodGC",
+        "UnexpectedAdmissionError",
+    }
 )
 
 
@@ -46,11 +58,11 @@ class Observed:
     a name not in the map was not looked at)."""
 
     pods: tuple[dict[str, Any], ...] = ()
-    service: Optional[dict[str, Any]] = None
-    configmap: Optional[dict[str, Any]] = None
-    progress: Optional[dict[str, Any]] = None
+    service: dict[str, Any] | None = None
+    configmap: dict[str, Any] | None = None
+    progress: dict[str, Any] | None = None
     now: datetime = field(default_factory=lambda: datetime(1970, 1, 1, tzinfo=timezone.utc))
-    nodes: dict[str, Optional[dict[str, Any]]] = field(default_factory=dict)
+    nodes: dict[str, dict[str, Any] | None] = field(default_factory=dict)
 
 
 #: A pod still there this long after its deletionTimestamp (which already includes its grace
@@ -75,7 +87,7 @@ RESTART_DELAY_CAP_S = 360.0
 class Delete:
     kind: str  # "Pod"
     name: str
-    uid: Optional[str] = None  # precondition: never delete a newer object of the same name
+    uid: str | None = None  # precondition: never delete a newer object of the same name
     force: bool = False  # gracePeriodSeconds=0
 
 
@@ -102,14 +114,14 @@ class Failure:
 class Plan:
     """Apply in this order: status (optimistic concurrency), events, creates, updates, deletes."""
 
-    status: Optional[dict[str, Any]] = None  # the new status, only when it differs
+    status: dict[str, Any] | None = None  # the new status, only when it differs
     events: tuple[Event, ...] = ()
     create: tuple[dict[str, Any], ...] = ()
     update: tuple[dict[str, Any], ...] = ()
     delete: tuple[Delete, ...] = ()
     delete_job: bool = False
-    requeue_after: Optional[float] = None  # seconds until a deadline/TTL is due
-    transition: Optional[str] = None  # the phase entered by this pass (metrics)
+    requeue_after: float | None = None  # seconds until a deadline/TTL is due
+    transition: str | None = None  # the phase entered by this pass (metrics)
 
     @property
     def empty(self) -> bool:
@@ -121,7 +133,7 @@ class Plan:
 # ------------------------------------------------------------------------------------------
 
 
-def _trainer_terminated(pod: dict[str, Any]) -> Optional[dict[str, Any]]:
+def _trainer_terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:
         if cs.get("name") == naming.CONTAINER:
             return ((cs.get("state") or {}).get("terminated")) or None
@@ -137,7 +149,7 @@ def _signal_name(code: int) -> str:
         return f"signal {code - 128}"
 
 
-def classify(pod: dict[str, Any]) -> Optional[Failure]:
+def classify(pod: dict[str, Any]) -> Failure | None:
     """Is this pod failed, and how? (docs/contracts.md, "Exit codes" and "Failure policy")."""
     name = pod["metadata"]["name"]
     st = pod.get("status") or {}
@@ -146,7 +158,9 @@ def classify(pod: dict[str, Any]) -> Optional[Failure]:
         return None
     for cond in st.get("conditions") or []:  # set before the kill: the root cause of what follows
         if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
-            return Failure(True, cond.get("reason") or Reason.DISRUPTED, f"{name}: {cond.get('message') or 'disrupted'}", True)
+            return Failure(
+                True, cond.get("reason") or Reason.DISRUPTED, f"{name}: {cond.get('message') or 'disrupted'}", True
+            )
     if _deleting(pod):
         return Failure(True, Reason.POD_DELETED, f"{name} was deleted", True)
     if phase == "Unknown":
@@ -157,7 +171,11 @@ def classify(pod: dict[str, Any]) -> Optional[Failure]:
         return Failure(True, st["reason"], f"{name}: {st.get('message') or st['reason']}", True)
     term = _trainer_terminated(pod)
     if term is None:
-        return Failure(True, st.get("reason") or Reason.POD_FAILED, f"{name} failed before the trainer ran: {st.get('message') or ''}".rstrip(": "))
+        return Failure(
+            True,
+            st.get("reason") or Reason.POD_FAILED,
+            f"{name} failed before the trainer ran: {st.get('message') or ''}".rstrip(": "),
+        )
     code = int(term.get("exitCode") or 0)
     detail = (term.get("message") or "").strip()
     at = term.get("finishedAt") or ""
@@ -165,7 +183,12 @@ def classify(pod: dict[str, Any]) -> Optional[Failure]:
     if term.get("reason") == "OOMKilled":
         return Failure(True, Reason.OOM_KILLED, f"{name} was OOMKilled (exit code {code})", at=at)
     if code >= 128:
-        return Failure(True, Reason.KILLED, f"{name} killed by {_signal_name(code)} (exit code {code})" + (f": {detail}" if detail else ""), at=at)
+        return Failure(
+            True,
+            Reason.KILLED,
+            f"{name} killed by {_signal_name(code)} (exit code {code})" + (f": {detail}" if detail else ""),
+            at=at,
+        )
     if code in FINAL_EXIT_CODES:
         return Failure(False, FINAL_EXIT_CODES[code], text, at=at)
     if code == EXIT_RENDEZVOUS_TIMEOUT:
@@ -173,7 +196,7 @@ def classify(pod: dict[str, Any]) -> Optional[Failure]:
     return Failure(True, Reason.TRAINER_FAILED, text, at=at)
 
 
-def judge(failures: list[Failure]) -> Optional[Failure]:
+def judge(failures: list[Failure]) -> Failure | None:
     """The verdict on one attempt from all its failed pods together.
 
     A disruption anywhere explains the rest (a peer's broken collective exits 1 or is killed):
@@ -192,7 +215,7 @@ def judge(failures: list[Failure]) -> Optional[Failure]:
     return timed[0] if timed else failures[0]
 
 
-def node_gone(node: Optional[dict[str, Any]], now: datetime) -> Optional[str]:
+def node_gone(node: dict[str, Any] | None, now: datetime) -> str | None:
     """Why a Node is known gone (missing, out-of-service taint, NotReady too long), else None."""
     if node is None:
         return "its node no longer exists"
@@ -207,7 +230,7 @@ def node_gone(node: Optional[dict[str, Any]], now: datetime) -> Optional[str]:
     return None
 
 
-def _int_label(pod: dict[str, Any], key: str) -> Optional[int]:
+def _int_label(pod: dict[str, Any], key: str) -> int | None:
     """An integer label (node index, attempt); None when missing or not a number."""
     try:
         return int(pod["metadata"].get("labels", {}).get(key, ""))
@@ -224,7 +247,7 @@ def _stuck(pod: dict[str, Any], now: datetime) -> bool:
     return due is not None and (now - due).total_seconds() > FORCE_DELETE_AFTER_S
 
 
-def _delete(pods: list[dict[str, Any]], now: datetime, nodes: dict[str, Optional[dict[str, Any]]]) -> tuple[Delete, ...]:
+def _delete(pods: list[dict[str, Any]], now: datetime, nodes: dict[str, dict[str, Any] | None]) -> tuple[Delete, ...]:
     """Delete pods not yet deleting; force-delete those stuck in deletion on a node known gone, or
     bound to no node at all (no kubelet can be running them)."""
     out = []
@@ -239,7 +262,9 @@ def _delete(pods: list[dict[str, Any]], now: datetime, nodes: dict[str, Optional
     return tuple(out)
 
 
-def cleanup(pods: list[dict[str, Any]], policy: str, now: datetime, nodes: dict[str, Optional[dict[str, Any]]]) -> tuple[Delete, ...]:
+def cleanup(
+    pods: list[dict[str, Any]], policy: str, now: datetime, nodes: dict[str, dict[str, Any] | None]
+) -> tuple[Delete, ...]:
     """Pods to delete once the job has finished, per runPolicy.cleanPodPolicy."""
     if policy == "None":
         return ()
@@ -259,16 +284,29 @@ def restart_delay(restarts: int, base: float = RESTART_DELAY_S, cap: float = RES
 
 
 def _finish(
-    job: dict[str, Any], status: dict[str, Any], pods: list[dict[str, Any]], phase: str, reason: str, message: str,
-    policy: str, observed: Observed, ttl: Optional[int],
+    job: dict[str, Any],
+    status: dict[str, Any],
+    pods: list[dict[str, Any]],
+    phase: str,
+    reason: str,
+    message: str,
+    policy: str,
+    observed: Observed,
+    ttl: int | None,
 ) -> Plan:
     now = observed.now
     gen = job["metadata"].get("generation")
     new = enter_phase(status, phase, reason, message, gen, now)
     new["completionTime"] = rfc3339(now)
     new.pop("nextAttemptTime", None)
-    return _plan(job, new, events=[], delete=cleanup(pods, policy, now, observed.nodes), requeue_after=ttl if ttl else None,
-                 delete_job=ttl == 0)
+    return _plan(
+        job,
+        new,
+        events=[],
+        delete=cleanup(pods, policy, now, observed.nodes),
+        requeue_after=ttl if ttl else None,
+        delete_job=ttl == 0,
+    )
 
 
 def _plan(job: dict[str, Any], new_status: dict[str, Any], **kw: Any) -> Plan:
@@ -278,9 +316,14 @@ def _plan(job: dict[str, Any], new_status: dict[str, Any], **kw: Any) -> Plan:
     events = list(kw.pop("events", []))
     skipped = (new_status.get("progress") or {}).get("skippedCheckpoints")
     if skipped and skipped != (old.get("progress") or {}).get("skippedCheckpoints"):
-        events.append(Event("Warning", Reason.CHECKPOINT_FALLBACK,
-                            f"the trainer could not read {len(skipped)} checkpoint(s) and resumed from an older one: "
-                            + "; ".join(skipped)))
+        events.append(
+            Event(
+                "Warning",
+                Reason.CHECKPOINT_FALLBACK,
+                f"the trainer could not read {len(skipped)} checkpoint(s) and resumed from an older one: "
+                + "; ".join(skipped),
+            )
+        )
     transition = None
     if (old.get("phase"), old.get("restartCount", 0)) != (new_status.get("phase"), new_status.get("restartCount", 0)):
         transition = new_status["phase"]
@@ -292,8 +335,12 @@ def _plan(job: dict[str, Any], new_status: dict[str, Any], **kw: Any) -> Plan:
 
 
 def plan(
-    job: dict[str, Any], observed: Observed, *, default_image: str = "",
-    restart_delay_s: float = RESTART_DELAY_S, restart_delay_cap_s: float = RESTART_DELAY_CAP_S,
+    job: dict[str, Any],
+    observed: Observed,
+    *,
+    default_image: str = "",
+    restart_delay_s: float = RESTART_DELAY_S,
+    restart_delay_cap_s: float = RESTART_DELAY_CAP_S,
 ) -> Plan:
     """One reconcile pass for ``job`` (a FineTuneJob as the API returns it)."""
     meta = job["metadata"]
@@ -305,7 +352,8 @@ def plan(
         status["observedGeneration"] = gen
     # Only pods this job controls (a same-named job deleted earlier may leave pods behind).
     pods = [
-        p for p in observed.pods
+        p
+        for p in observed.pods
         if any(o.get("uid") == uid and o.get("controller") for o in p["metadata"].get("ownerReferences") or [])
     ]
     raw_spec = job.get("spec") or {}
@@ -319,7 +367,10 @@ def plan(
         done = parse_time(old.get("completionTime"))
         due = None if ttl is None or done is None else (done - now).total_seconds() + ttl
         return _plan(
-            job, status, delete=cleanup(pods, policy, now, nodes), delete_job=due is not None and due <= 0,
+            job,
+            status,
+            delete=cleanup(pods, policy, now, nodes),
+            delete_job=due is not None and due <= 0,
             requeue_after=due if due is not None and due > 0 else None,
         )
 
@@ -329,8 +380,17 @@ def plan(
         if not image:
             raise ConfigError("spec.image: empty, and the controller has no default image (--default-image)")
     except ConfigError as err:
-        return _finish(job, status, pods, "Failed", Reason.INVALID_SPEC, str(err), policy, observed,
-                       (raw_spec.get("runPolicy") or {}).get("ttlSecondsAfterFinished"))
+        return _finish(
+            job,
+            status,
+            pods,
+            "Failed",
+            Reason.INVALID_SPEC,
+            str(err),
+            policy,
+            observed,
+            (raw_spec.get("runPolicy") or {}).get("ttlSecondsAfterFinished"),
+        )
     rp = spec.runPolicy
 
     create: list[dict[str, Any]] = []
@@ -371,42 +431,89 @@ def plan(
         started = parse_time(status["startTime"]) or now
         left = (started - now).total_seconds() + rp.activeDeadlineSeconds
         if left <= 0:
-            return _finish(job, status, pods, "Failed", Reason.DEADLINE_EXCEEDED,
-                           f"the job ran longer than runPolicy.activeDeadlineSeconds={rp.activeDeadlineSeconds}",
-                           rp.cleanPodPolicy, observed, rp.ttlSecondsAfterFinished)
+            return _finish(
+                job,
+                status,
+                pods,
+                "Failed",
+                Reason.DEADLINE_EXCEEDED,
+                f"the job ran longer than runPolicy.activeDeadlineSeconds={rp.activeDeadlineSeconds}",
+                rp.cleanPodPolicy,
+                observed,
+                rp.ttlSecondsAfterFinished,
+            )
         requeue = left
 
     node0 = current.get(0)
     if node0 is not None and pod_phase(node0) == "Succeeded" and not _deleting(node0):
         if observed.progress:
             status["progress"] = progress_status(observed.progress)
-        return _finish(job, status, pods, "Succeeded", "Succeeded",
-                       completed_message(node0["metadata"]["name"], _trainer_terminated(node0)),
-                       rp.cleanPodPolicy, observed, rp.ttlSecondsAfterFinished)
+        return _finish(
+            job,
+            status,
+            pods,
+            "Succeeded",
+            "Succeeded",
+            completed_message(node0["metadata"]["name"], _trainer_terminated(node0)),
+            rp.cleanPodPolicy,
+            observed,
+            rp.ttlSecondsAfterFinished,
+        )
 
     failures = [f for f in (classify(p) for _, p in sorted(current.items(), key=lambda kv: kv[0])) if f]
     if status["phase"] == "Running":
         missing = [i for i in range(spec.numNodes) if i not in current]
-        failures += [Failure(True, Reason.POD_DELETED, f"{naming.pod_name(meta['name'], i)} disappeared", True) for i in missing]
+        failures += [
+            Failure(True, Reason.POD_DELETED, f"{naming.pod_name(meta['name'], i)} disappeared", True) for i in missing
+        ]
     cause = judge(failures)
     if cause is not None and not cause.retryable:
-        return _finish(job, status, pods, "Failed", cause.reason, cause.message, rp.cleanPodPolicy, observed, rp.ttlSecondsAfterFinished)
+        return _finish(
+            job,
+            status,
+            pods,
+            "Failed",
+            cause.reason,
+            cause.message,
+            rp.cleanPodPolicy,
+            observed,
+            rp.ttlSecondsAfterFinished,
+        )
     if cause is not None:
         disrupted = int(status.get("disruptedAttempts", 0))
         failed = int(status.get("failedAttempts", max(0, attempt - disrupted)))  # jobs from before these fields
         counted = failed + (disrupted if rp.countDisruptions else 0)
         if cause.disruption and disrupted >= rp.disruptionLimit:
-            return _finish(job, status, pods, "Failed", Reason.DISRUPTION_LIMIT_EXCEEDED,
-                           f"{cause.message}; runPolicy.disruptionLimit={rp.disruptionLimit} restarts used",
-                           rp.cleanPodPolicy, observed, rp.ttlSecondsAfterFinished)
+            return _finish(
+                job,
+                status,
+                pods,
+                "Failed",
+                Reason.DISRUPTION_LIMIT_EXCEEDED,
+                f"{cause.message}; runPolicy.disruptionLimit={rp.disruptionLimit} restarts used",
+                rp.cleanPodPolicy,
+                observed,
+                rp.ttlSecondsAfterFinished,
+            )
         if (not cause.disruption or rp.countDisruptions) and counted >= rp.backoffLimit:
-            return _finish(job, status, pods, "Failed", Reason.BACKOFF_LIMIT_EXCEEDED,
-                           f"{cause.message}; runPolicy.backoffLimit={rp.backoffLimit} restarts used",
-                           rp.cleanPodPolicy, observed, rp.ttlSecondsAfterFinished)
+            return _finish(
+                job,
+                status,
+                pods,
+                "Failed",
+                Reason.BACKOFF_LIMIT_EXCEEDED,
+                f"{cause.message}; runPolicy.backoffLimit={rp.backoffLimit} restarts used",
+                rp.cleanPodPolicy,
+                observed,
+                rp.ttlSecondsAfterFinished,
+            )
         if cause.disruption:
             status["disruptedAttempts"] = disrupted = disrupted + 1
             used = f"disruption {disrupted}/{rp.disruptionLimit}" + (
-                f", backoff {counted + 1}/{rp.backoffLimit}" if rp.countDisruptions else ", not counted against backoffLimit")
+                f", backoff {counted + 1}/{rp.backoffLimit}"
+                if rp.countDisruptions
+                else ", not counted against backoffLimit"
+            )
         else:
             status["failedAttempts"] = failed = failed + 1
             used = f"backoff {counted + 1}/{rp.backoffLimit}"
@@ -415,8 +522,14 @@ def plan(
         delay = restart_delay(attempt, restart_delay_s, restart_delay_cap_s)
         status["restartCount"] = attempt + 1
         status["nextAttemptTime"] = rfc3339(now + timedelta(seconds=delay))
-        status = enter_phase(status, "Restarting", cause.reason,
-                             f"{cause.message}; restart {attempt + 1} ({used}), all pods recreated in {delay:.0f}s", gen, now)
+        status = enter_phase(
+            status,
+            "Restarting",
+            cause.reason,
+            f"{cause.message}; restart {attempt + 1} ({used}), all pods recreated in {delay:.0f}s",
+            gen,
+            now,
+        )
         status["nodes"] = node_counts(spec.numNodes, [])
         wake = delay if requeue is None else min(requeue, delay)
         return _plan(job, status, create=create, update=update, delete=_delete(pods, now, nodes), requeue_after=wake)

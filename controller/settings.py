@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
-from typing import Optional
 
 
 def _env_float(name: str, default: float) -> float:
@@ -22,7 +21,7 @@ def _env_float(name: str, default: float) -> float:
         return default
 
 
-def _env_int(name: str) -> Optional[int]:
+def _env_int(name: str) -> int | None:
     value = os.environ.get(name)
     return int(value) if value else None
 
@@ -42,7 +41,9 @@ class Settings:
     lease_namespace: str = field(default_factory=lambda: os.environ.get("POD_NAMESPACE") or "default")
     #: Holder identity: the pod name (downward API) plus a random suffix so a restarted
     #: container never renews its predecessor's lease by accident.
-    identity: str = field(default_factory=lambda: f"{os.environ.get('POD_NAME') or socket.gethostname()}_{os.urandom(4).hex()}")
+    identity: str = field(
+        default_factory=lambda: f"{os.environ.get('POD_NAME') or socket.gethostname()}_{os.urandom(4).hex()}"
+    )
     #: Seconds a lease stays valid without renewal; a standby takes over after this (client-go: 15).
     lease_duration_s: float = field(default_factory=lambda: _env_float("KUBECLIP_LEASE_DURATION_SECONDS", 15.0))
     #: The leader gives up (and exits) when it could not renew for this long (client-go: 10).
@@ -56,8 +57,8 @@ class Settings:
     #: Seconds between passes over *every* job, the safety net behind the watches.
     full_resync_s: float = field(default_factory=lambda: _env_float("KUBECLIP_FULL_RESYNC_SECONDS", 300.0))
     #: Where node 0's /progress is read: pod IP and spec.metrics.port unless overridden (tests).
-    progress_host: Optional[str] = field(default_factory=lambda: os.environ.get("KUBECLIP_PROGRESS_HOST") or None)
-    progress_port: Optional[int] = field(default_factory=lambda: _env_int("KUBECLIP_PROGRESS_PORT"))
+    progress_host: str | None = field(default_factory=lambda: os.environ.get("KUBECLIP_PROGRESS_HOST") or None)
+    progress_port: int | None = field(default_factory=lambda: _env_int("KUBECLIP_PROGRESS_PORT"))
     #: HTTP timeout of one progress read, seconds: a hung trainer must not stall the pass long.
     progress_timeout_s: float = 2.0
     #: Delay before a job's next attempt after a restart, doubling per restart up to the cap

@@ -9,7 +9,7 @@ status equal to the stored one and the shell writes nothing.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any
 
 from kubeclip.api import Reason
 
@@ -27,7 +27,13 @@ _PHASE_CONDITIONS = {
 
 
 def set_condition(
-    conditions: list[dict[str, Any]], type_: str, status: str, reason: str, message: str, generation: Optional[int], now: datetime
+    conditions: list[dict[str, Any]],
+    type_: str,
+    status: str,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: datetime,
 ) -> list[dict[str, Any]]:
     """Return a new list with condition ``type_`` set; its transition time moves only on a flip."""
     out = [dict(c) for c in conditions]
@@ -49,7 +55,7 @@ def set_condition(
 
 
 def enter_phase(
-    status: dict[str, Any], phase: str, reason: str, message: str, generation: Optional[int], now: datetime
+    status: dict[str, Any], phase: str, reason: str, message: str, generation: int | None, now: datetime
 ) -> dict[str, Any]:
     """The status after moving to ``phase`` (conditions updated; other fields untouched)."""
     out = dict(status)
@@ -64,10 +70,20 @@ def enter_phase(
     return out
 
 
-def resume(status: dict[str, Any], generation: Optional[int], now: datetime) -> dict[str, Any]:
+def resume(status: dict[str, Any], generation: int | None, now: datetime) -> dict[str, Any]:
     """Leaving Suspended: the Suspended condition goes False and the job is Created again."""
-    conds = set_condition(status.get("conditions") or [], "Suspended", "False", Reason.RESUMED, "runPolicy.suspend is false", generation, now)
-    return enter_phase({**status, "conditions": conds}, "Created", Reason.RESUMED, "pods recreated after suspension", generation, now)
+    conds = set_condition(
+        status.get("conditions") or [],
+        "Suspended",
+        "False",
+        Reason.RESUMED,
+        "runPolicy.suspend is false",
+        generation,
+        now,
+    )
+    return enter_phase(
+        {**status, "conditions": conds}, "Created", Reason.RESUMED, "pods recreated after suspension", generation, now
+    )
 
 
 def pod_phase(pod: dict[str, Any]) -> str:
@@ -85,11 +101,11 @@ def node_counts(total: int, pods: list[dict[str, Any]]) -> dict[str, int]:
     }
 
 
-def _number(value: Any) -> Optional[float]:
+def _number(value: Any) -> float | None:
     return round(float(value), 4) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def completed_message(name: str, terminated: Optional[dict[str, Any]]) -> str:
+def completed_message(name: str, terminated: dict[str, Any] | None) -> str:
     """The Succeeded message: the trainer's own summary (its termination message) when it left one."""
     detail = ((terminated or {}).get("message") or "").strip()
     return f"{name} completed" + (f": {detail}" if detail else "")

@@ -7,7 +7,6 @@ Who uses it: status and conditions (``metav1.Time``, whole seconds), leader elec
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Optional
 
 
 def rfc3339(t: datetime, *, micro: bool = False) -> str:
@@ -15,7 +14,7 @@ def rfc3339(t: datetime, *, micro: bool = False) -> str:
     return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ" if micro else "%Y-%m-%dT%H:%M:%SZ")
 
 
-def parse_time(s: Optional[str]) -> Optional[datetime]:
+def parse_time(s: str | None) -> datetime | None:
     """Either form back to an aware UTC datetime; None for an empty or malformed value."""
     if not s:
         return None

@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any, Callable, Optional
+from typing import Any
 
-from kubeclip.api import MetricsSpec
+from kubeclip.api import TERMINAL_PHASES, MetricsSpec
 
 from . import metrics, naming
-from kubeclip.api import TERMINAL_PHASES
 from .kube import Conflict, Kube, Terminating, describe_error
 from .progress import progress_url, read_progress
 from .reconcile import Observed, Plan, plan
@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 
 
 class Worker:
-    def __init__(self, kube: Kube, settings: Settings, *, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+    def __init__(
+        self, kube: Kube, settings: Settings, *, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
+    ) -> None:
         self.kube, self.s, self.clock = kube, settings, clock
         self._mu = threading.Lock()
         self._running: dict[tuple[str, str], bool] = {}  # key -> dirty
@@ -64,7 +66,7 @@ class Worker:
             self._due.pop((namespace, name), None)
             self._errors.pop((namespace, name), None)
 
-    def schedule(self, key: tuple[str, str], delay: Optional[float]) -> None:
+    def schedule(self, key: tuple[str, str], delay: float | None) -> None:
         """Run a pass for ``key`` in ``delay`` seconds (None: no pass is due)."""
         with self._mu:
             if delay is None:
@@ -72,7 +74,7 @@ class Worker:
             else:
                 self._due[key] = time.monotonic() + delay
 
-    def due_at(self, key: tuple[str, str]) -> Optional[float]:
+    def due_at(self, key: tuple[str, str]) -> float | None:
         """The monotonic time a pass for ``key`` is due, if one is."""
         with self._mu:
             return self._due.get(key)
@@ -85,7 +87,7 @@ class Worker:
                 del self._due[k]
             return keys
 
-    def _pass(self, namespace: str, name: str) -> Optional[Plan]:
+    def _pass(self, namespace: str, name: str) -> Plan | None:
         key = (namespace, name)
         t0 = time.perf_counter()
         try:
@@ -103,7 +105,11 @@ class Worker:
             log.info("conflict, will retry: %s", err, extra={"job": f"{namespace}/{name}"})
             self.schedule(key, 0.5)
         except Terminating as err:
-            log.info("namespace terminating, job left to the garbage collector: %s", err, extra={"job": f"{namespace}/{name}"})
+            log.info(
+                "namespace terminating, job left to the garbage collector: %s",
+                err,
+                extra={"job": f"{namespace}/{name}"},
+            )
             self.forget(namespace, name)
         except Exception as err:  # never crash, never hot-loop: retry with backoff
             metrics.RECONCILE_ERRORS.inc()
@@ -111,8 +117,13 @@ class Worker:
                 n = self._errors[key] = self._errors.get(key, 0) + 1
             delay = min(60.0, 0.5 * 2**n)
             text = describe_error(err)
-            log.error("reconcile failed (retry in %.1fs): %s", delay, text or repr(err), exc_info=text is None,
-                      extra={"job": f"{namespace}/{name}"})
+            log.error(
+                "reconcile failed (retry in %.1fs): %s",
+                delay,
+                text or repr(err),
+                exc_info=text is None,
+                extra={"job": f"{namespace}/{name}"},
+            )
             self.schedule(key, delay)
         finally:
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - t0)
@@ -123,15 +134,29 @@ class Worker:
         progress = None
         status = job.get("status") or {}
         if status.get("phase") not in TERMINAL_PHASES:
-            node0 = next((p for p in pods if (p["metadata"].get("labels") or {}).get(naming.LABEL_INDEX) == "0"
-                          and pod_phase(p) in ("Running", "Succeeded")), None)
+            node0 = next(
+                (
+                    p
+                    for p in pods
+                    if (p["metadata"].get("labels") or {}).get(naming.LABEL_INDEX) == "0"
+                    and pod_phase(p) in ("Running", "Succeeded")
+                ),
+                None,
+            )
             port = ((job.get("spec") or {}).get("metrics") or {}).get("port", MetricsSpec().port)
             url = progress_url(node0, port, self.s) if node0 is not None and port else None
             if url:
                 progress = read_progress(url, self.s.progress_timeout_s)
-        observed = Observed(pods=tuple(pods), service=svc, configmap=cm, progress=progress, now=self.clock(), nodes=nodes)
-        return plan(job, observed, default_image=self.s.default_image,
-                    restart_delay_s=self.s.restart_delay_s, restart_delay_cap_s=self.s.restart_delay_cap_s)
+        observed = Observed(
+            pods=tuple(pods), service=svc, configmap=cm, progress=progress, now=self.clock(), nodes=nodes
+        )
+        return plan(
+            job,
+            observed,
+            default_image=self.s.default_image,
+            restart_delay_s=self.s.restart_delay_s,
+            restart_delay_cap_s=self.s.restart_delay_cap_s,
+        )
 
     def apply(self, job: dict[str, Any], p: Plan) -> None:
         ns = job["metadata"]["namespace"]
@@ -140,7 +165,12 @@ class Worker:
             self.kube.write_status(job, p.status)  # first: a Conflict aborts the whole plan
             if p.transition:
                 metrics.record_transition(p.transition, p.status.get("reason"))
-                log.info("phase %s: %s", p.transition, p.status.get("message"), extra={**ctx, "reason": p.status.get("reason")})
+                log.info(
+                    "phase %s: %s",
+                    p.transition,
+                    p.status.get("message"),
+                    extra={**ctx, "reason": p.status.get("reason")},
+                )
         for ev in p.events:
             self.kube.event(job, ev)
         for obj in p.create:
@@ -150,7 +180,12 @@ class Worker:
         for d in p.delete:
             self.kube.delete(ns, d)
         if p.create or p.delete:
-            log.info("applied: created %s, deleted %s", [o["metadata"]["name"] for o in p.create], [d.name for d in p.delete], extra=ctx)
+            log.info(
+                "applied: created %s, deleted %s",
+                [o["metadata"]["name"] for o in p.create],
+                [d.name for d in p.delete],
+                extra=ctx,
+            )
         if p.delete_job:
             log.info("ttlSecondsAfterFinished reached: deleting the job", extra=ctx)
             self.kube.delete_job(job)

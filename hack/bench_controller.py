@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import sys
 import threading
 import time
@@ -34,7 +33,9 @@ from support.controlplane import ControlPlane, find_binary, new_workdir  # noqa:
 
 
 def _ts(s) -> float:
-    return s.timestamp() if isinstance(s, datetime) else datetime.fromisoformat(str(s).replace("Z", "+00:00")).timestamp()
+    return (
+        s.timestamp() if isinstance(s, datetime) else datetime.fromisoformat(str(s).replace("Z", "+00:00")).timestamp()
+    )
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -78,8 +79,13 @@ def main() -> int:
         api = cluster.api_client()
         core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
         core.create_namespaced_service_account(ns, {"metadata": {"name": "default"}}) if not _has_sa(core, ns) else None
-        op = Operator(cp.kubeconfig, workdir / "controller.log", "--all-namespaces", f"--lease-namespace={ns}",
-                      "--log-level=WARNING").start()
+        op = Operator(
+            cp.kubeconfig,
+            workdir / "controller.log",
+            "--all-namespaces",
+            f"--lease-namespace={ns}",
+            "--log-level=WARNING",
+        ).start()
         op.wait_ready()
         rss_idle = op.rss_kb()[0]
 
@@ -98,7 +104,12 @@ def main() -> int:
         docs = [job_manifest(f"bench-{i}", ns, numNodes=nodes) for i in range(n)]
         t0 = time.time()
         with ThreadPoolExecutor(16) as pool:
-            list(pool.map(lambda d: custom.create_namespaced_custom_object("kubeclip.dev", "v1alpha1", ns, "finetunejobs", d), docs))
+            list(
+                pool.map(
+                    lambda d: custom.create_namespaced_custom_object("kubeclip.dev", "v1alpha1", ns, "finetunejobs", d),
+                    docs,
+                )
+            )
         t_created = time.time() - t0
         want = n * nodes
         t_pods = t_status = None
@@ -116,8 +127,10 @@ def main() -> int:
         if t_pods is None or t_status is None:
             print(f"FAILED: after 30 min {len(pods)}/{want} pods", file=sys.stderr)
             return 1
-        jobs = {j["metadata"]["name"]: _ts(j["metadata"]["creationTimestamp"]) for j in
-                custom.list_namespaced_custom_object("kubeclip.dev", "v1alpha1", ns, "finetunejobs")["items"]}
+        jobs = {
+            j["metadata"]["name"]: _ts(j["metadata"]["creationTimestamp"])
+            for j in custom.list_namespaced_custom_object("kubeclip.dev", "v1alpha1", ns, "finetunejobs")["items"]
+        }
         last_pod: dict[str, float] = {}
         for pd in core.list_namespaced_pod(ns, label_selector="kubeclip.dev/job-name").items:
             j = pd.metadata.labels["kubeclip.dev/job-name"]
@@ -130,24 +143,32 @@ def main() -> int:
         stat = Path(f"/proc/{op.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         cpu_s = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
         fig = {
-            "jobs": n, "nodes_per_job": nodes, "pods": want,
+            "jobs": n,
+            "nodes_per_job": nodes,
+            "pods": want,
             "create_all_jobs_s": round(t_created, 1),
             "all_pods_s": round(t_pods, 1),
             "all_status_s": round(t_status, 1),
-            "job_to_pods_p50_s": _pct(delays, 0.5), "job_to_pods_p95_s": _pct(delays, 0.95), "job_to_pods_max_s": max(delays),
+            "job_to_pods_p50_s": _pct(delays, 0.5),
+            "job_to_pods_p95_s": _pct(delays, 0.95),
+            "job_to_pods_max_s": max(delays),
             "reconcile_passes": int(count),
             "reconcile_mean_ms": round(1000 * total / count, 1) if count else None,
             "reconcile_p50_le_s": _histogram_quantile(text, "kubeclip_controller_reconcile_duration_seconds", 0.5),
             "reconcile_p95_le_s": _histogram_quantile(text, "kubeclip_controller_reconcile_duration_seconds", 0.95),
             "reconcile_errors": op.metric("kubeclip_controller_reconcile_errors_total"),
             "controller_cpu_s": round(cpu_s, 1),
-            "rss_idle_mib": round(rss_idle / 1024), "rss_after_mib": round(rss_now / 1024), "rss_peak_mib": round(max(hwm, peak[0]) / 1024),
+            "rss_idle_mib": round(rss_idle / 1024),
+            "rss_after_mib": round(rss_now / 1024),
+            "rss_peak_mib": round(max(hwm, peak[0]) / 1024),
         }
         print("controller at scale:", json.dumps(fig))
-        print(f"| {n} jobs x {nodes} nodes | all pods {fig['all_pods_s']} s | all statuses {fig['all_status_s']} s | "
-              f"job->pods p50 {fig['job_to_pods_p50_s']:.0f} s p95 {fig['job_to_pods_p95_s']:.0f} s | "
-              f"reconcile mean {fig['reconcile_mean_ms']} ms p95 <= {fig['reconcile_p95_le_s']} s ({fig['reconcile_passes']} passes) | "
-              f"controller CPU {fig['controller_cpu_s']} s | RSS {fig['rss_idle_mib']} -> {fig['rss_peak_mib']} MiB peak |")
+        print(
+            f"| {n} jobs x {nodes} nodes | all pods {fig['all_pods_s']} s | all statuses {fig['all_status_s']} s | "
+            f"job->pods p50 {fig['job_to_pods_p50_s']:.0f} s p95 {fig['job_to_pods_p95_s']:.0f} s | "
+            f"reconcile mean {fig['reconcile_mean_ms']} ms p95 <= {fig['reconcile_p95_le_s']} s ({fig['reconcile_passes']} passes) | "
+            f"controller CPU {fig['controller_cpu_s']} s | RSS {fig['rss_idle_mib']} -> {fig['rss_peak_mib']} MiB peak |"
+        )
         return 0
     finally:
         if op is not None:

@@ -72,8 +72,10 @@ def main() -> int:
     print(f"\n{'':18}{'before':>10}{'after':>10}")
     for k in KEYS:
         print(f"{k:18}{before[k]:>10.3f}{after[k]:>10.3f}")
-    print(f"(random guess R@1 = {1 / before['val_samples']:.3f}; {after['samples_per_second']} samples/s; "
-          f"demo took {time.time() - t0:.0f} s)")
+    print(
+        f"(random guess R@1 = {1 / before['val_samples']:.3f}; {after['samples_per_second']} samples/s; "
+        f"demo took {time.time() - t0:.0f} s)"
+    )
     return 0
 
 

@@ -44,14 +44,24 @@ def zeroshot_csv(val_csv: Path) -> Path:
     return out
 
 
-def job(root: Path, name: str, model: str, train_csv: Path, val_csv: Path, out: Path, training: dict, extra: dict) -> Path:
+def job(
+    root: Path, name: str, model: str, train_csv: Path, val_csv: Path, out: Path, training: dict, extra: dict
+) -> Path:
     doc = {
-        "apiVersion": "kubeclip.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name},
+        "apiVersion": "kubeclip.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name},
         "spec": {
             "model": {"name": model},
             "dataset": {"trainCsv": str(train_csv), "valCsv": str(val_csv)},
-            "training": {"precision": "fp32", "seed": 0, "workers": 0, "checkpointEverySteps": 0, "logEverySteps": 50,
-                         **training},
+            "training": {
+                "precision": "fp32",
+                "seed": 0,
+                "workers": 0,
+                "checkpointEverySteps": 0,
+                "logEverySteps": 50,
+                **training,
+            },
             "output": {"path": str(out)},
             "metrics": {"port": 0},
             **extra,
@@ -66,13 +76,28 @@ def run(manifest: Path, log: Path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
     with open(log, "w") as f:
-        rc = subprocess.call([sys.executable, "-m", "trainer", str(manifest)], stdout=f, stderr=subprocess.STDOUT, env=env)
+        rc = subprocess.call(
+            [sys.executable, "-m", "trainer", str(manifest)], stdout=f, stderr=subprocess.STDOUT, env=env
+        )
     if rc != 0:
         raise SystemExit(f"{manifest} failed ({rc}), see {log}:\n" + log.read_text()[-3000:])
 
 
-def setup(root: Path, *, n_a=512, n_b=256, val_n=256, pre_epochs=20, pre_lr=2e-3, ft_epochs=6, ft_lr=1e-3, batch=32, ft_seed=0,
-          alphas=(0.25, 0.5, 0.75), select=None) -> dict:
+def setup(
+    root: Path,
+    *,
+    n_a=512,
+    n_b=256,
+    val_n=256,
+    pre_epochs=20,
+    pre_lr=2e-3,
+    ft_epochs=6,
+    ft_lr=1e-3,
+    batch=32,
+    ft_seed=0,
+    alphas=(0.25, 0.5, 0.75),
+    select=None,
+) -> dict:
     """Run both steps under ``root``; return the fine-tune's ``final/metrics.json`` and paths."""
     from trainer.sample_data import generate
 
@@ -83,26 +108,55 @@ def setup(root: Path, *, n_a=512, n_b=256, val_n=256, pre_epochs=20, pre_lr=2e-3
     (tiny / "open_clip_config.json").write_text(json.dumps(TINY))
     pre_out = root / "pretrain"
     if not (pre_out / "final" / "metrics.json").is_file():
-        pre = job(root, "pretrain", f"local-dir:{tiny}", a_train, a_val, pre_out,
-                  {"epochs": pre_epochs, "batchSize": batch, "learningRate": pre_lr, "warmupSteps": 5}, {})
+        pre = job(
+            root,
+            "pretrain",
+            f"local-dir:{tiny}",
+            a_train,
+            a_val,
+            pre_out,
+            {"epochs": pre_epochs, "batchSize": batch, "learningRate": pre_lr, "warmupSteps": 5},
+            {},
+        )
         run(pre, root / "pretrain.log")
     ft_out = root / "finetune"
     export = {"wiseFtAlphas": list(alphas), "allAlphas": True, **(select or {})}
-    ft = job(root, "finetune", f"local-dir:{pre_out / 'final'}", b_train, b_val, ft_out,
-             {"epochs": ft_epochs, "batchSize": batch, "learningRate": ft_lr, "warmupSteps": 2, "seed": ft_seed},
-             {"evaluation": {"retentionCsv": str(a_val), "zeroShot": {"csv": str(zeroshot_csv(a_val)), "templates": TEMPLATES}},
-              "export": export})
+    ft = job(
+        root,
+        "finetune",
+        f"local-dir:{pre_out / 'final'}",
+        b_train,
+        b_val,
+        ft_out,
+        {"epochs": ft_epochs, "batchSize": batch, "learningRate": ft_lr, "warmupSteps": 2, "seed": ft_seed},
+        {
+            "evaluation": {
+                "retentionCsv": str(a_val),
+                "zeroShot": {"csv": str(zeroshot_csv(a_val)), "templates": TEMPLATES},
+            },
+            "export": export,
+        },
+    )
     run(ft, root / "finetune.log")
-    return {"metrics": json.loads((ft_out / "final" / "metrics.json").read_text()), "pretrain": pre_out / "final",
-            "finetune": ft_out, "log": (root / "finetune.log").read_text(), "manifest": ft}
+    return {
+        "metrics": json.loads((ft_out / "final" / "metrics.json").read_text()),
+        "pretrain": pre_out / "final",
+        "finetune": ft_out,
+        "log": (root / "finetune.log").read_text(),
+        "manifest": ft,
+    }
 
 
 def table(m: dict) -> str:
-    rows = ["| α | val i2t R@1 (domain B) | retention i2t R@1 (domain A) | zero-shot top-1 (A, 32 classes) |",
-            "|---|---|---|---|"]
+    rows = [
+        "| alpha | val i2t R@1 (domain B) | retention i2t R@1 (domain A) | zero-shot top-1 (A, 32 classes) |",
+        "|---|---|---|---|",
+    ]
     for e in m["wiseft"]:
-        rows.append(f"| {e['alpha']:.2f} | {e['val']['image_to_text_R@1']:.3f} | {e['retention']['image_to_text_R@1']:.3f} | "
-                    f"{e['zeroshot']['top1']:.3f} |")
+        rows.append(
+            f"| {e['alpha']:.2f} | {e['val']['image_to_text_R@1']:.3f} | {e['retention']['image_to_text_R@1']:.3f} | "
+            f"{e['zeroshot']['top1']:.3f} |"
+        )
     return "\n".join(rows)
 
 
@@ -115,8 +169,14 @@ def main() -> None:
     ap.add_argument("--val-n", type=int, default=256)
     ap.add_argument("--max-retention-drop", type=float, default=0.1, help="spec.export.maxRetentionDrop")
     a = ap.parse_args()
-    r = setup(Path(a.out), ft_lr=a.ft_lr, ft_epochs=a.ft_epochs, ft_seed=a.ft_seed, val_n=a.val_n,
-              select={"select": "bestWithinRetentionDrop", "maxRetentionDrop": a.max_retention_drop})
+    r = setup(
+        Path(a.out),
+        ft_lr=a.ft_lr,
+        ft_epochs=a.ft_epochs,
+        ft_seed=a.ft_seed,
+        val_n=a.val_n,
+        select={"select": "bestWithinRetentionDrop", "maxRetentionDrop": a.max_retention_drop},
+    )
     print(table(r["metrics"]))
     print("exported alpha", r["metrics"]["exported_alpha"], "-", r["metrics"]["export_policy"])
 

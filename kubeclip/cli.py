@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Optional
+from typing import Annotated
 
 import typer
 
@@ -17,10 +17,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split
 
 @app.command()
 def run(
-    manifest: Path = typer.Argument(..., help="A FineTuneJob manifest (YAML)."),
-    nproc: Optional[int] = typer.Option(None, "--nproc", help="Override spec.numProcPerNode."),
-    output: Optional[str] = typer.Option(None, "--output", help="Override spec.output.path."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    manifest: Annotated[Path, typer.Argument(help="A FineTuneJob manifest (YAML).")],
+    nproc: Annotated[int | None, typer.Option("--nproc", help="Override spec.numProcPerNode.")] = None,
+    output: Annotated[str | None, typer.Option("--output", help="Override spec.output.path.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Run a FineTuneJob on this machine (numProcPerNode processes, gloo on CPU)."""
     from trainer.launch import run_local

@@ -27,8 +27,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/: makes `support` importable
 
-from support.cluster import Cluster  # noqa: E402
-from support.controlplane import ControlPlane, ControlPlaneError, client_bin_dir, find_binary, new_workdir  # noqa: E402
+from support.cluster import Cluster
+from support.controlplane import ControlPlane, ControlPlaneError, client_bin_dir, find_binary, new_workdir
 
 # How long the namespace fixture waits for the serviceaccount controller to create `default`.
 DEFAULT_SA_WAIT_S = 30.0
@@ -63,8 +63,12 @@ def _control_plane():
 
 @pytest.fixture(scope="session")
 def cluster(_control_plane: ControlPlane) -> Cluster:
-    return Cluster(kubeconfig=str(_control_plane.kubeconfig), server=_control_plane.server, bin=str(client_bin_dir()),
-                   control_plane=_control_plane)
+    return Cluster(
+        kubeconfig=str(_control_plane.kubeconfig),
+        server=_control_plane.server,
+        bin=str(client_bin_dir()),
+        control_plane=_control_plane,
+    )
 
 
 def _namespace_name(nodeid: str) -> str:
@@ -80,7 +84,9 @@ def namespace(request, cluster: Cluster, _control_plane: ControlPlane):
     name = _namespace_name(request.node.nodeid)
     with cluster.api_client() as api:
         core = client.CoreV1Api(api)
-        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={"kubeclip.dev/test": "true"})))
+        core.create_namespace(
+            client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={"kubeclip.dev/test": "true"}))
+        )
         # The ServiceAccount admission plugin rejects pods until `default` exists; the controller
         # manager's serviceaccount controller creates it. Without a controller manager we do.
         deadline = time.monotonic() + (DEFAULT_SA_WAIT_S if "kube-controller-manager" in _control_plane.procs else 0)
@@ -93,7 +99,9 @@ def namespace(request, cluster: Cluster, _control_plane: ControlPlane):
                     raise
             if time.monotonic() >= deadline:
                 try:
-                    core.create_namespaced_service_account(name, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="default")))
+                    core.create_namespaced_service_account(
+                        name, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="default"))
+                    )
                 except ApiException as e:
                     if e.status != 409:
                         raise

@@ -24,7 +24,15 @@ import argparse  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 
-from kubeclip.api import EXIT_CONFIG, EXIT_PREFLIGHT, TERMINATION_LOG, ConfigError, OutputSpec, TrainerVerdict, load_manifest
+from kubeclip.api import (  # noqa: E402
+    EXIT_CONFIG,
+    EXIT_PREFLIGHT,
+    TERMINATION_LOG,
+    ConfigError,
+    OutputSpec,
+    TrainerVerdict,
+    load_manifest,
+)
 
 
 def parse_args(argv):
@@ -59,9 +67,15 @@ def main(argv=None) -> int:
     # Under a bare torchrun, one process per node checks the images; the others read the tables
     # (a failure there exits 3 and torchrun stops the node's other ranks).
     local_lead = os.environ.get("LOCAL_RANK", "0") == "0"
-    pending = BackgroundPreflight(spec, tables_only=checked or not local_lead, announce=local_lead, exit_code=EXIT_PREFLIGHT,
-                                  termination_log=TERMINATION_LOG)
+    pending = BackgroundPreflight(
+        spec,
+        tables_only=checked or not local_lead,
+        announce=local_lead,
+        exit_code=EXIT_PREFLIGHT,
+        termination_log=TERMINATION_LOG,
+    )
     from trainer.model import ModelError  # imports torch and open_clip while the child checks the data
+
     try:
         report = pending.result()
     except PreflightError as err:

@@ -25,7 +25,7 @@ import os
 import random
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,7 +63,7 @@ def list_checkpoints(output: str) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def latest(output: str) -> Optional[Path]:
+def latest(output: str) -> Path | None:
     found = list_checkpoints(output)
     return found[-1] if found else None
 
@@ -85,7 +85,9 @@ def check_resumable(state: dict, spec: TrainerSpec, path: Path) -> None:
     if not isinstance(stored, dict):
         return  # written before fingerprints existed: nothing to compare
     now = fingerprint(spec)
-    changed = [f"spec.{k} was {stored[k]!r}, now {now[k]!r}" for k in RESUME_FIELDS if k in stored and stored[k] != now[k]]
+    changed = [
+        f"spec.{k} was {stored[k]!r}, now {now[k]!r}" for k in RESUME_FIELDS if k in stored and stored[k] != now[k]
+    ]
     if changed:
         raise CheckpointMismatch(
             f"checkpoint {path.name} cannot resume this job: {'; '.join(changed)}; "
@@ -98,8 +100,13 @@ def rng_state() -> dict:
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -140,7 +147,7 @@ def _remove_dead_temps(d: Path) -> None:
             p.unlink(missing_ok=True)
 
 
-def save(output: str, step: int, state: dict, keep: int, *, spec: Optional[TrainerSpec] = None) -> Path:
+def save(output: str, step: int, state: dict, keep: int, *, spec: TrainerSpec | None = None) -> Path:
     """Atomically write ``state`` as the checkpoint of optimizer step ``step``; prune old ones.
     With ``spec``, its :func:`fingerprint` is stored too. On a failed write (disk full) the
     temporary file is removed, the previous checkpoints are untouched, and the error propagates."""
@@ -172,8 +179,8 @@ def load(path: Path) -> dict:
 
 
 def load_latest(
-    output: str, spec: Optional[TrainerSpec] = None, skipped: Optional[list[str]] = None
-) -> tuple[Optional[Path], Optional[dict]]:
+    output: str, spec: TrainerSpec | None = None, skipped: list[str] | None = None
+) -> tuple[Path | None, dict | None]:
     """The newest checkpoint that can be read, falling back to older ones with a warning line
     each; ``(None, None)`` when there is none. Raises :class:`CheckpointMismatch` when the one
     found cannot resume ``spec``, and ``OSError`` when checkpoints exist but none can be read
@@ -185,7 +192,7 @@ def load_latest(
     for path in reversed(found):
         try:
             state = load(path)
-        except Exception as err:  # noqa: BLE001 - torn, truncated, foreign or unreadable: try the previous one
+        except Exception as err:
             reason = " ".join(str(err).split())[:200] or type(err).__name__
             errors.append(f"{path.name}: {reason}")
             if skipped is not None:
@@ -198,6 +205,8 @@ def load_latest(
             log.warning("checkpoint: resuming from %s after %d unreadable newer checkpoint(s)", path.name, len(errors))
         return path, state
     if found:
-        raise OSError(f"checkpoint: none of the {len(found)} checkpoint(s) in {directory(output)} can be read "
-                      f"({'; '.join(errors)}); move them away to start over")
+        raise OSError(
+            f"checkpoint: none of the {len(found)} checkpoint(s) in {directory(output)} can be read "
+            f"({'; '.join(errors)}); move them away to start over"
+        )
     return None, None

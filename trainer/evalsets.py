@@ -14,7 +14,6 @@ dataset; the zero-shot CSV has the image column and ``spec.evaluation.zeroShot.l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from kubeclip.api import TrainerSpec
 from trainer.preflight import PreflightError, Table, check_images, read_table
@@ -25,8 +24,8 @@ ZEROSHOT = "spec.evaluation.zeroShot.csv"
 
 @dataclass(frozen=True)
 class EvalTables:
-    retention: Optional[Table] = None
-    zeroshot: Optional[Table] = None  #: ``captions`` holds the class name of each image
+    retention: Table | None = None
+    zeroshot: Table | None = None  #: ``captions`` holds the class name of each image
 
     def summary(self) -> str:
         parts = []
@@ -39,18 +38,24 @@ class EvalTables:
 
 def _read_zeroshot(spec: TrainerSpec) -> Table:
     zs = spec.evaluation.zeroShot
-    assert zs is not None
+    if zs is None:
+        raise ValueError("spec.evaluation.zeroShot is not set")
     # read_table reads the dataset's image and caption columns: here the caption is the label.
     as_labels = spec.model_copy(update={"dataset": spec.dataset.model_copy(update={"captionColumn": zs.labelColumn})})
     try:
         table = read_table(zs.csv, as_labels, ZEROSHOT)
     except PreflightError as err:  # name the key the user must change, not the dataset's
-        raise PreflightError(str(err).replace("spec.dataset.captionColumn", "spec.evaluation.zeroShot.labelColumn")
-                             .replace("imageColumn/captionColumn", "imageColumn / spec.evaluation.zeroShot.labelColumn")) from None
+        raise PreflightError(
+            str(err)
+            .replace("spec.dataset.captionColumn", "spec.evaluation.zeroShot.labelColumn")
+            .replace("imageColumn/captionColumn", "imageColumn / spec.evaluation.zeroShot.labelColumn")
+        ) from None
     classes = sorted({str(c).strip() for c in table.captions})
     if len(classes) < 2:
-        raise PreflightError(f"{ZEROSHOT} {table.csv}: {len(classes)} class in column '{zs.labelColumn}'; zero-shot "
-                             "classification needs at least 2")
+        raise PreflightError(
+            f"{ZEROSHOT} {table.csv}: {len(classes)} class in column '{zs.labelColumn}'; zero-shot "
+            "classification needs at least 2"
+        )
     return table
 
 

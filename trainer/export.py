@@ -20,15 +20,21 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Optional
 
 import torch
 
 WEIGHTS = "open_clip_model.safetensors"
 
 
-def export(model: Optional[torch.nn.Module], config: dict, metrics: dict, output: str, *,
-           state: Optional[dict] = None, name: str = "final") -> Path:
+def export(
+    model: torch.nn.Module | None,
+    config: dict,
+    metrics: dict,
+    output: str,
+    *,
+    state: dict | None = None,
+    name: str = "final",
+) -> Path:
     """Write ``state`` (default: the model's weights) as ``<output>/<name>/``."""
     from safetensors.torch import save_file
 
@@ -37,10 +43,14 @@ def export(model: Optional[torch.nn.Module], config: dict, metrics: dict, output
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     if state is None:
-        assert model is not None, "export needs a model or a state dict"
+        if model is None:
+            raise ValueError("export needs a model or a state dict")
         state = model.state_dict()
     weights = state
-    state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous() for k, v in weights.items()}
+    state = {
+        k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+        for k, v in weights.items()
+    }
     save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
     (tmp / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")

@@ -37,10 +37,9 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Optional
 
-from trainer import distributed, evalsets, wiseft
 from kubeclip.api import LOWER_IS_BETTER, TERMINATION_LOG, TrainerSpec
+from trainer import distributed, evalsets, wiseft
 from trainer.data import CaptionDataset, eval_loader
 from trainer.evaluate import evaluate
 
@@ -69,7 +68,7 @@ class Forgetting:
         self.device = topo.device
         self.dir = Path(spec.output.path) / "checkpoints"
         self.tables = evalsets.EvalTables()
-        self.start: Optional[dict] = None
+        self.start: dict | None = None
         self.base: dict = {}
         self.last: dict = {}  # latest {"val", "retention", "zeroshot"} of the fine-tuned model
         self.evals = {"metric": spec.evaluation.metric, "evals": [], "stopped": False}
@@ -82,7 +81,7 @@ class Forgetting:
         self.evals = _read_json(self.dir / "evals.json") or self.evals
 
     # -- evaluation ------------------------------------------------------------------------
-    def evaluate_all(self, model, val: Optional[dict] = None) -> dict:
+    def evaluate_all(self, model, val: dict | None = None) -> dict:
         """``{"val": ..., "retention": ..., "zeroshot": ...}`` of ``model`` (``val`` reused when given)."""
         bs = self.spec.training.batchSize
         out = {}
@@ -98,9 +97,18 @@ class Forgetting:
             from trainer.zeroshot import accuracy
 
             zs = self.spec.evaluation.zeroShot
-            assert zs is not None  # tables.zeroshot exists only when it is configured
-            out["zeroshot"] = accuracy(model, self.tables.zeroshot, self.transform, self.tokenizer, zs.templates, bs,
-                                       self.device, self.autocast)
+            if zs is None:  # tables.zeroshot exists only when it is configured
+                raise RuntimeError("a zero-shot table without spec.evaluation.zeroShot")
+            out["zeroshot"] = accuracy(
+                model,
+                self.tables.zeroshot,
+                self.transform,
+                self.tokenizer,
+                zs.templates,
+                bs,
+                self.device,
+                self.autocast,
+            )
         return out
 
     def _record(self, metrics, result: dict, baseline: bool) -> None:
@@ -149,7 +157,9 @@ class Forgetting:
         if self.evals.get("stopped"):
             return
         value = float(val[ev.metric])
-        entries = [e for e in self.evals["evals"] if e["epoch"] < epoch] + [{"epoch": epoch, "step": step, "value": value}]
+        entries = [e for e in self.evals["evals"] if e["epoch"] < epoch] + [
+            {"epoch": epoch, "step": step, "value": value}
+        ]
         best = self._best(entries)
         self.evals.update(evals=entries, best=best)
         if best["epoch"] == epoch and self.spec.export.weights == "best":
@@ -159,12 +169,24 @@ class Forgetting:
             self.dir.mkdir(parents=True, exist_ok=True)
             save_file(wiseft.cpu_state(model), str(tmp))
             os.replace(tmp, self.dir / "best.safetensors")
-            log.info("best %s so far (%.4f, epoch %d): weights kept in %s", ev.metric, value, epoch, self.dir / "best.safetensors")
+            log.info(
+                "best %s so far (%.4f, epoch %d): weights kept in %s",
+                ev.metric,
+                value,
+                epoch,
+                self.dir / "best.safetensors",
+            )
         since = sum(1 for e in entries if e["epoch"] > best["epoch"])
         if ev.patience is not None and since >= ev.patience:
             self.evals["stopped"] = True
-            log.info("early stopping: %s has not improved by more than %g for %d evals (best %.4f at epoch %d)",
-                     ev.metric, ev.minDelta, since, best["value"], best["epoch"])
+            log.info(
+                "early stopping: %s has not improved by more than %g for %d evals (best %.4f at epoch %d)",
+                ev.metric,
+                ev.minDelta,
+                since,
+                best["value"],
+                best["epoch"],
+            )
         _write_json(self.dir / "evals.json", self.evals)
 
     def _best(self, entries: list[dict]) -> dict:
@@ -180,7 +202,7 @@ class Forgetting:
         """Same answer on every rank: did early stopping end training (also true after a resume)?"""
         return bool(distributed.broadcast_object(bool(self.evals.get("stopped")) if self.main else None, self.topo))
 
-    def finish(self, model, final_metrics: dict, config: dict) -> tuple[Optional[dict], str]:
+    def finish(self, model, final_metrics: dict, config: dict) -> tuple[dict | None, str]:
         """Rank 0: the sweep and the selection. Returns ``(weights for final/ or None = the model's, message)``."""
         if self.val is None:
             return None, ""
@@ -201,13 +223,18 @@ class Forgetting:
             from safetensors.torch import load_file
 
             ft = load_file(str(best_path))
-            log.info("exporting the best weights (epoch %d, %s %.4f) instead of the last",
-                     self.evals["best"]["epoch"], self.spec.evaluation.metric, self.evals["best"]["value"])
+            log.info(
+                "exporting the best weights (epoch %d, %s %.4f) instead of the last",
+                self.evals["best"]["epoch"],
+                self.spec.evaluation.metric,
+                self.evals["best"]["value"],
+            )
         if not spec.sweeps():
             final_metrics["exported_alpha"] = 1.0
             return ft, self._tell(f"{'best' if use_best else 'last'} weights exported; {self.summary(final_metrics)}")
         ft = ft if ft is not None else wiseft.cpu_state(model)
-        assert self.start is not None  # captured in __init__ whenever spec.export.sweeps()
+        if self.start is None:  # captured in __init__ whenever spec.export.sweeps()
+            raise RuntimeError("the WiSE-FT sweep needs the start weights, which were not kept")
         table = []
         for alpha in spec.alphas():
             if alpha == 0.0:
@@ -227,8 +254,14 @@ class Forgetting:
         if spec.allAlphas:
             for e in table:
                 a = e["alpha"]
-                path = export(None, config, {"alpha": a, **{k: v for k, v in e.items() if k != "alpha"}}, self.spec.output.path,
-                              state=ft if a == 1.0 else wiseft.interpolate(self.start, ft, a), name=f"wiseft/alpha-{a:.2f}")
+                path = export(
+                    None,
+                    config,
+                    {"alpha": a, **{k: v for k, v in e.items() if k != "alpha"}},
+                    self.spec.output.path,
+                    state=ft if a == 1.0 else wiseft.interpolate(self.start, ft, a),
+                    name=f"wiseft/alpha-{a:.2f}",
+                )
                 log.info("alpha %.2f exported to %s", a, path)
         return state, self._tell(f"exported alpha {alpha:g}: {reason}; " + " | ".join(lines))
 
@@ -246,7 +279,9 @@ class Forgetting:
         if b and "image_to_text_R@1" in m:
             parts.append(f"val i2t R@1 {m['image_to_text_R@1']:.3f} (start {b['val']['image_to_text_R@1']:.3f})")
         if "retention" in m and "retention" in b:
-            parts.append(f"retention R@1 {m['retention']['image_to_text_R@1']:.3f} (start {b['retention']['image_to_text_R@1']:.3f})")
+            parts.append(
+                f"retention R@1 {m['retention']['image_to_text_R@1']:.3f} (start {b['retention']['image_to_text_R@1']:.3f})"
+            )
         if "zeroshot" in m and "zeroshot" in b:
             parts.append(f"zero-shot top1 {m['zeroshot']['top1']:.3f} (start {b['zeroshot']['top1']:.3f})")
         return ", ".join(parts)

@@ -32,8 +32,9 @@ import io
 import logging
 import queue
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,7 +61,7 @@ class Preprocess:
     ratio: tuple[float, float] = (3 / 4, 4 / 3)  # and aspect-ratio range
 
 
-def plan_from_transform(transform: Any) -> Optional[Preprocess]:
+def plan_from_transform(transform: Any) -> Preprocess | None:
     """Read open_clip's ``Compose``; None when it holds a step this module does not reproduce."""
     from torchvision import transforms as T
 
@@ -263,8 +264,8 @@ class BatchDecoder:
         for im in images:  # Resize(s) on the shorter side, then CenterCrop(s), as torchvision sizes them
             h, w = im.shape[-2:]
             nh, nw = (s, int(s * w / h)) if h <= w else (int(s * h / w), s)
-            rows.append((0, h, nh, int(round((nh - s) / 2.0))))
-            cols.append((0, w, nw, int(round((nw - s) / 2.0))))
+            rows.append((0, h, nh, round((nh - s) / 2.0)))
+            cols.append((0, w, nw, round((nw - s) / 2.0)))
         as_t = lambda v: torch.tensor(v, dtype=torch.float64).to(self.device).unbind(1)  # noqa: E731
         return as_t(rows), as_t(cols)
 
@@ -379,7 +380,7 @@ def raw_loader(dataset: RawCaptionDataset, sampler: ShardedBatchSampler, workers
 
 def gpu_train_loader(
     table: Table, transform, tokenizer, seed: int, sampler: ShardedBatchSampler, workers: int, device: torch.device
-) -> Optional[DeviceLoader]:
+) -> DeviceLoader | None:
     """The GPU-decoding loader for a CUDA run, or None when ``transform`` is not one it reproduces."""
     plan = plan_from_transform(transform)
     if plan is None:

@@ -18,7 +18,6 @@ import sys
 import threading
 import uuid
 from pathlib import Path
-from typing import Optional
 
 from kubeclip.api import EXIT_CONFIG, EXIT_PREFLIGHT, ConfigError
 
@@ -48,8 +47,13 @@ def _progress_bar(output: str, stop: threading.Event) -> None:
                 info.append(f"{p.samplesPerSecond:.0f} samples/s")
             if p.eval.get("image_to_text_R@1") is not None:
                 info.append(f"i2t R@1 {p.eval['image_to_text_R@1']:.2f}")
-            bar.update(task, description=f"{p.phase} epoch {p.epoch + 1}/{p.epochs}", completed=p.step,
-                       total=p.totalSteps or None, info="  ".join(info))
+            bar.update(
+                task,
+                description=f"{p.phase} epoch {p.epoch + 1}/{p.epochs}",
+                completed=p.step,
+                total=p.totalSteps or None,
+                info="  ".join(info),
+            )
         p = read_progress(output)
         if p is not None:
             bar.update(task, description=p.phase, completed=p.step, total=p.totalSteps or None)
@@ -63,13 +67,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_local(manifest: Path, nproc: Optional[int] = None, output: Optional[str] = None, quiet: bool = False) -> int:
+def run_local(manifest: Path, nproc: int | None = None, output: str | None = None, quiet: bool = False) -> int:
     """Run the manifest locally; return the process exit code (0, 2, 3, or the failing rank's)."""
     from trainer.__main__ import load
     from trainer.preflight import PreflightError, run_preflight
 
     try:
-        job, spec = load(str(manifest), output)
+        _job, spec = load(str(manifest), output)
     except ConfigError as err:
         print(f"config: {err}", file=sys.stderr)
         return EXIT_CONFIG
@@ -93,7 +97,11 @@ def run_local(manifest: Path, nproc: Optional[int] = None, output: Optional[str]
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
     run_id = f"kubeclip-{uuid.uuid4().hex[:8]}"
     logs_dir = Path(out) / "logs"
-    logs = DefaultLogsSpecs(log_dir=str(logs_dir), redirects=Std.ALL) if not quiet else DefaultLogsSpecs(log_dir=str(logs_dir))
+    logs = (
+        DefaultLogsSpecs(log_dir=str(logs_dir), redirects=Std.ALL)
+        if not quiet
+        else DefaultLogsSpecs(log_dir=str(logs_dir))
+    )
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,

@@ -30,8 +30,6 @@ them) — each rank computes the loss of its batch of B rows with every other ra
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from open_clip.loss import ClipLoss, SigLipLoss
 
@@ -44,7 +42,7 @@ def make_loss(siglip: bool, rank: int, world: int, *, local_loss: bool = False, 
 
 
 def contrastive_loss(
-    image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor] = None
+    image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     """The loss of one batch in one process (sigmoid when ``bias`` is given, softmax otherwise)."""
     if bias is not None:

@@ -18,7 +18,6 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Optional
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -42,31 +41,67 @@ class TrainerMetrics:
         self.epoch = Gauge(P + "epoch", "Current epoch (0-based).", lab, registry=r).labels(job)
         self.total_steps = Gauge(P + "total_steps", "Optimizer steps of the whole run.", lab, registry=r).labels(job)
         self.samples = Counter(P + "samples", "Training samples processed by all ranks.", lab, registry=r).labels(job)
-        self.sps = Gauge(P + "samples_per_second", "Training throughput of all ranks (samples per second).", lab, registry=r).labels(job)
+        self.sps = Gauge(
+            P + "samples_per_second", "Training throughput of all ranks (samples per second).", lab, registry=r
+        ).labels(job)
         self.loss = Gauge(P + "loss", "Training loss of the last optimizer step.", lab, registry=r).labels(job)
         self.lr = Gauge(P + "learning_rate", "Learning rate of the last optimizer step.", lab, registry=r).labels(job)
-        self.logit_scale = Gauge(P + "logit_scale", "The model's contrastive temperature, exp(logit_scale).", lab, registry=r).labels(job)
-        self.step_seconds = Histogram(P + "step_seconds", "Wall time of one optimizer step, data wait included.", lab, buckets=STEP_BUCKETS, registry=r).labels(job)
-        self.data_wait_share = Gauge(P + "data_wait_share", "Share of step wall time spent waiting for the next batch (0..1), over the steady steps so far (the first step of each epoch excluded).", lab, registry=r).labels(job)
-        self.data_wait = Histogram(P + "data_wait_seconds", "Time one step waited for its batch from the data loader.", lab, buckets=WAIT_BUCKETS, registry=r).labels(job)
+        self.logit_scale = Gauge(
+            P + "logit_scale", "The model's contrastive temperature, exp(logit_scale).", lab, registry=r
+        ).labels(job)
+        self.step_seconds = Histogram(
+            P + "step_seconds",
+            "Wall time of one optimizer step, data wait included.",
+            lab,
+            buckets=STEP_BUCKETS,
+            registry=r,
+        ).labels(job)
+        self.data_wait_share = Gauge(
+            P + "data_wait_share",
+            "Share of step wall time spent waiting for the next batch (0..1), over the steady steps so far (the first step of each epoch excluded).",
+            lab,
+            registry=r,
+        ).labels(job)
+        self.data_wait = Histogram(
+            P + "data_wait_seconds",
+            "Time one step waited for its batch from the data loader.",
+            lab,
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        ).labels(job)
         # Eval gauges carry set="val" (spec.dataset.valCsv) or set="retention" (spec.evaluation.retentionCsv).
-        sets = lab + ["set"]
-        self._recall = Gauge(P + "eval_recall", "Retrieval recall@k on an eval set.", sets + ["direction", "k"], registry=r)
-        self._mean_rank = Gauge(P + "eval_mean_rank", "Mean rank of the true match on an eval set.", sets + ["direction"], registry=r)
+        sets = [*lab, "set"]
+        self._recall = Gauge(
+            P + "eval_recall", "Retrieval recall@k on an eval set.", [*sets, "direction", "k"], registry=r
+        )
+        self._mean_rank = Gauge(
+            P + "eval_mean_rank", "Mean rank of the true match on an eval set.", [*sets, "direction"], registry=r
+        )
         self._eval_loss = Gauge(P + "eval_loss", "Contrastive loss on an eval set.", sets, registry=r)
-        self._base_recall = Gauge(P + "baseline_recall", "Retrieval recall@k of the start model (before the first step).",
-                                  sets + ["direction", "k"], registry=r)
-        self._zeroshot = Gauge(P + "zeroshot_accuracy", "Zero-shot top-k accuracy on spec.evaluation.zeroShot.", lab + ["k"], registry=r)
-        self._base_zeroshot = Gauge(P + "baseline_zeroshot_accuracy", "Zero-shot top-k accuracy of the start model.",
-                                    lab + ["k"], registry=r)
-        self.last_ckpt = Gauge(P + "last_checkpoint_timestamp_seconds", "Unix time of the last committed checkpoint.", lab, registry=r).labels(job)
-        self.gpu_mem = Gauge(P + "gpu_memory_bytes", "Peak GPU memory allocated by this process (0 on CPU).", lab, registry=r).labels(job)
+        self._base_recall = Gauge(
+            P + "baseline_recall",
+            "Retrieval recall@k of the start model (before the first step).",
+            [*sets, "direction", "k"],
+            registry=r,
+        )
+        self._zeroshot = Gauge(
+            P + "zeroshot_accuracy", "Zero-shot top-k accuracy on spec.evaluation.zeroShot.", [*lab, "k"], registry=r
+        )
+        self._base_zeroshot = Gauge(
+            P + "baseline_zeroshot_accuracy", "Zero-shot top-k accuracy of the start model.", [*lab, "k"], registry=r
+        )
+        self.last_ckpt = Gauge(
+            P + "last_checkpoint_timestamp_seconds", "Unix time of the last committed checkpoint.", lab, registry=r
+        ).labels(job)
+        self.gpu_mem = Gauge(
+            P + "gpu_memory_bytes", "Peak GPU memory allocated by this process (0 on CPU).", lab, registry=r
+        ).labels(job)
         self.total_steps.set(total_steps)
         self.gpu_mem.set(0)
         self.progress = Progress(phase="starting", epochs=epochs, totalSteps=total_steps, updatedAt=time.time())
         self._lock = threading.Lock()
-        self._server: Optional[ThreadingHTTPServer] = None
-        self.port: Optional[int] = None
+        self._server: ThreadingHTTPServer | None = None
+        self.port: int | None = None
 
     # -- updates ---------------------------------------------------------------------------
     def update(self, **fields) -> None:
@@ -97,7 +132,13 @@ class TrainerMetrics:
         gauge = self._base_zeroshot if baseline else self._zeroshot
         for k in (1, 5):
             gauge.labels(self.job, str(k)).set(result[f"top{k}"])
-        self.update(**{"zeroShotBaseline" if baseline else "zeroShot": {k: round(v, 6) for k, v in result.items() if k.startswith("top")}})
+        self.update(
+            **{
+                "zeroShotBaseline" if baseline else "zeroShot": {
+                    k: round(v, 6) for k, v in result.items() if k.startswith("top")
+                }
+            }
+        )
 
     def record_checkpoint(self, path: str, step: int) -> None:
         now = time.time()
@@ -109,7 +150,7 @@ class TrainerMetrics:
         metrics = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - http.server's API
+            def do_GET(self):
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
                     body, ctype = generate_latest(metrics.registry), CONTENT_TYPE_LATEST
@@ -150,7 +191,7 @@ def progress_eval(result: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 6) for k, v in result.items() if "@" in k or k.endswith(("mean_rank", "loss"))}
 
 
-def read_progress(output: str) -> Optional[Progress]:
+def read_progress(output: str) -> Progress | None:
     """``progress.json`` of a run, or None while it does not exist (or is being replaced)."""
     try:
         return Progress.model_validate(json.loads((Path(output) / "progress.json").read_text()))

@@ -34,7 +34,7 @@ class ModelError(ValueError):
 def model_config(name: str) -> dict[str, Any]:
     """``{"model_cfg": ..., ["preprocess_cfg": ...]}`` of a ``local-dir:`` or built-in model name."""
     if name.startswith("local-dir:"):
-        return json.loads((Path(name[len("local-dir:"):]) / "open_clip_config.json").read_text())
+        return json.loads((Path(name[len("local-dir:") :]) / "open_clip_config.json").read_text())
     cfg = open_clip.get_model_config(name)
     if cfg is None:
         raise ModelError(f"spec.model.name {name}: not an open_clip model name (see open_clip.list_models())")

@@ -26,10 +26,16 @@ import signal
 import socket
 import sys
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from kubeclip.api import (
-    DEFAULT_MASTER_PORT, EXIT_CONFIG, EXIT_PREFLIGHT, EXIT_RENDEZVOUS_TIMEOUT, TERMINATION_LOG, ConfigError, load_manifest,
+    DEFAULT_MASTER_PORT,
+    EXIT_CONFIG,
+    EXIT_PREFLIGHT,
+    EXIT_RENDEZVOUS_TIMEOUT,
+    TERMINATION_LOG,
+    ConfigError,
+    load_manifest,
 )
 
 
@@ -53,8 +59,15 @@ class RendezvousTimeout(Exception):
     """Node 0 could not be reached in time; ``str()`` is one line."""
 
 
-def wait_for_master(host: str, port: int, timeout_s: float, *, interval_s: float = 2.0,
-                    clock: Callable[[], float] = time.monotonic, log: Callable[[str], None] = lambda _: None) -> None:
+def wait_for_master(
+    host: str,
+    port: int,
+    timeout_s: float,
+    *,
+    interval_s: float = 2.0,
+    clock: Callable[[], float] = time.monotonic,
+    log: Callable[[str], None] = lambda _: None,
+) -> None:
     """Return once ``host`` resolves and ``host:port`` accepts a TCP connection; raise
     :class:`RendezvousTimeout` after ``timeout_s``. The headless Service publishes node 0's DNS
     record as soon as its pod has an IP; until then resolution fails, which is not an error here."""
@@ -70,8 +83,9 @@ def wait_for_master(host: str, port: int, timeout_s: float, *, interval_s: float
         except OSError as err:
             last = f"{host}:{port} refuses connections ({err.strerror or err})"
         if clock() >= deadline:
-            raise RendezvousTimeout(f"rendezvous: node 0 not reachable after {timeout_s:.0f}s "
-                                    f"(spec.rendezvousTimeoutSeconds): {last}")
+            raise RendezvousTimeout(
+                f"rendezvous: node 0 not reachable after {timeout_s:.0f}s (spec.rendezvousTimeoutSeconds): {last}"
+            )
         if not announced:
             log(f"waiting for node 0 at {host}:{port}: {last}")
             announced = True
@@ -128,7 +142,7 @@ def _has_content(path: str) -> bool:
         return False
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m trainer.node JOB.yaml", file=sys.stderr)
@@ -148,8 +162,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     env = torchrun_env(spec, os.environ)
     if int(env["PET_NODE_RANK"]) != 0 and int(env["PET_NNODES"]) > 1:
         try:
-            wait_for_master(env["PET_MASTER_ADDR"], int(env["PET_MASTER_PORT"]), spec.rendezvousTimeoutSeconds,
-                            log=lambda line: print(line, file=sys.stderr, flush=True))
+            wait_for_master(
+                env["PET_MASTER_ADDR"],
+                int(env["PET_MASTER_PORT"]),
+                spec.rendezvousTimeoutSeconds,
+                log=lambda line: print(line, file=sys.stderr, flush=True),
+            )
         except RendezvousTimeout as err:
             return fail(str(err), EXIT_RENDEZVOUS_TIMEOUT)
     os.environ.clear()

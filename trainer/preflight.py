@@ -19,7 +19,6 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from kubeclip.api import TERMINATION_LOG, TrainerSpec
 
@@ -45,8 +44,8 @@ class Table:
 
     csv: str
     separator: str
-    paths: "object"  # numpy array of str
-    captions: "object"  # numpy array of str
+    paths: object  # numpy array of str
+    captions: object  # numpy array of str
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -55,14 +54,16 @@ class Table:
 @dataclass(frozen=True)
 class DatasetReport:
     train: Table
-    val: Optional[Table]
+    val: Table | None
     #: retention and zero-shot tables (``trainer.evalsets.EvalTables``), when the spec has them
-    extra: Optional["object"] = None
+    extra: object | None = None
 
     def summary(self) -> str:
         val = f", val {len(self.val)} rows" if self.val is not None else ", no valCsv"
         more = self.extra.summary() if self.extra is not None else ""
-        return f"preflight ok: train {len(self.train)} rows (separator {_sep_name(self.train.separator)}){val}" + (f", {more}" if more else "")
+        return f"preflight ok: train {len(self.train)} rows (separator {_sep_name(self.train.separator)}){val}" + (
+            f", {more}" if more else ""
+        )
 
 
 def _read_header(csv: Path, what: str) -> str:
@@ -89,7 +90,7 @@ def _split_header(header: str, sep: str) -> list[str]:
     return [c.strip().strip('"') for c in header.split(sep)]
 
 
-def detect_separator(header: str, wanted: tuple[str, ...]) -> Optional[str]:
+def detect_separator(header: str, wanted: tuple[str, ...]) -> str | None:
     """The separator that splits the header into all ``wanted`` columns, else the most frequent one."""
     for sep in CANDIDATE_SEPARATORS:
         if set(wanted) <= set(_split_header(header, sep)):
@@ -108,7 +109,9 @@ def read_table(csv: str, spec: TrainerSpec, what: str = "spec.dataset.trainCsv")
     path = Path(csv)
     header = _read_header(path, what)
     if not header.strip():
-        raise PreflightError(f"{what} {path}: empty file (expected a header line with '{ds.imageColumn}' and '{ds.captionColumn}')")
+        raise PreflightError(
+            f"{what} {path}: empty file (expected a header line with '{ds.imageColumn}' and '{ds.captionColumn}')"
+        )
     wanted = (ds.imageColumn, ds.captionColumn)
     sep = ds.separator or detect_separator(header, wanted) or ","
     columns = _split_header(header, sep)
@@ -141,9 +144,13 @@ def read_table(csv: str, spec: TrainerSpec, what: str = "spec.dataset.trainCsv")
             skipinitialspace=True,
         )
     except UnicodeDecodeError as err:
-        raise PreflightError(f"{what} {path}: not UTF-8 ({err.reason} at byte {err.start}); re-save the file as UTF-8") from None
+        raise PreflightError(
+            f"{what} {path}: not UTF-8 ({err.reason} at byte {err.start}); re-save the file as UTF-8"
+        ) from None
     except pd.errors.ParserError as err:
-        raise PreflightError(f"{what} {path}: malformed CSV with separator {_sep_name(sep)}: {str(err).strip().splitlines()[-1]}") from None
+        raise PreflightError(
+            f"{what} {path}: malformed CSV with separator {_sep_name(sep)}: {str(err).strip().splitlines()[-1]}"
+        ) from None
     except pd.errors.EmptyDataError:
         raise PreflightError(f"{what} {path}: empty file") from None
     if len(df) == 0:
@@ -152,7 +159,9 @@ def read_table(csv: str, spec: TrainerSpec, what: str = "spec.dataset.trainCsv")
         empty = np.flatnonzero(df[col].str.strip().to_numpy() == "")
         if len(empty):
             lines = ", ".join(str(i + 2) for i in empty[:SHOW_PATHS])
-            raise PreflightError(f"{what} {path}: {len(empty)} of {len(df)} rows have an empty '{col}' (spec.dataset.{key}), first at line(s) {lines}")
+            raise PreflightError(
+                f"{what} {path}: {len(empty)} of {len(df)} rows have an empty '{col}' (spec.dataset.{key}), first at line(s) {lines}"
+            )
     base = Path(ds.root) if ds.root else path.resolve().parent
     rel = df[ds.imageColumn].str.strip().to_numpy(dtype=object)
     paths = np.array([p if os.path.isabs(p) else os.path.join(base, p) for p in rel], dtype=object)
@@ -190,7 +199,7 @@ def check_images(table: Table, what: str) -> None:
 def _check_model(spec: TrainerSpec) -> None:
     name = spec.model.name
     if name.startswith("local-dir:"):
-        d = Path(name[len("local-dir:"):])
+        d = Path(name[len("local-dir:") :])
         if not (d / "open_clip_config.json").is_file():
             raise PreflightError(f"spec.model.name {name}: no open_clip_config.json in {d}")
     pre = spec.model.pretrained
@@ -221,7 +230,7 @@ def _human(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def check_free_space(out: Path, probe: Path, need: Optional[int] = None) -> None:
+def check_free_space(out: Path, probe: Path, need: int | None = None) -> None:
     """Enough free space on ``out``'s filesystem (``probe``: its nearest existing ancestor) for the
     next checkpoint: twice the newest checkpoint's size (the temporary file lives beside the
     committed one until the rename), and never less than :data:`MIN_FREE_BYTES`. A full disk
@@ -237,8 +246,10 @@ def check_free_space(out: Path, probe: Path, need: Optional[int] = None) -> None
         return  # the writability check above already spoke for this path
     free = st.f_bavail * st.f_frsize
     if free < need:
-        raise PreflightError(f"spec.output.path {out}: only {_human(free)} free on its filesystem, "
-                             f"checkpoints need at least {_human(need)}; free space or use a larger volume")
+        raise PreflightError(
+            f"spec.output.path {out}: only {_human(free)} free on its filesystem, "
+            f"checkpoints need at least {_human(need)}; free space or use a larger volume"
+        )
 
 
 def world_size(spec: TrainerSpec) -> int:
@@ -247,7 +258,7 @@ def world_size(spec: TrainerSpec) -> int:
     return int(env) if env else spec.numNodes * spec.numProcPerNode
 
 
-def run_preflight(spec: TrainerSpec, world: Optional[int] = None) -> DatasetReport:
+def run_preflight(spec: TrainerSpec, world: int | None = None) -> DatasetReport:
     """All checks, cheapest first. Raises :class:`PreflightError`; returns the checked tables."""
     world = world or world_size(spec)
     _check_model(spec)
@@ -295,7 +306,9 @@ def read_tables(spec: TrainerSpec) -> DatasetReport:
     from trainer import evalsets
 
     val = read_table(spec.dataset.valCsv, spec, "spec.dataset.valCsv") if spec.dataset.valCsv else None
-    return DatasetReport(train=read_table(spec.dataset.trainCsv, spec), val=val, extra=evalsets.read(spec, images=False))
+    return DatasetReport(
+        train=read_table(spec.dataset.trainCsv, spec), val=val, extra=evalsets.read(spec, images=False)
+    )
 
 
 class BackgroundPreflight:
@@ -325,7 +338,7 @@ class BackgroundPreflight:
                 payload = ("ok", report)
             except PreflightError as err:
                 payload = ("failed", f"preflight: {err}")
-            except BaseException as err:  # noqa: BLE001 - anything else is reported to the parent
+            except BaseException as err:
                 payload = ("error", f"{type(err).__name__}: {err}")
             if payload[0] == "failed":
                 if announce:
@@ -349,9 +362,9 @@ class BackgroundPreflight:
         signal.signal(signal.SIGUSR1, signal.SIG_DFL)
         if not data:
             raise RuntimeError("the preflight process died without a result")
-        kind, value = pickle.loads(data)
+        kind, value = pickle.loads(data)  # noqa: S301 - our own forked child's result, over our own pipe
         if kind == "failed":  # the SIGUSR1 normally ended us already; this is the fallback
-            raise PreflightError(value[len("preflight: "):])
+            raise PreflightError(value[len("preflight: ") :])
         if kind == "error":
             raise RuntimeError(f"preflight crashed: {value}")
         return value

@@ -21,14 +21,25 @@ import random
 from pathlib import Path
 
 COLOURS = {
-    "red": (210, 40, 40), "green": (40, 160, 70), "blue": (40, 70, 210), "yellow": (230, 200, 40),
-    "purple": (130, 50, 160), "orange": (240, 130, 30), "black": (20, 20, 20), "cyan": (40, 190, 200),
+    "red": (210, 40, 40),
+    "green": (40, 160, 70),
+    "blue": (40, 70, 210),
+    "yellow": (230, 200, 40),
+    "purple": (130, 50, 160),
+    "orange": (240, 130, 30),
+    "black": (20, 20, 20),
+    "cyan": (40, 190, 200),
 }
 KINDS = ("circle", "square", "triangle", "diamond")
 #: What ``make demo`` and ``examples/local-cpu.yaml`` use (``runs/demo/data``).
 DEMO = {"n": 512, "val_n": 64, "size": 64, "seed": 0}
-PLACES = {"top left": (0.28, 0.28), "top right": (0.72, 0.28), "bottom left": (0.28, 0.72),
-          "bottom right": (0.72, 0.72), "middle": (0.5, 0.5)}
+PLACES = {
+    "top left": (0.28, 0.28),
+    "top right": (0.72, 0.28),
+    "bottom left": (0.28, 0.72),
+    "bottom right": (0.72, 0.72),
+    "middle": (0.5, 0.5),
+}
 
 
 def _shape(draw, kind: str, cx: float, cy: float, r: float, fill) -> None:
@@ -54,8 +65,14 @@ def make_image(rng: random.Random, size: int):
     kind, colour, place = rng.choice(KINDS), rng.choice(sorted(COLOURS)), rng.choice(sorted(PLACES))
     fx, fy = PLACES[place]
     jitter = size * 0.05
-    _shape(draw, kind, fx * size + rng.uniform(-jitter, jitter), fy * size + rng.uniform(-jitter, jitter),
-           size * rng.uniform(0.14, 0.2), COLOURS[colour])
+    _shape(
+        draw,
+        kind,
+        fx * size + rng.uniform(-jitter, jitter),
+        fy * size + rng.uniform(-jitter, jitter),
+        size * rng.uniform(0.14, 0.2),
+        COLOURS[colour],
+    )
     where = "in the middle" if place == "middle" else f"at the {place}"
     return img, f"a {colour} {kind} {where}"
 
@@ -97,8 +114,9 @@ def write_split(out: Path, split: str, n: int, size: int, seed: int, domain: str
     return path
 
 
-def generate(out: str | Path, n: int = 256, val_n: int = 64, size: int = 64, seed: int = 0,
-             domain: str = "shapes") -> tuple[Path, Path]:
+def generate(
+    out: str | Path, n: int = 256, val_n: int = 64, size: int = 64, seed: int = 0, domain: str = "shapes"
+) -> tuple[Path, Path]:
     """Write the dataset (skipped when OUT already holds this exact one) and return the two CSVs."""
     out = Path(out)
     stamp = out / ".generated"

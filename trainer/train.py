@@ -27,15 +27,16 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 import torch
 
-from trainer import checkpoint, distributed
 from kubeclip.api import NonFiniteLoss, TrainerSpec
+from trainer import checkpoint, distributed
 from trainer.data import CaptionDataset, ShardedBatchSampler, eval_loader, train_loader
 from trainer.evaluate import evaluate
 from trainer.export import export
@@ -74,15 +75,20 @@ def weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def _outputs(out: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+def _outputs(out: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(image features, text features, logit_scale.exp(), logit_bias or None)`` of an open_clip forward."""
     if isinstance(out, dict):
         return out["image_features"], out["text_features"], out["logit_scale"], out.get("logit_bias")
     return out[0], out[1], out[2], (out[3] if len(out) > 3 else None)
 
 
-def forward_backward(ddp: torch.nn.Module, loss_fn: Callable, micro_batches: list, autocast=contextlib.nullcontext,
-                     scaler: Optional[torch.amp.GradScaler] = None) -> float:
+def forward_backward(
+    ddp: torch.nn.Module,
+    loss_fn: Callable,
+    micro_batches: list,
+    autocast=contextlib.nullcontext,
+    scaler: torch.amp.GradScaler | None = None,
+) -> float:
     """Accumulate into ``.grad`` the gradient of the loss of all ``micro_batches`` together; return that loss.
 
     One micro-batch: one forward and backward. Several (``gradAccumSteps``): open_clip's feature
@@ -106,8 +112,8 @@ def forward_backward(ddp: torch.nn.Module, loss_fn: Callable, micro_batches: lis
             with autocast():
                 img, txt, scale, bias = _outputs(ddp(images, tokens))
                 if k > 1:
-                    img = torch.cat([c[0] for c in cached[:j]] + [img] + [c[0] for c in cached[j + 1:]])
-                    txt = torch.cat([c[1] for c in cached[:j]] + [txt] + [c[1] for c in cached[j + 1:]])
+                    img = torch.cat([c[0] for c in cached[:j]] + [img] + [c[0] for c in cached[j + 1 :]])
+                    txt = torch.cat([c[1] for c in cached[:j]] + [txt] + [c[1] for c in cached[j + 1 :]])
                 if not last:
                     scale = scale.detach()
                     bias = bias.detach() if bias is not None else None
@@ -131,15 +137,16 @@ class LoopState:
     steady_time: float = 0.0  # seconds and samples of steps that did not wait for loader start-up
     steady_samples: int = 0
     steady_wait: float = 0.0  # of which waiting for the next batch
-    first_step_at: Optional[float] = None
+    first_step_at: float | None = None
     last_progress_write: float = 0.0
 
 
 class Recipe:
     """One rank of a fine-tuning run, in named pieces (torchtune's recipe shape)."""
 
-    def __init__(self, job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None,
-                 started_at: Optional[float] = None):
+    def __init__(
+        self, job: str, spec: TrainerSpec, report: DatasetReport | None = None, started_at: float | None = None
+    ):
         self.job, self.spec, self.t, self.report = job, spec, spec.training, report
         self.out = spec.output.path
         self.t_start = started_at or time.time()
@@ -151,8 +158,11 @@ class Recipe:
         t = self.t
         self.t_train = time.time()
         self.topo = topo = distributed.setup()
-        level, fmt = (logging.INFO, "%(asctime)s %(message)s") if topo.is_main else (
-            logging.WARNING, f"%(asctime)s rank{topo.rank} %(message)s")
+        level, fmt = (
+            (logging.INFO, "%(asctime)s %(message)s")
+            if topo.is_main
+            else (logging.WARNING, f"%(asctime)s rank{topo.rank} %(message)s")
+        )
         logging.basicConfig(level=level, format=fmt, force=True)
         # Same seed on every rank: identical initial weights (DDP broadcasts rank 0's anyway).
         random.seed(t.seed)
@@ -162,8 +172,9 @@ class Recipe:
         self._setup_data()
         # Baseline, retention/zero-shot evals, best weights, WiSE-FT; keeps θ_start, so it is made
         # from the built model before a checkpoint's weights are loaded into it.
-        self.watch = Forgetting(self.spec, topo, self.model, self.val_table, self.report, self.tf_val,
-                                self.tokenizer, self.autocast)
+        self.watch = Forgetting(
+            self.spec, topo, self.model, self.val_table, self.report, self.tf_val, self.tokenizer, self.autocast
+        )
         ck = self._resume_position()
         self._setup_optimizer(ck)
         self._setup_metrics()
@@ -176,8 +187,9 @@ class Recipe:
             self.model.to(self.dtype)
         self.ddp = distributed.wrap(self.model, topo)
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-        self.loss_fn = make_loss(is_siglip(self.model), topo.rank, topo.world, local_loss=t.localLoss,
-                                 gather_with_grad=t.gatherWithGrad)
+        self.loss_fn = make_loss(
+            is_siglip(self.model), topo.rank, topo.world, local_loss=t.localLoss, gather_with_grad=t.gatherWithGrad
+        )
         self.tf_train = tf_train
 
     def _setup_data(self) -> None:
@@ -191,8 +203,9 @@ class Recipe:
         if topo.device.type == "cuda" and t.gpuDecode:  # JPEG decode, crop and resize on the GPU (trainer.gpu_data)
             from trainer.gpu_data import gpu_train_loader
 
-            self.loader = gpu_train_loader(self.train_table, self.tf_train, self.tokenizer, t.seed, self.sampler,
-                                           t.workers, topo.device)
+            self.loader = gpu_train_loader(
+                self.train_table, self.tf_train, self.tokenizer, t.seed, self.sampler, t.workers, topo.device
+            )
         if self.loader is None:
             dataset = CaptionDataset(self.train_table, self.tf_train, self.tokenizer, t.seed, augment=True)
             self.loader = train_loader(dataset, self.sampler, t.workers, topo.device.type == "cuda")
@@ -201,7 +214,7 @@ class Recipe:
         self.warmup = t.warmupSteps if t.warmupSteps is not None else default_warmup(self.total_steps)
         self.global_batch = t.batchSize * topo.world * t.gradAccumSteps
 
-    def _resume_position(self) -> Optional[dict]:
+    def _resume_position(self) -> dict | None:
         """Read the newest checkpoint (if any), set the data position and start the loader early:
         its workers decode the first batches while the optimizer and metrics are set up."""
         t, s = self.t, self.state
@@ -220,7 +233,7 @@ class Recipe:
             self.first_batches = iter(self.loader)
         return ck
 
-    def _setup_optimizer(self, ck: Optional[dict]) -> None:
+    def _setup_optimizer(self, ck: dict | None) -> None:
         topo, s = self.topo, self.state
         self.opt = adamw(param_groups(self.model, self.t.weightDecay), topo.device)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -231,9 +244,12 @@ class Recipe:
         if self.scaler is not None and ck.get("scaler"):
             self.scaler.load_state_dict(ck["scaler"])
         if ck.get("world") != topo.world:
-            log.warning("checkpoint was written by %s processes, this run has %d: the data order after resume "
-                        "differs from an uninterrupted run (weights, optimizer and step are restored)",
-                        ck.get("world"), topo.world)
+            log.warning(
+                "checkpoint was written by %s processes, this run has %d: the data order after resume "
+                "differs from an uninterrupted run (weights, optimizer and step are restored)",
+                ck.get("world"),
+                topo.world,
+            )
         rngs = ck["rng"]
         checkpoint.set_rng_state(rngs[topo.rank] if topo.rank < len(rngs) else rngs[0])
         log.info("resumed from %s: step %d (epoch %d, step %d of it)", self.latest, s.step, s.epoch, s.step_in_epoch)
@@ -250,8 +266,15 @@ class Recipe:
         self.metrics.update(phase="training", step=s.step, epoch=s.epoch, skippedCheckpoints=self.skipped_checkpoints)
         log.info(
             "training %s: %d processes on %s, %d steps (%d/epoch x %d epochs), global batch %d, warmup %d, precision %s",
-            self.job, self.topo.world, self.topo.device.type, self.total_steps, self.steps_per_epoch, t.epochs,
-            self.global_batch, self.warmup, t.precision,
+            self.job,
+            self.topo.world,
+            self.topo.device.type,
+            self.total_steps,
+            self.steps_per_epoch,
+            t.epochs,
+            self.global_batch,
+            self.warmup,
+            t.precision,
         )
 
     # ---- one optimizer step, one epoch ------------------------------------------------------
@@ -265,12 +288,18 @@ class Recipe:
             t0 = time.perf_counter()
             images, tokens = next(batches)
             wait += time.perf_counter() - t0
-            micro.append((images.to(self.topo.device, self.dtype, non_blocking=True),
-                          tokens.to(self.topo.device, non_blocking=True)))
+            micro.append(
+                (
+                    images.to(self.topo.device, self.dtype, non_blocking=True),
+                    tokens.to(self.topo.device, non_blocking=True),
+                )
+            )
         s.loss = forward_backward(self.ddp, self.loss_fn, micro, self.autocast, self.scaler)
         if not math.isfinite(s.loss):  # the same on every rank (a global-batch loss): all stop
-            raise NonFiniteLoss(f"training: loss is {s.loss} at step {s.step + 1} (epoch {s.epoch}); lower "
-                                "training.learningRate or set training.gradClipNorm")
+            raise NonFiniteLoss(
+                f"training: loss is {s.loss} at step {s.step + 1} (epoch {s.epoch}); lower "
+                "training.learningRate or set training.gradClipNorm"
+            )
         if self.scaler is not None:
             self.scaler.unscale_(self.opt)
         if t.gradClipNorm:
@@ -322,9 +351,13 @@ class Recipe:
         if s.first_step_at is None:
             s.first_step_at = time.time()
             if self.topo.is_main:
-                log.info("first step done %.2fs after start (imports and preflight %.2fs, then model, data "
-                         "and the step %.2fs)", s.first_step_at - self.t_start, self.t_train - self.t_start,
-                         s.first_step_at - self.t_train)
+                log.info(
+                    "first step done %.2fs after start (imports and preflight %.2fs, then model, data "
+                    "and the step %.2fs)",
+                    s.first_step_at - self.t_start,
+                    self.t_train - self.t_start,
+                    s.first_step_at - self.t_train,
+                )
         m = self.metrics
         if m is None:
             return
@@ -343,12 +376,26 @@ class Recipe:
             m.gpu_mem.set(torch.cuda.max_memory_allocated(self.topo.device))
         every, total, now = self.t.logEverySteps, self.total_steps, time.perf_counter()
         if s.step == 1 or s.step % every == 0 or s.step == total:
-            log.info("step %d/%d epoch %d loss %.4f lr %.3g samples/s %.1f data_wait %.3fs",
-                     s.step, total, s.epoch, s.loss, s.lr, sps, wait)
+            log.info(
+                "step %d/%d epoch %d loss %.4f lr %.3g samples/s %.1f data_wait %.3fs",
+                s.step,
+                total,
+                s.epoch,
+                s.loss,
+                s.lr,
+                sps,
+                wait,
+            )
         if s.step == 1 or s.step % every == 0 or now - s.last_progress_write > 1.0 or s.step == total:
             s.last_progress_write = now
-            m.update(epoch=s.epoch, step=s.step, loss=s.loss, learningRate=s.lr, samplesPerSecond=round(sps, 2),
-                     etaSeconds=round((total - s.step) * gb / sps, 1) if sps else None)
+            m.update(
+                epoch=s.epoch,
+                step=s.step,
+                loss=s.loss,
+                learningRate=s.lr,
+                samplesPerSecond=round(sps, 2),
+                etaSeconds=round((total - s.step) * gb / sps, 1) if sps else None,
+            )
 
     # ---- evaluation -------------------------------------------------------------------------
     def evaluate_baseline(self) -> None:
@@ -370,8 +417,12 @@ class Recipe:
             m.update(phase="training")
             log.info(
                 "eval epoch %d: val_loss %.4f  i2t R@1 %.3f R@5 %.3f  t2i R@1 %.3f R@5 %.3f",
-                self.state.epoch, result["val_loss"], result["image_to_text_R@1"], result["image_to_text_R@5"],
-                result["text_to_image_R@1"], result["text_to_image_R@5"],
+                self.state.epoch,
+                result["val_loss"],
+                result["image_to_text_R@1"],
+                result["image_to_text_R@5"],
+                result["text_to_image_R@1"],
+                result["text_to_image_R@5"],
             )
         distributed.barrier(self.topo)
         return result
@@ -413,7 +464,9 @@ class Recipe:
         final.update(
             samples_per_second=round(s.steady_samples / s.steady_time, 2) if s.steady_time else None,
             data_wait_share=round(s.steady_wait / s.steady_time, 4) if s.steady_time else None,
-            peak_gpu_memory_bytes=torch.cuda.max_memory_allocated(self.topo.device) if self.topo.device.type == "cuda" else 0,
+            peak_gpu_memory_bytes=torch.cuda.max_memory_allocated(self.topo.device)
+            if self.topo.device.type == "cuda"
+            else 0,
             steps=s.step,
             epochs=t.epochs,
             world_size=self.topo.world,
@@ -426,8 +479,13 @@ class Recipe:
         )
         export_state, message = self.watch.finish(self.model, final, self.oc_config)  # WiSE-FT sweep, selection
         path = export(self.model, self.oc_config, final, self.out, state=export_state)
-        m.update(phase="done", step=s.step, modelPath=str(path), etaSeconds=0.0,
-                 message=message or f"model exported to {path}")
+        m.update(
+            phase="done",
+            step=s.step,
+            modelPath=str(path),
+            etaSeconds=0.0,
+            message=message or f"model exported to {path}",
+        )
         log.info("model exported to %s (load with open_clip.create_model_and_transforms('local-dir:%s'))", path, path)
         m.close()
         return final
@@ -438,7 +496,9 @@ class Recipe:
             return self._run()
         except BaseException as err:  # /progress and progress.json say "failed", not a stale "training"
             if self.metrics is not None:
-                self.metrics.update(phase="failed", message=str(err).splitlines()[0] if str(err) else type(err).__name__)
+                self.metrics.update(
+                    phase="failed", message=str(err).splitlines()[0] if str(err) else type(err).__name__
+                )
             raise
 
     def _run(self) -> dict:
@@ -460,6 +520,6 @@ class Recipe:
         distributed.teardown()
 
 
-def train(job: str, spec: TrainerSpec, report: Optional[DatasetReport] = None, started_at: Optional[float] = None) -> dict:
+def train(job: str, spec: TrainerSpec, report: DatasetReport | None = None, started_at: float | None = None) -> dict:
     """Run one rank of the job; ``started_at``: process start, for the start-up time in the log."""
     return Recipe(job, spec, report, started_at).run()

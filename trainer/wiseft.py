@@ -13,8 +13,6 @@ the table for the log and the job's status message.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from kubeclip.api import ExportSpec
@@ -25,10 +23,15 @@ R1 = "image_to_text_R@1"
 def cpu_state(model_or_state) -> dict[str, torch.Tensor]:
     """A detached fp32 CPU copy of a state dict (what the sweep keeps: one copy per weight set)."""
     state = model_or_state.state_dict() if hasattr(model_or_state, "state_dict") else model_or_state
-    return {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype, copy=True) for k, v in state.items()}
+    return {
+        k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype, copy=True)
+        for k, v in state.items()
+    }
 
 
-def interpolate(start: dict[str, torch.Tensor], finetuned: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+def interpolate(
+    start: dict[str, torch.Tensor], finetuned: dict[str, torch.Tensor], alpha: float
+) -> dict[str, torch.Tensor]:
     if start.keys() != finetuned.keys():
         raise ValueError("start and fine-tuned weights have different parameters")
     out = {}
@@ -41,7 +44,7 @@ def interpolate(start: dict[str, torch.Tensor], finetuned: dict[str, torch.Tenso
     return out
 
 
-def _r1(entry: dict, part: str) -> Optional[float]:
+def _r1(entry: dict, part: str) -> float | None:
     v = (entry.get(part) or {}).get(R1)
     return float(v) if v is not None else None
 
@@ -55,7 +58,11 @@ def select(table: list[dict], policy: ExportSpec) -> tuple[float, str]:
     start = next(e for e in table if e["alpha"] == 0.0)
     base = _r1(start, "retention")
     limit = policy.maxRetentionDrop
-    ok = [e for e in table if base is not None and _r1(e, "retention") is not None and base - _r1(e, "retention") <= limit + 1e-12]
+    ok = [
+        e
+        for e in table
+        if base is not None and _r1(e, "retention") is not None and base - _r1(e, "retention") <= limit + 1e-12
+    ]
     best = max(ok, key=lambda e: (_r1(e, "val") or 0.0, e["alpha"]))  # alpha 0 always qualifies
     return float(best["alpha"]), (
         f"select bestWithinRetentionDrop {limit:g}: alpha {best['alpha']:g} has the best val R@1 "
@@ -67,7 +74,10 @@ def table_lines(table: list[dict]) -> list[str]:
     """One line per alpha: val i2t/t2i R@1, retention i2t R@1, zero-shot top-1 (where measured)."""
     lines = []
     for e in table:
-        parts = [f"alpha {e['alpha']:.2f}", f"val i2t R@1 {_r1(e, 'val'):.3f} t2i R@1 {e['val']['text_to_image_R@1']:.3f}"]
+        parts = [
+            f"alpha {e['alpha']:.2f}",
+            f"val i2t R@1 {_r1(e, 'val'):.3f} t2i R@1 {e['val']['text_to_image_R@1']:.3f}",
+        ]
         if e.get("retention"):
             parts.append(f"retention R@1 {_r1(e, 'retention'):.3f}")
         if e.get("zeroshot"):

@@ -17,7 +17,9 @@ from trainer.preflight import Table
 
 
 @torch.no_grad()
-def accuracy(model, table: Table, transform, tokenizer, templates: list[str], batch_size: int, device, autocast) -> dict[str, float]:
+def accuracy(
+    model, table: Table, transform, tokenizer, templates: list[str], batch_size: int, device, autocast
+) -> dict[str, float]:
     was_training = model.training
     model.eval()
     labels = [str(c).strip() for c in table.captions]

@@ -24,7 +24,6 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Optional
 
 
 def _children() -> dict[int, list[int]]:
@@ -63,7 +62,7 @@ def tree_memory_kb(root: int) -> tuple[int, int, int]:
     return rss, pss, hwm
 
 
-def gpu_used_mib() -> Optional[int]:
+def gpu_used_mib() -> int | None:
     """Used memory of GPU 0 in MiB per ``nvidia-smi``, or None without one."""
     smi = shutil.which("nvidia-smi")
     if not smi:
@@ -84,11 +83,11 @@ def run(
     cmd: list,
     cwd: Path,
     log_path: Path,
-    env: Optional[dict] = None,
+    env: dict | None = None,
     marker: str = "",
-    marker_file: Optional[Path] = None,
+    marker_file: Path | None = None,
     gpu: bool = False,
-    timeout: Optional[float] = None,
+    timeout: float | None = None,
 ) -> dict:
     """Run ``cmd`` (stdout+stderr to ``log_path``); raise SystemExit with the log's tail if it fails.
 
@@ -99,7 +98,7 @@ def run(
     gpu_base = gpu_used_mib() if gpu else None
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     peak = {"rss": 0, "pss": 0, "hwm": 0, "gpu": 0}
-    first: Optional[float] = None
+    first: float | None = None
     t0 = time.time()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -24,7 +24,6 @@ import subprocess
 import sys
 import sysconfig
 from pathlib import Path
-from typing import Optional
 
 PEER = "open_clip_torch[training]==3.3.0"
 CHECK = "import open_clip, open_clip_train.main; assert open_clip.__version__ == '3.3.0', open_clip.__version__"
@@ -40,7 +39,7 @@ def _works(py: Path, env: dict) -> bool:
     return py.exists() and subprocess.run([py, "-c", CHECK], env=env, capture_output=True).returncode == 0
 
 
-def ensure(folder: Path, wheels: Optional[Path] = None) -> tuple[Path, dict]:
+def ensure(folder: Path, wheels: Path | None = None) -> tuple[Path, dict]:
     folder = Path(folder)
     pip = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     if wheels:

@@ -31,5 +31,3 @@ def format_validation_error(err: ValidationError, prefix: str = "spec") -> str:
         loc = ".".join([prefix, *(str(p) for p in e["loc"])]) if e["loc"] else prefix
         parts.append(f"{loc}: {e['msg']}")
     return "; ".join(parts)
-
-

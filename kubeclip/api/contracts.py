@@ -19,9 +19,12 @@ EXIT_CHECKPOINT_MISMATCH = 5
 #: retryable, the next attempt may find all nodes scheduled.
 EXIT_RENDEZVOUS_TIMEOUT = 6
 #: The exit codes that are the trainer's own final verdicts: the controller never retries them.
-FINAL_EXIT_CODES = {EXIT_CONFIG: "InvalidConfig", EXIT_PREFLIGHT: "PreflightFailed", EXIT_NONFINITE: "NonFiniteLoss",
-                    EXIT_CHECKPOINT_MISMATCH: "CheckpointMismatch"}
-
+FINAL_EXIT_CODES = {
+    EXIT_CONFIG: "InvalidConfig",
+    EXIT_PREFLIGHT: "PreflightFailed",
+    EXIT_NONFINITE: "NonFiniteLoss",
+    EXIT_CHECKPOINT_MISMATCH: "CheckpointMismatch",
+}
 
 
 class TrainerVerdict(Exception):

@@ -10,7 +10,7 @@ API server still validates them when the pod is created.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 from pydantic.config import JsonDict
@@ -21,10 +21,9 @@ from .trainer_spec import CLUSTER_KEYS, TrainerSpec
 #: Marks a field whose value is an embedded Kubernetes object kept as-is (see crd.py).
 PRESERVE: JsonDict = {"x-kubernetes-preserve-unknown-fields": True}
 #: A resource quantity ("500m", "4Gi", 2): the CRD types it as int-or-string.
-Quantity = Union[int, str]
+Quantity = int | str
 
 _NAME_RE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-
 
 
 class ResourceRequirements(Strict):
@@ -43,20 +42,24 @@ class Volume(Strict):
     """A pod Volume (persistentVolumeClaim, nfs, hostPath, emptyDir, ...), Kubernetes' own shape."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True, json_schema_extra=PRESERVE)
-    name: str = Field(min_length=1, max_length=63, pattern=_NAME_RE, description="Volume name, referenced by volumeMounts.")
+    name: str = Field(
+        min_length=1, max_length=63, pattern=_NAME_RE, description="Volume name, referenced by volumeMounts."
+    )
 
 
 class VolumeMount(Strict):
     name: str = Field(min_length=1, max_length=63, description="Name of a volume in spec.volumes.")
-    mountPath: str = Field(min_length=1, max_length=4096, description="Where the volume appears in the trainer container.")
-    subPath: Optional[str] = Field(default=None, max_length=4096, description="Sub-path inside the volume.")
+    mountPath: str = Field(
+        min_length=1, max_length=4096, description="Where the volume appears in the trainer container."
+    )
+    subPath: str | None = Field(default=None, max_length=4096, description="Sub-path inside the volume.")
     readOnly: bool = Field(default=False, description="Mount read-only (e.g. the dataset).")
 
 
 class EnvVar(Strict):
     name: str = Field(min_length=1, max_length=256, description="Environment variable name.")
-    value: Optional[str] = Field(default=None, description="Literal value.")
-    valueFrom: Optional[dict[str, Any]] = Field(
+    value: str | None = Field(default=None, description="Literal value.")
+    valueFrom: dict[str, Any] | None = Field(
         default=None,
         description="Kubernetes EnvVarSource (secretKeyRef, configMapKeyRef, fieldRef, ...).",
         json_schema_extra=PRESERVE,
@@ -64,13 +67,13 @@ class EnvVar(Strict):
 
 
 class Toleration(Strict):
-    key: Optional[str] = Field(default=None, description="Taint key; empty with operator Exists matches all taints.")
-    operator: Optional[Literal["Exists", "Equal"]] = Field(default=None, description="Exists or Equal (default Equal).")
-    value: Optional[str] = Field(default=None, description="Taint value for operator Equal.")
-    effect: Optional[Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]] = Field(
+    key: str | None = Field(default=None, description="Taint key; empty with operator Exists matches all taints.")
+    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal (default Equal).")
+    value: str | None = Field(default=None, description="Taint value for operator Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to tolerate; empty tolerates all."
     )
-    tolerationSeconds: Optional[int] = Field(default=None, description="For NoExecute: how long the pod stays bound.")
+    tolerationSeconds: int | None = Field(default=None, description="For NoExecute: how long the pod stays bound.")
 
 
 class LocalObjectReference(Strict):
@@ -91,10 +94,10 @@ class RunPolicy(Strict):
         "OOMKilled, signals). The (backoffLimit+1)th failure fails the job with BackoffLimitExceeded. "
         "Disruptions do not count unless countDisruptions is true.",
     )
-    activeDeadlineSeconds: Optional[int] = Field(
+    activeDeadlineSeconds: int | None = Field(
         default=None, ge=1, description="Fail the job (DeadlineExceeded) this long after it started."
     )
-    ttlSecondsAfterFinished: Optional[int] = Field(
+    ttlSecondsAfterFinished: int | None = Field(
         default=None, ge=0, description="Delete the job (and its children) this long after it finished."
     )
     cleanPodPolicy: CleanPodPolicy = Field(
@@ -121,37 +124,41 @@ class RunPolicy(Strict):
 class FineTuneJobSpec(TrainerSpec):
     """The whole ``spec`` of a FineTuneJob: the trainer's part plus where and how to run it."""
 
-    image: Optional[str] = Field(
+    image: str | None = Field(
         default=None,
         min_length=1,
         max_length=1024,
         description="Trainer container image. Empty: the controller's default image (chart value).",
     )
-    imagePullPolicy: Optional[Literal["Always", "IfNotPresent", "Never"]] = Field(
+    imagePullPolicy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
         default=None, description="Image pull policy of the trainer container."
     )
     imagePullSecrets: list[LocalObjectReference] = Field(
         default_factory=list, max_length=16, description="Secrets used to pull the image."
     )
-    resources: Optional[ResourceRequirements] = Field(default=None, description="Resources of each node pod.")
+    resources: ResourceRequirements | None = Field(default=None, description="Resources of each node pod.")
     volumes: list[Volume] = Field(
-        default_factory=list, max_length=64, description="Pod volumes holding the dataset and the output (PVC, NFS, hostPath...)."
+        default_factory=list,
+        max_length=64,
+        description="Pod volumes holding the dataset and the output (PVC, NFS, hostPath...).",
     )
     volumeMounts: list[VolumeMount] = Field(
         default_factory=list, max_length=64, description="Mounts of spec.volumes into the trainer container."
     )
-    env: list[EnvVar] = Field(default_factory=list, max_length=128, description="Extra environment of the trainer container.")
+    env: list[EnvVar] = Field(
+        default_factory=list, max_length=128, description="Extra environment of the trainer container."
+    )
     nodeSelector: dict[str, str] = Field(default_factory=dict, description="Node labels the pods must match.")
     tolerations: list[Toleration] = Field(default_factory=list, max_length=64, description="Tolerations of the pods.")
-    affinity: Optional[dict[str, Any]] = Field(
+    affinity: dict[str, Any] | None = Field(
         default=None, description="Kubernetes Affinity of the pods.", json_schema_extra=PRESERVE
     )
-    priorityClassName: Optional[str] = Field(default=None, max_length=253, description="PriorityClass of the pods.")
-    serviceAccountName: Optional[str] = Field(default=None, max_length=253, description="ServiceAccount the pods run as.")
+    priorityClassName: str | None = Field(default=None, max_length=253, description="PriorityClass of the pods.")
+    serviceAccountName: str | None = Field(default=None, max_length=253, description="ServiceAccount the pods run as.")
     runPolicy: RunPolicy = Field(default_factory=RunPolicy, description="Restarts, deadlines, cleanup, suspension.")
 
     @model_validator(mode="after")
-    def _cross_field(self) -> "FineTuneJobSpec":
+    def _cross_field(self) -> FineTuneJobSpec:
         # The same rules as the CRD's CEL validations (crd.py), for objects that reach the
         # controller without the API server's checks (older CRD, kubectl --validate=false).
         for message in cross_field_errors(self):
@@ -161,15 +168,26 @@ class FineTuneJobSpec(TrainerSpec):
 
 #: Environment the controller sets on every trainer pod; spec.env may not override it.
 RESERVED_ENV = (
-    "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "NODE_RANK", "NPROC_PER_NODE",
-    "PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT",
-    "KUBECLIP_JOB_NAME", "KUBECLIP_NAMESPACE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "WORLD_SIZE",
+    "RANK",
+    "NODE_RANK",
+    "NPROC_PER_NODE",
+    "PET_NNODES",
+    "PET_NPROC_PER_NODE",
+    "PET_NODE_RANK",
+    "PET_MASTER_ADDR",
+    "PET_MASTER_PORT",
+    "KUBECLIP_JOB_NAME",
+    "KUBECLIP_NAMESPACE",
 )
 #: Where the job's ConfigMap is mounted, and the volume name it uses.
 CONFIG_DIR = "/etc/kubeclip"
 CONFIG_VOLUME = "kubeclip-config"
 #: A memory-backed /dev/shm for the data loader workers (the container default is 64 MiB).
 SHM_VOLUME = "kubeclip-shm"
+SHM_PATH = "/dev/shm"  # noqa: S108 - the pod's shared-memory mount, not a temporary file
 RESERVED_VOLUMES = (CONFIG_VOLUME, SHM_VOLUME)
 GPU_RESOURCE = "nvidia.com/gpu"
 
@@ -188,8 +206,8 @@ def cross_field_errors(spec: FineTuneJobSpec) -> list[str]:
             errors.append(f"spec.volumeMounts: {m.name} is not a volume in spec.volumes")
         if m.mountPath.rstrip("/") == CONFIG_DIR or m.mountPath.startswith(CONFIG_DIR + "/"):
             errors.append(f"spec.volumeMounts: {CONFIG_DIR} is reserved for the job config")
-        if m.mountPath.rstrip("/") == "/dev/shm":
-            errors.append("spec.volumeMounts: /dev/shm is mounted by the controller")
+        if m.mountPath.rstrip("/") == SHM_PATH:
+            errors.append(f"spec.volumeMounts: {SHM_PATH} is mounted by the controller")
     for e in spec.env:
         if e.name in RESERVED_ENV:
             errors.append(f"spec.env: {e.name} is set by the controller")
@@ -201,7 +219,8 @@ def cross_field_errors(spec: FineTuneJobSpec) -> list[str]:
     return errors
 
 
-assert set(FineTuneJobSpec.model_fields) - set(TrainerSpec.model_fields) == CLUSTER_KEYS
+if set(FineTuneJobSpec.model_fields) - set(TrainerSpec.model_fields) != CLUSTER_KEYS:  # checked at import
+    raise RuntimeError("kubeclip.api: CLUSTER_KEYS must list exactly the fields FineTuneJobSpec adds to TrainerSpec")
 
 
 def parse_job_spec(spec: Any) -> FineTuneJobSpec:

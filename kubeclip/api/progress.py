@@ -4,9 +4,10 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
 
 class LastCheckpoint(BaseModel):
     path: str
@@ -24,19 +25,23 @@ class Progress(BaseModel):
     epochs: int = 0
     step: int = 0
     totalSteps: int = 0
-    loss: Optional[float] = None
-    learningRate: Optional[float] = None
-    samplesPerSecond: Optional[float] = None
-    etaSeconds: Optional[float] = None
+    loss: float | None = None
+    learningRate: float | None = None
+    samplesPerSecond: float | None = None
+    etaSeconds: float | None = None
     eval: dict[str, float] = Field(default_factory=dict, description="Latest retrieval eval, e.g. image_to_text_R@1.")
     baseline: dict[str, float] = Field(default_factory=dict, description="The same eval of the start model (step 0).")
-    retention: dict[str, float] = Field(default_factory=dict, description="Latest eval on spec.evaluation.retentionCsv.")
+    retention: dict[str, float] = Field(
+        default_factory=dict, description="Latest eval on spec.evaluation.retentionCsv."
+    )
     retentionBaseline: dict[str, float] = Field(default_factory=dict, description="Retention eval of the start model.")
     zeroShot: dict[str, float] = Field(default_factory=dict, description="Latest zero-shot accuracy (top1, top5).")
-    zeroShotBaseline: dict[str, float] = Field(default_factory=dict, description="Zero-shot accuracy of the start model.")
-    lastCheckpoint: Optional[LastCheckpoint] = None
-    metricsPort: Optional[int] = Field(default=None, description="Port rank 0 serves /metrics and /progress on.")
-    modelPath: Optional[str] = Field(default=None, description="Where the exported model went (phase done).")
+    zeroShotBaseline: dict[str, float] = Field(
+        default_factory=dict, description="Zero-shot accuracy of the start model."
+    )
+    lastCheckpoint: LastCheckpoint | None = None
+    metricsPort: int | None = Field(default=None, description="Port rank 0 serves /metrics and /progress on.")
+    modelPath: str | None = Field(default=None, description="Where the exported model went (phase done).")
     skippedCheckpoints: list[str] = Field(
         default_factory=list, description="Checkpoints this run could not read and resumed past ('name: reason')."
     )

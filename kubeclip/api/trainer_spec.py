@@ -15,7 +15,7 @@ Keys are camelCase (Kubernetes convention) and unknown keys are rejected with th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -46,7 +46,6 @@ CLUSTER_KEYS = frozenset(
 Precision = Literal["fp32", "bf16", "fp16", "amp", "amp_bf16", "amp_fp16"]
 
 
-
 class ModelSpec(Strict):
     name: str = Field(
         min_length=1,
@@ -63,10 +62,10 @@ class ModelSpec(Strict):
 
 class DatasetSpec(Strict):
     trainCsv: str = Field(min_length=1, description="Path to the training CSV (one row per image-caption pair).")
-    valCsv: Optional[str] = Field(
+    valCsv: str | None = Field(
         default=None, description="Path to a validation CSV; enables retrieval eval (R@1/5/10) at epoch ends."
     )
-    separator: Optional[str] = Field(
+    separator: str | None = Field(
         default=None,
         min_length=1,
         max_length=1,
@@ -74,7 +73,7 @@ class DatasetSpec(Strict):
     )
     imageColumn: str = Field(default="filepath", min_length=1, description="Column holding image paths.")
     captionColumn: str = Field(default="caption", min_length=1, description="Column holding captions.")
-    root: Optional[str] = Field(
+    root: str | None = Field(
         default=None,
         description="Base directory for relative image paths. Default: the directory of the CSV file.",
     )
@@ -87,7 +86,7 @@ class TrainingSpec(Strict):
     weightDecay: float = Field(
         default=0.1, ge=0, le=10.0, description="AdamW weight decay (not applied to norms, biases, logit scale)."
     )
-    warmupSteps: Optional[int] = Field(
+    warmupSteps: int | None = Field(
         default=None,
         ge=0,
         description="Linear warmup steps before the cosine decay. Empty: 5% of all optimizer steps "
@@ -98,7 +97,7 @@ class TrainingSpec(Strict):
         description="Numeric precision. amp_* use autocast on GPU; on CPU every mode but bf16 runs in fp32.",
     )
     gradAccumSteps: int = Field(default=1, ge=1, le=4096, description="Micro-batches accumulated per optimizer step.")
-    gradClipNorm: Optional[float] = Field(default=None, gt=0, description="Clip gradients to this global L2 norm.")
+    gradClipNorm: float | None = Field(default=None, gt=0, description="Clip gradients to this global L2 norm.")
     gradCheckpointing: bool = Field(default=False, description="Trade compute for memory (activation checkpointing).")
     lockImage: bool = Field(default=False, description="Freeze the image tower (open_clip's --lock-image).")
     lockImageUnlockedGroups: int = Field(
@@ -154,7 +153,7 @@ class TrainingSpec(Strict):
     logEverySteps: int = Field(default=10, ge=1, description="Log a progress line every N optimizer steps.")
 
     @model_validator(mode="after")
-    def _towers(self) -> "TrainingSpec":
+    def _towers(self) -> TrainingSpec:
         if self.lockImageUnlockedGroups and not self.lockImage:
             raise ValueError("lockImageUnlockedGroups is set but lockImage is false: set lockImage: true")
         if self.lockTextUnlockedLayers and not self.lockText:
@@ -183,9 +182,15 @@ class MetricsSpec(Strict):
 
 #: Validation-set keys ``spec.evaluation.metric`` may name; for the last two, lower is better.
 EVAL_METRICS = (
-    "image_to_text_R@1", "image_to_text_R@5", "image_to_text_R@10",
-    "text_to_image_R@1", "text_to_image_R@5", "text_to_image_R@10",
-    "val_loss", "image_to_text_mean_rank", "text_to_image_mean_rank",
+    "image_to_text_R@1",
+    "image_to_text_R@5",
+    "image_to_text_R@10",
+    "text_to_image_R@1",
+    "text_to_image_R@5",
+    "text_to_image_R@10",
+    "val_loss",
+    "image_to_text_mean_rank",
+    "text_to_image_mean_rank",
 )
 LOWER_IS_BETTER = frozenset({"val_loss", "image_to_text_mean_rank", "text_to_image_mean_rank"})
 
@@ -209,7 +214,7 @@ class ZeroShotSpec(Strict):
     )
 
     @model_validator(mode="after")
-    def _placeholders(self) -> "ZeroShotSpec":
+    def _placeholders(self) -> ZeroShotSpec:
         bad = [t for t in self.templates if "{}" not in t]
         if bad:
             raise ValueError(f"templates must contain '{{}}' (the class name): {bad[0]!r}")
@@ -217,25 +222,27 @@ class ZeroShotSpec(Strict):
 
 
 class EvaluationSpec(Strict):
-    retentionCsv: Optional[str] = Field(
+    retentionCsv: str | None = Field(
         default=None,
         description="A general-domain image-caption CSV (same columns and rules as valCsv) evaluated before "
         "training and at each eval: how much of what the model knew is kept.",
     )
-    zeroShot: Optional[ZeroShotSpec] = Field(default=None, description="Zero-shot classification on your classes.")
+    zeroShot: ZeroShotSpec | None = Field(default=None, description="Zero-shot classification on your classes.")
     metric: Literal[EVAL_METRICS] = Field(  # type: ignore[valid-type]
         default="image_to_text_R@1",
         description="Validation metric that picks the best checkpoint (spec.export.weights: best) and drives "
         "early stopping (loss and mean ranks: lower is better; recalls: higher).",
     )
-    patience: Optional[int] = Field(
+    patience: int | None = Field(
         default=None,
         ge=1,
         le=100000,
         description="Early stopping: end training after this many evals (epoch ends) without the metric "
         "improving by more than minDelta. Empty: never stop early.",
     )
-    minDelta: float = Field(default=0.0, ge=0.0, description="Smallest change of the metric that counts as improvement.")
+    minDelta: float = Field(
+        default=0.0, ge=0.0, description="Smallest change of the metric that counts as improvement."
+    )
 
 
 class ExportSpec(Strict):
@@ -255,9 +262,10 @@ class ExportSpec(Strict):
         description="What goes to final/: the fine-tuned weights; the fixed alpha; or the alpha with the best val "
         "image_to_text_R@1 whose retention image_to_text_R@1 is at most maxRetentionDrop below the start model's.",
     )
-    alpha: Optional[Fraction] = Field(default=None, description="The alpha exported when select is alpha.")
-    maxRetentionDrop: Optional[Fraction] = Field(
-        default=None, description="Largest allowed retention R@1 drop (absolute) when select is bestWithinRetentionDrop."
+    alpha: Fraction | None = Field(default=None, description="The alpha exported when select is alpha.")
+    maxRetentionDrop: Fraction | None = Field(
+        default=None,
+        description="Largest allowed retention R@1 drop (absolute) when select is bestWithinRetentionDrop.",
     )
     allAlphas: bool = Field(
         default=False,
@@ -265,7 +273,7 @@ class ExportSpec(Strict):
     )
 
     @model_validator(mode="after")
-    def _policy(self) -> "ExportSpec":
+    def _policy(self) -> ExportSpec:
         if self.select == "alpha" and self.alpha is None:
             raise ValueError("select: alpha needs spec.export.alpha")
         if self.select == "bestWithinRetentionDrop" and self.maxRetentionDrop is None:
@@ -292,7 +300,9 @@ class TrainerSpec(Strict):
     numNodes: int = Field(default=1, ge=1, le=1024, description="Number of nodes (pods), one torchrun each.")
     numProcPerNode: int = Field(default=1, ge=1, le=64, description="Training processes per node (GPUs per node).")
     rendezvousTimeoutSeconds: int = Field(
-        default=1800, ge=10, le=86400,
+        default=1800,
+        ge=10,
+        le=86400,
         description="How long the nodes wait for each other at start (node 0's address, then torchrun's "
         "rendezvous): long enough for a node scale-up or a slow image pull. Then exit 6, a retryable failure.",
     )
@@ -302,19 +312,27 @@ class TrainerSpec(Strict):
     export: ExportSpec = Field(default_factory=ExportSpec, description="What is exported: best/last, WiSE-FT mixes.")
 
     @model_validator(mode="after")
-    def _needs_val(self) -> "TrainerSpec":
+    def _needs_val(self) -> TrainerSpec:
         ev, ex = self.evaluation, self.export
         if self.dataset.valCsv is None:
-            used = [k for k, on in (("spec.evaluation.retentionCsv", ev.retentionCsv), ("spec.evaluation.zeroShot", ev.zeroShot),
-                                    ("spec.evaluation.patience", ev.patience), ("spec.export.weights: best", ex.weights == "best"),
-                                    ("spec.export.wiseFtAlphas", ex.wiseFtAlphas), ("spec.export.select", ex.select != "finetuned"),
-                                    ("spec.export.allAlphas", ex.allAlphas)) if on]
+            used = [
+                k
+                for k, on in (
+                    ("spec.evaluation.retentionCsv", ev.retentionCsv),
+                    ("spec.evaluation.zeroShot", ev.zeroShot),
+                    ("spec.evaluation.patience", ev.patience),
+                    ("spec.export.weights: best", ex.weights == "best"),
+                    ("spec.export.wiseFtAlphas", ex.wiseFtAlphas),
+                    ("spec.export.select", ex.select != "finetuned"),
+                    ("spec.export.allAlphas", ex.allAlphas),
+                )
+                if on
+            ]
             if used:
                 raise ValueError(f"{used[0]} needs spec.dataset.valCsv (the gain is measured on it)")
         if ex.select == "bestWithinRetentionDrop" and not ev.retentionCsv:
             raise ValueError("spec.export.select: bestWithinRetentionDrop needs spec.evaluation.retentionCsv")
         return self
-
 
 
 def trainer_part(spec: dict[str, Any]) -> dict[str, Any]:

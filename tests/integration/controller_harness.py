@@ -18,8 +18,9 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import yaml
 
@@ -50,7 +51,7 @@ def wait_for(fn: Callable[[], Any], timeout: float = 30.0, interval: float = 0.2
             last = fn()
             if last:
                 return last
-        except Exception as err:  # noqa: BLE001 - shown if we time out
+        except Exception as err:
             last = err
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
@@ -73,7 +74,12 @@ def lease_role(namespace: str, lease_name: str, subject_namespace: str) -> list[
             r["resourceNames"] = [lease_name]
     role = f"kubeclip-lease-{lease_name}"[:63]
     return [
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": role, "namespace": namespace}, "rules": rules},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": role, "namespace": namespace},
+            "rules": rules,
+        },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "RoleBinding",
@@ -86,7 +92,9 @@ def lease_role(namespace: str, lease_name: str, subject_namespace: str) -> list[
 
 def grant_lease(cluster: Any, namespace: str, lease_name: str) -> None:
     """Let the controller's ServiceAccount (in ``namespace``) hold the Lease ``namespace/lease_name``."""
-    cluster.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(d) for d in lease_role(namespace, lease_name, namespace)))
+    cluster.kubectl(
+        "apply", "-f", "-", input="\n---\n".join(json.dumps(d) for d in lease_role(namespace, lease_name, namespace))
+    )
 
 
 def controller_kubeconfig(cluster: Any, sa_namespace: str, out: Path, lease_name: str = "kubeclip-controller") -> Path:
@@ -96,11 +104,20 @@ def controller_kubeconfig(cluster: Any, sa_namespace: str, out: Path, lease_name
     role = f"kubeclip-controller-test-{uuid.uuid4().hex[:6]}"
     rules = yaml.safe_load(RULES_FILE.read_text())
     docs: list[dict[str, Any]] = [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "kubeclip-controller", "namespace": sa_namespace}},
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": "kubeclip-controller", "namespace": sa_namespace},
+        },
     ]
     for suffix, key in (("", "namespaced"), ("-cluster", "cluster")):
         docs += [
-            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": role + suffix}, "rules": rules[key]},
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": {"name": role + suffix},
+                "rules": rules[key],
+            },
             {
                 "apiVersion": "rbac.authorization.k8s.io/v1",
                 "kind": "ClusterRoleBinding",
@@ -111,7 +128,9 @@ def controller_kubeconfig(cluster: Any, sa_namespace: str, out: Path, lease_name
         ]
     docs += lease_role(sa_namespace, lease_name, sa_namespace)
     cluster.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(d) for d in docs))
-    token = cluster.kubectl("create", "token", "kubeclip-controller", "-n", sa_namespace, "--duration=4h").stdout.strip()
+    token = cluster.kubectl(
+        "create", "token", "kubeclip-controller", "-n", sa_namespace, "--duration=4h"
+    ).stdout.strip()
     admin = yaml.safe_load(Path(cluster.kubeconfig).read_text())
     ctx = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
     cl = next(c for c in admin["clusters"] if c["name"] == ctx["cluster"])
@@ -131,21 +150,33 @@ def controller_kubeconfig(cluster: Any, sa_namespace: str, out: Path, lease_name
 class Operator:
     """``python -m controller`` as a subprocess with its own ports and log file."""
 
-    def __init__(self, kubeconfig: Path | str, log_path: Path, *args: str, env: Optional[dict[str, str]] = None) -> None:
+    def __init__(self, kubeconfig: Path | str, log_path: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.metrics_port, self.health_port = free_port(), free_port()
         self.log_path = log_path
-        self.argv = [sys.executable, "-m", "controller", f"--metrics-port={self.metrics_port}",
-                     f"--health-port={self.health_port}", *args]
+        self.argv = [
+            sys.executable,
+            "-m",
+            "controller",
+            f"--metrics-port={self.metrics_port}",
+            f"--health-port={self.health_port}",
+            *args,
+        ]
         self.env = {**os.environ, "KUBECONFIG": str(kubeconfig), **(env or {})}
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Operator":
+    def start(self) -> Operator:
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
-                                     preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=REPO,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
         return self
 
-    def get(self, path: str, port: Optional[int] = None) -> tuple[int, str]:
+    def get(self, path: str, port: int | None = None) -> tuple[int, str]:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port or self.health_port}{path}", timeout=2) as r:
                 return r.status, r.read().decode()
@@ -186,7 +217,7 @@ class Operator:
         except OSError:
             return ""
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> Optional[int]:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
             return None if self.proc is None else self.proc.returncode
         self.proc.send_signal(sig)
@@ -197,23 +228,47 @@ class Operator:
             return self.proc.wait(10)
 
 
-def set_pod_status(core: Any, namespace: str, name: str, phase: str, *, exit_code: Optional[int] = None,
-                   reason: Optional[str] = None, message: str = "", pod_reason: Optional[str] = None,
-                   pod_ip: str = "127.0.0.1") -> None:
+def set_pod_status(
+    core: Any,
+    namespace: str,
+    name: str,
+    phase: str,
+    *,
+    exit_code: int | None = None,
+    reason: str | None = None,
+    message: str = "",
+    pod_reason: str | None = None,
+    pod_ip: str = "127.0.0.1",
+) -> None:
     """Play the kubelet: write the pod's phase and the trainer container's state."""
     if phase == "Running":
         state: dict[str, Any] = {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
     elif exit_code is not None:
-        state = {"terminated": {"exitCode": exit_code, "reason": reason or ("Completed" if exit_code == 0 else "Error"),
-                                "message": message, "startedAt": "2026-01-01T00:00:00Z", "finishedAt": "2026-01-01T00:01:00Z"}}
+        state = {
+            "terminated": {
+                "exitCode": exit_code,
+                "reason": reason or ("Completed" if exit_code == 0 else "Error"),
+                "message": message,
+                "startedAt": "2026-01-01T00:00:00Z",
+                "finishedAt": "2026-01-01T00:01:00Z",
+            }
+        }
     else:
         state = {"waiting": {"reason": "ContainerCreating"}}
     status: dict[str, Any] = {
         "phase": phase,
         "podIP": pod_ip,
         "podIPs": [{"ip": pod_ip}],
-        "containerStatuses": [{"name": "trainer", "ready": phase == "Running", "restartCount": 0, "image": "img",
-                               "imageID": "", "state": state}],
+        "containerStatuses": [
+            {
+                "name": "trainer",
+                "ready": phase == "Running",
+                "restartCount": 0,
+                "image": "img",
+                "imageID": "",
+                "state": state,
+            }
+        ],
     }
     if pod_reason:
         status["reason"] = pod_reason
@@ -234,4 +289,9 @@ def job_manifest(name: str, namespace: str, **spec_over: Any) -> dict[str, Any]:
         "volumeMounts": [{"name": "data", "mountPath": "/data"}],
     }
     spec.update(spec_over)
-    return {"apiVersion": "kubeclip.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+    return {
+        "apiVersion": "kubeclip.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }

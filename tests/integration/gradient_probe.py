@@ -64,7 +64,9 @@ def gradients(siglip: bool, local_loss: bool, gather_with_grad: bool, k: int, to
     images, tokens = data()
     b = ROWS // (topo.world * k)
     first = topo.rank * k * b
-    micro = [(images[first + j * b: first + (j + 1) * b], tokens[first + j * b: first + (j + 1) * b]) for j in range(k)]
+    micro = [
+        (images[first + j * b : first + (j + 1) * b], tokens[first + j * b : first + (j + 1) * b]) for j in range(k)
+    ]
     forward_backward(ddp, loss_fn, micro)
     return {n: p.grad.detach().clone() for n, p in model.named_parameters()}
 

@@ -44,8 +44,11 @@ PROMETHEUS_OPERATOR = "github.com/prometheus-operator/prometheus-operator@v0.85.
 
 ALL_ON = {
     "replicaCount": 2,
-    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}, "podMonitor": {"enabled": True},
-                "prometheusRule": {"enabled": True}},
+    "metrics": {
+        "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+        "podMonitor": {"enabled": True},
+        "prometheusRule": {"enabled": True},
+    },
     "dashboard": {"enabled": True},
     "image": {"digest": "sha256:" + "a" * 64},
 }
@@ -53,8 +56,13 @@ VALUE_SETS = {
     "default": {},
     "namespaced": {"watch": {"namespaces": ["team-a", "team-b"]}, "networkPolicy": {"enabled": True}},
     "all-on": ALL_ON,
-    "external-sa-no-crds": {"crds": {"enabled": False}, "serviceAccount": {"create": False, "name": "ops"}, "rbac": {"create": False},
-                            "leaderElection": {"enabled": False}, "metrics": {"service": {"enabled": False}}},
+    "external-sa-no-crds": {
+        "crds": {"enabled": False},
+        "serviceAccount": {"create": False, "name": "ops"},
+        "rbac": {"create": False},
+        "leaderElection": {"enabled": False},
+        "metrics": {"service": {"enabled": False}},
+    },
     "long-names": {**ALL_ON, "fullnameOverride": "x" * 63},
 }
 
@@ -87,10 +95,15 @@ def by_kind(docs: list[dict], kind: str) -> list[dict]:
 @lru_cache(maxsize=1)
 def prometheus_operator_crds() -> dict[str, dict]:
     """{kind: CRD} of ServiceMonitor, PodMonitor, PrometheusRule from the operator's Go module."""
-    proc = subprocess.run(["go", "mod", "download", "-json", PROMETHEUS_OPERATOR], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        ["go", "mod", "download", "-json", PROMETHEUS_OPERATOR], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     folder = Path(json.loads(proc.stdout)["Dir"]) / "example" / "prometheus-operator-crd"
-    return {kind: yaml.safe_load((folder / f"monitoring.coreos.com_{plural}.yaml").read_text()) for kind, plural in MONITORING.items()}
+    return {
+        kind: yaml.safe_load((folder / f"monitoring.coreos.com_{plural}.yaml").read_text())
+        for kind, plural in MONITORING.items()
+    }
 
 
 def rules_of(docs: list[dict]) -> dict:
@@ -123,7 +136,10 @@ def test_rendered_objects_validate(tmp_path, name):
             value = doc["metadata"].get(key, "")
             assert len(value) <= 63, f"{kind} {key} {value!r} is longer than 63 characters"
         for label, value in doc["metadata"].get("labels", {}).items():
-            assert len(str(value)) <= 63 and re.fullmatch(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]?", str(value)), (label, value)
+            assert len(str(value)) <= 63 and re.fullmatch(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]?", str(value)), (
+                label,
+                value,
+            )
 
 
 def test_monitor_validation_can_fail(tmp_path):
@@ -136,8 +152,13 @@ def test_monitor_validation_can_fail(tmp_path):
 
 
 def test_schema_rejects_unknown_and_mistyped_values(tmp_path):
-    for bad in ({"replicas": 2}, {"metrics": {"serviceMonitor": {"enabeld": True}}}, {"replicaCount": "two"},
-                {"image": {"pullPolicy": "Sometimes"}}, {"watch": {"namespaces": ["Not_A_Namespace"]}}):
+    for bad in (
+        {"replicas": 2},
+        {"metrics": {"serviceMonitor": {"enabeld": True}}},
+        {"replicaCount": "two"},
+        {"image": {"pullPolicy": "Sometimes"}},
+        {"watch": {"namespaces": ["Not_A_Namespace"]}},
+    ):
         proc = helm("template", "kc", str(CHART), "-f", str(values_file(tmp_path, bad)), check=False)
         assert proc.returncode != 0 and "schema" in proc.stderr, (bad, proc.stderr)
 
@@ -167,9 +188,16 @@ def test_schema_closes_every_object():
 # keys of Kubernetes types (accepted so users can set them, documented by Kubernetes), and
 # securityContext fields the restricted defaults do not need.
 NO_DEFAULT = (
-    "global", "affinity.", "extraEnv", "podSecurityContext.fsGroupChangePolicy", "podSecurityContext.supplementalGroups",
-    "podSecurityContext.seccompProfile.localhostProfile", "containerSecurityContext.runAsUser",
-    "containerSecurityContext.runAsGroup", "containerSecurityContext.privileged", "containerSecurityContext.seccompProfile",
+    "global",
+    "affinity.",
+    "extraEnv",
+    "podSecurityContext.fsGroupChangePolicy",
+    "podSecurityContext.supplementalGroups",
+    "podSecurityContext.seccompProfile.localhostProfile",
+    "containerSecurityContext.runAsUser",
+    "containerSecurityContext.runAsGroup",
+    "containerSecurityContext.privileged",
+    "containerSecurityContext.seccompProfile",
     "containerSecurityContext.capabilities.add",
 )
 
@@ -215,11 +243,13 @@ def test_every_value_is_documented_and_in_the_schema():
         assert kind is not None, f"values.yaml key {dotted} is not in values.schema.json"
         if kind:
             assert commented, f"values.yaml key {dotted} has no comment above it"
+
     # And every option of the schema has a default in values.yaml (so it is documented there).
     def options(node, prefix=""):
         for key, child in node.get("properties", {}).items():
             yield prefix + key
             yield from options(child, prefix + key + ".")
+
     missing = [o for o in options(schema) if o not in keys and not o.startswith(NO_DEFAULT)]
     assert missing == [], f"schema options without a documented default in values.yaml: {missing}"
 
@@ -230,8 +260,12 @@ def test_chart_readme_lists_every_value():
 
     def leaves(node, prefix=""):
         for key, value in node.items():
-            if isinstance(value, dict) and value and key not in ("labels", "annotations") and prefix + key not in (
-                "resources.requests", "resources.limits", "dashboard.labels"):
+            if (
+                isinstance(value, dict)
+                and value
+                and key not in ("labels", "annotations")
+                and prefix + key not in ("resources.requests", "resources.limits", "dashboard.labels")
+            ):
                 yield from leaves(value, prefix + key + ".")
             else:
                 yield prefix + key
@@ -247,7 +281,12 @@ def test_controller_deployment(tmp_path):
     (container,) = pod["containers"]
     args = container["args"]
     assert args[0] == "operator" and "--namespace=team-a" in args and "--all-namespaces" not in args
-    assert {"--metrics-port=8080", "--health-port=8081", "--leader-election", "--lease-namespace=kubeclip-system"} <= set(args)
+    assert {
+        "--metrics-port=8080",
+        "--health-port=8081",
+        "--leader-election",
+        "--lease-namespace=kubeclip-system",
+    } <= set(args)
     # The real CLI accepts exactly these arguments (click rejects unknown options before --help).
     kubeclip = Path(sys.executable).parent / "kubeclip"
     proc = subprocess.run([str(kubeclip), *args, "--help"], capture_output=True, text=True, timeout=120)
@@ -279,7 +318,9 @@ def test_rbac_rules_come_from_the_controller_file(tmp_path):
     sa = [{"kind": "ServiceAccount", "name": "kc-kubeclip", "namespace": "kubeclip-system"}]
     cluster = render(tmp_path, {})
     roles = {r["metadata"]["name"]: r for r in by_kind(cluster, "ClusterRole")}
-    assert roles["kc-kubeclip"]["rules"] == rules["namespaced"] and roles["kc-kubeclip-nodes"]["rules"] == rules["cluster"]
+    assert (
+        roles["kc-kubeclip"]["rules"] == rules["namespaced"] and roles["kc-kubeclip-nodes"]["rules"] == rules["cluster"]
+    )
     assert all(b["subjects"] == sa for b in by_kind(cluster, "ClusterRoleBinding"))
     # The Lease: a Role in the release namespace only, get/update by name, in both modes.
     (lease,) = by_kind(cluster, "Role")
@@ -290,7 +331,9 @@ def test_rbac_rules_come_from_the_controller_file(tmp_path):
     assert [r["metadata"]["name"] for r in by_kind(namespaced, "ClusterRole")] == ["kc-kubeclip-nodes"]
     ns_roles = sorted((r["metadata"]["namespace"], r["metadata"]["name"]) for r in by_kind(namespaced, "Role"))
     assert ns_roles == [("kubeclip-system", "kc-kubeclip-leader"), ("team-a", "kc-kubeclip"), ("team-b", "kc-kubeclip")]
-    assert all(r["rules"] == rules["namespaced"] for r in by_kind(namespaced, "Role") if r["metadata"]["name"] == "kc-kubeclip")
+    assert all(
+        r["rules"] == rules["namespaced"] for r in by_kind(namespaced, "Role") if r["metadata"]["name"] == "kc-kubeclip"
+    )
     assert len(by_kind(namespaced, "RoleBinding")) == 3
     assert not by_kind(render(tmp_path, {"leaderElection": {"enabled": False}}), "Role")
 
@@ -298,7 +341,10 @@ def test_rbac_rules_come_from_the_controller_file(tmp_path):
 def test_admission_policy_follows_the_values(tmp_path):
     def validations(values):
         docs = render(tmp_path, values)
-        policies, bindings = by_kind(docs, "ValidatingAdmissionPolicy"), by_kind(docs, "ValidatingAdmissionPolicyBinding")
+        policies, bindings = (
+            by_kind(docs, "ValidatingAdmissionPolicy"),
+            by_kind(docs, "ValidatingAdmissionPolicyBinding"),
+        )
         assert len(policies) == len(bindings) <= 1
         if not policies:
             return []
@@ -328,14 +374,24 @@ def test_network_policy_lets_in_only_trainers_monitoring_and_the_controller(tmp_
     assert monitoring["ports"] == [{"port": "metrics"}] == controller["ports"]
     assert monitoring["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
     (dep,) = by_kind(docs, "Deployment")
-    assert controller["from"][0]["podSelector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    assert (
+        controller["from"][0]["podSelector"]["matchLabels"].items()
+        <= dep["spec"]["template"]["metadata"]["labels"].items()
+    )
     # The policy selects the pods the controller builds, and their metrics port has that name.
     job = yaml.safe_load((ROOT / "examples" / "finetune-multinode.yaml").read_text())
     job["metadata"].update(namespace="team-a", uid="0000")
     pod = builders.pod(job, FineTuneJobSpec.model_validate(job["spec"]), 1, 0, "trainer:test")
     assert all(e["key"] in pod["metadata"]["labels"] for e in spec["podSelector"]["matchExpressions"])
     assert "metrics" in {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
-    failed = helm("template", "kc", str(CHART), "-f", str(values_file(tmp_path, {"networkPolicy": {"enabled": True}})), check=False)
+    failed = helm(
+        "template",
+        "kc",
+        str(CHART),
+        "-f",
+        str(values_file(tmp_path, {"networkPolicy": {"enabled": True}})),
+        check=False,
+    )
     assert failed.returncode != 0 and "networkPolicy.enabled needs networkPolicy.namespaces" in failed.stderr
 
 
@@ -368,7 +424,8 @@ def test_podmonitor_selects_the_pods_the_controller_builds(tmp_path):
         pod = builders.pod(job, spec, index, 0, "trainer:test")
         labels = pod["metadata"]["labels"]
         selected = all(labels.get(k) == v for k, v in selector["matchLabels"].items()) and all(
-            e["key"] in labels for e in selector["matchExpressions"])
+            e["key"] in labels for e in selector["matchExpressions"]
+        )
         assert selected == (index == 0), f"node {index}: selected={selected}"
         ports = {p["name"]: p["containerPort"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
         assert ports.get(port) == spec.metrics.port
@@ -399,45 +456,107 @@ RULE_TESTS = {
                 {"series": 'kubeclip_trainer_step{finetunejob="healthy",namespace="ml"}', "values": "0+10x70"},
                 {"series": 'kubeclip_trainer_total_steps{finetunejob="healthy",namespace="ml"}', "values": "1000x70"},
                 {"series": 'kubeclip_trainer_loss{finetunejob="healthy",namespace="ml"}', "values": "2-0.01x70"},
-                {"series": 'kubeclip_trainer_loss{finetunejob="nan",namespace="ml"}', "values": "1 1 NaN NaN NaN NaN NaN NaN NaN NaN"},
-                {"series": 'kubeclip_trainer_loss{finetunejob="inf",namespace="ml"}', "values": "1 1 Inf Inf Inf Inf Inf Inf Inf Inf"},
+                {
+                    "series": 'kubeclip_trainer_loss{finetunejob="nan",namespace="ml"}',
+                    "values": "1 1 NaN NaN NaN NaN NaN NaN NaN NaN",
+                },
+                {
+                    "series": 'kubeclip_trainer_loss{finetunejob="inf",namespace="ml"}',
+                    "values": "1 1 Inf Inf Inf Inf Inf Inf Inf Inf",
+                },
                 {"series": "kubeclip_controller_jobs_failed_total", "values": "0x10 1x60"},
                 {"series": "kubeclip_controller_jobs_restarted_total", "values": "0x5 1 2 3 4 5x60"},
                 {"series": 'kubeclip_controller_reconcile_errors_total{pod="ctl-0"}', "values": "0x70"},
                 # "forgets": retention R@1 falls from its 0.30 baseline to 0.20 after 10 minutes (drop 0.10 > 0.05);
                 # "keeps" loses 0.02 only; "zs" loses 0.2 of zero-shot top-1 from the start.
-                {"series": 'kubeclip_trainer_baseline_recall{finetunejob="forgets",namespace="ml",set="retention",direction="image_to_text",k="1"}',
-                 "values": "0.3x70"},
-                {"series": 'kubeclip_trainer_eval_recall{finetunejob="forgets",namespace="ml",set="retention",direction="image_to_text",k="1"}',
-                 "values": "0.3x10 0.2x60"},
-                {"series": 'kubeclip_trainer_baseline_recall{finetunejob="keeps",namespace="ml",set="retention",direction="image_to_text",k="1"}',
-                 "values": "0.3x70"},
-                {"series": 'kubeclip_trainer_eval_recall{finetunejob="keeps",namespace="ml",set="retention",direction="image_to_text",k="1"}',
-                 "values": "0.3x10 0.28x60"},
-                {"series": 'kubeclip_trainer_baseline_zeroshot_accuracy{finetunejob="zs",namespace="ml",k="1"}', "values": "0.6x70"},
-                {"series": 'kubeclip_trainer_zeroshot_accuracy{finetunejob="zs",namespace="ml",k="1"}', "values": "0.6x20 0.4x50"},
+                {
+                    "series": 'kubeclip_trainer_baseline_recall{finetunejob="forgets",namespace="ml",set="retention",direction="image_to_text",k="1"}',
+                    "values": "0.3x70",
+                },
+                {
+                    "series": 'kubeclip_trainer_eval_recall{finetunejob="forgets",namespace="ml",set="retention",direction="image_to_text",k="1"}',
+                    "values": "0.3x10 0.2x60",
+                },
+                {
+                    "series": 'kubeclip_trainer_baseline_recall{finetunejob="keeps",namespace="ml",set="retention",direction="image_to_text",k="1"}',
+                    "values": "0.3x70",
+                },
+                {
+                    "series": 'kubeclip_trainer_eval_recall{finetunejob="keeps",namespace="ml",set="retention",direction="image_to_text",k="1"}',
+                    "values": "0.3x10 0.28x60",
+                },
+                {
+                    "series": 'kubeclip_trainer_baseline_zeroshot_accuracy{finetunejob="zs",namespace="ml",k="1"}',
+                    "values": "0.6x70",
+                },
+                {
+                    "series": 'kubeclip_trainer_zeroshot_accuracy{finetunejob="zs",namespace="ml",k="1"}',
+                    "values": "0.6x20 0.4x50",
+                },
             ],
             "alert_rule_test": [
                 {"eval_time": "5m", "alertname": "KubeclipTrainingStalled", "exp_alerts": []},
-                {"eval_time": "50m", "alertname": "KubeclipTrainingStalled",
-                 "exp_alerts": [{"exp_labels": {"severity": "critical", "finetunejob": "stuck", "namespace": "ml"}}]},
+                {
+                    "eval_time": "50m",
+                    "alertname": "KubeclipTrainingStalled",
+                    "exp_alerts": [{"exp_labels": {"severity": "critical", "finetunejob": "stuck", "namespace": "ml"}}],
+                },
                 {"eval_time": "1m", "alertname": "KubeclipLossNotFinite", "exp_alerts": []},
-                {"eval_time": "8m", "alertname": "KubeclipLossNotFinite",
-                 "exp_alerts": [{"exp_labels": {"severity": "critical", "finetunejob": "nan", "namespace": "ml"}},
-                                {"exp_labels": {"severity": "critical", "finetunejob": "inf", "namespace": "ml"}}]},
+                {
+                    "eval_time": "8m",
+                    "alertname": "KubeclipLossNotFinite",
+                    "exp_alerts": [
+                        {"exp_labels": {"severity": "critical", "finetunejob": "nan", "namespace": "ml"}},
+                        {"exp_labels": {"severity": "critical", "finetunejob": "inf", "namespace": "ml"}},
+                    ],
+                },
                 {"eval_time": "5m", "alertname": "KubeclipJobFailed", "exp_alerts": []},
-                {"eval_time": "12m", "alertname": "KubeclipJobFailed", "exp_alerts": [{"exp_labels": {"severity": "critical"}}]},
+                {
+                    "eval_time": "12m",
+                    "alertname": "KubeclipJobFailed",
+                    "exp_alerts": [{"exp_labels": {"severity": "critical"}}],
+                },
                 {"eval_time": "4m", "alertname": "KubeclipJobRestarting", "exp_alerts": []},
-                {"eval_time": "20m", "alertname": "KubeclipJobRestarting", "exp_alerts": [{"exp_labels": {"severity": "warning"}}]},
+                {
+                    "eval_time": "20m",
+                    "alertname": "KubeclipJobRestarting",
+                    "exp_alerts": [{"exp_labels": {"severity": "warning"}}],
+                },
                 {"eval_time": "60m", "alertname": "KubeclipReconcileErrors", "exp_alerts": []},
                 {"eval_time": "5m", "alertname": "KubeclipForgetting", "exp_alerts": []},
-                {"eval_time": "15m", "alertname": "KubeclipForgetting",
-                 "exp_alerts": [{"exp_labels": {"severity": "warning", "finetunejob": "forgets", "namespace": "ml", "set": "retention",
-                                                "direction": "image_to_text", "k": "1"}}]},
-                {"eval_time": "30m", "alertname": "KubeclipForgetting",
-                 "exp_alerts": [{"exp_labels": {"severity": "warning", "finetunejob": "forgets", "namespace": "ml", "set": "retention",
-                                                "direction": "image_to_text", "k": "1"}},
-                                {"exp_labels": {"severity": "warning", "finetunejob": "zs", "namespace": "ml", "k": "1"}}]},
+                {
+                    "eval_time": "15m",
+                    "alertname": "KubeclipForgetting",
+                    "exp_alerts": [
+                        {
+                            "exp_labels": {
+                                "severity": "warning",
+                                "finetunejob": "forgets",
+                                "namespace": "ml",
+                                "set": "retention",
+                                "direction": "image_to_text",
+                                "k": "1",
+                            }
+                        }
+                    ],
+                },
+                {
+                    "eval_time": "30m",
+                    "alertname": "KubeclipForgetting",
+                    "exp_alerts": [
+                        {
+                            "exp_labels": {
+                                "severity": "warning",
+                                "finetunejob": "forgets",
+                                "namespace": "ml",
+                                "set": "retention",
+                                "direction": "image_to_text",
+                                "k": "1",
+                            }
+                        },
+                        {"exp_labels": {"severity": "warning", "finetunejob": "zs", "namespace": "ml", "k": "1"}},
+                    ],
+                },
             ],
         }
     ],
@@ -451,7 +570,9 @@ def test_alerts_fire_when_and_only_when_they_should(tmp_path):
             rule.pop("annotations")  # their templates are checked by `promtool check rules` above
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules))
     (tmp_path / "tests.yaml").write_text(yaml.safe_dump(RULE_TESTS))
-    proc = subprocess.run([str(find_binary("promtool")), "test", "rules", "tests.yaml"], cwd=tmp_path, capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(find_binary("promtool")), "test", "rules", "tests.yaml"], cwd=tmp_path, capture_output=True, text=True
+    )
     assert proc.returncode == 0 and "SUCCESS" in proc.stdout, proc.stdout + proc.stderr
 
 
@@ -462,8 +583,14 @@ def _adopt_existing_crd(cluster, release: str, namespace: str) -> None:
     """Other tests apply the same CRD; let this release adopt it the way Helm allows."""
     if cluster.kubectl("get", "crd", CRD_NAME, check=False).returncode == 0:
         cluster.kubectl("label", "--overwrite", "crd", CRD_NAME, "app.kubernetes.io/managed-by=Helm")
-        cluster.kubectl("annotate", "--overwrite", "crd", CRD_NAME,
-                        f"meta.helm.sh/release-name={release}", f"meta.helm.sh/release-namespace={namespace}")
+        cluster.kubectl(
+            "annotate",
+            "--overwrite",
+            "crd",
+            CRD_NAME,
+            f"meta.helm.sh/release-name={release}",
+            f"meta.helm.sh/release-namespace={namespace}",
+        )
 
 
 def _can(cluster, sa: str, verb: str, resource: str, namespace: str | None, subresource: str = "") -> bool:
@@ -475,8 +602,10 @@ def _can(cluster, sa: str, verb: str, resource: str, namespace: str | None, subr
 
 @pytest.mark.cluster
 def test_install_upgrade_uninstall(cluster, namespace, tmp_path):
-    for kind, crd in prometheus_operator_crds().items():
-        cluster.kubectl("apply", "--server-side", "--field-manager=kubeclip-chart-test", "-f", "-", input=yaml.safe_dump(crd))
+    for crd in prometheus_operator_crds().values():
+        cluster.kubectl(
+            "apply", "--server-side", "--field-manager=kubeclip-chart-test", "-f", "-", input=yaml.safe_dump(crd)
+        )
     release = "kc-" + namespace[-6:]
     fullname = f"{release}-kubeclip"
     sa = f"system:serviceaccount:{namespace}:{fullname}"
@@ -496,7 +625,9 @@ def test_install_upgrade_uninstall(cluster, namespace, tmp_path):
     # a few seconds of grace: the API server publishes a new CRD's OpenAPI asynchronously.
     deadline = time.monotonic() + 60
     while True:
-        explained = cluster.kubectl("--cache-dir", str(tmp_path / f"kcache-{time.monotonic_ns()}"), "explain", "ftj.spec", check=False)
+        explained = cluster.kubectl(
+            "--cache-dir", str(tmp_path / f"kcache-{time.monotonic_ns()}"), "explain", "ftj.spec", check=False
+        )
         if explained.returncode == 0 or time.monotonic() > deadline:
             break
         time.sleep(1)
@@ -510,8 +641,12 @@ def test_install_upgrade_uninstall(cluster, namespace, tmp_path):
     # restricted Pod Security Standard: dry-run a Pod made from the Deployment's template.
     cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     template = dep["spec"]["template"]
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "controller-pod-check", "labels": template["metadata"]["labels"]},
-           "spec": template["spec"]}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "controller-pod-check", "labels": template["metadata"]["labels"]},
+        "spec": template["spec"],
+    }
     cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=json.dumps(pod))
     cluster.kubectl("get", "clusterrole,clusterrolebinding", fullname)
     # Cluster-wide mode: the controller may manage jobs and pods everywhere, and nothing more.
@@ -532,15 +667,21 @@ def test_install_upgrade_uninstall(cluster, namespace, tmp_path):
     dep = json.loads(cluster.kubectl("get", "deployment", fullname, "-n", namespace, "-o", "json").stdout)
     assert dep["spec"]["replicas"] == 2
     assert f"--namespace={namespace}" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert cluster.kubectl("get", "clusterrole", fullname, check=False).returncode != 0, "ClusterRole left after switching to namespaced mode"
+    assert cluster.kubectl("get", "clusterrole", fullname, check=False).returncode != 0, (
+        "ClusterRole left after switching to namespaced mode"
+    )
     cluster.kubectl("get", "role,rolebinding", fullname, "-n", namespace)
     assert _can(cluster, sa, "watch", "finetunejobs.kubeclip.dev", namespace)
     assert _can(cluster, sa, "create", "leases.coordination.k8s.io", namespace)
     assert not _can(cluster, sa, "watch", "finetunejobs.kubeclip.dev", "default")
     for kind in MONITORING:
         cluster.kubectl("get", kind.lower(), "-n", namespace, "-o", "name")
-    names = cluster.kubectl("get", "servicemonitor,podmonitor,prometheusrule,configmap", "-n", namespace, "-o", "name").stdout
-    assert all(s in names for s in ("servicemonitor", "podmonitor", "prometheusrule", f"configmap/{fullname}-dashboard")), names
+    names = cluster.kubectl(
+        "get", "servicemonitor,podmonitor,prometheusrule,configmap", "-n", namespace, "-o", "name"
+    ).stdout
+    assert all(
+        s in names for s in ("servicemonitor", "podmonitor", "prometheusrule", f"configmap/{fullname}-dashboard")
+    ), names
 
     cluster.helm("uninstall", release, "-n", namespace)
     assert cluster.kubectl("get", "deployment", fullname, "-n", namespace, check=False).returncode != 0

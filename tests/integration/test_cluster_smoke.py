@@ -29,28 +29,37 @@ WIDGET_CRD = {
         "group": GROUP,
         "scope": "Namespaced",
         "names": {"plural": PLURAL, "singular": "widget", "kind": "Widget"},
-        "versions": [{
-            "name": VERSION, "served": True, "storage": True,
-            "subresources": {"status": {}},
-            "schema": {"openAPIV3Schema": {
-                "type": "object",
-                "properties": {
-                    "spec": {
+        "versions": [
+            {
+                "name": VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "schema": {
+                    "openAPIV3Schema": {
                         "type": "object",
-                        "required": ["replicas", "maxReplicas"],
                         "properties": {
-                            "replicas": {"type": "integer", "minimum": 0},
-                            "maxReplicas": {"type": "integer"},
-                            "mode": {"type": "string", "default": "fast"},
+                            "spec": {
+                                "type": "object",
+                                "required": ["replicas", "maxReplicas"],
+                                "properties": {
+                                    "replicas": {"type": "integer", "minimum": 0},
+                                    "maxReplicas": {"type": "integer"},
+                                    "mode": {"type": "string", "default": "fast"},
+                                },
+                                "x-kubernetes-validations": [
+                                    {
+                                        "rule": "self.replicas <= self.maxReplicas",
+                                        "message": "replicas must not exceed maxReplicas",
+                                    },
+                                ],
+                            },
+                            "status": {"type": "object", "properties": {"phase": {"type": "string"}}},
                         },
-                        "x-kubernetes-validations": [
-                            {"rule": "self.replicas <= self.maxReplicas", "message": "replicas must not exceed maxReplicas"},
-                        ],
-                    },
-                    "status": {"type": "object", "properties": {"phase": {"type": "string"}}},
+                    }
                 },
-            }},
-        }],
+            }
+        ],
     },
 }
 
@@ -66,8 +75,12 @@ def widgets(cluster):
 
 
 def widget(name: str, replicas: int, max_replicas: int) -> dict:
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Widget", "metadata": {"name": name},
-            "spec": {"replicas": replicas, "maxReplicas": max_replicas}}
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Widget",
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas, "maxReplicas": max_replicas},
+    }
 
 
 def create_widget(api, namespace: str, body: dict) -> dict:
@@ -110,8 +123,9 @@ def test_label_selector_list_returns_only_matching(cluster, namespace):
     with cluster.api_client() as api:
         core = client.CoreV1Api(api)
         for name, team in (("a", "red"), ("b", "blue"), ("c", "red")):
-            core.create_namespaced_config_map(namespace, client.V1ConfigMap(
-                metadata=client.V1ObjectMeta(name=name, labels={"team": team})))
+            core.create_namespaced_config_map(
+                namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name, labels={"team": team}))
+            )
         red = core.list_namespaced_config_map(namespace, label_selector="team=red")
         not_red = core.list_namespaced_config_map(namespace, label_selector="team,team!=red")
     assert sorted(cm.metadata.name for cm in red.items) == ["a", "c"]
@@ -136,8 +150,9 @@ def test_status_subresource_update_leaves_spec_alone(widgets, namespace):
 def test_stale_resource_version_gets_409(cluster, namespace):
     with cluster.api_client() as api:
         core = client.CoreV1Api(api)
-        cm = core.create_namespaced_config_map(namespace, client.V1ConfigMap(
-            metadata=client.V1ObjectMeta(name="cas"), data={"n": "0"}))
+        cm = core.create_namespaced_config_map(
+            namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="cas"), data={"n": "0"})
+        )
         stale_rv = cm.metadata.resource_version
         cm.data = {"n": "1"}
         fresh = core.replace_namespaced_config_map("cas", namespace, cm)
@@ -160,8 +175,15 @@ def test_impersonated_service_account_without_rights_is_denied(cluster, namespac
 
     # control: once RBAC grants it, the same impersonated identity may list (so 403 came from RBAC)
     cluster.kubectl("-n", namespace, "create", "role", "cm-reader", "--verb=list", "--resource=configmaps")
-    cluster.kubectl("-n", namespace, "create", "rolebinding", "cm-reader", "--role=cm-reader",
-                    f"--serviceaccount={namespace}:default")
+    cluster.kubectl(
+        "-n",
+        namespace,
+        "create",
+        "rolebinding",
+        "cm-reader",
+        "--role=cm-reader",
+        f"--serviceaccount={namespace}:default",
+    )
     until_allowed(cluster, lambda api: client.CoreV1Api(api).list_namespaced_config_map(namespace), as_user=sa)
     can = cluster.kubectl("-n", namespace, "auth", "can-i", "delete", "configmaps", as_user=sa, check=False)
     assert can.stdout.strip() == "no"
@@ -171,8 +193,12 @@ def test_impersonated_groups_reach_the_server(cluster, namespace):
     """Several Impersonate-Group headers arrive as separate groups (RBAC binds to the second one)."""
     cluster.kubectl("-n", namespace, "create", "role", "pod-reader", "--verb=list", "--resource=pods")
     cluster.kubectl("-n", namespace, "create", "rolebinding", "pod-reader", "--role=pod-reader", "--group=readers")
-    until_allowed(cluster, lambda api: client.CoreV1Api(api).list_namespaced_pod(namespace),
-                  as_user="alice", as_groups=["staff", "readers"])
+    until_allowed(
+        cluster,
+        lambda api: client.CoreV1Api(api).list_namespaced_pod(namespace),
+        as_user="alice",
+        as_groups=["staff", "readers"],
+    )
     with cluster.api_client(as_user="alice", as_groups=["staff"]) as api:
         with pytest.raises(ApiException) as err:
             client.CoreV1Api(api).list_namespaced_pod(namespace)
@@ -219,10 +245,13 @@ def test_pods_are_creatable_and_tests_can_play_the_kubelet(cluster, namespace):
 def test_garbage_collector_deletes_dependents_of_a_deleted_owner(cluster, namespace):
     with cluster.api_client() as api:
         core = client.CoreV1Api(api)
-        owner = core.create_namespaced_config_map(namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="owner")))
+        owner = core.create_namespaced_config_map(
+            namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="owner"))
+        )
         ref = client.V1OwnerReference(api_version="v1", kind="ConfigMap", name="owner", uid=owner.metadata.uid)
-        core.create_namespaced_config_map(namespace, client.V1ConfigMap(
-            metadata=client.V1ObjectMeta(name="dependent", owner_references=[ref])))
+        core.create_namespaced_config_map(
+            namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="dependent", owner_references=[ref]))
+        )
         core.delete_namespaced_config_map("owner", namespace, propagation_policy="Background")
         deadline = time.monotonic() + 60
         while True:
@@ -250,19 +279,26 @@ def test_restarted_controller_manager_collects_new_crd_children_at_once(cluster,
             owner = None
             for _ in range(50):
                 try:
-                    owner = gadgets.create_namespaced_custom_object("gc.kubeclip.dev", VERSION, namespace, PLURAL,
-                                                                    dict(widget("o", 1, 1), apiVersion=f"gc.kubeclip.dev/{VERSION}"))
+                    owner = gadgets.create_namespaced_custom_object(
+                        "gc.kubeclip.dev",
+                        VERSION,
+                        namespace,
+                        PLURAL,
+                        dict(widget("o", 1, 1), apiVersion=f"gc.kubeclip.dev/{VERSION}"),
+                    )
                     break
                 except ApiException as e:
                     if e.status != 404:
                         raise
                     time.sleep(0.2)
             assert owner is not None
-            ref = client.V1OwnerReference(api_version=f"gc.kubeclip.dev/{VERSION}", kind="Widget", name="o",
-                                          uid=owner["metadata"]["uid"])
+            ref = client.V1OwnerReference(
+                api_version=f"gc.kubeclip.dev/{VERSION}", kind="Widget", name="o", uid=owner["metadata"]["uid"]
+            )
             core = client.CoreV1Api(api)
-            core.create_namespaced_config_map(namespace, client.V1ConfigMap(
-                metadata=client.V1ObjectMeta(name="o-child", owner_references=[ref])))
+            core.create_namespaced_config_map(
+                namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="o-child", owner_references=[ref]))
+            )
             gadgets.delete_namespaced_custom_object("gc.kubeclip.dev", VERSION, namespace, PLURAL, "o")
             t0 = time.monotonic()
             while True:

@@ -13,12 +13,19 @@ import http.server
 import json
 import threading
 import uuid
-from pathlib import Path
 
 import pytest
 import yaml
+from controller_harness import (
+    REPO,
+    Operator,
+    controller_kubeconfig,
+    install_crd,
+    job_manifest,
+    set_pod_status,
+    wait_for,
+)
 
-from controller_harness import REPO, Operator, controller_kubeconfig, install_crd, job_manifest, set_pod_status, wait_for
 from kubeclip.api import parse_manifest
 
 pytestmark = [pytest.mark.cluster]
@@ -28,7 +35,7 @@ PROGRESS: dict = {}
 
 
 class _ProgressHandler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         body = json.dumps(PROGRESS).encode()
         self.send_response(200 if self.path == "/progress" else 404)
         self.send_header("Content-Type", "application/json")
@@ -82,8 +89,13 @@ TEST_ENV = {
 @pytest.fixture(scope="module")
 def operator(crd, sa_kubeconfig, system_ns, progress_server, tmp_path_factory):
     log = tmp_path_factory.mktemp("ctl-log") / "controller.log"
-    op = Operator(sa_kubeconfig, log, "--all-namespaces", f"--lease-namespace={system_ns}",
-                  env={**TEST_ENV, "KUBECLIP_PROGRESS_PORT": str(progress_server)}).start()
+    op = Operator(
+        sa_kubeconfig,
+        log,
+        "--all-namespaces",
+        f"--lease-namespace={system_ns}",
+        env={**TEST_ENV, "KUBECLIP_PROGRESS_PORT": str(progress_server)},
+    ).start()
     op.wait_ready()
     yield op
     rc = op.stop()
@@ -114,12 +126,17 @@ def _status(custom, ns, name):
 
 
 def _pods(core, ns, job):
-    return sorted(core.list_namespaced_pod(ns, label_selector=f"kubeclip.dev/job-name={job}").items, key=lambda p: p.metadata.name)
+    return sorted(
+        core.list_namespaced_pod(ns, label_selector=f"kubeclip.dev/job-name={job}").items, key=lambda p: p.metadata.name
+    )
 
 
 def _wait_phase(custom, ns, name, phase, timeout=30):
-    return wait_for(lambda: _status(custom, ns, name).get("phase") == phase and _status(custom, ns, name), timeout,
-                    what=f"{name} phase {phase} (now {_status(custom, ns, name).get('phase')})")
+    return wait_for(
+        lambda: _status(custom, ns, name).get("phase") == phase and _status(custom, ns, name),
+        timeout,
+        what=f"{name} phase {phase} (now {_status(custom, ns, name).get('phase')})",
+    )
 
 
 def _wait_pods(core, ns, job, n, attempt=None, timeout=30):
@@ -128,6 +145,7 @@ def _wait_pods(core, ns, job, n, attempt=None, timeout=30):
         if attempt is not None:
             pods = [p for p in pods if p.metadata.labels.get("kubeclip.dev/attempt") == str(attempt)]
         return len(pods) == n and pods
+
     return wait_for(ok, timeout, what=f"{n} pods of {job}")
 
 
@@ -137,8 +155,13 @@ def _run_all(core, ns, job):
 
 
 def _events(core, ns, name):
-    return [e.reason for e in sorted(core.list_namespaced_event(ns, field_selector=f"involvedObject.name={name}").items,
-                                     key=lambda e: e.metadata.creation_timestamp)]
+    return [
+        e.reason
+        for e in sorted(
+            core.list_namespaced_event(ns, field_selector=f"involvedObject.name={name}").items,
+            key=lambda e: e.metadata.creation_timestamp,
+        )
+    ]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -170,22 +193,38 @@ def test_example_job_gets_configmap_service_and_restricted_pods(cluster, operato
     for i, p in enumerate(pods):
         assert p.metadata.name == f"{name}-node-{i}" and p.metadata.labels["kubeclip.dev/node-index"] == str(i)
         (ref,) = p.metadata.owner_references
-        assert (ref.kind, ref.name, ref.uid, ref.controller, ref.block_owner_deletion) == ("FineTuneJob", name, job["metadata"]["uid"], True, True)
+        assert (ref.kind, ref.name, ref.uid, ref.controller, ref.block_owner_deletion) == (
+            "FineTuneJob",
+            name,
+            job["metadata"]["uid"],
+            True,
+            True,
+        )
         c = p.spec.containers[0]
         env = {e.name: e.value for e in c.env}
         assert env["RANK"] == env["NODE_RANK"] == env["PET_NODE_RANK"] == str(i)
         assert env["WORLD_SIZE"] == "6" and env["PET_NPROC_PER_NODE"] == "2" and env["PET_NNODES"] == "3"
         assert env["MASTER_ADDR"] == f"{name}-node-0.{name}.{namespace}.svc" and env["MASTER_PORT"] == "23456"
         assert c.command == ["python", "-m", "trainer.node", "/etc/kubeclip/job.yaml"]
-        assert c.security_context.allow_privilege_escalation is False and c.security_context.capabilities.drop == ["ALL"]
-        assert p.spec.security_context.run_as_non_root and p.spec.security_context.seccomp_profile.type == "RuntimeDefault"
-        assert c.resources.limits["nvidia.com/gpu"] == "2" and p.spec.hostname == p.metadata.name and p.spec.subdomain == name
+        assert c.security_context.allow_privilege_escalation is False and c.security_context.capabilities.drop == [
+            "ALL"
+        ]
+        assert (
+            p.spec.security_context.run_as_non_root and p.spec.security_context.seccomp_profile.type == "RuntimeDefault"
+        )
+        assert (
+            c.resources.limits["nvidia.com/gpu"] == "2"
+            and p.spec.hostname == p.metadata.name
+            and p.spec.subdomain == name
+        )
         assert p.spec.restart_policy == "Never"
 
     st = _wait_phase(custom, namespace, name, "Created")
     assert st["nodes"]["total"] == 3 and st["restartCount"] == 0 and st["observedGeneration"] == 1
     (cond,) = st["conditions"]
-    assert (cond["type"], cond["status"], cond["reason"]) == ("Created", "True", "Created") and cond["lastTransitionTime"]
+    assert (cond["type"], cond["status"], cond["reason"]) == ("Created", "True", "Created") and cond[
+        "lastTransitionTime"
+    ]
     # kopf keeps no state on the object: no finalizers, no annotations of its own.
     meta = _job(custom, namespace, name)["metadata"]
     assert not meta.get("finalizers") and not any("kopf" in k for k in (meta.get("annotations") or {}))
@@ -199,13 +238,30 @@ def test_running_progress_success_and_clean_pod_policy(cluster, operator, namesp
     _apply(cluster, job_manifest("ok", namespace))
     _wait_pods(core, namespace, "ok", 2)
     PROGRESS.clear()
-    PROGRESS.update({"phase": "training", "epoch": 1, "epochs": 2, "step": 30, "totalSteps": 100, "loss": 2.5,
-                     "samplesPerSecond": 40.0, "eval": {"image_to_text_R@1": 0.25}, "updatedAt": 1767225600.0,
-                     "lastCheckpoint": {"path": "/data/out/checkpoints/step-30", "step": 30, "time": 1.0}})
+    PROGRESS.update(
+        {
+            "phase": "training",
+            "epoch": 1,
+            "epochs": 2,
+            "step": 30,
+            "totalSteps": 100,
+            "loss": 2.5,
+            "samplesPerSecond": 40.0,
+            "eval": {"image_to_text_R@1": 0.25},
+            "updatedAt": 1767225600.0,
+            "lastCheckpoint": {"path": "/data/out/checkpoints/step-30", "step": 30, "time": 1.0},
+        }
+    )
     _run_all(core, namespace, "ok")
     _wait_phase(custom, namespace, "ok", "Running")
-    st = wait_for(lambda: (_status(custom, namespace, "ok").get("progress") or {}).get("step") == 30 and _status(custom, namespace, "ok"),
-                  15, what="progress in status")
+    st = wait_for(
+        lambda: (
+            (_status(custom, namespace, "ok").get("progress") or {}).get("step") == 30
+            and _status(custom, namespace, "ok")
+        ),
+        15,
+        what="progress in status",
+    )
     assert st["progress"]["summary"] == "epoch 1/2 step 30/100" and st["progress"]["recallAt1"] == 0.25
     assert st["nodes"]["running"] == 2
     out = cluster.kubectl("get", "ftj", "ok", "-n", namespace).stdout
@@ -214,8 +270,12 @@ def test_running_progress_success_and_clean_pod_policy(cluster, operator, namesp
     st = _wait_phase(custom, namespace, "ok", "Succeeded")
     assert st["completionTime"] and any(c["type"] == "Succeeded" and c["status"] == "True" for c in st["conditions"])
     # cleanPodPolicy Running: node 1 (still running) is deleted, node 0 (done) stays for its logs.
-    wait_for(lambda: [p.metadata.name for p in _pods(core, namespace, "ok")] == ["ok-node-0"], 15, what="node 1 cleaned up")
-    assert wait_for(lambda: {"Created", "Running", "Succeeded"} <= set(_events(core, namespace, "ok")), 10, what="events")
+    wait_for(
+        lambda: [p.metadata.name for p in _pods(core, namespace, "ok")] == ["ok-node-0"], 15, what="node 1 cleaned up"
+    )
+    assert wait_for(
+        lambda: {"Created", "Running", "Succeeded"} <= set(_events(core, namespace, "ok")), 10, what="events"
+    )
     assert operator.metric("kubeclip_controller_jobs_succeeded_total") >= 1
 
 
@@ -225,12 +285,16 @@ def test_non_retryable_exit_fails_with_termination_message(cluster, operator, na
     _wait_pods(core, namespace, "bad-data", 2)
     _run_all(core, namespace, "bad-data")
     _wait_phase(custom, namespace, "bad-data", "Running")
-    set_pod_status(core, namespace, "bad-data-node-1", "Failed", exit_code=3, message="train.csv: 12 image files missing")
+    set_pod_status(
+        core, namespace, "bad-data-node-1", "Failed", exit_code=3, message="train.csv: 12 image files missing"
+    )
     st = _wait_phase(custom, namespace, "bad-data", "Failed")
     failed = next(c for c in st["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == "PreflightFailed" and "12 image files missing" in failed["message"]
     assert st["restartCount"] == 0
-    wait_for(lambda: [p.metadata.name for p in _pods(core, namespace, "bad-data")] == ["bad-data-node-1"], 15, what="cleanup")
+    wait_for(
+        lambda: [p.metadata.name for p in _pods(core, namespace, "bad-data")] == ["bad-data-node-1"], 15, what="cleanup"
+    )
     assert "PreflightFailed" in _events(core, namespace, "bad-data")
 
 
@@ -277,14 +341,26 @@ def test_eviction_with_a_knock_on_exit_in_the_same_attempt_restarts(cluster, ope
     _wait_pods(core, namespace, "knock", 2)
     _run_all(core, namespace, "knock")
     _wait_phase(custom, namespace, "knock", "Running")
-    disruption = {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI",
-                  "message": "Eviction API: evicting", "lastTransitionTime": "2026-01-01T00:01:00Z"}
+    disruption = {
+        "type": "DisruptionTarget",
+        "status": "True",
+        "reason": "EvictionByEvictionAPI",
+        "message": "Eviction API: evicting",
+        "lastTransitionTime": "2026-01-01T00:01:00Z",
+    }
     core.patch_namespaced_pod_status("knock-node-1", namespace, {"status": {"conditions": [disruption]}})
-    set_pod_status(core, namespace, "knock-node-0", "Failed", exit_code=1, message="RuntimeError: Connection closed by peer")
+    set_pod_status(
+        core, namespace, "knock-node-0", "Failed", exit_code=1, message="RuntimeError: Connection closed by peer"
+    )
     set_pod_status(core, namespace, "knock-node-1", "Failed", exit_code=143)
     _wait_pods(core, namespace, "knock", 2, attempt=1)
     st = _status(custom, namespace, "knock")
-    assert (st["reason"], st["restartCount"], st["disruptedAttempts"], st["failedAttempts"]) == ("EvictionByEvictionAPI", 1, 1, 0)
+    assert (st["reason"], st["restartCount"], st["disruptedAttempts"], st["failedAttempts"]) == (
+        "EvictionByEvictionAPI",
+        1,
+        1,
+        0,
+    )
 
 
 def test_active_deadline(cluster, operator, namespace, api):
@@ -301,11 +377,15 @@ def test_suspend_and_resume(cluster, operator, namespace, api):
     core, custom = api
     _apply(cluster, job_manifest("pause", namespace))
     _wait_pods(core, namespace, "pause", 2)
-    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "pause", {"spec": {"runPolicy": {"suspend": True}}})
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "pause", {"spec": {"runPolicy": {"suspend": True}}}
+    )
     st = _wait_phase(custom, namespace, "pause", "Suspended")
     assert any(c["type"] == "Suspended" and c["status"] == "True" for c in st["conditions"])
     wait_for(lambda: not _pods(core, namespace, "pause"), 15, what="pods deleted on suspend")
-    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "pause", {"spec": {"runPolicy": {"suspend": False}}})
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "pause", {"spec": {"runPolicy": {"suspend": False}}}
+    )
     _wait_pods(core, namespace, "pause", 2)
     st = _wait_phase(custom, namespace, "pause", "Created")
     assert st["reason"] == "Resumed" and st["restartCount"] == 0
@@ -313,16 +393,28 @@ def test_suspend_and_resume(cluster, operator, namespace, api):
 
 def test_ttl_deletes_finished_job_and_children(cluster, operator, namespace, api):
     core, custom = api
-    _apply(cluster, job_manifest("brief", namespace, runPolicy={"ttlSecondsAfterFinished": 2, "cleanPodPolicy": "None"}))
+    _apply(
+        cluster, job_manifest("brief", namespace, runPolicy={"ttlSecondsAfterFinished": 2, "cleanPodPolicy": "None"})
+    )
     _wait_pods(core, namespace, "brief", 2)
     _run_all(core, namespace, "brief")
     set_pod_status(core, namespace, "brief-node-0", "Succeeded", exit_code=0)
     _wait_phase(custom, namespace, "brief", "Succeeded")
     assert len(_pods(core, namespace, "brief")) == 2  # cleanPodPolicy None keeps them
-    wait_for(lambda: cluster.kubectl("get", "ftj", "brief", "-n", namespace, check=False).returncode != 0, 20, what="job deleted by TTL")
+    wait_for(
+        lambda: cluster.kubectl("get", "ftj", "brief", "-n", namespace, check=False).returncode != 0,
+        20,
+        what="job deleted by TTL",
+    )
     # The garbage collector follows the owner references.
-    wait_for(lambda: not _pods(core, namespace, "brief") and not core.list_namespaced_config_map(namespace, label_selector="kubeclip.dev/job-name=brief").items,
-             60, what="children garbage-collected")
+    wait_for(
+        lambda: (
+            not _pods(core, namespace, "brief")
+            and not core.list_namespaced_config_map(namespace, label_selector="kubeclip.dev/job-name=brief").items
+        ),
+        60,
+        what="children garbage-collected",
+    )
 
 
 @pytest.mark.parametrize(
@@ -330,11 +422,23 @@ def test_ttl_deletes_finished_job_and_children(cluster, operator, namespace, api
     [
         ("zero-batch", {"training": {"batchSize": 0}}, "spec.training.batchSize"),
         ("frozen", {"training": {"lockImage": True, "lockText": True}}, "nothing would be trained"),
-        ("unlocked-unlocked", {"training": {"lockImageUnlockedGroups": 2}}, "lockImageUnlockedGroups is set but lockImage is false"),
+        (
+            "unlocked-unlocked",
+            {"training": {"lockImageUnlockedGroups": 2}},
+            "lockImageUnlockedGroups is set but lockImage is false",
+        ),
         ("dangling-mount", {"volumeMounts": [{"name": "nope", "mountPath": "/x"}]}, "must name a volume"),
-        ("gpu-mismatch", {"numProcPerNode": 2, "resources": {"limits": {"nvidia.com/gpu": 4}}}, "must equal numProcPerNode"),
+        (
+            "gpu-mismatch",
+            {"numProcPerNode": 2, "resources": {"limits": {"nvidia.com/gpu": 4}}},
+            "must equal numProcPerNode",
+        ),
         ("reserved-env", {"env": [{"name": "RANK", "value": "1"}]}, "set by the controller"),
-        ("reserved-mount", {"volumeMounts": [{"name": "data", "mountPath": "/etc/kubeclip"}]}, "reserved for the job config"),
+        (
+            "reserved-mount",
+            {"volumeMounts": [{"name": "data", "mountPath": "/etc/kubeclip"}]},
+            "reserved for the job config",
+        ),
         ("bad-policy", {"runPolicy": {"cleanPodPolicy": "Sometimes"}}, "cleanPodPolicy"),
         ("typo", {"training": {"batchSzie": 8}}, "batchSzie"),
         ("x" * 54, {}, "at most 53 characters"),
@@ -350,7 +454,12 @@ def test_crd_rejects_invalid_specs(cluster, crd, namespace, name, change, error)
 
 
 def test_good_gpu_spec_and_nullable_fields_are_accepted(cluster, crd, namespace):
-    doc = job_manifest("gpus", namespace, numProcPerNode=4, resources={"limits": {"nvidia.com/gpu": 4}, "requests": {"nvidia.com/gpu": "4"}})
+    doc = job_manifest(
+        "gpus",
+        namespace,
+        numProcPerNode=4,
+        resources={"limits": {"nvidia.com/gpu": 4}, "requests": {"nvidia.com/gpu": "4"}},
+    )
     doc["spec"]["dataset"]["valCsv"] = None
     doc["spec"]["imagePullPolicy"] = None
     _apply(cluster, doc)
@@ -376,10 +485,15 @@ def test_kubectl_explain_is_useful(cluster, crd):
 def test_metrics_and_health(operator):
     assert operator.get("/healthz")[0] == 200 and operator.get("/readyz")[0] == 200
     text = operator.metrics()
-    for name in ("kubeclip_controller_jobs_created_total", "kubeclip_controller_jobs_succeeded_total",
-                 "kubeclip_controller_jobs_failed_total", "kubeclip_controller_jobs_restarted_total",
-                 "kubeclip_controller_reconcile_duration_seconds_bucket", "kubeclip_controller_reconcile_errors_total",
-                 "kubeclip_controller_jobs{"):
+    for name in (
+        "kubeclip_controller_jobs_created_total",
+        "kubeclip_controller_jobs_succeeded_total",
+        "kubeclip_controller_jobs_failed_total",
+        "kubeclip_controller_jobs_restarted_total",
+        "kubeclip_controller_reconcile_duration_seconds_bucket",
+        "kubeclip_controller_reconcile_errors_total",
+        "kubeclip_controller_jobs{",
+    ):
         assert name in text, name
     assert operator.metric("kubeclip_controller_jobs_created_total") >= 1
     assert operator.metric("kubeclip_controller_reconcile_duration_seconds_count") >= 1

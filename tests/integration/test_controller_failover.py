@@ -13,8 +13,15 @@ import uuid
 
 import pytest
 import yaml
-
-from controller_harness import Operator, controller_kubeconfig, grant_lease, install_crd, job_manifest, set_pod_status, wait_for
+from controller_harness import (
+    Operator,
+    controller_kubeconfig,
+    grant_lease,
+    install_crd,
+    job_manifest,
+    set_pod_status,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -63,8 +70,14 @@ def _stop_all():
 def _start(setup, namespace, tag):
     sys_ns, kubeconfig, d, cluster = setup
     grant_lease(cluster, sys_ns, f"lease-{namespace}")  # the shipped Lease rules are for one name only
-    op = Operator(kubeconfig, d / f"{tag}.log", f"--namespace={namespace}", f"--lease-namespace={sys_ns}",
-                  f"--lease-name=lease-{namespace}", env=ENV).start()
+    op = Operator(
+        kubeconfig,
+        d / f"{tag}.log",
+        f"--namespace={namespace}",
+        f"--lease-namespace={sys_ns}",
+        f"--lease-name=lease-{namespace}",
+        env=ENV,
+    ).start()
     STARTED.append(op)
     op.wait_ready()
     return op
@@ -74,7 +87,11 @@ def _inventory(core, custom, ns):
     jobs = {j["metadata"]["name"]: j for j in custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]}
     all_pods = core.list_namespaced_pod(ns).items
     pods = [p for p in all_pods if p.metadata.deletion_timestamp is None]
-    _inventory.deleting = [(p.metadata.name, p.metadata.finalizers, p.spec.node_name, p.status.phase) for p in all_pods if p.metadata.deletion_timestamp]
+    _inventory.deleting = [
+        (p.metadata.name, p.metadata.finalizers, p.spec.node_name, p.status.phase)
+        for p in all_pods
+        if p.metadata.deletion_timestamp
+    ]
     cms = [c.metadata.name for c in core.list_namespaced_config_map(ns, label_selector="kubeclip.dev/job-name").items]
     svcs = [s.metadata.name for s in core.list_namespaced_service(ns).items]
     return jobs, pods, cms, svcs
@@ -98,8 +115,15 @@ def _converged(core, custom, ns, n_jobs, nodes, attempt):
     bad = [k for k, ok in checks.items() if not ok]
     extra = sorted(set(have_pods) - set(want_pods))[:5]
     missing = sorted(set(want_pods) - set(have_pods))[:5]
-    phases = sorted({(n, (j.get("status") or {}).get("phase"), (j.get("status") or {}).get("restartCount")) for n, j in jobs.items()})[:6]
-    raise AssertionError(f"not yet: {bad}; extra pods {extra}; missing {missing}; deleting {_inventory.deleting[:5]}; jobs {phases}")
+    phases = sorted(
+        {
+            (n, (j.get("status") or {}).get("phase"), (j.get("status") or {}).get("restartCount"))
+            for n, j in jobs.items()
+        }
+    )[:6]
+    raise AssertionError(
+        f"not yet: {bad}; extra pods {extra}; missing {missing}; deleting {_inventory.deleting[:5]}; jobs {phases}"
+    )
 
 
 def test_sigkill_mid_reconcile_with_standby_takeover(cluster, setup, namespace, api):
@@ -124,8 +148,13 @@ def test_sigkill_mid_reconcile_with_standby_takeover(cluster, setup, namespace, 
     for j in range(n):
         for i in range(nodes):
             set_pod_status(core, namespace, f"job-{j}-node-{i}", "Running")
-    wait_for(lambda: all((x.get("status") or {}).get("phase") == "Running" for x in _inventory(core, custom, namespace)[0].values()),
-             60, what="all Running")
+    wait_for(
+        lambda: all(
+            (x.get("status") or {}).get("phase") == "Running" for x in _inventory(core, custom, namespace)[0].values()
+        ),
+        60,
+        what="all Running",
+    )
     c = _start(setup, namespace, "c")  # the next standby
     for j in range(n):
         set_pod_status(core, namespace, f"job-{j}-node-1", "Failed", exit_code=137, reason="OOMKilled")
@@ -134,7 +163,9 @@ def test_sigkill_mid_reconcile_with_standby_takeover(cluster, setup, namespace, 
     wait_for(lambda: c.metric("kubeclip_controller_leader") == 1, 20, what="c takes over")
     wait_for(lambda: _converged(core, custom, namespace, n, nodes, 1), 90, what="one restart per job, counted once")
     for j in range(n):
-        reasons = [e.reason for e in core.list_namespaced_event(namespace, field_selector=f"involvedObject.name=job-{j}").items]
+        reasons = [
+            e.reason for e in core.list_namespaced_event(namespace, field_selector=f"involvedObject.name=job-{j}").items
+        ]
         assert reasons.count("Created") <= 1 and reasons.count("OOMKilled") <= 1, reasons
 
     assert c.stop() == 0  # SIGTERM: clean exit, lease handed back
@@ -149,7 +180,12 @@ def test_hundred_jobs_all_get_their_pods(cluster, setup, namespace, api):
     docs = [job_manifest(f"s-{i}", namespace, numNodes=2) for i in range(n)]
     cluster.kubectl("apply", "-f", "-", input="\n---\n".join(yaml.safe_dump(d) for d in docs), timeout=300)
     wait_for(lambda: _converged(core, custom, namespace, n, 2, 0), 240, 1.0, what="100 jobs with 2 pods each")
-    wait_for(lambda: all((j.get("status") or {}).get("phase") == "Created" for j in _inventory(core, custom, namespace)[0].values()),
-             60, what="every status written")
+    wait_for(
+        lambda: all(
+            (j.get("status") or {}).get("phase") == "Created" for j in _inventory(core, custom, namespace)[0].values()
+        ),
+        60,
+        what="every status written",
+    )
     assert op.metric("kubeclip_controller_reconcile_errors_total") == 0
     assert op.stop() == 0

@@ -17,7 +17,6 @@ import subprocess
 import uuid
 
 import pytest
-
 from controller_harness import Operator, controller_kubeconfig, install_crd, job_manifest, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -78,8 +77,12 @@ def test_a_dying_background_task_exits_non_zero_and_the_restart_takes_over(clust
     try:
         fresh.wait_ready()
         cluster.kubectl("apply", "-f", "-", input=json.dumps(job_manifest("after", namespace)))
-        wait_for(lambda: cluster.kubectl("get", "pod", "after-node-1", "-n", namespace, check=False).returncode == 0,
-                 30, 0.5, "the restarted controller to create the job's pods")
+        wait_for(
+            lambda: cluster.kubectl("get", "pod", "after-node-1", "-n", namespace, check=False).returncode == 0,
+            30,
+            0.5,
+            "the restarted controller to create the job's pods",
+        )
         assert fresh.proc.poll() is None, fresh.log_tail()
     finally:
         assert fresh.stop() == 0, fresh.log_tail()

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from controller_harness import install_crd, job_manifest, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -42,11 +41,15 @@ def _apply(cluster, doc, check=False, dry_run=False):
 
 def _set_phase(cluster, namespace, name, phase):
     body = {"status": {"phase": phase, "restartCount": 0}}
-    cluster.kubectl("patch", "finetunejob", name, "-n", namespace, "--subresource=status", "--type=merge", "-p", json.dumps(body))
+    cluster.kubectl(
+        "patch", "finetunejob", name, "-n", namespace, "--subresource=status", "--type=merge", "-p", json.dumps(body)
+    )
 
 
 def _patch(cluster, namespace, name, spec):
-    return cluster.kubectl("patch", "finetunejob", name, "-n", namespace, "--type=merge", "-p", json.dumps({"spec": spec}), check=False)
+    return cluster.kubectl(
+        "patch", "finetunejob", name, "-n", namespace, "--type=merge", "-p", json.dumps({"spec": spec}), check=False
+    )
 
 
 def test_the_trainer_part_of_the_spec_is_immutable_while_the_job_runs(cluster, crd, namespace):
@@ -55,9 +58,11 @@ def test_the_trainer_part_of_the_spec_is_immutable_while_the_job_runs(cluster, c
     # Not started yet (no status): anything may change.
     assert _patch(cluster, namespace, "immutable", {"training": {"epochs": 3, "batchSize": 4}}).returncode == 0
     _set_phase(cluster, namespace, "immutable", "Running")
-    for change, field in [({"training": {"epochs": 3, "batchSize": 8}}, "spec.training"),
-                          ({"model": {"name": "local-dir:/data/other"}}, "spec.model"),
-                          ({"numNodes": 3}, "spec.numNodes")]:
+    for change, field in [
+        ({"training": {"epochs": 3, "batchSize": 8}}, "spec.training"),
+        ({"model": {"name": "local-dir:/data/other"}}, "spec.model"),
+        ({"numNodes": 3}, "spec.numNodes"),
+    ]:
         out = _patch(cluster, namespace, "immutable", change)
         assert out.returncode != 0 and f"{field} cannot change while the job runs" in out.stderr, out.stderr
     # Lifecycle and cluster keys stay mutable while it runs.
@@ -77,7 +82,9 @@ def _values(tmp_path: Path, values: dict) -> str:
     return str(path)
 
 
-def test_admission_refuses_host_path_and_service_accounts_unless_the_chart_allows_them(cluster, crd, namespace, tmp_path):
+def test_admission_refuses_host_path_and_service_accounts_unless_the_chart_allows_them(
+    cluster, crd, namespace, tmp_path
+):
     release = "adm-" + namespace[-6:]
     base = {"crds": {"enabled": False}}  # the CRD is shared with the other tests (installed above)
     cluster.helm("install", release, str(CHART), "-n", namespace, "-f", _values(tmp_path, base))
@@ -98,8 +105,15 @@ def test_admission_refuses_host_path_and_service_accounts_unless_the_chart_allow
         assert refused(sa, "only the namespace's default ServiceAccount is allowed here")
         assert _apply(cluster, plain).returncode == 0
         # The chart value lets hostPath through; other ServiceAccounts stay refused.
-        cluster.helm("upgrade", release, str(CHART), "-n", namespace, "-f",
-                     _values(tmp_path, {**base, "admission": {"allowHostPath": True}}))
+        cluster.helm(
+            "upgrade",
+            release,
+            str(CHART),
+            "-n",
+            namespace,
+            "-f",
+            _values(tmp_path, {**base, "admission": {"allowHostPath": True}}),
+        )
         wait_for(lambda: _apply(cluster, host, dry_run=True).returncode == 0, 30, 0.5, "hostPath to be allowed")
         assert _apply(cluster, host).returncode == 0
         assert refused(sa, "only the namespace's default ServiceAccount is allowed here")

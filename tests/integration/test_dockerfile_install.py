@@ -22,9 +22,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-
 from support.dockerfile import ROOT, base_python_shim, clean_env, env_of, pip_runs, replay, run_py, stages  # noqa: F401
-
 
 # ----------------------------------------------------------------------------- replayed installs
 
@@ -41,18 +39,38 @@ def test_controller_stage_installs_without_torch(tmp_path):
     # Out of the source tree, so only the installed copy can be imported.
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    crd = subprocess.run([str(venv / "bin" / "kubeclip"), "crd"], cwd=elsewhere, env=clean_env(), capture_output=True, text=True, timeout=120)
+    crd = subprocess.run(
+        [str(venv / "bin" / "kubeclip"), "crd"],
+        cwd=elsewhere,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert crd.returncode == 0, crd.stderr
     assert "kind: CustomResourceDefinition" in crd.stdout and "finetunejobs.kubeclip.dev" in crd.stdout
-    helped = subprocess.run([str(venv / "bin" / "python"), "-m", "controller", "--help"], cwd=elsewhere, env=clean_env(), capture_output=True, text=True, timeout=120)
+    helped = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "controller", "--help"],
+        cwd=elsewhere,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert helped.returncode == 0, helped.stdout + helped.stderr
     assert "operator" in (helped.stdout + helped.stderr).lower() or "usage" in helped.stdout.lower()
     no_torch = run_py(venv / "bin" / "python", "import torch", elsewhere)
     assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
     # The API package is installed with kubeclip; no trainer code is.
-    where = run_py(venv / "bin" / "python", "import importlib.util, kubeclip.api, controller\n"
-                   "print(controller.__file__, importlib.util.find_spec('trainer'))", elsewhere)
-    assert where.returncode == 0 and str(venv) in where.stdout and where.stdout.strip().endswith("None"), where.stdout + where.stderr
+    where = run_py(
+        venv / "bin" / "python",
+        "import importlib.util, kubeclip.api, controller\n"
+        "print(controller.__file__, importlib.util.find_spec('trainer'))",
+        elsewhere,
+    )
+    assert where.returncode == 0 and str(venv) in where.stdout and where.stdout.strip().endswith("None"), (
+        where.stdout + where.stderr
+    )
 
 
 @pytest.mark.slow
@@ -96,5 +114,12 @@ def test_trainer_stage_installs_over_the_base_torch(tmp_path):
     assert torch_file.startswith(str(base_site)), "pip replaced the base image's torch: the pins disagree"
     assert trainer_origin.startswith(str(venv)), trainer_origin
     assert has_node == "True", "trainer.node (the pod command, docs/contracts.md) is not installed"
-    helped = subprocess.run([str(venv / "bin" / "kubeclip"), "--help"], cwd=elsewhere, env=clean_env(), capture_output=True, text=True, timeout=120)
+    helped = subprocess.run(
+        [str(venv / "bin" / "kubeclip"), "--help"],
+        cwd=elsewhere,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert helped.returncode == 0 and "run" in helped.stdout, helped.stdout + helped.stderr

@@ -26,7 +26,6 @@ import subprocess
 import sys
 
 import pytest
-
 from trainer_helpers import REPO, VENV_BIN, dataset, env, tiny_model
 
 sys.path.insert(0, str(REPO / "hack"))
@@ -53,7 +52,10 @@ def test_fine_tuning_gains_on_its_domain_and_forgets_the_first(run):
     start, ft = t[0.0], t[1.0]
     assert ft["val"][R1] > start["val"][R1] + 0.05, (start["val"], ft["val"])  # the gain on B
     assert ft["val"]["val_loss"] < start["val"]["val_loss"]
-    assert ft["retention"][R1] < start["retention"][R1] - MAX_DROP, (start["retention"], ft["retention"])  # forgetting A
+    assert ft["retention"][R1] < start["retention"][R1] - MAX_DROP, (
+        start["retention"],
+        ft["retention"],
+    )  # forgetting A
     assert ft["retention"]["val_loss"] > start["retention"]["val_loss"]
     assert ft["zeroshot"]["top1"] < start["zeroshot"]["top1"] - 0.15, (start["zeroshot"], ft["zeroshot"])
 
@@ -101,7 +103,9 @@ def test_wiseft_weights_are_exactly_the_interpolation(run):
             want = (1.0 - alpha) * start[k] + alpha * f if f.is_floating_point() else f
             assert torch.equal(mixed[k], want), (alpha, k)
     final = load_file(str(out / "final" / "open_clip_model.safetensors"))
-    chosen = load_file(str(out / "wiseft" / f"alpha-{run['metrics']['exported_alpha']:.2f}" / "open_clip_model.safetensors"))
+    chosen = load_file(
+        str(out / "wiseft" / f"alpha-{run['metrics']['exported_alpha']:.2f}" / "open_clip_model.safetensors")
+    )
     assert all(torch.equal(final[k], chosen[k]) for k in chosen)
 
 
@@ -118,10 +122,18 @@ def test_log_progress_and_status_show_baseline_gain_and_the_table(run):
     from controller.status import progress_status
 
     log = run["log"]
-    assert "baseline (start model, step 0): val i2t R@1" in log and "retention i2t R@1" in log and "zero-shot top1" in log
-    assert "WiSE-FT (last weights):" in log and "alpha 0.50  val i2t R@1" in log and "select bestWithinRetentionDrop" in log
+    assert (
+        "baseline (start model, step 0): val i2t R@1" in log and "retention i2t R@1" in log and "zero-shot top1" in log
+    )
+    assert (
+        "WiSE-FT (last weights):" in log
+        and "alpha 0.50  val i2t R@1" in log
+        and "select bestWithinRetentionDrop" in log
+    )
     progress = json.loads((run["finetune"] / "progress.json").read_text())
-    assert progress["message"].startswith(f"exported alpha {run['metrics']['exported_alpha']:g}: select bestWithinRetentionDrop")
+    assert progress["message"].startswith(
+        f"exported alpha {run['metrics']['exported_alpha']:g}: select bestWithinRetentionDrop"
+    )
     assert "alpha 1.00" in progress["message"]
     status = progress_status(progress)
     m = run["metrics"]
@@ -146,16 +158,26 @@ def test_early_stopping_exports_the_best_epoch_and_stays_stopped_on_resume(tmp_p
     train_csv, val_csv = dataset(tmp_path)  # 96 rows: 6 steps per epoch at 2 x batch 8
     out = tmp_path / "out"
     job = forgetting_demo.job(
-        tmp_path, "early", tiny_model(tmp_path), train_csv, val_csv, out,
+        tmp_path,
+        "early",
+        tiny_model(tmp_path),
+        train_csv,
+        val_csv,
+        out,
         {"epochs": 6, "batchSize": 8, "learningRate": 1e-3, "warmupSteps": 1, "keepCheckpoints": 10},
-        {"evaluation": {"metric": "val_loss", "patience": 2, "minDelta": 100.0}, "export": {"weights": "best"},
-         "numProcPerNode": 2},
+        {
+            "evaluation": {"metric": "val_loss", "patience": 2, "minDelta": 100.0},
+            "export": {"weights": "best"},
+            "numProcPerNode": 2,
+        },
     )
 
     def kubeclip_run(log: str) -> str:
         """Run the job; return its console output and the ranks' log files this run wrote."""
         before = set((out / "logs").rglob("*"))
-        proc = subprocess.run([str(VENV_BIN / "kubeclip"), "run", str(job)], capture_output=True, text=True, env=env(), timeout=300)
+        proc = subprocess.run(
+            [str(VENV_BIN / "kubeclip"), "run", str(job)], capture_output=True, text=True, env=env(), timeout=300
+        )
         new = sorted(p for p in set((out / "logs").rglob("*")) - before if p.is_file())
         text = proc.stdout + proc.stderr + "".join(p.read_text() for p in new)
         (tmp_path / log).write_text(text)
@@ -185,9 +207,19 @@ def test_early_stopping_exports_the_best_epoch_and_stays_stopped_on_resume(tmp_p
 
 def test_alpha_outside_0_1_fails_before_any_work_with_one_line(tmp_path):
     train_csv, val_csv = dataset(tmp_path)
-    job = forgetting_demo.job(tmp_path, "bad-alpha", tiny_model(tmp_path), train_csv, val_csv, tmp_path / "o", {},
-                              {"export": {"wiseFtAlphas": [0.5, 1.2]}})
-    proc = subprocess.run([sys.executable, "-m", "trainer", str(job)], capture_output=True, text=True, env=env(), timeout=120)
+    job = forgetting_demo.job(
+        tmp_path,
+        "bad-alpha",
+        tiny_model(tmp_path),
+        train_csv,
+        val_csv,
+        tmp_path / "o",
+        {},
+        {"export": {"wiseFtAlphas": [0.5, 1.2]}},
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer", str(job)], capture_output=True, text=True, env=env(), timeout=120
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == "config: spec.export.wiseFtAlphas.1: Input should be less than or equal to 1"
 
@@ -196,9 +228,19 @@ def test_a_retention_csv_that_fails_preflight_stops_kubeclip_run_with_one_line(t
     train_csv, val_csv = dataset(tmp_path)
     bad = tmp_path / "retention.csv"
     bad.write_text("filepath,caption\nimages/nowhere.png,a thing\n")
-    job = forgetting_demo.job(tmp_path, "bad-retention", tiny_model(tmp_path), train_csv, val_csv, tmp_path / "o", {},
-                              {"evaluation": {"retentionCsv": str(bad)}})
-    proc = subprocess.run([str(VENV_BIN / "kubeclip"), "run", str(job)], capture_output=True, text=True, env=env(), timeout=120)
+    job = forgetting_demo.job(
+        tmp_path,
+        "bad-retention",
+        tiny_model(tmp_path),
+        train_csv,
+        val_csv,
+        tmp_path / "o",
+        {},
+        {"evaluation": {"retentionCsv": str(bad)}},
+    )
+    proc = subprocess.run(
+        [str(VENV_BIN / "kubeclip"), "run", str(job)], capture_output=True, text=True, env=env(), timeout=120
+    )
     assert proc.returncode == 3, proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith(f"preflight: spec.evaluation.retentionCsv {bad}: 1 of 1 images not found"), line

@@ -18,14 +18,14 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import gradient_probe as probe
 import pytest
 import torch
+from trainer_helpers import VENV_BIN, env
 
-import gradient_probe as probe
 from trainer.distributed import Topology
 from trainer.loss import make_loss
 from trainer.train import forward_backward
-from trainer_helpers import VENV_BIN, env
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,10 @@ def two_processes(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("grads") / "grads.pt"
     proc = subprocess.run(
         [str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", str(Path(probe.__file__)), str(out)],
-        env=env(), capture_output=True, text=True, timeout=600,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return torch.load(out)
@@ -58,8 +61,16 @@ def reference(siglip: bool) -> dict:
     return probe.gradients(siglip, False, False, 1, ONE)
 
 
-@pytest.mark.parametrize("case", ["clip_gather_with_grad", "clip_local_loss_gather_with_grad",
-                                  "clip_gather_with_grad_accum2", "siglip", "siglip_accum2"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "clip_gather_with_grad",
+        "clip_local_loss_gather_with_grad",
+        "clip_gather_with_grad_accum2",
+        "siglip",
+        "siglip_accum2",
+    ],
+)
 def test_two_processes_give_the_global_batch_gradient(two_processes, case):
     siglip = probe.CASES[case][0]
     ref, got = reference(siglip), two_processes[case]
@@ -93,6 +104,6 @@ def test_per_micro_batch_losses_would_differ():
     images, tokens = probe.data()
     loss_fn = make_loss(False, 0, 1)
     for j in range(2):
-        forward_backward(model, loss_fn, [(images[j * 4:(j + 1) * 4], tokens[j * 4:(j + 1) * 4])])
+        forward_backward(model, loss_fn, [(images[j * 4 : (j + 1) * 4], tokens[j * 4 : (j + 1) * 4])])
     naive = {n: p.grad / 2 for n, p in model.named_parameters()}
     assert len(far(naive, ref)) > len(ref) // 2

@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 import pytest
-
 from trainer_helpers import REPO, env, manifest
 
 pytestmark = pytest.mark.slow
@@ -26,17 +25,34 @@ def free_port() -> int:
 
 def pod_env(nproc: int) -> dict:
     e = env()
-    e.update(PET_NNODES="1", PET_NPROC_PER_NODE=str(nproc), PET_NODE_RANK="0", PET_MASTER_ADDR="127.0.0.1",
-             PET_MASTER_PORT=str(free_port()), RANK="0", NODE_RANK="0", WORLD_SIZE=str(nproc),
-             KUBECLIP_JOB_NAME="node-test", KUBECLIP_NAMESPACE="default")
+    e.update(
+        PET_NNODES="1",
+        PET_NPROC_PER_NODE=str(nproc),
+        PET_NODE_RANK="0",
+        PET_MASTER_ADDR="127.0.0.1",
+        PET_MASTER_PORT=str(free_port()),
+        RANK="0",
+        NODE_RANK="0",
+        WORLD_SIZE=str(nproc),
+        KUBECLIP_JOB_NAME="node-test",
+        KUBECLIP_NAMESPACE="default",
+    )
     return e
 
 
 def test_node_entrypoint_runs_torchrun_with_the_pet_env(tmp_path):
     out = tmp_path / "out"
-    job = manifest(tmp_path, "node-test", out, training={"epochs": 1, "batchSize": 8, "workers": 0, "checkpointEverySteps": 0})
-    proc = subprocess.run([sys.executable, "-m", "trainer.node", str(job)], capture_output=True, text=True,
-                          env=pod_env(2), cwd=REPO, timeout=600)
+    job = manifest(
+        tmp_path, "node-test", out, training={"epochs": 1, "batchSize": 8, "workers": 0, "checkpointEverySteps": 0}
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer.node", str(job)],
+        capture_output=True,
+        text=True,
+        env=pod_env(2),
+        cwd=REPO,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "preflight ok: train 96 rows" in proc.stderr
     m = json.loads((out / "final" / "metrics.json").read_text())
@@ -46,8 +62,14 @@ def test_node_entrypoint_runs_torchrun_with_the_pet_env(tmp_path):
 def test_node_entrypoint_exits_3_on_a_bad_dataset(tmp_path):
     out = tmp_path / "out"
     job = manifest(tmp_path, "node-bad", out, training={"epochs": 1, "batchSize": 64})  # 96 rows < 64 x 2
-    proc = subprocess.run([sys.executable, "-m", "trainer.node", str(job)], capture_output=True, text=True,
-                          env=pod_env(2), cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer.node", str(job)],
+        capture_output=True,
+        text=True,
+        env=pod_env(2),
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 3
     assert proc.stderr.strip().splitlines()[-1].startswith("preflight: spec.dataset.trainCsv")
     assert "fewer than one optimizer step needs (batchSize 64 x 2 processes" in proc.stderr
@@ -57,8 +79,14 @@ def test_node_entrypoint_exits_3_on_a_bad_dataset(tmp_path):
 def test_node_entrypoint_exits_2_on_a_bad_manifest(tmp_path):
     job = tmp_path / "job.yaml"
     job.write_text("kind: FineTuneJob\napiVersion: kubeclip.dev/v1alpha1\nspec: {model: {name: x}, oops: 1}\n")
-    proc = subprocess.run([sys.executable, "-m", "trainer.node", str(job)], capture_output=True, text=True,
-                          env=pod_env(1), cwd=REPO, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer.node", str(job)],
+        capture_output=True,
+        text=True,
+        env=pod_env(1),
+        cwd=REPO,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "spec.oops" in proc.stderr
 
@@ -83,10 +111,14 @@ def _torchrun_here(tmp_path, how: str) -> tuple[int, str]:
     script.write_text(CRASH)
     log = tmp_path / "termination-log"
     log.write_text("")
-    driver = ("import sys; from trainer.node import run_torchrun; "
-              f"sys.exit(run_torchrun(['--nnodes=1', '--nproc-per-node=2', '--master-port={free_port()}', "
-              f"'{script}', '{how}'], termination_log='{log}'))")
-    proc = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, env=env(), cwd=REPO, timeout=120)
+    driver = (
+        "import sys; from trainer.node import run_torchrun; "
+        f"sys.exit(run_torchrun(['--nnodes=1', '--nproc-per-node=2', '--master-port={free_port()}', "
+        f"'{script}', '{how}'], termination_log='{log}'))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", driver], capture_output=True, text=True, env=env(), cwd=REPO, timeout=120
+    )
     return proc.returncode, log.read_text()
 
 
@@ -115,7 +147,9 @@ def test_a_non_zero_node_waits_for_node_0_then_gives_up_with_exit_6(tmp_path):
     e = pod_env(1)
     e.update(PET_NNODES="2", PET_NODE_RANK="1", NODE_RANK="1")  # PET_MASTER_PORT: a free port nobody listens on
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "trainer.node", str(job)], capture_output=True, text=True, env=e, cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer.node", str(job)], capture_output=True, text=True, env=e, cwd=REPO, timeout=120
+    )
     assert proc.returncode == 6, proc.stderr[-2000:]
     assert time.monotonic() - t0 >= 10
     assert "waiting for node 0 at 127.0.0.1" in proc.stderr
@@ -151,13 +185,21 @@ def test_resuming_across_a_changed_batch_size_is_refused_with_exit_5(tmp_path):
     import yaml
 
     out = tmp_path / "out"
-    job = manifest(tmp_path, "fp", out, training={"epochs": 1, "batchSize": 8, "workers": 0, "checkpointEverySteps": 2}, nproc=1)
-    first = subprocess.run([sys.executable, "-m", "trainer", str(job)], capture_output=True, text=True, env=env(), cwd=REPO, timeout=600)
+    job = manifest(
+        tmp_path, "fp", out, training={"epochs": 1, "batchSize": 8, "workers": 0, "checkpointEverySteps": 2}, nproc=1
+    )
+    first = subprocess.run(
+        [sys.executable, "-m", "trainer", str(job)], capture_output=True, text=True, env=env(), cwd=REPO, timeout=600
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     doc = yaml.safe_load(job.read_text())
     doc["spec"]["training"]["batchSize"] = 4
     job.write_text(yaml.safe_dump(doc))
-    second = subprocess.run([sys.executable, "-m", "trainer", str(job)], capture_output=True, text=True, env=env(), cwd=REPO, timeout=600)
+    second = subprocess.run(
+        [sys.executable, "-m", "trainer", str(job)], capture_output=True, text=True, env=env(), cwd=REPO, timeout=600
+    )
     assert second.returncode == 5, second.stderr[-3000:]
     last = second.stderr.strip().splitlines()[-1]
-    assert "cannot resume this job: spec.training.batchSize was 8, now 4" in last and last.startswith("checkpoint step-")
+    assert "cannot resume this job: spec.training.batchSize was 8, now 4" in last and last.startswith(
+        "checkpoint step-"
+    )

@@ -24,7 +24,6 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
-
 from trainer_helpers import TINY_CONFIG, dataset, env, tiny_model
 
 pytestmark = pytest.mark.slow
@@ -57,15 +56,26 @@ def run(root, name: str, model_name: str, pretrained, training: dict) -> subproc
         "spec": {
             "model": {"name": model_name, "pretrained": str(pretrained)},
             "dataset": {"trainCsv": str(train_csv), "valCsv": str(val_csv)},
-            "training": {"precision": "fp32", "seed": 0, "learningRate": 1e-3, "warmupSteps": 2, "epochs": 1,
-                         "batchSize": 16, "workers": 0, "checkpointEverySteps": 0, **training},
+            "training": {
+                "precision": "fp32",
+                "seed": 0,
+                "learningRate": 1e-3,
+                "warmupSteps": 2,
+                "epochs": 1,
+                "batchSize": 16,
+                "workers": 0,
+                "checkpointEverySteps": 0,
+                **training,
+            },
             "output": {"path": str(out)},
             "metrics": {"port": 0},
         },
     }
     job = root / f"{name}.yaml"
     job.write_text(yaml.safe_dump(doc))
-    return subprocess.run([sys.executable, "-m", "trainer", str(job)], env=env(), capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "trainer", str(job)], env=env(), capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +93,9 @@ def test_lock_image_freezes_the_image_tower_and_trains_the_text_tower(setup):
     text = [k for k in start if k.startswith(("transformer.", "token_embedding", "text_projection", "ln_final"))]
     assert visual and text
     assert set(final) == set(start)
-    assert all(torch.equal(final[k], start[k]) for k in visual), [k for k in visual if not torch.equal(final[k], start[k])]
+    assert all(torch.equal(final[k], start[k]) for k in visual), [
+        k for k in visual if not torch.equal(final[k], start[k])
+    ]
     moved = [k for k in text if not torch.equal(final[k], start[k])]
     assert len(moved) > len(text) // 2, f"text tower barely trained: {len(moved)}/{len(text)} tensors changed"
 
@@ -104,7 +116,11 @@ def test_grad_accumulation_trains_like_the_big_batch(setup):
     big = train(root, "batch16", model_name, start_path, {"batchSize": 16})
     accum = train(root, "accum2x8", model_name, start_path, {"batchSize": 8, "gradAccumSteps": 2})
     assert any(not torch.equal(big[k], start[k]) for k in start), "the batch-16 run did not train"
-    far = [k for k in big if not torch.allclose(without_key_bias(k, big[k]), without_key_bias(k, accum[k]), rtol=1e-4, atol=1e-6)]
+    far = [
+        k
+        for k in big
+        if not torch.allclose(without_key_bias(k, big[k]), without_key_bias(k, accum[k]), rtol=1e-4, atol=1e-6)
+    ]
     assert not far, f"weights differ between gradAccumSteps 2 x 8 and batch 16: {far[:5]}"
 
 
@@ -116,7 +132,7 @@ def without_key_bias(name: str, t: torch.Tensor) -> torch.Tensor:
     if not name.endswith("attn.in_proj_bias"):
         return t
     w = t.numel() // 3
-    return torch.cat([t[:w], t[2 * w:]])
+    return torch.cat([t[:w], t[2 * w :]])
 
 
 def changed(final: dict, start: dict, prefix: tuple[str, ...]) -> set[str]:
@@ -150,14 +166,18 @@ def test_more_unlocked_groups_than_the_tower_has_exits_2_with_one_line(setup):
     proc = run(root, "unlock-too-many", model_name, start_path, {"lockImage": True, "lockImageUnlockedGroups": 4})
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == (
-        "config: spec.training.lockImageUnlockedGroups 4: the image tower (VisionTransformer) has only 3 layer groups")
+        "config: spec.training.lockImageUnlockedGroups 4: the image tower (VisionTransformer) has only 3 layer groups"
+    )
     assert not (root / "unlock-too-many" / "checkpoints").exists()
 
 
 #: A tiny ModifiedResNet image tower: the one open_clip tower with BatchNorm (running statistics).
 TINY_RESNET = {
-    "model_cfg": {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8, "head_width": 64},
-                  "text_cfg": TINY_CONFIG["model_cfg"]["text_cfg"]},
+    "model_cfg": {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8, "head_width": 64},
+        "text_cfg": TINY_CONFIG["model_cfg"]["text_cfg"],
+    },
     "preprocess_cfg": TINY_CONFIG["preprocess_cfg"],
 }
 
@@ -168,7 +188,9 @@ def test_lock_image_freeze_bn_stats_keeps_the_running_statistics(tmp_path, freez
     start_path, start = start_weights(tmp_path, model_name)
     final = train(tmp_path, "resnet", model_name, start_path, {"lockImage": True, "lockImageFreezeBnStats": freeze})
     stats = {k for k in start if k.startswith("visual.") and k.endswith(("running_mean", "running_var"))}
-    params = {k for k in start if k.startswith("visual.")} - stats - {k for k in start if k.endswith("num_batches_tracked")}
+    params = (
+        {k for k in start if k.startswith("visual.")} - stats - {k for k in start if k.endswith("num_batches_tracked")}
+    )
     assert len(stats) >= 10 and params
     assert not changed(final, start, tuple(params))  # locked weights never move
     moved = changed(final, start, tuple(stats))

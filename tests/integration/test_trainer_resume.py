@@ -16,11 +16,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
-
 from trainer_helpers import VENV_BIN, env, manifest
 
 pytestmark = pytest.mark.slow
@@ -31,7 +29,10 @@ TRAINING = {"epochs": 3, "batchSize": 8, "checkpointEverySteps": 3, "keepCheckpo
 def torchrun(job, log):
     return subprocess.Popen(
         [str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "trainer", str(job)],
-        stdout=log, stderr=subprocess.STDOUT, env=env(), start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env(),
+        start_new_session=True,
     )
 
 

@@ -16,17 +16,26 @@ import time
 import urllib.request
 
 import pytest
-
 from trainer_helpers import VENV_BIN, env, manifest, promtool
 
 pytestmark = pytest.mark.slow
 
 CONTRACT_NAMES = [
-    "kubeclip_trainer_step", "kubeclip_trainer_epoch", "kubeclip_trainer_total_steps", "kubeclip_trainer_samples_total",
-    "kubeclip_trainer_samples_per_second", "kubeclip_trainer_loss", "kubeclip_trainer_learning_rate",
-    "kubeclip_trainer_logit_scale", "kubeclip_trainer_step_seconds_bucket", "kubeclip_trainer_data_wait_seconds_bucket",
-    "kubeclip_trainer_eval_recall", "kubeclip_trainer_eval_mean_rank", "kubeclip_trainer_eval_loss",
-    "kubeclip_trainer_last_checkpoint_timestamp_seconds", "kubeclip_trainer_gpu_memory_bytes",
+    "kubeclip_trainer_step",
+    "kubeclip_trainer_epoch",
+    "kubeclip_trainer_total_steps",
+    "kubeclip_trainer_samples_total",
+    "kubeclip_trainer_samples_per_second",
+    "kubeclip_trainer_loss",
+    "kubeclip_trainer_learning_rate",
+    "kubeclip_trainer_logit_scale",
+    "kubeclip_trainer_step_seconds_bucket",
+    "kubeclip_trainer_data_wait_seconds_bucket",
+    "kubeclip_trainer_eval_recall",
+    "kubeclip_trainer_eval_mean_rank",
+    "kubeclip_trainer_eval_loss",
+    "kubeclip_trainer_last_checkpoint_timestamp_seconds",
+    "kubeclip_trainer_gpu_memory_bytes",
     "kubeclip_trainer_data_wait_share",
 ]
 
@@ -40,10 +49,16 @@ def get(url: str) -> str:
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     out = root / "out"
-    job = manifest(root, "ddp-run", out, training={"epochs": 4, "batchSize": 8, "workers": 1, "checkpointEverySteps": 4,
-                                                  "logEverySteps": 2})
+    job = manifest(
+        root,
+        "ddp-run",
+        out,
+        training={"epochs": 4, "batchSize": 8, "workers": 1, "checkpointEverySteps": 4, "logEverySteps": 2},
+    )
     log = open(root / "console.log", "w")
-    proc = subprocess.Popen([str(VENV_BIN / "kubeclip"), "run", str(job)], stdout=log, stderr=subprocess.STDOUT, env=env())
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "kubeclip"), "run", str(job)], stdout=log, stderr=subprocess.STDOUT, env=env()
+    )
     scrapes = {}
     progress_path = out / "progress.json"
     deadline = time.time() + 600
@@ -83,8 +98,16 @@ def test_loss_decreases_and_ranks_agree(run):
 
 def test_final_metrics_keys(run):
     m = json.loads((run["out"] / "final" / "metrics.json").read_text())
-    for key in ("image_to_text_R@1", "text_to_image_R@1", "image_to_text_R@5", "text_to_image_R@5",
-                "image_to_text_R@10", "text_to_image_mean_rank", "val_loss", "samples_per_second"):
+    for key in (
+        "image_to_text_R@1",
+        "text_to_image_R@1",
+        "image_to_text_R@5",
+        "text_to_image_R@5",
+        "image_to_text_R@10",
+        "text_to_image_mean_rank",
+        "val_loss",
+        "samples_per_second",
+    ):
         assert isinstance(m[key], float), key
     assert 0.0 <= m["image_to_text_R@1"] <= m["image_to_text_R@5"] <= m["image_to_text_R@10"] <= 1.0
     # a share of step time; with one loader worker per rank on a busy CPU it is not exactly 0
@@ -100,16 +123,19 @@ def sample(text: str, name: str) -> float:
 def test_data_wait_share_gauge_agrees_with_the_histograms(run):
     text = run["scrapes"]["after_eval"][0]
     share = sample(text, "kubeclip_trainer_data_wait_share")
-    wait, step = sample(text, "kubeclip_trainer_data_wait_seconds_sum"), sample(text, "kubeclip_trainer_step_seconds_sum")
+    wait, step = (
+        sample(text, "kubeclip_trainer_data_wait_seconds_sum"),
+        sample(text, "kubeclip_trainer_step_seconds_sum"),
+    )
     # the gauge leaves out each epoch's first step (loader start-up), the histograms count it
     assert 0.0 < share < 1.0 and 0.0 < wait < step, (share, wait, step)
 
 
 def test_export_reloads_through_open_clip_with_the_trained_weights(run):
+    import open_clip
     import torch
 
     from trainer.checkpoint import latest, load
-    import open_clip
 
     final = run["out"] / "final"
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{final}")
@@ -155,7 +181,9 @@ def test_kubeclip_run_bad_csv_exits_3_with_the_preflight_line(tmp_path):
         f"spec: {{model: {{name: ViT-B-32}}, dataset: {{trainCsv: {bad}, separator: ','}}, output: {{path: {tmp_path / 'o'}}}}}\n"
     )
     t0 = time.time()
-    proc = subprocess.run([str(VENV_BIN / "kubeclip"), "run", str(job)], capture_output=True, text=True, env=env(), timeout=120)
+    proc = subprocess.run(
+        [str(VENV_BIN / "kubeclip"), "run", str(job)], capture_output=True, text=True, env=env(), timeout=120
+    )
     assert proc.returncode == 3, proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("preflight: spec.dataset.trainCsv") and "columns found: ['path;caption']" in line
@@ -165,13 +193,20 @@ def test_kubeclip_run_bad_csv_exits_3_with_the_preflight_line(tmp_path):
 
 def test_the_shipped_local_example_runs_and_learns(tmp_path):
     """``kubeclip run examples/local-cpu.yaml`` (what ``make demo`` runs), from the repository root."""
-    from trainer.sample_data import DEMO, generate
     from trainer_helpers import REPO
+
+    from trainer.sample_data import DEMO, generate
 
     generate(REPO / "runs" / "demo" / "data", **DEMO)  # the example's relative dataset paths
     out = tmp_path / "out"
-    proc = subprocess.run([str(VENV_BIN / "kubeclip"), "run", "examples/local-cpu.yaml", "--output", str(out), "--quiet"],
-                          capture_output=True, text=True, env=env(), cwd=REPO, timeout=900)
+    proc = subprocess.run(
+        [str(VENV_BIN / "kubeclip"), "run", "examples/local-cpu.yaml", "--output", str(out), "--quiet"],
+        capture_output=True,
+        text=True,
+        env=env(),
+        cwd=REPO,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     m = json.loads((out / "final" / "metrics.json").read_text())
     assert m["world_size"] == 2 and m["steps"] == 32

@@ -13,7 +13,6 @@ import subprocess
 import sys
 
 import pytest
-
 from trainer_helpers import TINY_CONFIG, TINY_SIGLIP_CONFIG, VENV_BIN, env, manifest, tiny_model
 
 pytestmark = pytest.mark.slow
@@ -24,10 +23,20 @@ def test_siglip_model_fine_tunes_with_the_sigmoid_loss_and_evaluates(tmp_path):
 
     out = tmp_path / "out"
     model = tiny_model(tmp_path, TINY_SIGLIP_CONFIG, "tiny-siglip")
-    job = manifest(tmp_path, "siglip", out, model=model, training={"epochs": 3, "batchSize": 8, "workers": 0,
-                                                                   "checkpointEverySteps": 0})
-    proc = subprocess.run([str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "trainer", str(job)],
-                          env=env(), capture_output=True, text=True, timeout=600)
+    job = manifest(
+        tmp_path,
+        "siglip",
+        out,
+        model=model,
+        training={"epochs": 3, "batchSize": 8, "workers": 0, "checkpointEverySteps": 0},
+    )
+    proc = subprocess.run(
+        [str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "trainer", str(job)],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     m = json.loads((out / "final" / "metrics.json").read_text())
     assert m["world_size"] == 2
@@ -44,10 +53,18 @@ def test_siglip_model_fine_tunes_with_the_sigmoid_loss_and_evaluates(tmp_path):
 
 
 def test_coca_model_is_refused_with_one_line(tmp_path):
-    coca = {"model_cfg": {**TINY_CONFIG["model_cfg"],
-                          "multimodal_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}}}
-    job = manifest(tmp_path, "coca", tmp_path / "out", model=tiny_model(tmp_path, coca, "tiny-coca"), training={}, nproc=1)
-    proc = subprocess.run([sys.executable, "-m", "trainer", str(job)], env=env(), capture_output=True, text=True, timeout=300)
+    coca = {
+        "model_cfg": {
+            **TINY_CONFIG["model_cfg"],
+            "multimodal_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
+        }
+    }
+    job = manifest(
+        tmp_path, "coca", tmp_path / "out", model=tiny_model(tmp_path, coca, "tiny-coca"), training={}, nproc=1
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer", str(job)], env=env(), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("config: spec.model.name local-dir:") and "CoCa-style model" in last, proc.stderr[-2000:]

@@ -50,8 +50,9 @@ def dataset(root: Path, n: int = 96, val_n: int = 32, size: int = 32) -> tuple[P
     return generate(root / "data", n=n, val_n=val_n, size=size, seed=0)
 
 
-def manifest(root: Path, name: str, output: Path, *, training: dict, nproc: int = 2, port: int = 0,
-             model: str | None = None) -> Path:
+def manifest(
+    root: Path, name: str, output: Path, *, training: dict, nproc: int = 2, port: int = 0, model: str | None = None
+) -> Path:
     train_csv, val_csv = dataset(root)
     doc = {
         "apiVersion": "kubeclip.dev/v1alpha1",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hack"))
 
-from peer import dataset, oc_log  # noqa: E402
+from peer import dataset, oc_log
 
 
 def read(folder: Path) -> list[tuple[str, bytes, str]]:

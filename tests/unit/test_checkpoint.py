@@ -17,20 +17,32 @@ import numpy as np
 import pytest
 import torch
 
-from trainer import checkpoint
 from kubeclip.api import CheckpointMismatch, parse_spec
+from trainer import checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def spec(**training):
-    return parse_spec({"model": {"name": "ViT-B-32"}, "dataset": {"trainCsv": "/d/t.csv"}, "output": {"path": "/o"},
-                       "training": {"batchSize": 8, **training}})
+    return parse_spec(
+        {
+            "model": {"name": "ViT-B-32"},
+            "dataset": {"trainCsv": "/d/t.csv"},
+            "output": {"path": "/o"},
+            "training": {"batchSize": 8, **training},
+        }
+    )
 
 
 def state(step):
-    return {"model": {"w": torch.full((4,), float(step))}, "step": step, "epoch": 0, "step_in_epoch": step, "world": 1,
-            "rng": [checkpoint.rng_state()]}
+    return {
+        "model": {"w": torch.full((4,), float(step))},
+        "step": step,
+        "epoch": 0,
+        "step_in_epoch": step,
+        "world": 1,
+        "rng": [checkpoint.rng_state()],
+    }
 
 
 class RunsCode:
@@ -51,9 +63,13 @@ def test_latest_unreadable_falls_back_to_the_previous_with_a_warning(tmp_path, c
     with caplog.at_level(logging.WARNING, logger="trainer.checkpoint"):
         skipped: list = []
         path, st = checkpoint.load_latest(out, skipped=skipped)
-    assert path.name == "step-00000010.pt" and st["step"] == 10 and torch.equal(st["model"]["w"], torch.full((4,), 10.0))
+    assert (
+        path.name == "step-00000010.pt" and st["step"] == 10 and torch.equal(st["model"]["w"], torch.full((4,), 10.0))
+    )
     assert len(skipped) == 1 and skipped[0].startswith("step-00000020.pt: ")  # reported in progress -> Warning event
-    assert any("step-00000020.pt cannot be read" in r.getMessage() and "falling back" in r.getMessage() for r in caplog.records)
+    assert any(
+        "step-00000020.pt cannot be read" in r.getMessage() and "falling back" in r.getMessage() for r in caplog.records
+    )
 
 
 def test_checkpoints_are_loaded_weights_only_and_a_code_pickle_is_refused(tmp_path):
@@ -113,7 +129,9 @@ except Exception as err:  # torch's zip writer reports EFBIG as a RuntimeError
 
 def test_a_failed_write_leaves_no_temporary_file_and_the_previous_checkpoint(tmp_path):
     out = tmp_path / "o"
-    proc = subprocess.run([sys.executable, "-c", FULL_DISK, str(out)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(out)], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
     assert proc.returncode == 0 and "failed:" in proc.stdout, proc.stderr[-2000:]
     assert sorted(p.name for p in checkpoint.directory(str(out)).iterdir()) == ["step-00000001.pt"]
 

@@ -71,7 +71,7 @@ def test_missing_required_keys():
 
 
 def test_separator_must_be_one_character():
-    with pytest.raises(ConfigError, match="spec.dataset.separator"):
+    with pytest.raises(ConfigError, match=r"spec\.dataset\.separator"):
         parse_spec(dict(MINIMAL, dataset={"trainCsv": "a.csv", "separator": ",,"}))
 
 
@@ -82,8 +82,9 @@ def test_cluster_keys_are_ignored_by_the_trainer():
 
 
 def test_manifest_kind_and_name():
-    name, spec = parse_manifest({"apiVersion": "kubeclip.dev/v1alpha1", "kind": "FineTuneJob",
-                                 "metadata": {"name": "cats"}, "spec": MINIMAL})
+    name, spec = parse_manifest(
+        {"apiVersion": "kubeclip.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "cats"}, "spec": MINIMAL}
+    )
     assert name == "cats" and spec.model.name == "ViT-B-32"
     with pytest.raises(ConfigError, match="expected apiVersion"):
         parse_manifest({"apiVersion": "batch/v1", "kind": "Job", "spec": MINIMAL})
@@ -103,7 +104,7 @@ def test_the_local_example_is_a_valid_manifest():
     assert name == "local-cpu"
     assert spec.numProcPerNode == 2
     assert spec.model.name.startswith("local-dir:")
-    assert (REPO / spec.model.name[len("local-dir:"):] / "open_clip_config.json").is_file()
+    assert (REPO / spec.model.name[len("local-dir:") :] / "open_clip_config.json").is_file()
 
 
 def test_progress_round_trips_with_the_trainer_fields():

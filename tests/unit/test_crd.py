@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kubeclip.api import parse_job_spec
 from controller.crd import crd, crd_yaml
+from kubeclip.api import parse_job_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "helm/kubeclip/files/crd-finetunejobs.yaml"
@@ -53,7 +53,11 @@ def test_spec_fields_are_described_for_kubectl_explain():
 
 def test_nullable_and_embedded_types():
     props = _schema()["properties"]["spec"]["properties"]
-    assert props["dataset"]["properties"]["valCsv"] == {**props["dataset"]["properties"]["valCsv"], "type": "string", "nullable": True}
+    assert props["dataset"]["properties"]["valCsv"] == {
+        **props["dataset"]["properties"]["valCsv"],
+        "type": "string",
+        "nullable": True,
+    }
     assert props["affinity"]["x-kubernetes-preserve-unknown-fields"] is True
     assert props["volumes"]["items"]["x-kubernetes-preserve-unknown-fields"] is True
     assert props["volumes"]["items"]["required"] == ["name"]
@@ -68,7 +72,17 @@ def test_names_columns_status_and_rules():
     assert names["shortNames"] == ["ftj"] and names["categories"] == ["kubeclip"] and names["kind"] == "FineTuneJob"
     v = c["spec"]["versions"][0]
     assert v["name"] == "v1alpha1" and v["subresources"] == {"status": {}}
-    assert [col["name"] for col in v["additionalPrinterColumns"]] == ["Phase", "Nodes", "Progress", "Loss", "R@1", "R@1 vs base", "Retention drop", "Restarts", "Age"]
+    assert [col["name"] for col in v["additionalPrinterColumns"]] == [
+        "Phase",
+        "Nodes",
+        "Progress",
+        "Loss",
+        "R@1",
+        "R@1 vs base",
+        "Retention drop",
+        "Restarts",
+        "Age",
+    ]
     rules = [r["rule"] for r in _walk_rules(_schema())]
     assert any("metadata.name.size()" in r for r in rules) and any("lockImage" in r for r in rules)
     assert any("volumeMounts.all" in r for r in rules) and any("nvidia.com/gpu" in r for r in rules)

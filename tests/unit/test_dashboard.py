@@ -93,7 +93,9 @@ def test_trainer_queries_honour_the_namespace_and_job_selectors():
     for ref, expr in expressions():
         for m in re.finditer(r"\bkubeclip_trainer_\w+(\{[^}]*\})?", expr):
             selector = m.group(1) or ""
-            assert 'namespace=~"$namespace"' in selector and 'finetunejob=~"$job"' in selector, f"panel {ref}: {m.group(0)}"
+            assert 'namespace=~"$namespace"' in selector and 'finetunejob=~"$job"' in selector, (
+                f"panel {ref}: {m.group(0)}"
+            )
 
 
 def test_datasource_and_selectors_are_template_variables():

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from support.dockerfile import DOCKERFILE, ROOT, copy_sources, env_of, pip_runs, stages  # noqa: F401
 
-
 # ----------------------------------------------------------------------------- static checks
 
 
@@ -58,15 +57,19 @@ def _ignored(path: str, patterns: list[str]) -> bool:
         pat = pat.lstrip("!").rstrip("/")
         parts = path.split("/")
         prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-        if pat == "**" or any(fnmatch.fnmatch(p, pat) or fnmatch.fnmatch(p, pat.replace("**/", "*/")) for p in prefixes) or (
-            pat.startswith("**/") and any(fnmatch.fnmatch(part, pat[3:]) for part in parts)
+        if (
+            pat == "**"
+            or any(fnmatch.fnmatch(p, pat) or fnmatch.fnmatch(p, pat.replace("**/", "*/")) for p in prefixes)
+            or (pat.startswith("**/") and any(fnmatch.fnmatch(part, pat[3:]) for part in parts))
         ):
             ignored = not neg
     return ignored
 
 
 def test_dockerignore_keeps_exactly_what_copy_needs():
-    patterns = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    patterns = [
+        ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln.strip() and not ln.startswith("#")
+    ]
     _, by_stage, _ = stages()
     needed = {src.rstrip("/") for stage in by_stage.values() for srcs, _ in copy_sources(stage) for src in srcs}
     assert needed, "no COPY from the build context found"

@@ -67,8 +67,7 @@ def test_the_schema_check_catches_a_typo():
 
 @pytest.mark.parametrize("name,job", jobs(), ids=[n for n, _ in jobs()])
 def test_job_passes_the_controller_and_trainer_models(name, job):
-    from kubeclip.api import FineTuneJobSpec
-    from kubeclip.api import parse_spec
+    from kubeclip.api import FineTuneJobSpec, parse_spec
 
     FineTuneJobSpec.model_validate(job["spec"])
     spec = parse_spec(job["spec"])
@@ -92,7 +91,10 @@ def test_minimal_example_is_the_classic_guide():
 
 def test_multinode_example_spans_several_gpu_nodes():
     job = next(d for n, d in jobs() if n == "finetune-multinode.yaml")
-    assert job["spec"]["numNodes"] > 1 and job["spec"]["resources"]["limits"]["nvidia.com/gpu"] == job["spec"]["numProcPerNode"]
+    assert (
+        job["spec"]["numNodes"] > 1
+        and job["spec"]["resources"]["limits"]["nvidia.com/gpu"] == job["spec"]["numProcPerNode"]
+    )
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
@@ -113,7 +115,9 @@ def test_builtin_kinds_pass_kubernetes_validate_strict(path):
 @pytest.mark.cluster
 def test_every_example_passes_server_side_dry_run(cluster, namespace):
     """The real API server accepts each document: schema, CEL rules and admission."""
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=kubeclip-examples-test", "-f", str(CRD_FILE))
+    cluster.kubectl(
+        "apply", "--server-side", "--force-conflicts", "--field-manager=kubeclip-examples-test", "-f", str(CRD_FILE)
+    )
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/finetunejobs.kubeclip.dev")
     # The loader pod must pass the restricted Pod Security Standard (PodSecurity admission).
     cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
@@ -123,7 +127,9 @@ def test_every_example_passes_server_side_dry_run(cluster, namespace):
     # And the dry run does reject: a CEL rule of the CRD (both towers frozen).
     job = yaml.safe_load((ROOT / "examples" / "finetune-minimal.yaml").read_text())
     job["spec"]["training"].update(lockImage=True, lockText=True)
-    bad = cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=yaml.safe_dump(job), check=False)
+    bad = cluster.kubectl(
+        "apply", "--dry-run=server", "-n", namespace, "-f", "-", input=yaml.safe_dump(job), check=False
+    )
     assert bad.returncode != 0 and "nothing would be trained" in bad.stderr, bad.stderr
 
 
@@ -135,7 +141,9 @@ def _preflight_messages() -> list[list[str]]:
     messages = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "PreflightError" and node.args:
-            parts = [c.value for c in ast.walk(node.args[0]) if isinstance(c, ast.Constant) and isinstance(c.value, str)]
+            parts = [
+                c.value for c in ast.walk(node.args[0]) if isinstance(c, ast.Constant) and isinstance(c.value, str)
+            ]
             parts = [p.strip(" :;,.()'") for p in parts]
             messages.append([p for p in parts if len(p) >= 8])
     return messages

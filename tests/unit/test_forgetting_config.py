@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 
 from controller.status import completed_message, progress_status
-from trainer import wiseft
 from kubeclip.api import ConfigError, ExportSpec, parse_spec
+from trainer import wiseft
 from trainer.preflight import PreflightError, run_preflight
 
 
@@ -62,10 +62,17 @@ def spec(tmp: Path, evaluation=None, export=None, val=True):
         ({"wiseFtAlphas": [-0.1]}, None, "spec.export.wiseFtAlphas.0: Input should be greater than or equal to 0"),
         ({"select": "alpha"}, None, "select: alpha needs spec.export.alpha"),
         ({"select": "alpha", "alpha": 2}, None, "spec.export.alpha: Input should be less than or equal to 1"),
-        ({"select": "bestWithinRetentionDrop", "maxRetentionDrop": 0.1}, None,
-         "bestWithinRetentionDrop needs spec.evaluation.retentionCsv"),
+        (
+            {"select": "bestWithinRetentionDrop", "maxRetentionDrop": 0.1},
+            None,
+            "bestWithinRetentionDrop needs spec.evaluation.retentionCsv",
+        ),
         ({"select": "bestWithinRetentionDrop"}, None, "needs spec.export.maxRetentionDrop"),
-        ({"select": "newest"}, None, "spec.export.select: Input should be 'finetuned', 'alpha' or 'bestWithinRetentionDrop'"),
+        (
+            {"select": "newest"},
+            None,
+            "spec.export.select: Input should be 'finetuned', 'alpha' or 'bestWithinRetentionDrop'",
+        ),
         (None, {"zeroShot": {"csv": "z.csv", "templates": ["a photo"]}}, "templates must contain '{}'"),
         (None, {"metric": "accuracy"}, "spec.evaluation.metric: Input should be"),
         (None, {"patience": 0}, "spec.evaluation.patience: Input should be greater than or equal to 1"),
@@ -78,9 +85,9 @@ def test_bad_configs_fail_with_one_line_naming_the_key(data, export, evaluation,
 
 
 def test_forgetting_options_need_a_val_csv(data):
-    with pytest.raises(ConfigError, match="spec.export.wiseFtAlphas needs spec.dataset.valCsv"):
+    with pytest.raises(ConfigError, match=r"spec\.export\.wiseFtAlphas needs spec\.dataset\.valCsv"):
         spec(data, export={"wiseFtAlphas": [0.5]}, val=False)
-    with pytest.raises(ConfigError, match="spec.evaluation.retentionCsv needs spec.dataset.valCsv"):
+    with pytest.raises(ConfigError, match=r"spec\.evaluation\.retentionCsv needs spec\.dataset\.valCsv"):
         spec(data, evaluation={"retentionCsv": "r.csv"}, val=False)
 
 
@@ -96,7 +103,10 @@ def test_the_sweep_always_holds_0_and_1_and_the_fixed_alpha():
 def test_a_good_retention_and_zeroshot_csv_pass_and_are_reported(data):
     write_csv(data / "ret.csv", "filepath;caption", [f"img/{i}.png;general {i}" for i in range(4)])
     write_csv(data / "zs.csv", "filepath,label", [f"img/{i}.png,{'cat' if i % 2 else 'dog'}" for i in range(6)])
-    report = run_preflight(spec(data, evaluation={"retentionCsv": str(data / "ret.csv"), "zeroShot": {"csv": str(data / "zs.csv")}}), world=1)
+    report = run_preflight(
+        spec(data, evaluation={"retentionCsv": str(data / "ret.csv"), "zeroShot": {"csv": str(data / "zs.csv")}}),
+        world=1,
+    )
     assert len(report.extra.retention) == 4 and report.extra.retention.separator == ";"
     assert sorted(set(report.extra.zeroshot.captions)) == ["cat", "dog"]
     assert "retention 4 rows, zero-shot 6 images / 2 classes" in report.summary()
@@ -105,12 +115,42 @@ def test_a_good_retention_and_zeroshot_csv_pass_and_are_reported(data):
 @pytest.mark.parametrize(
     "which, header, rows, expected",
     [
-        ("retention", "path,caption", ["img/0.png,a"], "spec.evaluation.retentionCsv {csv}: column 'filepath' (spec.dataset.imageColumn) not found"),
-        ("retention", "filepath,caption", ["img/0.png,a", "img/missing.png,b"], "spec.evaluation.retentionCsv {csv}: 1 of 2 images not found"),
-        ("retention", "filepath,caption", [], "spec.evaluation.retentionCsv {csv}: the header is there but the dataset has no rows"),
-        ("zeroShot", "filepath,class", ["img/0.png,a"], "spec.evaluation.zeroShot.csv {csv}: column 'label' (spec.evaluation.zeroShot.labelColumn) not found"),
-        ("zeroShot", "filepath,label", ["img/0.png,cat", "img/1.png,cat"], "1 class in column 'label'; zero-shot classification needs at least 2"),
-        ("zeroShot", "filepath,label", ["img/0.png,cat", "img/1.png,"], "1 of 2 rows have an empty 'label' (spec.evaluation.zeroShot.labelColumn)"),
+        (
+            "retention",
+            "path,caption",
+            ["img/0.png,a"],
+            "spec.evaluation.retentionCsv {csv}: column 'filepath' (spec.dataset.imageColumn) not found",
+        ),
+        (
+            "retention",
+            "filepath,caption",
+            ["img/0.png,a", "img/missing.png,b"],
+            "spec.evaluation.retentionCsv {csv}: 1 of 2 images not found",
+        ),
+        (
+            "retention",
+            "filepath,caption",
+            [],
+            "spec.evaluation.retentionCsv {csv}: the header is there but the dataset has no rows",
+        ),
+        (
+            "zeroShot",
+            "filepath,class",
+            ["img/0.png,a"],
+            "spec.evaluation.zeroShot.csv {csv}: column 'label' (spec.evaluation.zeroShot.labelColumn) not found",
+        ),
+        (
+            "zeroShot",
+            "filepath,label",
+            ["img/0.png,cat", "img/1.png,cat"],
+            "1 class in column 'label'; zero-shot classification needs at least 2",
+        ),
+        (
+            "zeroShot",
+            "filepath,label",
+            ["img/0.png,cat", "img/1.png,"],
+            "1 of 2 rows have an empty 'label' (spec.evaluation.zeroShot.labelColumn)",
+        ),
     ],
 )
 def test_a_bad_retention_or_zeroshot_csv_fails_the_preflight_with_one_line(data, which, header, rows, expected):
@@ -140,10 +180,20 @@ def test_interpolation_is_exact_at_the_ends_and_the_formula_in_between():
 
 
 def entry(alpha, val, ret):
-    return {"alpha": alpha, "val": {"image_to_text_R@1": val, "text_to_image_R@1": val}, "retention": {"image_to_text_R@1": ret}}
+    return {
+        "alpha": alpha,
+        "val": {"image_to_text_R@1": val, "text_to_image_R@1": val},
+        "retention": {"image_to_text_R@1": ret},
+    }
 
 
-TABLE = [entry(0.0, 0.10, 0.50), entry(0.25, 0.20, 0.48), entry(0.5, 0.30, 0.44), entry(0.75, 0.40, 0.30), entry(1.0, 0.45, 0.20)]
+TABLE = [
+    entry(0.0, 0.10, 0.50),
+    entry(0.25, 0.20, 0.48),
+    entry(0.5, 0.30, 0.44),
+    entry(0.75, 0.40, 0.30),
+    entry(1.0, 0.45, 0.20),
+]
 
 
 @pytest.mark.parametrize(
@@ -164,18 +214,25 @@ def test_selection_policies(policy, alpha):
 
 def test_table_lines_show_each_alpha():
     lines = wiseft.table_lines(TABLE)
-    assert len(lines) == 5 and lines[2].startswith("alpha 0.50  val i2t R@1 0.300") and "retention R@1 0.440" in lines[2]
+    assert (
+        len(lines) == 5 and lines[2].startswith("alpha 0.50  val i2t R@1 0.300") and "retention R@1 0.440" in lines[2]
+    )
 
 
 # ----------------------------------------------------------------------------- controller status
 
 
 def test_progress_maps_gain_and_forgetting_onto_status():
-    status = progress_status({
-        "eval": {"image_to_text_R@1": 0.4}, "baseline": {"image_to_text_R@1": 0.1},
-        "retention": {"image_to_text_R@1": 0.25}, "retentionBaseline": {"image_to_text_R@1": 0.5},
-        "zeroShot": {"top1": 0.3}, "zeroShotBaseline": {"top1": 0.6},
-    })
+    status = progress_status(
+        {
+            "eval": {"image_to_text_R@1": 0.4},
+            "baseline": {"image_to_text_R@1": 0.1},
+            "retention": {"image_to_text_R@1": 0.25},
+            "retentionBaseline": {"image_to_text_R@1": 0.5},
+            "zeroShot": {"top1": 0.3},
+            "zeroShotBaseline": {"top1": 0.6},
+        }
+    )
     assert status["recallAt1Gain"] == 0.3 and status["recallAt1Baseline"] == 0.1
     assert status["retentionDrop"] == 0.25 and status["retentionRecallAt1"] == 0.25
     assert status["zeroShotTop1"] == 0.3 and status["zeroShotTop1Baseline"] == 0.6
@@ -183,7 +240,10 @@ def test_progress_maps_gain_and_forgetting_onto_status():
 
 
 def test_succeeded_message_carries_the_trainer_summary():
-    assert completed_message("j-node-0", {"exitCode": 0, "message": "exported alpha 0.5: ...\n"}) == "j-node-0 completed: exported alpha 0.5: ..."
+    assert (
+        completed_message("j-node-0", {"exitCode": 0, "message": "exported alpha 0.5: ...\n"})
+        == "j-node-0 completed: exported alpha 0.5: ..."
+    )
     assert completed_message("j-node-0", None) == "j-node-0 completed"
 
 

@@ -114,7 +114,7 @@ def test_missing_images_are_counted_with_the_first_paths(data):
 def test_unreadable_images_are_reported(data):
     tmp, names = data
     (tmp / "img" / "broken.png").write_bytes(b"this is not a png")
-    write_csv(tmp / "train.csv", ["filepath", "caption"], [[f"img/{n}", "c"] for n in names + ["broken.png"]])
+    write_csv(tmp / "train.csv", ["filepath", "caption"], [[f"img/{n}", "c"] for n in [*names, "broken.png"]])
     msg = fail(spec_for(tmp))
     assert "1 of 7 checked images cannot be read" in msg and "broken.png" in msg
 
@@ -176,7 +176,13 @@ def test_val_csv_is_checked_too(data):
 def test_local_dir_model_without_config(data):
     tmp, names = data
     write_csv(tmp / "train.csv", ["filepath", "caption"], [[f"img/{n}", "c"] for n in names])
-    spec = spec_for(tmp).model_copy(update={"model": parse_spec({"model": {"name": f"local-dir:{tmp}"}, "dataset": {"trainCsv": "x"}, "output": {"path": "x"}}).model})
+    spec = spec_for(tmp).model_copy(
+        update={
+            "model": parse_spec(
+                {"model": {"name": f"local-dir:{tmp}"}, "dataset": {"trainCsv": "x"}, "output": {"path": "x"}}
+            ).model
+        }
+    )
     assert "no open_clip_config.json" in fail(spec)
 
 
@@ -215,17 +221,23 @@ def test_pod_entrypoint_fails_with_one_line_without_importing_torch(data):
         "    print('torch imported' if 'torch' in sys.modules else 'no torch', file=sys.stderr)\n"
         "    raise\n"
     )
-    proc = subprocess.run([sys.executable, "-c", probe, str(manifest)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, str(manifest)], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
     assert proc.returncode == EXIT_PREFLIGHT, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert lines[0].startswith("preflight: spec.dataset.trainCsv") and "columns found: ['filepath', 'title']" in lines[0]
+    assert (
+        lines[0].startswith("preflight: spec.dataset.trainCsv") and "columns found: ['filepath', 'title']" in lines[0]
+    )
     assert lines[1:] == ["no torch"]
 
 
 def test_trainer_fails_with_one_line_before_building_a_model(data):
     """``python -m trainer`` (preflight in a forked child while torch imports): exit 3, one line."""
     manifest = bad_job(*data)
-    proc = subprocess.run([sys.executable, "-m", "trainer", str(manifest)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer", str(manifest)], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
     assert proc.returncode == EXIT_PREFLIGHT, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("preflight: spec.dataset.trainCsv"), proc.stderr
@@ -238,7 +250,9 @@ def test_free_space_is_checked_against_the_real_filesystem(tmp_path):
     st = os.statvfs(tmp_path)
     free = st.f_bavail * st.f_frsize
     check_free_space(tmp_path / "out", tmp_path, need=max(1, free // 2))
-    with pytest.raises(PreflightError, match=r"spec.output.path .*/out: only .* free on its filesystem, checkpoints need at least"):
+    with pytest.raises(
+        PreflightError, match=r"spec.output.path .*/out: only .* free on its filesystem, checkpoints need at least"
+    ):
         check_free_space(tmp_path / "out", tmp_path, need=free + (1 << 40))
 
 

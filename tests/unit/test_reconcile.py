@@ -6,12 +6,12 @@ import copy
 from datetime import datetime, timedelta, timezone
 
 import pytest
+import yaml
 
 from controller import naming
 from controller.reconcile import Delete, Observed, classify, plan
 from controller.times import rfc3339
 from kubeclip.api import parse_manifest
-import yaml
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 UID = "uid-1"
@@ -37,7 +37,19 @@ def job(status=None, **spec_over):
     }
 
 
-def pod(i, phase="Running", attempt=0, *, exit_code=None, reason=None, message="", pod_reason=None, deleting=False, owner=UID, conditions=None):
+def pod(
+    i,
+    phase="Running",
+    attempt=0,
+    *,
+    exit_code=None,
+    reason=None,
+    message="",
+    pod_reason=None,
+    deleting=False,
+    owner=UID,
+    conditions=None,
+):
     p = {
         "metadata": {
             "name": f"j-node-{i}",
@@ -49,7 +61,10 @@ def pod(i, phase="Running", attempt=0, *, exit_code=None, reason=None, message="
     }
     if exit_code is not None:
         p["status"]["containerStatuses"] = [
-            {"name": "trainer", "state": {"terminated": {"exitCode": exit_code, "reason": reason or "Error", "message": message}}}
+            {
+                "name": "trainer",
+                "state": {"terminated": {"exitCode": exit_code, "reason": reason or "Error", "message": message}},
+            }
         ]
     if pod_reason:
         p["status"]["reason"] = pod_reason
@@ -62,8 +77,7 @@ def pod(i, phase="Running", attempt=0, *, exit_code=None, reason=None, message="
 
 def children(j):
     from controller import builders
-    from kubeclip.api import parse_job_spec
-    from kubeclip.api import ConfigError
+    from kubeclip.api import ConfigError, parse_job_spec
 
     try:
         svc = builders.service(j, parse_job_spec(j["spec"]))
@@ -174,8 +188,25 @@ def test_cross_field_rules_are_enforced_without_the_crd():
         (pod(1, "Failed", exit_code=143), True, "Killed"),
         (pod(1, "Failed", exit_code=128), True, "Killed"),
         (pod(1, "Failed", pod_reason="Evicted"), True, "Evicted"),
-        (pod(1, "Failed", exit_code=1, conditions=[{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}]), True, "PreemptionByScheduler"),
-        (pod(1, "Running", conditions=[{"type": "DisruptionTarget", "status": "True", "reason": "DeletionByTaintManager"}]), True, "DeletionByTaintManager"),
+        (
+            pod(
+                1,
+                "Failed",
+                exit_code=1,
+                conditions=[{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}],
+            ),
+            True,
+            "PreemptionByScheduler",
+        ),
+        (
+            pod(
+                1,
+                "Running",
+                conditions=[{"type": "DisruptionTarget", "status": "True", "reason": "DeletionByTaintManager"}],
+            ),
+            True,
+            "DeletionByTaintManager",
+        ),
         (pod(1, "Unknown"), True, "NodeLost"),
         (pod(1, "Running", deleting=True), True, "PodDeleted"),
         (pod(1, "Failed", exit_code=2, message="spec.training.batchSize: bad"), False, "InvalidConfig"),
@@ -198,7 +229,11 @@ def test_a_signal_is_named_in_the_message():
 
 
 def test_healthy_pods_are_not_failures():
-    assert classify(pod(0)) is None and classify(pod(0, "Pending")) is None and classify(pod(0, "Succeeded", exit_code=0)) is None
+    assert (
+        classify(pod(0)) is None
+        and classify(pod(0, "Pending")) is None
+        and classify(pod(0, "Succeeded", exit_code=0)) is None
+    )
 
 
 def _running_job(backoff=2, **kw):
@@ -233,7 +268,9 @@ def test_backoff_limit_is_honoured_exactly():
         assert j["status"]["nextAttemptTime"] == rfc3339(NOW + timedelta(seconds=delay)) and p.requeue_after == delay
         assert f"in {delay}s" in p.events[0].message and p.events[0].type == "Warning"
         # The same failed pods seen again (deletion not yet visible): nothing counted twice.
-        again, j = run(j, [pod(0, attempt=attempt, deleting=True), pod(1, "Failed", attempt, exit_code=137, reason="OOMKilled")])
+        again, j = run(
+            j, [pod(0, attempt=attempt, deleting=True), pod(1, "Failed", attempt, exit_code=137, reason="OOMKilled")]
+        )
         assert j["status"]["restartCount"] == attempt + 1 and [d.name for d in again.delete] == ["j-node-1"]
         # Old pods gone, but the delay is not over: nothing is created, the pass comes back in time.
         p, j = run(j, [], now=NOW + timedelta(seconds=delay - 4))
@@ -254,7 +291,11 @@ def test_backoff_limit_is_honoured_exactly():
 def test_backoff_limit_zero_fails_on_first_failed_attempt():
     j = _running_job(backoff=0)
     _, j = run(j, [pod(0), pod(1, "Failed", exit_code=1, message="RuntimeError: boom")])
-    assert (j["status"]["phase"], j["status"]["reason"], j["status"]["restartCount"]) == ("Failed", "BackoffLimitExceeded", 0)
+    assert (j["status"]["phase"], j["status"]["reason"], j["status"]["restartCount"]) == (
+        "Failed",
+        "BackoffLimitExceeded",
+        0,
+    )
     assert "RuntimeError: boom" in j["status"]["message"]
 
 
@@ -314,7 +355,11 @@ def test_the_first_failure_of_an_attempt_is_its_cause():
 def test_pod_vanishing_while_running_is_a_restart():
     j = _running_job()
     p, j = run(j, [pod(0)])
-    assert j["status"]["phase"] == "Restarting" and j["status"]["reason"] == "PodDeleted" and j["status"]["restartCount"] == 1
+    assert (
+        j["status"]["phase"] == "Restarting"
+        and j["status"]["reason"] == "PodDeleted"
+        and j["status"]["restartCount"] == 1
+    )
     assert [d.name for d in p.delete] == ["j-node-0"]
 
 
@@ -337,7 +382,9 @@ def test_foreign_pods_are_ignored():
 # ---- success, cleanup, ttl, deadline, suspend --------------------------------------------------
 
 
-@pytest.mark.parametrize("policy, deleted", [("Running", ["j-node-1"]), ("All", ["j-node-0", "j-node-1"]), ("None", [])])
+@pytest.mark.parametrize(
+    "policy, deleted", [("Running", ["j-node-1"]), ("All", ["j-node-0", "j-node-1"]), ("None", [])]
+)
 def test_node0_success_and_clean_pod_policy(policy, deleted):
     j = _running_job(cleanPodPolicy=policy)
     p, j = run(j, [pod(0, "Succeeded", exit_code=0), pod(1)])
@@ -383,16 +430,28 @@ def test_suspend_deletes_pods_and_resume_recreates_them():
     j["spec"]["runPolicy"]["suspend"] = False
     p, j = run(j, [], now=NOW + timedelta(seconds=5))
     assert j["status"]["phase"] == "Created" and j["status"]["reason"] == "Resumed"
-    assert names(p.create) == ["j-node-0", "j-node-1"] and j["status"]["startTime"] == rfc3339(NOW + timedelta(seconds=5))
+    assert names(p.create) == ["j-node-0", "j-node-1"] and j["status"]["startTime"] == rfc3339(
+        NOW + timedelta(seconds=5)
+    )
     assert next(c for c in j["status"]["conditions"] if c["type"] == "Suspended")["status"] == "False"
     assert j["status"]["restartCount"] == 0
 
 
 def test_progress_lands_in_status_only_when_it_changes():
     j = _running_job()
-    prog = {"phase": "training", "epoch": 1, "epochs": 3, "step": 50, "totalSteps": 300, "loss": 1.23456,
-            "samplesPerSecond": 812.34, "etaSeconds": 120.7, "eval": {"image_to_text_R@1": 0.41234},
-            "lastCheckpoint": {"path": "/out/checkpoints/step-50", "step": 50, "time": 1.0}, "updatedAt": 1767323045.0}
+    prog = {
+        "phase": "training",
+        "epoch": 1,
+        "epochs": 3,
+        "step": 50,
+        "totalSteps": 300,
+        "loss": 1.23456,
+        "samplesPerSecond": 812.34,
+        "etaSeconds": 120.7,
+        "eval": {"image_to_text_R@1": 0.41234},
+        "lastCheckpoint": {"path": "/out/checkpoints/step-50", "step": 50, "time": 1.0},
+        "updatedAt": 1767323045.0,
+    }
     p, j = run(j, [pod(0), pod(1)], progress=prog)
     pr = j["status"]["progress"]
     assert pr["summary"] == "epoch 1/3 step 50/300" and pr["percent"] == 16 and pr["loss"] == 1.2346
@@ -411,8 +470,11 @@ def test_configmap_drift_is_repaired():
 
 
 def _node(name, ready="True", since=NOW - timedelta(hours=1), taints=()):
-    return {"metadata": {"name": name}, "spec": {"taints": list(taints)},
-            "status": {"conditions": [{"type": "Ready", "status": ready, "lastTransitionTime": rfc3339(since)}]}}
+    return {
+        "metadata": {"name": name},
+        "spec": {"taints": list(taints)},
+        "status": {"conditions": [{"type": "Ready", "status": ready, "lastTransitionTime": rfc3339(since)}]},
+    }
 
 
 @pytest.mark.parametrize(
@@ -444,12 +506,21 @@ def test_pod_stuck_in_deletion_is_force_deleted_only_when_its_node_is_gone(node,
     assert not plan(j, Observed(pods=(stuck,), now=NOW + timedelta(hours=1), **children(j))).delete
     # A pod bound to no node has no kubelet that could run it: forced once the grace is over.
     del stuck["spec"]["nodeName"]
-    assert plan(j, Observed(pods=(stuck,), now=NOW, **children(j))).delete == (Delete("Pod", "j-node-1", "pod-1-0", force=True),)
+    assert plan(j, Observed(pods=(stuck,), now=NOW, **children(j))).delete == (
+        Delete("Pod", "j-node-1", "pod-1-0", force=True),
+    )
 
 
 # ---- failure policy: the attempt judged as a whole (issue #9) ---------------------------------
 
-EVICTED = [{"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI", "message": "Eviction API: evicting"}]
+EVICTED = [
+    {
+        "type": "DisruptionTarget",
+        "status": "True",
+        "reason": "EvictionByEvictionAPI",
+        "message": "Eviction API: evicting",
+    }
+]
 
 
 def test_knock_on_exit_with_an_eviction_in_the_same_attempt_restarts_without_using_backoff():
@@ -464,7 +535,12 @@ def test_knock_on_exit_with_an_eviction_in_the_same_attempt_restarts_without_usi
 
 def test_a_checkpoint_fallback_reported_by_the_trainer_becomes_one_warning_event():
     j = _running_job()
-    prog = {"phase": "training", "step": 20, "totalSteps": 100, "skippedCheckpoints": ["step-00000030.pt: truncated file"]}
+    prog = {
+        "phase": "training",
+        "step": 20,
+        "totalSteps": 100,
+        "skippedCheckpoints": ["step-00000030.pt: truncated file"],
+    }
     p, j = run(j, [pod(0), pod(1)], progress=prog)
     assert [(e.type, e.reason) for e in p.events] == [("Warning", "CheckpointFallback")]
     assert "step-00000030.pt: truncated file" in p.events[0].message

@@ -18,7 +18,10 @@ JOB = {
         "resources": {"requests": {"cpu": "8", "nvidia.com/gpu": 4}, "limits": {"memory": "64Gi"}},
         "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "ds"}}],
         "volumeMounts": [{"name": "data", "mountPath": "/data", "readOnly": True}],
-        "env": [{"name": "NCCL_DEBUG", "value": "WARN"}, {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+        "env": [
+            {"name": "NCCL_DEBUG", "value": "WARN"},
+            {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+        ],
         "nodeSelector": {"gpu": "h100"},
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}},
@@ -54,7 +57,9 @@ def test_pod_identity_dns_and_command():
     p = _pod(1, attempt=2)
     assert p["metadata"]["name"] == "pen-node-1" and p["metadata"]["namespace"] == "ml"
     labels = p["metadata"]["labels"]
-    assert labels[naming.LABEL_JOB] == "pen" and labels[naming.LABEL_INDEX] == "1" and labels[naming.LABEL_ATTEMPT] == "2"
+    assert (
+        labels[naming.LABEL_JOB] == "pen" and labels[naming.LABEL_INDEX] == "1" and labels[naming.LABEL_ATTEMPT] == "2"
+    )
     assert p["spec"]["hostname"] == "pen-node-1" and p["spec"]["subdomain"] == "pen"
     c = p["spec"]["containers"][0]
     assert c["command"] == ["python", "-m", "trainer.node", "/etc/kubeclip/job.yaml"]
@@ -81,8 +86,14 @@ def test_no_service_account_token_unless_the_job_names_a_service_account():
 def test_owner_reference_controls_and_blocks_deletion():
     for obj in (_pod(0), builders.configmap(JOB), builders.service(JOB, parse_job_spec(JOB["spec"]))):
         (ref,) = obj["metadata"]["ownerReferences"]
-        assert ref == {"apiVersion": "kubeclip.dev/v1alpha1", "kind": "FineTuneJob", "name": "pen", "uid": "u-1",
-                       "controller": True, "blockOwnerDeletion": True}
+        assert ref == {
+            "apiVersion": "kubeclip.dev/v1alpha1",
+            "kind": "FineTuneJob",
+            "name": "pen",
+            "uid": "u-1",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
 
 
 def test_gpus_follow_num_proc_per_node_and_scheduling_passes_through():

@@ -10,8 +10,12 @@ NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
 def _spec(holder, renewed, duration=15, transitions=0):
-    return {"holderIdentity": holder, "renewTime": renewed.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            "leaseDurationSeconds": duration, "leaseTransitions": transitions}
+    return {
+        "holderIdentity": holder,
+        "renewTime": renewed.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "leaseDurationSeconds": duration,
+        "leaseTransitions": transitions,
+    }
 
 
 def test_free_lease_is_taken():
@@ -34,7 +38,9 @@ def test_another_holders_lease_expires_by_our_clock_not_by_its_renew_time():
 def test_a_renewing_holder_keeps_its_lease_even_with_a_clock_far_ahead_or_behind():
     seen = None
     for i, skew in enumerate((timedelta(hours=-2), timedelta(hours=3), timedelta(minutes=-30))):
-        new, seen = decide(_spec("other", NOW + skew + timedelta(seconds=i)), "me", NOW, 15, observed=seen, local_now=10.0 * (i + 1))
+        new, seen = decide(
+            _spec("other", NOW + skew + timedelta(seconds=i)), "me", NOW, 15, observed=seen, local_now=10.0 * (i + 1)
+        )
         assert new is None  # each renewal changes the record: we restart our own count
 
 
@@ -42,7 +48,11 @@ def test_own_lease_is_renewed_without_a_transition():
     old = _spec("me", NOW - timedelta(seconds=2), transitions=2)
     old["acquireTime"] = "2025-12-31T23:00:00.000000Z"
     new, _ = decide(old, "me", NOW, 15)
-    assert new["leaseTransitions"] == 2 and new["acquireTime"] == old["acquireTime"] and new["renewTime"] != old["renewTime"]
+    assert (
+        new["leaseTransitions"] == 2
+        and new["acquireTime"] == old["acquireTime"]
+        and new["renewTime"] != old["renewTime"]
+    )
 
 
 def test_released_lease_is_free():

@@ -42,7 +42,9 @@ def test_a_background_task_that_returns_early_counts_as_dead():
         async def returns():
             await asyncio.sleep(0.05)
 
-        return await asyncio.wait_for(supervise(asyncio.create_task(_operator(stop)), {asyncio.create_task(returns()): "lease renewal"}, stop), 5)
+        return await asyncio.wait_for(
+            supervise(asyncio.create_task(_operator(stop)), {asyncio.create_task(returns()): "lease renewal"}, stop), 5
+        )
 
     assert asyncio.run(main()) is True
 
