@@ -161,13 +161,14 @@ class ControlPlane:
     controller_manager: bool = True
     netns: str | None = None
     node_ip: str | None = None
+    kubeconfig_name: str = "kubeconfig"  # the one-node cluster keeps ``kubeconfig`` for the host's relay
     server: str = ""
     kubeconfig: Path = field(init=False)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
-        self.kubeconfig = self.workdir / "kubeconfig"
+        self.kubeconfig = self.workdir / self.kubeconfig_name
 
     # ------------------------------------------------------------------ start
     def start(self) -> "ControlPlane":
@@ -204,13 +205,13 @@ class ControlPlane:
         """Run ``fn`` (a health probe) where the processes listen: inside ``netns`` when set."""
         return _netns.call_in(self.netns, fn) if self.netns else fn()
 
-    def spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
-        """Start ``argv`` (inside ``netns`` when set) in its own process group, output to ``<name>.log``;
-        ``stop()`` and ``state.json`` include it."""
-        return self._spawn(name, argv)
+    def spawn(self, name: str, argv: list[str], in_netns: bool = True) -> subprocess.Popen:
+        """Start ``argv`` (inside ``netns`` when set, unless ``in_netns`` is False) in its own process
+        group, output to ``<name>.log``; ``stop()`` and ``state.json`` include it."""
+        return self._spawn(name, argv, in_netns)
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
-        if self.netns:
+    def _spawn(self, name: str, argv: list[str], in_netns: bool = True) -> subprocess.Popen:
+        if self.netns and in_netns:
             argv = _netns.wrap(self.netns) + argv
         log = open(self.workdir / f"{name}.log", "ab")
         proc = subprocess.Popen(
