@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CLUSTER_DIR, REPO
+from e2e_helpers import CLUSTER_DIR, REPO
 
 from support import netns
 from support.node import NAME, RUN_DIR, _cgroup_pids, _pids_of_shims, mounts_under

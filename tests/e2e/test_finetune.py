@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from conftest import CONTROLLER_NS, REPO, debug, ftj, ftj_manifest, load_dataset, pv_dir, wait_for
+from e2e_helpers import CONTROLLER_NS, REPO, debug, ftj, ftj_manifest, load_dataset, pv_dir, wait_for
 
 pytestmark = pytest.mark.e2e
 

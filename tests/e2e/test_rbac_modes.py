@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import debug, ftj, ftj_manifest, load_dataset, wait_for
+from e2e_helpers import debug, ftj, ftj_manifest, load_dataset, wait_for
 
 from deploy import deploy
 
