@@ -9,10 +9,12 @@
 #                           same shape as the official ones (which cannot be pulled here):
 #                             kubeclip.local/python:3.11-bookworm  debootstrap bookworm + python3.11 (PYTHON_IMAGE)
 #                             kubeclip.local/torch:2.14.1          the same + a venv with torch 2.14.1 from PyPI (TORCH_IMAGE)
-#                           -> kubeclip-controller:dev, kubeclip-trainer:dev, imported into the running node
+#                           -> kubeclip-controller:dev, kubeclip-trainer:dev (and the python base, which
+#                              examples/dataset-pvc.yaml's loader can use), imported into the running node
 #
 # Every image is kept as a docker-archive in $KUBECLIP_TOOLS/images/NAME.tar with a stamp: the hash of
-# its inputs (files, this script, its base's hash). A second run with unchanged inputs only compares
+# its inputs (its recipe string below, the files it copies, its base's hash); change a recipe string
+# when you change how an image is made. A second run with unchanged inputs only compares
 # hashes; a node is only re-imported an archive whose hash it has not imported yet.
 # Builds see the machine's CA bundle and /etc/pip.conf read-only (this machine re-signs outbound TLS);
 # they are mounted at build time only and never end up in an image.
@@ -33,7 +35,8 @@ flock 8
 log() { echo "images: $*" >&2; }
 bah() { buildah --root "$TOOLS/buildah/storage" --runroot /run/kubeclip-buildah --storage-driver overlay "$@"; }
 hash_of() { cat "$@" | sha256sum | cut -c1-16; }
-SELF_KEY=$(hash_of "$0")
+PYTHON_RECIPE="debootstrap --variant=minbase --include=python3,python3-venv,python3-pip bookworm; python->python3; LANG=C.UTF-8"
+TORCH_RECIPE="python -m venv /opt/torch; pip install --no-index torch==$TORCH_VERSION; PATH=/opt/torch/bin:..."
 build_mounts=(--volume /etc/ssl/certs:/etc/ssl/certs:ro)
 [[ -f /etc/pip.conf ]] && build_mounts+=(--volume /etc/pip.conf:/etc/pip.conf:ro)
 
@@ -52,7 +55,7 @@ scratch_image() {
   local name=$1 ref=$2 entry=$3; shift 3
   local key srcs=()
   for pair in "$@"; do srcs+=("${pair%%:*}"); done
-  key=$(echo "$SELF_KEY $ref $entry $* $(hash_of "${srcs[@]}")" | sha256sum | cut -c1-16)
+  key=$(echo "scratch $ref $entry $* $(hash_of "${srcs[@]}")" | sha256sum | cut -c1-16)
   fresh "$name" "$key" && return 0
   local t0=$SECONDS c
   c=$(bah from scratch)
@@ -83,7 +86,7 @@ system_images() {
 # --- app images ---------------------------------------------------------------------------------
 python_base() {  # -> kubeclip.local/python:3.11-bookworm (the shape of python:3.11-slim-bookworm)
   local key
-  key=$(echo "$SELF_KEY bookworm $DEBIAN_MIRROR" | sha256sum | cut -c1-16)
+  key=$(echo "$PYTHON_RECIPE $DEBIAN_MIRROR" | sha256sum | cut -c1-16)
   PYTHON_KEY=$key
   fresh python "$key" && return 0
   local t0=$SECONDS rootfs=$TOOLS/rootfs/bookworm c
@@ -107,7 +110,7 @@ python_base() {  # -> kubeclip.local/python:3.11-bookworm (the shape of python:3
 
 torch_base() {  # -> kubeclip.local/torch:2.14.1 (the shape of pytorch/pytorch: root's python/pip hold torch)
   local key wheels=$TOOLS/wheels/torch-$TORCH_VERSION
-  key=$(echo "$SELF_KEY $PYTHON_KEY torch==$TORCH_VERSION" | sha256sum | cut -c1-16)
+  key=$(echo "$TORCH_RECIPE $PYTHON_KEY" | sha256sum | cut -c1-16)
   TORCH_KEY=$key
   fresh torch "$key" && return 0
   local t0=$SECONDS c
@@ -132,7 +135,7 @@ target() {
   local name=$1 tgt=$2 base_key=$3; shift 3
   local key ref=docker.io/library/$name:dev
   # inputs: what the Dockerfile copies (tracked files only) + the Dockerfile + the base
-  key=$(cd "$REPO" && { echo "$SELF_KEY $base_key $*"; git ls-files -s Dockerfile .dockerignore pyproject.toml README.md kubeclip controller trainer;
+  key=$(cd "$REPO" && { echo "$base_key $*"; git ls-files -s Dockerfile .dockerignore pyproject.toml README.md kubeclip controller trainer;
                         git diff HEAD -- Dockerfile .dockerignore pyproject.toml README.md kubeclip controller trainer; } | sha256sum | cut -c1-16)
   fresh "$name" "$key" && return 0
   local t0=$SECONDS
@@ -170,7 +173,7 @@ case "${1:-}" in
     torch_base
     target kubeclip-controller controller "$PYTHON_KEY" --build-arg PYTHON_IMAGE=kubeclip.local/python:3.11-bookworm
     target kubeclip-trainer trainer "$TORCH_KEY" --build-arg "TORCH_IMAGE=kubeclip.local/torch:$TORCH_VERSION"
-    import_into_node kubeclip-controller kubeclip-trainer
+    import_into_node python kubeclip-controller kubeclip-trainer   # python: for examples/dataset-pvc.yaml's loader
     ;;
   *) echo "usage: $0 system|app|import NAME..." >&2; exit 2 ;;
 esac
