@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from . import netns
-from .controlplane import ControlPlane, ControlPlaneError, _stop_group, find_binary, free_port, write_kubeconfig
+from .controlplane import ControlPlane, ControlPlaneError, find_binary, free_port, write_kubeconfig
 
 NAME = "kubeclip"
 NODE_NAME = "kubeclip-node"
@@ -280,24 +280,50 @@ def mounts_under(*roots: Path) -> list[str]:
     return sorted(set(found), key=lambda m: m.count("/"), reverse=True)
 
 
+def _group_members(pgids: set[int]) -> list[int]:
+    """Live (non-zombie) processes whose process group is one of ``pgids``."""
+    live = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) in pgids:
+            live.append(int(d.name))
+    return live
+
+
+def _stop_groups(pgids: set[int], grace_s: float = 10.0) -> None:
+    """SIGTERM every group at once, SIGKILL what is left after ``grace_s``. Zombies (children of a
+    long-gone `cluster-up`, reaped by init in its own time) do not count as left."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pg in pgids:
+            try:
+                os.killpg(pg, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + (grace_s if sig == signal.SIGTERM else 5)
+        while _group_members(pgids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
 def teardown(workdir: Path, pgids: dict[str, int]) -> list[str]:
     """Stop every process of the cluster, unmount what it mounted, delete its network namespace.
 
     Order: kubelet first (it would restart what we kill), then the pods' processes (SIGKILL by
-    cgroup), the shims, the rest of the recorded process groups in reverse start order, then
+    cgroup), the shims, the rest of the recorded process groups (all at once), then
     mounts under ``workdir`` and RUN_DIR, the pod cgroups and the namespace. Returns what it could
     not clean (empty when clean)."""
-    order = list(pgids)
     if "kubelet" in pgids:
-        _stop_group(pgids["kubelet"])
+        _stop_groups({pgids["kubelet"]})
     for pid in _cgroup_pids() + _pids_of_shims():
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    for name in reversed(order):
-        if name != "kubelet":
-            _stop_group(pgids[name])
+    _stop_groups({pg for name, pg in pgids.items() if name != "kubelet"})
     deadline = time.monotonic() + 10
     while (_pids_of_shims() or _cgroup_pids()) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -314,7 +340,7 @@ def teardown(workdir: Path, pgids: dict[str, int]) -> list[str]:
     except netns.NetnsError as e:
         problems.append(str(e))
     shutil.rmtree(RUN_DIR, ignore_errors=True)
-    left = _pids_of_shims() + _cgroup_pids()
+    left = _pids_of_shims() + _cgroup_pids() + _group_members(set(pgids.values()))
     if left:
         problems.append(f"processes left: {left}")
     return problems
