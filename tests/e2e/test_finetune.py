@@ -89,7 +89,7 @@ def test_wrong_separator_fails_fast_with_preflight_line(kube, namespace, dataset
 
 def _kill_mid_run(kube, namespace, dataset_url, name, kill) -> None:
     load_dataset(kube, namespace, dataset_url)
-    kube.kubectl("-n", namespace, "apply", "-f", "-", input=ftj_manifest(name, epochs=3, checkpoint_every=3))
+    kube.kubectl("-n", namespace, "apply", "-f", "-", input=ftj_manifest(name, epochs=10, checkpoint_every=3))
     explain = debug(kube, namespace, name)
     # mid-run: a checkpoint has been committed and training goes on past it
     wait_for(lambda: ((ftj(kube, namespace, name).get("status") or {}).get("progress") or {}).get("lastCheckpointStep"),
@@ -124,7 +124,7 @@ def test_pod_evicted_mid_run_resumes_from_checkpoint(kube, namespace, dataset_ur
 
 def test_controller_pod_deleted_mid_run_new_one_takes_over(kube, namespace, dataset_url):
     load_dataset(kube, namespace, dataset_url)
-    kube.kubectl("-n", namespace, "apply", "-f", "-", input=ftj_manifest("takeover", epochs=3))
+    kube.kubectl("-n", namespace, "apply", "-f", "-", input=ftj_manifest("takeover", epochs=10))
     explain = debug(kube, namespace, "takeover")
     _run_until(kube, namespace, "takeover", ("Running",), 300)
     wait_for(lambda: _step(kube, namespace, "takeover") > 0, 300, "takeover: progress", explain, every_s=2)
