@@ -34,7 +34,12 @@ flock 8
 
 log() { echo "images: $*" >&2; }
 bah() { buildah --root "$TOOLS/buildah/storage" --runroot /run/kubeclip-buildah --storage-driver overlay "$@"; }
-hash_of() { cat "$@" | sha256sum | cut -c1-16; }
+hash_of() {  # files are hashed by content, directories by a reproducible tar of their tree
+  local p
+  for p in "$@"; do
+    if [[ -d "$p" ]]; then tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$p" -cf - .; else cat "$p"; fi
+  done | sha256sum | cut -c1-16
+}
 PYTHON_RECIPE="debootstrap --variant=minbase --include=python3,python3-venv,python3-pip bookworm; python->python3; LANG=C.UTF-8"
 TORCH_RECIPE="python -m venv /opt/torch; pip install --no-index torch==$TORCH_VERSION; PATH=/opt/torch/bin:..."
 build_mounts=(--volume /etc/ssl/certs:/etc/ssl/certs:ro)
@@ -53,9 +58,9 @@ save() {
 # scratch_image NAME REF ENTRYPOINT_JSON FILE:DEST... -> one-layer image of static files.
 scratch_image() {
   local name=$1 ref=$2 entry=$3; shift 3
-  local key srcs=()
-  for pair in "$@"; do srcs+=("${pair%%:*}"); done
-  key=$(echo "scratch $ref $entry $* $(hash_of "${srcs[@]}")" | sha256sum | cut -c1-16)
+  local key srcs=() dests=()
+  for pair in "$@"; do srcs+=("${pair%%:*}"); dests+=("${pair#*:}"); done
+  key=$(echo "scratch $ref $entry ${dests[*]} $(hash_of "${srcs[@]}")" | sha256sum | cut -c1-16)
   fresh "$name" "$key" && return 0
   local t0=$SECONDS c
   c=$(bah from scratch)
