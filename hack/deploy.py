@@ -12,6 +12,7 @@ FineTuneJob without ``spec.image`` gets ``kubeclip-trainer:dev``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -34,13 +35,12 @@ def deploy(watch_namespaces: list[str] | None = None, timeout_s: int = 300) -> f
     if not kubeconfig.exists():
         raise SystemExit(f"no cluster: {kubeconfig} missing (run `make cluster-up images` first)")
     t0 = time.monotonic()
-    ns_list = "{" + ",".join(watch_namespaces or []) + "}"
     argv = [
         _tool("helm"), f"--kubeconfig={kubeconfig}", "upgrade", "--install", RELEASE, str(REPO / "helm/kubeclip"),
         "--namespace", NAMESPACE, "--create-namespace",
         "--set", "image.repository=kubeclip-controller", "--set", "image.tag=dev",
         "--set", "trainerImage.repository=kubeclip-trainer", "--set", "trainerImage.tag=dev",
-        "--set", f"watch.namespaces={ns_list}",
+        "--set-json", f"watch.namespaces={json.dumps(list(watch_namespaces or []))}",
         "--wait", f"--timeout={timeout_s}s",
     ]
     proc = subprocess.run(argv, capture_output=True, text=True)
