@@ -33,8 +33,8 @@ def _step(kube, ns, name) -> int:
     return int(((ftj(kube, ns, name).get("status") or {}).get("progress") or {}).get("step") or 0)
 
 
-def test_multinode_cpu_job_succeeds_with_loadable_model(kube, namespace, dataset_url):
-    load_dataset(kube, namespace, dataset_url)
+def test_multinode_cpu_job_succeeds_with_loadable_model(kube, namespace, dataset_dir):
+    load_dataset(kube, namespace, dataset_dir)
     kube.kubectl("-n", namespace, "apply", "-f", "-", input=ftj_manifest("penguins", epochs=2))
     explain = debug(kube, namespace, "penguins")
     # `kubectl get ftj` shows progress and loss while it runs
@@ -67,8 +67,8 @@ def test_multinode_cpu_job_succeeds_with_loadable_model(kube, namespace, dataset
     assert out.returncode == 0 and int(out.stdout.split()[-1]) > 1_000_000, out.stderr[-2000:]
 
 
-def test_wrong_separator_fails_fast_with_preflight_line(kube, namespace, dataset_url):
-    load_dataset(kube, namespace, dataset_url)
+def test_wrong_separator_fails_fast_with_preflight_line(kube, namespace, dataset_dir):
+    load_dataset(kube, namespace, dataset_dir)
     kube.kubectl("-n", namespace, "apply", "-f", "-", input=ftj_manifest("badsep", train_csv="bad.csv"))
     _run_until(kube, namespace, "badsep", ("Failed", "Succeeded"), 240)
     status = ftj(kube, namespace, "badsep")["status"]
@@ -87,8 +87,8 @@ def test_wrong_separator_fails_fast_with_preflight_line(kube, namespace, dataset
     assert "bad.csv" in describe and "separator" in describe, describe
 
 
-def _kill_mid_run(kube, namespace, dataset_url, name, kill) -> None:
-    load_dataset(kube, namespace, dataset_url)
+def _kill_mid_run(kube, namespace, dataset_dir, name, kill) -> None:
+    load_dataset(kube, namespace, dataset_dir)
     kube.kubectl("-n", namespace, "apply", "-f", "-", input=ftj_manifest(name, epochs=10, checkpoint_every=3))
     explain = debug(kube, namespace, name)
     # mid-run: a checkpoint has been committed and training goes on past it
@@ -109,21 +109,21 @@ def _kill_mid_run(kube, namespace, dataset_url, name, kill) -> None:
     assert step >= ckpt_step > 0, (resumed, ckpt_step)
 
 
-def test_pod_deleted_mid_run_resumes_from_checkpoint(kube, namespace, dataset_url):
-    _kill_mid_run(kube, namespace, dataset_url, "deleted",
+def test_pod_deleted_mid_run_resumes_from_checkpoint(kube, namespace, dataset_dir):
+    _kill_mid_run(kube, namespace, dataset_dir, "deleted",
                   lambda: kube.kubectl("-n", namespace, "delete", "pod", "deleted-node-1", "--wait=false"))
 
 
-def test_pod_evicted_mid_run_resumes_from_checkpoint(kube, namespace, dataset_url):
+def test_pod_evicted_mid_run_resumes_from_checkpoint(kube, namespace, dataset_dir):
     eviction = json.dumps({"apiVersion": "policy/v1", "kind": "Eviction",
                            "metadata": {"name": "evicted-node-1", "namespace": namespace}})
-    _kill_mid_run(kube, namespace, dataset_url, "evicted",
+    _kill_mid_run(kube, namespace, dataset_dir, "evicted",
                   lambda: kube.kubectl("create", "--raw", f"/api/v1/namespaces/{namespace}/pods/evicted-node-1/eviction",
                                        "-f", "-", input=eviction))
 
 
-def test_controller_pod_deleted_mid_run_new_one_takes_over(kube, namespace, dataset_url):
-    load_dataset(kube, namespace, dataset_url)
+def test_controller_pod_deleted_mid_run_new_one_takes_over(kube, namespace, dataset_dir):
+    load_dataset(kube, namespace, dataset_dir)
     kube.kubectl("-n", namespace, "apply", "-f", "-", input=ftj_manifest("takeover", epochs=10))
     explain = debug(kube, namespace, "takeover")
     _run_until(kube, namespace, "takeover", ("Running",), 300)

@@ -26,12 +26,12 @@ def other_namespace(kube):
     kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
-def test_namespaced_rbac_mode_reconciles_only_watched_namespaces(kube, namespace, other_namespace, dataset_url):
+def test_namespaced_rbac_mode_reconciles_only_watched_namespaces(kube, namespace, other_namespace, dataset_dir):
     deploy([namespace])
     try:
         roles = kube.kubectl("-n", namespace, "get", "rolebinding", "-o", "name").stdout
         assert "kubeclip" in roles, roles
-        load_dataset(kube, namespace, dataset_url)
+        load_dataset(kube, namespace, dataset_dir)
         # the quickest full lifecycle: pods created, the trainer's preflight fails, status Failed
         kube.kubectl("-n", namespace, "apply", "-f", "-", input=ftj_manifest("watched", train_csv="bad.csv"))
         kube.kubectl("-n", other_namespace, "apply", "-f", "-", input=ftj_manifest("unwatched"))
