@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import datetime
 
 import pytest
 
@@ -27,6 +28,10 @@ def _run_until(kube, ns, name, phases, timeout_s):
     explain = debug(kube, ns, name)
     return wait_for(lambda: _phase(kube, ns, name) in phases and _phase(kube, ns, name), timeout_s,
                     f"{ns}/{name} in {phases}", explain, every_s=2)
+
+
+def _time(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
 def _step(kube, ns, name) -> int:
@@ -77,12 +82,14 @@ def test_wrong_separator_fails_fast_with_preflight_line(kube, namespace, dataset
     assert "bad.csv" in failed["message"] and "separator" in failed["message"], failed
     assert "\n" not in failed["message"].strip()
     assert status.get("restartCount", 0) == 0
-    # within a minute of its pod starting
-    pod = json.loads(kube.kubectl("-n", namespace, "get", "pod", "badsep-node-0", "-o", "json").stdout)
-    term = pod["status"]["containerStatuses"][0]["state"]["terminated"]
-    from datetime import datetime
-    started, finished = (datetime.fromisoformat(term[k].replace("Z", "+00:00")) for k in ("startedAt", "finishedAt"))
-    assert (finished - started).total_seconds() < 60, term
+    # within a minute of its pod starting (the pods are gone: cleanPodPolicy; their events remain)
+    events = json.loads(kube.kubectl("-n", namespace, "get", "events", "-o", "json",
+                                     "--field-selector", "reason=Started,involvedObject.kind=Pod").stdout)["items"]
+    starts = [_time(e.get("firstTimestamp") or e["eventTime"]) for e in events
+              if e["involvedObject"]["name"].startswith("badsep-node-")]
+    assert starts, events
+    failed_at = _time(failed["lastTransitionTime"])
+    assert 0 < (failed_at - min(starts)).total_seconds() < 60, (starts, failed_at)
     describe = kube.kubectl("-n", namespace, "describe", "ftj", "badsep").stdout
     assert "bad.csv" in describe and "separator" in describe, describe
 
