@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from support import netns  # noqa: E402
 from support.controlplane import ControlPlane, ControlPlaneError, client_bin_dir  # noqa: E402
-from support.node import NAME, NODE_IP, Node, RUN_DIR, teardown  # noqa: E402
+from support.node import NAME, NODE_IP, RUN_DIR, TIMINGS, Node, teardown  # noqa: E402
 
 CLUSTER_DIR = Path(os.environ.get("KUBECLIP_CLUSTER_DIR") or REPO / ".cluster")
 
@@ -124,7 +124,8 @@ def down() -> int:
         print("cluster-down left things behind:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
     shutil.rmtree(CLUSTER_DIR, ignore_errors=True)
-    print(f"cluster stopped and cleaned up in {time.monotonic() - t0:.1f}s")
+    print(f"cluster stopped and cleaned up in {time.monotonic() - t0:.1f}s "
+          f"({', '.join(f'{k} at {v:.1f}s' for k, v in TIMINGS.items())})")
     return 0
 
 

@@ -309,6 +309,9 @@ def _stop_groups(pgids: set[int], grace_s: float = 10.0) -> None:
             time.sleep(0.1)
 
 
+TIMINGS: dict[str, float] = {}  # seconds since the start of teardown() at the end of each stage
+
+
 def teardown(workdir: Path, pgids: dict[str, int]) -> list[str]:
     """Stop every process of the cluster, unmount what it mounted, delete its network namespace.
 
@@ -316,17 +319,26 @@ def teardown(workdir: Path, pgids: dict[str, int]) -> list[str]:
     cgroup), the shims, the rest of the recorded process groups (all at once), then
     mounts under ``workdir`` and RUN_DIR, the pod cgroups and the namespace. Returns what it could
     not clean (empty when clean)."""
+    t0 = time.monotonic()
     if "kubelet" in pgids:
         _stop_groups({pgids["kubelet"]})
+    TIMINGS["kubelet"] = time.monotonic() - t0
     for pid in _cgroup_pids() + _pids_of_shims():
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    _stop_groups({pg for name, pg in pgids.items() if name != "kubelet"})
+    control_plane = ("kube-apiserver", "etcd")
+    _stop_groups({pg for name, pg in pgids.items() if name != "kubelet" and name not in control_plane})
+    # a throwaway control plane: the apiserver's graceful shutdown (draining watches for ~10 s) buys nothing
+    for name, grace_s in (("kube-apiserver", 2.0), ("etcd", 5.0)):
+        if name in pgids:
+            _stop_groups({pgids[name]}, grace_s)
+    TIMINGS["processes"] = time.monotonic() - t0
     deadline = time.monotonic() + 10
     while (_pids_of_shims() or _cgroup_pids()) and time.monotonic() < deadline:
         time.sleep(0.1)
+    TIMINGS["pods"] = time.monotonic() - t0
     problems = []
     for mp in mounts_under(workdir, RUN_DIR):
         proc = subprocess.run(["umount", mp], capture_output=True, text=True)
@@ -334,6 +346,7 @@ def teardown(workdir: Path, pgids: dict[str, int]) -> list[str]:
             proc = subprocess.run(["umount", "-l", mp], capture_output=True, text=True)
             if proc.returncode != 0:
                 problems.append(f"umount {mp}: {proc.stderr.strip()}")
+    TIMINGS["mounts"] = time.monotonic() - t0
     _remove_cgroups()
     try:
         netns.delete(NAME)
