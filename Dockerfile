@@ -12,15 +12,22 @@
 # Both run as the non-root user 1000:1000, the uid the chart's securityContext and the
 # controller's pod securityContext expect.
 #
-# The base tags are pinned but UNVERIFIED: no container registry was reachable where this file
-# was written, so neither tag was pulled. tests/unit/test_dockerfile.py runs hadolint and replays
-# the pip install steps below in clean virtualenvs instead of a docker build.
+# The default base tags are pinned but UNVERIFIED: no container registry was reachable where this
+# file was written, so neither tag was pulled. tests/unit/test_dockerfile.py runs hadolint and
+# replays the pip install steps below in clean virtualenvs; `make images` builds both targets with
+# buildah on local bases of the same shape (every line below runs unmodified) and the e2e tests
+# (tests/e2e) run the result on a real node.
 
-ARG PYTHON_IMAGE_TAG=3.11.14-slim-bookworm
+# The base images are build arguments whose defaults are the official images. `make images`
+# (hack/images.sh) builds local bases of the same shape, because no registry is reachable there:
+#   PYTHON_IMAGE  Debian bookworm + python3.11 (`python`, `pip` on PATH)
+#   TORCH_IMAGE   the same + torch 2.14.1 from PyPI, with `python`/`pip` of an environment root may install into
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+ARG TORCH_IMAGE=pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime
 
 # ---------------------------------------------------------------------------------------------
 # controller: build a virtualenv, then copy it into a fresh slim image (no build leftovers).
-FROM python:${PYTHON_IMAGE_TAG} AS controller-build
+FROM ${PYTHON_IMAGE} AS controller-build
 ENV VENV=/opt/kubeclip \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_INPUT=1
@@ -33,14 +40,15 @@ COPY controller/ controller/
 RUN python -m venv "$VENV" \
     && "$VENV/bin/pip" install --no-cache-dir "./[controller]"
 
-FROM python:${PYTHON_IMAGE_TAG} AS controller
+FROM ${PYTHON_IMAGE} AS controller
+ARG PYTHON_IMAGE
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="kubeclip-controller" \
       org.opencontainers.image.description="kubeclip's FineTuneJob controller (kopf)" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.source="https://github.com/kubeclip/kubeclip" \
-      org.opencontainers.image.base.name="docker.io/library/python:${PYTHON_IMAGE_TAG}"
+      org.opencontainers.image.base.name="${PYTHON_IMAGE}"
 RUN groupadd --gid 1000 kubeclip \
     && useradd --uid 1000 --gid 1000 --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin kubeclip
@@ -57,14 +65,15 @@ CMD ["operator"]
 # ---------------------------------------------------------------------------------------------
 # trainer: torch comes from the base image; pip sees torch==2.14.1 already satisfied and keeps
 # it, so only open_clip_torch and the small dependencies are added.
-FROM pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime AS trainer
+FROM ${TORCH_IMAGE} AS trainer
+ARG TORCH_IMAGE
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="kubeclip-trainer" \
       org.opencontainers.image.description="kubeclip's OpenCLIP fine-tuning trainer (PyTorch, CUDA)" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.source="https://github.com/kubeclip/kubeclip" \
-      org.opencontainers.image.base.name="docker.io/pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime"
+      org.opencontainers.image.base.name="${TORCH_IMAGE}"
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_INPUT=1 \

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.kubeclip-installed
 export KUBECLIP_TOOLS ?= $(CURDIR)/.tools
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test test-unit bench bench-gpu tools cluster-up cluster-down crd lint clean
+.PHONY: help venv demo test test-unit bench bench-gpu tools cluster-up cluster-down images deploy e2e crd lint clean
 
 help:
 	@echo "make demo     fine-tune a tiny OpenCLIP model locally on a generated dataset (2 processes)"
@@ -17,7 +17,10 @@ help:
 	@echo "make bench    kubeclip vs open_clip_train side by side, plus the controller at scale"
 	@echo "make bench-gpu  the same on one GPU: ViT-B-32, bf16 autocast, batch 256 (BENCH_GPU_ARGS=--wheels DIR offline)"
 	@echo "make tools    build/fetch kube-apiserver, etcd, kubectl, helm, promtool into $(KUBECLIP_TOOLS)/bin"
-	@echo "make cluster-up / cluster-down   a local kube-apiserver + etcd for people (.cluster/kubeconfig)"
+	@echo "make cluster-up / cluster-down   a real one-node Kubernetes in its own network namespace (.cluster/kubeconfig; root)"
+	@echo "make images   build kubeclip-controller:dev and kubeclip-trainer:dev from ./Dockerfile (buildah) into the node"
+	@echo "make deploy   helm install helm/kubeclip into kubeclip-system with the dev images"
+	@echo "make e2e      cluster-up + images + deploy, then the end-to-end tests on the node (tests/e2e)"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -48,11 +51,22 @@ BENCH_GPU_ARGS ?=
 bench-gpu: venv
 	$(PY) hack/bench_gpu.py $(BENCH_GPU_ARGS)
 
-cluster-up: venv tools
+cluster-up: venv
+	bash hack/tools.sh node
 	$(PY) hack/cluster.py up
 
 cluster-down: venv
 	$(PY) hack/cluster.py down
+
+images: venv
+	bash hack/tools.sh node
+	KUBECLIP_PYTHON=$(PY) bash hack/images.sh app
+
+deploy: venv
+	$(PY) hack/deploy.py
+
+e2e: cluster-up images deploy
+	$(PY) -m pytest -m e2e tests/e2e $(PYTEST_ARGS)
 
 crd: venv
 	$(VENV)/bin/kubeclip crd > helm/kubeclip/files/crd-finetunejobs.yaml

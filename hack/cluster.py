@@ -1,18 +1,24 @@
-"""`make cluster-up` / `make cluster-down`: a local etcd + kube-apiserver (+ controller manager) for people.
+"""`make cluster-up` / `make cluster-down`: a real one-node Kubernetes cluster on this machine.
 
-Who uses it: developers and scripts that want to try the operator or the chart by hand against a
-real API server without a container runtime. It reuses the test suite's control plane
-(tests/support/controlplane.py) but detaches it: the processes outlive this script, their process
-groups are recorded in .cluster/state.json, and `down` stops them and removes .cluster/.
+Who uses it: people trying kubeclip end to end (`make cluster-up images deploy`, then `kubectl apply
+-f examples/...`) and the e2e tests (tests/e2e), which expect the cluster to be up. It assembles:
+etcd, kube-apiserver, kube-controller-manager (default controllers), kube-scheduler
+(tests/support/controlplane.py), containerd + runc + CNI bridge, kubelet, kube-proxy and the host
+relay (tests/support/node.py), all inside the network namespace `kubeclip`; then CoreDNS and
+local-path-provisioner (the default StorageClass) as real Deployments (hack/node/*.yaml) on images
+built by hack/images.sh. The processes outlive this script; .cluster/state.json records them and
+`down` stops them, unmounts what they mounted and deletes the namespace. Needs root.
 
     python hack/cluster.py up     # prints: export KUBECONFIG=<repo>/.cluster/kubeconfig
-    python hack/cluster.py down
+    python hack/cluster.py down   # exit status 1 if anything (process, mount, namespace) is left
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,33 +26,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from support.controlplane import ControlPlane, ControlPlaneError, client_bin_dir, stop_from_state  # noqa: E402
+from support import netns  # noqa: E402
+from support.controlplane import ControlPlane, ControlPlaneError, client_bin_dir  # noqa: E402
+from support.node import NAME, NODE_IP, RUN_DIR, TIMINGS, Node, teardown  # noqa: E402
 
-CLUSTER_DIR = REPO / ".cluster"
-
-
-def up() -> int:
-    state = CLUSTER_DIR / "state.json"
-    if state.exists():
-        pgids = json.loads(state.read_text())["pgids"].values()
-        if all(_alive(p) for p in pgids):
-            print(f"a cluster is already up (stop it with `make cluster-down`)\nexport KUBECONFIG={CLUSTER_DIR / 'kubeconfig'}")
-            return 0
-        print("the previous cluster died; starting a new one")
-        stop_from_state(CLUSTER_DIR)
-    shutil.rmtree(CLUSTER_DIR, ignore_errors=True)
-    t0 = time.monotonic()
-    cp = ControlPlane(CLUSTER_DIR, owned=False)
-    try:
-        cp.start()
-    except ControlPlaneError as e:
-        print(f"cluster-up failed (logs in {CLUSTER_DIR}):\n{e}", file=sys.stderr)
-        return 1
-    print(f"control plane up in {time.monotonic() - t0:.1f}s: {cp.server} "
-          f"({', '.join(cp.procs)}; logs in {CLUSTER_DIR})")
-    print(f"kubectl and helm are in {client_bin_dir()}; no kubelet: pods are created but never run.")
-    print(f"export KUBECONFIG={cp.kubeconfig}")
-    return 0
+CLUSTER_DIR = Path(os.environ.get("KUBECLIP_CLUSTER_DIR") or REPO / ".cluster")
 
 
 def _alive(pid: int) -> bool:
@@ -57,12 +41,91 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def down() -> int:
-    if stop_from_state(CLUSTER_DIR):
-        print("control plane stopped")
-    else:
-        print("no cluster was up")
+def _state() -> dict | None:
+    p = CLUSTER_DIR / "state.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def up() -> int:
+    if os.geteuid() != 0:
+        print("cluster-up needs root (network namespace, containerd, kubelet)", file=sys.stderr)
+        return 1
+    state = _state()
+    if state:
+        if all(_alive(p) for p in state["pgids"].values()):
+            print(f"a cluster is already up (stop it with `make cluster-down`)\nexport KUBECONFIG={CLUSTER_DIR / 'kubeconfig'}")
+            return 0
+        print("the previous cluster died; cleaning it up")
+        down()
+    elif netns.exists(NAME) or RUN_DIR.exists():
+        print(f"network namespace {NAME} or {RUN_DIR} exists without {CLUSTER_DIR}/state.json: another "
+              "checkout's cluster? Run `make cluster-down` there (one cluster per machine).", file=sys.stderr)
+        return 1
     shutil.rmtree(CLUSTER_DIR, ignore_errors=True)
+    CLUSTER_DIR.mkdir(parents=True)
+    t0 = time.monotonic()
+    steps: list[str] = []
+
+    def step(name: str, t: float) -> None:
+        steps.append(f"{name} {time.monotonic() - t:.1f}s")
+
+    try:
+        t = time.monotonic()
+        archives = subprocess.run(["bash", str(REPO / "hack/images.sh"), "system"], check=True,
+                                  stdout=subprocess.PIPE, text=True).stdout.split()
+        step("system images", t)
+        t = time.monotonic()
+        netns.create(NAME, NODE_IP)
+        cp = ControlPlane(CLUSTER_DIR, owned=False, netns=NAME, node_ip=NODE_IP, kubeconfig_name="kubeconfig.internal")
+        try:
+            cp.start()
+        finally:
+            cp.write_state()
+        step("control plane", t)
+        node = Node(cp)
+        for name, fn in (("relay", node.start_relay), ("scheduler", node.start_scheduler),
+                         ("containerd", node.start_containerd), ("images", lambda: node.import_images(archives)),
+                         ("kubelet", node.start_kubelet), ("kube-proxy", node.start_kube_proxy)):
+            t = time.monotonic()
+            try:
+                fn()
+            finally:
+                cp.write_state(host_port=node.host_port)
+            step(name, t)
+        t = time.monotonic()
+        node.kubectl("apply", "-f", str(REPO / "hack/node/coredns.yaml"))
+        (CLUSTER_DIR / "volumes").mkdir(exist_ok=True)
+        node.kubectl("apply", "-f", "-", input=(REPO / "hack/node/local-path.yaml").read_text()
+                     .replace("VOLUMES_DIR", str((CLUSTER_DIR / "volumes").resolve())))
+        for ns, deploy in (("kube-system", "coredns"), ("local-path-storage", "local-path-provisioner")):
+            out = node.kubectl("-n", ns, "rollout", "status", f"deployment/{deploy}", "--timeout=180s", check=False)
+            if out.returncode != 0:
+                pods = node.kubectl("-n", ns, "describe", "pods", check=False).stdout[-3000:]
+                raise ControlPlaneError(f"{deploy} not available: {out.stderr.strip()}\n{pods}")
+        step("CoreDNS + local-path", t)
+    except (ControlPlaneError, netns.NetnsError, subprocess.CalledProcessError) as e:
+        print(f"cluster-up failed (logs in {CLUSTER_DIR}; `make cluster-down` cleans up):\n{e}", file=sys.stderr)
+        return 1
+    print(f"cluster up in {time.monotonic() - t0:.1f}s ({', '.join(steps)}); logs in {CLUSTER_DIR}")
+    print(f"node {NODE_IP} in network namespace {NAME}; kubectl and helm are in {client_bin_dir()}")
+    print(f"export KUBECONFIG={CLUSTER_DIR / 'kubeconfig'}")
+    return 0
+
+
+def down() -> int:
+    state = _state()
+    if state is None and not netns.exists(NAME) and not RUN_DIR.exists():
+        print("no cluster was up")
+        shutil.rmtree(CLUSTER_DIR, ignore_errors=True)
+        return 0
+    t0 = time.monotonic()
+    problems = teardown(CLUSTER_DIR, (state or {}).get("pgids", {}))
+    if problems:
+        print("cluster-down left things behind:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 1
+    shutil.rmtree(CLUSTER_DIR, ignore_errors=True)
+    print(f"cluster stopped and cleaned up in {time.monotonic() - t0:.1f}s "
+          f"({', '.join(f'{k} at {v:.1f}s' for k, v in TIMINGS.items())})")
     return 0
 
 

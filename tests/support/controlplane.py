@@ -11,7 +11,9 @@ test dependencies. Binaries come from ``$KUBEBUILDER_ASSETS`` when it holds them
 ``$KUBECLIP_TOOLS/bin`` (built by ``hack/tools.sh``).
 
 There is no kubelet and no scheduler: pods can be created but never run; tests play the kubelet
-by patching pod status. kube-controller-manager, when built, runs only the garbage collector (so
+by patching pod status. (``make cluster-up`` runs the same control plane with ``netns``/``node_ip``
+set, inside the network namespace of a full one-node cluster: ``tests/support/node.py``; then the
+controller manager runs its default controllers.) kube-controller-manager, when built, runs only the garbage collector (so
 ownerReference cascades really happen), the serviceaccount controller (every namespace gets its
 ``default`` ServiceAccount, which the ServiceAccount admission plugin needs before pods can be
 created) and the namespace controller (deleted namespaces are emptied and go away).
@@ -34,6 +36,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from . import netns as _netns
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICE_CIDR = "10.96.0.0/16"
@@ -96,16 +100,18 @@ def _openssl(*args: str, cwd: Path) -> None:
         raise ControlPlaneError(f"openssl {' '.join(args)} failed:\n{proc.stderr}")
 
 
-def make_pki(d: Path) -> None:
+def make_pki(d: Path, extra_ips: tuple[str, ...] = ()) -> None:
     """A CA, the apiserver's serving cert, an admin client cert (group system:masters) and the
-    service-account signing key pair. EC P-256 keys: generated in milliseconds."""
+    service-account signing key pair. EC P-256 keys: generated in milliseconds.
+    ``extra_ips``: more IP SANs of the serving cert (the node IP of the one-node cluster)."""
     d.mkdir(parents=True, exist_ok=True)
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "30",
              "-subj", "/CN=kubeclip-test-ca", cwd=d)
     (d / "server.ext").write_text(
         "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
-        "DNS:kubernetes.default.svc,IP:10.96.0.1\nextendedKeyUsage=serverAuth\n"
+        "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:10.96.0.1"
+        + "".join(f",IP:{ip}" for ip in extra_ips) + "\nextendedKeyUsage=serverAuth\n"
     )
     (d / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
     for name, subj, ext in (
@@ -144,18 +150,25 @@ class ControlPlane:
     ``owned=True`` (tests): children die with this process and ``stop()`` runs at exit.
     ``owned=False`` (``make cluster-up``): children outlive this process; ``state.json`` in
     ``workdir`` records their process groups for ``stop_from_state()``.
+    ``netns``/``node_ip`` (the one-node cluster): every process runs inside that network namespace,
+    the API server listens on 0.0.0.0:6443 there and advertises ``node_ip`` (so the ``kubernetes``
+    Service has endpoints), reaches kubelets by their InternalIP, and the controller manager runs
+    its default controllers (Deployments, EndpointSlices, root-ca-cert-publisher, PV binding, ...).
     """
 
     workdir: Path
     owned: bool = True
     controller_manager: bool = True
+    netns: str | None = None
+    node_ip: str | None = None
+    kubeconfig_name: str = "kubeconfig"  # the one-node cluster keeps ``kubeconfig`` for the host's relay
     server: str = ""
     kubeconfig: Path = field(init=False)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
-        self.kubeconfig = self.workdir / "kubeconfig"
+        self.kubeconfig = self.workdir / self.kubeconfig_name
 
     # ------------------------------------------------------------------ start
     def start(self) -> "ControlPlane":
@@ -167,7 +180,7 @@ class ControlPlane:
         if self.owned:
             atexit.register(self.stop)  # also on KeyboardInterrupt / failing session teardown
         pki = self.workdir / "pki"
-        make_pki(pki)
+        make_pki(pki, (self.node_ip,) if self.node_ip else ())
         try:
             self._start_etcd(etcd)
             self._start_apiserver(apiserver, pki)
@@ -179,12 +192,27 @@ class ControlPlane:
             self.stop()
             raise
         if not self.owned:
-            (self.workdir / "state.json").write_text(json.dumps(
-                {"server": self.server, "kubeconfig": str(self.kubeconfig),
-                 "pgids": {n: p.pid for n, p in self.procs.items()}}, indent=2))
+            self.write_state()
         return self
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def write_state(self, **extra: object) -> None:
+        """state.json for ``stop_from_state()``: process groups in start order (+ ``extra`` keys)."""
+        (self.workdir / "state.json").write_text(json.dumps(
+            {"server": self.server, "kubeconfig": str(self.kubeconfig),
+             "pgids": {n: p.pid for n, p in self.procs.items()}, **extra}, indent=2))
+
+    def _in_ns(self, fn):
+        """Run ``fn`` (a health probe) where the processes listen: inside ``netns`` when set."""
+        return _netns.call_in(self.netns, fn) if self.netns else fn()
+
+    def spawn(self, name: str, argv: list[str], in_netns: bool = True) -> subprocess.Popen:
+        """Start ``argv`` (inside ``netns`` when set, unless ``in_netns`` is False) in its own process
+        group, output to ``<name>.log``; ``stop()`` and ``state.json`` include it."""
+        return self._spawn(name, argv, in_netns)
+
+    def _spawn(self, name: str, argv: list[str], in_netns: bool = True) -> subprocess.Popen:
+        if self.netns and in_netns:
+            argv = _netns.wrap(self.netns) + argv
         log = open(self.workdir / f"{name}.log", "ab")
         proc = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -205,7 +233,7 @@ class ControlPlane:
         return "\n".join(p.read_text(errors="replace").splitlines()[-lines:]) if p.exists() else ""
 
     def _start_etcd(self, etcd: Path) -> None:
-        client, peer = free_port(), free_port()
+        client, peer = (2379, 2380) if self.netns else (free_port(), free_port())  # a fresh namespace: all ports free
         self.etcd_url = f"http://127.0.0.1:{client}"
         self._spawn("etcd", [
             str(etcd), "--name=kubeclip-test", f"--data-dir={self.workdir / 'etcd'}",
@@ -218,10 +246,12 @@ class ControlPlane:
         deadline = time.monotonic() + 30
         while True:
             self._check_alive("etcd")
-            try:
+            def healthy() -> bool:
                 with urllib.request.urlopen(f"{self.etcd_url}/health", timeout=2) as r:
-                    if json.load(r).get("health") == "true":
-                        return
+                    return json.load(r).get("health") == "true"
+            try:
+                if self._in_ns(healthy):
+                    return
             except OSError:
                 pass
             if time.monotonic() > deadline:
@@ -229,12 +259,22 @@ class ControlPlane:
             time.sleep(0.1)
 
     def _start_apiserver(self, apiserver: Path, pki: Path) -> None:
-        port = free_port()
+        port = 6443 if self.netns else free_port()
         self.server = f"https://127.0.0.1:{port}"
+        if self.node_ip:
+            where = ["--bind-address=0.0.0.0", f"--advertise-address={self.node_ip}"]
+            node = [
+                # the node's hostname means nothing to the machine's DNS: reach the kubelet by its IP
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-client-certificate={pki / 'admin.crt'}", f"--kubelet-client-key={pki / 'admin.key'}",
+            ]
+        else:
+            where = ["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"]
+            node = ["--endpoint-reconciler-type=none"]  # single throwaway apiserver: no lease bookkeeping
         self._spawn("kube-apiserver", [
             str(apiserver),
             f"--etcd-servers={self.etcd_url}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={port}",
+            *where, f"--secure-port={port}",
             f"--cert-dir={pki}", f"--tls-cert-file={pki / 'server.crt'}", f"--tls-private-key-file={pki / 'server.key'}",
             f"--client-ca-file={pki / 'ca.crt'}",
             "--authorization-mode=RBAC",
@@ -243,7 +283,7 @@ class ControlPlane:
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--allow-privileged=true",
-            "--endpoint-reconciler-type=none",  # single throwaway apiserver: no lease bookkeeping
+            *node,
             "--v=1",
         ])
 
@@ -254,10 +294,12 @@ class ControlPlane:
         last = ""
         while True:
             self._check_alive("kube-apiserver")
-            try:
+            def ready() -> bool:
                 with urllib.request.urlopen(f"{self.server}/readyz", context=ctx, timeout=5) as r:
-                    if r.status == 200:
-                        return
+                    return r.status == 200
+            try:
+                if self._in_ns(ready):
+                    return
             except urllib.error.HTTPError as e:  # 500 while post-start hooks run
                 last = e.read().decode(errors="replace")[-500:]
             except OSError as e:
@@ -282,9 +324,15 @@ class ControlPlane:
     def _start_controller_manager(self, kcm: Path, wait_gc_s: float = 0) -> None:
         log = self.workdir / "kube-controller-manager.log"
         offset = log.stat().st_size if log.exists() else 0
+        pki = self.workdir / "pki"
+        if self.node_ip:  # a real cluster's set, incl. root-ca-cert-publisher and the endpointslice controllers
+            controllers = ["--controllers=*", f"--root-ca-file={pki / 'ca.crt'}",
+                           f"--service-account-private-key-file={pki / 'sa.key'}"]
+        else:
+            controllers = ["--controllers=garbagecollector,serviceaccount,namespace"]
         self._spawn("kube-controller-manager", [
             str(kcm), f"--kubeconfig={self.kubeconfig}",
-            "--controllers=garbagecollector,serviceaccount,namespace",
+            *controllers,
             "--leader-elect=false", "--secure-port=0",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--concurrent-gc-syncs=5", "--v=1",

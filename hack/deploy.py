@@ -1,0 +1,67 @@
+"""`make deploy`: helm install of helm/kubeclip into the local cluster with the dev images.
+
+Who uses it: people after `make cluster-up images` and the e2e tests (tests/e2e), which also call
+``deploy()`` to switch the controller between its two RBAC modes. The controller then runs
+in-cluster, under the chart's ServiceAccount and RBAC, from ``kubeclip-controller:dev``; a
+FineTuneJob without ``spec.image`` gets ``kubeclip-trainer:dev``.
+
+    python hack/deploy.py                          # cluster-wide (ClusterRole)
+    python hack/deploy.py --watch-namespaces a,b   # only namespaces a and b (a Role in each)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER_DIR = Path(os.environ.get("KUBECLIP_CLUSTER_DIR") or REPO / ".cluster")
+RELEASE = "kubeclip"
+NAMESPACE = "kubeclip-system"
+
+
+def _tool(name: str) -> str:
+    return str(Path(os.environ.get("KUBECLIP_TOOLS") or REPO / ".tools") / "bin" / name)
+
+
+def deploy(watch_namespaces: list[str] | None = None, timeout_s: int = 300) -> float:
+    """helm upgrade --install, wait until the controller Deployment is available; returns seconds."""
+    kubeconfig = CLUSTER_DIR / "kubeconfig"
+    if not kubeconfig.exists():
+        raise SystemExit(f"no cluster: {kubeconfig} missing (run `make cluster-up images` first)")
+    t0 = time.monotonic()
+    argv = [
+        _tool("helm"), f"--kubeconfig={kubeconfig}", "upgrade", "--install", RELEASE, str(REPO / "helm/kubeclip"),
+        "--namespace", NAMESPACE, "--create-namespace",
+        "--set", "image.repository=kubeclip-controller", "--set", "image.tag=dev",
+        "--set", "trainerImage.repository=kubeclip-trainer", "--set", "trainerImage.tag=dev",
+        "--set-json", f"watch.namespaces={json.dumps(list(watch_namespaces or []))}",
+        "--wait", f"--timeout={timeout_s}s",
+    ]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        pods = subprocess.run([_tool("kubectl"), f"--kubeconfig={kubeconfig}", "-n", NAMESPACE, "describe", "pods"],
+                              capture_output=True, text=True).stdout[-3000:]
+        raise SystemExit(f"helm install failed: {proc.stderr.strip()}\n{pods}")
+    return time.monotonic() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--watch-namespaces", default="", help="comma-separated; empty: all namespaces")
+    args = ap.parse_args()
+    watched = [n for n in args.watch_namespaces.split(",") if n]
+    secs = deploy(watched)
+    print(f"kubeclip deployed in {secs:.1f}s into {NAMESPACE} "
+          f"({'watching ' + ', '.join(watched) if watched else 'cluster-wide'}): "
+          f"controller kubeclip-controller:dev, trainer default kubeclip-trainer:dev")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Fixtures of the end-to-end tests: the running one-node cluster, a generated dataset, a namespace per test.
+
+Who uses it: tests/e2e (``make e2e`` = ``make cluster-up images deploy`` + ``pytest -m e2e tests/e2e``).
+A missing cluster FAILS the tests (never skips): run ``make cluster-up images deploy``.
+
+The dataset (``trainer.sample_data`` + the tiny ``examples/models/tiny-vit-64`` config) is loaded into
+each test's PVC by ``examples/dataset-pvc.yaml`` and ``kubectl cp`` (``e2e_helpers.load_dataset``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "hack"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from support import netns  # noqa: E402
+from support.cluster import Cluster  # noqa: E402
+from support.controlplane import client_bin_dir  # noqa: E402
+from support.node import NAME  # noqa: E402
+
+from e2e_helpers import CLUSTER_DIR, CONTROLLER_NS  # noqa: E402
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked ``last`` (cluster-down) run after all others."""
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "last: runs after every other e2e test (it stops the cluster)")
+
+
+@pytest.fixture(scope="session")
+def kube() -> Cluster:
+    state = CLUSTER_DIR / "state.json"
+    if not state.exists() or not netns.exists(NAME):
+        pytest.fail("no local cluster: run `make cluster-up images deploy` (`make e2e` does)", pytrace=False)
+    c = Cluster(kubeconfig=str(CLUSTER_DIR / "kubeconfig"), server="", bin=str(client_bin_dir()))
+    out = c.kubectl("-n", CONTROLLER_NS, "get", "deploy", "-o", "name", check=False)
+    if "kubeclip" not in out.stdout:
+        pytest.fail("kubeclip is not deployed: run `make images deploy` (`make e2e` does)", pytrace=False)
+    return c
+
+
+@pytest.fixture(scope="session")
+def dataset_dir(tmp_path_factory) -> Path:
+    """penguins/: train.csv, val.csv (comma), bad.csv (semicolon), images/, models/tiny-vit-64/."""
+    data = tmp_path_factory.mktemp("dataset") / "penguins"
+    subprocess.run([sys.executable, "-m", "trainer.sample_data", "--out", str(data), "--n", "96", "--val-n", "16",
+                    "--size", "64"], check=True, cwd=REPO, capture_output=True)
+    (data / "bad.csv").write_text((data / "train.csv").read_text().replace(",", ";"))
+    shutil.copytree(REPO / "examples/models/tiny-vit-64", data / "models/tiny-vit-64")
+    return data
+
+
+@pytest.fixture
+def namespace(request, kube: Cluster):
+    name = "e2e-" + request.node.name.replace("_", "-")[5:30].strip("-") + "-" + uuid.uuid4().hex[:5]
+    kube.kubectl("create", "namespace", name)
+    yield name
+    kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+

@@ -1,0 +1,100 @@
+"""Helpers of the end-to-end tests (tests/e2e): load the dataset, write a FineTuneJob, wait, explain.
+
+Who uses it: the e2e test modules and their conftest. A module of its own (not conftest) so the test
+modules can import it by a name no other test directory uses.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from support.cluster import Cluster
+
+REPO = Path(__file__).resolve().parents[2]
+CLUSTER_DIR = REPO / ".cluster"
+CONTROLLER_NS = "kubeclip-system"
+
+
+def load_dataset(kube: Cluster, ns: str, data_dir: Path) -> None:
+    """examples/dataset-pvc.yaml as shipped, in its copy-a-local-folder mode (DATASET_URL ""): the
+    loader pod waits, ``kubectl cp`` (exec streaming through the kubelet) fills the claim, the pod is
+    deleted. Only the image differs: the official python:*-slim cannot be pulled here. (Its download
+    mode needs tarfile's ``filter=``, Python >= 3.11.4: the official image has it, Debian's 3.11.2 in
+    the local base does not.)"""
+    docs = list(yaml.safe_load_all((REPO / "examples/dataset-pvc.yaml").read_text()))
+    pod = next(d for d in docs if d["kind"] == "Pod")
+    c = pod["spec"]["containers"][0]
+    c["image"] = "kubeclip.local/python:3.11-bookworm"
+    for e in c["env"]:
+        if e["name"] == "DATASET_URL":
+            e["value"] = ""
+    kube.kubectl("-n", ns, "apply", "-f", "-", input=yaml.safe_dump_all(docs))
+    explain = lambda: kube.kubectl("-n", ns, "describe", "pod", "dataset-loader", check=False).stdout  # noqa: E731
+    wait_for(lambda: "waiting for `kubectl cp`" in kube.kubectl("-n", ns, "logs", "dataset-loader", check=False).stdout,
+             240, "dataset-loader waiting for kubectl cp", explain)
+    kube.kubectl("-n", ns, "cp", str(data_dir), "dataset-loader:/data/penguins", timeout=300)
+    listing = kube.kubectl("-n", ns, "exec", "dataset-loader", "--", "python", "-c",
+                           "import os; print(sorted(os.listdir('/data/penguins')), os.stat('/data/penguins/train.csv').st_uid)").stdout
+    assert "'train.csv'" in listing and "'val.csv'" in listing and listing.split()[-1] == "1000", listing
+    kube.kubectl("-n", ns, "delete", "pod", "dataset-loader", "--wait=false")
+
+
+def ftj_manifest(name: str, *, epochs: int = 2, train_csv: str = "train.csv", separator: str = ",",
+                 checkpoint_every: int = 4, backoff: int = 3) -> str:
+    """The multi-node example, CPU-sized: 2 nodes x 1 process, the tiny model, no spec.image."""
+    doc = {
+        "apiVersion": "kubeclip.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name},
+        "spec": {
+            "model": {"name": "local-dir:/data/penguins/models/tiny-vit-64"},
+            "dataset": {"trainCsv": f"/data/penguins/{train_csv}", "valCsv": "/data/penguins/val.csv",
+                        "separator": separator},
+            "training": {"epochs": epochs, "batchSize": 8, "learningRate": 5.0e-4, "warmupSteps": 2,
+                         "precision": "fp32", "workers": 0, "seed": 0, "checkpointEverySteps": checkpoint_every,
+                         "logEverySteps": 1},
+            "output": {"path": f"/data/runs/{name}"},
+            "numNodes": 2, "numProcPerNode": 1,
+            "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "3Gi"}},
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "kubeclip-datasets"}}],
+            "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+            "runPolicy": {"backoffLimit": backoff},
+        },
+    }
+    return json.dumps(doc)
+
+
+def ftj(kube: Cluster, ns: str, name: str) -> dict:
+    return json.loads(kube.kubectl("-n", ns, "get", "ftj", name, "-o", "json").stdout)
+
+
+def wait_for(ok, timeout_s: float, what: str, explain=None, every_s: float = 1.0):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        v = ok()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout_s:.0f} s\n{explain() if explain else ''}", pytrace=False)
+        time.sleep(every_s)
+
+
+def debug(kube: Cluster, ns: str, name: str):
+    def explain() -> str:
+        parts = [kube.kubectl("-n", ns, "get", "ftj", name, "-o", "yaml", check=False).stdout,
+                 kube.kubectl("-n", ns, "get", "pods", "-o", "wide", check=False).stdout,
+                 kube.kubectl("-n", CONTROLLER_NS, "logs", "deploy/kubeclip", "--tail=30", check=False).stdout]
+        for i in (0, 1):
+            parts.append(kube.kubectl("-n", ns, "logs", f"{name}-node-{i}", "--tail=15", check=False).stdout)
+        return "\n---\n".join(parts)
+    return explain
+
+
+def pv_dir(kube: Cluster, ns: str, claim: str = "kubeclip-datasets") -> Path:
+    """The host directory behind the claim (local-path-provisioner's shared path)."""
+    pv = kube.kubectl("-n", ns, "get", "pvc", claim, "-o", "jsonpath={.spec.volumeName}").stdout
+    spec = json.loads(kube.kubectl("get", "pv", pv, "-o", "json").stdout)["spec"]
+    return Path((spec.get("hostPath") or spec.get("local"))["path"])

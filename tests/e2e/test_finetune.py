@@ -1,0 +1,160 @@
+"""FineTuneJobs on the real node: pods run by a kubelet, images built from ./Dockerfile, the controller
+in-cluster under the chart's RBAC, DDP across two pods through the headless Service's DNS.
+
+Who uses it: ``make e2e``. Each test is the user-visible path the issue lists: a 2-node CPU job to
+Succeeded with a loadable model, a wrong separator failing fast, a pod lost mid-run (deleted,
+evicted) resuming from its checkpoint, the controller's own pod replaced mid-run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import datetime
+
+import pytest
+
+from e2e_helpers import CONTROLLER_NS, REPO, debug, ftj, ftj_manifest, load_dataset, pv_dir, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def _phase(kube, ns, name) -> str:
+    return (ftj(kube, ns, name).get("status") or {}).get("phase", "")
+
+
+def _run_until(kube, ns, name, phases, timeout_s):
+    explain = debug(kube, ns, name)
+    return wait_for(lambda: _phase(kube, ns, name) in phases and _phase(kube, ns, name), timeout_s,
+                    f"{ns}/{name} in {phases}", explain, every_s=2)
+
+
+def _time(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def _step(kube, ns, name) -> int:
+    return int(((ftj(kube, ns, name).get("status") or {}).get("progress") or {}).get("step") or 0)
+
+
+def test_multinode_cpu_job_succeeds_with_loadable_model(kube, namespace, dataset_dir):
+    load_dataset(kube, namespace, dataset_dir)
+    kube.kubectl("-n", namespace, "apply", "-f", "-", input=ftj_manifest("penguins", epochs=5))
+    explain = debug(kube, namespace, "penguins")
+    # `kubectl get ftj` shows progress, loss and (after the first epoch's eval) R@1 while it runs
+    seen: dict[str, str] = {}
+
+    def watch() -> bool:
+        lines = kube.kubectl("-n", namespace, "get", "ftj", "penguins", "-o", "wide", check=False).stdout.splitlines()
+        if len(lines) == 2:  # the printer columns, sliced at the header's column starts
+            header, row = lines
+            starts = [i for i in range(len(header)) if header[i] != " " and (i == 0 or header[i - 1] == " ")]
+            cells = {header[a:b].strip(): row[a:b].strip() for a, b in zip(starts, starts[1:] + [None])}
+            if cells.get("PHASE") == "Running" and all(cells.get(k, "<none>") not in ("<none>", "")
+                                                       for k in ("PROGRESS", "LOSS", "R@1")):
+                seen.update(cells)
+        return _phase(kube, namespace, "penguins") in ("Succeeded", "Failed")
+
+    wait_for(watch, 600, "penguins finished", explain, every_s=2)
+    status = ftj(kube, namespace, "penguins")["status"]
+    assert status["phase"] == "Succeeded", explain()
+    assert seen, "kubectl get ftj never showed progress, loss and R@1 together while Running"
+    assert 0.0 <= float(seen["R@1"]) <= 1.0 and float(seen["LOSS"]) > 0, seen
+    assert status.get("restartCount", 0) == 0
+    # both pods ran as one DDP job of world size 2, rendezvous through node-0's DNS name
+    log0 = kube.kubectl("-n", namespace, "logs", "penguins-node-0").stdout
+    assert ": 2 processes on cpu" in log0, log0[-2000:]
+    final = pv_dir(kube, namespace) / "runs/penguins/final"
+    assert (final / "open_clip_config.json").exists(), sorted(p.name for p in final.parent.iterdir())
+    code = ("import open_clip, sys; m, _, pre = open_clip.create_model_and_transforms('local-dir:' + sys.argv[1]);"
+            "print(sum(p.numel() for p in m.parameters()))")
+    out = subprocess.run([sys.executable, "-c", code, str(final)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 0 and int(out.stdout.split()[-1]) > 1_000_000, out.stderr[-2000:]
+
+
+def test_wrong_separator_fails_fast_with_preflight_line(kube, namespace, dataset_dir):
+    load_dataset(kube, namespace, dataset_dir)
+    kube.kubectl("-n", namespace, "apply", "-f", "-", input=ftj_manifest("badsep", train_csv="bad.csv"))
+    _run_until(kube, namespace, "badsep", ("Failed", "Succeeded"), 240)
+    status = ftj(kube, namespace, "badsep")["status"]
+    assert status["phase"] == "Failed"
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert "bad.csv" in failed["message"] and "separator" in failed["message"], failed
+    assert "\n" not in failed["message"].strip()
+    assert status.get("restartCount", 0) == 0
+    # within a minute of its pod starting (the pods are gone: cleanPodPolicy; their events remain)
+    events = json.loads(kube.kubectl("-n", namespace, "get", "events", "-o", "json",
+                                     "--field-selector", "reason=Started,involvedObject.kind=Pod").stdout)["items"]
+    starts = [_time(e.get("firstTimestamp") or e["eventTime"]) for e in events
+              if e["involvedObject"]["name"].startswith("badsep-node-")]
+    assert starts, events
+    failed_at = _time(failed["lastTransitionTime"])
+    assert 0 < (failed_at - min(starts)).total_seconds() < 60, (starts, failed_at)
+    describe = kube.kubectl("-n", namespace, "describe", "ftj", "badsep").stdout
+    assert "bad.csv" in describe and "separator" in describe, describe
+
+
+def _kill_mid_run(kube, namespace, dataset_dir, name, kill) -> None:
+    load_dataset(kube, namespace, dataset_dir)
+    kube.kubectl("-n", namespace, "apply", "-f", "-", input=ftj_manifest(name, epochs=10, checkpoint_every=3))
+    explain = debug(kube, namespace, name)
+    # mid-run: a checkpoint has been committed and training goes on past it
+    wait_for(lambda: ((ftj(kube, namespace, name).get("status") or {}).get("progress") or {}).get("lastCheckpointStep"),
+             600, f"{name}: first checkpoint", explain, every_s=2)
+    ckpt_step = int(ftj(kube, namespace, name)["status"]["progress"]["lastCheckpointStep"])
+    assert _phase(kube, namespace, name) == "Running"
+    kill()
+    _run_until(kube, namespace, name, ("Restarting",), 120)
+    _run_until(kube, namespace, name, ("Succeeded", "Failed"), 900)
+    status = ftj(kube, namespace, name)["status"]
+    assert status["phase"] == "Succeeded", explain()
+    assert status["restartCount"] == 1, status
+    log0 = kube.kubectl("-n", namespace, "logs", f"{name}-node-0").stdout
+    resumed = [line for line in log0.splitlines() if "resumed from" in line]
+    assert resumed, log0[-3000:]
+    step = int(resumed[0].split("step ")[1].split()[0].rstrip("(,"))
+    assert step >= ckpt_step > 0, (resumed, ckpt_step)
+
+
+def test_pod_deleted_mid_run_resumes_from_checkpoint(kube, namespace, dataset_dir):
+    _kill_mid_run(kube, namespace, dataset_dir, "deleted",
+                  lambda: kube.kubectl("-n", namespace, "delete", "pod", "deleted-node-1", "--wait=false"))
+
+
+def test_pod_evicted_mid_run_resumes_from_checkpoint(kube, namespace, dataset_dir):
+    eviction = json.dumps({"apiVersion": "policy/v1", "kind": "Eviction",
+                           "metadata": {"name": "evicted-node-1", "namespace": namespace}})
+    _kill_mid_run(kube, namespace, dataset_dir, "evicted",
+                  lambda: kube.kubectl("create", "--raw", f"/api/v1/namespaces/{namespace}/pods/evicted-node-1/eviction",
+                                       "-f", "-", input=eviction))
+
+
+def test_controller_pod_deleted_mid_run_new_one_takes_over(kube, namespace, dataset_dir):
+    load_dataset(kube, namespace, dataset_dir)
+    kube.kubectl("-n", namespace, "apply", "-f", "-", input=ftj_manifest("takeover", epochs=10))
+    explain = debug(kube, namespace, "takeover")
+    _run_until(kube, namespace, "takeover", ("Running",), 300)
+    wait_for(lambda: _step(kube, namespace, "takeover") > 0, 300, "takeover: progress", explain, every_s=2)
+    pods_before = kube.kubectl("-n", namespace, "get", "pods", "-l", "kubeclip.dev/job-name=takeover",
+                               "-o", "jsonpath={.items[*].metadata.uid}").stdout.split()
+    old = kube.kubectl("-n", CONTROLLER_NS, "get", "pods", "-o", "jsonpath={.items[*].metadata.name}").stdout.split()
+    kube.kubectl("-n", CONTROLLER_NS, "delete", "pod", *old)
+    wait_for(lambda: kube.kubectl("-n", CONTROLLER_NS, "rollout", "status", "deploy/kubeclip", "--timeout=5s",
+                                  check=False).returncode == 0, 240, "a new controller pod", explain)
+    step_at_takeover = _step(kube, namespace, "takeover")
+    pods_now = kube.kubectl("-n", namespace, "get", "pods", "-l", "kubeclip.dev/job-name=takeover",
+                            "-o", "jsonpath={.items[*].metadata.uid}").stdout.split()
+    assert sorted(pods_now) == sorted(pods_before), (pods_before, pods_now)
+    # the new controller keeps reporting progress of the same pods
+    wait_for(lambda: _step(kube, namespace, "takeover") > step_at_takeover
+             or _phase(kube, namespace, "takeover") == "Succeeded", 300, "progress after takeover", explain, every_s=2)
+    _run_until(kube, namespace, "takeover", ("Succeeded", "Failed"), 900)
+    assert _phase(kube, namespace, "takeover") == "Succeeded", explain()
+    # no duplicate or replacement pod was ever made: every event of the job's pods names one of the
+    # two pods that existed before the takeover (pods still running at the end are cleaned up)
+    events = json.loads(kube.kubectl("-n", namespace, "get", "events", "-o", "json",
+                                     "--field-selector", "involvedObject.kind=Pod").stdout)["items"]
+    uids = {e["involvedObject"]["uid"] for e in events if e["involvedObject"]["name"].startswith("takeover-node-")}
+    assert len(pods_before) == 2 and uids == set(pods_before), (pods_before, uids)
+    assert ftj(kube, namespace, "takeover")["status"].get("restartCount", 0) == 0
