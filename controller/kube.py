@@ -35,7 +35,7 @@ class Conflict(Exception):
 
 
 class Terminating(Exception):
-    """The job's namespace is being deleted: nothing can be created there any more."""
+    """The job's namespace is being deleted, or is already gone: nothing can be created there any more."""
 
 
 def describe_error(err: BaseException) -> str | None:
@@ -49,8 +49,17 @@ def describe_error(err: BaseException) -> str | None:
     return f"{err.status} {err.reason}: {message}".strip()
 
 
+def _namespace_gone(err: ApiException) -> bool:
+    """A 404 about the namespace itself (creating in a namespace deleted since the job was read)."""
+    try:
+        details = json.loads(err.body or "{}").get("details") or {}
+    except (ValueError, AttributeError):
+        return False
+    return err.status == 404 and details.get("kind") == "namespaces"
+
+
 def _check_terminating(err: ApiException) -> None:
-    if err.status == 403 and "NamespaceTerminating" in str(err.body or ""):
+    if (err.status == 403 and "NamespaceTerminating" in str(err.body or "")) or _namespace_gone(err):
         raise Terminating(describe_error(err)) from None
 
 

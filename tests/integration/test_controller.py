@@ -498,3 +498,17 @@ def test_metrics_and_health(operator):
     assert operator.metric("kubeclip_controller_jobs_created_total") >= 1
     assert operator.metric("kubeclip_controller_reconcile_duration_seconds_count") >= 1
     assert operator.metric("kubeclip_controller_leader") == 1
+
+
+def test_creating_in_a_deleted_namespace_is_terminating_not_an_error(cluster):
+    """A pass that read a job just before its namespace was deleted creates into a namespace that no
+    longer exists: the API server answers 404 about the namespace. That is the same situation as a
+    terminating namespace (the job is left to the garbage collector), not a reconcile error that
+    is retried and logged at ERROR (seen as a flake at test teardown)."""
+    from controller.kube import Kube, Terminating
+
+    kube = Kube(cluster.api_client())
+    gone = f"gone-{uuid.uuid4().hex[:8]}"
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": gone}, "data": {}}
+    with pytest.raises(Terminating, match="not found"):
+        kube.create(cm)
