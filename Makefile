@@ -36,7 +36,7 @@ demo: venv
 tools:
 	bash hack/tools.sh
 
-test: venv tools
+test: venv tools lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: venv

@@ -53,13 +53,18 @@ def up() -> int:
     state = _state()
     if state:
         if all(_alive(p) for p in state["pgids"].values()):
-            print(f"a cluster is already up (stop it with `make cluster-down`)\nexport KUBECONFIG={CLUSTER_DIR / 'kubeconfig'}")
+            print(
+                f"a cluster is already up (stop it with `make cluster-down`)\nexport KUBECONFIG={CLUSTER_DIR / 'kubeconfig'}"
+            )
             return 0
         print("the previous cluster died; cleaning it up")
         down()
     elif netns.exists(NAME) or RUN_DIR.exists():
-        print(f"network namespace {NAME} or {RUN_DIR} exists without {CLUSTER_DIR}/state.json: another "
-              "checkout's cluster? Run `make cluster-down` there (one cluster per machine).", file=sys.stderr)
+        print(
+            f"network namespace {NAME} or {RUN_DIR} exists without {CLUSTER_DIR}/state.json: another "
+            "checkout's cluster? Run `make cluster-down` there (one cluster per machine).",
+            file=sys.stderr,
+        )
         return 1
     shutil.rmtree(CLUSTER_DIR, ignore_errors=True)
     CLUSTER_DIR.mkdir(parents=True)
@@ -71,8 +76,9 @@ def up() -> int:
 
     try:
         t = time.monotonic()
-        archives = subprocess.run(["bash", str(REPO / "hack/images.sh"), "system"], check=True,
-                                  stdout=subprocess.PIPE, text=True).stdout.split()
+        archives = subprocess.run(
+            ["bash", str(REPO / "hack/images.sh"), "system"], check=True, stdout=subprocess.PIPE, text=True
+        ).stdout.split()
         step("system images", t)
         t = time.monotonic()
         netns.create(NAME, NODE_IP)
@@ -83,9 +89,14 @@ def up() -> int:
             cp.write_state()
         step("control plane", t)
         node = Node(cp)
-        for name, fn in (("relay", node.start_relay), ("scheduler", node.start_scheduler),
-                         ("containerd", node.start_containerd), ("images", lambda: node.import_images(archives)),
-                         ("kubelet", node.start_kubelet), ("kube-proxy", node.start_kube_proxy)):
+        for name, fn in (
+            ("relay", node.start_relay),
+            ("scheduler", node.start_scheduler),
+            ("containerd", node.start_containerd),
+            ("images", lambda: node.import_images(archives)),
+            ("kubelet", node.start_kubelet),
+            ("kube-proxy", node.start_kube_proxy),
+        ):
             t = time.monotonic()
             try:
                 fn()
@@ -95,8 +106,14 @@ def up() -> int:
         t = time.monotonic()
         node.kubectl("apply", "-f", str(REPO / "hack/node/coredns.yaml"))
         (CLUSTER_DIR / "volumes").mkdir(exist_ok=True)
-        node.kubectl("apply", "-f", "-", input=(REPO / "hack/node/local-path.yaml").read_text()
-                     .replace("VOLUMES_DIR", str((CLUSTER_DIR / "volumes").resolve())))
+        node.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=(REPO / "hack/node/local-path.yaml")
+            .read_text()
+            .replace("VOLUMES_DIR", str((CLUSTER_DIR / "volumes").resolve())),
+        )
         for ns, deploy in (("kube-system", "coredns"), ("local-path-storage", "local-path-provisioner")):
             out = node.kubectl("-n", ns, "rollout", "status", f"deployment/{deploy}", "--timeout=180s", check=False)
             if out.returncode != 0:
@@ -124,8 +141,10 @@ def down() -> int:
         print("cluster-down left things behind:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
     shutil.rmtree(CLUSTER_DIR, ignore_errors=True)
-    print(f"cluster stopped and cleaned up in {time.monotonic() - t0:.1f}s "
-          f"({', '.join(f'{k} at {v:.1f}s' for k, v in TIMINGS.items())})")
+    print(
+        f"cluster stopped and cleaned up in {time.monotonic() - t0:.1f}s "
+        f"({', '.join(f'{k} at {v:.1f}s' for k, v in TIMINGS.items())})"
+    )
     return 0
 
 

@@ -36,17 +36,35 @@ def deploy(watch_namespaces: list[str] | None = None, timeout_s: int = 300) -> f
         raise SystemExit(f"no cluster: {kubeconfig} missing (run `make cluster-up images` first)")
     t0 = time.monotonic()
     argv = [
-        _tool("helm"), f"--kubeconfig={kubeconfig}", "upgrade", "--install", RELEASE, str(REPO / "helm/kubeclip"),
-        "--namespace", NAMESPACE, "--create-namespace",
-        "--set", "image.repository=kubeclip-controller", "--set", "image.tag=dev",
-        "--set", "trainerImage.repository=kubeclip-trainer", "--set", "trainerImage.tag=dev",
-        "--set-json", f"watch.namespaces={json.dumps(list(watch_namespaces or []))}",
-        "--wait", f"--timeout={timeout_s}s",
+        _tool("helm"),
+        f"--kubeconfig={kubeconfig}",
+        "upgrade",
+        "--install",
+        RELEASE,
+        str(REPO / "helm/kubeclip"),
+        "--namespace",
+        NAMESPACE,
+        "--create-namespace",
+        "--set",
+        "image.repository=kubeclip-controller",
+        "--set",
+        "image.tag=dev",
+        "--set",
+        "trainerImage.repository=kubeclip-trainer",
+        "--set",
+        "trainerImage.tag=dev",
+        "--set-json",
+        f"watch.namespaces={json.dumps(list(watch_namespaces or []))}",
+        "--wait",
+        f"--timeout={timeout_s}s",
     ]
     proc = subprocess.run(argv, capture_output=True, text=True)
     if proc.returncode != 0:
-        pods = subprocess.run([_tool("kubectl"), f"--kubeconfig={kubeconfig}", "-n", NAMESPACE, "describe", "pods"],
-                              capture_output=True, text=True).stdout[-3000:]
+        pods = subprocess.run(
+            [_tool("kubectl"), f"--kubeconfig={kubeconfig}", "-n", NAMESPACE, "describe", "pods"],
+            capture_output=True,
+            text=True,
+        ).stdout[-3000:]
         raise SystemExit(f"helm install failed: {proc.stderr.strip()}\n{pods}")
     return time.monotonic() - t0
 
@@ -57,9 +75,11 @@ def main() -> int:
     args = ap.parse_args()
     watched = [n for n in args.watch_namespaces.split(",") if n]
     secs = deploy(watched)
-    print(f"kubeclip deployed in {secs:.1f}s into {NAMESPACE} "
-          f"({'watching ' + ', '.join(watched) if watched else 'cluster-wide'}): "
-          f"controller kubeclip-controller:dev, trainer default kubeclip-trainer:dev")
+    print(
+        f"kubeclip deployed in {secs:.1f}s into {NAMESPACE} "
+        f"({'watching ' + ', '.join(watched) if watched else 'cluster-wide'}): "
+        f"controller kubeclip-controller:dev, trainer default kubeclip-trainer:dev"
+    )
     return 0
 
 

@@ -22,12 +22,11 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "hack"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from e2e_helpers import CLUSTER_DIR, CONTROLLER_NS  # noqa: E402
 from support import netns  # noqa: E402
 from support.cluster import Cluster  # noqa: E402
 from support.controlplane import client_bin_dir  # noqa: E402
 from support.node import NAME  # noqa: E402
-
-from e2e_helpers import CLUSTER_DIR, CONTROLLER_NS  # noqa: E402
 
 
 def pytest_collection_modifyitems(items):
@@ -55,8 +54,12 @@ def kube() -> Cluster:
 def dataset_dir(tmp_path_factory) -> Path:
     """penguins/: train.csv, val.csv (comma), bad.csv (semicolon), images/, models/tiny-vit-64/."""
     data = tmp_path_factory.mktemp("dataset") / "penguins"
-    subprocess.run([sys.executable, "-m", "trainer.sample_data", "--out", str(data), "--n", "96", "--val-n", "16",
-                    "--size", "64"], check=True, cwd=REPO, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "trainer.sample_data", "--out", str(data), "--n", "96", "--val-n", "16", "--size", "64"],
+        check=True,
+        cwd=REPO,
+        capture_output=True,
+    )
     (data / "bad.csv").write_text((data / "train.csv").read_text().replace(",", ";"))
     shutil.copytree(REPO / "examples/models/tiny-vit-64", data / "models/tiny-vit-64")
     return data
@@ -68,5 +71,3 @@ def namespace(request, kube: Cluster):
     kube.kubectl("create", "namespace", name)
     yield name
     kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-

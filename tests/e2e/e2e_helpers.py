@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from support.cluster import Cluster
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,29 +34,62 @@ def load_dataset(kube: Cluster, ns: str, data_dir: Path) -> None:
             e["value"] = ""
     kube.kubectl("-n", ns, "apply", "-f", "-", input=yaml.safe_dump_all(docs))
     explain = lambda: kube.kubectl("-n", ns, "describe", "pod", "dataset-loader", check=False).stdout  # noqa: E731
-    wait_for(lambda: "waiting for `kubectl cp`" in kube.kubectl("-n", ns, "logs", "dataset-loader", check=False).stdout,
-             240, "dataset-loader waiting for kubectl cp", explain)
+    wait_for(
+        lambda: "waiting for `kubectl cp`" in kube.kubectl("-n", ns, "logs", "dataset-loader", check=False).stdout,
+        240,
+        "dataset-loader waiting for kubectl cp",
+        explain,
+    )
     kube.kubectl("-n", ns, "cp", str(data_dir), "dataset-loader:/data/penguins", timeout=300)
-    listing = kube.kubectl("-n", ns, "exec", "dataset-loader", "--", "python", "-c",
-                           "import os; print(sorted(os.listdir('/data/penguins')), os.stat('/data/penguins/train.csv').st_uid)").stdout
+    listing = kube.kubectl(
+        "-n",
+        ns,
+        "exec",
+        "dataset-loader",
+        "--",
+        "python",
+        "-c",
+        "import os; print(sorted(os.listdir('/data/penguins')), os.stat('/data/penguins/train.csv').st_uid)",
+    ).stdout
     assert "'train.csv'" in listing and "'val.csv'" in listing and listing.split()[-1] == "1000", listing
     kube.kubectl("-n", ns, "delete", "pod", "dataset-loader", "--wait=false")
 
 
-def ftj_manifest(name: str, *, epochs: int = 2, train_csv: str = "train.csv", separator: str = ",",
-                 checkpoint_every: int = 4, backoff: int = 3) -> str:
+def ftj_manifest(
+    name: str,
+    *,
+    epochs: int = 2,
+    train_csv: str = "train.csv",
+    separator: str = ",",
+    checkpoint_every: int = 4,
+    backoff: int = 3,
+) -> str:
     """The multi-node example, CPU-sized: 2 nodes x 1 process, the tiny model, no spec.image."""
     doc = {
-        "apiVersion": "kubeclip.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name},
+        "apiVersion": "kubeclip.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name},
         "spec": {
             "model": {"name": "local-dir:/data/penguins/models/tiny-vit-64"},
-            "dataset": {"trainCsv": f"/data/penguins/{train_csv}", "valCsv": "/data/penguins/val.csv",
-                        "separator": separator},
-            "training": {"epochs": epochs, "batchSize": 8, "learningRate": 5.0e-4, "warmupSteps": 2,
-                         "precision": "fp32", "workers": 0, "seed": 0, "checkpointEverySteps": checkpoint_every,
-                         "logEverySteps": 1},
+            "dataset": {
+                "trainCsv": f"/data/penguins/{train_csv}",
+                "valCsv": "/data/penguins/val.csv",
+                "separator": separator,
+            },
+            "training": {
+                "epochs": epochs,
+                "batchSize": 8,
+                "learningRate": 5.0e-4,
+                "warmupSteps": 2,
+                "precision": "fp32",
+                "workers": 0,
+                "seed": 0,
+                "checkpointEverySteps": checkpoint_every,
+                "logEverySteps": 1,
+            },
             "output": {"path": f"/data/runs/{name}"},
-            "numNodes": 2, "numProcPerNode": 1,
+            "numNodes": 2,
+            "numProcPerNode": 1,
             "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "3Gi"}},
             "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "kubeclip-datasets"}}],
             "volumeMounts": [{"name": "data", "mountPath": "/data"}],
@@ -84,12 +116,15 @@ def wait_for(ok, timeout_s: float, what: str, explain=None, every_s: float = 1.0
 
 def debug(kube: Cluster, ns: str, name: str):
     def explain() -> str:
-        parts = [kube.kubectl("-n", ns, "get", "ftj", name, "-o", "yaml", check=False).stdout,
-                 kube.kubectl("-n", ns, "get", "pods", "-o", "wide", check=False).stdout,
-                 kube.kubectl("-n", CONTROLLER_NS, "logs", "deploy/kubeclip", "--tail=30", check=False).stdout]
+        parts = [
+            kube.kubectl("-n", ns, "get", "ftj", name, "-o", "yaml", check=False).stdout,
+            kube.kubectl("-n", ns, "get", "pods", "-o", "wide", check=False).stdout,
+            kube.kubectl("-n", CONTROLLER_NS, "logs", "deploy/kubeclip", "--tail=30", check=False).stdout,
+        ]
         for i in (0, 1):
             parts.append(kube.kubectl("-n", ns, "logs", f"{name}-node-{i}", "--tail=15", check=False).stdout)
         return "\n---\n".join(parts)
+
     return explain
 
 

@@ -14,7 +14,6 @@ import sys
 from datetime import datetime
 
 import pytest
-
 from e2e_helpers import CONTROLLER_NS, REPO, debug, ftj, ftj_manifest, load_dataset, pv_dir, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -26,8 +25,13 @@ def _phase(kube, ns, name) -> str:
 
 def _run_until(kube, ns, name, phases, timeout_s):
     explain = debug(kube, ns, name)
-    return wait_for(lambda: _phase(kube, ns, name) in phases and _phase(kube, ns, name), timeout_s,
-                    f"{ns}/{name} in {phases}", explain, every_s=2)
+    return wait_for(
+        lambda: _phase(kube, ns, name) in phases and _phase(kube, ns, name),
+        timeout_s,
+        f"{ns}/{name} in {phases}",
+        explain,
+        every_s=2,
+    )
 
 
 def _time(stamp: str) -> datetime:
@@ -50,9 +54,10 @@ def test_multinode_cpu_job_succeeds_with_loadable_model(kube, namespace, dataset
         if len(lines) == 2:  # the printer columns, sliced at the header's column starts
             header, row = lines
             starts = [i for i in range(len(header)) if header[i] != " " and (i == 0 or header[i - 1] == " ")]
-            cells = {header[a:b].strip(): row[a:b].strip() for a, b in zip(starts, starts[1:] + [None])}
-            if cells.get("PHASE") == "Running" and all(cells.get(k, "<none>") not in ("<none>", "")
-                                                       for k in ("PROGRESS", "LOSS", "R@1")):
+            cells = {header[a:b].strip(): row[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)}
+            if cells.get("PHASE") == "Running" and all(
+                cells.get(k, "<none>") not in ("<none>", "") for k in ("PROGRESS", "LOSS", "R@1")
+            ):
                 seen.update(cells)
         return _phase(kube, namespace, "penguins") in ("Succeeded", "Failed")
 
@@ -67,9 +72,13 @@ def test_multinode_cpu_job_succeeds_with_loadable_model(kube, namespace, dataset
     assert ": 2 processes on cpu" in log0, log0[-2000:]
     final = pv_dir(kube, namespace) / "runs/penguins/final"
     assert (final / "open_clip_config.json").exists(), sorted(p.name for p in final.parent.iterdir())
-    code = ("import open_clip, sys; m, _, pre = open_clip.create_model_and_transforms('local-dir:' + sys.argv[1]);"
-            "print(sum(p.numel() for p in m.parameters()))")
-    out = subprocess.run([sys.executable, "-c", code, str(final)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    code = (
+        "import open_clip, sys; m, _, pre = open_clip.create_model_and_transforms('local-dir:' + sys.argv[1]);"
+        "print(sum(p.numel() for p in m.parameters()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(final)], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
     assert out.returncode == 0 and int(out.stdout.split()[-1]) > 1_000_000, out.stderr[-2000:]
 
 
@@ -84,10 +93,16 @@ def test_wrong_separator_fails_fast_with_preflight_line(kube, namespace, dataset
     assert "\n" not in failed["message"].strip()
     assert status.get("restartCount", 0) == 0
     # within a minute of its pod starting (the pods are gone: cleanPodPolicy; their events remain)
-    events = json.loads(kube.kubectl("-n", namespace, "get", "events", "-o", "json",
-                                     "--field-selector", "reason=Started,involvedObject.kind=Pod").stdout)["items"]
-    starts = [_time(e.get("firstTimestamp") or e["eventTime"]) for e in events
-              if e["involvedObject"]["name"].startswith("badsep-node-")]
+    events = json.loads(
+        kube.kubectl(
+            "-n", namespace, "get", "events", "-o", "json", "--field-selector", "reason=Started,involvedObject.kind=Pod"
+        ).stdout
+    )["items"]
+    starts = [
+        _time(e.get("firstTimestamp") or e["eventTime"])
+        for e in events
+        if e["involvedObject"]["name"].startswith("badsep-node-")
+    ]
     assert starts, events
     failed_at = _time(failed["lastTransitionTime"])
     assert 0 < (failed_at - min(starts)).total_seconds() < 60, (starts, failed_at)
@@ -100,8 +115,13 @@ def _kill_mid_run(kube, namespace, dataset_dir, name, kill) -> None:
     kube.kubectl("-n", namespace, "apply", "-f", "-", input=ftj_manifest(name, epochs=10, checkpoint_every=3))
     explain = debug(kube, namespace, name)
     # mid-run: a checkpoint has been committed and training goes on past it
-    wait_for(lambda: ((ftj(kube, namespace, name).get("status") or {}).get("progress") or {}).get("lastCheckpointStep"),
-             600, f"{name}: first checkpoint", explain, every_s=2)
+    wait_for(
+        lambda: ((ftj(kube, namespace, name).get("status") or {}).get("progress") or {}).get("lastCheckpointStep"),
+        600,
+        f"{name}: first checkpoint",
+        explain,
+        every_s=2,
+    )
     ckpt_step = int(ftj(kube, namespace, name)["status"]["progress"]["lastCheckpointStep"])
     assert _phase(kube, namespace, name) == "Running"
     kill()
@@ -118,16 +138,28 @@ def _kill_mid_run(kube, namespace, dataset_dir, name, kill) -> None:
 
 
 def test_pod_deleted_mid_run_resumes_from_checkpoint(kube, namespace, dataset_dir):
-    _kill_mid_run(kube, namespace, dataset_dir, "deleted",
-                  lambda: kube.kubectl("-n", namespace, "delete", "pod", "deleted-node-1", "--wait=false"))
+    _kill_mid_run(
+        kube,
+        namespace,
+        dataset_dir,
+        "deleted",
+        lambda: kube.kubectl("-n", namespace, "delete", "pod", "deleted-node-1", "--wait=false"),
+    )
 
 
 def test_pod_evicted_mid_run_resumes_from_checkpoint(kube, namespace, dataset_dir):
-    eviction = json.dumps({"apiVersion": "policy/v1", "kind": "Eviction",
-                           "metadata": {"name": "evicted-node-1", "namespace": namespace}})
-    _kill_mid_run(kube, namespace, dataset_dir, "evicted",
-                  lambda: kube.kubectl("create", "--raw", f"/api/v1/namespaces/{namespace}/pods/evicted-node-1/eviction",
-                                       "-f", "-", input=eviction))
+    eviction = json.dumps(
+        {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "evicted-node-1", "namespace": namespace}}
+    )
+    _kill_mid_run(
+        kube,
+        namespace,
+        dataset_dir,
+        "evicted",
+        lambda: kube.kubectl(
+            "create", "--raw", f"/api/v1/namespaces/{namespace}/pods/evicted-node-1/eviction", "-f", "-", input=eviction
+        ),
+    )
 
 
 def test_controller_pod_deleted_mid_run_new_one_takes_over(kube, namespace, dataset_dir):
@@ -136,25 +168,60 @@ def test_controller_pod_deleted_mid_run_new_one_takes_over(kube, namespace, data
     explain = debug(kube, namespace, "takeover")
     _run_until(kube, namespace, "takeover", ("Running",), 300)
     wait_for(lambda: _step(kube, namespace, "takeover") > 0, 300, "takeover: progress", explain, every_s=2)
-    pods_before = kube.kubectl("-n", namespace, "get", "pods", "-l", "kubeclip.dev/job-name=takeover",
-                               "-o", "jsonpath={.items[*].metadata.uid}").stdout.split()
+    pods_before = kube.kubectl(
+        "-n",
+        namespace,
+        "get",
+        "pods",
+        "-l",
+        "kubeclip.dev/job-name=takeover",
+        "-o",
+        "jsonpath={.items[*].metadata.uid}",
+    ).stdout.split()
     old = kube.kubectl("-n", CONTROLLER_NS, "get", "pods", "-o", "jsonpath={.items[*].metadata.name}").stdout.split()
     kube.kubectl("-n", CONTROLLER_NS, "delete", "pod", *old)
-    wait_for(lambda: kube.kubectl("-n", CONTROLLER_NS, "rollout", "status", "deploy/kubeclip", "--timeout=5s",
-                                  check=False).returncode == 0, 240, "a new controller pod", explain)
+    wait_for(
+        lambda: (
+            kube.kubectl(
+                "-n", CONTROLLER_NS, "rollout", "status", "deploy/kubeclip", "--timeout=5s", check=False
+            ).returncode
+            == 0
+        ),
+        240,
+        "a new controller pod",
+        explain,
+    )
     step_at_takeover = _step(kube, namespace, "takeover")
-    pods_now = kube.kubectl("-n", namespace, "get", "pods", "-l", "kubeclip.dev/job-name=takeover",
-                            "-o", "jsonpath={.items[*].metadata.uid}").stdout.split()
+    pods_now = kube.kubectl(
+        "-n",
+        namespace,
+        "get",
+        "pods",
+        "-l",
+        "kubeclip.dev/job-name=takeover",
+        "-o",
+        "jsonpath={.items[*].metadata.uid}",
+    ).stdout.split()
     assert sorted(pods_now) == sorted(pods_before), (pods_before, pods_now)
     # the new controller keeps reporting progress of the same pods
-    wait_for(lambda: _step(kube, namespace, "takeover") > step_at_takeover
-             or _phase(kube, namespace, "takeover") == "Succeeded", 300, "progress after takeover", explain, every_s=2)
+    wait_for(
+        lambda: (
+            _step(kube, namespace, "takeover") > step_at_takeover or _phase(kube, namespace, "takeover") == "Succeeded"
+        ),
+        300,
+        "progress after takeover",
+        explain,
+        every_s=2,
+    )
     _run_until(kube, namespace, "takeover", ("Succeeded", "Failed"), 900)
     assert _phase(kube, namespace, "takeover") == "Succeeded", explain()
     # no duplicate or replacement pod was ever made: every event of the job's pods names one of the
     # two pods that existed before the takeover (pods still running at the end are cleaned up)
-    events = json.loads(kube.kubectl("-n", namespace, "get", "events", "-o", "json",
-                                     "--field-selector", "involvedObject.kind=Pod").stdout)["items"]
+    events = json.loads(
+        kube.kubectl(
+            "-n", namespace, "get", "events", "-o", "json", "--field-selector", "involvedObject.kind=Pod"
+        ).stdout
+    )["items"]
     uids = {e["involvedObject"]["uid"] for e in events if e["involvedObject"]["name"].startswith("takeover-node-")}
     assert len(pods_before) == 2 and uids == set(pods_before), (pods_before, uids)
     assert ftj(kube, namespace, "takeover")["status"].get("restartCount", 0) == 0

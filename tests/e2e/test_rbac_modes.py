@@ -11,9 +11,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from e2e_helpers import debug, ftj, ftj_manifest, load_dataset, wait_for
-
 from deploy import deploy
+from e2e_helpers import debug, ftj, ftj_manifest, load_dataset, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -35,12 +34,22 @@ def test_namespaced_rbac_mode_reconciles_only_watched_namespaces(kube, namespace
         # the quickest full lifecycle: pods created, the trainer's preflight fails, status Failed
         kube.kubectl("-n", namespace, "apply", "-f", "-", input=ftj_manifest("watched", train_csv="bad.csv"))
         kube.kubectl("-n", other_namespace, "apply", "-f", "-", input=ftj_manifest("unwatched"))
-        wait_for(lambda: (ftj(kube, namespace, "watched").get("status") or {}).get("phase") == "Failed", 240,
-                 "watched job Failed under namespaced RBAC", debug(kube, namespace, "watched"), every_s=2)
+        wait_for(
+            lambda: (ftj(kube, namespace, "watched").get("status") or {}).get("phase") == "Failed",
+            240,
+            "watched job Failed under namespaced RBAC",
+            debug(kube, namespace, "watched"),
+            every_s=2,
+        )
         assert not (ftj(kube, other_namespace, "unwatched").get("status") or {}).get("phase")
         assert kube.kubectl("-n", other_namespace, "get", "pods", "-o", "name").stdout.strip() == ""
     finally:
         deploy([])
     # back to cluster-wide: the job the namespaced controller ignored is now picked up
-    wait_for(lambda: (ftj(kube, other_namespace, "unwatched").get("status") or {}).get("phase"), 120,
-             "unwatched job reconciled after going cluster-wide", debug(kube, other_namespace, "unwatched"), every_s=2)
+    wait_for(
+        lambda: (ftj(kube, other_namespace, "unwatched").get("status") or {}).get("phase"),
+        120,
+        "unwatched job reconciled after going cluster-wide",
+        debug(kube, other_namespace, "unwatched"),
+        every_s=2,
+    )

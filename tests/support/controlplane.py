@@ -106,12 +106,25 @@ def make_pki(d: Path, extra_ips: tuple[str, ...] = ()) -> None:
     ``extra_ips``: more IP SANs of the serving cert (the node IP of the one-node cluster)."""
     d.mkdir(parents=True, exist_ok=True)
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "30",
-             "-subj", "/CN=kubeclip-test-ca", cwd=d)
+    _openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "30",
+        "-subj",
+        "/CN=kubeclip-test-ca",
+        cwd=d,
+    )
     (d / "server.ext").write_text(
         "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
         "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:10.96.0.1"
-        + "".join(f",IP:{ip}" for ip in extra_ips) + "\nextendedKeyUsage=serverAuth\n"
+        + "".join(f",IP:{ip}" for ip in extra_ips)
+        + "\nextendedKeyUsage=serverAuth\n"
     )
     (d / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
     for name, subj, ext in (
@@ -119,8 +132,24 @@ def make_pki(d: Path, extra_ips: tuple[str, ...] = ()) -> None:
         ("admin", f"/O=system:masters/CN={ADMIN_USER}", "client.ext"),
     ):
         _openssl("req", "-new", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subj, cwd=d)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-                 "-CAcreateserial", "-out", f"{name}.crt", "-days", "30", "-extfile", ext, cwd=d)
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.crt",
+            "-days",
+            "30",
+            "-extfile",
+            ext,
+            cwd=d,
+        )
     _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "sa.key", cwd=d)
     _openssl("ec", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=d)
 
@@ -134,9 +163,15 @@ def write_kubeconfig(path: Path, server: str, pki: Path, user: str = ADMIN_USER)
     cfg = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "kubeclip-test", "cluster": {"server": server, "certificate-authority-data": b64("ca.crt")}}],
-        "users": [{"name": user, "user": {"client-certificate-data": b64("admin.crt"), "client-key-data": b64("admin.key")}}],
-        "contexts": [{"name": "kubeclip-test", "context": {"cluster": "kubeclip-test", "user": user, "namespace": "default"}}],
+        "clusters": [
+            {"name": "kubeclip-test", "cluster": {"server": server, "certificate-authority-data": b64("ca.crt")}}
+        ],
+        "users": [
+            {"name": user, "user": {"client-certificate-data": b64("admin.crt"), "client-key-data": b64("admin.key")}}
+        ],
+        "contexts": [
+            {"name": "kubeclip-test", "context": {"cluster": "kubeclip-test", "user": user, "namespace": "default"}}
+        ],
         "current-context": "kubeclip-test",
     }
     path.write_text(json.dumps(cfg, indent=2))  # JSON is YAML: kubectl, helm and the python client read it
@@ -171,7 +206,7 @@ class ControlPlane:
         self.kubeconfig = self.workdir / self.kubeconfig_name
 
     # ------------------------------------------------------------------ start
-    def start(self) -> "ControlPlane":
+    def start(self) -> ControlPlane:
         etcd = find_binary("etcd")
         apiserver = find_binary("kube-apiserver")
         kcm = find_binary("kube-controller-manager", required=False) if self.controller_manager else None
@@ -197,9 +232,17 @@ class ControlPlane:
 
     def write_state(self, **extra: object) -> None:
         """state.json for ``stop_from_state()``: process groups in start order (+ ``extra`` keys)."""
-        (self.workdir / "state.json").write_text(json.dumps(
-            {"server": self.server, "kubeconfig": str(self.kubeconfig),
-             "pgids": {n: p.pid for n, p in self.procs.items()}, **extra}, indent=2))
+        (self.workdir / "state.json").write_text(
+            json.dumps(
+                {
+                    "server": self.server,
+                    "kubeconfig": str(self.kubeconfig),
+                    "pgids": {n: p.pid for n, p in self.procs.items()},
+                    **extra,
+                },
+                indent=2,
+            )
+        )
 
     def _in_ns(self, fn):
         """Run ``fn`` (a health probe) where the processes listen: inside ``netns`` when set."""
@@ -215,7 +258,10 @@ class ControlPlane:
             argv = _netns.wrap(self.netns) + argv
         log = open(self.workdir / f"{name}.log", "ab")
         proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,  # own process group: stop() kills the whole group
             preexec_fn=_die_with_parent if self.owned else None,
         )
@@ -235,20 +281,29 @@ class ControlPlane:
     def _start_etcd(self, etcd: Path) -> None:
         client, peer = (2379, 2380) if self.netns else (free_port(), free_port())  # a fresh namespace: all ports free
         self.etcd_url = f"http://127.0.0.1:{client}"
-        self._spawn("etcd", [
-            str(etcd), "--name=kubeclip-test", f"--data-dir={self.workdir / 'etcd'}",
-            f"--listen-client-urls={self.etcd_url}", f"--advertise-client-urls={self.etcd_url}",
-            f"--listen-peer-urls=http://127.0.0.1:{peer}", f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
-            f"--initial-cluster=kubeclip-test=http://127.0.0.1:{peer}",
-            "--unsafe-no-fsync=true",  # throwaway data: do not pay for fsync on a shared disk
-            "--log-level=warn",
-        ])
+        self._spawn(
+            "etcd",
+            [
+                str(etcd),
+                "--name=kubeclip-test",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls={self.etcd_url}",
+                f"--advertise-client-urls={self.etcd_url}",
+                f"--listen-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-cluster=kubeclip-test=http://127.0.0.1:{peer}",
+                "--unsafe-no-fsync=true",  # throwaway data: do not pay for fsync on a shared disk
+                "--log-level=warn",
+            ],
+        )
         deadline = time.monotonic() + 30
         while True:
             self._check_alive("etcd")
+
             def healthy() -> bool:
                 with urllib.request.urlopen(f"{self.etcd_url}/health", timeout=2) as r:
                     return json.load(r).get("health") == "true"
+
             try:
                 if self._in_ns(healthy):
                     return
@@ -266,26 +321,33 @@ class ControlPlane:
             node = [
                 # the node's hostname means nothing to the machine's DNS: reach the kubelet by its IP
                 "--kubelet-preferred-address-types=InternalIP",
-                f"--kubelet-client-certificate={pki / 'admin.crt'}", f"--kubelet-client-key={pki / 'admin.key'}",
+                f"--kubelet-client-certificate={pki / 'admin.crt'}",
+                f"--kubelet-client-key={pki / 'admin.key'}",
             ]
         else:
             where = ["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"]
             node = ["--endpoint-reconciler-type=none"]  # single throwaway apiserver: no lease bookkeeping
-        self._spawn("kube-apiserver", [
-            str(apiserver),
-            f"--etcd-servers={self.etcd_url}",
-            *where, f"--secure-port={port}",
-            f"--cert-dir={pki}", f"--tls-cert-file={pki / 'server.crt'}", f"--tls-private-key-file={pki / 'server.key'}",
-            f"--client-ca-file={pki / 'ca.crt'}",
-            "--authorization-mode=RBAC",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={pki / 'sa.pub'}",
-            f"--service-account-signing-key-file={pki / 'sa.key'}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--allow-privileged=true",
-            *node,
-            "--v=1",
-        ])
+        self._spawn(
+            "kube-apiserver",
+            [
+                str(apiserver),
+                f"--etcd-servers={self.etcd_url}",
+                *where,
+                f"--secure-port={port}",
+                f"--cert-dir={pki}",
+                f"--tls-cert-file={pki / 'server.crt'}",
+                f"--tls-private-key-file={pki / 'server.key'}",
+                f"--client-ca-file={pki / 'ca.crt'}",
+                "--authorization-mode=RBAC",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={pki / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki / 'sa.key'}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--allow-privileged=true",
+                *node,
+                "--v=1",
+            ],
+        )
 
     def _wait_ready(self, pki: Path) -> None:
         ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
@@ -294,9 +356,11 @@ class ControlPlane:
         last = ""
         while True:
             self._check_alive("kube-apiserver")
+
             def ready() -> bool:
                 with urllib.request.urlopen(f"{self.server}/readyz", context=ctx, timeout=5) as r:
                     return r.status == 200
+
             try:
                 if self._in_ns(ready):
                     return
@@ -306,7 +370,8 @@ class ControlPlane:
                 last = str(e)
             if time.monotonic() > deadline:
                 raise ControlPlaneError(
-                    f"kube-apiserver not ready after {READY_TIMEOUT_S:.0f} s ({last}):\n{self.log_tail('kube-apiserver')}")
+                    f"kube-apiserver not ready after {READY_TIMEOUT_S:.0f} s ({last}):\n{self.log_tail('kube-apiserver')}"
+                )
             time.sleep(0.2)
 
     def restart_controller_manager(self, timeout_s: float = 60) -> None:
@@ -326,25 +391,36 @@ class ControlPlane:
         offset = log.stat().st_size if log.exists() else 0
         pki = self.workdir / "pki"
         if self.node_ip:  # a real cluster's set, incl. root-ca-cert-publisher and the endpointslice controllers
-            controllers = ["--controllers=*", f"--root-ca-file={pki / 'ca.crt'}",
-                           f"--service-account-private-key-file={pki / 'sa.key'}"]
+            controllers = [
+                "--controllers=*",
+                f"--root-ca-file={pki / 'ca.crt'}",
+                f"--service-account-private-key-file={pki / 'sa.key'}",
+            ]
         else:
             controllers = ["--controllers=garbagecollector,serviceaccount,namespace"]
-        self._spawn("kube-controller-manager", [
-            str(kcm), f"--kubeconfig={self.kubeconfig}",
-            *controllers,
-            "--leader-elect=false", "--secure-port=0",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--concurrent-gc-syncs=5", "--v=1",
-        ])
+        self._spawn(
+            "kube-controller-manager",
+            [
+                str(kcm),
+                f"--kubeconfig={self.kubeconfig}",
+                *controllers,
+                "--leader-elect=false",
+                "--secure-port=0",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--concurrent-gc-syncs=5",
+                "--v=1",
+            ],
+        )
         deadline = time.monotonic() + max(wait_gc_s, 0.5)
         while True:
             time.sleep(0.1)
             self._check_alive("kube-controller-manager")
             if time.monotonic() >= deadline:
                 if wait_gc_s:
-                    raise ControlPlaneError(f"garbage collector not synced after {wait_gc_s} s:\n"
-                                            + self.log_tail("kube-controller-manager"))
+                    raise ControlPlaneError(
+                        f"garbage collector not synced after {wait_gc_s} s:\n"
+                        + self.log_tail("kube-controller-manager")
+                    )
                 return
             if wait_gc_s:
                 with open(log, "rb") as f:

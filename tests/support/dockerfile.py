@@ -110,13 +110,27 @@ def replay(stage: list[tuple[str, str]], root: Path, env: dict[str, str]) -> int
                         target = target / Path(src).name
                 source = ROOT / src
                 if source.is_dir():
-                    shutil.copytree(source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+                    shutil.copytree(
+                        source,
+                        target,
+                        dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"),
+                    )
                 else:
                     shutil.copy2(source, target)
         elif kw == "RUN" and rest in pip_runs(stage):
             assert workdir is not None, "WORKDIR comes before the install"
-            proc = subprocess.run(["bash", "-eo", "pipefail", "-c", rest], cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
-            assert proc.returncode == 0, f"RUN {rest}\nfailed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+            proc = subprocess.run(
+                ["bash", "-eo", "pipefail", "-c", rest],
+                cwd=workdir,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
+            assert proc.returncode == 0, (
+                f"RUN {rest}\nfailed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+            )
             ran += 1
     return ran
 
@@ -136,4 +150,6 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def run_py(python: Path, code: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(python), "-c", code], cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [str(python), "-c", code], cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=300
+    )

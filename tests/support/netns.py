@@ -17,8 +17,9 @@ import ctypes
 import os
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 NETNS_DIR = Path("/run/netns")

@@ -53,8 +53,8 @@ def _write(path: Path, text: str) -> Path:
 
 def containerd_config(workdir: Path) -> str:
     return f"""version = 2
-root = "{workdir / 'containerd'}"
-state = "{RUN_DIR / 'containerd'}"
+root = "{workdir / "containerd"}"
+state = "{RUN_DIR / "containerd"}"
 disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
                     "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
                     "io.containerd.grpc.v1.introspection.tracing"]
@@ -74,67 +74,127 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         SystemdCgroup = false
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{CNI_BIN}"
-    conf_dir = "{workdir / 'cni'}"
+    conf_dir = "{workdir / "cni"}"
 [plugins."io.containerd.internal.v1.opt"]
-  path = "{workdir / 'containerd-opt'}"
+  path = "{workdir / "containerd-opt"}"
 """
 
 
 def cni_config(workdir: Path) -> str:
-    return json.dumps({
-        "cniVersion": "1.0.0", "name": NAME,
-        "plugins": [
-            {"type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": False, "hairpinMode": True,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_CIDR}]], "routes": [{"dst": "0.0.0.0/0"}],
-                      "dataDir": str(workdir / "cni-ipam")}},
-            {"type": "portmap", "capabilities": {"portMappings": True}},
-        ],
-    }, indent=2)
+    return json.dumps(
+        {
+            "cniVersion": "1.0.0",
+            "name": NAME,
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": "cni0",
+                    "isGateway": True,
+                    "ipMasq": False,
+                    "hairpinMode": True,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": POD_CIDR}]],
+                        "routes": [{"dst": "0.0.0.0/0"}],
+                        "dataDir": str(workdir / "cni-ipam"),
+                    },
+                },
+                {"type": "portmap", "capabilities": {"portMappings": True}},
+            ],
+        },
+        indent=2,
+    )
 
 
 def kubelet_config(workdir: Path) -> str:
     pki = workdir / "pki"
-    return json.dumps({
-        "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
-        # this machine: cgroup v1, swap allowed, no systemd
-        "failCgroupV1": False, "cgroupDriver": "cgroupfs", "failSwapOn": False,
-        "containerRuntimeEndpoint": f"unix://{CONTAINERD_SOCK}",
-        "address": NODE_IP, "port": 10250, "readOnlyPort": 0, "healthzBindAddress": "127.0.0.1", "healthzPort": 10248,
-        "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
-                           "x509": {"clientCAFile": str(pki / "ca.crt")}},
-        "authorization": {"mode": "Webhook"},
-        "tlsCertFile": str(pki / "kubelet.crt"), "tlsPrivateKeyFile": str(pki / "kubelet.key"),
-        "clusterDNS": [CLUSTER_DNS], "clusterDomain": "cluster.local", "resolvConf": "",
-        # images can never be pulled again: never garbage-collect them; tolerate a full-ish shared disk
-        "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
-        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "2%", "imagefs.available": "2%",
-                         "nodefs.inodesFree": "2%"},
-        "serializeImagePulls": False, "maxPods": 110,
-        "shutdownGracePeriod": "0s",
-    }, indent=2)
+    return json.dumps(
+        {
+            "apiVersion": "kubelet.config.k8s.io/v1beta1",
+            "kind": "KubeletConfiguration",
+            # this machine: cgroup v1, swap allowed, no systemd
+            "failCgroupV1": False,
+            "cgroupDriver": "cgroupfs",
+            "failSwapOn": False,
+            "containerRuntimeEndpoint": f"unix://{CONTAINERD_SOCK}",
+            "address": NODE_IP,
+            "port": 10250,
+            "readOnlyPort": 0,
+            "healthzBindAddress": "127.0.0.1",
+            "healthzPort": 10248,
+            "authentication": {
+                "anonymous": {"enabled": False},
+                "webhook": {"enabled": True},
+                "x509": {"clientCAFile": str(pki / "ca.crt")},
+            },
+            "authorization": {"mode": "Webhook"},
+            "tlsCertFile": str(pki / "kubelet.crt"),
+            "tlsPrivateKeyFile": str(pki / "kubelet.key"),
+            "clusterDNS": [CLUSTER_DNS],
+            "clusterDomain": "cluster.local",
+            "resolvConf": "",
+            # images can never be pulled again: never garbage-collect them; tolerate a full-ish shared disk
+            "imageGCHighThresholdPercent": 100,
+            "imageGCLowThresholdPercent": 99,
+            "evictionHard": {
+                "memory.available": "100Mi",
+                "nodefs.available": "2%",
+                "imagefs.available": "2%",
+                "nodefs.inodesFree": "2%",
+            },
+            "serializeImagePulls": False,
+            "maxPods": 110,
+            "shutdownGracePeriod": "0s",
+        },
+        indent=2,
+    )
 
 
 def kube_proxy_config(workdir: Path) -> str:
-    return json.dumps({
-        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
-        "clientConnection": {"kubeconfig": str(workdir / "kubeconfig.internal")},
-        "mode": "iptables", "hostnameOverride": NODE_NAME, "bindAddress": NODE_IP,
-        "clusterCIDR": "10.244.0.0/16",
-        "metricsBindAddress": "127.0.0.1:10249", "healthzBindAddress": "127.0.0.1:10256",
-        # Without br_netfilter a reply from a pod on the same bridge would skip the un-DNAT:
-        # masquerading all Service traffic sends it back through the bridge's gateway.
-        "iptables": {"masqueradeAll": True, "localhostNodePorts": False},
-        "conntrack": {"maxPerCore": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
-    }, indent=2)
+    return json.dumps(
+        {
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+            "kind": "KubeProxyConfiguration",
+            "clientConnection": {"kubeconfig": str(workdir / "kubeconfig.internal")},
+            "mode": "iptables",
+            "hostnameOverride": NODE_NAME,
+            "bindAddress": NODE_IP,
+            "clusterCIDR": "10.244.0.0/16",
+            "metricsBindAddress": "127.0.0.1:10249",
+            "healthzBindAddress": "127.0.0.1:10256",
+            # Without br_netfilter a reply from a pod on the same bridge would skip the un-DNAT:
+            # masquerading all Service traffic sends it back through the bridge's gateway.
+            "iptables": {"masqueradeAll": True, "localhostNodePorts": False},
+            "conntrack": {"maxPerCore": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
+        },
+        indent=2,
+    )
 
 
 def _kubelet_cert(pki: Path) -> None:
     """The kubelet's serving cert, signed by the cluster CA, for its IP (the API server dials it)."""
     (pki / "kubelet.ext").write_text(f"subjectAltName=IP:{NODE_IP},DNS:{NODE_NAME}\nextendedKeyUsage=serverAuth\n")
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    for argv in (["req", "-new", *ec, "-keyout", "kubelet.key", "-out", "kubelet.csr", "-subj", f"/CN={NODE_NAME}"],
-                 ["x509", "-req", "-in", "kubelet.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-                  "-out", "kubelet.crt", "-days", "30", "-extfile", "kubelet.ext"]):
+    for argv in (
+        ["req", "-new", *ec, "-keyout", "kubelet.key", "-out", "kubelet.csr", "-subj", f"/CN={NODE_NAME}"],
+        [
+            "x509",
+            "-req",
+            "-in",
+            "kubelet.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "kubelet.crt",
+            "-days",
+            "30",
+            "-extfile",
+            "kubelet.ext",
+        ],
+    ):
         proc = subprocess.run(["openssl", *argv], cwd=pki, capture_output=True, text=True)
         if proc.returncode != 0:
             raise ControlPlaneError(f"openssl {' '.join(argv)}: {proc.stderr}")
@@ -154,8 +214,11 @@ class Node:
         APISERVER_SOCK.unlink(missing_ok=True)
         self.cp.spawn("relay-in", ["socat", f"UNIX-LISTEN:{APISERVER_SOCK},fork,mode=600", "TCP:127.0.0.1:6443"])
         self.host_port = free_port()
-        self.cp.spawn("relay-out", ["socat", f"TCP-LISTEN:{self.host_port},bind=127.0.0.1,fork,reuseaddr",
-                                    f"UNIX-CONNECT:{APISERVER_SOCK}"], in_netns=False)
+        self.cp.spawn(
+            "relay-out",
+            ["socat", f"TCP-LISTEN:{self.host_port},bind=127.0.0.1,fork,reuseaddr", f"UNIX-CONNECT:{APISERVER_SOCK}"],
+            in_netns=False,
+        )
         write_kubeconfig(self.workdir / "kubeconfig", f"https://127.0.0.1:{self.host_port}", self.workdir / "pki")
         self._wait("the host relay", lambda: self.kubectl("get", "--raw=/readyz", check=False).returncode == 0, 30)
 
@@ -164,12 +227,15 @@ class Node:
         RUN_DIR.mkdir(parents=True, exist_ok=True)
         conf = _write(self.workdir / "containerd.toml", containerd_config(self.workdir))
         _write(self.workdir / "cni" / "10-kubeclip.conflist", cni_config(self.workdir))
-        self.cp.spawn("containerd", [shutil.which("containerd") or "containerd", f"--config={conf}", "--log-level=warn"])
+        self.cp.spawn(
+            "containerd", [shutil.which("containerd") or "containerd", f"--config={conf}", "--log-level=warn"]
+        )
         self._wait("containerd", lambda: self.ctr("version", check=False).returncode == 0, 60, "containerd")
 
     def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run(["ctr", f"--address={CONTAINERD_SOCK}", "-n", "k8s.io", *args],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            ["ctr", f"--address={CONTAINERD_SOCK}", "-n", "k8s.io", *args], capture_output=True, text=True
+        )
         if check and proc.returncode != 0:
             raise ControlPlaneError(f"ctr {' '.join(args)}: {proc.stderr.strip()}")
         return proc
@@ -180,23 +246,40 @@ class Node:
 
     # ---------------------------------------------------------------- kubelet, kube-proxy, scheduler
     def start_scheduler(self) -> None:
-        self.cp.spawn("kube-scheduler", [str(find_binary("kube-scheduler")), f"--kubeconfig={self.cp.kubeconfig}",
-                                          "--leader-elect=false", "--secure-port=0", "--v=1"])
+        self.cp.spawn(
+            "kube-scheduler",
+            [
+                str(find_binary("kube-scheduler")),
+                f"--kubeconfig={self.cp.kubeconfig}",
+                "--leader-elect=false",
+                "--secure-port=0",
+                "--v=1",
+            ],
+        )
 
     def start_kubelet(self) -> None:
         pki = self.workdir / "pki"
         _kubelet_cert(pki)
         conf = _write(self.workdir / "kubelet.json", kubelet_config(self.workdir))
-        self.cp.spawn("kubelet", [
-            str(find_binary("kubelet")), f"--config={conf}", f"--kubeconfig={self.cp.kubeconfig}",
-            f"--hostname-override={NODE_NAME}", f"--node-ip={NODE_IP}",
-            f"--root-dir={self.workdir / 'kubelet'}", f"--cert-dir={pki}", "--v=1",
-        ])
+        self.cp.spawn(
+            "kubelet",
+            [
+                str(find_binary("kubelet")),
+                f"--config={conf}",
+                f"--kubeconfig={self.cp.kubeconfig}",
+                f"--hostname-override={NODE_NAME}",
+                f"--node-ip={NODE_IP}",
+                f"--root-dir={self.workdir / 'kubelet'}",
+                f"--cert-dir={pki}",
+                "--v=1",
+            ],
+        )
         self._wait(f"node {NODE_NAME} Ready", self._node_ready, 120, "kubelet")
 
     def _node_ready(self) -> bool:
-        out = self.kubectl("get", "node", NODE_NAME, "-o",
-                           "jsonpath={.status.conditions[?(@.type=='Ready')].status}", check=False)
+        out = self.kubectl(
+            "get", "node", NODE_NAME, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}", check=False
+        )
         return out.returncode == 0 and out.stdout.strip() == "True"
 
     def start_kube_proxy(self) -> None:
@@ -205,8 +288,13 @@ class Node:
 
     # ---------------------------------------------------------------- helpers
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run([str(find_binary("kubectl")), f"--kubeconfig={self.workdir / 'kubeconfig'}", *args],
-                              input=input, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [str(find_binary("kubectl")), f"--kubeconfig={self.workdir / 'kubeconfig'}", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if check and proc.returncode != 0:
             raise ControlPlaneError(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
         return proc
@@ -216,11 +304,14 @@ class Node:
         while not ok():
             for name in self.cp.procs:
                 if self.cp.procs[name].poll() is not None:
-                    raise ControlPlaneError(f"{name} exited with {self.cp.procs[name].returncode} while waiting for "
-                                            f"{what}:\n{self.cp.log_tail(name)}")
+                    raise ControlPlaneError(
+                        f"{name} exited with {self.cp.procs[name].returncode} while waiting for "
+                        f"{what}:\n{self.cp.log_tail(name)}"
+                    )
             if time.monotonic() > deadline:
-                raise ControlPlaneError(f"{what}: not after {timeout_s:.0f} s" +
-                                        (f"\n{self.cp.log_tail(log)}" if log else ""))
+                raise ControlPlaneError(
+                    f"{what}: not after {timeout_s:.0f} s" + (f"\n{self.cp.log_tail(log)}" if log else "")
+                )
             time.sleep(0.5)
 
 
