@@ -112,7 +112,11 @@ def test_wrong_separator_fails_fast_with_preflight_line(kube, namespace, dataset
 
 def _kill_mid_run(kube, namespace, dataset_dir, name, kill) -> None:
     load_dataset(kube, namespace, dataset_dir)
-    kube.kubectl("-n", namespace, "apply", "-f", "-", input=ftj_manifest(name, epochs=10, checkpoint_every=3))
+    # backoffLimit 0: the job survives the kill only because a disruption does not use the backoff
+    # budget (issue #9's policy), not because a retry was left.
+    kube.kubectl(
+        "-n", namespace, "apply", "-f", "-", input=ftj_manifest(name, epochs=10, checkpoint_every=3, backoff=0)
+    )
     explain = debug(kube, namespace, name)
     # mid-run: a checkpoint has been committed and training goes on past it
     wait_for(
@@ -130,6 +134,7 @@ def _kill_mid_run(kube, namespace, dataset_dir, name, kill) -> None:
     status = ftj(kube, namespace, name)["status"]
     assert status["phase"] == "Succeeded", explain()
     assert status["restartCount"] == 1, status
+    assert status.get("disruptedAttempts") == 1 and status.get("failedAttempts", 0) == 0, status
     log0 = kube.kubectl("-n", namespace, "logs", f"{name}-node-0").stdout
     resumed = [line for line in log0.splitlines() if "resumed from" in line]
     assert resumed, log0[-3000:]
