@@ -57,18 +57,7 @@ def run_peer(peer: tuple, work: Path, data: dict, a, name: str, ddp: bool) -> di
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
     args = [
-        "--train-data",
-        data["train"],
-        "--val-data",
-        data["val"],
-        "--dataset-type",
-        "csv",
-        "--csv-separator",
-        ",",
-        "--csv-img-key",
-        "filepath",
-        "--csv-caption-key",
-        "caption",
+        *dataset.oc_csv_args(data["train"], data["val"]),
         "--model",
         f"local-dir:{TINY}",
         "--epochs",

@@ -25,6 +25,28 @@ import random
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+#: The CSV header this module writes (comma-separated); :func:`oc_csv_args` tells open_clip_train.
+IMAGE_KEY, CAPTION_KEY = "filepath", "caption"
+
+
+def oc_csv_args(train: Path, val: Path | None = None) -> list:
+    """open_clip_train's flags that read the CSVs written here (its defaults are tab and ``title``)."""
+    args: list = ["--train-data", train]
+    if val is not None:
+        args += ["--val-data", val]
+    return [
+        *args,
+        "--dataset-type",
+        "csv",
+        "--csv-separator",
+        ",",
+        "--csv-img-key",
+        IMAGE_KEY,
+        "--csv-caption-key",
+        CAPTION_KEY,
+    ]
+
+
 COLOURS = {
     "red": (215, 35, 40),
     "green": (40, 160, 70),
@@ -117,7 +139,7 @@ def write_split(out: Path, split: str, n: int, size: int, seed: int, procs: int,
     csv_path = out / f"{split}.csv"
     with open(csv_path, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(["filepath", "caption"])
+        w.writerow([IMAGE_KEY, CAPTION_KEY])
         w.writerows(rows)
     return csv_path
 
