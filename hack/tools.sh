@@ -14,6 +14,11 @@
 #   coredns                                  go build of github.com/coredns/coredns (hack/coredns, own go.mod)
 #   local-path-provisioner                   go build of github.com/rancher/local-path-provisioner
 #                                            (hack/local-path-provisioner, own go.mod)
+#
+# `hack/tools.sh monitoring` also makes what `make monitoring-up` (hack/monitoring.py) needs:
+#   prometheus-operator,                     go build of github.com/prometheus-operator/prometheus-operator
+#   prometheus-config-reloader               cmd/operator and cmd/prometheus-config-reloader (hack/prometheus-operator)
+#   prometheus                               Debian package prometheus 2.42 (extracted, never installed), as promtool
 #   containerd, runc, CNI plugins, buildah,  Debian packages, installed with apt when missing
 #   socat, debootstrap, iptables, gcc, busybox-static
 #
@@ -111,7 +116,7 @@ fi
 from_assets kubectl || true
 
 # --- promtool from Debian's prometheus package (downloaded and unpacked, not installed) -----------
-if ! stamp_ok promtool "deb:$PROMETHEUS_DEB"; then
+if ! { stamp_ok promtool "deb:$PROMETHEUS_DEB" && stamp_ok prometheus "deb:$PROMETHEUS_DEB"; }; then
   work=$(mktemp -d)
   log "fetching promtool from Debian $PROMETHEUS_DEB"
   cd "$work"
@@ -121,7 +126,9 @@ if ! stamp_ok promtool "deb:$PROMETHEUS_DEB"; then
   fi
   dpkg -x "$work"/prometheus_*.deb "$work/x"
   install -m 0755 "$work/x/usr/bin/promtool" "$BIN/promtool"
+  install -m 0755 "$work/x/usr/bin/prometheus" "$BIN/prometheus"
   cd "$REPO"
+  stamp_set prometheus "deb:$PROMETHEUS_DEB"
   stamp_set promtool "deb:$PROMETHEUS_DEB"
   rm -rf "$work"
 fi
@@ -147,5 +154,14 @@ if [[ "${1:-}" == node ]]; then
   # Static (CGO off): they run in images made from scratch.
   go_build coredns github.com/coredns/coredns "$REPO/hack/coredns" "-s -w" 0
   go_build local-path-provisioner github.com/rancher/local-path-provisioner "$REPO/hack/local-path-provisioner" "-s -w" 0
+fi
+if [[ "${1:-}" == monitoring ]]; then
+  PO_DIR=$REPO/hack/prometheus-operator
+  PO_VERSION=$(awk '$1 == "github.com/prometheus-operator/prometheus-operator" {print $2}' "$PO_DIR/go.mod")
+  PO_VPKG=github.com/prometheus/common/version
+  PO_LDFLAGS="-s -w -X $PO_VPKG.Version=${PO_VERSION#v} -X $PO_VPKG.Revision=kubeclip-local -X $PO_VPKG.Branch=release"
+  go_build prometheus-operator github.com/prometheus-operator/prometheus-operator/cmd/operator "$PO_DIR" "$PO_LDFLAGS" 0
+  go_build prometheus-config-reloader github.com/prometheus-operator/prometheus-operator/cmd/prometheus-config-reloader \
+    "$PO_DIR" "$PO_LDFLAGS" 0
 fi
 log "ready in $BIN: $(cd "$BIN" && ls | tr '\n' ' ')"
