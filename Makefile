@@ -8,7 +8,7 @@ STAMP := $(VENV)/.kubeclip-installed
 export KUBECLIP_TOOLS ?= $(CURDIR)/.tools
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test test-unit bench bench-gpu tools cluster-up cluster-down images deploy e2e crd lint clean
+.PHONY: help venv demo test test-unit bench bench-gpu tools cluster-up cluster-down images deploy monitoring-up e2e crd lint clean
 
 help:
 	@echo "make demo     fine-tune a tiny OpenCLIP model locally on a generated dataset (2 processes)"
@@ -20,7 +20,8 @@ help:
 	@echo "make cluster-up / cluster-down   a real one-node Kubernetes in its own network namespace (.cluster/kubeconfig; root)"
 	@echo "make images   build kubeclip-controller:dev and kubeclip-trainer:dev from ./Dockerfile (buildah) into the node"
 	@echo "make deploy   helm install helm/kubeclip into kubeclip-system with the dev images"
-	@echo "make e2e      cluster-up + images + deploy, then the end-to-end tests on the node (tests/e2e)"
+	@echo "make monitoring-up  the Prometheus Operator + Prometheus on the node, scraping kubeclip (.cluster/prometheus-url)"
+	@echo "make e2e      cluster-up + images + deploy + monitoring-up, then the end-to-end tests on the node (tests/e2e)"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -65,7 +66,11 @@ images: venv
 deploy: venv
 	$(PY) hack/deploy.py
 
-e2e: cluster-up images deploy
+monitoring-up: venv
+	bash hack/tools.sh monitoring
+	$(PY) hack/monitoring.py up
+
+e2e: cluster-up images deploy monitoring-up
 	$(PY) -m pytest -m e2e tests/e2e $(PYTEST_ARGS)
 
 crd: venv

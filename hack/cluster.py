@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from support import netns  # noqa: E402
-from support.controlplane import ControlPlane, ControlPlaneError, client_bin_dir  # noqa: E402
+from support.controlplane import SERVICE_CIDR, ControlPlane, ControlPlaneError, client_bin_dir  # noqa: E402
 from support.node import NAME, NODE_IP, RUN_DIR, TIMINGS, Node, teardown  # noqa: E402
 
 CLUSTER_DIR = Path(os.environ.get("KUBECLIP_CLUSTER_DIR") or REPO / ".cluster")
@@ -81,7 +81,7 @@ def up() -> int:
         ).stdout.split()
         step("system images", t)
         t = time.monotonic()
-        netns.create(NAME, NODE_IP)
+        netns.create(NAME, NODE_IP, SERVICE_CIDR)
         cp = ControlPlane(CLUSTER_DIR, owned=False, netns=NAME, node_ip=NODE_IP, kubeconfig_name="kubeconfig.internal")
         try:
             cp.start()

@@ -23,6 +23,37 @@ REPO = Path(__file__).resolve().parents[1]
 CLUSTER_DIR = Path(os.environ.get("KUBECLIP_CLUSTER_DIR") or REPO / ".cluster")
 RELEASE = "kubeclip"
 NAMESPACE = "kubeclip-system"
+# The label the local Prometheus selects monitors and rules by (hack/monitoring/prometheus.yaml), as
+# kube-prometheus-stack's selects its release name.
+MONITORING_RELEASE_LABEL = "kube-prometheus-stack"
+MONITORING_VALUES = REPO / "hack/monitoring/kubeclip-values.yaml"
+
+
+def monitoring_up() -> bool:
+    """`make monitoring-up` has run on this cluster: the chart's monitors must stay on across redeploys."""
+    return (CLUSTER_DIR / "prometheus-url").exists()
+
+
+def current_watch_namespaces() -> list[str]:
+    """watch.namespaces of the installed release ([] when cluster-wide or not installed)."""
+    proc = subprocess.run(
+        [
+            _tool("helm"),
+            f"--kubeconfig={CLUSTER_DIR / 'kubeconfig'}",
+            "get",
+            "values",
+            RELEASE,
+            "-n",
+            NAMESPACE,
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        return []
+    return list(((json.loads(proc.stdout or "{}") or {}).get("watch") or {}).get("namespaces") or [])
 
 
 def _tool(name: str) -> str:
@@ -30,7 +61,10 @@ def _tool(name: str) -> str:
 
 
 def deploy(watch_namespaces: list[str] | None = None, timeout_s: int = 300) -> float:
-    """helm upgrade --install, wait until the controller Deployment is available; returns seconds."""
+    """helm upgrade --install, wait until the controller Deployment is available; returns seconds.
+
+    While local monitoring is up (`make monitoring-up`), the release also gets
+    hack/monitoring/kubeclip-values.yaml: ServiceMonitor, PodMonitor, PrometheusRule and dashboard on."""
     kubeconfig = CLUSTER_DIR / "kubeconfig"
     if not kubeconfig.exists():
         raise SystemExit(f"no cluster: {kubeconfig} missing (run `make cluster-up images` first)")
@@ -58,6 +92,8 @@ def deploy(watch_namespaces: list[str] | None = None, timeout_s: int = 300) -> f
         "--wait",
         f"--timeout={timeout_s}s",
     ]
+    if monitoring_up():
+        argv += ["-f", str(MONITORING_VALUES)]
     proc = subprocess.run(argv, capture_output=True, text=True)
     if proc.returncode != 0:
         pods = subprocess.run(
@@ -79,6 +115,7 @@ def main() -> int:
         f"kubeclip deployed in {secs:.1f}s into {NAMESPACE} "
         f"({'watching ' + ', '.join(watched) if watched else 'cluster-wide'}): "
         f"controller kubeclip-controller:dev, trainer default kubeclip-trainer:dev"
+        + (f"; monitors on (release={MONITORING_RELEASE_LABEL})" if monitoring_up() else "")
     )
     return 0
 

@@ -5,6 +5,10 @@
 #                           kubeclip.local/pause:dev (static C, hack/node/pause.c), coredns, local-path-provisioner
 #                           (static Go binaries from hack/tools.sh node) and busybox (Debian busybox-static,
 #                           local-path-provisioner's helper pods), each a single binary in a scratch image
+#   hack/images.sh monitoring  `make monitoring-up`: kubeclip.local/prometheus-operator:dev and
+#                           kubeclip.local/prometheus-config-reloader:dev (static Go binaries from
+#                           hack/tools.sh monitoring) and kubeclip.local/prometheus:v3.5.0 (static Go build
+#                           of github.com/prometheus/prometheus), each in a scratch image, imported into the node
 #   hack/images.sh app      `make images`: both targets of ./Dockerfile, unmodified, on local bases of the
 #                           same shape as the official ones (which cannot be pulled here):
 #                             kubeclip.local/python:3.11-bookworm  debootstrap bookworm + python3.11 (PYTHON_IMAGE)
@@ -86,6 +90,15 @@ system_images() {
   for a in sh mkdir rm ls cat chmod; do ln -sf busybox "$work/bb/bin/$a"; done
   scratch_image busybox kubeclip.local/busybox:dev '["/bin/sh"]' "$work/bb/bin:/bin"
   echo "$IMAGES/pause.tar $IMAGES/coredns.tar $IMAGES/local-path-provisioner.tar $IMAGES/busybox.tar"
+}
+
+monitoring_images() {
+  scratch_image prometheus kubeclip.local/prometheus:v3.5.0 '["/bin/prometheus"]' "$BIN/prometheus:/bin/prometheus"
+  scratch_image prometheus-operator kubeclip.local/prometheus-operator:dev '["/bin/operator"]' \
+    "$BIN/prometheus-operator:/bin/operator"
+  scratch_image prometheus-config-reloader kubeclip.local/prometheus-config-reloader:dev \
+    '["/bin/prometheus-config-reloader"]' "$BIN/prometheus-config-reloader:/bin/prometheus-config-reloader"
+  import_into_node prometheus prometheus-operator prometheus-config-reloader
 }
 
 # --- app images ---------------------------------------------------------------------------------
@@ -174,6 +187,7 @@ import_into_node() {
 case "${1:-}" in
   system) system_images ;;
   import) shift; import_into_node "$@" ;;
+  monitoring) monitoring_images ;;
   base) python_base; torch_base ;;
   app)
     python_base
@@ -182,5 +196,5 @@ case "${1:-}" in
     target kubeclip-trainer trainer "$TORCH_KEY" --build-arg "TORCH_IMAGE=kubeclip.local/torch:$TORCH_VERSION"
     import_into_node python kubeclip-controller kubeclip-trainer   # python: for examples/dataset-pvc.yaml's loader
     ;;
-  *) echo "usage: $0 system|app|import NAME..." >&2; exit 2 ;;
+  *) echo "usage: $0 system|app|monitoring|import NAME..." >&2; exit 2 ;;
 esac

@@ -18,7 +18,8 @@
 # `hack/tools.sh monitoring` also makes what `make monitoring-up` (hack/monitoring.py) needs:
 #   prometheus-operator,                     go build of github.com/prometheus-operator/prometheus-operator
 #   prometheus-config-reloader               cmd/operator and cmd/prometheus-config-reloader (hack/prometheus-operator)
-#   prometheus                               Debian package prometheus 2.42 (extracted, never installed), as promtool
+#   prometheus                               go build of github.com/prometheus/prometheus cmd/prometheus (hack/prometheus,
+#                                            v3.5.0; Debian's 2.42 is built without Kubernetes service discovery)
 #   containerd, runc, CNI plugins, buildah,  Debian packages, installed with apt when missing
 #   socat, debootstrap, iptables, gcc, busybox-static
 #
@@ -116,7 +117,7 @@ fi
 from_assets kubectl || true
 
 # --- promtool from Debian's prometheus package (downloaded and unpacked, not installed) -----------
-if ! { stamp_ok promtool "deb:$PROMETHEUS_DEB" && stamp_ok prometheus "deb:$PROMETHEUS_DEB"; }; then
+if ! stamp_ok promtool "deb:$PROMETHEUS_DEB"; then
   work=$(mktemp -d)
   log "fetching promtool from Debian $PROMETHEUS_DEB"
   cd "$work"
@@ -126,9 +127,7 @@ if ! { stamp_ok promtool "deb:$PROMETHEUS_DEB" && stamp_ok prometheus "deb:$PROM
   fi
   dpkg -x "$work"/prometheus_*.deb "$work/x"
   install -m 0755 "$work/x/usr/bin/promtool" "$BIN/promtool"
-  install -m 0755 "$work/x/usr/bin/prometheus" "$BIN/prometheus"
   cd "$REPO"
-  stamp_set prometheus "deb:$PROMETHEUS_DEB"
   stamp_set promtool "deb:$PROMETHEUS_DEB"
   rm -rf "$work"
 fi
@@ -163,5 +162,8 @@ if [[ "${1:-}" == monitoring ]]; then
   go_build prometheus-operator github.com/prometheus-operator/prometheus-operator/cmd/operator "$PO_DIR" "$PO_LDFLAGS" 0
   go_build prometheus-config-reloader github.com/prometheus-operator/prometheus-operator/cmd/prometheus-config-reloader \
     "$PO_DIR" "$PO_LDFLAGS" 0
+  PROM_VERSION=3.5.0   # github.com/prometheus/prometheus v0.305.0 in hack/prometheus/go.mod
+  PROM_LDFLAGS="-s -w -X $PO_VPKG.Version=$PROM_VERSION -X $PO_VPKG.Revision=kubeclip-local -X $PO_VPKG.Branch=release"
+  go_build prometheus github.com/prometheus/prometheus/cmd/prometheus "$REPO/hack/prometheus" "$PROM_LDFLAGS" 0
 fi
 log "ready in $BIN: $(cd "$BIN" && ls | tr '\n' ' ')"

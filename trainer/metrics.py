@@ -102,6 +102,8 @@ class TrainerMetrics:
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self.port: int | None = None
+        self._scrapes = 0  # GET /metrics answered so far (close() waits for one more at the end)
+        self._scraped = threading.Condition()
 
     # -- updates ---------------------------------------------------------------------------
     def update(self, **fields) -> None:
@@ -152,8 +154,10 @@ class TrainerMetrics:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 path = self.path.split("?", 1)[0]
+                scraped = False
                 if path == "/metrics":
                     body, ctype = generate_latest(metrics.registry), CONTENT_TYPE_LATEST
+                    scraped = True
                 elif path == "/progress":
                     with metrics._lock:
                         body = metrics.progress.model_dump_json().encode()
@@ -168,6 +172,10 @@ class TrainerMetrics:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+                if path == "/metrics" and scraped:
+                    with metrics._scraped:
+                        metrics._scrapes += 1
+                        metrics._scraped.notify_all()
 
             def log_message(self, *args):  # quiet: scrapes every 15 s would flood the log
                 pass
@@ -180,7 +188,22 @@ class TrainerMetrics:
         self.update(metricsPort=self.port)
         return self.port
 
-    def close(self) -> None:
+    def close(self, final_scrape_wait_s: float = 0.0) -> None:
+        """Stop serving. With ``final_scrape_wait_s``, first wait (at most that long) for one more scrape of
+        /metrics, so that Prometheus records the final step and evaluation before the pod ends; a run
+        whose /metrics nobody has scraped does not wait."""
+        if self._server is not None and final_scrape_wait_s > 0:
+            with self._scraped:
+                seen = self._scrapes
+                if seen:
+                    t0 = time.monotonic()
+                    log.info("metrics: waiting up to %.0f s for a final scrape of /metrics", final_scrape_wait_s)
+                    self._scraped.wait_for(lambda: self._scrapes > seen, timeout=final_scrape_wait_s)
+                    log.info(
+                        "metrics: %s after %.1f s",
+                        "final scrape served" if self._scrapes > seen else "no final scrape",
+                        time.monotonic() - t0,
+                    )
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

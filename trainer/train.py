@@ -487,7 +487,7 @@ class Recipe:
             message=message or f"model exported to {path}",
         )
         log.info("model exported to %s (load with open_clip.create_model_and_transforms('local-dir:%s'))", path, path)
-        m.close()
+        m.close(self.spec.metrics.finalScrapeWaitSeconds)
         return final
 
     # ---- the whole run ----------------------------------------------------------------------

@@ -178,6 +178,14 @@ class MetricsSpec(Strict):
         description="Port of rank 0's /metrics (Prometheus) and /progress (JSON). 0: a free port, "
         "reported as metricsPort in progress.json.",
     )
+    finalScrapeWaitSeconds: int = Field(
+        default=60,
+        ge=0,
+        le=3600,
+        description="When the run has ended, rank 0 keeps serving /metrics until one more scrape has read the "
+        "final step and evaluation, at most this many seconds (set it above your Prometheus scrape interval). "
+        "A run whose /metrics was never scraped ends at once. 0: never wait.",
+    )
 
 
 #: Validation-set keys ``spec.evaluation.metric`` may name; for the last two, lower is better.

@@ -63,8 +63,10 @@ def ftj_manifest(
     separator: str = ",",
     checkpoint_every: int = 4,
     backoff: int = 3,
+    extra: dict | None = None,
 ) -> str:
-    """The multi-node example, CPU-sized: 2 nodes x 1 process, the tiny model, no spec.image."""
+    """The multi-node example, CPU-sized: 2 nodes x 1 process, the tiny model, no spec.image.
+    ``extra``: more spec keys (e.g. ``evaluation``), added on top."""
     doc = {
         "apiVersion": "kubeclip.dev/v1alpha1",
         "kind": "FineTuneJob",
@@ -94,6 +96,7 @@ def ftj_manifest(
             "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "kubeclip-datasets"}}],
             "volumeMounts": [{"name": "data", "mountPath": "/data"}],
             "runPolicy": {"backoffLimit": backoff},
+            **(extra or {}),
         },
     }
     return json.dumps(doc)

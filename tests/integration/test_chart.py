@@ -446,9 +446,30 @@ RULE_TESTS = {
         {
             "interval": "1m",
             "input_series": [
-                # "stuck" advances for 10 minutes, then stays at step 100 of 1000.
-                {"series": 'kubeclip_trainer_step{finetunejob="stuck",namespace="ml"}', "values": "0+10x10 100x60"},
-                {"series": 'kubeclip_trainer_total_steps{finetunejob="stuck",namespace="ml"}', "values": "1000x70"},
+                # "stuck" advances for 10 minutes, then stays at step 100 of 1000 while rank 0 answers scrapes.
+                {
+                    "series": 'kubeclip_trainer_step{finetunejob="stuck",namespace="ml",pod="stuck-node-0"}',
+                    "values": "0+10x10 100x60",
+                },
+                {
+                    "series": 'kubeclip_trainer_total_steps{finetunejob="stuck",namespace="ml",pod="stuck-node-0"}',
+                    "values": "1000x70",
+                },
+                {"series": 'up{job="PODMONITOR_JOB",namespace="ml",pod="stuck-node-0"}', "values": "1x70"},
+                # "frozen": rank 0 stops answering scrapes after 10 minutes (SIGSTOP), its pod still exists,
+                # so its series go stale: only the `up` branch can see it.
+                {
+                    "series": 'kubeclip_trainer_step{finetunejob="frozen",namespace="ml",pod="frozen-node-0"}',
+                    "values": "0+10x10 _x60",
+                },
+                {
+                    "series": 'kubeclip_trainer_total_steps{finetunejob="frozen",namespace="ml",pod="frozen-node-0"}',
+                    "values": "1000x10 _x60",
+                },
+                {"series": 'up{job="PODMONITOR_JOB",namespace="ml",pod="frozen-node-0"}', "values": "1x10 0x60"},
+                # "finished": its node 0 completed, so it is no longer a target (no series at all).
+                {"series": 'up{job="PODMONITOR_JOB",namespace="ml",pod="finished-node-0"}', "values": "1x10 _x60"},
+                {"series": 'up{job="PODMONITOR_JOB",namespace="ml",pod="healthy-node-0"}', "values": "1x70"},
                 # "done" reached its last step: not stalled.
                 {"series": 'kubeclip_trainer_step{finetunejob="done",namespace="ml"}', "values": "0+100x10 1000x60"},
                 {"series": 'kubeclip_trainer_total_steps{finetunejob="done",namespace="ml"}', "values": "1000x70"},
@@ -499,7 +520,25 @@ RULE_TESTS = {
                 {
                     "eval_time": "50m",
                     "alertname": "KubeclipTrainingStalled",
-                    "exp_alerts": [{"exp_labels": {"severity": "critical", "finetunejob": "stuck", "namespace": "ml"}}],
+                    "exp_alerts": [
+                        {
+                            "exp_labels": {
+                                "severity": "critical",
+                                "finetunejob": "stuck",
+                                "namespace": "ml",
+                                "pod": "stuck-node-0",
+                            }
+                        },
+                        {
+                            "exp_labels": {
+                                "severity": "critical",
+                                "finetunejob": "frozen",
+                                "namespace": "ml",
+                                "pod": "frozen-node-0",
+                                "job": "PODMONITOR_JOB",
+                            }
+                        },
+                    ],
                 },
                 {"eval_time": "1m", "alertname": "KubeclipLossNotFinite", "exp_alerts": []},
                 {
@@ -564,12 +603,15 @@ RULE_TESTS = {
 
 
 def test_alerts_fire_when_and_only_when_they_should(tmp_path):
-    rules = rules_of(render(tmp_path, ALL_ON))
+    docs = render(tmp_path, ALL_ON)
+    rules = rules_of(docs)
+    (pm,) = by_kind(docs, "PodMonitor")  # the Prometheus Operator names a PodMonitor's targets' job "<ns>/<name>"
+    pm_job = f"{pm['metadata']['namespace']}/{pm['metadata']['name']}"
     for group in rules["groups"]:
         for rule in group["rules"]:
             rule.pop("annotations")  # their templates are checked by `promtool check rules` above
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules))
-    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(RULE_TESTS))
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(RULE_TESTS).replace("PODMONITOR_JOB", pm_job))
     proc = subprocess.run(
         [str(find_binary("promtool")), "test", "rules", "tests.yaml"], cwd=tmp_path, capture_output=True, text=True
     )

@@ -44,13 +44,17 @@ def _ip(*args: str) -> None:
         raise NetnsError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
 
 
-def create(name: str, node_ip: str) -> None:
+def create(name: str, node_ip: str, service_cidr: str | None = None) -> None:
     """``ip netns add NAME``, loopback up, ``node_ip``/32 on ``lo`` (no dummy links: no module
-    loading here) and IPv4 forwarding on (pod -> Service -> pod goes through the bridge's gateway)."""
+    loading here) and IPv4 forwarding on (pod -> Service -> pod goes through the bridge's gateway).
+    With ``service_cidr``, a route to it from ``node_ip``: the namespace has no default route, so a
+    connect() from the node to a ClusterIP would fail before kube-proxy's DNAT could rewrite it."""
     _ip("netns", "add", name)
     try:
         _ip("-n", name, "link", "set", "lo", "up")
         _ip("-n", name, "addr", "add", f"{node_ip}/32", "dev", "lo")
+        if service_cidr:
+            _ip("-n", name, "route", "add", service_cidr, "dev", "lo", "src", node_ip)
         call_in(name, lambda: Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n"))
     except BaseException:
         delete(name)

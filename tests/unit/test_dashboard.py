@@ -152,3 +152,29 @@ def test_promtool_rejects_a_broken_expression(tmp_path, bad):
     path.write_text(yaml.safe_dump({"groups": [{"name": "x", "rules": [{"record": "kubeclip:bad", "expr": bad}]}]}))
     proc = subprocess.run([str(find_binary("promtool")), "check", "rules", str(path)], capture_output=True, text=True)
     assert proc.returncode != 0
+
+
+# The Grafana versions the dashboard is written for (README "Monitor"): schemaVersion 39 is what
+# Grafana 10.4 LTS and 11.x save; older Grafana cannot load it, newer ones migrate it on load.
+GRAFANA_SCHEMA_VERSION = 39
+CORE_PANEL_TYPES = {"row", "timeseries", "stat", "gauge", "table", "bargauge", "text"}  # built in since Grafana 8
+
+
+def test_dashboard_is_valid_for_the_grafana_versions_it_targets():
+    d = json.loads(DASHBOARD.read_text())
+    assert d["schemaVersion"] == GRAFANA_SCHEMA_VERSION
+    assert d["uid"] and len(d["uid"]) <= 40  # Grafana's uid limit
+    panels = []
+    stack = list(d["panels"])
+    while stack:
+        p = stack.pop()
+        panels.append(p)
+        stack.extend(p.get("panels", []))
+    assert {p["type"] for p in panels} <= CORE_PANEL_TYPES  # no plugin panels: nothing to install
+    ds = {"type": "prometheus", "uid": "${datasource}"}
+    for p in panels:
+        if p["type"] != "row":
+            assert p["datasource"] == ds, p["title"]
+            assert all(t.get("datasource", ds) == ds and t.get("refId") for t in p["targets"]), p["title"]
+    variables = {v["name"]: v for v in d["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"

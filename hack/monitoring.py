@@ -1,0 +1,205 @@
+"""`make monitoring-up`: the Prometheus Operator on the local cluster, scraping kubeclip through its chart's monitors.
+
+Who uses it: people watching a local FineTuneJob (`make cluster-up images deploy monitoring-up`) and the
+monitoring e2e tests (tests/e2e/test_monitoring.py). It runs after `make cluster-up images deploy` and:
+
+1. imports the monitoring images into the node (hack/images.sh monitoring: the operator and its config
+   reloader built from github.com/prometheus-operator/prometheus-operator, Prometheus v3.5.0 built from
+   github.com/prometheus/prometheus);
+2. applies the operator's CRDs and ClusterRole from that same Go module (example/prometheus-operator-crd,
+   example/rbac/prometheus-operator) and runs the operator (hack/monitoring/operator.yaml);
+3. creates a ``Prometheus`` (hack/monitoring/prometheus.yaml) that, like kube-prometheus-stack, selects
+   monitors and rules in every namespace by the label ``release: kube-prometheus-stack``; the operator
+   renders its configuration and runs it as a StatefulSet with the config reloader beside it;
+4. relays the host's 127.0.0.1:<port> to that Prometheus inside the cluster's network namespace (two
+   socat joined by a Unix socket, as for the API server) and writes ``http://127.0.0.1:<port>`` to
+   ``.cluster/prometheus-url``; ``make cluster-down`` stops the relay with the rest;
+5. upgrades the kubeclip release so that its ServiceMonitor, PodMonitor, PrometheusRule and dashboard
+   ConfigMap are switched on with that label (hack/deploy.py does so whenever monitoring is up).
+
+    python hack/monitoring.py up
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "hack"))
+
+import deploy  # noqa: E402
+from support import netns  # noqa: E402
+from support.controlplane import free_port  # noqa: E402
+from support.node import NAME, RUN_DIR  # noqa: E402
+
+CLUSTER_DIR = deploy.CLUSTER_DIR
+NAMESPACE = "monitoring"
+RELEASE_LABEL = deploy.MONITORING_RELEASE_LABEL
+PROMETHEUS_SOCK = RUN_DIR / "prometheus.sock"
+MODULE = "github.com/prometheus-operator/prometheus-operator"
+
+
+class MonitoringError(Exception):
+    pass
+
+
+def kubectl(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [deploy._tool("kubectl"), f"--kubeconfig={CLUSTER_DIR / 'kubeconfig'}", *args],
+        input=input,
+        capture_output=True,
+        text=True,
+    )
+    if check and proc.returncode != 0:
+        raise MonitoringError(f"kubectl {' '.join(args[:4])}: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc
+
+
+def module_dir() -> Path:
+    """The operator's Go module (go.mod of hack/prometheus-operator), downloaded if the cache lacks it."""
+    moddir = REPO / "hack/prometheus-operator"
+    version = re.search(re.escape(MODULE) + r"\s+(v\S+)", (moddir / "go.mod").read_text()).group(1)  # type: ignore[union-attr]
+    out = subprocess.run(
+        ["go", "mod", "download", "-json", f"{MODULE}@{version}"],
+        cwd=moddir,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return Path(json.loads(out.stdout)["Dir"])
+
+
+def wait_for(what: str, ok, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if ok():
+            return
+        time.sleep(2)
+    raise MonitoringError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+def install_operator(mod: Path) -> None:
+    crds = sorted((mod / "example/prometheus-operator-crd").glob("*.yaml"))
+    # Server-side: the CRDs are larger than the last-applied annotation allows.
+    kubectl("apply", "--server-side", "--force-conflicts", *[a for c in crds for a in ("-f", str(c))])
+    kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        *[f"crd/{c.stem.split('_', 1)[1]}.monitoring.coreos.com" for c in crds],
+    )
+    kubectl("apply", "-f", str(mod / "example/rbac/prometheus-operator/prometheus-operator-cluster-role.yaml"))
+    kubectl("apply", "-f", str(REPO / "hack/monitoring/operator.yaml"))
+    out = kubectl("-n", NAMESPACE, "rollout", "status", "deployment/prometheus-operator", "--timeout=180s", check=False)
+    if out.returncode != 0:
+        pods = kubectl("-n", NAMESPACE, "describe", "pods", check=False).stdout[-3000:]
+        raise MonitoringError(f"the Prometheus Operator is not available: {out.stderr.strip()}\n{pods}")
+
+
+def run_prometheus() -> str:
+    """The Prometheus resource; returns its Service's cluster IP once the server answers /-/ready."""
+    manifest = (REPO / "hack/monitoring/prometheus.yaml").read_text().replace("RELEASE_LABEL", RELEASE_LABEL)
+    kubectl("apply", "-f", "-", input=manifest)
+    wait_for(
+        "the operator to create statefulset/prometheus-kubeclip",
+        lambda: kubectl("-n", NAMESPACE, "get", "statefulset/prometheus-kubeclip", check=False).returncode == 0,
+        120,
+    )
+    out = kubectl(
+        "-n", NAMESPACE, "rollout", "status", "statefulset/prometheus-kubeclip", "--timeout=240s", check=False
+    )
+    if out.returncode != 0:
+        pods = kubectl("-n", NAMESPACE, "describe", "pods", "-l", "prometheus=kubeclip", check=False).stdout[-3000:]
+        logs = kubectl("-n", NAMESPACE, "logs", "deployment/prometheus-operator", "--tail=30", check=False).stdout
+        raise MonitoringError(f"Prometheus is not ready: {out.stderr.strip()}\n{pods}\n{logs}")
+    return kubectl("-n", NAMESPACE, "get", "service/prometheus", "-o", "jsonpath={.spec.clusterIP}").stdout.strip()
+
+
+def start_relay(cluster_ip: str) -> str:
+    """socat (in the namespace) -> Unix socket -> socat (host loopback); recorded in state.json for cluster-down."""
+    state_path = CLUSTER_DIR / "state.json"
+    state = json.loads(state_path.read_text())
+    for name in ("prometheus-relay-out", "prometheus-relay-in"):  # a second `monitoring-up` replaces the relay
+        pgid = state["pgids"].pop(name, None)
+        if pgid:
+            try:
+                os.killpg(pgid, 15)
+            except ProcessLookupError:
+                pass
+    PROMETHEUS_SOCK.unlink(missing_ok=True)
+    port = free_port()
+    argvs = {
+        "prometheus-relay-in": netns.wrap(NAME)
+        + ["socat", f"UNIX-LISTEN:{PROMETHEUS_SOCK},fork,mode=600", f"TCP:{cluster_ip}:9090"],
+        "prometheus-relay-out": [
+            "socat",
+            f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr",
+            f"UNIX-CONNECT:{PROMETHEUS_SOCK}",
+        ],
+    }
+    for name, argv in argvs.items():
+        log = open(CLUSTER_DIR / f"{name}.log", "ab")
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        state["pgids"][name] = proc.pid
+        if name == "prometheus-relay-in":
+            wait_for("the relay's socket", PROMETHEUS_SOCK.exists, 10)
+    state_path.write_text(json.dumps(state, indent=2))
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(url + "/-/ready", timeout=5) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    wait_for(f"Prometheus through the host relay ({url})", ready, 60)
+    (CLUSTER_DIR / "prometheus-url").write_text(url + "\n")
+    return url
+
+
+def up() -> int:
+    if not (CLUSTER_DIR / "state.json").exists() or not netns.exists(NAME):
+        print("no local cluster: run `make cluster-up images deploy` first", file=sys.stderr)
+        return 1
+    if shutil.which("go") is None:
+        print("Go >= 1.24 is needed (the operator's CRDs come from its Go module)", file=sys.stderr)
+        return 1
+    t0 = time.monotonic()
+    steps: list[str] = []
+    try:
+        t = time.monotonic()
+        subprocess.run(["bash", str(REPO / "hack/images.sh"), "monitoring"], check=True)
+        steps.append(f"images {time.monotonic() - t:.1f}s")
+        t = time.monotonic()
+        install_operator(module_dir())
+        steps.append(f"operator {time.monotonic() - t:.1f}s")
+        t = time.monotonic()
+        cluster_ip = run_prometheus()
+        steps.append(f"prometheus {time.monotonic() - t:.1f}s")
+        url = start_relay(cluster_ip)
+        t = time.monotonic()
+        deploy.deploy(deploy.current_watch_namespaces())
+        steps.append(f"kubeclip monitors {time.monotonic() - t:.1f}s")
+    except (MonitoringError, subprocess.CalledProcessError) as e:
+        print(f"monitoring-up failed: {e}", file=sys.stderr)
+        return 1
+    print(f"monitoring up in {time.monotonic() - t0:.1f}s ({', '.join(steps)})")
+    print(f"Prometheus (run by the Prometheus Operator): {url}  (also in {CLUSTER_DIR / 'prometheus-url'})")
+    print(f"kubeclip's ServiceMonitor, PodMonitor and PrometheusRule carry release={RELEASE_LABEL}")
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["up"]:
+        sys.exit(f"usage: {sys.argv[0]} up")
+    sys.exit(up())

@@ -1,0 +1,256 @@
+"""Monitoring on the real node: the Prometheus Operator runs Prometheus from kubeclip's own monitors and rules.
+
+Who uses it: ``make e2e`` (after ``make monitoring-up``). Nothing here writes a scrape configuration:
+the chart's ServiceMonitor, PodMonitor and PrometheusRule (deployed with the label the local Prometheus
+selects, hack/monitoring/kubeclip-values.yaml) are what the operator turns into Prometheus's
+configuration. After a real 2-node CPU FineTuneJob, every query of every panel of the shipped Grafana
+dashboard is run against that Prometheus with the dashboard's variables substituted, and must return
+data; a job with a bad CSV makes KubeclipJobFailed fire; a job whose node 1 is frozen with SIGSTOP
+makes KubeclipTrainingStalled fire. The run's series are saved to ``.cluster/monitoring-run.json``
+(``hack/plot_monitoring.py`` draws the README's figure from it).
+
+These tests run before the other e2e modules (conftest): KubeclipJobFailed counts failures of the last
+15 minutes cluster-wide, so its test needs a cluster on which no job failed just before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from e2e_helpers import CLUSTER_DIR, CONTROLLER_NS, REPO, debug, ftj, ftj_manifest, load_dataset, wait_for
+
+pytestmark = pytest.mark.e2e
+
+DASHBOARD = REPO / "helm/kubeclip/dashboards/kubeclip.json"
+RATE_INTERVAL = "30s"  # Grafana's $__rate_interval for a 5 s scrape interval is 4 x 5 s; a little more is safer
+GPU_ONLY = {"GPU memory (peak allocated)"}  # panels whose metric is 0 on CPU (it must be 0, not absent)
+
+
+class Prometheus:
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+
+    def get(self, path: str, **params) -> dict:
+        query = urllib.parse.urlencode(params, doseq=True)
+        with urllib.request.urlopen(f"{self.url}{path}?{query}", timeout=30) as resp:
+            body = json.loads(resp.read())
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def query(self, expr: str, at: float | None = None) -> list[dict]:
+        return self.get("/api/v1/query", query=expr, **({"time": at} if at else {}))["result"]
+
+    def query_range(self, expr: str, start: float, end: float, step: str = "5s") -> list[dict]:
+        return self.get("/api/v1/query_range", query=expr, start=start, end=end, step=step)["result"]
+
+    def alerts(self, name: str) -> list[dict]:
+        return [a for a in self.get("/api/v1/alerts")["alerts"] if a["labels"].get("alertname") == name]
+
+
+@pytest.fixture(scope="module")
+def prom(kube) -> Prometheus:
+    url_file = CLUSTER_DIR / "prometheus-url"
+    if not url_file.exists():
+        pytest.fail("no local Prometheus: run `make monitoring-up` (`make e2e` does)", pytrace=False)
+    return Prometheus(url_file.read_text().strip())
+
+
+@pytest.fixture(scope="module")
+def ns(kube):
+    name = "e2e-monitoring-" + uuid.uuid4().hex[:5]
+    kube.kubectl("create", "namespace", name)
+    yield name
+    kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def _panels(panels: list[dict]):
+    for p in panels:
+        yield p
+        yield from _panels(p.get("panels", []))
+
+
+def _substitute(expr: str, ns: str, job: str) -> str:
+    return (
+        expr.replace("$namespace", ns)
+        .replace("${namespace}", ns)
+        .replace("$job", job)
+        .replace("${job}", job)
+        .replace("$__rate_interval", RATE_INTERVAL)
+    )
+
+
+def _trainer_targets(prom: Prometheus) -> list[dict]:
+    return prom.get("/api/v1/targets", state="active")["activeTargets"]
+
+
+@pytest.fixture(scope="module")
+def run(kube, prom, ns, dataset_dir) -> dict:
+    """A real 2-node CPU job with retention and zero-shot evals, watched through Prometheus while it runs."""
+    name = "watched"
+    load_dataset(kube, ns, dataset_dir)
+    evaluation = {
+        "evaluation": {
+            "retentionCsv": "/data/penguins/val.csv",
+            "zeroShot": {"csv": "/data/penguins/zeroshot.csv"},
+        }
+    }
+    t0 = time.time()
+    kube.kubectl("-n", ns, "apply", "-f", "-", input=ftj_manifest(name, epochs=4, extra=evaluation))
+    explain = debug(kube, ns, name)
+    targets: dict[str, dict] = {}
+
+    def watch() -> bool:
+        for t in _trainer_targets(prom):
+            lab = t["labels"]
+            if t["health"] == "up" and lab.get("namespace") == ns and lab.get("pod") == f"{name}-node-0":
+                targets["trainer"] = t
+            if t["health"] == "up" and lab.get("namespace") == CONTROLLER_NS:
+                targets["controller"] = t
+        return (ftj(kube, ns, name).get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+    wait_for(watch, 900, f"{ns}/{name} finished", explain, every_s=3)
+    status = ftj(kube, ns, name)["status"]
+    assert status["phase"] == "Succeeded", explain()
+    time.sleep(12)  # two more scrape + evaluation intervals (5 s) for the controller's final counters
+    return {"name": name, "start": t0, "end": time.time(), "targets": targets, "status": status}
+
+
+def test_prometheus_scraped_the_controller_and_node_0_as_up(run):
+    targets = run["targets"]
+    assert "controller" in targets, "the controller's ServiceMonitor target was never up"
+    assert "trainer" in targets, "the job's node 0 (PodMonitor) was never an up target while it ran"
+    t = targets["trainer"]
+    assert t["scrapeUrl"].endswith("/metrics") and t["scrapePool"].startswith("podMonitor/"), t
+    assert targets["controller"]["scrapePool"].startswith("serviceMonitor/"), targets["controller"]
+
+
+def test_series_carry_job_namespace_pod_and_step_reaches_total(prom, ns, run):
+    name = run["name"]
+    series = prom.query_range(f'kubeclip_trainer_step{{namespace="{ns}"}}', run["start"], run["end"])
+    assert series, "no kubeclip_trainer_step series for the job"
+    for s in series:
+        assert s["metric"]["finetunejob"] == name and s["metric"]["namespace"] == ns, s["metric"]
+        assert s["metric"]["pod"] == f"{name}-node-0", s["metric"]
+    reached = max(float(v) for s in series for _, v in s["values"])
+    total = run["status"]["progress"]["totalSteps"]
+    assert reached == total, f"kubeclip_trainer_step reached {reached}, the job's total is {total}"
+
+
+def test_every_dashboard_query_returns_data_for_the_run(prom, ns, run):
+    dashboard = json.loads(DASHBOARD.read_text())
+    empty, nonzero_gpu, saved = [], [], {}
+    for panel in _panels(dashboard["panels"]):
+        for target in panel.get("targets", []):
+            expr = _substitute(target["expr"], ns, run["name"])
+            result = prom.query_range(expr, run["start"], run["end"])
+            values = [float(v) for s in result for _, v in s["values"]]
+            if not values:
+                empty.append(f"{panel['title']}: {expr}")
+            elif panel["title"] in GPU_ONLY and any(v != 0 for v in values):
+                nonzero_gpu.append(f"{panel['title']}: {values[:5]}")
+            saved.setdefault(panel["title"], []).append({"expr": expr, "result": result})
+    (CLUSTER_DIR / "monitoring-run.json").write_text(
+        json.dumps({"namespace": ns, "job": run["name"], "start": run["start"], "end": run["end"], "panels": saved})
+    )
+    assert not empty, "dashboard queries with no data for a real run:\n" + "\n".join(empty)
+    assert not nonzero_gpu, f"GPU memory on a CPU run: {nonzero_gpu}"
+
+
+def test_dashboard_variables_list_the_namespace_and_the_job(prom, ns, run):
+    variables = {v["name"]: v for v in json.loads(DASHBOARD.read_text())["templating"]["list"]}
+    assert variables["datasource"]["query"] == "prometheus"
+    # label_values(METRIC, LABEL) is Grafana's call of /api/v1/label/LABEL/values?match[]=METRIC
+    for var, expect in (("namespace", ns), ("job", run["name"])):
+        query = _substitute(variables[var]["query"]["query"], ns, run["name"])
+        inner = query[len("label_values(") : -1]
+        selector, label = (p.strip() for p in inner.rsplit(",", 1))
+        values = prom.get(f"/api/v1/label/{label}/values", **{"match[]": selector, "start": run["start"]})
+        assert expect in values, f"{var}: {query} -> {values}"
+
+
+def _wait_alert(prom: Prometheus, name: str, since: float, timeout_s: float, match: dict | None = None) -> dict:
+    def firing():
+        for a in prom.alerts(name):
+            if a["state"] == "firing" and all(a["labels"].get(k) == v for k, v in (match or {}).items()):
+                return a
+        return None
+
+    alert = wait_for(
+        firing, timeout_s, f"{name} firing", lambda: json.dumps(prom.get("/api/v1/alerts"), indent=1)[-3000:], every_s=3
+    )
+    active = alert["activeAt"].replace("Z", "+00:00")
+    assert datetime.fromisoformat(active).timestamp() >= since - 5, (
+        f"{name} was already active before this test's job ({alert}): a job failed on this cluster "
+        "within the last 15 minutes; rerun on a fresh cluster"
+    )
+    return alert
+
+
+def test_a_failed_job_fires_kubeclip_job_failed(kube, prom, ns, run):
+    t0 = time.time()
+    kube.kubectl("-n", ns, "apply", "-f", "-", input=ftj_manifest("badcsv", train_csv="bad.csv", backoff=0))
+    wait_for(
+        lambda: (ftj(kube, ns, "badcsv").get("status") or {}).get("phase") == "Failed",
+        300,
+        "badcsv Failed",
+        debug(kube, ns, "badcsv"),
+        every_s=2,
+    )
+    alert = _wait_alert(prom, "KubeclipJobFailed", t0, 120)
+    assert alert["labels"]["severity"] == "critical"
+
+
+def _pod_pids(kube, ns: str, pod: str) -> list[int]:
+    """Host PIDs of the pod's processes (cgroupfs: every cgroup path of a pod's process holds pod<uid>)."""
+    uid = kube.kubectl("-n", ns, "get", "pod", pod, "-o", "jsonpath={.metadata.uid}").stdout.strip()
+    marks = (f"pod{uid}", f"pod{uid.replace('-', '_')}")
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cgroups = (proc / "cgroup").read_text()
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if any(m in cgroups for m in marks) and b"trainer" in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_a_frozen_trainer_fires_kubeclip_training_stalled(kube, prom, ns, run):
+    name = "frozen"
+    kube.kubectl("-n", ns, "apply", "-f", "-", input=ftj_manifest(name, epochs=200, checkpoint_every=50))
+    explain = debug(kube, ns, name)
+    wait_for(
+        lambda: ((ftj(kube, ns, name).get("status") or {}).get("progress") or {}).get("step", 0) >= 3,
+        600,
+        f"{name} training",
+        explain,
+        every_s=2,
+    )
+    pids = _pod_pids(kube, ns, f"{name}-node-1")
+    assert pids, "found no trainer process of node 1 on this host"
+    t0 = time.time()
+    for pid in pids:  # node 1 frozen: node 0 waits in its next all-reduce, still answering scrapes
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        alert = _wait_alert(prom, "KubeclipTrainingStalled", t0, 300, {"namespace": ns, "finetunejob": name})
+        assert alert["labels"]["severity"] == "critical"
+        assert alert["labels"]["pod"] == f"{name}-node-0", alert
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        kube.kubectl("-n", ns, "delete", "ftj", name, "--wait=false", check=False)
