@@ -50,6 +50,9 @@ def termination_log_path() -> str:
 
 def _compact(progress: Progress, reduced: bool) -> str:
     data: dict[str, Any] = json.loads(progress.model_dump_json(exclude=_LEFT_OUT, exclude_none=True))
+    for key, value in data.items():  # a NaN eval figure is dumped as null, which would not read back
+        if isinstance(value, dict):
+            data[key] = {k: v for k, v in value.items() if v is not None}
     if reduced:  # what status.progress shows, no paths or lists
         for key in ("eval", "baseline", "retention", "retentionBaseline"):
             data[key] = {k: v for k, v in (data.get(key) or {}).items() if k.endswith("_R@1")}
