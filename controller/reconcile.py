@@ -28,7 +28,16 @@ from typing import Any
 from kubeclip.api import EXIT_RENDEZVOUS_TIMEOUT, FINAL_EXIT_CODES, TERMINAL_PHASES, ConfigError, Reason, parse_job_spec
 
 from . import builders, naming
-from .status import completed_message, enter_phase, node_counts, pod_phase, progress_status, resume
+from .status import (
+    completed_message,
+    enter_phase,
+    final_progress,
+    node_counts,
+    pod_phase,
+    progress_status,
+    resume,
+    termination_text,
+)
 from .times import parse_time, rfc3339
 
 #: Pod status reasons (and DisruptionTarget reasons) that mean "the node or the scheduler took
@@ -140,6 +149,20 @@ def _trainer_terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+def _set_final_progress(status: dict[str, Any], pod: dict[str, Any] | None) -> bool:
+    """status.progress from the final progress in node 0's termination message, if it left one
+    (docs/contracts.md, "Progress"); checkpoints reported skipped while it ran stay listed."""
+    final = final_progress(_trainer_terminated(pod)) if pod is not None else None
+    if final is None:
+        return False
+    new = progress_status(final)
+    skipped = (status.get("progress") or {}).get("skippedCheckpoints")
+    if skipped and "skippedCheckpoints" not in new:
+        new["skippedCheckpoints"] = skipped
+    status["progress"] = new
+    return True
+
+
 def _signal_name(code: int) -> str:
     import signal
 
@@ -177,7 +200,7 @@ def classify(pod: dict[str, Any]) -> Failure | None:
             f"{name} failed before the trainer ran: {st.get('message') or ''}".rstrip(": "),
         )
     code = int(term.get("exitCode") or 0)
-    detail = (term.get("message") or "").strip()
+    detail = termination_text(term)
     at = term.get("finishedAt") or ""
     text = f"{name} exited with code {code}" + (f": {detail}" if detail else "")
     if term.get("reason") == "OOMKilled":
@@ -446,7 +469,8 @@ def plan(
 
     node0 = current.get(0)
     if node0 is not None and pod_phase(node0) == "Succeeded" and not _deleting(node0):
-        if observed.progress:
+        # The trainer's own final figures; /progress only if it left none (it stops serving on exit).
+        if not _set_final_progress(status, node0) and observed.progress:
             status["progress"] = progress_status(observed.progress)
         return _finish(
             job,
@@ -468,6 +492,7 @@ def plan(
         ]
     cause = judge(failures)
     if cause is not None and not cause.retryable:
+        _set_final_progress(status, node0)  # rank 0's progress at its verdict, when node 0 has exited
         return _finish(
             job,
             status,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from kubeclip.api import Reason
+from kubeclip.api import Reason, read_termination_message
 
 from .times import rfc3339
 
@@ -105,9 +105,21 @@ def _number(value: Any) -> float | None:
     return round(float(value), 4) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+def termination_text(terminated: dict[str, Any] | None) -> str:
+    """The human part of a terminated container's message (without the trainer's progress line)."""
+    return read_termination_message((terminated or {}).get("message")).text
+
+
+def final_progress(terminated: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The trainer's final ``Progress`` JSON from node 0's termination message (docs/contracts.md,
+    "Progress"), or None when the message carries none (absent, malformed, another writer's)."""
+    progress = read_termination_message((terminated or {}).get("message")).progress
+    return None if progress is None else progress.model_dump(mode="json", exclude_unset=True)
+
+
 def completed_message(name: str, terminated: dict[str, Any] | None) -> str:
     """The Succeeded message: the trainer's own summary (its termination message) when it left one."""
-    detail = ((terminated or {}).get("message") or "").strip()
+    detail = termination_text(terminated)
     return f"{name} completed" + (f": {detail}" if detail else "")
 
 

@@ -9,7 +9,8 @@ torch and open_clip (``trainer.preflight.BackgroundPreflight``); a bad dataset e
 as the child finds it. Exit codes: 0 done, ``EXIT_CONFIG`` (2) bad manifest or a model that does
 not fit it (``trainer.model.ModelError``), ``EXIT_PREFLIGHT`` (3) bad dataset (one line on stderr
 and in /dev/termination-log), the other final verdicts of ``kubeclip.api.TrainerVerdict``
-(4 non-finite loss, 5 checkpoint mismatch, also one line), 1 anything else.
+(4 non-finite loss, 5 checkpoint mismatch, also one line, followed in the termination message by
+rank 0's final progress), 1 anything else.
 ``KUBECLIP_PREFLIGHT_DONE=1`` (set by ``trainer.node`` and ``kubeclip run``, which ran it
 already) skips the image checks here; the child then only reads the tables.
 """
@@ -27,11 +28,11 @@ import sys  # noqa: E402
 from kubeclip.api import (  # noqa: E402
     EXIT_CONFIG,
     EXIT_PREFLIGHT,
-    TERMINATION_LOG,
     ConfigError,
     OutputSpec,
     TrainerVerdict,
     load_manifest,
+    termination_log_path,
 )
 
 
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
         tables_only=checked or not local_lead,
         announce=local_lead,
         exit_code=EXIT_PREFLIGHT,
-        termination_log=TERMINATION_LOG,
+        termination_log=termination_log_path(),
     )
     from trainer.model import ModelError  # imports torch and open_clip while the child checks the data
 
@@ -88,7 +89,8 @@ def main(argv=None) -> int:
     try:
         train(job, spec, report, started_at=STARTED)
     except TrainerVerdict as err:  # deterministic: a final verdict for the controller (docs/contracts.md)
-        return fail(str(err), err.exit_code, echo=rank0)
+        # Rank 0's line carries its final progress; the node's other ranks do not write over it.
+        return fail(str(err), err.exit_code, echo=rank0, progress=err.progress, overwrite=rank0)
     except ModelError as err:  # the model does not fit the spec (e.g. CoCa, too many unlocked groups)
         return fail(f"config: {err}", EXIT_CONFIG, echo=rank0)
     return 0

@@ -38,7 +38,7 @@ import logging
 import os
 from pathlib import Path
 
-from kubeclip.api import LOWER_IS_BETTER, TERMINATION_LOG, TrainerSpec
+from kubeclip.api import LOWER_IS_BETTER, TrainerSpec
 from trainer import distributed, evalsets, wiseft
 from trainer.data import CaptionDataset, eval_loader
 from trainer.evaluate import evaluate
@@ -203,7 +203,8 @@ class Forgetting:
         return bool(distributed.broadcast_object(bool(self.evals.get("stopped")) if self.main else None, self.topo))
 
     def finish(self, model, final_metrics: dict, config: dict) -> tuple[dict | None, str]:
-        """Rank 0: the sweep and the selection. Returns ``(weights for final/ or None = the model's, message)``."""
+        """Rank 0: the sweep and the selection. Returns ``(weights for final/ or None = the model's,
+        message)``; the one-line message opens the pod's termination message (``trainer.train``)."""
         if self.val is None:
             return None, ""
         from trainer.export import export
@@ -231,7 +232,7 @@ class Forgetting:
             )
         if not spec.sweeps():
             final_metrics["exported_alpha"] = 1.0
-            return ft, self._tell(f"{'best' if use_best else 'last'} weights exported; {self.summary(final_metrics)}")
+            return ft, f"{'best' if use_best else 'last'} weights exported; {self.summary(final_metrics)}"
         ft = ft if ft is not None else wiseft.cpu_state(model)
         if self.start is None:  # captured in __init__ whenever spec.export.sweeps()
             raise RuntimeError("the WiSE-FT sweep needs the start weights, which were not kept")
@@ -263,15 +264,7 @@ class Forgetting:
                     name=f"wiseft/alpha-{a:.2f}",
                 )
                 log.info("alpha %.2f exported to %s", a, path)
-        return state, self._tell(f"exported alpha {alpha:g}: {reason}; " + " | ".join(lines))
-
-    @staticmethod
-    def _tell(message: str) -> str:
-        """The pod's termination message on success: the controller shows it in the job's status message."""
-        from trainer.preflight import write_termination_log
-
-        write_termination_log(message, TERMINATION_LOG)
-        return message
+        return state, f"exported alpha {alpha:g}: {reason}; " + " | ".join(lines)
 
     def summary(self, m: dict) -> str:
         parts = []

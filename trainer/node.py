@@ -33,9 +33,9 @@ from kubeclip.api import (
     EXIT_CONFIG,
     EXIT_PREFLIGHT,
     EXIT_RENDEZVOUS_TIMEOUT,
-    TERMINATION_LOG,
     ConfigError,
     load_manifest,
+    termination_log_path,
 )
 
 
@@ -99,9 +99,10 @@ def _signal_name(n: int) -> str:
         return f"signal {n}"
 
 
-def run_torchrun(args: list[str], *, termination_log: str = TERMINATION_LOG) -> int:
+def run_torchrun(args: list[str], *, termination_log: str | None = None) -> int:
     """Run torchrun's agent here with ``args`` (torchrun's own command line); return the exit code
-    that carries the real cause, and write the cause to ``termination_log`` when no worker did."""
+    that carries the real cause, and write the cause to ``termination_log`` (default
+    ``kubeclip.api.termination_log_path()``) when no worker did."""
     from torch.distributed import DistStoreError
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -109,6 +110,8 @@ def run_torchrun(args: list[str], *, termination_log: str = TERMINATION_LOG) -> 
     from torch.distributed.run import parse_args, run
 
     from trainer.preflight import write_termination_log
+
+    termination_log = termination_log or termination_log_path()
 
     def fail(line: str, code: int) -> int:
         print(line, file=sys.stderr, flush=True)

@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from kubeclip.api import TERMINATION_LOG, TrainerSpec
+from kubeclip.api import TERMINATION_MESSAGE_MAX_BYTES, Progress, TrainerSpec, termination_log_path, termination_message
 
 #: Separators tried when ``spec.dataset.separator`` is empty, in order of preference.
 CANDIDATE_SEPARATORS = (",", "\t", ";", "|")
@@ -288,17 +288,28 @@ def write_termination_log(message: str, path: str) -> None:
     if os.path.exists(path):
         try:
             with open(path, "w", encoding="utf-8") as f:
-                f.write(message[:4000])
+                f.write(message.encode("utf-8")[:TERMINATION_MESSAGE_MAX_BYTES].decode("utf-8", errors="ignore"))
         except OSError:
             pass
 
 
-def fail(line: str, code: int, *, echo: bool = True) -> int:
-    """End a run on a one-line error: stderr (when ``echo``), the pod's termination log, exit code."""
+def fail(line: str, code: int, *, echo: bool = True, progress: Progress | None = None, overwrite: bool = True) -> int:
+    """End a run on a one-line error: stderr (when ``echo``), the pod's termination log (followed by
+    rank 0's final ``progress`` when given), exit code. ``overwrite=False``: leave a termination log
+    that another process of the container wrote already (rank 0's verdict with its progress)."""
     if echo:
         print(line, file=sys.stderr)
-    write_termination_log(line, TERMINATION_LOG)
+    path = termination_log_path()
+    if overwrite or not _has_content(path):
+        write_termination_log(termination_message(line, progress), path)
     return code
+
+
+def _has_content(path: str) -> bool:
+    try:
+        return os.path.getsize(path) > 0
+    except OSError:
+        return False
 
 
 def read_tables(spec: TrainerSpec) -> DatasetReport:

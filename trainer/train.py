@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kubeclip.api import NonFiniteLoss, TrainerSpec
+from kubeclip.api import NonFiniteLoss, TrainerSpec, TrainerVerdict, termination_log_path, termination_message
 from trainer import checkpoint, distributed
 from trainer.data import CaptionDataset, ShardedBatchSampler, eval_loader, train_loader
 from trainer.evaluate import evaluate
@@ -44,7 +44,7 @@ from trainer.forgetting import Forgetting
 from trainer.loss import make_loss
 from trainer.model import build, is_siglip, param_groups
 from trainer.optim import adamw, default_warmup, lr_at, set_lr
-from trainer.preflight import DatasetReport, read_table
+from trainer.preflight import DatasetReport, read_table, write_termination_log
 
 log = logging.getLogger("trainer")
 
@@ -479,13 +479,11 @@ class Recipe:
         )
         export_state, message = self.watch.finish(self.model, final, self.oc_config)  # WiSE-FT sweep, selection
         path = export(self.model, self.oc_config, final, self.out, state=export_state)
-        m.update(
-            phase="done",
-            step=s.step,
-            modelPath=str(path),
-            etaSeconds=0.0,
-            message=message or f"model exported to {path}",
-        )
+        message = message or f"model exported to {path}"
+        m.update(phase="done", step=s.step, modelPath=str(path), etaSeconds=0.0, message=message)
+        # The controller stops polling /progress once node 0 has exited: the pod's termination message
+        # carries the final progress (last eval included) into status.progress (docs/contracts.md).
+        write_termination_log(termination_message(message, m.progress), termination_log_path())
         log.info("model exported to %s (load with open_clip.create_model_and_transforms('local-dir:%s'))", path, path)
         m.close(self.spec.metrics.finalScrapeWaitSeconds)
         return final
@@ -499,6 +497,8 @@ class Recipe:
                 self.metrics.update(
                     phase="failed", message=str(err).splitlines()[0] if str(err) else type(err).__name__
                 )
+                if isinstance(err, TrainerVerdict):  # python -m trainer puts it in the termination message
+                    err.progress = self.metrics.progress
             raise
 
     def _run(self) -> dict:

@@ -3,7 +3,8 @@ trainer's progress document are defined.
 
 Who uses it and why it exists: the trainer validates its part of a job with
 :class:`TrainerSpec` and reports with the exit codes and :class:`Progress`; the controller
-validates whole jobs with :func:`parse_job_spec`, builds :class:`FineTuneJobStatus`, and
+validates whole jobs with :func:`parse_job_spec`, builds :class:`FineTuneJobStatus` (the final
+progress from the trainer's termination message: :func:`read_termination_message`), and
 ``controller/crd.py`` generates the CRD from these models (a test fails on drift). Like
 Kubebuilder's ``api/v1`` packages, it imports neither side (import-linter checks it) and needs
 nothing but pydantic and PyYAML, so the controller image installs it without torch.
@@ -45,6 +46,14 @@ from .job import (
 )
 from .progress import LastCheckpoint, Progress
 from .status import TERMINAL_PHASES, Condition, FineTuneJobStatus, NodeCounts, ProgressStatus, Reason
+from .termination import (
+    FINAL_PROGRESS_MARKER,
+    TERMINATION_MESSAGE_MAX_BYTES,
+    TerminationMessage,
+    read_termination_message,
+    termination_log_path,
+    termination_message,
+)
 from .trainer_spec import (
     CLUSTER_KEYS,
     EVAL_METRICS,
@@ -78,6 +87,7 @@ __all__ = [
     "EXIT_PREFLIGHT",
     "EXIT_RENDEZVOUS_TIMEOUT",
     "FINAL_EXIT_CODES",
+    "FINAL_PROGRESS_MARKER",
     "GPU_RESOURCE",
     "KIND",
     "LOWER_IS_BETTER",
@@ -88,6 +98,7 @@ __all__ = [
     "SHM_VOLUME",
     "TERMINAL_PHASES",
     "TERMINATION_LOG",
+    "TERMINATION_MESSAGE_MAX_BYTES",
     "CheckpointMismatch",
     "Condition",
     "ConfigError",
@@ -110,6 +121,7 @@ __all__ = [
     "ResourceRequirements",
     "RunPolicy",
     "Strict",
+    "TerminationMessage",
     "Toleration",
     "TrainerSpec",
     "TrainerVerdict",
@@ -123,5 +135,8 @@ __all__ = [
     "parse_job_spec",
     "parse_manifest",
     "parse_spec",
+    "read_termination_message",
+    "termination_log_path",
+    "termination_message",
     "trainer_part",
 ]

@@ -7,6 +7,11 @@ Who uses it: the trainer exits with these codes and raises the verdicts; the con
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .progress import Progress
+
 #: Exit code of a bad config (unknown key, wrong type): retrying cannot help.
 EXIT_CONFIG = 2
 #: Exit code of a failed dataset preflight (wrong separator, missing images, ...): not retryable.
@@ -32,6 +37,8 @@ class TrainerVerdict(Exception):
     one line; ``python -m trainer`` exits with ``exit_code`` (one of FINAL_EXIT_CODES)."""
 
     exit_code = EXIT_CONFIG
+    #: Rank 0's progress when the verdict was reached (the loop sets it), for the termination message.
+    progress: Progress | None = None
 
 
 class NonFiniteLoss(TrainerVerdict):

@@ -19,20 +19,25 @@ CLUSTER_DIR = REPO / ".cluster"
 CONTROLLER_NS = "kubeclip-system"
 
 
-def load_dataset(kube: Cluster, ns: str, data_dir: Path) -> None:
-    """examples/dataset-pvc.yaml as shipped, in its copy-a-local-folder mode (DATASET_URL ""): the
-    loader pod waits, ``kubectl cp`` (exec streaming through the kubelet) fills the claim, the pod is
-    deleted. Only the image differs: the official python:*-slim cannot be pulled here. (Its download
-    mode needs tarfile's ``filter=``, Python >= 3.11.4: the official image has it, Debian's 3.11.2 in
-    the local base does not.)"""
+def dataset_pvc(url: str) -> str:
+    """examples/dataset-pvc.yaml as shipped with ``DATASET_URL`` set to ``url``. Only the image
+    differs: the official python:*-slim cannot be pulled here, the local base (Debian bookworm's
+    Python 3.11.2, hack/images.sh) stands in for it."""
     docs = list(yaml.safe_load_all((REPO / "examples/dataset-pvc.yaml").read_text()))
     pod = next(d for d in docs if d["kind"] == "Pod")
     c = pod["spec"]["containers"][0]
     c["image"] = "kubeclip.local/python:3.11-bookworm"
     for e in c["env"]:
         if e["name"] == "DATASET_URL":
-            e["value"] = ""
-    kube.kubectl("-n", ns, "apply", "-f", "-", input=yaml.safe_dump_all(docs))
+            e["value"] = url
+    return yaml.safe_dump_all(docs)
+
+
+def load_dataset(kube: Cluster, ns: str, data_dir: Path) -> None:
+    """examples/dataset-pvc.yaml in its copy-a-local-folder mode (DATASET_URL ""): the loader pod
+    waits, ``kubectl cp`` (exec streaming through the kubelet) fills the claim, the pod is deleted.
+    (Its download mode has a test of its own: tests/e2e/test_dataset_download.py.)"""
+    kube.kubectl("-n", ns, "apply", "-f", "-", input=dataset_pvc(""))
     explain = lambda: kube.kubectl("-n", ns, "describe", "pod", "dataset-loader", check=False).stdout  # noqa: E731
     wait_for(
         lambda: "waiting for `kubectl cp`" in kube.kubectl("-n", ns, "logs", "dataset-loader", check=False).stdout,

@@ -9,6 +9,7 @@ evicted) resuming from its checkpoint, the controller's own pod replaced mid-run
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from datetime import datetime
@@ -42,6 +43,19 @@ def _step(kube, ns, name) -> int:
     return int(((ftj(kube, ns, name).get("status") or {}).get("progress") or {}).get("step") or 0)
 
 
+def _columns(kube, ns, name) -> dict[str, str]:
+    """``kubectl get ftj NAME -o wide`` as {column: cell}, sliced at the header's column starts
+    (cells such as PROGRESS and headers such as "R@1 VS BASE" hold single spaces; kubectl pads
+    columns with at least two); {} when kubectl printed no row."""
+    lines = kube.kubectl("-n", ns, "get", "ftj", name, "-o", "wide", check=False).stdout.splitlines()
+    if len(lines) != 2:
+        return {}
+    header, row = lines
+    cols = list(re.finditer(r"\S+(?: \S+)*", header))
+    ends = [c.start() for c in cols[1:]] + [None]
+    return {c.group(): row[c.start() : end].strip() for c, end in zip(cols, ends, strict=True)}
+
+
 def test_multinode_cpu_job_succeeds_with_loadable_model(kube, namespace, dataset_dir):
     load_dataset(kube, namespace, dataset_dir)
     kube.kubectl("-n", namespace, "apply", "-f", "-", input=ftj_manifest("penguins", epochs=5))
@@ -50,15 +64,11 @@ def test_multinode_cpu_job_succeeds_with_loadable_model(kube, namespace, dataset
     seen: dict[str, str] = {}
 
     def watch() -> bool:
-        lines = kube.kubectl("-n", namespace, "get", "ftj", "penguins", "-o", "wide", check=False).stdout.splitlines()
-        if len(lines) == 2:  # the printer columns, sliced at the header's column starts
-            header, row = lines
-            starts = [i for i in range(len(header)) if header[i] != " " and (i == 0 or header[i - 1] == " ")]
-            cells = {header[a:b].strip(): row[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)}
-            if cells.get("PHASE") == "Running" and all(
-                cells.get(k, "<none>") not in ("<none>", "") for k in ("PROGRESS", "LOSS", "R@1")
-            ):
-                seen.update(cells)
+        cells = _columns(kube, namespace, "penguins")
+        if cells.get("PHASE") == "Running" and all(
+            cells.get(k, "<none>") not in ("<none>", "") for k in ("PROGRESS", "LOSS", "R@1")
+        ):
+            seen.update(cells)
         return _phase(kube, namespace, "penguins") in ("Succeeded", "Failed")
 
     wait_for(watch, 600, "penguins finished", explain, every_s=2)
@@ -67,6 +77,17 @@ def test_multinode_cpu_job_succeeds_with_loadable_model(kube, namespace, dataset
     assert seen, "kubectl get ftj never showed progress, loss and R@1 together while Running"
     assert 0.0 <= float(seen["R@1"]) <= 1.0 and float(seen["LOSS"]) > 0, seen
     assert status.get("restartCount", 0) == 0
+    # the final status is the finished run's (node 0's termination message), not the last poll:
+    # 100 %, and the R@1 of the last eval, the one in final/metrics.json on the volume
+    metrics = json.loads((pv_dir(kube, namespace) / "runs/penguins/final/metrics.json").read_text())
+    progress = status["progress"]
+    assert progress["phase"] == "done" and progress["percent"] == 100, progress
+    assert progress["step"] == progress["totalSteps"] == metrics["steps"], (progress, metrics["steps"])
+    assert progress["recallAt1"] == round(metrics["image_to_text_R@1"], 4), (progress, metrics)
+    cells = _columns(kube, namespace, "penguins")
+    assert cells["PROGRESS"].endswith(f"step {metrics['steps']}/{metrics['steps']}"), cells
+    assert float(cells["R@1"]) == progress["recallAt1"], cells
+    assert "completed: last weights exported; val i2t R@1" in status["message"], status["message"]
     # both pods ran as one DDP job of world size 2, rendezvous through node-0's DNS name
     log0 = kube.kubectl("-n", namespace, "logs", "penguins-node-0").stdout
     assert ": 2 processes on cpu" in log0, log0[-2000:]

@@ -279,6 +279,62 @@ def test_running_progress_success_and_clean_pod_policy(cluster, operator, namesp
     assert operator.metric("kubeclip_controller_jobs_succeeded_total") >= 1
 
 
+def test_a_short_run_ends_with_the_final_progress_from_node0_termination_message(cluster, operator, namespace, api):
+    """The last eval lands after the last poll: /progress still serves step 30 and R@1 0.25 when
+    node 0 exits; its termination message (docs/contracts.md, "Progress") has the final figures."""
+    from kubeclip.api import Progress, termination_message
+
+    core, custom = api
+    _apply(cluster, job_manifest("short", namespace))
+    _wait_pods(core, namespace, "short", 2)
+    PROGRESS.clear()
+    PROGRESS.update({"phase": "training", "epoch": 1, "epochs": 2, "step": 30, "totalSteps": 100, "loss": 2.5})
+    PROGRESS["eval"] = {"image_to_text_R@1": 0.25}
+    _run_all(core, namespace, "short")
+    wait_for(lambda: (_status(custom, namespace, "short").get("progress") or {}).get("step") == 30, 15, what="polled")
+    final = Progress(
+        phase="done",
+        epoch=1,
+        epochs=2,
+        step=100,
+        totalSteps=100,
+        loss=0.75,
+        eval={"image_to_text_R@1": 0.5, "text_to_image_R@1": 0.4375},
+        baseline={"image_to_text_R@1": 0.125},
+        updatedAt=1767225600.0,
+    )
+    summary = "last weights exported; val i2t R@1 0.500 (start 0.125)"
+    set_pod_status(
+        core, namespace, "short-node-0", "Succeeded", exit_code=0, message=termination_message(summary, final)
+    )
+    st = _wait_phase(custom, namespace, "short", "Succeeded")
+    assert st["message"] == f"short-node-0 completed: {summary}"
+    pr = st["progress"]
+    assert (pr["phase"], pr["step"], pr["totalSteps"], pr["percent"]) == ("done", 100, 100, 100), pr
+    assert (pr["loss"], pr["recallAt1"], pr["recallAt1Gain"]) == (0.75, 0.5, 0.375), pr
+    out = cluster.kubectl("get", "ftj", "short", "-n", namespace).stdout
+    assert "epoch 1/2 step 100/100" in out and "0.75" in out and "0.5" in out, out
+    # a finished job keeps it: later passes (resync, the cleanup of node 1) change nothing
+    wait_for(lambda: [p.metadata.name for p in _pods(core, namespace, "short")] == ["short-node-0"], 15, what="cleanup")
+    assert _status(custom, namespace, "short")["progress"] == pr
+
+
+def test_a_garbage_termination_message_still_succeeds_with_the_polled_progress(cluster, operator, namespace, api):
+    from kubeclip.api import FINAL_PROGRESS_MARKER
+
+    core, custom = api
+    _apply(cluster, job_manifest("garbage", namespace))
+    _wait_pods(core, namespace, "garbage", 2)
+    PROGRESS.clear()
+    PROGRESS.update({"phase": "training", "epoch": 0, "epochs": 2, "step": 7, "totalSteps": 100})
+    _run_all(core, namespace, "garbage")
+    wait_for(lambda: (_status(custom, namespace, "garbage").get("progress") or {}).get("step") == 7, 15, what="polled")
+    message = "done\n" + FINAL_PROGRESS_MARKER + '{"step": 1e400, "phase": "done"'
+    set_pod_status(core, namespace, "garbage-node-0", "Succeeded", exit_code=0, message=message)
+    st = _wait_phase(custom, namespace, "garbage", "Succeeded")
+    assert st["message"] == "garbage-node-0 completed: done" and st["progress"]["step"] == 7, st
+
+
 def test_non_retryable_exit_fails_with_termination_message(cluster, operator, namespace, api):
     core, custom = api
     _apply(cluster, job_manifest("bad-data", namespace))

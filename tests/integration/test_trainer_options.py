@@ -46,7 +46,9 @@ def train(root, name: str, model_name: str, pretrained, training: dict):
     return load_file(str(root / name / "final" / "open_clip_model.safetensors"))
 
 
-def run(root, name: str, model_name: str, pretrained, training: dict) -> subprocess.CompletedProcess:
+def run(
+    root, name: str, model_name: str, pretrained, training: dict, extra_env: dict | None = None
+) -> subprocess.CompletedProcess:
     train_csv, val_csv = dataset(root)
     out = root / name
     doc = {
@@ -74,7 +76,11 @@ def run(root, name: str, model_name: str, pretrained, training: dict) -> subproc
     job = root / f"{name}.yaml"
     job.write_text(yaml.safe_dump(doc))
     return subprocess.run(
-        [sys.executable, "-m", "trainer", str(job)], env=env(), capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "trainer", str(job)],
+        env={**env(), **(extra_env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -200,17 +206,28 @@ def test_lock_image_freeze_bn_stats_keeps_the_running_statistics(tmp_path, freez
 def test_a_non_finite_loss_is_a_final_verdict_and_progress_says_failed(setup):
     """A real NaN, not a mock: start weights whose text projection is NaN make the very first loss
     NaN. The trainer exits 4 (EXIT_NONFINITE, a final verdict) with one line, and the progress
-    document the controller reads says ``failed`` with that line instead of a stale ``training``."""
+    document the controller reads says ``failed`` with that line instead of a stale ``training``;
+    so does rank 0's termination message, after the line (docs/contracts.md, "Progress")."""
     import json
+
+    from kubeclip.api import read_termination_message
 
     root, model_name, _, start = setup
     poisoned = dict(start)
     poisoned["text_projection"] = torch.full_like(start["text_projection"], float("nan"))
     path = root / "nan.safetensors"
     save_file(poisoned, str(path))
-    proc = run(root, "nan", model_name, path, {})
+    termination_log = root / "nan-termination-log"
+    termination_log.write_text("")
+    proc = run(root, "nan", model_name, path, {}, {"KUBECLIP_TERMINATION_LOG": str(termination_log)})
     assert proc.returncode == 4, proc.stdout[-2000:] + proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("training: loss is nan at step 1"), last
     progress = json.loads((root / "nan" / "progress.json").read_text())
     assert progress["phase"] == "failed" and progress["message"].startswith("training: loss is nan"), progress
+    # the termination message: the same line for the job's Failed message, then rank 0's progress
+    text, final = read_termination_message(termination_log.read_text())
+    assert text == last
+    assert (
+        final is not None and final.phase == "failed" and (final.step, final.totalSteps) == (0, progress["totalSteps"])
+    )

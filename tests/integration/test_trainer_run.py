@@ -56,8 +56,13 @@ def run(tmp_path_factory):
         training={"epochs": 4, "batchSize": 8, "workers": 1, "checkpointEverySteps": 4, "logEverySteps": 2},
     )
     log = open(root / "console.log", "w")
+    termination_log = root / "termination-log"  # what a pod's /dev/termination-log would hold
+    termination_log.write_text("")
     proc = subprocess.Popen(
-        [str(VENV_BIN / "kubeclip"), "run", str(job)], stdout=log, stderr=subprocess.STDOUT, env=env()
+        [str(VENV_BIN / "kubeclip"), "run", str(job)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**env(), "KUBECLIP_TERMINATION_LOG": str(termination_log)},
     )
     scrapes = {}
     progress_path = out / "progress.json"
@@ -79,7 +84,14 @@ def run(tmp_path_factory):
         time.sleep(0.02)
     rc = proc.wait(timeout=60)
     log.close()
-    return {"rc": rc, "out": out, "console": (root / "console.log").read_text(), "scrapes": scrapes, "root": root}
+    return {
+        "rc": rc,
+        "out": out,
+        "console": (root / "console.log").read_text(),
+        "scrapes": scrapes,
+        "root": root,
+        "termination": termination_log.read_text(),
+    }
 
 
 def test_kubeclip_run_succeeds_and_says_where_the_model_went(run):
@@ -167,6 +179,25 @@ def test_progress_endpoint_serves_the_progress_model(run):
     done = Progress.model_validate_json((run["out"] / "progress.json").read_text())
     assert done.phase == "done" and done.step == 24 and done.modelPath == str(run["out"] / "final")
     assert done.lastCheckpoint is not None and done.lastCheckpoint.step == 24
+
+
+def test_termination_message_carries_the_final_progress_and_last_eval(run):
+    """What the controller maps into status.progress once node 0 has exited (docs/contracts.md,
+    "Progress"): the last step, and the last eval, which is the one in final/metrics.json."""
+    from controller.status import progress_status
+    from kubeclip.api import TERMINATION_MESSAGE_MAX_BYTES, read_termination_message
+
+    message = run["termination"]
+    assert 0 < len(message.encode()) <= TERMINATION_MESSAGE_MAX_BYTES
+    text, final = read_termination_message(message)
+    m = json.loads((run["out"] / "final" / "metrics.json").read_text())
+    assert text.startswith("last weights exported; val i2t R@1"), text
+    assert final is not None, message
+    assert final.phase == "done" and final.step == final.totalSteps == m["steps"] == 24
+    assert final.eval["image_to_text_R@1"] == pytest.approx(m["image_to_text_R@1"], abs=1e-6)
+    assert final.loss == pytest.approx(m["train_loss"], rel=1e-6)
+    status = progress_status(final.model_dump(mode="json", exclude_unset=True))
+    assert status["percent"] == 100 and status["recallAt1"] == round(m["image_to_text_R@1"], 4)
 
 
 def test_kubeclip_run_bad_csv_exits_3_with_the_preflight_line(tmp_path):
