@@ -12,6 +12,8 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from kubeclip.api import FINAL_EXIT_CODES, Reason
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 JOBS_CREATED = Counter(
@@ -21,6 +23,20 @@ JOBS_SUCCEEDED = Counter("kubeclip_controller_jobs_succeeded_total", "FineTuneJo
 JOBS_FAILED = Counter(
     "kubeclip_controller_jobs_failed_total", "FineTuneJobs that failed.", ["reason"], registry=REGISTRY
 )
+# The reasons a job ends Failed, exported at 0 from the start: a labelled counter has no series until
+# its first increment, and a series that first appears at 1 is invisible to increase(), so without
+# this the first failure of each reason after a controller start would never fire KubeclipJobFailed
+# (seen on the local node with a real Prometheus). Reasons passed through from pods are not known in
+# advance; the alert also catches a failed-total series that is new within its window.
+FAILED_REASONS = (
+    Reason.INVALID_SPEC,
+    Reason.DEADLINE_EXCEEDED,
+    Reason.DISRUPTION_LIMIT_EXCEEDED,
+    Reason.BACKOFF_LIMIT_EXCEEDED,
+    *FINAL_EXIT_CODES.values(),
+)
+for _reason in FAILED_REASONS:
+    JOBS_FAILED.labels(reason=_reason)
 JOBS_RESTARTED = Counter(
     "kubeclip_controller_jobs_restarted_total", "Whole-job restarts after retryable failures.", registry=REGISTRY
 )

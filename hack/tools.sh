@@ -11,7 +11,8 @@
 #
 # `hack/tools.sh node` also makes what the one-node cluster of `make cluster-up` needs (hack/node.sh):
 #   kubelet, kube-scheduler, kube-proxy      go build of the same k8s.io/kubernetes as the apiserver (hack/go)
-#   coredns                                  go build of github.com/coredns/coredns (hack/coredns, own go.mod)
+#   coredns                                  go build of hack/coredns/main.go: CoreDNS with the plugins the local
+#                                            cluster uses (github.com/coredns/coredns, own go.mod)
 #   local-path-provisioner                   go build of github.com/rancher/local-path-provisioner
 #                                            (hack/local-path-provisioner, own go.mod)
 #
@@ -69,8 +70,9 @@ KUBE_MINOR=$(echo "$KUBE_VERSION" | cut -d. -f2)
 # v0.0.0-master and helm's .Capabilities.KubeVersion / chart kubeVersion checks see a bogus server.
 VPKG=k8s.io/component-base/version
 LDFLAGS="-s -w -X $VPKG.gitVersion=$KUBE_VERSION -X $VPKG.gitMajor=1 -X $VPKG.gitMinor=$KUBE_MINOR -X $VPKG.gitTreeState=clean"
-go_key() {  # go_key [MODULE_DIR [LDFLAGS]]
-  { cat "${1:-$GOMOD_DIR}/go.mod"; echo "${2-$LDFLAGS}"; } | sha256sum | cut -c1-16
+go_key() {  # go_key [MODULE_DIR [LDFLAGS]]: go.mod, a main.go of our own (hack/coredns), the link flags
+  local dir=${1:-$GOMOD_DIR}
+  { cat "$dir/go.mod"; [[ ! -f "$dir/main.go" ]] || cat "$dir/main.go"; echo "${2-$LDFLAGS}"; } | sha256sum | cut -c1-16
 }
 go_build() {  # go_build NAME PACKAGE [MODULE_DIR [LDFLAGS [CGO_ENABLED]]]
   local name=$1 pkg=$2 moddir=${3:-$GOMOD_DIR} ldflags=${4-$LDFLAGS} cgo=${5:-1}
@@ -151,7 +153,7 @@ if [[ "${1:-}" == node ]]; then
   go_build kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
   go_build kube-proxy k8s.io/kubernetes/cmd/kube-proxy
   # Static (CGO off): they run in images made from scratch.
-  go_build coredns github.com/coredns/coredns "$REPO/hack/coredns" "-s -w" 0
+  go_build coredns . "$REPO/hack/coredns" "-s -w" 0   # hack/coredns/main.go: the plugins the local Corefile uses
   go_build local-path-provisioner github.com/rancher/local-path-provisioner "$REPO/hack/local-path-provisioner" "-s -w" 0
 fi
 if [[ "${1:-}" == monitoring ]]; then

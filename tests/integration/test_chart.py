@@ -486,6 +486,8 @@ RULE_TESTS = {
                     "values": "1 1 Inf Inf Inf Inf Inf Inf Inf Inf",
                 },
                 {"series": "kubeclip_controller_jobs_failed_total", "values": "0x10 1x60"},
+                # a reason seen for the first time: its series starts at 1 (increase() alone misses it)
+                {"series": 'kubeclip_controller_jobs_failed_total{reason="Evicted"}', "values": "_x20 1x50"},
                 {"series": "kubeclip_controller_jobs_restarted_total", "values": "0x5 1 2 3 4 5x60"},
                 {"series": 'kubeclip_controller_reconcile_errors_total{pod="ctl-0"}', "values": "0x70"},
                 # "forgets": retention R@1 falls from its 0.30 baseline to 0.20 after 10 minutes (drop 0.10 > 0.05);
@@ -555,6 +557,12 @@ RULE_TESTS = {
                     "alertname": "KubeclipJobFailed",
                     "exp_alerts": [{"exp_labels": {"severity": "critical"}}],
                 },
+                {
+                    "eval_time": "27m",
+                    "alertname": "KubeclipJobFailed",
+                    "exp_alerts": [{"exp_labels": {"severity": "critical", "reason": "Evicted"}}],
+                },
+                {"eval_time": "45m", "alertname": "KubeclipJobFailed", "exp_alerts": []},
                 {"eval_time": "4m", "alertname": "KubeclipJobRestarting", "exp_alerts": []},
                 {
                     "eval_time": "20m",
