@@ -94,6 +94,11 @@ def deploy(watch_namespaces: list[str] | None = None, timeout_s: int = 300) -> f
     ]
     if monitoring_up():
         argv += ["-f", str(MONITORING_VALUES)]
+    # The image tag stays :dev across rebuilds: the hash of its inputs (hack/images.sh) as a pod
+    # annotation makes `make images deploy` roll the controller onto the image just built.
+    key = Path(os.environ.get("KUBECLIP_TOOLS") or REPO / ".tools") / "images" / "kubeclip-controller.key"
+    if key.exists():
+        argv += ["--set-string", f"podAnnotations.kubeclip\\.dev/image-key={key.read_text().strip()}"]
     proc = subprocess.run(argv, capture_output=True, text=True)
     if proc.returncode != 0:
         pods = subprocess.run(

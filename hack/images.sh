@@ -150,13 +150,14 @@ torch_base() {  # -> kubeclip.local/torch:2.14.1 (the shape of pytorch/pytorch: 
   log "kubeclip.local/torch:$TORCH_VERSION built in $((SECONDS - t0))s"
 }
 
-# target NAME TARGET BASE_KEY BUILD_ARG...: one target of ./Dockerfile -> docker.io/library/NAME:dev
+# target NAME TARGET PACKAGE BASE_KEY BUILD_ARG...: one target of ./Dockerfile -> docker.io/library/NAME:dev
 target() {
-  local name=$1 tgt=$2 base_key=$3; shift 3
+  local name=$1 tgt=$2 pkg=$3 base_key=$4; shift 4
   local key ref=docker.io/library/$name:dev
-  # inputs: what the Dockerfile copies (tracked files only) + the Dockerfile + the base
-  key=$(cd "$REPO" && { echo "$base_key $*"; git ls-files -s Dockerfile .dockerignore pyproject.toml README.md kubeclip controller trainer;
-                        git diff HEAD -- Dockerfile .dockerignore pyproject.toml README.md kubeclip controller trainer; } | sha256sum | cut -c1-16)
+  # inputs: what this target's COPY lines take (tracked files only; the controller's image has no
+  # trainer/, the trainer's no controller/) + the Dockerfile + the base
+  local inputs=(Dockerfile .dockerignore pyproject.toml README.md kubeclip "$pkg")
+  key=$(cd "$REPO" && { echo "$base_key $*"; git ls-files -s "${inputs[@]}"; git diff HEAD -- "${inputs[@]}"; } | sha256sum | cut -c1-16)
   fresh "$name" "$key" && return 0
   local t0=$SECONDS
   (cd "$REPO" && bah bud -q --pull=never --network host --layers=false "${build_mounts[@]}" \
@@ -192,8 +193,8 @@ case "${1:-}" in
   app)
     python_base
     torch_base
-    target kubeclip-controller controller "$PYTHON_KEY" --build-arg PYTHON_IMAGE=kubeclip.local/python:3.11-bookworm
-    target kubeclip-trainer trainer "$TORCH_KEY" --build-arg "TORCH_IMAGE=kubeclip.local/torch:$TORCH_VERSION"
+    target kubeclip-controller controller controller "$PYTHON_KEY" --build-arg PYTHON_IMAGE=kubeclip.local/python:3.11-bookworm
+    target kubeclip-trainer trainer trainer "$TORCH_KEY" --build-arg "TORCH_IMAGE=kubeclip.local/torch:$TORCH_VERSION"
     import_into_node python kubeclip-controller kubeclip-trainer   # python: for examples/dataset-pvc.yaml's loader
     ;;
   *) echo "usage: $0 system|app|monitoring|import NAME..." >&2; exit 2 ;;

@@ -43,7 +43,7 @@ def plot(run: dict, out: Path) -> None:
                     continue  # R@1 image->text per eval set keeps the panel readable
                 xs = [float(t) - start for t, _ in series["values"]]
                 ys = [float(v) for _, v in series["values"]]
-                label = _label(series["metric"]) or query["expr"][:40]
+                label = _label(series["metric"]) or title.lower()
                 if "rate(" in query["expr"]:
                     label = "rate(samples_total)"
                 ax.plot(xs, ys, marker=".", markersize=3, linewidth=1, label=label)

@@ -99,12 +99,12 @@ def run(kube, prom, ns, dataset_dir) -> dict:
     load_dataset(kube, ns, dataset_dir)
     evaluation = {
         "evaluation": {
-            "retentionCsv": "/data/penguins/val.csv",
+            "retentionCsv": "/data/penguins/train.csv",  # stands in for what the start model knew
             "zeroShot": {"csv": "/data/penguins/zeroshot.csv"},
         }
     }
     t0 = time.time()
-    kube.kubectl("-n", ns, "apply", "-f", "-", input=ftj_manifest(name, epochs=4, extra=evaluation))
+    kube.kubectl("-n", ns, "apply", "-f", "-", input=ftj_manifest(name, epochs=10, extra=evaluation))
     explain = debug(kube, ns, name)
     targets: dict[str, dict] = {}
 
@@ -247,6 +247,13 @@ def test_a_frozen_trainer_fires_kubeclip_training_stalled(kube, prom, ns, run):
         alert = _wait_alert(prom, "KubeclipTrainingStalled", t0, 300, {"namespace": ns, "finetunejob": name})
         assert alert["labels"]["severity"] == "critical"
         assert alert["labels"]["pod"] == f"{name}-node-0", alert
+        # and only for it: the job that succeeded and the one that failed (its pods kept) have ended
+        stalled = {
+            a["labels"].get("finetunejob")
+            for a in prom.alerts("KubeclipTrainingStalled")
+            if a["labels"]["namespace"] == ns
+        }
+        assert stalled == {name}, stalled
     finally:
         for pid in pids:
             try:

@@ -404,6 +404,10 @@ def test_monitors_target_the_contract_ports(tmp_path):
     assert sel["matchLabels"] == {"kubeclip.dev/node-index": "0"}
     assert sel["matchExpressions"] == [{"key": "kubeclip.dev/job-name", "operator": "Exists"}]
     assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    # finished pods are not targets (a failed job's kept pods would read as a stalled trainer)
+    assert {"sourceLabels": ["__meta_kubernetes_pod_phase"], "regex": "Failed|Succeeded", "action": "drop"} in pm[
+        "spec"
+    ]["podMetricsEndpoints"][0]["relabelings"]
     (cm,) = by_kind(docs, "ConfigMap")
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(cm["data"]["kubeclip.json"]) == json.loads((CHART / "dashboards" / "kubeclip.json").read_text())
