@@ -19,8 +19,8 @@
 # `hack/tools.sh monitoring` also makes what `make monitoring-up` (hack/monitoring.py) needs:
 #   prometheus-operator,                     go build of github.com/prometheus-operator/prometheus-operator
 #   prometheus-config-reloader               cmd/operator and cmd/prometheus-config-reloader (hack/prometheus-operator)
-#   prometheus                               go build of github.com/prometheus/prometheus cmd/prometheus (hack/prometheus,
-#                                            v3.5.0; Debian's 2.42 is built without Kubernetes service discovery)
+#   prometheus                               go build of github.com/prometheus/prometheus cmd/prometheus v3.5.0 (hack/prometheus)
+#                                            with Kubernetes service discovery only (Debian's 2.42 has none)
 #   containerd, runc, CNI plugins, buildah,  Debian packages, installed with apt when missing
 #   socat, debootstrap, iptables, gcc, busybox-static
 #
@@ -53,6 +53,24 @@ ensure_cmd() {  # ensure_cmd COMMAND DEBIAN_PACKAGE
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
 }
 
+node_packages() {  # the node's Debian packages (also `hack/tools.sh packages`: .ci/run, before the image bases)
+  ensure_cmd containerd containerd
+  ensure_cmd runc runc
+  ensure_cmd /usr/lib/cni/bridge containernetworking-plugins
+  ensure_cmd buildah buildah
+  ensure_cmd socat socat
+  ensure_cmd debootstrap debootstrap
+  ensure_cmd iptables iptables
+  ensure_cmd nsenter util-linux
+  ensure_cmd gcc gcc
+  ensure_cmd /bin/busybox busybox-static
+  [[ -f /usr/lib/x86_64-linux-gnu/libc.a ]] || ensure_cmd /usr/lib/x86_64-linux-gnu/libc.a libc6-dev   # static pause
+}
+if [[ "${1:-}" == packages ]]; then
+  node_packages
+  exit 0
+fi
+
 # --- KUBEBUILDER_ASSETS: use downloaded envtest binaries when present --------------------------
 from_assets() {  # from_assets NAME -> links $KUBEBUILDER_ASSETS/NAME into $BIN when it exists
   local src=${KUBEBUILDER_ASSETS:-}/$1
@@ -70,9 +88,9 @@ KUBE_MINOR=$(echo "$KUBE_VERSION" | cut -d. -f2)
 # v0.0.0-master and helm's .Capabilities.KubeVersion / chart kubeVersion checks see a bogus server.
 VPKG=k8s.io/component-base/version
 LDFLAGS="-s -w -X $VPKG.gitVersion=$KUBE_VERSION -X $VPKG.gitMajor=1 -X $VPKG.gitMinor=$KUBE_MINOR -X $VPKG.gitTreeState=clean"
-go_key() {  # go_key [MODULE_DIR [LDFLAGS]]: go.mod, a main.go of our own (hack/coredns), the link flags
+go_key() {  # go_key [MODULE_DIR [LDFLAGS]]: go.mod, files we write (hack/coredns/main.go, Prometheus's plugins.go), link flags
   local dir=${1:-$GOMOD_DIR}
-  { cat "$dir/go.mod"; [[ ! -f "$dir/main.go" ]] || cat "$dir/main.go"; echo "${2-$LDFLAGS}"; } | sha256sum | cut -c1-16
+  { cat "$dir/go.mod"; cat "$dir/main.go" "$dir/plugins/plugins.go" 2>/dev/null; echo "${2-$LDFLAGS}"; } | sha256sum | cut -c1-16
 }
 go_build() {  # go_build NAME PACKAGE [MODULE_DIR [LDFLAGS [CGO_ENABLED]]]
   local name=$1 pkg=$2 moddir=${3:-$GOMOD_DIR} ldflags=${4-$LDFLAGS} cgo=${5:-1}
@@ -138,17 +156,7 @@ ensure_cmd openssl openssl   # the control plane generates its certificates with
 
 # --- the one-node cluster (`hack/tools.sh node`, run by `make cluster-up` and `make images`) --------
 if [[ "${1:-}" == node ]]; then
-  ensure_cmd containerd containerd
-  ensure_cmd runc runc
-  ensure_cmd /usr/lib/cni/bridge containernetworking-plugins
-  ensure_cmd buildah buildah
-  ensure_cmd socat socat
-  ensure_cmd debootstrap debootstrap
-  ensure_cmd iptables iptables
-  ensure_cmd nsenter util-linux
-  ensure_cmd gcc gcc
-  ensure_cmd /bin/busybox busybox-static
-  [[ -f /usr/lib/x86_64-linux-gnu/libc.a ]] || ensure_cmd /usr/lib/x86_64-linux-gnu/libc.a libc6-dev   # static pause
+  node_packages
   go_build kubelet k8s.io/kubernetes/cmd/kubelet
   go_build kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
   go_build kube-proxy k8s.io/kubernetes/cmd/kube-proxy
@@ -164,8 +172,27 @@ if [[ "${1:-}" == monitoring ]]; then
   go_build prometheus-operator github.com/prometheus-operator/prometheus-operator/cmd/operator "$PO_DIR" "$PO_LDFLAGS" 0
   go_build prometheus-config-reloader github.com/prometheus-operator/prometheus-operator/cmd/prometheus-config-reloader \
     "$PO_DIR" "$PO_LDFLAGS" 0
-  PROM_VERSION=3.5.0   # github.com/prometheus/prometheus v0.305.0 in hack/prometheus/go.mod
+  # Prometheus v3.5.0 (github.com/prometheus/prometheus v0.305.0, pinned in hack/prometheus/go.mod) with
+  # only the service discovery the operator's configuration uses, the way Prometheus documents custom
+  # builds (plugins.yml, `make plugins`): its stock plugin set compiles a dozen cloud SDKs. The module
+  # is copied out of the Go module cache and its plugins/plugins.go replaced; nothing else changes.
+  PROM_MOD=github.com/prometheus/prometheus
+  PROM_MODVER=$(awk -v m=$PROM_MOD '$1 == m {print $2} $2 == m {print $3}' "$REPO/hack/prometheus/go.mod")
+  PROM_VERSION=3.5.0
   PROM_LDFLAGS="-s -w -X $PO_VPKG.Version=$PROM_VERSION -X $PO_VPKG.Revision=kubeclip-local -X $PO_VPKG.Branch=release"
-  go_build prometheus github.com/prometheus/prometheus/cmd/prometheus "$REPO/hack/prometheus" "$PROM_LDFLAGS" 0
+  PROM_SRC=$TOOLS/src/prometheus-$PROM_MODVER
+  if [[ ! -f "$PROM_SRC/.ready" ]]; then
+    log "copying $PROM_MOD@$PROM_MODVER out of the Go module cache into $PROM_SRC"
+    moddir=$(cd "$REPO/hack/prometheus" && GOFLAGS=-mod=mod go mod download -json "$PROM_MOD@$PROM_MODVER" \
+             | sed -n 's/^\s*"Dir": "\(.*\)",$/\1/p')
+    rm -rf "$PROM_SRC"; mkdir -p "$(dirname "$PROM_SRC")"
+    cp -r "$moddir" "$PROM_SRC"; chmod -R u+w "$PROM_SRC"
+    printf '%s\n' "// Written by kubeclip's hack/tools.sh: Kubernetes service discovery only (file and http" \
+      "// discovery are registered by plugins/minimum.go)." "package plugins" "" \
+      "import _ \"github.com/prometheus/prometheus/discovery/kubernetes\" // Register kubernetes plugin." \
+      > "$PROM_SRC/plugins/plugins.go"
+    touch "$PROM_SRC/.ready"
+  fi
+  go_build prometheus ./cmd/prometheus "$PROM_SRC" "$PROM_LDFLAGS" 0
 fi
 log "ready in $BIN: $(cd "$BIN" && ls | tr '\n' ' ')"
