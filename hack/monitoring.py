@@ -15,7 +15,8 @@ monitoring e2e tests (tests/e2e/test_monitoring.py). It runs after `make cluster
    socat joined by a Unix socket, as for the API server) and writes ``http://127.0.0.1:<port>`` to
    ``.cluster/prometheus-url``; ``make cluster-down`` stops the relay with the rest;
 5. upgrades the kubeclip release so that its ServiceMonitor, PodMonitor, PrometheusRule and dashboard
-   ConfigMap are switched on with that label (hack/deploy.py does so whenever monitoring is up).
+   ConfigMap are switched on with that label (hack/deploy.py does so whenever monitoring is up), and
+   waits until Prometheus has loaded the configuration the operator renders from them.
 
     python hack/monitoring.py up
 """
@@ -171,6 +172,33 @@ def start_relay(cluster_ip: str) -> str:
     return url
 
 
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 (http on loopback)
+        return json.loads(resp.read())["data"]
+
+
+def wait_for_kubeclip_config(url: str, timeout_s: float = 300) -> None:
+    """Until Prometheus has loaded what the operator rendered from kubeclip's monitors and rules.
+
+    The operator writes the configuration into a Secret; the kubelet refreshes the mounted copy about
+    once a minute and the config reloader then reloads Prometheus, so a job started right after
+    `helm upgrade` could otherwise run before anyone scrapes it."""
+
+    def loaded() -> bool:
+        try:
+            config = _get(url + "/api/v1/status/config")["yaml"]
+            groups = [g["name"] for g in _get(url + "/api/v1/rules")["groups"]]
+        except (OSError, ValueError, KeyError):
+            return False
+        return (
+            f"podMonitor/{deploy.NAMESPACE}/{deploy.RELEASE}-trainer/0" in config
+            and f"serviceMonitor/{deploy.NAMESPACE}/{deploy.RELEASE}-metrics/0" in config
+            and "kubeclip.finetunejobs" in groups
+        )
+
+    wait_for("Prometheus to load kubeclip's PodMonitor, ServiceMonitor and PrometheusRule", loaded, timeout_s)
+
+
 def up() -> int:
     if not (CLUSTER_DIR / "state.json").exists() or not netns.exists(NAME):
         print("no local cluster: run `make cluster-up images deploy` first", file=sys.stderr)
@@ -193,7 +221,8 @@ def up() -> int:
         url = start_relay(cluster_ip)
         t = time.monotonic()
         deploy.deploy(deploy.current_watch_namespaces())
-        steps.append(f"kubeclip monitors {time.monotonic() - t:.1f}s")
+        wait_for_kubeclip_config(url)
+        steps.append(f"kubeclip monitors loaded {time.monotonic() - t:.1f}s")
     except (MonitoringError, subprocess.CalledProcessError) as e:
         print(f"monitoring-up failed: {e}", file=sys.stderr)
         return 1

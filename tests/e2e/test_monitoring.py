@@ -26,6 +26,7 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
+import monitoring  # hack/monitoring.py (conftest puts hack/ on sys.path)
 import pytest
 from e2e_helpers import CLUSTER_DIR, CONTROLLER_NS, REPO, debug, ftj, ftj_manifest, load_dataset, wait_for
 
@@ -62,7 +63,12 @@ def prom(kube) -> Prometheus:
     url_file = CLUSTER_DIR / "prometheus-url"
     if not url_file.exists():
         pytest.fail("no local Prometheus: run `make monitoring-up` (`make e2e` does)", pytrace=False)
-    return Prometheus(url_file.read_text().strip())
+    url = url_file.read_text().strip()
+    try:  # the operator's rendered configuration reaches Prometheus a minute or so after `helm upgrade`
+        monitoring.wait_for_kubeclip_config(url, timeout_s=240)
+    except monitoring.MonitoringError as e:
+        pytest.fail(str(e), pytrace=False)
+    return Prometheus(url)
 
 
 @pytest.fixture(scope="module")
