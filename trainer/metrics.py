@@ -172,7 +172,7 @@ class TrainerMetrics:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
-                if path == "/metrics" and scraped:
+                if scraped:
                     with metrics._scraped:
                         metrics._scrapes += 1
                         metrics._scraped.notify_all()

@@ -95,7 +95,7 @@ def _substitute(expr: str, ns: str, job: str) -> str:
     )
 
 
-def _trainer_targets(prom: Prometheus) -> list[dict]:
+def _active_targets(prom: Prometheus) -> list[dict]:
     return prom.get("/api/v1/targets", state="active")["activeTargets"]
 
 
@@ -116,7 +116,7 @@ def run(kube, prom, ns, dataset_dir) -> dict:
     targets: dict[str, dict] = {}
 
     def watch() -> bool:
-        for t in _trainer_targets(prom):
+        for t in _active_targets(prom):
             lab = t["labels"]
             if t["health"] == "up" and lab.get("namespace") == ns and lab.get("pod") == f"{name}-node-0":
                 targets["trainer"] = t
