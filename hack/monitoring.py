@@ -88,6 +88,16 @@ def wait_for(what: str, ok, timeout_s: float) -> None:
     raise MonitoringError(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
+def _with_image_keys(manifest: Path) -> str:
+    """The manifest with PROMETHEUS_IMAGE_KEY / OPERATOR_IMAGE_KEY replaced by the images' input hashes."""
+    images = Path(os.environ.get("KUBECLIP_TOOLS") or REPO / ".tools") / "images"
+    text = manifest.read_text()
+    for placeholder, name in (("PROMETHEUS_IMAGE_KEY", "prometheus"), ("OPERATOR_IMAGE_KEY", "prometheus-operator")):
+        key = images / f"{name}.key"
+        text = text.replace(placeholder, key.read_text().strip() if key.exists() else "unknown")
+    return text
+
+
 def install_operator(mod: Path) -> None:
     crds = sorted((mod / "example/prometheus-operator-crd").glob("*.yaml"))
     # Server-side: the CRDs are larger than the last-applied annotation allows.
@@ -99,7 +109,7 @@ def install_operator(mod: Path) -> None:
         *[f"crd/{c.stem.split('_', 1)[1]}.monitoring.coreos.com" for c in crds],
     )
     kubectl("apply", "-f", str(mod / "example/rbac/prometheus-operator/prometheus-operator-cluster-role.yaml"))
-    kubectl("apply", "-f", str(REPO / "hack/monitoring/operator.yaml"))
+    kubectl("apply", "-f", "-", input=_with_image_keys(REPO / "hack/monitoring/operator.yaml"))
     out = kubectl("-n", NAMESPACE, "rollout", "status", "deployment/prometheus-operator", "--timeout=180s", check=False)
     if out.returncode != 0:
         pods = kubectl("-n", NAMESPACE, "describe", "pods", check=False).stdout[-3000:]
@@ -108,7 +118,7 @@ def install_operator(mod: Path) -> None:
 
 def run_prometheus() -> str:
     """The Prometheus resource; returns its Service's cluster IP once the server answers /-/ready."""
-    manifest = (REPO / "hack/monitoring/prometheus.yaml").read_text().replace("RELEASE_LABEL", RELEASE_LABEL)
+    manifest = _with_image_keys(REPO / "hack/monitoring/prometheus.yaml").replace("RELEASE_LABEL", RELEASE_LABEL)
     kubectl("apply", "-f", "-", input=manifest)
     wait_for(
         "the operator to create statefulset/prometheus-kubeclip",
