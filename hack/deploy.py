@@ -56,8 +56,19 @@ def current_watch_namespaces() -> list[str]:
     return list(((json.loads(proc.stdout or "{}") or {}).get("watch") or {}).get("namespaces") or [])
 
 
+def _tools_dir() -> Path:
+    return Path(os.environ.get("KUBECLIP_TOOLS") or REPO / ".tools")
+
+
 def _tool(name: str) -> str:
-    return str(Path(os.environ.get("KUBECLIP_TOOLS") or REPO / ".tools") / "bin" / name)
+    return str(_tools_dir() / "bin" / name)
+
+
+def image_key(name: str) -> str | None:
+    """The hash of image NAME's inputs (hack/images.sh writes it beside the image), None before its build.
+    Tags such as :dev stay the same across rebuilds; this as a pod annotation makes a rebuild roll the pods."""
+    key = _tools_dir() / "images" / f"{name}.key"
+    return key.read_text().strip() if key.exists() else None
 
 
 def deploy(watch_namespaces: list[str] | None = None, timeout_s: int = 300) -> float:
@@ -94,11 +105,10 @@ def deploy(watch_namespaces: list[str] | None = None, timeout_s: int = 300) -> f
     ]
     if monitoring_up():
         argv += ["-f", str(MONITORING_VALUES)]
-    # The image tag stays :dev across rebuilds: the hash of its inputs (hack/images.sh) as a pod
-    # annotation makes `make images deploy` roll the controller onto the image just built.
-    key = Path(os.environ.get("KUBECLIP_TOOLS") or REPO / ".tools") / "images" / "kubeclip-controller.key"
-    if key.exists():
-        argv += ["--set-string", f"podAnnotations.kubeclip\\.dev/image-key={key.read_text().strip()}"]
+    # `make images deploy` rolls the controller onto the image just built (same :dev tag)
+    key = image_key("kubeclip-controller")
+    if key:
+        argv += ["--set-string", f"podAnnotations.kubeclip\\.dev/image-key={key}"]
     proc = subprocess.run(argv, capture_output=True, text=True)
     if proc.returncode != 0:
         pods = subprocess.run(

@@ -90,11 +90,9 @@ def wait_for(what: str, ok, timeout_s: float) -> None:
 
 def _with_image_keys(manifest: Path) -> str:
     """The manifest with PROMETHEUS_IMAGE_KEY / OPERATOR_IMAGE_KEY replaced by the images' input hashes."""
-    images = Path(os.environ.get("KUBECLIP_TOOLS") or REPO / ".tools") / "images"
     text = manifest.read_text()
     for placeholder, name in (("PROMETHEUS_IMAGE_KEY", "prometheus"), ("OPERATOR_IMAGE_KEY", "prometheus-operator")):
-        key = images / f"{name}.key"
-        text = text.replace(placeholder, key.read_text().strip() if key.exists() else "unknown")
+        text = text.replace(placeholder, deploy.image_key(name) or "unknown")
     return text
 
 

@@ -39,6 +39,12 @@ def _time(stamp: str) -> datetime:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
+def _pod_uids(kube, ns, name) -> list[str]:
+    return kube.kubectl(
+        "-n", ns, "get", "pods", "-l", f"kubeclip.dev/job-name={name}", "-o", "jsonpath={.items[*].metadata.uid}"
+    ).stdout.split()
+
+
 def _step(kube, ns, name) -> int:
     return int(((ftj(kube, ns, name).get("status") or {}).get("progress") or {}).get("step") or 0)
 
@@ -194,16 +200,7 @@ def test_controller_pod_deleted_mid_run_new_one_takes_over(kube, namespace, data
     explain = debug(kube, namespace, "takeover")
     _run_until(kube, namespace, "takeover", ("Running",), 300)
     wait_for(lambda: _step(kube, namespace, "takeover") > 0, 300, "takeover: progress", explain, every_s=2)
-    pods_before = kube.kubectl(
-        "-n",
-        namespace,
-        "get",
-        "pods",
-        "-l",
-        "kubeclip.dev/job-name=takeover",
-        "-o",
-        "jsonpath={.items[*].metadata.uid}",
-    ).stdout.split()
+    pods_before = _pod_uids(kube, namespace, "takeover")
     old = kube.kubectl("-n", CONTROLLER_NS, "get", "pods", "-o", "jsonpath={.items[*].metadata.name}").stdout.split()
     kube.kubectl("-n", CONTROLLER_NS, "delete", "pod", *old)
     wait_for(
@@ -218,16 +215,7 @@ def test_controller_pod_deleted_mid_run_new_one_takes_over(kube, namespace, data
         explain,
     )
     step_at_takeover = _step(kube, namespace, "takeover")
-    pods_now = kube.kubectl(
-        "-n",
-        namespace,
-        "get",
-        "pods",
-        "-l",
-        "kubeclip.dev/job-name=takeover",
-        "-o",
-        "jsonpath={.items[*].metadata.uid}",
-    ).stdout.split()
+    pods_now = _pod_uids(kube, namespace, "takeover")
     assert sorted(pods_now) == sorted(pods_before), (pods_before, pods_now)
     # the new controller keeps reporting progress of the same pods
     wait_for(
