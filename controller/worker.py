@@ -23,7 +23,7 @@ from .kube import Conflict, Kube, Terminating, describe_error
 from .progress import progress_url, read_progress
 from .reconcile import Observed, Plan, plan
 from .settings import Settings
-from .status import pod_phase
+from .status import PodPhase, pod_phase
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class Worker:
                     p
                     for p in pods
                     if (p["metadata"].get("labels") or {}).get(naming.LABEL_INDEX) == "0"
-                    and pod_phase(p) in ("Running", "Succeeded")
+                    and pod_phase(p) in (PodPhase.RUNNING, PodPhase.SUCCEEDED)
                 ),
                 None,
             )

@@ -45,7 +45,7 @@ from .job import (
     parse_job_spec,
 )
 from .progress import LastCheckpoint, Progress
-from .status import TERMINAL_PHASES, Condition, FineTuneJobStatus, NodeCounts, ProgressStatus, Reason
+from .status import TERMINAL_PHASES, Condition, FineTuneJobStatus, NodeCounts, Phase, ProgressStatus, Reason
 from .termination import (
     FINAL_PROGRESS_MARKER,
     TERMINATION_MESSAGE_MAX_BYTES,
@@ -115,6 +115,7 @@ __all__ = [
     "NodeCounts",
     "NonFiniteLoss",
     "OutputSpec",
+    "Phase",
     "Progress",
     "ProgressStatus",
     "Reason",

@@ -6,12 +6,24 @@ Who uses it: ``controller/crd.py`` (the status schema), ``controller/status.py``
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Phase = Literal["Created", "Running", "Restarting", "Succeeded", "Failed", "Suspended"]
-TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+
+class Phase(StrEnum):
+    """``status.phase``; each phase also sets the condition of the same type."""
+
+    CREATED = "Created"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
 
 
 class _Status(BaseModel):
@@ -103,11 +115,15 @@ class FineTuneJobStatus(_Status):
     progress: ProgressStatus | None = Field(default=None, description="The trainer's progress.")
 
 
-class Reason:
+class Reason(StrEnum):
     """The ``reason`` of the job's conditions and events that the controller itself sets (beside the
     trainer's verdicts in :data:`kubeclip.api.contracts.FINAL_EXIT_CODES` and the pods' own
-    reasons such as ``Evicted`` or ``OOMKilled``, which it passes through)."""
+    reasons such as ``Evicted``, ``ImagePullBackOff`` or ``Unschedulable``, which it passes through)."""
 
+    CREATED = "Created"
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
     INVALID_SPEC = "InvalidSpec"
     RESUMED = "Resumed"
     DISRUPTED = "Disrupted"

@@ -103,53 +103,51 @@ def names(objs):
     return sorted(o["metadata"]["name"] for o in objs)
 
 
-# ---- first pass -------------------------------------------------------------------------------
+def _running_job(backoff=2, **kw):
+    _, j = run(job(runPolicy={"backoffLimit": backoff, **kw}), [])
+    _, j = run(j, [pod(0), pod(1)])
+    assert j["status"]["phase"] == "Running"
+    return j
 
 
-def test_new_job_creates_configmap_service_and_all_pods():
-    j = job()
-    p = plan(j, observe(j, with_children=False))
-    assert [o["kind"] for o in p.create] == ["ConfigMap", "Service", "Pod", "Pod"]
-    assert names(p.create) == ["j", "j-config", "j-node-0", "j-node-1"]
-    assert p.status["phase"] == "Created" and p.status["startTime"] == rfc3339(NOW)
-    assert p.status["restartCount"] == 0 and p.status["observedGeneration"] == 1
-    assert [c["type"] for c in p.status["conditions"]] == ["Created"]
-    assert p.transition == "Created" and [e.reason for e in p.events] == ["Created"]
+def _node(name, ready="True", since=NOW - timedelta(hours=1), taints=()):
+    return {
+        "metadata": {"name": name},
+        "spec": {"taints": list(taints)},
+        "status": {"conditions": [{"type": "Ready", "status": ready, "lastTransitionTime": rfc3339(since)}]},
+    }
 
 
-def test_configmap_holds_only_the_trainer_part_and_the_trainer_accepts_it():
-    j = job(volumes=[{"name": "d", "hostPath": {"path": "/x"}}], volumeMounts=[{"name": "d", "mountPath": "/data"}])
-    cm = next(o for o in plan(j, observe(j, with_children=False)).create if o["kind"] == "ConfigMap")
-    doc = yaml.safe_load(cm["data"]["job.yaml"])
-    assert "volumes" not in doc["spec"] and "image" not in doc["spec"]
-    name, spec = parse_manifest(doc)
-    assert name == "j" and spec.numNodes == 2 and spec.dataset.trainCsv == "/data/train.csv"
+EVICTED = [
+    {
+        "type": "DisruptionTarget",
+        "status": "True",
+        "reason": "EvictionByEvictionAPI",
+        "message": "Eviction API: evicting",
+    }
+]
 
 
-def test_unchanged_world_plans_nothing():
-    j = job()
-    _, j = run(j, [])
-    p, j = run(j, [pod(0), pod(1)])
-    assert p.status["phase"] == "Running"
-    again = plan(j, observe(j, [pod(0), pod(1)]))
-    assert again.empty and again.status is None
+# ---- step: finished (a terminal job: cleanup and TTL only) ---------------------------------------
 
 
-def test_pending_pods_keep_created_and_running_when_all_run():
-    _, j = run(job(), [])
-    p, j = run(j, [pod(0), pod(1, "Pending")])
-    assert p.status is None or p.status["phase"] == "Created"
-    assert j["status"]["nodes"]["pending"] == 1 and j["status"]["nodes"]["running"] == 1
-    p, j = run(j, [pod(0), pod(1)])
-    assert j["status"]["phase"] == "Running" and [e.reason for e in p.events] == ["Running"]
-    running = next(c for c in j["status"]["conditions"] if c["type"] == "Running")
-    assert running["status"] == "True" and running["observedGeneration"] == 1
+def test_terminal_job_stays_terminal_and_ttl_deletes_it():
+    j = _running_job(ttlSecondsAfterFinished=60)
+    p, j = run(j, [pod(0, "Succeeded", exit_code=0), pod(1, "Succeeded", exit_code=0)])
+    assert p.requeue_after == 60 and not p.delete_job
+    later = plan(j, observe(j, [pod(0, "Failed", exit_code=137)], now=NOW + timedelta(seconds=30)))
+    assert later.status is None and not later.delete_job and later.requeue_after == pytest.approx(30)
+    due = plan(j, observe(j, [], now=NOW + timedelta(seconds=60)))
+    assert due.delete_job and due.status is None
 
 
-def test_missing_pod_before_running_is_just_created():
-    _, j = run(job(), [])
-    p = plan(j, observe(j, [pod(0, "Pending")]))
-    assert names(p.create) == ["j-node-1"] and not p.delete and j["status"]["restartCount"] == 0
+def test_ttl_zero_deletes_at_once():
+    j = _running_job(ttlSecondsAfterFinished=0)
+    p, _ = run(j, [pod(0, "Succeeded", exit_code=0), pod(1)])
+    assert p.delete_job
+
+
+# ---- step: invalid_spec (and the children a valid spec needs) ------------------------------------
 
 
 def test_invalid_spec_fails_once_and_never_loops():
@@ -178,7 +176,73 @@ def test_cross_field_rules_are_enforced_without_the_crd():
     assert "numProcPerNode" in plan(j, observe(j)).status["message"]
 
 
-# ---- failures ---------------------------------------------------------------------------------
+def test_configmap_holds_only_the_trainer_part_and_the_trainer_accepts_it():
+    j = job(volumes=[{"name": "d", "hostPath": {"path": "/x"}}], volumeMounts=[{"name": "d", "mountPath": "/data"}])
+    cm = next(o for o in plan(j, observe(j, with_children=False)).create if o["kind"] == "ConfigMap")
+    doc = yaml.safe_load(cm["data"]["job.yaml"])
+    assert "volumes" not in doc["spec"] and "image" not in doc["spec"]
+    name, spec = parse_manifest(doc)
+    assert name == "j" and spec.numNodes == 2 and spec.dataset.trainCsv == "/data/train.csv"
+
+
+def test_configmap_drift_is_repaired():
+    j = _running_job()
+    obs = observe(j, [pod(0), pod(1)])
+    stale_cm = copy.deepcopy(obs.configmap)
+    stale_cm["data"]["job.yaml"] = "old"
+    p = plan(j, Observed(pods=obs.pods, service=obs.service, configmap=stale_cm, now=NOW))
+    assert len(p.update) == 1 and p.update[0]["data"] == obs.configmap["data"]
+
+
+# ---- step: suspend -------------------------------------------------------------------------------
+
+
+def test_suspend_deletes_pods_and_resume_recreates_them():
+    j = _running_job()
+    j["spec"]["runPolicy"]["suspend"] = True
+    p, j = run(j, [pod(0), pod(1)])
+    assert j["status"]["phase"] == "Suspended" and sorted(d.name for d in p.delete) == ["j-node-0", "j-node-1"]
+    assert "startTime" not in j["status"] and not any(o["kind"] == "Pod" for o in p.create)
+    assert next(c for c in j["status"]["conditions"] if c["type"] == "Running")["status"] == "False"
+    p2, j = run(j, [])
+    assert p2.status is None and p2.empty
+    j["spec"]["runPolicy"]["suspend"] = False
+    p, j = run(j, [], now=NOW + timedelta(seconds=5))
+    assert j["status"]["phase"] == "Created" and j["status"]["reason"] == "Resumed"
+    assert names(p.create) == ["j-node-0", "j-node-1"] and j["status"]["startTime"] == rfc3339(
+        NOW + timedelta(seconds=5)
+    )
+    assert next(c for c in j["status"]["conditions"] if c["type"] == "Suspended")["status"] == "False"
+    assert j["status"]["restartCount"] == 0
+
+
+# ---- step: deadline ------------------------------------------------------------------------------
+
+
+def test_active_deadline():
+    j = _running_job(activeDeadlineSeconds=100)
+    p = plan(j, observe(j, [pod(0), pod(1)], now=NOW + timedelta(seconds=40)))
+    assert p.requeue_after == pytest.approx(60) and p.status is None
+    p, j = run(j, [pod(0), pod(1)], now=NOW + timedelta(seconds=100))
+    assert (j["status"]["phase"], j["status"]["reason"]) == ("Failed", "DeadlineExceeded")
+    assert sorted(d.name for d in p.delete) == ["j-node-0", "j-node-1"]
+
+
+# ---- step: success -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "policy, deleted", [("Running", ["j-node-1"]), ("All", ["j-node-0", "j-node-1"]), ("None", [])]
+)
+def test_node0_success_and_clean_pod_policy(policy, deleted):
+    j = _running_job(cleanPodPolicy=policy)
+    p, j = run(j, [pod(0, "Succeeded", exit_code=0), pod(1)])
+    assert j["status"]["phase"] == "Succeeded" and j["status"]["completionTime"] == rfc3339(NOW)
+    assert sorted(d.name for d in p.delete) == deleted
+    assert p.transition == "Succeeded" and p.events[0].reason == "Succeeded"
+
+
+# ---- step: failure_policy (pods classified, the attempt judged, the limits) ----------------------
 
 
 @pytest.mark.parametrize(
@@ -234,13 +298,6 @@ def test_healthy_pods_are_not_failures():
         and classify(pod(0, "Pending")) is None
         and classify(pod(0, "Succeeded", exit_code=0)) is None
     )
-
-
-def _running_job(backoff=2, **kw):
-    _, j = run(job(runPolicy={"backoffLimit": backoff, **kw}), [])
-    _, j = run(j, [pod(0), pod(1)])
-    assert j["status"]["phase"] == "Running"
-    return j
 
 
 def test_non_retryable_exit_fails_with_the_termination_message():
@@ -352,6 +409,16 @@ def test_the_first_failure_of_an_attempt_is_its_cause():
     assert j["status"]["reason"] == "Killed" and "SIGSEGV" in j["status"]["message"]
 
 
+def test_knock_on_exit_with_an_eviction_in_the_same_attempt_restarts_without_using_backoff():
+    """node 1 evicted, node 0's collective breaks (exit 1): the attempt was disrupted, not failed."""
+    j = _running_job(backoff=0)
+    p, j = run(j, [pod(0, "Failed", exit_code=1), pod(1, "Failed", exit_code=143, conditions=EVICTED)])
+    assert (j["status"]["phase"], j["status"]["reason"]) == ("Restarting", "EvictionByEvictionAPI")
+    assert j["status"]["restartCount"] == 1 and j["status"]["disruptedAttempts"] == 1
+    assert j["status"].get("failedAttempts", 0) == 0  # backoffLimit=0 is untouched
+    assert sorted(d.name for d in p.delete) == ["j-node-0", "j-node-1"] and not p.create
+
+
 def test_pod_vanishing_while_running_is_a_restart():
     j = _running_job()
     p, j = run(j, [pod(0)])
@@ -361,6 +428,46 @@ def test_pod_vanishing_while_running_is_a_restart():
         and j["status"]["restartCount"] == 1
     )
     assert [d.name for d in p.delete] == ["j-node-0"]
+
+
+# ---- step: start_pods (create what is missing, Running, progress, stuck deletions) ---------------
+
+
+def test_new_job_creates_configmap_service_and_all_pods():
+    j = job()
+    p = plan(j, observe(j, with_children=False))
+    assert [o["kind"] for o in p.create] == ["ConfigMap", "Service", "Pod", "Pod"]
+    assert names(p.create) == ["j", "j-config", "j-node-0", "j-node-1"]
+    assert p.status["phase"] == "Created" and p.status["startTime"] == rfc3339(NOW)
+    assert p.status["restartCount"] == 0 and p.status["observedGeneration"] == 1
+    assert [c["type"] for c in p.status["conditions"]] == ["Created"]
+    assert p.transition == "Created" and [e.reason for e in p.events] == ["Created"]
+
+
+def test_unchanged_world_plans_nothing():
+    j = job()
+    _, j = run(j, [])
+    p, j = run(j, [pod(0), pod(1)])
+    assert p.status["phase"] == "Running"
+    again = plan(j, observe(j, [pod(0), pod(1)]))
+    assert again.empty and again.status is None
+
+
+def test_pending_pods_keep_created_and_running_when_all_run():
+    _, j = run(job(), [])
+    p, j = run(j, [pod(0), pod(1, "Pending")])
+    assert p.status is None or p.status["phase"] == "Created"
+    assert j["status"]["nodes"]["pending"] == 1 and j["status"]["nodes"]["running"] == 1
+    p, j = run(j, [pod(0), pod(1)])
+    assert j["status"]["phase"] == "Running" and [e.reason for e in p.events] == ["Running"]
+    running = next(c for c in j["status"]["conditions"] if c["type"] == "Running")
+    assert running["status"] == "True" and running["observedGeneration"] == 1
+
+
+def test_missing_pod_before_running_is_just_created():
+    _, j = run(job(), [])
+    p = plan(j, observe(j, [pod(0, "Pending")]))
+    assert names(p.create) == ["j-node-1"] and not p.delete and j["status"]["restartCount"] == 0
 
 
 def test_stale_pods_of_an_older_attempt_are_deleted_never_counted():
@@ -377,64 +484,6 @@ def test_foreign_pods_are_ignored():
     p = plan(j, observe(j, [pod(0, "Failed", exit_code=1, owner="someone-else")]))
     assert (p.status is None or p.status["phase"] == "Created") and not p.delete
     assert names(p.create) == ["j-node-1"]  # node 0's name is taken: wait for it to go
-
-
-# ---- success, cleanup, ttl, deadline, suspend --------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "policy, deleted", [("Running", ["j-node-1"]), ("All", ["j-node-0", "j-node-1"]), ("None", [])]
-)
-def test_node0_success_and_clean_pod_policy(policy, deleted):
-    j = _running_job(cleanPodPolicy=policy)
-    p, j = run(j, [pod(0, "Succeeded", exit_code=0), pod(1)])
-    assert j["status"]["phase"] == "Succeeded" and j["status"]["completionTime"] == rfc3339(NOW)
-    assert sorted(d.name for d in p.delete) == deleted
-    assert p.transition == "Succeeded" and p.events[0].reason == "Succeeded"
-
-
-def test_terminal_job_stays_terminal_and_ttl_deletes_it():
-    j = _running_job(ttlSecondsAfterFinished=60)
-    p, j = run(j, [pod(0, "Succeeded", exit_code=0), pod(1, "Succeeded", exit_code=0)])
-    assert p.requeue_after == 60 and not p.delete_job
-    later = plan(j, observe(j, [pod(0, "Failed", exit_code=137)], now=NOW + timedelta(seconds=30)))
-    assert later.status is None and not later.delete_job and later.requeue_after == pytest.approx(30)
-    due = plan(j, observe(j, [], now=NOW + timedelta(seconds=60)))
-    assert due.delete_job and due.status is None
-
-
-def test_ttl_zero_deletes_at_once():
-    j = _running_job(ttlSecondsAfterFinished=0)
-    p, _ = run(j, [pod(0, "Succeeded", exit_code=0), pod(1)])
-    assert p.delete_job
-
-
-def test_active_deadline():
-    j = _running_job(activeDeadlineSeconds=100)
-    p = plan(j, observe(j, [pod(0), pod(1)], now=NOW + timedelta(seconds=40)))
-    assert p.requeue_after == pytest.approx(60) and p.status is None
-    p, j = run(j, [pod(0), pod(1)], now=NOW + timedelta(seconds=100))
-    assert (j["status"]["phase"], j["status"]["reason"]) == ("Failed", "DeadlineExceeded")
-    assert sorted(d.name for d in p.delete) == ["j-node-0", "j-node-1"]
-
-
-def test_suspend_deletes_pods_and_resume_recreates_them():
-    j = _running_job()
-    j["spec"]["runPolicy"]["suspend"] = True
-    p, j = run(j, [pod(0), pod(1)])
-    assert j["status"]["phase"] == "Suspended" and sorted(d.name for d in p.delete) == ["j-node-0", "j-node-1"]
-    assert "startTime" not in j["status"] and not any(o["kind"] == "Pod" for o in p.create)
-    assert next(c for c in j["status"]["conditions"] if c["type"] == "Running")["status"] == "False"
-    p2, j = run(j, [])
-    assert p2.status is None and p2.empty
-    j["spec"]["runPolicy"]["suspend"] = False
-    p, j = run(j, [], now=NOW + timedelta(seconds=5))
-    assert j["status"]["phase"] == "Created" and j["status"]["reason"] == "Resumed"
-    assert names(p.create) == ["j-node-0", "j-node-1"] and j["status"]["startTime"] == rfc3339(
-        NOW + timedelta(seconds=5)
-    )
-    assert next(c for c in j["status"]["conditions"] if c["type"] == "Suspended")["status"] == "False"
-    assert j["status"]["restartCount"] == 0
 
 
 def test_progress_lands_in_status_only_when_it_changes():
@@ -460,21 +509,20 @@ def test_progress_lands_in_status_only_when_it_changes():
     assert plan(j, observe(j, [pod(0), pod(1)], progress=prog)).status is None
 
 
-def test_configmap_drift_is_repaired():
+def test_a_checkpoint_fallback_reported_by_the_trainer_becomes_one_warning_event():
     j = _running_job()
-    obs = observe(j, [pod(0), pod(1)])
-    stale_cm = copy.deepcopy(obs.configmap)
-    stale_cm["data"]["job.yaml"] = "old"
-    p = plan(j, Observed(pods=obs.pods, service=obs.service, configmap=stale_cm, now=NOW))
-    assert len(p.update) == 1 and p.update[0]["data"] == obs.configmap["data"]
-
-
-def _node(name, ready="True", since=NOW - timedelta(hours=1), taints=()):
-    return {
-        "metadata": {"name": name},
-        "spec": {"taints": list(taints)},
-        "status": {"conditions": [{"type": "Ready", "status": ready, "lastTransitionTime": rfc3339(since)}]},
+    prog = {
+        "phase": "training",
+        "step": 20,
+        "totalSteps": 100,
+        "skippedCheckpoints": ["step-00000030.pt: truncated file"],
     }
+    p, j = run(j, [pod(0), pod(1)], progress=prog)
+    assert [(e.type, e.reason) for e in p.events] == [("Warning", "CheckpointFallback")]
+    assert "step-00000030.pt: truncated file" in p.events[0].message
+    assert j["status"]["progress"]["skippedCheckpoints"] == ["step-00000030.pt: truncated file"]
+    again = plan(j, observe(j, [pod(0), pod(1)], progress={**prog, "step": 21}))
+    assert not again.events  # posted once, not on every progress poll
 
 
 @pytest.mark.parametrize(
@@ -511,39 +559,27 @@ def test_pod_stuck_in_deletion_is_force_deleted_only_when_its_node_is_gone(node,
     )
 
 
-# ---- failure policy: the attempt judged as a whole (issue #9) ---------------------------------
-
-EVICTED = [
-    {
-        "type": "DisruptionTarget",
-        "status": "True",
-        "reason": "EvictionByEvictionAPI",
-        "message": "Eviction API: evicting",
-    }
-]
+# ---- the step sequence ---------------------------------------------------------------------------
 
 
-def test_knock_on_exit_with_an_eviction_in_the_same_attempt_restarts_without_using_backoff():
-    """node 1 evicted, node 0's collective breaks (exit 1): the attempt was disrupted, not failed."""
-    j = _running_job(backoff=0)
-    p, j = run(j, [pod(0, "Failed", exit_code=1), pod(1, "Failed", exit_code=143, conditions=EVICTED)])
-    assert (j["status"]["phase"], j["status"]["reason"]) == ("Restarting", "EvictionByEvictionAPI")
-    assert j["status"]["restartCount"] == 1 and j["status"]["disruptedAttempts"] == 1
-    assert j["status"].get("failedAttempts", 0) == 0  # backoffLimit=0 is untouched
-    assert sorted(d.name for d in p.delete) == ["j-node-0", "j-node-1"] and not p.create
+def test_the_policies_decide_in_a_fixed_order_and_a_step_can_be_inserted():
+    from controller.reconcile import STEPS, Pass
 
+    assert [s.__name__ for s in STEPS] == [
+        "finished",
+        "invalid_spec",
+        "suspend",
+        "deadline",
+        "success",
+        "failure_policy",
+        "start_pods",
+    ]
 
-def test_a_checkpoint_fallback_reported_by_the_trainer_becomes_one_warning_event():
-    j = _running_job()
-    prog = {
-        "phase": "training",
-        "step": 20,
-        "totalSteps": 100,
-        "skippedCheckpoints": ["step-00000030.pt: truncated file"],
-    }
-    p, j = run(j, [pod(0), pod(1)], progress=prog)
-    assert [(e.type, e.reason) for e in p.events] == [("Warning", "CheckpointFallback")]
-    assert "step-00000030.pt: truncated file" in p.events[0].message
-    assert j["status"]["progress"]["skippedCheckpoints"] == ["step-00000030.pt: truncated file"]
-    again = plan(j, observe(j, [pod(0), pod(1)], progress={**prog, "step": 21}))
-    assert not again.events  # posted once, not on every progress poll
+    def hold(p: Pass):  # e.g. a queue that has not admitted the job: no pods, a reason
+        return p.plan()
+
+    steps = [*STEPS[:2], hold, *STEPS[2:]]
+    j = job()
+    p = plan(j, observe(j, with_children=False), steps=steps)
+    assert [o["kind"] for o in p.create] == ["ConfigMap", "Service"]  # children of a valid spec, no pods
+    assert plan(job(training={"batchSize": 0}), observe(j), steps=steps).status["reason"] == "InvalidSpec"
