@@ -39,6 +39,26 @@ RETRYABLE_POD_REASONS = frozenset(
     }
 )
 
+#: Container waiting reasons that hold an attempt back without failing it (the kubelet retries
+#: them): shown on the job (condition PodsWaiting, a Warning event) and ended by
+#: runPolicy.startDeadlineSeconds. InvalidImageName never resolves: the job fails as InvalidSpec.
+WAITING_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+    }
+)
+INVALID_IMAGE_NAME = "InvalidImageName"
+#: The PodScheduled condition's reason when no node fits the pod.
+UNSCHEDULABLE = "Unschedulable"
+#: Longest message taken from a pod into the job's status (the kubelet's text quotes the image
+#: name and the scheduler's lists nodes; both are long in big clusters).
+MESSAGE_MAX = 512
+
 #: A pod still there this long after its deletionTimestamp (which already includes its grace
 #: period) is force-deleted (grace 0) *if its node is known gone* (:func:`node_gone`): a
 #: partitioned kubelet may still run it, and a second copy of node 0 would write the same
@@ -54,6 +74,14 @@ class Delete:
     name: str
     uid: str | None = None  # precondition: never delete a newer object of the same name
     force: bool = False  # gracePeriodSeconds=0
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Why a pod is not running yet (a container waiting reason or Unschedulable)."""
+
+    reason: str
+    message: str
 
 
 @dataclass(frozen=True)
@@ -146,12 +174,33 @@ def classify(pod: dict[str, Any]) -> Failure | None:
     return Failure(True, Reason.TRAINER_FAILED, text, at=at)
 
 
+def waiting(pod: dict[str, Any]) -> Waiting | None:
+    """Why this pod waits (image pull, container config, no node fits), if it does for a reason
+    :data:`WAITING_REASONS` knows; None for a pod that is just starting."""
+    name = pod["metadata"]["name"]
+    st = pod.get("status") or {}
+    for cs in [*(st.get("initContainerStatuses") or []), *(st.get("containerStatuses") or [])]:
+        w = (cs.get("state") or {}).get("waiting") or {}
+        if w.get("reason") in WAITING_REASONS:
+            return Waiting(w["reason"], f"{name}: {w.get('message') or w['reason']}"[:MESSAGE_MAX])
+    for cond in st.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == UNSCHEDULABLE:
+            return Waiting(UNSCHEDULABLE, f"{name}: {cond.get('message') or UNSCHEDULABLE}"[:MESSAGE_MAX])
+    return None
+
+
+#: On a finishedAt tie (one-second resolution) these causes are preferred: an OOM kill or a signal
+#: is a root cause, a peer's exit 1 in the same second its knock-on.
+_ROOT_CAUSES = (Reason.OOM_KILLED, Reason.KILLED)
+
+
 def judge(failures: list[Failure]) -> Failure | None:
     """The verdict on one attempt from all its failed pods together.
 
     A disruption anywhere explains the rest (a peer's broken collective exits 1 or is killed):
     the attempt was disrupted. Otherwise a final verdict of the trainer ends the job; otherwise
-    the attempt failed, and its first failure (earliest finishedAt) is the cause.
+    the attempt failed, and its first failure (earliest finishedAt; an OOM kill or a signal on a
+    tie) is the cause.
     """
     if not failures:
         return None
@@ -161,27 +210,39 @@ def judge(failures: list[Failure]) -> Failure | None:
     final = [f for f in failures if not f.retryable]
     if final:
         return final[0]
-    timed = sorted((f for f in failures if f.at), key=lambda f: f.at)
+    timed = sorted((f for f in failures if f.at), key=lambda f: (f.at, f.reason not in _ROOT_CAUSES))
     return timed[0] if timed else failures[0]
 
 
-def node_gone(node: dict[str, Any] | None, now: datetime) -> str | None:
-    """Why a Node is known gone (missing, out-of-service taint, NotReady too long), else None."""
+def node_gone(node: dict[str, Any] | None) -> str | None:
+    """Why a Node is known gone, else None: the Node object no longer exists, or an administrator
+    tainted it ``node.kubernetes.io/out-of-service`` (non-graceful node shutdown). The pod garbage
+    collector's own rule; NotReady, however long, is not enough (a kubelet that stopped reporting
+    may still run the pod, and the pod still reach the shared volume)."""
     if node is None:
         return "its node no longer exists"
     for taint in (node.get("spec") or {}).get("taints") or []:
         if taint.get("key") == OUT_OF_SERVICE_TAINT:
             return f"its node is tainted {OUT_OF_SERVICE_TAINT}"
-    for cond in (node.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "Ready" and cond.get("status") != "True":
-            since = parse_time(cond.get("lastTransitionTime"))
-            if since is not None and (now - since).total_seconds() >= NODE_LOST_AFTER_S:
-                return f"its node has been NotReady for {int((now - since).total_seconds())}s"
     return None
 
 
-#: A Node NotReady for this long counts as gone (the kubelet stopped reporting).
-NODE_LOST_AFTER_S = 300.0
+def node_unhealthy(node: dict[str, Any] | None) -> str | None:
+    """Why a Node cannot be trusted to keep a pod running (gone, or not Ready now), else None: used
+    when judging an attempt, never to force a deletion."""
+    gone = node_gone(node)
+    if gone or node is None:
+        return gone
+    for cond in (node.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready" and cond.get("status") != "True":
+            return f"its node is NotReady ({cond.get('reason') or cond.get('status')})"
+    return None
+
+
+def terminal(pod: dict[str, Any]) -> bool:
+    """Has this pod finished (succeeded, failed, lost or being deleted)? Its peers of the same
+    attempt are judged together once all are terminal (or the settle window is over)."""
+    return pod_phase(pod) == PodPhase.SUCCEEDED or classify(pod) is not None
 
 
 def _stuck(pod: dict[str, Any], now: datetime) -> bool:
@@ -199,7 +260,7 @@ def delete(pods: list[dict[str, Any]], now: datetime, nodes: dict[str, dict[str,
             out.append(Delete("Pod", meta["name"], meta.get("uid")))
         elif _stuck(p, now):
             node_name = (p.get("spec") or {}).get("nodeName")
-            if not node_name or (node_name in nodes and node_gone(nodes[node_name], now)):
+            if not node_name or (node_name in nodes and node_gone(nodes[node_name])):
                 out.append(Delete("Pod", meta["name"], meta.get("uid"), force=True))
     return tuple(out)
 

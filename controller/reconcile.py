@@ -26,16 +26,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from kubeclip.api import TERMINAL_PHASES, ConfigError, FineTuneJobSpec, Phase, Reason, parse_job_spec
+from kubeclip.api import PODS_WAITING, TERMINAL_PHASES, ConfigError, FineTuneJobSpec, Phase, Reason, parse_job_spec
 
 from . import builders, naming
 from .pods import (
     FORCE_DELETE_AFTER_S,
-    NODE_LOST_AFTER_S,
+    INVALID_IMAGE_NAME,
     OUT_OF_SERVICE_TAINT,
     RETRYABLE_POD_REASONS,
     Delete,
     Failure,
+    Waiting,
     classify,
     cleanup,
     delete,
@@ -43,8 +44,11 @@ from .pods import (
     int_label,
     judge,
     node_gone,
+    node_unhealthy,
     owned_by,
+    terminal,
     trainer_terminated,
+    waiting,
 )
 from .status import (
     PodPhase,
@@ -55,18 +59,20 @@ from .status import (
     pod_phase,
     progress_status,
     resume,
+    set_condition,
 )
 from .times import parse_time, rfc3339
 
 __all__ = [
     "FORCE_DELETE_AFTER_S",
-    "NODE_LOST_AFTER_S",
     "NODE_RECHECK_S",
     "OUT_OF_SERVICE_TAINT",
     "RESTART_DELAY_CAP_S",
     "RESTART_DELAY_S",
     "RETRYABLE_POD_REASONS",
+    "SETTLE_S",
     "STEPS",
+    "CreateError",
     "Delete",
     "Event",
     "Failure",
@@ -84,10 +90,23 @@ __all__ = [
 
 
 @dataclass(frozen=True)
+class CreateError:
+    """The API server refused to create one of the job's children (a ResourceQuota or Pod Security
+    403, an admission webhook, a 422 for an object it finds invalid); the worker remembers the
+    last one per job and passes it to the next pass."""
+
+    kind: str
+    name: str
+    status: int  # the HTTP status
+    message: str
+
+
+@dataclass(frozen=True)
 class Observed:
     """What exists now: the job's pods (any attempt), its Service and ConfigMap, node 0's progress,
-    and the Nodes of pods stuck in deletion (name -> Node, or None when the Node does not exist;
-    a name not in the map was not looked at)."""
+    the Nodes of the job's pods whenever one of them is failed or being deleted (name -> Node, or
+    None when the Node does not exist; a name not in the map was not looked at), and the last
+    create the API server refused."""
 
     pods: tuple[dict[str, Any], ...] = ()
     service: dict[str, Any] | None = None
@@ -95,6 +114,7 @@ class Observed:
     progress: dict[str, Any] | None = None
     now: datetime = field(default_factory=lambda: datetime(1970, 1, 1, tzinfo=timezone.utc))
     nodes: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    create_error: CreateError | None = None
 
 
 #: While a pod is stuck in deletion the job is looked at again this often (Node changes trigger
@@ -104,6 +124,11 @@ NODE_RECHECK_S = 30.0
 #: (the Job controller's 10 s -> 6 min). The controller's settings may change both.
 RESTART_DELAY_S = 10.0
 RESTART_DELAY_CAP_S = 360.0
+#: An attempt with a failed pod is judged once all its pods are terminal, or this long after its
+#: first failure (finishedAt), whichever is first: long enough for a peer's eviction or its node's
+#: NotReady (the node controller's grace period is 40-50 s) to reach the API before a knock-on
+#: exit 1 is counted as the cause; short next to the restart delay it adds to at most.
+SETTLE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -115,7 +140,8 @@ class Event:
 
 @dataclass(frozen=True)
 class Plan:
-    """Apply in this order: status (optimistic concurrency), events, creates, updates, deletes."""
+    """Apply in this order: status (optimistic concurrency), events, updates, creates, deletes (the
+    ConfigMap is up to date before any pod that reads it is created)."""
 
     status: dict[str, Any] | None = None  # the new status, only when it differs
     events: tuple[Event, ...] = ()
@@ -268,6 +294,22 @@ class Pass:
     def delete(self, pods: list[dict[str, Any]]) -> tuple[Delete, ...]:
         return delete(pods, self.now, self.observed.nodes)
 
+    def recheck_stuck(self) -> None:
+        """Come back to look at the node of a pod stuck in deletion (Node changes trigger no pass)."""
+        for pod in self.observed.pods:
+            due = parse_time(pod["metadata"].get("deletionTimestamp"))
+            if due is not None:
+                left = max(1.0, (due - self.now).total_seconds() + FORCE_DELETE_AFTER_S + 1)
+                self.wake(NODE_RECHECK_S if left <= 1.0 else left)
+
+    @property
+    def all_running(self) -> bool:
+        """Every node pod of the current attempt runs (or has finished successfully)."""
+        live = self.live
+        return len(live) == self.spec.numNodes and all(
+            pod_phase(pod) in (PodPhase.RUNNING, PodPhase.SUCCEEDED) for pod in live
+        )
+
     def plan(self, delete: tuple[Delete, ...] = (), **kw: Any) -> Plan:
         """End the pass: the status so far, the creates, updates and events collected, ``delete``."""
         return _plan(
@@ -357,17 +399,31 @@ def invalid_spec(p: Pass) -> Plan | None:
     return None
 
 
+def _succeeded(pod: dict[str, Any] | None) -> bool:
+    return pod is not None and pod_phase(pod) == PodPhase.SUCCEEDED and not deleting(pod)
+
+
 def suspend(p: Pass) -> Plan | None:
-    """runPolicy.suspend: no pods, the clock stops (startTime is set again on resume). Leaving
-    suspension makes the job Created again; a job's first pass makes it Created."""
-    if p.spec.runPolicy.suspend:
+    """runPolicy.suspend: no pods, the clock stops (startTime is set again on resume). A suspend
+    seen after node 0 has succeeded leaves the success to the success step. Leaving suspension
+    waits until the suspended pods are gone (their deletion is no disruption), then makes the job
+    Created again; a job's first pass makes it Created."""
+    if p.spec.runPolicy.suspend and not _succeeded(p.node0):
         if p.status.get("phase") != Phase.SUSPENDED:
             p.enter(Phase.SUSPENDED, Reason.SUSPENDED, "runPolicy.suspend is true: pods deleted")
         p.status.pop("startTime", None)
+        p.status.pop("attemptStartTime", None)
         p.status["nodes"] = node_counts(p.spec.numNodes, [])
         p.status.pop("nextAttemptTime", None)
+        p.recheck_stuck()
         return p.plan(delete=p.delete(p.pods))
     if p.status.get("phase") == Phase.SUSPENDED:
+        if p.pods:
+            p.status["message"] = (
+                f"runPolicy.suspend is false: waiting for {len(p.pods)} pod(s) of the suspended run to terminate"
+            )
+            p.recheck_stuck()
+            return p.plan(delete=p.delete(p.pods))
         p.status = resume(p.status, p.generation, p.now)
     if p.status.get("phase") is None:
         p.enter(Phase.CREATED, Reason.CREATED, f"creating {p.spec.numNodes} node pod(s)")
@@ -380,7 +436,7 @@ def deadline(p: Pass) -> Plan | None:
     limit = p.spec.runPolicy.activeDeadlineSeconds
     if limit is None:
         return None
-    started = parse_time(p.status["startTime"]) or p.now
+    started = parse_time(p.status.get("startTime")) or p.now
     left = (started - p.now).total_seconds() + limit
     if left <= 0:
         return p.finish(
@@ -415,9 +471,16 @@ def failure_policy(p: Pass) -> Plan | None:
         failures += [
             Failure(True, Reason.POD_DELETED, f"{naming.pod_name(p.name, i)} disappeared", True) for i in missing
         ]
+    if failures:
+        failures += _lost_peers(p)
     cause = judge(failures)
     if cause is None:
         return None
+    if not cause.disruption:
+        left = _settle_left(p, failures)
+        if left > 0:  # a peer may still turn out evicted or lost: judge when it is known
+            p.wake(left)
+            return p.plan(delete=p.delete(p.stale))
     if not cause.retryable:
         _set_final_progress(p.status, p.node0)  # rank 0's progress at its verdict, when node 0 has exited
         return p.finish(Phase.FAILED, cause.reason, cause.message)
@@ -451,6 +514,7 @@ def failure_policy(p: Pass) -> Plan | None:
     p.status.setdefault("disruptedAttempts", disrupted)
     delay = restart_delay(attempt, p.restart_delay_s, p.restart_delay_cap_s)
     p.status["restartCount"] = attempt + 1
+    p.status.pop("attemptStartTime", None)
     p.status["nextAttemptTime"] = rfc3339(p.now + timedelta(seconds=delay))
     p.enter(
         Phase.RESTARTING,
@@ -460,6 +524,92 @@ def failure_policy(p: Pass) -> Plan | None:
     p.status["nodes"] = node_counts(p.spec.numNodes, [])
     p.wake(delay)
     return p.plan(delete=p.delete(p.pods))
+
+
+def _lost_peers(p: Pass) -> list[Failure]:
+    """Running pods of the attempt whose Node is gone or not Ready: a disruption, found when a
+    peer's failure is judged (the pod's own status may lag by minutes)."""
+    out = []
+    for _, pod in sorted(p.current.items(), key=lambda kv: kv[0]):
+        node_name = (pod.get("spec") or {}).get("nodeName")
+        if pod_phase(pod) != PodPhase.RUNNING or classify(pod) is not None or node_name not in p.observed.nodes:
+            continue
+        why = node_unhealthy(p.observed.nodes[node_name])
+        if why:
+            out.append(Failure(True, Reason.NODE_LOST, f"{pod['metadata']['name']}: {why}", True))
+    return out
+
+
+def _settle_left(p: Pass, failures: list[Failure]) -> float:
+    """Seconds until a failed attempt may be judged: 0 once every pod is terminal, or when no
+    failure carries a finishedAt (the trainer never ran: nothing to wait for)."""
+    if all(terminal(pod) for pod in p.current.values()):
+        return 0.0
+    times = [t for t in (parse_time(f.at) for f in failures) if t is not None]
+    if not times:
+        return 0.0
+    return (min(times) - p.now).total_seconds() + SETTLE_S
+
+
+def _pods_waiting(p: Pass, cause: Waiting | None) -> None:
+    """The PodsWaiting condition: True with the cause (and a Warning event when the cause is new),
+    False once nothing holds the pods back."""
+    conds = p.status.get("conditions") or []
+    old = next((c for c in conds if c.get("type") == PODS_WAITING), None)
+    if cause is None:
+        if old is not None and old.get("status") == "True":
+            p.status["conditions"] = set_condition(
+                conds, PODS_WAITING, "False", Reason.PODS_STARTED, "no node pod is held back", p.generation, p.now
+            )
+        return
+    if old is None or old.get("status") != "True" or old.get("reason") != cause.reason:
+        p.events.append(Event("Warning", cause.reason, cause.message))
+    p.status["conditions"] = set_condition(
+        conds, PODS_WAITING, "True", cause.reason, cause.message, p.generation, p.now
+    )
+
+
+def start_deadline(p: Pass) -> Plan | None:
+    """Pods that wait (image pull, container config, no node fits) or that the API server refused:
+    the cause on the job (condition PodsWaiting, a Warning event), never a failure counted against
+    backoffLimit; runPolicy.startDeadlineSeconds after the attempt's pods were created the job fails
+    with that cause. An image name the runtime rejects, or a pod the API server finds invalid (422),
+    cannot get better: InvalidSpec at once."""
+    if p.status["phase"] == Phase.RUNNING or p.all_running:
+        _pods_waiting(p, None)
+        return None
+    missing = {naming.pod_name(p.name, i) for i in range(p.spec.numNodes) if i not in p.current}
+    err = p.observed.create_error
+    if err is not None and err.name not in missing | {o["metadata"]["name"] for o in p.create}:
+        err = None  # it exists by now
+    if err is not None and err.status == 422:
+        return p.finish(
+            Phase.FAILED, Reason.INVALID_SPEC, f"the API server refused {err.kind} {err.name}: {err.message}"
+        )
+    held = [w for w in (waiting(pod) for _, pod in sorted(p.current.items(), key=lambda kv: kv[0])) if w]
+    bad = next((w for w in held if w.reason == INVALID_IMAGE_NAME), None)
+    if bad is not None:
+        _pods_waiting(p, bad)
+        return p.finish(Phase.FAILED, Reason.INVALID_SPEC, bad.message)
+    cause = held[0] if held else None
+    if cause is None and err is not None:
+        cause = Waiting(Reason.POD_CREATE_FAILED, f"creating {err.kind} {err.name}: {err.message}")
+    _pods_waiting(p, cause)
+    limit = p.spec.runPolicy.startDeadlineSeconds
+    started = parse_time(p.status.get("attemptStartTime"))
+    if limit is None or started is None:
+        return None
+    left = (started - p.now).total_seconds() + limit
+    if left > 0:
+        p.wake(left)
+        return None
+    running = sum(1 for pod in p.live if pod_phase(pod) in (PodPhase.RUNNING, PodPhase.SUCCEEDED))
+    text = cause.message if cause else f"{p.spec.numNodes - running} of {p.spec.numNodes} node pod(s) not running"
+    return p.finish(
+        Phase.FAILED,
+        cause.reason if cause else Reason.START_DEADLINE_EXCEEDED,
+        f"{text}; not all node pods running within runPolicy.startDeadlineSeconds={limit}",
+    )
 
 
 def start_pods(p: Pass) -> Plan:
@@ -474,17 +624,14 @@ def start_pods(p: Pass) -> Plan:
         for i in range(p.spec.numNodes):
             if i not in p.current and naming.pod_name(p.name, i) not in taken:
                 p.create.append(builders.pod(p.job, p.spec, i, p.attempt, p.image))
-    live = p.live
-    if len(live) == p.spec.numNodes and all(pod_phase(pod) in (PodPhase.RUNNING, PodPhase.SUCCEEDED) for pod in live):
+    if "attemptStartTime" not in p.status and (p.current or any(o["kind"] == "Pod" for o in p.create)):
+        p.status["attemptStartTime"] = rfc3339(p.now)  # runPolicy.startDeadlineSeconds counts from here
+    if p.all_running:
         if p.status["phase"] != Phase.RUNNING:
             p.enter(Phase.RUNNING, Reason.RUNNING, f"all {p.spec.numNodes} node pod(s) running")
         if p.observed.progress:
             p.status["progress"] = progress_status(p.observed.progress)
-    for pod in p.observed.pods:  # come back to look at the node of a pod stuck in deletion
-        due = parse_time(pod["metadata"].get("deletionTimestamp"))
-        if due is not None:
-            left = max(1.0, (due - p.now).total_seconds() + FORCE_DELETE_AFTER_S + 1)
-            p.wake(NODE_RECHECK_S if left <= 1.0 else left)
+    p.recheck_stuck()
     return p.plan(delete=p.delete(p.stale))
 
 
@@ -498,6 +645,7 @@ STEPS: Sequence[Step] = (
     deadline,
     success,
     failure_policy,
+    start_deadline,
     start_pods,
 )
 

@@ -45,7 +45,16 @@ from .job import (
     parse_job_spec,
 )
 from .progress import LastCheckpoint, Progress
-from .status import TERMINAL_PHASES, Condition, FineTuneJobStatus, NodeCounts, Phase, ProgressStatus, Reason
+from .status import (
+    PODS_WAITING,
+    TERMINAL_PHASES,
+    Condition,
+    FineTuneJobStatus,
+    NodeCounts,
+    Phase,
+    ProgressStatus,
+    Reason,
+)
 from .termination import (
     FINAL_PROGRESS_MARKER,
     TERMINATION_MESSAGE_MAX_BYTES,
@@ -91,6 +100,7 @@ __all__ = [
     "GPU_RESOURCE",
     "KIND",
     "LOWER_IS_BETTER",
+    "PODS_WAITING",
     "PRESERVE",
     "RESERVED_ENV",
     "RESERVED_VOLUMES",

@@ -24,6 +24,9 @@ class Phase(StrEnum):
 
 
 TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
+#: The condition (beside one per phase) that says why the current attempt's pods are not all
+#: running yet: an image that cannot be pulled, no node that fits, a pod the API server refused.
+PODS_WAITING = "PodsWaiting"
 
 
 class _Status(BaseModel):
@@ -33,7 +36,7 @@ class _Status(BaseModel):
 class Condition(_Status):
     """metav1.Condition."""
 
-    type: str = Field(description="Created, Running, Restarting, Succeeded, Failed or Suspended.")
+    type: str = Field(description="Created, Running, Restarting, Succeeded, Failed, Suspended or PodsWaiting.")
     status: Literal["True", "False", "Unknown"]
     reason: str = Field(description="CamelCase machine-readable reason.")
     message: str = Field(default="", description="Human-readable details.")
@@ -111,6 +114,11 @@ class FineTuneJobStatus(_Status):
         description="Restarting: the next attempt's pods are created at this time (exponential delay, RFC 3339).",
     )
     startTime: str | None = Field(default=None, description="When the pods were first created (RFC 3339).")
+    attemptStartTime: str | None = Field(
+        default=None,
+        description="When the current attempt's pods were first created (RFC 3339); "
+        "runPolicy.startDeadlineSeconds counts from it.",
+    )
     completionTime: str | None = Field(default=None, description="When the job succeeded or failed (RFC 3339).")
     progress: ProgressStatus | None = Field(default=None, description="The trainer's progress.")
 
@@ -138,3 +146,9 @@ class Reason(StrEnum):
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     DISRUPTION_LIMIT_EXCEEDED = "DisruptionLimitExceeded"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+    #: A child object the API server refused to create (quota, Pod Security, admission webhook).
+    POD_CREATE_FAILED = "PodCreateFailed"
+    #: Pods not all running within runPolicy.startDeadlineSeconds, no more specific cause known.
+    START_DEADLINE_EXCEEDED = "StartDeadlineExceeded"
+    #: The PodsWaiting condition turned False: nothing holds the pods back any more.
+    PODS_STARTED = "PodsStarted"
