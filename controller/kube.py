@@ -20,7 +20,7 @@ from typing import Any, cast
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from kubeclip.api import API_GROUP, API_VERSION, KIND
+from kubeclip.api import API_GROUP, API_VERSION, KIND, TERMINAL_PHASES
 
 from .crd import PLURAL
 from .naming import LABEL_JOB, MANAGER
@@ -194,9 +194,10 @@ class Kube:
         svc = self._get(self.core.read_namespaced_service, service_name(name), ns)
         cm = self._get(self.core.read_namespaced_config_map, configmap_name(name), ns)
         nodes: dict[str, dict[str, Any] | None] = {}
+        finished = (job.get("status") or {}).get("phase") in TERMINAL_PHASES  # failed pods kept for logs
         troubled = any(
             p["metadata"].get("deletionTimestamp")
-            or (p.get("status") or {}).get("phase") in (PodPhase.FAILED, PodPhase.UNKNOWN)
+            or (not finished and (p.get("status") or {}).get("phase") in (PodPhase.FAILED, PodPhase.UNKNOWN))
             for p in pods
         )
         for p in pods if troubled else ():
