@@ -326,7 +326,7 @@ class Pass:
     def finish(self, phase: Phase, reason: str, message: str, *, cleanup_policy: str | None = None) -> Plan:
         """End the job: Succeeded or Failed, pods cleaned up per cleanPodPolicy, the TTL armed."""
         if self.parsed is None:  # an invalid spec: its raw fields, as far as they make sense
-            policy, ttl = cleanup_policy or "Running", self.raw_run_policy.get("ttlSecondsAfterFinished")
+            policy, ttl = cleanup_policy or "Running", _raw_ttl(self)
         else:
             policy, ttl = self.spec.runPolicy.cleanPodPolicy, self.spec.runPolicy.ttlSecondsAfterFinished
         self.enter(phase, reason, message)
@@ -346,6 +346,13 @@ class Pass:
 Step = Callable[[Pass], Plan | None]
 
 
+def _raw_ttl(p: Pass) -> int | None:
+    """runPolicy.ttlSecondsAfterFinished as stored; None unless a non-negative integer (an object
+    that bypassed the CRD must not break the requeue arithmetic)."""
+    ttl = p.raw_run_policy.get("ttlSecondsAfterFinished")
+    return ttl if isinstance(ttl, int) and not isinstance(ttl, bool) and ttl >= 0 else None
+
+
 def _raw_clean_policy(p: Pass) -> str:
     policy = p.raw_run_policy.get("cleanPodPolicy") or "Running"
     return policy if policy in ("Running", "All", "None") else "Running"
@@ -360,7 +367,7 @@ def finished(p: Pass) -> Plan | None:
     """Finished jobs stay finished: only cleanup and the TTL are left."""
     if p.status.get("phase") not in TERMINAL_PHASES:
         return None
-    ttl = p.raw_run_policy.get("ttlSecondsAfterFinished")
+    ttl = _raw_ttl(p)
     done = parse_time(p.status.get("completionTime"))
     due = None if ttl is None or done is None else (done - p.now).total_seconds() + ttl
     return _plan(

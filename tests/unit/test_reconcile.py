@@ -226,6 +226,12 @@ def test_configmap_drift_is_repaired():
     assert len(p.update) == 1 and p.update[0]["data"] == obs.configmap["data"]
 
 
+def test_an_invalid_spec_with_a_nonsense_ttl_still_plans_a_number():
+    """An object that bypassed the CRD: the raw TTL is not trusted for the requeue arithmetic."""
+    p = plan(*(lambda j: (j, observe(j)))(job(training={"batchSize": 0}, runPolicy={"ttlSecondsAfterFinished": "1h"})))
+    assert p.status["reason"] == "InvalidSpec" and p.requeue_after is None and not p.delete_job
+
+
 # ---- step: suspend -------------------------------------------------------------------------------
 
 
