@@ -146,7 +146,8 @@ class Worker:
             port = ((job.get("spec") or {}).get("metrics") or {}).get("port", MetricsSpec().port)
             url = progress_url(node0, port, self.s) if node0 is not None and port else None
             if url:
-                progress = read_progress(url, self.s.progress_timeout_s)
+                meta = job["metadata"]
+                progress = read_progress(url, self.s.progress_timeout_s, job=f"{meta['namespace']}/{meta['name']}")
         observed = Observed(
             pods=tuple(pods), service=svc, configmap=cm, progress=progress, now=self.clock(), nodes=nodes
         )
