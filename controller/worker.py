@@ -18,7 +18,7 @@ from typing import Any
 
 from kubeclip.api import TERMINAL_PHASES, MetricsSpec
 
-from . import metrics, naming
+from . import metrics, naming, netpol
 from .kube import Conflict, Kube, Terminating, describe_error
 from .progress import progress_url, read_progress
 from .reconcile import Observed, Plan, plan
@@ -174,6 +174,9 @@ class Worker:
                 )
         for ev in p.events:
             self.kube.event(job, ev)
+        if self.s.network_policy and any(o["kind"] == "Service" for o in p.create):
+            # With the Service, once per job, before its pods: they are never reachable unguarded.
+            self.kube.create(netpol.network_policy(job, self.s))
         for obj in p.create:
             self.kube.create(obj)
         for obj in p.update:
