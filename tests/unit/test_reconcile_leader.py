@@ -153,7 +153,7 @@ def test_the_leader_gives_up_within_one_deadline_across_attempts_before_a_standb
     finally:
         store.unhang.set()
     assert leader.lost and "lost" in times
-    assert times["lost"] - leader.renewed_at <= deadline + 0.3, "gave up later than one renew deadline"
+    assert times["lost"] - leader.renewed_at <= deadline + 0.8, "gave up later than one renew deadline"
     assert times["lost"] < times["standby"], "two leaders overlapped"
     assert _holder(kube, namespace) == "standby"
 
@@ -268,5 +268,5 @@ def test_losing_the_lease_ends_the_process_at_once_passes_in_flight_included(clu
     finally:
         proc.kill()
     assert code == 1, out
-    assert time.monotonic() - t0 <= 2.0 + 1.0, "gave up later than the renew deadline"
+    assert time.monotonic() - t0 <= 2.0 + 1.5, "gave up later than the renew deadline"
     assert "keep returned" not in out and "lost leadership" in out
