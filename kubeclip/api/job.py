@@ -178,6 +178,8 @@ class FineTuneJobSpec(TrainerSpec):
 
 
 #: Environment the controller sets on every trainer pod; spec.env may not override it.
+#: (torchrun reads every ``PET_*`` variable as a flag, e.g. ``PET_RDZV_ENDPOINT``; the trainer
+#: reads ``KUBECLIP_*``: both prefixes are reserved whole, see :data:`RESERVED_ENV_PREFIXES`.)
 RESERVED_ENV = (
     "MASTER_ADDR",
     "MASTER_PORT",
@@ -193,6 +195,16 @@ RESERVED_ENV = (
     "KUBECLIP_JOB_NAME",
     "KUBECLIP_NAMESPACE",
 )
+#: Prefixes of environment names spec.env may not use: torchrun's flags and the trainer's own
+#: switches, so the topology and the trainer's behaviour stay the controller's.
+RESERVED_ENV_PREFIXES = ("PET_", "KUBECLIP_")
+
+
+def is_reserved_env(name: str) -> bool:
+    """Whether spec.env may not set ``name`` (:data:`RESERVED_ENV` or a reserved prefix)."""
+    return name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIXES)
+
+
 #: Where the job's ConfigMap is mounted, and the volume name it uses.
 CONFIG_DIR = "/etc/kubeclip"
 CONFIG_VOLUME = "kubeclip-config"
@@ -220,8 +232,10 @@ def cross_field_errors(spec: FineTuneJobSpec) -> list[str]:
         if m.mountPath.rstrip("/") == SHM_PATH:
             errors.append(f"spec.volumeMounts: {SHM_PATH} is mounted by the controller")
     for e in spec.env:
-        if e.name in RESERVED_ENV:
-            errors.append(f"spec.env: {e.name} is set by the controller")
+        if is_reserved_env(e.name):
+            errors.append(
+                f"spec.env: {e.name} is set by the controller or reserved for it (the topology, PET_*, KUBECLIP_*)"
+            )
     if spec.resources is not None:
         for kind in ("limits", "requests"):
             gpus = getattr(spec.resources, kind).get(GPU_RESOURCE)
