@@ -1,0 +1,86 @@
+"""Stop at a step boundary on SIGTERM or SIGINT, all ranks at the same step, after a checkpoint.
+
+Who uses it: ``trainer.train`` (:class:`StopRequest`, asked at every step boundary), ``python -m
+trainer`` (turns :class:`Preempted` into exit code ``128 + signal``).
+
+Why: an eviction, a Kueue preemption, a node drain or ``kubectl delete pod`` gives the pod its
+``terminationGracePeriodSeconds`` (``spec.terminationGracePeriodSeconds``) between SIGTERM and
+SIGKILL; ``kubeclip run`` gets SIGINT on Ctrl-C or SIGTERM from a container runtime. In every case
+torchrun's agent (or ``kubeclip run``'s) forwards the signal to each rank and waits for them (the
+pods set ``PET_SHUTDOWN_TIMEOUT`` to the grace period). A rank that gets it only sets a flag and
+finishes the step it is in; at the next step boundary the ranks agree (one all-reduce of the flag,
+MAX), rank 0 writes a checkpoint at that step, and every rank raises :class:`Preempted`. The
+restarted run resumes at the step after the signal instead of at the last periodic checkpoint.
+
+Agreement matters: a rank that stopped alone would leave the others blocked in the next step's
+gradient all-reduce until the collective timeout. The flag travels over a gloo (CPU) group of its
+own, so on GPUs the check never waits for the CUDA stream; it costs one small TCP all-reduce per
+step (BENCHMARKS.md). A second signal to a rank stops it at once (exit ``128 + signal``, no
+checkpoint), as people expect from a second Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from types import FrameType
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger("trainer")
+
+#: The signals that ask for a checkpoint and a clean stop.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Preempted(Exception):
+    """The run stopped at a step boundary on a signal, after rank 0 wrote a checkpoint there;
+    ``python -m trainer`` exits ``128 + signum`` (the shell's code for "killed by that signal")."""
+
+    def __init__(self, signum: int, step: int, checkpoint: str):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        name = signal.Signals(signum).name if signum else "a peer's signal"
+        super().__init__(
+            f"stopped by {name} at step {step}: checkpoint {checkpoint} written; "
+            "the same command (or the next attempt) resumes there"
+        )
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signum or signal.SIGTERM)
+
+
+class StopRequest:
+    """Installs the SIGTERM/SIGINT handlers of this rank; :meth:`agreed` is the step-boundary check.
+
+    Build it on every rank right after the process group exists (it creates a collective group)
+    and before loader workers are forked: they inherit the handler, so a signal sent to a whole
+    process group does not kill them under the rank (which would fail its checkpoint).
+    """
+
+    def __init__(self, world: int, cuda: bool):
+        self.signum = 0  # the first stop signal this rank received, 0: none
+        self.world = world
+        self.group = None
+        if world > 1:
+            # NCCL would make the check wait for the GPU stream; gloo all-reduces a CPU tensor.
+            self.group = dist.new_group(backend="gloo") if cuda else dist.group.WORLD
+        self._flag = torch.zeros(1, dtype=torch.int32)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum:  # the second signal: stop now
+            os._exit(128 + signum)
+        self.signum = signum
+        log.warning("%s received: stopping after this step with a checkpoint", signal.Signals(signum).name)
+
+    def agreed(self) -> int:
+        """The signal every rank stops on (0: go on); the same answer on every rank at this step."""
+        if self.world == 1:
+            return self.signum
+        self._flag.fill_(self.signum)
+        dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=self.group)
+        return int(self._flag.item())
