@@ -72,6 +72,17 @@ def setup(precision: str, device: torch.device) -> tuple[torch.dtype, Callable[[
     return torch.float32, contextlib.nullcontext, False
 
 
+def describe(precision: str, device: torch.device) -> str:
+    """For the start-up log line: ``amp_bf16 (fp32 weights, autocast bf16 on cpu)``."""
+    dtype, _, scaler = setup(precision, device)
+    weights = str(dtype).removeprefix("torch.").replace("float32", "fp32").replace("bfloat16", "bf16")
+    weights = weights.replace("float16", "fp16")
+    if precision.startswith("amp"):
+        how = f"autocast {'bf16' if precision == 'amp_bf16' else 'fp16'} on {device.type}"
+        return f"{precision} ({weights} weights, {how}{', GradScaler' if scaler else ''})"
+    return f"{precision} ({weights} weights and compute)"
+
+
 def input_dtype(model: torch.nn.Module) -> torch.dtype:
     """The dtype the image tower's weights are in: images go in as that (fp32 under autocast)."""
     for p in getattr(model, "visual", model).parameters():

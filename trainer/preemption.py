@@ -21,13 +21,17 @@ checkpoint), as people expect from a second Ctrl-C.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
+from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader
 
 log = logging.getLogger("trainer")
 
@@ -50,6 +54,25 @@ class Preempted(Exception):
     @property
     def exit_code(self) -> int:
         return 128 + (self.signum or signal.SIGTERM)
+
+
+def _ignore_stop_signals(init: Callable[[int], None] | None, worker_id: int) -> None:
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    if init is not None:
+        init(worker_id)
+
+
+def shield_workers(loader: Any) -> None:
+    """Make the data-loader workers of ``loader`` (a DataLoader, or a wrapper holding one as
+    ``.loader``) ignore SIGTERM/SIGINT. torchrun's agent signals each rank's whole process group,
+    loader workers included, and torch's worker handler dies on a SIGTERM that its parent did not
+    send; the rank would then fail its step ("DataLoader worker ... killed by signal") instead of
+    writing the checkpoint. The rank decides when they stop (it shuts them down on exit; a worker
+    whose rank died exits by torch's own parent watchdog)."""
+    dl = loader if isinstance(loader, DataLoader) else getattr(loader, "loader", None)
+    if isinstance(dl, DataLoader) and dl.num_workers > 0:
+        dl.worker_init_fn = functools.partial(_ignore_stop_signals, dl.worker_init_fn)
 
 
 class StopRequest:

@@ -44,7 +44,7 @@ from trainer.forgetting import Forgetting
 from trainer.loss import make_loss
 from trainer.model import build, is_siglip, param_groups
 from trainer.optim import adamw, default_warmup, lr_at, set_lr
-from trainer.preemption import Preempted, StopRequest
+from trainer.preemption import Preempted, StopRequest, shield_workers
 from trainer.preflight import DatasetReport, read_table, write_termination_log
 
 log = logging.getLogger("trainer")
@@ -198,6 +198,7 @@ class Recipe:
         if self.loader is None:
             dataset = CaptionDataset(self.train_table, self.tf_train, self.tokenizer, t.seed, augment=True)
             self.loader = train_loader(dataset, self.sampler, t.workers, topo.device.type == "cuda")
+        shield_workers(self.loader)  # SIGTERM reaches the loader workers too: the rank decides (trainer.preemption)
         self.steps_per_epoch = self.sampler.batches_per_epoch // t.gradAccumSteps
         self.total_steps = self.steps_per_epoch * t.epochs
         self.warmup = t.warmupSteps if t.warmupSteps is not None else default_warmup(self.total_steps)
@@ -265,7 +266,7 @@ class Recipe:
             t.epochs,
             self.global_batch,
             self.warmup,
-            t.precision,
+            precision.describe(t.precision, self.topo.device),
         )
 
     # ---- one optimizer step, one epoch ------------------------------------------------------
