@@ -14,9 +14,11 @@ restarted run resumes at the step after the signal instead of at the last period
 
 Agreement matters: a rank that stopped alone would leave the others blocked in the next step's
 gradient all-reduce until the collective timeout. The flag travels over a gloo (CPU) group of its
-own, so on GPUs the check never waits for the CUDA stream; it costs one small TCP all-reduce per
-step (BENCHMARKS.md). A second signal to a rank stops it at once (exit ``128 + signal``, no
-checkpoint), as people expect from a second Ctrl-C.
+own, so on GPUs the check never waits for the CUDA stream, and asynchronously: the all-reduce
+started at one step boundary is read at the next, so the loop never waits for it (a synchronous
+one cost 0.2-0.8 ms per step on CPU, BENCHMARKS.md) and the ranks stop one step after the signal.
+A second signal to a rank stops it at once (exit ``128 + signal``, no checkpoint), as people
+expect from a second Ctrl-C.
 """
 
 from __future__ import annotations
@@ -86,11 +88,11 @@ class StopRequest:
     def __init__(self, world: int, cuda: bool):
         self.signum = 0  # the first stop signal this rank received, 0: none
         self.world = world
-        self.group = None
-        if world > 1:
-            # NCCL would make the check wait for the GPU stream; gloo all-reduces a CPU tensor.
-            self.group = dist.new_group(backend="gloo") if cuda else dist.group.WORLD
-        self._flag = torch.zeros(1, dtype=torch.int32)
+        # A gloo group of its own: on GPUs the check never waits for the CUDA stream (NCCL would),
+        # and its all-reduces never interleave with the loop's collectives.
+        self.group = dist.new_group(backend="gloo") if world > 1 else None
+        self._sent = torch.zeros(1, dtype=torch.int32)  # this boundary's flag, being reduced
+        self._work: Any = None  # the all-reduce started at the previous boundary
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._handle)
 
@@ -101,9 +103,27 @@ class StopRequest:
         log.warning("%s received: stopping after this step with a checkpoint", signal.Signals(signum).name)
 
     def agreed(self) -> int:
-        """The signal every rank stops on (0: go on); the same answer on every rank at this step."""
+        """The signal every rank stops on (0: go on); the same answer on every rank at this step.
+
+        With several ranks the answer is the all-reduce (MAX) of the flags the ranks had at the
+        *previous* boundary, started then and finished in the background while this step ran: the
+        check costs no wait, and a signal stops the run one step later than it could.
+        """
         if self.world == 1:
             return self.signum
-        self._flag.fill_(self.signum)
-        dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=self.group)
-        return int(self._flag.item())
+        agreed = 0
+        if self._work is not None:
+            self._work.wait()
+            agreed = int(self._sent.item())
+        if agreed:
+            self._work = None
+            return agreed
+        self._sent.fill_(self.signum)
+        self._work = dist.all_reduce(self._sent, op=dist.ReduceOp.MAX, group=self.group, async_op=True)
+        return 0
+
+    def close(self) -> None:
+        """Finish the all-reduce in flight (before the process group goes)."""
+        if self._work is not None:
+            self._work.wait()
+            self._work = None

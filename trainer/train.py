@@ -518,6 +518,7 @@ class Recipe:
         return final
 
     def cleanup(self) -> None:
+        self.stop.close()
         distributed.barrier(self.topo)
         distributed.teardown()
 

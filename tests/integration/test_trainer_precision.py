@@ -104,7 +104,7 @@ def test_pure_bf16_export_loads_in_open_clip_and_is_the_evaluated_mix(bf16):
         if v.is_floating_point():
             assert v.dtype == torch.float32
             assert torch.equal(v.to(torch.bfloat16).float(), v), k
-    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{final}")
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{final}")
     loaded = model.state_dict()
     assert all(torch.equal(loaded[k], weights[k]) for k in weights)
     with torch.no_grad():
