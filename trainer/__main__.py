@@ -105,7 +105,8 @@ def main(argv=None) -> int:
     except ModelError as err:  # the model does not fit the spec (e.g. CoCa, too many unlocked groups)
         return record(fail(f"config: {err}", EXIT_CONFIG, echo=rank0), f"config: {err}")
     except Preempted as err:  # SIGTERM/SIGINT: stopped at a step boundary after a checkpoint
-        return record(fail(str(err), err.exit_code, echo=rank0, overwrite=rank0), str(err)) if rank0 else err.exit_code
+        # every node's termination message says where the run stopped; node 0's is rank 0's line
+        return record(fail(str(err), err.exit_code, echo=rank0, overwrite=rank0), str(err))
     except Exception as err:  # a crash: its cause where people look (console, termination message)
         from trainer.failure import crashed
 

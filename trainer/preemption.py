@@ -27,6 +27,8 @@ import functools
 import logging
 import os
 import signal
+import threading
+import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -39,6 +41,10 @@ log = logging.getLogger("trainer")
 
 #: The signals that ask for a checkpoint and a clean stop.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: After a stop signal, a rank that has not reached the ranks' agreement within this many seconds
+#: plus three of its longest steps so far exits without a checkpoint (a peer died, or a long eval
+#: runs): the time the pre-signal behaviour would have taken, bounded.
+WATCHDOG_MIN_S = float(os.environ.get("KUBECLIP_STOP_WATCHDOG_S", "60"))
 
 
 class Preempted(Exception):
@@ -93,8 +99,37 @@ class StopRequest:
         self.group = dist.new_group(backend="gloo") if world > 1 else None
         self._sent = torch.zeros(1, dtype=torch.int32)  # this boundary's flag, being reduced
         self._work: Any = None  # the all-reduce started at the previous boundary
+        self._last_boundary: float | None = None
+        self.longest_step = 0.0  # seconds between two step boundaries, the longest seen
+        self._agreed = threading.Event()
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._handle)
+        self._watch_signals()
+
+    def _watch_signals(self) -> None:
+        """The watchdog: a thread woken by the signal itself (the wakeup fd the C-level handler
+        writes to), even while the main thread sits in a collective whose peer died (there the
+        Python handler would not run until SIGKILL: torchrun's agent also sends SIGTERM to the
+        survivors of a crashed rank). If the ranks have not agreed to stop within
+        :data:`WATCHDOG_MIN_S` plus three of the longest steps, the rank exits ``128 + signal``
+        at once, as it would have without a handler."""
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        signal.set_wakeup_fd(w)
+        threading.Thread(target=self._watchdog, args=(r,), name="kubeclip-stop-watchdog", daemon=True).start()
+
+    def _watchdog(self, fd: int) -> None:
+        while True:
+            data = os.read(fd, 512)
+            stops = [b for b in data if b in (int(s) for s in STOP_SIGNALS)]
+            if stops:
+                break
+        deadline = WATCHDOG_MIN_S + 3 * self.longest_step
+        if not self._agreed.wait(deadline):
+            os.write(
+                2, f"no step boundary within {deadline:.0f}s of the signal: stopping without a checkpoint\n".encode()
+            )
+            os._exit(128 + stops[0])
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum:  # the second signal: stop now
@@ -109,7 +144,13 @@ class StopRequest:
         *previous* boundary, started then and finished in the background while this step ran: the
         check costs no wait, and a signal stops the run one step later than it could.
         """
+        now = time.monotonic()
+        if self._last_boundary is not None:
+            self.longest_step = max(self.longest_step, now - self._last_boundary)
+        self._last_boundary = now
         if self.world == 1:
+            if self.signum:
+                self._agreed.set()
             return self.signum
         agreed = 0
         if self._work is not None:
@@ -117,6 +158,7 @@ class StopRequest:
             agreed = int(self._sent.item())
         if agreed:
             self._work = None
+            self._agreed.set()  # every rank got here: the checkpoint follows (the agent's timeout bounds it)
             return agreed
         self._sent.fill_(self.signum)
         self._work = dist.all_reduce(self._sent, op=dist.ReduceOp.MAX, group=self.group, async_op=True)

@@ -340,8 +340,7 @@ class Recipe:
         if not signum:
             return
         self.save_checkpoint(epoch, step_in_epoch)
-        path = checkpoint.latest(self.out) if self.topo.is_main else None
-        raise Preempted(signum, self.state.step, str(path))
+        raise Preempted(signum, self.state.step, str(checkpoint.latest(self.out)))  # written before the barrier
 
     def _record_step(self, dt: float, wait: float, steady: bool) -> None:
         """Throughput bookkeeping on every rank; log line, Prometheus metrics and progress.json on rank 0."""

@@ -132,3 +132,61 @@ def test_kubeclip_run_stops_on_a_signal_to_its_process_group_and_its_rerun_resum
     rerun = subprocess.run(kubeclip, capture_output=True, text=True, env=env(), timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-4000:]
     assert_resumed_at(rerun.stdout + rerun.stderr, out, stopped)
+
+
+def _ranks(root_pid: int) -> dict[int, int]:
+    """{RANK: pid} of the training processes below ``root_pid`` (read from /proc)."""
+    from test_trainer_resume import descendants
+
+    found = {}
+    for pid in descendants(root_pid):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        rank = [e[5:] for e in environ if e.startswith(b"RANK=")]
+        if rank and b"-m\0trainer" in cmdline and b"torchrun" not in cmdline:
+            found.setdefault(int(rank[0]), pid)
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] in "ZX"
+    except OSError:
+        return True
+
+
+def test_a_rank_whose_peer_hangs_still_stops_on_sigterm(tmp_path):
+    """The agent also sends SIGTERM to the survivors of a crashed rank; a survivor blocked in a
+    collective with the dead peer never reaches a step boundary. The watchdog ends it (exit 143)
+    instead of leaving it to the agent's SIGKILL after the whole grace period."""
+    out = tmp_path / "out"
+    job = manifest(tmp_path, "preempt-hang", out, training=dict(TRAINING, workers=0))
+    e = env()
+    e["KUBECLIP_STOP_WATCHDOG_S"] = "5"
+    torchrun = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "trainer", str(job)]
+    with open(tmp_path / "hang.log", "w") as log:
+        proc = subprocess.Popen(torchrun, stdout=log, stderr=subprocess.STDOUT, env=e, start_new_session=True)
+        ranks: dict[int, int] = {}
+
+        def freeze_rank_1_then_term_rank_0():
+            ranks.update(_ranks(proc.pid))
+            os.kill(ranks[1], signal.SIGSTOP)  # rank 1 hangs: rank 0 blocks in the next collective
+            time.sleep(2)
+            os.kill(ranks[0], signal.SIGTERM)
+
+        signal_mid_run(proc, out, freeze_rank_1_then_term_rank_0)
+        t0 = time.time()
+        try:
+            while not _gone(ranks[0]) and time.time() - t0 < 120:
+                time.sleep(0.1)
+            took = time.time() - t0
+        finally:
+            os.kill(ranks[1], signal.SIGKILL)
+            proc.wait(timeout=120)
+    text = (tmp_path / "hang.log").read_text()
+    assert _gone(ranks[0]) and took < 60, (took, text[-3000:])
+    assert "no step boundary within" in text and "stopping without a checkpoint" in text, text[-3000:]
+    assert checkpoint_steps(out) == []
