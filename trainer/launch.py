@@ -136,25 +136,27 @@ def run_local(manifest: Path, nproc: int | None = None, output: str | None = Non
     if not quiet:
         bar = threading.Thread(target=_progress_bar, args=(out, stop), daemon=True)
         bar.start()
-    rc = 0
+    rc, said = 0, []  # said: printed once the progress bar has stopped
     try:
         elastic_launch(config, sys.executable)(*args)
     except ChildFailedError as err:
-        rc = _report_failure(err, logs_dir / run_id)
+        # torchrun names the run's log directory <run_id>_<random>
+        run_logs = next(iter(sorted(logs_dir.glob(f"{run_id}_*"))), logs_dir / run_id)
+        rc, said = _failure_lines(err, run_logs)
     except (SignalException, KeyboardInterrupt) as err:  # Ctrl-C, or SIGTERM from a container runtime
         sig = int(err.sigval) if isinstance(err, SignalException) else int(signal.SIGINT)
         rc = 128 + sig
-        stopped = f"stopped by {signal.Signals(sig).name}"
         from trainer.checkpoint import latest
 
         ck = latest(out)
         where = f"; the newest checkpoint is {ck}: run the same command to resume there" if ck else ""
-        print(f"{stopped}{where}", file=sys.stderr)
+        said = [f"stopped by {signal.Signals(sig).name}{where}"]
     finally:
         stop.set()
         if bar is not None:
             bar.join(timeout=5)
     if rc:
+        print("\n".join(said), file=sys.stderr)
         return rc
     final = Path(out) / "final"
     print(f"model: {final.resolve()}  (open_clip.create_model_and_transforms('local-dir:{final.resolve()}'))")
@@ -164,14 +166,14 @@ def run_local(manifest: Path, nproc: int | None = None, output: str | None = Non
     return 0
 
 
-def _report_failure(err, logs: Path) -> int:
-    """Print the first failed rank's cause (its last traceback lines, trainer.failure); return the exit code."""
+def _failure_lines(err, logs: Path) -> tuple[int, list[str]]:
+    """The exit code and what to print: the first failed rank's cause (its last traceback lines,
+    ``trainer.failure``), then where the logs are."""
     from trainer.failure import console_lines, first_failure
 
     found = first_failure(err.failures)
     if found is None:
-        print(f"training failed; process logs under {logs}", file=sys.stderr)
-        return 1
+        return 1, [f"training failed; process logs under {logs}"]
     rank, failure = found
     code = failure.exitcode
     rc = 128 - code if code < 0 else code  # killed by signal N -> 128+N, like a shell
@@ -180,12 +182,10 @@ def _report_failure(err, logs: Path) -> int:
         lines.append(f"rank {rank} (pid {failure.pid}) killed by {signal.Signals(-code).name}")
     elif not lines:  # nothing recorded (the rank died before the trainer could): its log tail
         lines = _log_tail(logs, failure.local_rank)
-    print("\n".join(lines), file=sys.stderr)
-    print(f"training failed (exit {rc}); process logs under {logs}", file=sys.stderr)
-    return rc
+    return rc, [*lines, f"training failed (exit {rc}); process logs under {logs}"]
 
 
 def _log_tail(root: Path, local_rank: int, lines: int = 15) -> list[str]:
-    for f in sorted(root.glob(f"**/{local_rank}/stderr.log"))[:1]:
+    for f in sorted(root.glob(f"attempt_*/{local_rank}/stderr.log"))[:1]:
         return f.read_text(errors="replace").splitlines()[-lines:]
     return []
