@@ -91,7 +91,7 @@ class StopRequest:
     process group does not kill them under the rank (which would fail its checkpoint).
     """
 
-    def __init__(self, world: int, cuda: bool):
+    def __init__(self, world: int):
         self.signum = 0  # the first stop signal this rank received, 0: none
         self.world = world
         # A gloo group of its own: on GPUs the check never waits for the CUDA stream (NCCL would),

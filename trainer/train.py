@@ -17,6 +17,8 @@ then per epoch :meth:`Recipe.train_epoch`, which runs :meth:`Recipe.train_step` 
 Everything the loop changes lives in one :class:`LoopState`.
 A run restarted with the same command continues from the newest checkpoint in
 ``<output>/checkpoints`` at the exact step (see ``trainer.checkpoint`` and ``trainer.data``).
+On SIGTERM/SIGINT the ranks stop together at a step boundary after a checkpoint there
+(``trainer.preemption``).
 """
 
 from __future__ import annotations
@@ -146,7 +148,7 @@ class Recipe:
         self.t_train = time.time()
         self.topo = topo = distributed.setup()
         # SIGTERM/SIGINT: finish the step, checkpoint, stop (trainer.preemption); before loader workers fork
-        self.stop = StopRequest(topo.world, topo.device.type == "cuda")
+        self.stop = StopRequest(topo.world)
         level, fmt = (
             (logging.INFO, "%(asctime)s %(message)s")
             if topo.is_main
