@@ -100,7 +100,7 @@ class StopRequest:
         self._sent = torch.zeros(1, dtype=torch.int32)  # this boundary's flag, being reduced
         self._work: Any = None  # the all-reduce started at the previous boundary
         self._last_boundary: float | None = None
-        self.longest_step = 0.0  # seconds between two step boundaries, the longest seen
+        self.longest_step = 0.0  # the longest time between two step boundaries (an epoch-end eval included)
         self._agreed = threading.Event()
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._handle)
