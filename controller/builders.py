@@ -119,6 +119,8 @@ def node_env(job: dict[str, Any], spec: FineTuneJobSpec, index: int) -> list[dic
         "PET_NODE_RANK": index,
         "PET_MASTER_ADDR": master,
         "PET_MASTER_PORT": DEFAULT_MASTER_PORT,
+        # torchrun waits this long for its ranks after SIGTERM (they checkpoint; torch's default is 30 s)
+        "PET_SHUTDOWN_TIMEOUT": spec.terminationGracePeriodSeconds,
         "MASTER_ADDR": master,
         "MASTER_PORT": DEFAULT_MASTER_PORT,
         "WORLD_SIZE": spec.numNodes * spec.numProcPerNode,
@@ -189,6 +191,8 @@ def pod(job: dict[str, Any], spec: FineTuneJobSpec, index: int, attempt: int, im
         "hostname": naming.pod_name(name, index),
         "subdomain": naming.service_name(name),
         "restartPolicy": "Never",
+        # SIGTERM -> SIGKILL: long enough for the ranks to finish a step and write a checkpoint
+        "terminationGracePeriodSeconds": spec.terminationGracePeriodSeconds,
         "enableServiceLinks": False,
         "securityContext": {
             "runAsNonRoot": True,

@@ -132,7 +132,11 @@ def run_torchrun(args: list[str], *, termination_log: str | None = None) -> int:
                 fail(f"rank {rank} exited with code {failure.exitcode}: {detail.splitlines()[-1]}", 0)
         return failure.exitcode
     except SignalException as err:  # this pod was told to stop (deletion, eviction)
-        return fail(f"torchrun stopped by {_signal_name(err.sigval)}", 128 + int(err.sigval))
+        line = f"torchrun stopped by {_signal_name(err.sigval)}"
+        if _has_content(termination_log):  # rank 0 said where it stopped and checkpointed (trainer.preemption)
+            print(line, file=sys.stderr, flush=True)
+            return 128 + int(err.sigval)
+        return fail(line, 128 + int(err.sigval))
     except (RendezvousError, DistStoreError) as err:
         line = " ".join(str(err).split())
         return fail(f"rendezvous: {line[:300]}", EXIT_RENDEZVOUS_TIMEOUT)

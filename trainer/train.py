@@ -17,6 +17,8 @@ then per epoch :meth:`Recipe.train_epoch`, which runs :meth:`Recipe.train_step` 
 Everything the loop changes lives in one :class:`LoopState`.
 A run restarted with the same command continues from the newest checkpoint in
 ``<output>/checkpoints`` at the exact step (see ``trainer.checkpoint`` and ``trainer.data``).
+On SIGTERM/SIGINT the ranks stop together at a step boundary after a checkpoint there
+(``trainer.preemption``).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import numpy as np
 import torch
 
 from kubeclip.api import NonFiniteLoss, TrainerSpec, TrainerVerdict, termination_log_path, termination_message
-from trainer import checkpoint, distributed
+from trainer import checkpoint, distributed, precision
 from trainer.data import CaptionDataset, ShardedBatchSampler, eval_loader, train_loader
 from trainer.evaluate import evaluate
 from trainer.export import export
@@ -44,26 +46,13 @@ from trainer.forgetting import Forgetting
 from trainer.loss import make_loss
 from trainer.model import build, is_siglip, param_groups
 from trainer.optim import adamw, default_warmup, lr_at, set_lr
+from trainer.preemption import Preempted, StopRequest, shield_workers
 from trainer.preflight import DatasetReport, read_table, write_termination_log
 
 log = logging.getLogger("trainer")
 
 #: CLIP clamps its learned temperature to at most 100 (logit_scale = ln 100) for stability.
 MAX_LOGIT_SCALE = math.log(100)
-
-
-def precision_setup(precision: str, device: torch.device):
-    """Return ``(model dtype, autocast factory, needs GradScaler)``; CPU runs amp modes in fp32."""
-    cuda = device.type == "cuda"
-    if precision == "bf16":
-        return torch.bfloat16, contextlib.nullcontext, False
-    if precision == "fp16" and cuda:
-        return torch.float16, contextlib.nullcontext, False
-    if cuda and precision == "amp_bf16":
-        return torch.float32, lambda: torch.autocast("cuda", dtype=torch.bfloat16), False
-    if cuda and precision in ("amp", "amp_fp16"):
-        return torch.float32, lambda: torch.autocast("cuda", dtype=torch.float16), True
-    return torch.float32, contextlib.nullcontext, False
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -158,6 +147,8 @@ class Recipe:
         t = self.t
         self.t_train = time.time()
         self.topo = topo = distributed.setup()
+        # SIGTERM/SIGINT: finish the step, checkpoint, stop (trainer.preemption); before loader workers fork
+        self.stop = StopRequest(topo.world)
         level, fmt = (
             (logging.INFO, "%(asctime)s %(message)s")
             if topo.is_main
@@ -182,7 +173,7 @@ class Recipe:
     def _setup_model(self) -> None:
         t, topo = self.t, self.topo
         self.model, tf_train, self.tf_val, self.tokenizer, self.oc_config = build(self.spec, topo.device)
-        self.dtype, self.autocast, use_scaler = precision_setup(t.precision, topo.device)
+        self.dtype, self.autocast, use_scaler = precision.setup(t.precision, topo.device)
         if self.dtype != torch.float32:
             self.model.to(self.dtype)
         self.ddp = distributed.wrap(self.model, topo)
@@ -209,6 +200,7 @@ class Recipe:
         if self.loader is None:
             dataset = CaptionDataset(self.train_table, self.tf_train, self.tokenizer, t.seed, augment=True)
             self.loader = train_loader(dataset, self.sampler, t.workers, topo.device.type == "cuda")
+        shield_workers(self.loader)  # SIGTERM reaches the loader workers too: the rank decides (trainer.preemption)
         self.steps_per_epoch = self.sampler.batches_per_epoch // t.gradAccumSteps
         self.total_steps = self.steps_per_epoch * t.epochs
         self.warmup = t.warmupSteps if t.warmupSteps is not None else default_warmup(self.total_steps)
@@ -260,7 +252,9 @@ class Recipe:
         from trainer.metrics import TrainerMetrics
 
         t, s = self.t, self.state
-        self.metrics = TrainerMetrics(self.job, self.out, t.epochs, self.total_steps)
+        self.metrics = TrainerMetrics(
+            self.job, self.out, t.epochs, self.total_steps, tensorboard=self.spec.output.tensorboard
+        )
         self.metrics.serve(self.spec.metrics.port)
         self.metrics.step.set(s.step)
         self.metrics.update(phase="training", step=s.step, epoch=s.epoch, skippedCheckpoints=self.skipped_checkpoints)
@@ -274,7 +268,7 @@ class Recipe:
             t.epochs,
             self.global_batch,
             self.warmup,
-            t.precision,
+            precision.describe(t.precision, self.topo.device),
         )
 
     # ---- one optimizer step, one epoch ------------------------------------------------------
@@ -333,6 +327,7 @@ class Recipe:
             now = time.perf_counter()
             dt, t_prev = now - t_prev, now
             self._record_step(dt, wait, steady=i != first_s)  # an epoch's first step waits for loader start-up
+            self._stop_if_signalled(epoch, i + 1)
             if t.checkpointEverySteps and s.step % t.checkpointEverySteps == 0 and i + 1 < self.steps_per_epoch:
                 self.save_checkpoint(epoch, i + 1)
         if losses:
@@ -340,6 +335,14 @@ class Recipe:
         s.last_eval = self.evaluate() or s.last_eval
         s.evaluated_last = epoch == t.epochs - 1
         self.save_checkpoint(epoch + 1, 0)
+
+    def _stop_if_signalled(self, epoch: int, step_in_epoch: int) -> None:
+        """At a step boundary: if any rank got SIGTERM/SIGINT, checkpoint here and raise :class:`Preempted`."""
+        signum = self.stop.agreed()
+        if not signum:
+            return
+        self.save_checkpoint(epoch, step_in_epoch)
+        raise Preempted(signum, self.state.step, str(checkpoint.latest(self.out)))  # written before the barrier
 
     def _record_step(self, dt: float, wait: float, steady: bool) -> None:
         """Throughput bookkeeping on every rank; log line, Prometheus metrics and progress.json on rank 0."""
@@ -409,7 +412,7 @@ class Recipe:
         result: dict = {}
         m = self.metrics
         if m is not None and self.val_table is not None:
-            m.update(phase="evaluating")
+            m.update(phase="evaluating", step=self.state.step)  # the step the eval's figures belong to
             val_ds = CaptionDataset(self.val_table, self.tf_val, self.tokenizer, self.t.seed, augment=False)
             result = evaluate(self.model, eval_loader(val_ds, self.t.batchSize, 0), self.topo.device, self.autocast)
             m.record_eval(result)
@@ -516,6 +519,7 @@ class Recipe:
         return final
 
     def cleanup(self) -> None:
+        self.stop.close()
         distributed.barrier(self.topo)
         distributed.teardown()
 

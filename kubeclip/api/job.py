@@ -85,6 +85,9 @@ CleanPodPolicy = Literal["Running", "All", "None"]
 #: and for a cluster autoscaler to add a node (both typically minutes), short enough that a typo
 #: in the image name or an impossible resource request ends the job within the hour, not never.
 DEFAULT_START_DEADLINE_S = 600
+#: spec.terminationGracePeriodSeconds by default: Kubernetes' 30 s is too short to finish a step and
+#: write a ViT-L checkpoint (weights and AdamW moments, ~5 GB) to network storage.
+DEFAULT_TERMINATION_GRACE_S = 300
 
 
 class RunPolicy(Strict):
@@ -167,6 +170,14 @@ class FineTuneJobSpec(TrainerSpec):
     priorityClassName: str | None = Field(default=None, max_length=253, description="PriorityClass of the pods.")
     serviceAccountName: str | None = Field(default=None, max_length=253, description="ServiceAccount the pods run as.")
     runPolicy: RunPolicy = Field(default_factory=RunPolicy, description="Restarts, deadlines, cleanup, suspension.")
+    terminationGracePeriodSeconds: int = Field(
+        default=DEFAULT_TERMINATION_GRACE_S,
+        ge=1,
+        le=86400,
+        description="Seconds between SIGTERM and SIGKILL when a pod is evicted, preempted or deleted: the "
+        "ranks finish their step and node 0 writes a checkpoint there, so the next attempt resumes at that "
+        "step. Allow one step plus one checkpoint write (model and AdamW state: ~3x the weights).",
+    )
 
     @model_validator(mode="after")
     def _cross_field(self) -> FineTuneJobSpec:
@@ -192,6 +203,7 @@ RESERVED_ENV = (
     "PET_NODE_RANK",
     "PET_MASTER_ADDR",
     "PET_MASTER_PORT",
+    "PET_SHUTDOWN_TIMEOUT",
     "KUBECLIP_JOB_NAME",
     "KUBECLIP_NAMESPACE",
 )

@@ -40,6 +40,7 @@ CLUSTER_KEYS = frozenset(
         "priorityClassName",
         "serviceAccountName",
         "runPolicy",
+        "terminationGracePeriodSeconds",
     }
 )
 
@@ -94,7 +95,9 @@ class TrainingSpec(Strict):
     )
     precision: Precision = Field(
         default="amp_bf16",
-        description="Numeric precision. amp_* use autocast on GPU; on CPU every mode but bf16 runs in fp32.",
+        description="Numeric precision: fp32; amp_bf16 / amp (= amp_fp16) autocast in bf16 / fp16 over fp32 "
+        "weights; bf16 / fp16 weights and compute in that dtype. fp16, amp and amp_fp16 need a GPU (refused "
+        "on CPU); bf16 and amp_bf16 need bf16 support (any CPU, GPUs from Ampere on).",
     )
     gradAccumSteps: int = Field(default=1, ge=1, le=4096, description="Micro-batches accumulated per optimizer step.")
     gradClipNorm: float | None = Field(default=None, gt=0, description="Clip gradients to this global L2 norm.")
@@ -167,6 +170,12 @@ class OutputSpec(Strict):
     path: str = Field(
         min_length=1,
         description="Directory for checkpoints, progress.json, metrics.json and the final model (final/).",
+    )
+    tensorboard: bool = Field(
+        default=False,
+        description="Also write TensorBoard event files under <path>/tensorboard (rank 0): training loss, "
+        "learning rate, samples/s, eval recalls and loss, retention and zero-shot accuracy. View them with "
+        "tensorboard --logdir <path>/tensorboard.",
     )
 
 

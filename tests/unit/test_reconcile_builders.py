@@ -135,3 +135,22 @@ def test_headless_service_publishes_not_ready_addresses():
 def test_longest_allowed_name_fits_a_hostname():
     name = "a" * naming.MAX_JOB_NAME
     assert len(naming.pod_name(name, 1023)) == 63
+
+
+def test_termination_grace_period_is_the_specs_and_torchrun_waits_as_long():
+    """SIGTERM -> SIGKILL leaves the ranks time to finish a step and checkpoint (trainer.preemption)."""
+    import pytest
+
+    from kubeclip.api import ConfigError
+
+    p = _pod(0)
+    assert p["spec"]["terminationGracePeriodSeconds"] == 300  # the documented default
+    assert _env(p)["PET_SHUTDOWN_TIMEOUT"] == "300"
+    spec = parse_job_spec({**JOB["spec"], "terminationGracePeriodSeconds": 900})
+    p = builders.pod(JOB, spec, 1, 0, "reg/trainer:1")
+    assert p["spec"]["terminationGracePeriodSeconds"] == 900 and _env(p)["PET_SHUTDOWN_TIMEOUT"] == "900"
+    for bad in (0, 86401, "1h"):
+        with pytest.raises(ConfigError, match="terminationGracePeriodSeconds"):
+            parse_job_spec({**JOB["spec"], "terminationGracePeriodSeconds": bad})
+    with pytest.raises(ConfigError, match="PET_SHUTDOWN_TIMEOUT"):
+        parse_job_spec({**JOB["spec"], "env": [{"name": "PET_SHUTDOWN_TIMEOUT", "value": "5"}]})
