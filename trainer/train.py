@@ -344,7 +344,9 @@ class Recipe:
             compiled = self.compile_clock.stop(sync=cuda)
             now = time.perf_counter()
             dt, t_prev = now - t_prev, now
-            ckpt = bool(t.checkpointEverySteps and s.step % t.checkpointEverySteps == 0 and i + 1 < self.steps_per_epoch)
+            ckpt = bool(
+                t.checkpointEverySteps and s.step % t.checkpointEverySteps == 0 and i + 1 < self.steps_per_epoch
+            )
             logged = self.is_log_step(s.step)
             if logged or ckpt:  # the only host syncs of the loop: the non-finite check, the logged loss
                 self.losses.check(epoch)

@@ -90,7 +90,7 @@ def plan(model: torch.nn.Module) -> tuple[TokenCut | None, str]:
         return None, "the text tower appends a CLS token"
     if kind == "text" and tower.use_pad_mask:
         return None, "the text tower uses a padding mask"
-    return TokenCut(ctx, pool, eos if pool == "eos" else None), "causal text tower with %s pooling" % pool
+    return TokenCut(ctx, pool, eos if pool == "eos" else None), f"causal text tower with {pool} pooling"
 
 
 def _clip_encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
