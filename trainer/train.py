@@ -142,6 +142,8 @@ class LoopState:
     steady_samples: int = 0
     steady_wait: float = 0.0  # of which waiting for the next batch
     first_step_at: float | None = None
+    wait_since_log: float = 0.0  # data wait and steps since the last log line (its data_wait is their mean)
+    steps_since_log: int = 0
 
 
 class Recipe:
@@ -398,6 +400,8 @@ class Recipe:
         m.lr.set(s.lr)
         m.step_seconds.observe(dt)
         m.data_wait.observe(wait)
+        s.wait_since_log += wait
+        s.steps_since_log += 1
         m.data_wait_share.set(s.steady_wait / s.steady_time if s.steady_time else wait / dt)
         if self.topo.device.type == "cuda":
             m.gpu_mem.set(torch.cuda.max_memory_allocated(self.topo.device))
@@ -414,8 +418,9 @@ class Recipe:
                 s.loss,
                 s.lr,
                 sps,
-                wait,
+                s.wait_since_log / s.steps_since_log,
             )
+            s.wait_since_log, s.steps_since_log = 0.0, 0
             m.update(
                 epoch=s.epoch,
                 step=s.step,
