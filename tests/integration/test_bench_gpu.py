@@ -131,7 +131,7 @@ def test_bench_gpu_runs_on_cpu_with_a_tiny_model(tmp_path):
     k = report["results"]["kubeclip"]
     assert k["text_truncation"] and k["mfu_executed"] < k["mfu"]
     prof = report["profile"]
-    assert set(prof) == {"eager_full_text", "eager"}, prof
+    assert set(prof) == {"eager_full_text", "eager_loss_read_every_step", "eager"}, prof
     assert prof["eager_full_text"]["text_lengths"] == [32] and prof["eager"]["text_lengths"] == [16]
     assert all(v["samples_per_s"] > 0 and v["mfu"] > 0 for v in prof.values()), prof
     assert report["ratio"]["peer"] == "open_clip_train" and report["ratio"]["kubeclip"] == "kubeclip"
