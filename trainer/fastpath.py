@@ -81,7 +81,9 @@ def compile_step(module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
     import torch._dynamo
 
     # one graph per text bucket (5) plus the full length; room for a few more before falling back to eager
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 16)
+    for knob in ("recompile_limit", "cache_size_limit"):  # the newer name, and the older one torch still reads
+        if hasattr(torch._dynamo.config, knob):
+            setattr(torch._dynamo.config, knob, max(getattr(torch._dynamo.config, knob), 16))
     return torch.compile(module, dynamic=False)
 
 
