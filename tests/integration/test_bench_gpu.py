@@ -44,7 +44,6 @@ def test_peak_flops_by_card_name(name, tflops):
 
 
 @pytest.mark.slow
-
 def test_bench_gpu_runs_on_cpu_with_a_tiny_model(tmp_path):
     out = tmp_path / "out"
     work = Path(os.environ.get("KUBECLIP_BENCH_CACHE", Path.home() / ".cache" / "kubeclip" / "bench")) / "test"
