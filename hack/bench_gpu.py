@@ -284,15 +284,19 @@ def run_peer(peer: tuple, work: Path, csv: Path, a, device: str, name: str, comp
         done = r["seen"] // a.batch
         lines.append((done, done - prev, r))
         prev = done
-    first, last = a.warmup_steps, a.warmup_steps + a.steps
-    inside = [(n, r) for done, n, r in lines if first < done <= last]
+    # open_clip_train logs after steps 1, 11, 21, ... (its i counts from 0): the window starts at the
+    # first of its log lines at or after the warm-up and spans --steps steps (the epoch has one spare)
+    start = min((done for done, _, _ in lines if done >= a.warmup_steps), default=None)
+    if start is None:
+        raise SystemExit(f"[bench] {name}: no log line after the warm-up ({len(rows)} lines)")
+    inside = [(n, r) for done, n, r in lines if start < done <= start + a.steps]
     if sum(n for n, _ in inside) != a.steps:
-        raise SystemExit(f"[bench] {name}: its log does not cover steps {first + 1}..{last} ({len(rows)} lines)")
+        raise SystemExit(f"[bench] {name}: its log does not cover steps {start + 1}..{start + a.steps}")
     elapsed = sum(n * r["step_s"] for n, r in inside)
     waits = json.loads(waits_file.read_text())
-    if len(waits) < last:
-        raise SystemExit(f"[bench] {name}: {len(waits)} loader calls timed, the window needs {last}")
-    window = waits[first:last]  # call i returns batch i (0-based): steps first+1 .. last
+    if len(waits) < start + a.steps:
+        raise SystemExit(f"[bench] {name}: {len(waits)} loader calls timed, the window needs {start + a.steps}")
+    window = waits[start : start + a.steps]  # call i returns batch i (0-based): steps start+1 .. start+steps
     res.update(
         samples_per_s=round(a.steps * a.batch / elapsed, 1),
         data_wait_share=round(sum(w for _, w in window) / elapsed, 4),
