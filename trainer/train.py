@@ -14,7 +14,8 @@ The loop is a :class:`Recipe` in named pieces, read in this order: :meth:`Recipe
 then per epoch :meth:`Recipe.train_epoch`, which runs :meth:`Recipe.train_step` (set lr →
 :func:`forward_backward` over the micro-batches → clip → AdamW step) and, at its end,
 :meth:`Recipe.evaluate` and :meth:`Recipe.save_checkpoint`; finally :meth:`Recipe.export_final`.
-Everything the loop changes lives in one :class:`LoopState`.
+Everything the loop changes lives in one :class:`LoopState`. A step reads nothing back from the
+GPU: the loss stays on the device until a log step, checkpoint or epoch end (``trainer.fastpath``).
 A run restarted with the same command continues from the newest checkpoint in
 ``<output>/checkpoints`` at the exact step (see ``trainer.checkpoint`` and ``trainer.data``).
 """
@@ -356,7 +357,6 @@ class Recipe:
             self._record_step(dt, wait, steady=i != first_s and compiled is None, logged=logged)
             if ckpt:
                 self.save_checkpoint(epoch, i + 1)
-                t_prev = time.perf_counter()
         self.losses.check(epoch)  # before the epoch's eval and checkpoint
         mean = self.losses.take_mean()
         if mean is not None:
