@@ -409,7 +409,7 @@ class Recipe:
         if logged:
             s.loss = float(self.losses.last)
             m.loss.set(s.loss)
-            m.logit_scale.set(float(self.model.logit_scale.exp()))
+            m.logit_scale.set(float(self.model.logit_scale.detach().exp()))
             log.info(
                 "step %d/%d epoch %d loss %.4f lr %.3g samples/s %.1f data_wait %.3fs",
                 s.step,
