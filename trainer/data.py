@@ -18,11 +18,14 @@ the pages holding them (reference counts), numpy arrays of str stay shared.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
 from trainer.preflight import Table
+from trainer.truncate import TokenCut
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -96,13 +99,23 @@ class ShardedBatchSampler:
             yield [(self.epoch, int(i)) for i in mine[b * bs : (b + 1) * bs]]
 
 
-def train_loader(dataset: CaptionDataset, sampler: ShardedBatchSampler, workers: int, pin: bool) -> DataLoader:
+def collate(items: list, cut: TokenCut | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, tokens)`` of a batch; ``cut`` (``trainer.truncate``) trims the tokens to the batch's
+    bucketed exact text length, here on the CPU in the loader worker."""
+    images, tokens = default_collate(items)
+    return images, (cut(tokens) if cut is not None else tokens)
+
+
+def train_loader(
+    dataset: CaptionDataset, sampler: ShardedBatchSampler, workers: int, pin: bool, cut: TokenCut | None = None
+) -> DataLoader:
     return DataLoader(
         dataset,
         batch_sampler=sampler,
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=pin,
+        collate_fn=functools.partial(collate, cut=cut),
         # Its own generator: creating an iterator must not consume the global RNG stream.
         generator=torch.Generator().manual_seed(0),
     )

@@ -149,6 +149,18 @@ class TrainingSpec(Strict):
         description="On GPU, decode JPEGs with nvJPEG and crop/resize/normalise on the GPU (loader workers only "
         "read files); false: PIL in the loader workers, as on CPU. Ignored on CPU.",
     )
+    compile: bool = Field(
+        default=False,
+        description="torch.compile the training step's model (after the DDP wrap); the compile time (tens of "
+        "seconds per text length) is logged and reported apart from throughput. Off by default until measured "
+        "on a GPU (BENCHMARKS.md).",
+    )
+    truncateText: bool = Field(
+        default=True,
+        description="Run the text tower on each batch's longest caption (rounded up to 16/32/48/64/77 tokens) "
+        "instead of the full context. Exact (same features) and applied only for causal text towers with "
+        "end-of-text pooling (open_clip's CLIP text transformer); other towers always get the full length.",
+    )
     checkpointEverySteps: int = Field(
         default=500, ge=0, description="Write a resumable checkpoint every N optimizer steps (0: only at epoch ends)."
     )
