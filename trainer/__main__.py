@@ -29,7 +29,6 @@ from kubeclip.api import (  # noqa: E402
     EXIT_CONFIG,
     EXIT_PREFLIGHT,
     ConfigError,
-    OutputSpec,
     TrainerVerdict,
     load_manifest,
     termination_log_path,
@@ -46,7 +45,7 @@ def parse_args(argv):
 def load(manifest: str, output: str | None):
     job, spec = load_manifest(manifest)
     if output:
-        spec = spec.model_copy(update={"output": OutputSpec(path=output)})
+        spec = spec.model_copy(update={"output": spec.output.model_copy(update={"path": output})})
     return job, spec
 
 
@@ -83,6 +82,13 @@ def main(argv=None) -> int:
         return fail(f"preflight: {err}", EXIT_PREFLIGHT, echo=rank0)
     if rank0 and not checked:
         print(report.summary(), file=sys.stderr, flush=True)
+        from kubeclip.api import OutputInUse
+        from trainer.node import claim_output
+
+        try:  # a bare torchrun: nothing claimed the output before this process (trainer.ownership)
+            claim_output(job, spec)
+        except OutputInUse as err:
+            return fail(str(err), err.exit_code)
 
     from trainer.train import train
 

@@ -19,7 +19,7 @@ import threading
 import uuid
 from pathlib import Path
 
-from kubeclip.api import EXIT_CONFIG, EXIT_PREFLIGHT, ConfigError
+from kubeclip.api import EXIT_CONFIG, EXIT_PREFLIGHT, ConfigError, OutputInUse
 
 
 def _progress_bar(output: str, stop: threading.Event) -> None:
@@ -70,10 +70,11 @@ def _free_port() -> int:
 def run_local(manifest: Path, nproc: int | None = None, output: str | None = None, quiet: bool = False) -> int:
     """Run the manifest locally; return the process exit code (0, 2, 3, or the failing rank's)."""
     from trainer.__main__ import load
+    from trainer.node import claim_output
     from trainer.preflight import PreflightError, run_preflight
 
     try:
-        _job, spec = load(str(manifest), output)
+        job, spec = load(str(manifest), output)
     except ConfigError as err:
         print(f"config: {err}", file=sys.stderr)
         return EXIT_CONFIG
@@ -86,8 +87,15 @@ def run_local(manifest: Path, nproc: int | None = None, output: str | None = Non
     except PreflightError as err:
         print(f"preflight: {err}", file=sys.stderr)
         return EXIT_PREFLIGHT
+    summary = report.summary()
+    del report  # the processes map the node's copy of the rows (trainer.rowtable)
     out = spec.output.path
-    print(f"{report.summary()}; starting {n} process(es), output {out}", file=sys.stderr, flush=True)
+    try:
+        claim_output(job, spec)  # a stable local identity: local:<metadata.name>
+    except OutputInUse as err:
+        print(err, file=sys.stderr)
+        return err.exit_code
+    print(f"{summary}; starting {n} process(es), output {out}", file=sys.stderr, flush=True)
 
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError

@@ -168,6 +168,13 @@ class OutputSpec(Strict):
         min_length=1,
         description="Directory for checkpoints, progress.json, metrics.json and the final model (final/).",
     )
+    takeOver: bool = Field(
+        default=False,
+        description="The first run of a job writes an owner marker (.kubeclip-owner.json: the job's uid and name) "
+        "into path; a job whose marker is not there refuses the directory (exit 7, OutputInUse) so two jobs never "
+        "prune each other's checkpoints. true: take the directory over on purpose (a re-applied job continuing "
+        "another's checkpoints, which it resumes only when the config and dataset fingerprint match).",
+    )
 
 
 class MetricsSpec(Strict):

@@ -1,0 +1,204 @@
+"""A CSV's rows in a compact, memory-mapped form that every process of a node shares.
+
+Who uses it: ``trainer.preflight.read_table`` (every CSV the trainer reads: train, val, retention,
+zero-shot), and through it the data loaders of ``trainer.data`` and ``trainer.gpu_data``.
+
+Why it exists: one million rows held as numpy object arrays cost ~490 MiB per process, and they
+are not shared with forked loader workers (touching a Python string writes its reference count,
+so every page a worker reads is copied). Here a table is four files in a node-local cache
+directory: the image paths as they appear in the CSV (stripped) and the captions, each as UTF-8
+bytes back to back plus an array of offsets. Every process maps them read-only (``np.memmap``):
+the kernel keeps one copy in its page cache for the ranks and their workers together, nothing is
+written on access, and a row costs its bytes plus two offsets.
+
+Read once per node: the first process to need a table builds it under an exclusive lock
+(``flock``) and publishes it with an atomic rename; the others wait for the lock and map the
+result. ``trainer.node`` (in a pod) and ``kubeclip run`` build it during their preflight, so the
+training processes only map it. The CSV is parsed in chunks by the same pandas call as before
+(``pd.read_csv``, C engine, the same options), so the rows, their order and the preflight's
+messages are those of reading it whole; only one chunk's Python strings exist at a time.
+
+The cache: ``$KUBECLIP_ROW_CACHE``, else ``<tmp>/kubeclip-rows-<uid>``. An entry is keyed by the
+CSV's real path, size, mtime and inode, the columns, separator and root it was read with, and this
+format's version; a changed CSV gets a new entry. Each table also carries the SHA-256 of the
+CSV's bytes (:attr:`RowTable.digest`): the dataset identity in checkpoint fingerprints
+(``trainer.checkpoint.dataset_identity``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import operator
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Bumped whenever the files' layout changes: old entries are then simply not found.
+FORMAT = 1
+#: Rows parsed per pandas chunk: bounds the Python strings alive while building (~10 MB).
+CHUNK_ROWS = 100_000
+_FILES = ("paths.bin", "paths.off.npy", "captions.bin", "captions.off.npy", "meta.json")
+
+
+def cache_root() -> Path:
+    env = os.environ.get("KUBECLIP_ROW_CACHE")
+    return Path(env) if env else Path(tempfile.gettempdir()) / f"kubeclip-rows-{os.getuid()}"
+
+
+class StringColumn:
+    """``column[i]`` -> str, decoded from mapped bytes; slices give lists; iterable; ``len()``.
+
+    ``base``: a directory joined to every relative value (image paths resolve against the
+    dataset root, else the CSV's directory), exactly as the preflight always resolved them.
+    """
+
+    def __init__(self, blob: np.ndarray, offsets: np.ndarray, base: str | None = None):
+        self._blob, self._off, self._base = blob, offsets, base
+        self._n = len(offsets) - 1
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _get(self, i: int) -> str:
+        s = self._blob[int(self._off[i]) : int(self._off[i + 1])].tobytes().decode("utf-8")
+        if self._base is not None and not os.path.isabs(s):
+            return os.path.join(self._base, s)
+        return s
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, slice):
+            return [self._get(i) for i in range(*key.indices(self._n))]
+        i = operator.index(key)
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(f"row {key} out of range ({self._n} rows)")
+        return self._get(i)
+
+    def __iter__(self) -> Iterator[str]:
+        return (self._get(i) for i in range(self._n))
+
+
+class RowTable:
+    """One checked CSV, mapped: ``paths`` (absolute image paths) and ``captions`` as
+    :class:`StringColumn`; pickles as its directory (a receiver maps the same files)."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        meta = json.loads((self.directory / "meta.json").read_text(encoding="utf-8"))
+        self.csv: str = meta["csv"]
+        self.separator: str = meta["separator"]
+        self.digest: str = meta["sha256"]
+        self.paths = StringColumn(*self._column("paths"), base=meta["base"])
+        self.captions = StringColumn(*self._column("captions"))
+
+    def _column(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        offsets = np.load(self.directory / f"{name}.off.npy", mmap_mode="r")
+        blob_path = self.directory / f"{name}.bin"
+        if os.path.getsize(blob_path) == 0:  # mmap cannot map an empty file
+            return np.zeros(0, dtype=np.uint8), offsets
+        return np.memmap(blob_path, dtype=np.uint8, mode="r"), offsets
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __reduce__(self):
+        return (RowTable, (str(self.directory),))
+
+
+def _key(csv: Path, settings: dict) -> str:
+    st = os.stat(csv)
+    ident = {
+        "format": FORMAT,
+        "csv": os.path.realpath(csv),
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "ino": st.st_ino,
+        "dev": st.st_dev,
+        **settings,
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _sha256(csv: Path) -> str:
+    with open(csv, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+class _Writer:
+    """Appends one column's values as UTF-8 bytes to a blob file and records their lengths."""
+
+    def __init__(self, path: Path):
+        self.file = open(path, "wb")  # closed in finish() or by load_or_build
+        self.lengths: list[np.ndarray] = []
+
+    def add(self, values: Any) -> None:
+        encoded = [v.encode("utf-8") for v in values]
+        self.lengths.append(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)))
+        self.file.write(b"".join(encoded))
+
+    def finish(self, offsets_path: Path) -> None:
+        self.file.close()
+        lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, dtype=np.int64)
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        dtype = np.uint32 if offsets[-1] < 2**32 else np.int64
+        np.save(offsets_path, offsets.astype(dtype))
+
+
+def load_or_build(
+    csv: Path,
+    settings: dict,
+    base: str,
+    chunks: Callable[[], Iterator[tuple[Any, Any]]],
+) -> RowTable:
+    """Map the cached table of ``csv`` read with ``settings``; build it first when missing.
+
+    ``chunks()`` yields ``(image paths, captions)`` sequences of str chunk by chunk (the caller's
+    parser and checks; whatever it raises propagates and nothing is published). ``base`` is
+    joined to relative image paths on access.
+    """
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = _key(csv, settings)
+    final = root / key
+    if (final / "meta.json").is_file():
+        return RowTable(final)
+    with open(root / f"{key}.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder per node; the others wait, then map
+        try:
+            if (final / "meta.json").is_file():
+                return RowTable(final)
+            tmp = root / f".{key}.tmp-{secrets.token_hex(8)}"
+            tmp.mkdir(mode=0o700)
+            try:
+                paths, captions = _Writer(tmp / "paths.bin"), _Writer(tmp / "captions.bin")
+                with contextlib.ExitStack() as stack:
+                    stack.callback(paths.file.close)
+                    stack.callback(captions.file.close)
+                    for rel, cap in chunks():
+                        paths.add(rel)
+                        captions.add(cap)
+                paths.finish(tmp / "paths.off.npy")
+                captions.finish(tmp / "captions.off.npy")
+                meta = {"csv": str(csv), "separator": settings["separator"], "base": base, "sha256": _sha256(csv)}
+                (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+                try:
+                    os.rename(tmp, final)
+                except OSError:  # published meanwhile by a process that does not share our lock
+                    if not (final / "meta.json").is_file():
+                        raise
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return RowTable(final)
