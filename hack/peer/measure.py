@@ -62,6 +62,20 @@ def tree_memory_kb(root: int) -> tuple[int, int, int]:
     return rss, pss, hwm
 
 
+def kill_tree(root: int) -> None:
+    """SIGKILL ``root`` and every descendant (found before any of them dies)."""
+    kids, stack, found = _children(), [root], []
+    while stack:
+        pid = stack.pop()
+        found.append(pid)
+        stack.extend(kids.get(pid, []))
+    for pid in found:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def gpu_used_mib() -> int | None:
     """Used memory of GPU 0 in MiB per ``nvidia-smi``, or None without one."""
     smi = shutil.which("nvidia-smi")
@@ -88,10 +102,13 @@ def run(
     marker_file: Path | None = None,
     gpu: bool = False,
     timeout: float | None = None,
+    stop_after_marker_s: float | None = None,
 ) -> dict:
     """Run ``cmd`` (stdout+stderr to ``log_path``); raise SystemExit with the log's tail if it fails.
 
     ``timeout``: seconds after which the command's whole process group is killed (a failure).
+    ``stop_after_marker_s``: kill the whole process tree (torchrun's workers live in sessions of
+    their own) this many seconds after the marker appeared: a run measured up to its first steps.
     """
     cmd = [str(c) for c in cmd]
     marker_file = Path(marker_file or log_path)
@@ -115,7 +132,13 @@ def run(
         if sampler:
             sampler.start()
         seen, tick = 0, 0  # bytes of the marker file already searched; polls so far
+        stopped = False
         while proc.poll() is None:
+            if stop_after_marker_s is not None and first is not None and time.time() - t0 > first + stop_after_marker_s:
+                kill_tree(proc.pid)
+                proc.wait()
+                stopped = True
+                break
             if timeout and time.time() - t0 > timeout:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
@@ -142,7 +165,7 @@ def run(
             sampler.join()
     wall = time.time() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
+    if proc.returncode != 0 and not stopped:
         tail = Path(log_path).read_text(errors="replace").splitlines()[-25:]
         why = f"killed after {timeout} s" if timeout and wall > timeout else f"exit {proc.returncode}"
         raise SystemExit(f"[bench] {' '.join(cmd[:4])} ... failed ({why}); {log_path}:\n" + "\n".join(tail))
