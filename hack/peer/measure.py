@@ -62,6 +62,30 @@ def tree_memory_kb(root: int) -> tuple[int, int, int]:
     return rss, pss, hwm
 
 
+def tree_anon_pss_kb(root: int, also: tuple[str, ...] = ()) -> int:
+    """PSS of ``root``'s tree counting only anonymous mappings (heap, stacks, copied-on-write pages)
+    and files under the ``also`` prefixes (a memory-mapped dataset). Shared libraries are left
+    out: their PSS is split among every process of the machine that maps them (other torch
+    processes on a shared machine), which swings the whole-tree figure by hundreds of MB."""
+    kids, stack, total = _children(), [root], 0
+    while stack:
+        pid = stack.pop()
+        stack.extend(kids.get(pid, []))
+        counted = False
+        try:
+            with open(f"/proc/{pid}/smaps") as f:
+                for line in f:
+                    head = line.split(maxsplit=5)
+                    if "-" in head[0] and not head[0].endswith(":"):
+                        name = head[5].strip() if len(head) > 5 else ""
+                        counted = not name or name.startswith("[") or (bool(also) and name.startswith(also))
+                    elif counted and head[0] == "Pss:":
+                        total += int(head[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
 def kill_tree(root: int) -> None:
     """SIGKILL ``root`` and every descendant (found before any of them dies)."""
     kids, stack, found = _children(), [root], []
@@ -103,18 +127,21 @@ def run(
     gpu: bool = False,
     timeout: float | None = None,
     stop_after_marker_s: float | None = None,
+    anon_pss_also: tuple[str, ...] | None = None,
 ) -> dict:
     """Run ``cmd`` (stdout+stderr to ``log_path``); raise SystemExit with the log's tail if it fails.
 
     ``timeout``: seconds after which the command's whole process group is killed (a failure).
     ``stop_after_marker_s``: kill the whole process tree (torchrun's workers live in sessions of
     their own) this many seconds after the marker appeared: a run measured up to its first steps.
+    ``anon_pss_also``: also report ``peak_tree_anon_pss_mb`` (:func:`tree_anon_pss_kb` with these
+    file prefixes), sampled every 0.5 s.
     """
     cmd = [str(c) for c in cmd]
     marker_file = Path(marker_file or log_path)
     gpu_base = gpu_used_mib() if gpu else None
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    peak = {"rss": 0, "pss": 0, "hwm": 0, "gpu": 0}
+    peak = {"rss": 0, "pss": 0, "hwm": 0, "gpu": 0, "anon": 0}
     first: float | None = None
     t0 = time.time()
     with open(log_path, "w") as log:
@@ -147,6 +174,8 @@ def run(
                 rss, pss, hwm = tree_memory_kb(proc.pid)
                 peak["rss"], peak["pss"] = max(peak["rss"], rss), max(peak["pss"], pss)
                 peak["hwm"] = max(peak["hwm"], hwm)
+            if anon_pss_also is not None and tick % 10 == 0:
+                peak["anon"] = max(peak["anon"], tree_anon_pss_kb(proc.pid, anon_pss_also))
             if marker and first is None and marker_file.exists():
                 try:  # only the new part of the log, with an overlap for a marker cut in two
                     start = max(0, seen - len(marker))
@@ -177,6 +206,8 @@ def run(
         "max_single_proc_rss_mb": round(peak["hwm"] / 1024, 1),
         "cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 2),
     }
+    if anon_pss_also is not None:
+        res["peak_tree_anon_pss_mb"] = round(peak["anon"] / 1024, 1)
     if gpu_base is not None:
         res["peak_gpu_mem_mib"] = max(0, peak["gpu"] - gpu_base)
     return res
