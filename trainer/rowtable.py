@@ -18,7 +18,9 @@ training processes only map it. The CSV is parsed in chunks by the same pandas c
 (``pd.read_csv``, C engine, the same options), so the rows, their order and the preflight's
 messages are those of reading it whole; only one chunk's Python strings exist at a time.
 
-The cache: ``$KUBECLIP_ROW_CACHE``, else ``<tmp>/kubeclip-rows-<uid>``. An entry is keyed by the
+The cache: ``$KUBECLIP_ROW_CACHE``, else ``<tmp>/kubeclip-rows-<uid>``; where it cannot be
+written (a read-only root filesystem) the rows are held in memory per process, as before, with
+a warning. An entry is keyed by the
 CSV's real path, size, mtime and inode, the columns, separator and root it was read with, and this
 format's version; a changed CSV gets a new entry. Each table also carries the SHA-256 of the
 CSV's bytes (:attr:`RowTable.digest`): the dataset identity in checkpoint fingerprints
@@ -31,6 +33,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import operator
 import os
 import secrets
@@ -46,7 +49,8 @@ import numpy as np
 FORMAT = 1
 #: Rows parsed per pandas chunk: bounds the Python strings alive while building (~10 MB).
 CHUNK_ROWS = 100_000
-_FILES = ("paths.bin", "paths.off.npy", "captions.bin", "captions.off.npy", "meta.json")
+
+log = logging.getLogger(__name__)
 
 
 def cache_root() -> Path:
@@ -155,6 +159,19 @@ class _Writer:
         np.save(offsets_path, offsets.astype(dtype))
 
 
+def _in_memory(csv: Path, settings: dict, base: str, chunks: Callable[[], Iterator[tuple[Any, Any]]]) -> Any:
+    """The fallback without a writable cache: the same rows as numpy object arrays."""
+    from trainer.preflight import Table
+
+    rel: list[str] = []
+    cap: list[str] = []
+    for r, c in chunks():
+        rel.extend(r)
+        cap.extend(c)
+    paths = np.array([p if os.path.isabs(p) else os.path.join(base, p) for p in rel], dtype=object)
+    return Table(str(csv), settings["separator"], paths, np.array(cap, dtype=object), digest=_sha256(csv))
+
+
 def load_or_build(
     csv: Path,
     settings: dict,
@@ -168,7 +185,13 @@ def load_or_build(
     joined to relative image paths on access.
     """
     root = cache_root()
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not os.access(root, os.W_OK):
+            raise PermissionError(13, "not writable")
+    except OSError as err:  # a read-only /tmp: the rows stay in this process (not shared)
+        log.warning("row cache %s not writable (%s): holding %s in memory", root, err.strerror or err, csv)
+        return _in_memory(csv, settings, base, chunks)
     key = _key(csv, settings)
     final = root / key
     if (final / "meta.json").is_file():

@@ -40,7 +40,7 @@ def test_first_claim_owns_reclaim_is_silent_another_job_is_refused(tmp_path):
 def test_a_marker_that_is_not_ours_is_refused_unless_taken_over(tmp_path):
     (tmp_path / ownership.MARKER).write_text("not json")
     me = Owner("uid-a", "a")
-    with pytest.raises(OutputInUse, match="owner marker .* is not readable; remove it or set spec.output.takeOver"):
+    with pytest.raises(OutputInUse, match=r"owner marker .* is not readable; remove it or set spec\.output\.takeOver"):
         ownership.claim(tmp_path, me)
     assert ownership.claim(tmp_path, me, take_over=True) == Owner("unreadable", "unreadable")
     assert json.loads((tmp_path / ownership.MARKER).read_text())["uid"] == "uid-a"

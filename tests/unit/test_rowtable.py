@@ -222,3 +222,14 @@ def test_pickles_as_its_directory(tmp_path):
     assert len(raw) < 500  # the rows do not travel through the preflight's pipe
     again = pickle.loads(raw)  # noqa: S301 - our own object
     assert list(again.captions) == list(table.captions) and again.digest == table.digest
+
+
+def test_without_a_writable_cache_the_rows_are_the_same_in_memory(tmp_path, monkeypatch):
+    csv = tmp_path / "train.csv"
+    awkward_csv(csv, 20)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("KUBECLIP_ROW_CACHE", str(blocker / "cache"))  # cannot be created
+    table = read_table(str(csv), spec_for(csv))
+    paths, captions = reference(csv)
+    assert list(table.paths) == paths and list(table.captions) == captions and len(table.digest) == 64
