@@ -32,8 +32,8 @@ kubeclip / open_clip_train, and writes every run's figures to ``runs/bench-train
 The data-scale row (``--data-scale-only`` runs just it, ``--skip-data-scale`` leaves it out):
 the pod entrypoint ``python -m trainer.node`` with 2 ranks x ``--scale-workers`` loader workers
 on a ``--scale-rows``-row CSV (default 1 M rows repeating 2,000 generated 32-px images, each
-row its own caption) and on a 128-row CSV of the same images; measured up to 3 s after the
-first step (then the tree is killed): peak PSS of the whole process tree (node process, ranks,
+row its own caption) and on a 128-row CSV of the same images; measured up to 2 s after the
+eighth step (then the tree is killed): peak PSS of the whole process tree (node process, ranks,
 workers, preflight children) counting anonymous memory, the mapped row cache and shared-memory
 batches (shared libraries left out: their PSS depends on every other torch process of the
 machine), and time to first step. The figure is the big CSV's PSS minus the small one's,
@@ -200,7 +200,7 @@ def scale_csvs(work: Path, rows: int) -> tuple[Path, Path]:
 
 
 def run_scale(work: Path, csv_path: Path, repo: Path, workers: int, name: str) -> dict:
-    """The pod entrypoint on ``csv_path`` with the trainer of ``repo``; stopped 3 s after step 1."""
+    """The pod entrypoint on ``csv_path`` with the trainer of ``repo``; stopped 2 s after step 8."""
     run = work / name
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
@@ -246,12 +246,14 @@ def run_scale(work: Path, csv_path: Path, repo: Path, workers: int, name: str) -
         run / f"{name}.console.log",
         env=env,
         marker="step 1/",
-        stop_after_marker_s=3.0,
+        stop_marker="step 8/",  # every loader worker has delivered a batch by then
+        stop_after_marker_s=2.0,
         # the mapped rows; loader batches in flight (a prefix to match, nothing is written there)
         anon_pss_also=(str(cache), "/dev/shm/", "/memfd:"),  # noqa: S108
     )
     if res["time_to_first_step_s"] is None:
         raise SystemExit(f"[bench] {name}: no first step; see {run / f'{name}.console.log'}")
+    res["row_cache_mb"] = round(sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) / 2**20, 1)
     shutil.rmtree(run / "out", ignore_errors=True)
     shutil.rmtree(cache, ignore_errors=True)
     return res
@@ -284,6 +286,7 @@ def data_scale(work: Path, a) -> dict:
                 "peak_data_pss_mb": r_big["peak_tree_anon_pss_mb"],
                 "peak_data_pss_small_mb": r_small["peak_tree_anon_pss_mb"],
                 "whole_tree_pss_growth_mb": round(r_big["peak_tree_pss_mb"] - r_small["peak_tree_pss_mb"], 1),
+                "row_cache_mb": r_big["row_cache_mb"],
             }
             row["results"][f"{label} x{workers} workers"] = res
             print(f"[bench] data-scale {label} {workers} workers: {json.dumps(res)}", file=sys.stderr)

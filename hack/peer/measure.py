@@ -127,13 +127,15 @@ def run(
     gpu: bool = False,
     timeout: float | None = None,
     stop_after_marker_s: float | None = None,
+    stop_marker: str | None = None,
     anon_pss_also: tuple[str, ...] | None = None,
 ) -> dict:
     """Run ``cmd`` (stdout+stderr to ``log_path``); raise SystemExit with the log's tail if it fails.
 
     ``timeout``: seconds after which the command's whole process group is killed (a failure).
     ``stop_after_marker_s``: kill the whole process tree (torchrun's workers live in sessions of
-    their own) this many seconds after the marker appeared: a run measured up to its first steps.
+    their own) this many seconds after ``stop_marker`` (default: ``marker``) appeared in the log: a
+    run measured up to its first steps.
     ``anon_pss_also``: also report ``peak_tree_anon_pss_mb`` (:func:`tree_anon_pss_kb` with these
     file prefixes), sampled every 0.5 s.
     """
@@ -160,8 +162,18 @@ def run(
             sampler.start()
         seen, tick = 0, 0  # bytes of the marker file already searched; polls so far
         stopped = False
+        stop_seen: float | None = None
         while proc.poll() is None:
-            if stop_after_marker_s is not None and first is not None and time.time() - t0 > first + stop_after_marker_s:
+            if stop_after_marker_s is not None and stop_seen is None and first is not None:
+                if not stop_marker:
+                    stop_seen = first
+                elif tick % 5 == 0 and stop_marker.encode() in Path(marker_file).read_bytes():
+                    stop_seen = time.time() - t0
+            if (
+                stop_after_marker_s is not None
+                and stop_seen is not None
+                and time.time() - t0 > stop_seen + stop_after_marker_s
+            ):
                 kill_tree(proc.pid)
                 proc.wait()
                 stopped = True
