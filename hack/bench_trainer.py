@@ -37,9 +37,9 @@ eighth step (then the tree is killed): peak PSS of the whole process tree (node 
 workers, preflight children) counting anonymous memory, the mapped row cache and shared-memory
 batches (shared libraries left out: their PSS depends on every other torch process of the
 machine), and time to first step. The figure is the big CSV's PSS minus the small one's,
-beside the CSV's size on disk. ``--baseline-repo DIR`` runs the same with the
-trainer of another checkout (e.g. ``git worktree add --detach /tmp/base main``) for the
-before/after figure.
+beside the CSV's size on disk. The same runs with the trainer before the row table (commit
+``BASELINE_REF``, extracted with ``git archive``; ``--baseline-repo DIR`` uses another checkout)
+give the before/after figure.
 """
 
 from __future__ import annotations
@@ -60,6 +60,9 @@ from peer import dataset, measure, oc_log, peer_env  # noqa: E402
 CACHE = Path(os.environ.get("KUBECLIP_BENCH_CACHE", Path.home() / ".cache" / "kubeclip" / "bench"))
 TINY = REPO / "hack" / "peer" / "tiny_model"
 PY = sys.executable
+#: The last commit before the node-shared row table (trainer/rowtable.py): the data-scale row's
+#: "today's code" figure.
+BASELINE_REF = "d546a84"
 SHOWN = ("samples_per_s", "time_to_first_step_s", "max_single_proc_rss_mb", "val_loss", "wall_s", "cpu_s")
 
 
@@ -267,11 +270,45 @@ def measure_free_port() -> int:
         return sock.getsockname()[1]
 
 
+def baseline_tree(work: Path, ref: str) -> Path | None:
+    """``trainer/`` and ``kubeclip/`` of commit ``ref`` extracted under ``work`` (``git archive``:
+    nothing of this checkout changes); None when git or the commit is not there."""
+    import subprocess
+    import tarfile
+
+    dest = work / f"baseline-{ref}"
+    if (dest / "trainer" / "node.py").is_file():
+        return dest
+    try:
+        raw = subprocess.run(
+            ["git", "-C", str(REPO), "archive", "--format=tar", ref, "trainer", "kubeclip"],
+            capture_output=True,
+            check=True,
+            timeout=120,
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as err:
+        print(f"[bench] data-scale: no baseline (git archive {ref}: {err})", file=sys.stderr)
+        return None
+    import io
+
+    tmp = work / f".baseline-{ref}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        tar.extractall(tmp, filter="data")
+    tmp.rename(dest)
+    return dest
+
+
 def data_scale(work: Path, a) -> dict:
     """The data-scale row: PSS growth (big CSV minus 128 rows) and time to first step, per trainer."""
     big, small = scale_csvs(work, a.scale_rows)
     csv_mb = round(big.stat().st_size / 2**20, 1)
-    trainers = [("kubeclip", REPO)] + ([("baseline", Path(a.baseline_repo).resolve())] if a.baseline_repo else [])
+    base = (
+        Path(a.baseline_repo).resolve()
+        if a.baseline_repo
+        else (baseline_tree(work, a.baseline_ref) if a.baseline_ref else None)
+    )
+    trainers = [("kubeclip", REPO)] + ([("baseline", base)] if base else [])
     row: dict = {"rows": a.scale_rows, "csv_mb": csv_mb, "ranks": 2, "results": {}}
     for workers in a.scale_workers:
         for label, repo in trainers:
@@ -317,7 +354,15 @@ def main() -> None:
     ap.add_argument("--data-scale-only", action="store_true", help="run only the data-scale row")
     ap.add_argument("--scale-rows", type=int, default=1_000_000)
     ap.add_argument("--scale-workers", type=lambda v: [int(x) for x in v.split(",")], default=[2])
-    ap.add_argument("--baseline-repo", default=None, help="also run the data-scale row with this checkout's trainer")
+    ap.add_argument(
+        "--baseline-repo", default=None, help="run the data-scale row's baseline with this checkout's trainer"
+    )
+    ap.add_argument(
+        "--baseline-ref",
+        default=BASELINE_REF,
+        help="else extract the trainer of this git commit for the baseline ('' for none; default: the last "
+        "commit before the node-shared row table)",
+    )
     a = ap.parse_args()
     work = Path(a.work).resolve()  # the runs start in their own folders
     work.mkdir(parents=True, exist_ok=True)
