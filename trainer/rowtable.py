@@ -210,6 +210,9 @@ def load_or_build(
     root = cache_root()
     try:
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        st = os.stat(root)
+        if st.st_uid != os.getuid() or st.st_mode & 0o022:  # in a shared /tmp, someone else's folder
+            raise PermissionError(13, "not owned by this user, or writable by others")
         if not os.access(root, os.W_OK):
             raise PermissionError(13, "not writable")
     except OSError as err:  # a read-only /tmp: the rows stay in this process (not shared)

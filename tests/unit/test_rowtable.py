@@ -234,3 +234,15 @@ def test_without_a_writable_cache_the_rows_are_the_same_in_memory(tmp_path, monk
     table = read_table(str(csv), spec_for(csv))
     paths, captions = reference(csv)
     assert list(table.paths) == paths and list(table.captions) == captions and len(table.digest) == 64
+
+
+def test_a_cache_folder_others_can_write_is_not_trusted(tmp_path, monkeypatch):
+    """In a shared /tmp another user could plant tables: a folder writable by others is not used."""
+    csv = tmp_path / "train.csv"
+    awkward_csv(csv, 10)
+    shared = tmp_path / "shared-cache"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("KUBECLIP_ROW_CACHE", str(shared))
+    table = read_table(str(csv), spec_for(csv))
+    assert list(table.captions) == reference(csv)[1] and not any(shared.iterdir())
