@@ -9,7 +9,8 @@ torch and open_clip (``trainer.preflight.BackgroundPreflight``); a bad dataset e
 as the child finds it. Exit codes: 0 done, ``EXIT_CONFIG`` (2) bad manifest or a model that does
 not fit it (``trainer.model.ModelError``), ``EXIT_PREFLIGHT`` (3) bad dataset (one line on stderr
 and in /dev/termination-log), the other final verdicts of ``kubeclip.api.TrainerVerdict``
-(4 non-finite loss, 5 checkpoint mismatch, also one line, followed in the termination message by
+(4 non-finite loss, 5 checkpoint mismatch, 7 output owned by another job, 8 no readable
+checkpoint, 9 an image that does not decode; also one line, followed in the termination message by
 rank 0's final progress), 1 anything else.
 ``KUBECLIP_PREFLIGHT_DONE=1`` (set by ``trainer.node`` and ``kubeclip run``, which ran it
 already) skips the image checks here; the child then only reads the tables.

@@ -356,7 +356,7 @@ class BackgroundPreflight:
     still ends the run within about a second: the child prints the one line, writes
     ``/dev/termination-log`` and signals the parent (SIGUSR1), whose handler exits with
     ``EXIT_PREFLIGHT`` wherever it is in its imports. On success the child sends the checked
-    tables back through a pipe (pickled numpy arrays).
+    tables back through a pipe (row tables pickle as their cache folder: the rows do not travel).
 
     Fork happens before torch is imported (no threads yet), so it is safe.
     """

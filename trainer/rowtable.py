@@ -3,7 +3,7 @@
 Who uses it: ``trainer.preflight.read_table`` (every CSV the trainer reads: train, val, retention,
 zero-shot), and through it the data loaders of ``trainer.data`` and ``trainer.gpu_data``.
 
-Why it exists: one million rows held as numpy object arrays cost ~490 MiB per process, and they
+Why it exists: one million rows held as numpy object arrays cost ~490 MiB per process (issue 21), and they
 are not shared with forked loader workers (touching a Python string writes its reference count,
 so every page a worker reads is copied). Here a table is four files in a node-local cache
 directory: the image paths as they appear in the CSV (stripped) and the captions, each as UTF-8
