@@ -128,3 +128,21 @@ def test_an_image_that_does_not_decode_is_a_final_one_line_verdict(tmp_path):
     line = Path(e["KUBECLIP_TERMINATION_LOG"]).read_text().splitlines()[0]  # what kubectl describe shows
     assert line.startswith(f"data: image {victim} (row 4 of the CSV's data rows) cannot be read"), line
     assert line in proc.stderr.splitlines()
+
+
+def test_kubeclip_run_refuses_another_jobs_output_before_starting_anything(tmp_path, capsys, monkeypatch):
+    """``kubeclip run`` is a local identity (``local:<metadata.name>``): the same manifest resumes,
+    another one on the same output gets the one line and exit 7, and no process starts."""
+    from trainer import ownership
+    from trainer.launch import run_local
+
+    monkeypatch.setenv("KUBECLIP_ROW_CACHE", str(tmp_path / "row-cache"))
+    for key in ("KUBECLIP_JOB_UID", "KUBECLIP_JOB_NAME", "KUBECLIP_NAMESPACE"):
+        monkeypatch.delenv(key, raising=False)
+    out = tmp_path / "out"
+    ownership.claim(out, ownership.identity("elsewhere"))
+    job = manifest(tmp_path, "mine", out, training={"epochs": 1, "batchSize": 8}, nproc=1)
+    assert run_local(job, quiet=True) == EXIT_OUTPUT_IN_USE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"output: {out} belongs to job elsewhere (uid local:elsewhere), not this job mine")
+    assert sorted(p.name for p in out.iterdir()) == [ownership.MARKER]  # no logs/, no checkpoints/
