@@ -110,7 +110,8 @@ def service(job: dict[str, Any], spec: FineTuneJobSpec) -> dict[str, Any]:
 
 
 def node_env(job: dict[str, Any], spec: FineTuneJobSpec, index: int) -> list[dict[str, Any]]:
-    """torchrun's PET_* variables, the PyTorchJob-style ones, and the job's identity."""
+    """torchrun's PET_* variables, the PyTorchJob-style ones, and the job's identity (its uid owns
+    the output directory: ``trainer.ownership``)."""
     name, ns = job["metadata"]["name"], job["metadata"]["namespace"]
     master = naming.master_addr(name, ns)
     values = {
@@ -129,6 +130,7 @@ def node_env(job: dict[str, Any], spec: FineTuneJobSpec, index: int) -> list[dic
         "NPROC_PER_NODE": spec.numProcPerNode,
         "KUBECLIP_JOB_NAME": name,
         "KUBECLIP_NAMESPACE": ns,
+        "KUBECLIP_JOB_UID": job["metadata"].get("uid", ""),
     }
     return [{"name": k, "value": str(v)} for k, v in values.items()]
 

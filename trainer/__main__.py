@@ -9,7 +9,8 @@ torch and open_clip (``trainer.preflight.BackgroundPreflight``); a bad dataset e
 as the child finds it. Exit codes: 0 done, ``EXIT_CONFIG`` (2) bad manifest or a model that does
 not fit it (``trainer.model.ModelError``), ``EXIT_PREFLIGHT`` (3) bad dataset (one line on stderr
 and in /dev/termination-log), the other final verdicts of ``kubeclip.api.TrainerVerdict``
-(4 non-finite loss, 5 checkpoint mismatch, also one line, followed in the termination message by
+(4 non-finite loss, 5 checkpoint mismatch, 7 output owned by another job, 8 no readable
+checkpoint, 9 an image that does not decode; also one line, followed in the termination message by
 rank 0's final progress), ``128 + N`` stopped by signal N (SIGTERM, SIGINT) at a step boundary
 after a checkpoint (``trainer.preemption``), 1 anything else (a crash: its exception and the
 last traceback lines go to the termination log and torchrun's error file, ``trainer.failure``).
@@ -85,6 +86,13 @@ def main(argv=None) -> int:
         return fail(f"preflight: {err}", EXIT_PREFLIGHT, echo=rank0)
     if rank0 and not checked:
         print(report.summary(), file=sys.stderr, flush=True)
+        from kubeclip.api import OutputInUse
+        from trainer.node import claim_output
+
+        try:  # a bare torchrun: nothing claimed the output before this process (trainer.ownership)
+            claim_output(job, spec)
+        except OutputInUse as err:
+            return fail(str(err), err.exit_code)
 
     from trainer.failure import record
     from trainer.precision import device_refusal

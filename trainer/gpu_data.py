@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from trainer.data import ShardedBatchSampler, sample_seed
+from trainer.data import ShardedBatchSampler, image_error, sample_seed
 from trainer.preflight import Table
 from trainer.truncate import TokenCut
 
@@ -146,15 +146,19 @@ class RawCaptionDataset(Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         from PIL import Image
 
-        with open(self.paths[index], "rb") as f:
-            raw = bytearray(f.read())
-        with Image.open(io.BytesIO(raw)) as im:  # header only, unless we fall back to decoding here
-            box = crop_box(self.plan, im, sample_seed(self.seed, epoch, index))
-            if raw.startswith(JPEG_MAGIC) and im.mode in ("RGB", "L"):
-                data, is_jpeg = torch.frombuffer(raw, dtype=torch.uint8), True
-            else:
-                pixels = np.asarray(im.convert("RGB"))
-                data, is_jpeg = torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous(), False
+        path = self.paths[index]
+        try:
+            with open(path, "rb") as f:
+                raw = bytearray(f.read())
+            with Image.open(io.BytesIO(raw)) as im:  # header only, unless we fall back to decoding here
+                box = crop_box(self.plan, im, sample_seed(self.seed, epoch, index))
+                if raw.startswith(JPEG_MAGIC) and im.mode in ("RGB", "L"):
+                    data, is_jpeg = torch.frombuffer(raw, dtype=torch.uint8), True
+                else:
+                    pixels = np.asarray(im.convert("RGB"))
+                    data, is_jpeg = torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous(), False
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            raise (image_error(path, index, err) or err) from None
         tokens = self.tokenizer([str(self.captions[index])])[0]
         return is_jpeg, data, torch.tensor(box, dtype=torch.int64), tokens
 

@@ -22,7 +22,7 @@ import threading
 import uuid
 from pathlib import Path
 
-from kubeclip.api import EXIT_CONFIG, EXIT_PREFLIGHT, ConfigError
+from kubeclip.api import EXIT_CONFIG, EXIT_PREFLIGHT, ConfigError, OutputInUse
 
 #: How long the launcher waits, after Ctrl-C or SIGTERM, for the ranks to finish their step and
 #: write a checkpoint before it kills them (torch's default is 30 s).
@@ -77,10 +77,11 @@ def _free_port() -> int:
 def run_local(manifest: Path, nproc: int | None = None, output: str | None = None, quiet: bool = False) -> int:
     """Run the manifest locally; return the process exit code (0, 2, 3, or the failing rank's)."""
     from trainer.__main__ import load
+    from trainer.node import claim_output
     from trainer.preflight import PreflightError, run_preflight
 
     try:
-        _job, spec = load(str(manifest), output)
+        job, spec = load(str(manifest), output)
     except ConfigError as err:
         print(f"config: {err}", file=sys.stderr)
         return EXIT_CONFIG
@@ -93,8 +94,15 @@ def run_local(manifest: Path, nproc: int | None = None, output: str | None = Non
     except PreflightError as err:
         print(f"preflight: {err}", file=sys.stderr)
         return EXIT_PREFLIGHT
+    summary = report.summary()
+    del report  # the processes map the node's copy of the rows (trainer.rowtable)
     out = spec.output.path
-    print(f"{report.summary()}; starting {n} process(es), output {out}", file=sys.stderr, flush=True)
+    try:
+        claim_output(job, spec)  # a stable local identity: local:<metadata.name>
+    except OutputInUse as err:
+        print(err, file=sys.stderr)
+        return err.exit_code
+    print(f"{summary}; starting {n} process(es), output {out}", file=sys.stderr, flush=True)
 
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException, Std
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError

@@ -201,6 +201,8 @@ class Recipe:
         self.val_table = None
         if spec.dataset.valCsv:
             self.val_table = report.val if report else read_table(spec.dataset.valCsv, spec, "spec.dataset.valCsv")
+        # The dataset's identity goes into every checkpoint's fingerprint (trainer.checkpoint).
+        self.dataset_identity = checkpoint.dataset_identity(self.train_table, self.val_table)
         self.sampler = ShardedBatchSampler(len(self.train_table), t.batchSize, topo.world, topo.rank, t.seed)
         self.loader = None
         if topo.device.type == "cuda" and t.gpuDecode:  # JPEG decode, crop and resize on the GPU (trainer.gpu_data)
@@ -225,7 +227,7 @@ class Recipe:
         # Every rank reads the newest readable checkpoint (falling back past unreadable ones, refusing
         # one written under a config it cannot resume: exit 5); rank 0's choice wins if a rank differs.
         self.skipped_checkpoints: list[str] = []
-        found, ck = checkpoint.load_latest(self.out, self.spec, self.skipped_checkpoints)
+        found, ck = checkpoint.load_latest(self.out, self.spec, self.skipped_checkpoints, self.dataset_identity)
         self.latest = distributed.broadcast_object(str(found or ""), self.topo)
         if self.latest != str(found or ""):
             ck = checkpoint.load(Path(self.latest)) if self.latest else None
@@ -479,7 +481,9 @@ class Recipe:
                 "world": self.topo.world,
                 "rng": rngs,
             }
-            path = checkpoint.save(self.out, self.state.step, state, self.t.keepCheckpoints, spec=self.spec)
+            path = checkpoint.save(
+                self.out, self.state.step, state, self.t.keepCheckpoints, spec=self.spec, dataset=self.dataset_identity
+            )
             self.metrics.record_checkpoint(str(path), self.state.step)
         distributed.barrier(self.topo)
 

@@ -189,6 +189,13 @@ class OutputSpec(Strict):
         "learning rate, samples/s, eval recalls and loss, retention and zero-shot accuracy. View them with "
         "tensorboard --logdir <path>/tensorboard.",
     )
+    takeOver: bool = Field(
+        default=False,
+        description="The first run of a job writes an owner marker (.kubeclip-owner.json: the job's uid and name) "
+        "into path; a job whose marker is not there refuses the directory (exit 7, OutputInUse) so two jobs never "
+        "prune each other's checkpoints. true: take the directory over on purpose (a re-applied job continuing "
+        "another's checkpoints, which it resumes only when the config and dataset fingerprint match).",
+    )
 
 
 class MetricsSpec(Strict):

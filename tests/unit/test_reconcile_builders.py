@@ -50,6 +50,7 @@ def test_env_per_rank_is_pytorchjob_and_torchrun_style():
         assert env["RANK"] == env["NODE_RANK"] == env["PET_NODE_RANK"] == str(i)
         assert env["NPROC_PER_NODE"] == env["PET_NPROC_PER_NODE"] == "4"
         assert env["KUBECLIP_JOB_NAME"] == "pen" and env["KUBECLIP_NAMESPACE"] == "ml"
+        assert env["KUBECLIP_JOB_UID"] == "u-1"  # owns the output directory (trainer.ownership)
         assert env["NCCL_DEBUG"] == "WARN" and env["TOKEN"] == {"secretKeyRef": {"name": "s", "key": "k"}}
 
 
