@@ -23,8 +23,10 @@ expect from a second Ctrl-C.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
+import multiprocessing
 import os
 import signal
 import threading
@@ -81,6 +83,22 @@ def shield_workers(loader: Any) -> None:
     dl = loader if isinstance(loader, DataLoader) else getattr(loader, "loader", None)
     if isinstance(dl, DataLoader) and dl.num_workers > 0:
         dl.worker_init_fn = functools.partial(_ignore_stop_signals, dl.worker_init_fn)
+        _kill_workers_at_exit()
+
+
+@functools.cache
+def _kill_workers_at_exit() -> None:
+    """Once per process: at interpreter exit, SIGKILL the loader workers still alive. A worker that
+    ignores SIGTERM also ignores multiprocessing's exit-time ``terminate()`` of daemonic children,
+    which then joins it forever: a rank that raised (e.g. a ``DataError`` from a worker) would hang
+    instead of exiting with its code. Registered after multiprocessing's own hook, so it runs first
+    (atexit is last-in, first-out); the workers hold no state worth a graceful stop."""
+
+    def kill() -> None:
+        for child in multiprocessing.active_children():
+            child.kill()
+
+    atexit.register(kill)
 
 
 class StopRequest:
