@@ -263,11 +263,25 @@ def test_a_frozen_trainer_fires_kubeclip_training_stalled(kube, prom, ns, run):
     )
     pids = _pod_pids(kube, ns, f"{name}-node-1")
     assert pids, "found no trainer process of node 1 on this host"
+    # A start-up longer than stalledFor (a loaded node) reads as a stall until the rule sees the steps
+    # advance: wait until no stall alert of this job is pending or firing, so the one below is the freeze's.
+    match = {"namespace": ns, "finetunejob": name}
+    wait_for(
+        lambda: (
+            not any(
+                all(a["labels"].get(k) == v for k, v in match.items()) for a in prom.alerts("KubeclipTrainingStalled")
+            )
+        ),
+        180,
+        "no KubeclipTrainingStalled alert for the running job",
+        lambda: json.dumps(prom.get("/api/v1/alerts"), indent=1)[-3000:],
+        every_s=3,
+    )
     t0 = time.time()
     for pid in pids:  # node 1 frozen: node 0 waits in its next all-reduce, still answering scrapes
         os.kill(pid, signal.SIGSTOP)
     try:
-        alert = _wait_alert(prom, "KubeclipTrainingStalled", 300, {"namespace": ns, "finetunejob": name})
+        alert = _wait_alert(prom, "KubeclipTrainingStalled", 300, match)
         assert _since(alert) >= t0 - 5, alert  # became active after the freeze, not at the job's start
         assert alert["labels"]["severity"] == "critical"
         assert alert["labels"]["pod"] == f"{name}-node-0", alert
