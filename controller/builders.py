@@ -204,15 +204,19 @@ def pod(job: dict[str, Any], spec: FineTuneJobSpec, index: int, attempt: int, im
         "priorityClassName": spec.priorityClassName,
         "serviceAccountName": spec.serviceAccountName,
         "imagePullSecrets": [s.model_dump() for s in spec.imagePullSecrets] or None,
+        "schedulerName": spec.schedulerName,
+        "runtimeClassName": spec.runtimeClassName,
+        "topologySpreadConstraints": [dict(c) for c in spec.topologySpreadConstraints] or None,
     }
     pod_spec.update({k: v for k, v in optional.items() if v})
     if not spec.serviceAccountName:
         # The trainer never calls the API: no token in its pods unless the job asks for an identity.
         pod_spec["automountServiceAccountToken"] = False
     labels = {naming.LABEL_INDEX: str(index), naming.LABEL_ATTEMPT: str(attempt)}
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": _meta(job, naming.pod_name(name, index), labels),
-        "spec": pod_spec,
-    }
+    meta = _meta(job, naming.pod_name(name, index), labels)
+    # The job's own labels and annotations first: the controller's keys win (the API refuses
+    # kubeclip.dev/* keys anyway; this keeps an older CRD from taking a pod out of its job).
+    meta["labels"] = {**spec.podLabels, **meta["labels"]}
+    if spec.podAnnotations:
+        meta["annotations"] = dict(spec.podAnnotations)
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}

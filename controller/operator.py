@@ -86,9 +86,7 @@ def build_registry(worker: Worker) -> kopf.OperatorRegistry:
     @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=registry)
     def job_event(event: kopf.RawEvent, namespace: str | None, name: str, **_: Any) -> None:
         ns = cast(str, namespace)  # FineTuneJobs are namespaced: kopf always passes the namespace
-        if event.get("type") == "DELETED":
-            worker.forget(ns, name)
-            return
+        # DELETED too: the pass finds the job gone and lets its Kueue Workload (if any) go.
         worker.reconcile(ns, name)
 
     @kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT}, registry=registry)

@@ -21,13 +21,13 @@ controller dies half way, and neither counter exceeds its limit (``runPolicy.bac
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from kubeclip.api import EXIT_RENDEZVOUS_TIMEOUT, FINAL_EXIT_CODES, TERMINAL_PHASES, ConfigError, Reason, parse_job_spec
 
-from . import builders, naming
+from . import builders, naming, queue
 from .status import (
     completed_message,
     enter_phase,
@@ -72,6 +72,7 @@ class Observed:
     progress: dict[str, Any] | None = None
     now: datetime = field(default_factory=lambda: datetime(1970, 1, 1, tzinfo=timezone.utc))
     nodes: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    queue: queue.Observed = field(default_factory=queue.Observed)  # Kueue: the job's Workload (controller/queue.py)
 
 
 #: A pod still there this long after its deletionTimestamp (which already includes its grace
@@ -131,10 +132,13 @@ class Plan:
     delete_job: bool = False
     requeue_after: float | None = None  # seconds until a deadline/TTL is due
     transition: str | None = None  # the phase entered by this pass (metrics)
+    workloads: tuple[queue.WorkloadWrite, ...] = ()  # Kueue Workload writes, after the updates
 
     @property
     def empty(self) -> bool:
-        return not (self.status or self.events or self.create or self.update or self.delete or self.delete_job)
+        return not (
+            self.status or self.events or self.create or self.update or self.delete or self.delete_job or self.workloads
+        )
 
 
 # ------------------------------------------------------------------------------------------
@@ -395,6 +399,7 @@ def plan(
             delete=cleanup(pods, policy, now, nodes),
             delete_job=due is not None and due <= 0,
             requeue_after=due if due is not None and due > 0 else None,
+            workloads=queue.release(job, observed.queue, now),  # Kueue: Finished, quota given back
         )
 
     try:
@@ -435,6 +440,16 @@ def plan(
     stale = [p for p in pods if p not in current.values()]
     status["nodes"] = node_counts(spec.numNodes, [p for p in current.values() if not _deleting(p)])
 
+    # Queue admission (controller/queue.py): a job labelled kueue.x-k8s.io/queue-name runs pods
+    # only while Kueue admits its Workload; waiting or evicted, it is Queued with no pods.
+    gate = _queue_gate(job, spec, image, attempt, current, pods, observed)
+    if gate is not None and gate.hold and gate.phase != "Suspended":
+        return _held(job, status, gate, spec, pods, observed, create, update, policy)
+    writes = gate.writes if gate is not None else ()
+
+    def with_writes(p: Plan) -> Plan:
+        return replace(p, workloads=p.workloads + writes) if writes else p
+
     # Suspension: no pods, the clock stops (startTime is set again on resume).
     if rp.suspend:
         if status.get("phase") != "Suspended":
@@ -442,9 +457,19 @@ def plan(
         status.pop("startTime", None)
         status["nodes"] = node_counts(spec.numNodes, [])
         status.pop("nextAttemptTime", None)
-        return _plan(job, status, create=create, update=update, delete=_delete(pods, now, nodes))
+        return with_writes(
+            _plan(
+                job,
+                status,
+                create=create + list(gate.create if gate else ()),
+                update=update,
+                delete=_delete(pods, now, nodes),
+            )
+        )
     if status.get("phase") == "Suspended":
         status = resume(status, gen, now)
+    if gate is not None and status.get("phase") == "Queued":
+        status = queue_admitted(status, gate, spec.numNodes, gen, now)
     if status.get("phase") is None:
         status = enter_phase(status, "Created", "Created", f"creating {spec.numNodes} node pod(s)", gen, now)
     status.setdefault("startTime", rfc3339(now))
@@ -454,16 +479,18 @@ def plan(
         started = parse_time(status["startTime"]) or now
         left = (started - now).total_seconds() + rp.activeDeadlineSeconds
         if left <= 0:
-            return _finish(
-                job,
-                status,
-                pods,
-                "Failed",
-                Reason.DEADLINE_EXCEEDED,
-                f"the job ran longer than runPolicy.activeDeadlineSeconds={rp.activeDeadlineSeconds}",
-                rp.cleanPodPolicy,
-                observed,
-                rp.ttlSecondsAfterFinished,
+            return with_writes(
+                _finish(
+                    job,
+                    status,
+                    pods,
+                    "Failed",
+                    Reason.DEADLINE_EXCEEDED,
+                    f"the job ran longer than runPolicy.activeDeadlineSeconds={rp.activeDeadlineSeconds}",
+                    rp.cleanPodPolicy,
+                    observed,
+                    rp.ttlSecondsAfterFinished,
+                )
             )
         requeue = left
 
@@ -472,16 +499,18 @@ def plan(
         # The trainer's own final figures; /progress only if it left none (it stops serving on exit).
         if not _set_final_progress(status, node0) and observed.progress:
             status["progress"] = progress_status(observed.progress)
-        return _finish(
-            job,
-            status,
-            pods,
-            "Succeeded",
-            "Succeeded",
-            completed_message(node0["metadata"]["name"], _trainer_terminated(node0)),
-            rp.cleanPodPolicy,
-            observed,
-            rp.ttlSecondsAfterFinished,
+        return with_writes(
+            _finish(
+                job,
+                status,
+                pods,
+                "Succeeded",
+                "Succeeded",
+                completed_message(node0["metadata"]["name"], _trainer_terminated(node0)),
+                rp.cleanPodPolicy,
+                observed,
+                rp.ttlSecondsAfterFinished,
+            )
         )
 
     failures = [f for f in (classify(p) for _, p in sorted(current.items(), key=lambda kv: kv[0])) if f]
@@ -493,44 +522,50 @@ def plan(
     cause = judge(failures)
     if cause is not None and not cause.retryable:
         _set_final_progress(status, node0)  # rank 0's progress at its verdict, when node 0 has exited
-        return _finish(
-            job,
-            status,
-            pods,
-            "Failed",
-            cause.reason,
-            cause.message,
-            rp.cleanPodPolicy,
-            observed,
-            rp.ttlSecondsAfterFinished,
+        return with_writes(
+            _finish(
+                job,
+                status,
+                pods,
+                "Failed",
+                cause.reason,
+                cause.message,
+                rp.cleanPodPolicy,
+                observed,
+                rp.ttlSecondsAfterFinished,
+            )
         )
     if cause is not None:
         disrupted = int(status.get("disruptedAttempts", 0))
         failed = int(status.get("failedAttempts", max(0, attempt - disrupted)))  # jobs from before these fields
         counted = failed + (disrupted if rp.countDisruptions else 0)
         if cause.disruption and disrupted >= rp.disruptionLimit:
-            return _finish(
-                job,
-                status,
-                pods,
-                "Failed",
-                Reason.DISRUPTION_LIMIT_EXCEEDED,
-                f"{cause.message}; runPolicy.disruptionLimit={rp.disruptionLimit} restarts used",
-                rp.cleanPodPolicy,
-                observed,
-                rp.ttlSecondsAfterFinished,
+            return with_writes(
+                _finish(
+                    job,
+                    status,
+                    pods,
+                    "Failed",
+                    Reason.DISRUPTION_LIMIT_EXCEEDED,
+                    f"{cause.message}; runPolicy.disruptionLimit={rp.disruptionLimit} restarts used",
+                    rp.cleanPodPolicy,
+                    observed,
+                    rp.ttlSecondsAfterFinished,
+                )
             )
         if (not cause.disruption or rp.countDisruptions) and counted >= rp.backoffLimit:
-            return _finish(
-                job,
-                status,
-                pods,
-                "Failed",
-                Reason.BACKOFF_LIMIT_EXCEEDED,
-                f"{cause.message}; runPolicy.backoffLimit={rp.backoffLimit} restarts used",
-                rp.cleanPodPolicy,
-                observed,
-                rp.ttlSecondsAfterFinished,
+            return with_writes(
+                _finish(
+                    job,
+                    status,
+                    pods,
+                    "Failed",
+                    Reason.BACKOFF_LIMIT_EXCEEDED,
+                    f"{cause.message}; runPolicy.backoffLimit={rp.backoffLimit} restarts used",
+                    rp.cleanPodPolicy,
+                    observed,
+                    rp.ttlSecondsAfterFinished,
+                )
             )
         if cause.disruption:
             status["disruptedAttempts"] = disrupted = disrupted + 1
@@ -557,7 +592,9 @@ def plan(
         )
         status["nodes"] = node_counts(spec.numNodes, [])
         wake = delay if requeue is None else min(requeue, delay)
-        return _plan(job, status, create=create, update=update, delete=_delete(pods, now, nodes), requeue_after=wake)
+        return with_writes(
+            _plan(job, status, create=create, update=update, delete=_delete(pods, now, nodes), requeue_after=wake)
+        )
 
     # Steady state: drop stale pods, create the missing ones whose names are free, once the
     # restart delay (if any) is over.
@@ -570,7 +607,8 @@ def plan(
         status.pop("nextAttemptTime", None)
         for i in range(spec.numNodes):
             if i not in current and naming.pod_name(meta["name"], i) not in taken:
-                create.append(builders.pod(job, spec, i, attempt, image))
+                node = builders.pod(job, spec, i, attempt, image)
+                create.append(queue.place(node, gate) if gate is not None else node)
     live = [p for p in current.values() if not _deleting(p)]
     if len(live) == spec.numNodes and all(pod_phase(p) in ("Running", "Succeeded") for p in live):
         if status["phase"] != "Running":
@@ -584,4 +622,112 @@ def plan(
             if left <= 1.0:
                 left = NODE_RECHECK_S
             requeue = left if requeue is None else min(requeue, left)
-    return _plan(job, status, create=create, update=update, delete=_delete(stale, now, nodes), requeue_after=requeue)
+    return with_writes(
+        _plan(job, status, create=create, update=update, delete=_delete(stale, now, nodes), requeue_after=requeue)
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# queue admission (Kueue): the glue between plan() and controller/queue.py
+# ------------------------------------------------------------------------------------------
+
+
+def _queue_gate(
+    job: dict[str, Any],
+    spec: Any,
+    image: str,
+    attempt: int,
+    current: dict[int, dict[str, Any]],
+    pods: list[dict[str, Any]],
+    observed: Observed,
+) -> queue.Gate | None:
+    """controller/queue.py's verdict for this job (None: it does not use Kueue)."""
+    if queue.queue_name(job) is None:
+        return None
+    live = [p for p in current.values() if not _deleting(p)]
+    running = len(live) == spec.numNodes and all(pod_phase(p) in ("Running", "Succeeded") for p in live)
+    return queue.admit(
+        job,
+        template_pod=builders.pod(job, spec, 0, attempt, image),
+        num_nodes=spec.numNodes,
+        suspend=spec.runPolicy.suspend,
+        pods=pods,
+        pods_running=running,
+        observed=observed.queue,
+        now=observed.now,
+    )
+
+
+def _queue_status(job: dict[str, Any], gate: queue.Gate, pending: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "localQueue": queue.queue_name(job),
+        "workload": queue.workload_name(job["metadata"]["name"]),
+    }
+    if gate.admitted_by:
+        out["clusterQueue"] = gate.admitted_by
+    if pending:
+        out["pending"] = pending[:512]
+    return out
+
+
+def _held(
+    job: dict[str, Any],
+    status: dict[str, Any],
+    gate: queue.Gate,
+    spec: Any,
+    pods: list[dict[str, Any]],
+    observed: Observed,
+    create: list[dict[str, Any]],
+    update: list[dict[str, Any]],
+    policy: str,
+) -> Plan:
+    """Kueue holds the job: no pods (all deleted, none counted as a failure), the phase the gate says."""
+    now, gen = observed.now, job["metadata"].get("generation")
+    if gate.phase == "Failed":
+        p = _finish(
+            job,
+            status,
+            pods,
+            "Failed",
+            gate.reason,
+            gate.message,
+            policy,
+            observed,
+            spec.runPolicy.ttlSecondsAfterFinished,
+        )
+        return replace(p, workloads=p.workloads + gate.writes)
+    if gate.phase is not None and (status.get("phase"), status.get("reason"), status.get("message")) != (
+        gate.phase,
+        gate.reason,
+        gate.message,
+    ):
+        status = enter_phase(status, gate.phase, gate.reason, gate.message, gen, now)
+    status["nodes"] = node_counts(spec.numNodes, [])
+    status["queue"] = _queue_status(job, gate, gate.message if gate.phase == "Queued" else None)
+    status.pop("startTime", None)  # the clock (activeDeadlineSeconds) runs only while admitted
+    status.pop("nextAttemptTime", None)
+    return _plan(
+        job,
+        status,
+        create=create + list(gate.create),
+        update=update,
+        delete=_delete(pods, now, observed.nodes),
+        requeue_after=gate.requeue_after,
+        workloads=gate.writes,
+    )
+
+
+def queue_admitted(
+    status: dict[str, Any], gate: queue.Gate, num_nodes: int, gen: int | None, now: datetime
+) -> dict[str, Any]:
+    """Leaving Queued: Kueue admitted the job; its pods are created in this pass."""
+    from .status import set_condition
+
+    where = f"ClusterQueue {gate.admitted_by}" if gate.admitted_by else "Kueue"
+    message = f"admitted by {where}: creating {num_nodes} node pod(s)"
+    conds = set_condition(status.get("conditions") or [], "Queued", "False", Reason.ADMITTED, message, gen, now)
+    out = enter_phase({**status, "conditions": conds}, "Created", Reason.ADMITTED, message, gen, now)
+    out["queue"] = {k: v for k, v in (status.get("queue") or {}).items() if k != "pending"}
+    if gate.admitted_by:
+        out["queue"]["clusterQueue"] = gate.admitted_by
+    return out

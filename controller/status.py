@@ -17,6 +17,7 @@ from .times import rfc3339
 
 #: For each phase: the condition it sets True, and the conditions it turns False if present.
 _PHASE_CONDITIONS = {
+    "Queued": ("Queued", ("Running", "Restarting")),
     "Created": ("Created", ()),
     "Running": ("Running", ("Restarting", "Suspended")),
     "Restarting": ("Restarting", ("Running",)),

@@ -18,7 +18,7 @@ from typing import Any
 
 from kubeclip.api import TERMINAL_PHASES, MetricsSpec
 
-from . import metrics, naming
+from . import metrics, naming, queue
 from .kube import Conflict, Kube, Terminating, describe_error
 from .progress import progress_url, read_progress
 from .reconcile import Observed, Plan, plan
@@ -94,6 +94,7 @@ class Worker:
             job = self.kube.get_job(namespace, name)
             if job is None:
                 self.forget(namespace, name)
+                self._release_workloads(namespace, name)
                 return None
             p = self.plan_for(job)
             self.apply(job, p)
@@ -129,6 +130,12 @@ class Worker:
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - t0)
         return None
 
+    def _release_workloads(self, namespace: str, name: str) -> None:
+        """A deleted job's Kueue Workloads: Finished and the finalizer off, so the quota is freed
+        (Kueue leaves an owned Workload's finalizer to its job's controller)."""
+        for w in queue.release_orphans(self.kube.leftover_workloads(namespace, name), self.clock()):
+            self.kube.write_workload(w)
+
     def plan_for(self, job: dict[str, Any]) -> Plan:
         pods, svc, cm, nodes = self.kube.observe(job)
         progress = None
@@ -148,7 +155,13 @@ class Worker:
             if url:
                 progress = read_progress(url, self.s.progress_timeout_s)
         observed = Observed(
-            pods=tuple(pods), service=svc, configmap=cm, progress=progress, now=self.clock(), nodes=nodes
+            pods=tuple(pods),
+            service=svc,
+            configmap=cm,
+            progress=progress,
+            now=self.clock(),
+            nodes=nodes,
+            queue=self.kube.observe_queue(job) if queue.queue_name(job) else queue.Observed(),
         )
         return plan(
             job,
@@ -177,6 +190,8 @@ class Worker:
             self.kube.create(obj)
         for obj in p.update:
             self.kube.update(obj)
+        for w in p.workloads:
+            self.kube.write_workload(w)
         for d in p.delete:
             self.kube.delete(ns, d)
         if p.create or p.delete:

@@ -25,11 +25,13 @@ from .contracts import (
     TrainerVerdict,
 )
 from .job import (
+    ALLOWED_KEY_RE,
     CONFIG_DIR,
     CONFIG_VOLUME,
     GPU_RESOURCE,
     PRESERVE,
     RESERVED_ENV,
+    RESERVED_KEY_RE,
     RESERVED_VOLUMES,
     SHM_PATH,
     SHM_VOLUME,
@@ -45,7 +47,7 @@ from .job import (
     parse_job_spec,
 )
 from .progress import LastCheckpoint, Progress
-from .status import TERMINAL_PHASES, Condition, FineTuneJobStatus, NodeCounts, ProgressStatus, Reason
+from .status import TERMINAL_PHASES, Condition, FineTuneJobStatus, NodeCounts, ProgressStatus, QueueStatus, Reason
 from .termination import (
     FINAL_PROGRESS_MARKER,
     TERMINATION_MESSAGE_MAX_BYTES,
@@ -74,6 +76,7 @@ from .trainer_spec import (
 )
 
 __all__ = [
+    "ALLOWED_KEY_RE",
     "API_GROUP",
     "API_VERSION",
     "CLUSTER_KEYS",
@@ -93,6 +96,7 @@ __all__ = [
     "LOWER_IS_BETTER",
     "PRESERVE",
     "RESERVED_ENV",
+    "RESERVED_KEY_RE",
     "RESERVED_VOLUMES",
     "SHM_PATH",
     "SHM_VOLUME",
@@ -117,6 +121,7 @@ __all__ = [
     "OutputSpec",
     "Progress",
     "ProgressStatus",
+    "QueueStatus",
     "Reason",
     "ResourceRequirements",
     "RunPolicy",

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Phase = Literal["Created", "Running", "Restarting", "Succeeded", "Failed", "Suspended"]
+Phase = Literal["Queued", "Created", "Running", "Restarting", "Succeeded", "Failed", "Suspended"]
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 
 
@@ -21,7 +21,7 @@ class _Status(BaseModel):
 class Condition(_Status):
     """metav1.Condition."""
 
-    type: str = Field(description="Created, Running, Restarting, Succeeded, Failed or Suspended.")
+    type: str = Field(description="Queued, Created, Running, Restarting, Succeeded, Failed or Suspended.")
     status: Literal["True", "False", "Unknown"]
     reason: str = Field(description="CamelCase machine-readable reason.")
     message: str = Field(default="", description="Human-readable details.")
@@ -76,9 +76,21 @@ class ProgressStatus(_Status):
     updatedAt: str | None = Field(default=None, description="When the trainer reported this (RFC 3339).")
 
 
+class QueueStatus(_Status):
+    """Where a job labelled kueue.x-k8s.io/queue-name stands in Kueue."""
+
+    localQueue: str | None = Field(default=None, description="The LocalQueue the job asked for (its label).")
+    workload: str | None = Field(default=None, description="The job's kueue.x-k8s.io Workload.")
+    clusterQueue: str | None = Field(default=None, description="The ClusterQueue that admitted it, while admitted.")
+    pending: str | None = Field(
+        default=None, description="While Queued: why Kueue has not admitted it (Kueue's own message)."
+    )
+
+
 class FineTuneJobStatus(_Status):
     phase: Phase | None = Field(
-        default=None, description="Created, Running, Restarting, Succeeded, Failed or Suspended."
+        default=None,
+        description="Queued (waiting for Kueue to admit it), Created, Running, Restarting, Succeeded, Failed or Suspended.",
     )
     reason: str | None = Field(default=None, description="Reason of the latest phase transition.")
     message: str | None = Field(default=None, description="Message of the latest phase transition.")
@@ -101,6 +113,9 @@ class FineTuneJobStatus(_Status):
     startTime: str | None = Field(default=None, description="When the pods were first created (RFC 3339).")
     completionTime: str | None = Field(default=None, description="When the job succeeded or failed (RFC 3339).")
     progress: ProgressStatus | None = Field(default=None, description="The trainer's progress.")
+    queue: QueueStatus | None = Field(
+        default=None, description="Kueue admission (jobs with kueue.x-k8s.io/queue-name)."
+    )
 
 
 class Reason:
@@ -122,3 +137,7 @@ class Reason:
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     DISRUPTION_LIMIT_EXCEEDED = "DisruptionLimitExceeded"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+    QUEUED = "Queued"
+    ADMITTED = "Admitted"
+    QUEUE_UNAVAILABLE = "KueueNotInstalled"
+    QUEUE_PRIORITY_CLASS_MISSING = "PriorityClassNotFound"
