@@ -97,7 +97,9 @@ def grant_lease(cluster: Any, namespace: str, lease_name: str) -> None:
     )
 
 
-def controller_kubeconfig(cluster: Any, sa_namespace: str, out: Path, lease_name: str = "kubeclip-controller") -> Path:
+def controller_kubeconfig(
+    cluster: Any, sa_namespace: str, out: Path, lease_name: str = "kubeclip-controller", *, kueue: bool = False
+) -> Path:
     """A kubeconfig whose user is ServiceAccount ``kubeclip-controller`` with the shipped rules only:
     ``namespaced`` and ``cluster`` in ClusterRoles (the chart's cluster-wide mode), ``lease`` in a
     Role in ``sa_namespace`` for ``lease_name`` only (more names: :func:`grant_lease`)."""
@@ -110,7 +112,10 @@ def controller_kubeconfig(cluster: Any, sa_namespace: str, out: Path, lease_name
             "metadata": {"name": "kubeclip-controller", "namespace": sa_namespace},
         },
     ]
-    for suffix, key in (("", "namespaced"), ("-cluster", "cluster")):
+    sets = [("", "namespaced"), ("-cluster", "cluster")]
+    if kueue:  # the chart's kueue.enabled: the Workload rules too
+        sets += [("-kueue", "kueue"), ("-kueue-cluster", "kueueCluster")]
+    for suffix, key in sets:
         docs += [
             {
                 "apiVersion": "rbac.authorization.k8s.io/v1",
