@@ -696,6 +696,8 @@ def _held(
             spec.runPolicy.ttlSecondsAfterFinished,
         )
         return replace(p, workloads=p.workloads + gate.writes)
+    if gate.phase == "Queued" and status.get("phase") == "Suspended":
+        status = resume(status, gen, now)  # the Suspended condition goes False; Queued follows
     if gate.phase is not None and (status.get("phase"), status.get("reason"), status.get("message")) != (
         gate.phase,
         gate.reason,

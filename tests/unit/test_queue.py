@@ -255,9 +255,14 @@ def test_suspend_is_the_workloads_active_false_and_back():
     assert w.what == "object" and w.body["spec"]["active"] is False
     assert p.status["phase"] == "Suspended" and len(p.delete) == 2
     off = workload(admission=None, active=False)
-    p = run(job({"phase": "Suspended", "restartCount": 0}), q=queue.Observed(workloads=(off,)))
+    p = run(
+        job({"phase": "Suspended", "restartCount": 0, "conditions": [cond("Suspended", "True")]}),
+        q=queue.Observed(workloads=(off,)),
+    )
     (w,) = p.workloads
     assert w.body["spec"]["active"] is True and p.status["phase"] == "Queued" and created(p, "Pod") == []
+    (suspended,) = [c for c in p.status["conditions"] if c["type"] == "Suspended"]
+    assert suspended["status"] == "False"
     # Created suspended: the Workload starts inactive.
     (new,) = created(run(job(runPolicy=run_policy)), "Workload")
     assert new["spec"]["active"] is False
