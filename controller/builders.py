@@ -8,6 +8,7 @@ pass builds exactly the same objects (deterministic names, no randomness, no clo
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import yaml
@@ -80,6 +81,12 @@ def configmap(job: dict[str, Any]) -> dict[str, Any]:
         "metadata": _meta(job, naming.configmap_name(job["metadata"]["name"])),
         "data": {CONFIG_KEY: trainer_manifest(job)},
     }
+
+
+def config_hash(job: dict[str, Any]) -> str:
+    """A short digest of the job.yaml the pods read (annotation :data:`naming.ANNOTATION_CONFIG_HASH`):
+    which ConfigMap content a pod was created against."""
+    return hashlib.sha256(trainer_manifest(job).encode()).hexdigest()[:16]
 
 
 def service(job: dict[str, Any], spec: FineTuneJobSpec) -> dict[str, Any]:
@@ -217,6 +224,5 @@ def pod(job: dict[str, Any], spec: FineTuneJobSpec, index: int, attempt: int, im
     # The job's own labels and annotations first: the controller's keys win (the API refuses
     # kubeclip.dev/* keys anyway; this keeps an older CRD from taking a pod out of its job).
     meta["labels"] = {**spec.podLabels, **meta["labels"]}
-    if spec.podAnnotations:
-        meta["annotations"] = dict(spec.podAnnotations)
+    meta["annotations"] = {**spec.podAnnotations, naming.ANNOTATION_CONFIG_HASH: config_hash(job)}
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}

@@ -20,12 +20,13 @@ from typing import Any, cast
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from kubeclip.api import API_GROUP, API_VERSION, KIND
+from kubeclip.api import API_GROUP, API_VERSION, KIND, TERMINAL_PHASES
 
 from . import queue
 from .crd import PLURAL
 from .naming import LABEL_JOB, MANAGER
 from .reconcile import Delete, Event
+from .status import PodPhase
 from .times import rfc3339
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,15 @@ log = logging.getLogger(__name__)
 
 class Conflict(Exception):
     """The job changed since it was read: the pass is dropped and runs again on the next event."""
+
+
+class Refused(Exception):
+    """The API server refused to create a child (403 quota or Pod Security, 422 invalid, 400): the
+    worker shows it on the job (:class:`controller.reconcile.CreateError`) and retries with backoff."""
+
+    def __init__(self, kind: str, name: str, status: int, message: str) -> None:
+        super().__init__(f"{kind} {name}: {message}")
+        self.kind, self.name, self.status, self.message = kind, name, status, message
 
 
 class Terminating(Exception):
@@ -170,9 +180,10 @@ class Kube:
     def observe(
         self, job: dict[str, Any]
     ) -> tuple[list[dict[str, Any]], dict[str, Any] | None, dict[str, Any] | None, dict[str, dict[str, Any] | None]]:
-        """The job's pods (by label), its Service and its ConfigMap (by name), and the Nodes of its
-        pods that are being deleted (None for a Node that does not exist): the planner
-        force-deletes a pod stuck in deletion only when its node is known gone."""
+        """The job's pods (by label), its Service and its ConfigMap (by name), and, while one of its
+        pods is failed, lost or being deleted, the Nodes of all its pods (None for a Node that does
+        not exist): the planner force-deletes a pod stuck in deletion only when its node is known
+        gone, and judges a failed attempt knowing whether the peers' nodes are still Ready."""
         from .naming import configmap_name, service_name
 
         ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
@@ -184,9 +195,15 @@ class Kube:
         svc = self._get(self.core.read_namespaced_service, service_name(name), ns)
         cm = self._get(self.core.read_namespaced_config_map, configmap_name(name), ns)
         nodes: dict[str, dict[str, Any] | None] = {}
-        for p in pods:
+        finished = (job.get("status") or {}).get("phase") in TERMINAL_PHASES  # failed pods kept for logs
+        troubled = any(
+            p["metadata"].get("deletionTimestamp")
+            or (not finished and (p.get("status") or {}).get("phase") in (PodPhase.FAILED, PodPhase.UNKNOWN))
+            for p in pods
+        )
+        for p in pods if troubled else ():
             node_name = (p.get("spec") or {}).get("nodeName")
-            if p["metadata"].get("deletionTimestamp") and node_name and node_name not in nodes:
+            if node_name and node_name not in nodes:
                 nodes[node_name] = self.get_node(node_name)
         return pods, svc, cm, nodes
 
@@ -291,7 +308,8 @@ class Kube:
             raise
 
     def create(self, obj: dict[str, Any]) -> None:
-        """Create; an object that already exists under that name is fine (deterministic names)."""
+        """Create; an object that already exists under that name is fine (deterministic names); one
+        the API server refuses (400, 403, 422) raises :class:`Refused`."""
         ns, kind = obj["metadata"]["namespace"], obj["kind"]
         # Each takes (namespace, body) and serializes a plain dict body as it is.
         creators: dict[str, Callable[..., Any]] = {
@@ -309,10 +327,16 @@ class Kube:
             _done(fn(ns, obj, _preload_content=False, _request_timeout=self.timeout))
         except ApiException as err:
             _check_terminating(err)
+            if err.status in (400, 403, 422):
+                raise Refused(
+                    kind, obj["metadata"]["name"], err.status, describe_error(err) or str(err.reason)
+                ) from None
             if err.status != 409:
                 raise
 
     def update(self, obj: dict[str, Any]) -> None:
+        """Replace (with the resourceVersion it was read at): a 409 (changed since) or 404 (deleted
+        since) is a :class:`Conflict`, so the pass stops before creating pods and runs again."""
         if obj["kind"] != "ConfigMap":
             raise ValueError(f"cannot update a {obj['kind']}")
         try:
@@ -327,8 +351,9 @@ class Kube:
                 )
             )
         except ApiException as err:
-            if err.status not in (404, 409):
-                raise
+            if err.status in (404, 409):
+                raise Conflict(f"{obj['kind']} {obj['metadata']['name']}: {err.status} {err.reason}") from None
+            raise
 
     def delete(self, namespace: str, d: Delete) -> None:
         if d.kind != "Pod":

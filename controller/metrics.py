@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from kubeclip.api import FINAL_EXIT_CODES, Reason
+from kubeclip.api import FINAL_EXIT_CODES, Phase, Reason
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -52,21 +52,23 @@ RECONCILE_ERRORS = Counter(
 JOBS = Gauge("kubeclip_controller_jobs", "FineTuneJobs by phase.", ["phase"], registry=REGISTRY)
 IS_LEADER = Gauge("kubeclip_controller_leader", "1 while this replica holds the leader Lease.", registry=REGISTRY)
 
-PHASES = ("Pending", "Created", "Running", "Restarting", "Succeeded", "Failed", "Suspended")
+#: "Pending": a job the controller has not written a phase for yet.
+NO_PHASE = "Pending"
+PHASES = (NO_PHASE, *(str(p) for p in Phase))
 
 
 def record_transition(phase: str | None, reason: str | None) -> None:
-    if phase == "Created" and reason == "Created":
+    if phase == Phase.CREATED and reason == Reason.CREATED:
         JOBS_CREATED.inc()
-    elif phase == "Succeeded":
+    elif phase == Phase.SUCCEEDED:
         JOBS_SUCCEEDED.inc()
-    elif phase == "Failed":
+    elif phase == Phase.FAILED:
         JOBS_FAILED.labels(reason=reason or "Unknown").inc()
-    elif phase == "Restarting":
+    elif phase == Phase.RESTARTING:
         JOBS_RESTARTED.inc()
 
 
 def set_phases(phases: Iterable[str | None]) -> None:
-    tally = _Tally(p or "Pending" for p in phases)
+    tally = _Tally(p or NO_PHASE for p in phases)
     for phase in PHASES:
         JOBS.labels(phase=phase).set(tally.get(phase, 0))

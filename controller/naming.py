@@ -12,6 +12,8 @@ LABEL_JOB = "kubeclip.dev/job-name"
 LABEL_INDEX = "kubeclip.dev/node-index"
 #: The attempt (status.restartCount) a pod was created for: older pods are stale and deleted.
 LABEL_ATTEMPT = "kubeclip.dev/attempt"
+#: The digest of the ConfigMap's job.yaml a pod was created against (builders.config_hash).
+ANNOTATION_CONFIG_HASH = "kubeclip.dev/config-hash"
 LABEL_MANAGED = "app.kubernetes.io/managed-by"
 MANAGER = "kubeclip-controller"
 #: The trainer container's name (the reconciler reads its exit code).

@@ -25,7 +25,7 @@ from typing import Any, cast
 import kopf
 from aiohttp import web
 
-from kubeclip.api import API_GROUP, API_VERSION, TERMINAL_PHASES
+from kubeclip.api import API_GROUP, API_VERSION, TERMINAL_PHASES, Phase
 
 from . import metrics
 from .crd import PLURAL
@@ -149,7 +149,7 @@ async def resync_loop(worker: Worker, s: Settings, stop: asyncio.Event, pool: Th
         metrics.set_phases((j.get("status") or {}).get("phase") for j in jobs)
         for j in jobs:
             phase = (j.get("status") or {}).get("phase")
-            if (full and phase not in TERMINAL_PHASES) or phase in ("Running", "Restarting"):
+            if (full and phase not in TERMINAL_PHASES) or phase in (Phase.RUNNING, Phase.RESTARTING):
                 loop.run_in_executor(pool, worker.reconcile, j["metadata"]["namespace"], j["metadata"]["name"])
 
 

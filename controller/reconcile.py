@@ -21,14 +21,37 @@ controller dies half way, and neither counter exceeds its limit (``runPolicy.bac
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from kubeclip.api import EXIT_RENDEZVOUS_TIMEOUT, FINAL_EXIT_CODES, TERMINAL_PHASES, ConfigError, Reason, parse_job_spec
+from kubeclip.api import PODS_WAITING, TERMINAL_PHASES, ConfigError, FineTuneJobSpec, Phase, Reason, parse_job_spec
 
 from . import builders, naming, queue
+from .pods import (
+    FORCE_DELETE_AFTER_S,
+    INVALID_IMAGE_NAME,
+    OUT_OF_SERVICE_TAINT,
+    RETRYABLE_POD_REASONS,
+    Delete,
+    Failure,
+    Waiting,
+    classify,
+    cleanup,
+    delete,
+    deleting,
+    int_label,
+    judge,
+    node_gone,
+    node_unhealthy,
+    owned_by,
+    terminal,
+    trainer_terminated,
+    waiting,
+)
 from .status import (
+    PodPhase,
     completed_message,
     enter_phase,
     final_progress,
@@ -36,35 +59,55 @@ from .status import (
     pod_phase,
     progress_status,
     resume,
-    termination_text,
+    set_condition,
 )
 from .times import parse_time, rfc3339
 
-#: Pod status reasons (and DisruptionTarget reasons) that mean "the node or the scheduler took
-#: the pod away", not "the trainer failed".
-RETRYABLE_POD_REASONS = frozenset(
-    {
-        "Evicted",
-        "Preempting",
-        "NodeLost",
-        "Shutdown",
-        "Terminated",
-        "NodeShutdown",
-        "TerminationByKubelet",
-        "PreemptionByScheduler",
-        "EvictionByEvictionAPI",
-        "DeletionByTaintManager",
-        "DeletionByPodGC",
-        "UnexpectedAdmissionError",
-    }
-)
+__all__ = [
+    "FORCE_DELETE_AFTER_S",
+    "NODE_RECHECK_S",
+    "OUT_OF_SERVICE_TAINT",
+    "RESTART_DELAY_CAP_S",
+    "RESTART_DELAY_S",
+    "RETRYABLE_POD_REASONS",
+    "SETTLE_S",
+    "STEPS",
+    "CreateError",
+    "Delete",
+    "Event",
+    "Failure",
+    "Observed",
+    "Pass",
+    "Plan",
+    "Step",
+    "classify",
+    "cleanup",
+    "judge",
+    "node_gone",
+    "plan",
+    "queue_admission",
+    "restart_delay",
+]
+
+
+@dataclass(frozen=True)
+class CreateError:
+    """The API server refused to create one of the job's children (a ResourceQuota or Pod Security
+    403, an admission webhook, a 422 for an object it finds invalid); the worker remembers the
+    last one per job and passes it to the next pass."""
+
+    kind: str
+    name: str
+    status: int  # the HTTP status
+    message: str
 
 
 @dataclass(frozen=True)
 class Observed:
     """What exists now: the job's pods (any attempt), its Service and ConfigMap, node 0's progress,
-    and the Nodes of pods stuck in deletion (name -> Node, or None when the Node does not exist;
-    a name not in the map was not looked at)."""
+    the Nodes of the job's pods whenever one of them is failed or being deleted (name -> Node, or
+    None when the Node does not exist; a name not in the map was not looked at), and the last
+    create the API server refused."""
 
     pods: tuple[dict[str, Any], ...] = ()
     service: dict[str, Any] | None = None
@@ -72,33 +115,22 @@ class Observed:
     progress: dict[str, Any] | None = None
     now: datetime = field(default_factory=lambda: datetime(1970, 1, 1, tzinfo=timezone.utc))
     nodes: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    create_error: CreateError | None = None
     queue: queue.Observed = field(default_factory=queue.Observed)  # Kueue: the job's Workload (controller/queue.py)
 
 
-#: A pod still there this long after its deletionTimestamp (which already includes its grace
-#: period) is force-deleted (grace 0) *if its node is known gone* (:func:`node_gone`): a
-#: partitioned kubelet may still run it, and a second copy of node 0 would write the same
-#: checkpoint directory. On a timer alone it is never force-deleted.
-FORCE_DELETE_AFTER_S = 30.0
-#: A Node NotReady for this long counts as gone (the kubelet stopped reporting).
-NODE_LOST_AFTER_S = 300.0
 #: While a pod is stuck in deletion the job is looked at again this often (Node changes trigger
 #: no pass of their own).
 NODE_RECHECK_S = 30.0
-#: The taint an administrator sets on a node that is shut down for good (non-graceful node shutdown).
-OUT_OF_SERVICE_TAINT = "node.kubernetes.io/out-of-service"
 #: Delay before the next attempt: RESTART_DELAY_S doubling per restart up to RESTART_DELAY_CAP_S
 #: (the Job controller's 10 s -> 6 min). The controller's settings may change both.
 RESTART_DELAY_S = 10.0
 RESTART_DELAY_CAP_S = 360.0
-
-
-@dataclass(frozen=True)
-class Delete:
-    kind: str  # "Pod"
-    name: str
-    uid: str | None = None  # precondition: never delete a newer object of the same name
-    force: bool = False  # gracePeriodSeconds=0
+#: An attempt with a failed pod is judged once all its pods are terminal, or this long after its
+#: first failure (finishedAt), whichever is first: long enough for a peer's eviction or its node's
+#: NotReady (the node controller's grace period is 40-50 s) to reach the API before a knock-on
+#: exit 1 is counted as the cause; short next to the restart delay it adds to at most.
+SETTLE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -109,20 +141,9 @@ class Event:
 
 
 @dataclass(frozen=True)
-class Failure:
-    """One failed pod. ``retryable=False`` is a final verdict of the trainer; ``disruption`` means the
-    pod was taken away (evicted, preempted, node lost, deleted) rather than failing by itself."""
-
-    retryable: bool
-    reason: str
-    message: str
-    disruption: bool = False
-    at: str = ""  # the container's finishedAt, to find the first failure of an attempt
-
-
-@dataclass(frozen=True)
 class Plan:
-    """Apply in this order: status (optimistic concurrency), events, creates, updates, deletes."""
+    """Apply in this order: status (optimistic concurrency), events, updates, creates, deletes (the
+    ConfigMap is up to date before any pod that reads it is created)."""
 
     status: dict[str, Any] | None = None  # the new status, only when it differs
     events: tuple[Event, ...] = ()
@@ -132,7 +153,7 @@ class Plan:
     delete_job: bool = False
     requeue_after: float | None = None  # seconds until a deadline/TTL is due
     transition: str | None = None  # the phase entered by this pass (metrics)
-    workloads: tuple[queue.WorkloadWrite, ...] = ()  # Kueue Workload writes, after the updates
+    workloads: tuple[queue.WorkloadWrite, ...] = ()  # Kueue Workload writes, after the creates
 
     @property
     def empty(self) -> bool:
@@ -141,22 +162,15 @@ class Plan:
         )
 
 
-# ------------------------------------------------------------------------------------------
-# reading pods
-# ------------------------------------------------------------------------------------------
-
-
-def _trainer_terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        if cs.get("name") == naming.CONTAINER:
-            return ((cs.get("state") or {}).get("terminated")) or None
-    return None
+def restart_delay(restarts: int, base: float = RESTART_DELAY_S, cap: float = RESTART_DELAY_CAP_S) -> float:
+    """Seconds before attempt ``restarts + 1``: base, 2*base, 4*base ... up to cap (Job-like)."""
+    return min(cap, base * float(2 ** min(restarts, 30)))
 
 
 def _set_final_progress(status: dict[str, Any], pod: dict[str, Any] | None) -> bool:
     """status.progress from the final progress in node 0's termination message, if it left one
     (docs/contracts.md, "Progress"); checkpoints reported skipped while it ran stay listed."""
-    final = final_progress(_trainer_terminated(pod)) if pod is not None else None
+    final = final_progress(trainer_terminated(pod)) if pod is not None else None
     if final is None:
         return False
     new = progress_status(final)
@@ -165,175 +179,6 @@ def _set_final_progress(status: dict[str, Any], pod: dict[str, Any] | None) -> b
         new["skippedCheckpoints"] = skipped
     status["progress"] = new
     return True
-
-
-def _signal_name(code: int) -> str:
-    import signal
-
-    try:
-        return signal.Signals(code - 128).name
-    except ValueError:
-        return f"signal {code - 128}"
-
-
-def classify(pod: dict[str, Any]) -> Failure | None:
-    """Is this pod failed, and how? (docs/contracts.md, "Exit codes" and "Failure policy")."""
-    name = pod["metadata"]["name"]
-    st = pod.get("status") or {}
-    phase = st.get("phase")
-    if phase == "Succeeded":
-        return None
-    for cond in st.get("conditions") or []:  # set before the kill: the root cause of what follows
-        if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
-            return Failure(
-                True, cond.get("reason") or Reason.DISRUPTED, f"{name}: {cond.get('message') or 'disrupted'}", True
-            )
-    if _deleting(pod):
-        return Failure(True, Reason.POD_DELETED, f"{name} was deleted", True)
-    if phase == "Unknown":
-        return Failure(True, Reason.NODE_LOST, f"{name}: node lost ({st.get('message') or 'phase Unknown'})", True)
-    if phase != "Failed":
-        return None
-    if st.get("reason") in RETRYABLE_POD_REASONS:
-        return Failure(True, st["reason"], f"{name}: {st.get('message') or st['reason']}", True)
-    term = _trainer_terminated(pod)
-    if term is None:
-        return Failure(
-            True,
-            st.get("reason") or Reason.POD_FAILED,
-            f"{name} failed before the trainer ran: {st.get('message') or ''}".rstrip(": "),
-        )
-    code = int(term.get("exitCode") or 0)
-    detail = termination_text(term)
-    at = term.get("finishedAt") or ""
-    text = f"{name} exited with code {code}" + (f": {detail}" if detail else "")
-    if term.get("reason") == "OOMKilled":
-        return Failure(True, Reason.OOM_KILLED, f"{name} was OOMKilled (exit code {code})", at=at)
-    if code >= 128:
-        return Failure(
-            True,
-            Reason.KILLED,
-            f"{name} killed by {_signal_name(code)} (exit code {code})" + (f": {detail}" if detail else ""),
-            at=at,
-        )
-    if code in FINAL_EXIT_CODES:
-        return Failure(False, FINAL_EXIT_CODES[code], text, at=at)
-    if code == EXIT_RENDEZVOUS_TIMEOUT:
-        return Failure(True, Reason.RENDEZVOUS_TIMEOUT, text, at=at)
-    return Failure(True, Reason.TRAINER_FAILED, text, at=at)
-
-
-def judge(failures: list[Failure]) -> Failure | None:
-    """The verdict on one attempt from all its failed pods together.
-
-    A disruption anywhere explains the rest (a peer's broken collective exits 1 or is killed):
-    the attempt was disrupted. Otherwise a final verdict of the trainer ends the job; otherwise
-    the attempt failed, and its first failure (earliest finishedAt) is the cause.
-    """
-    if not failures:
-        return None
-    disrupted = [f for f in failures if f.disruption]
-    if disrupted:
-        return disrupted[0]
-    final = [f for f in failures if not f.retryable]
-    if final:
-        return final[0]
-    timed = sorted((f for f in failures if f.at), key=lambda f: f.at)
-    return timed[0] if timed else failures[0]
-
-
-def node_gone(node: dict[str, Any] | None, now: datetime) -> str | None:
-    """Why a Node is known gone (missing, out-of-service taint, NotReady too long), else None."""
-    if node is None:
-        return "its node no longer exists"
-    for taint in (node.get("spec") or {}).get("taints") or []:
-        if taint.get("key") == OUT_OF_SERVICE_TAINT:
-            return f"its node is tainted {OUT_OF_SERVICE_TAINT}"
-    for cond in (node.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "Ready" and cond.get("status") != "True":
-            since = parse_time(cond.get("lastTransitionTime"))
-            if since is not None and (now - since).total_seconds() >= NODE_LOST_AFTER_S:
-                return f"its node has been NotReady for {int((now - since).total_seconds())}s"
-    return None
-
-
-def _int_label(pod: dict[str, Any], key: str) -> int | None:
-    """An integer label (node index, attempt); None when missing or not a number."""
-    try:
-        return int(pod["metadata"].get("labels", {}).get(key, ""))
-    except ValueError:
-        return None
-
-
-def _deleting(pod: dict[str, Any]) -> bool:
-    return bool(pod["metadata"].get("deletionTimestamp"))
-
-
-def _stuck(pod: dict[str, Any], now: datetime) -> bool:
-    due = parse_time(pod["metadata"].get("deletionTimestamp"))
-    return due is not None and (now - due).total_seconds() > FORCE_DELETE_AFTER_S
-
-
-def _delete(pods: list[dict[str, Any]], now: datetime, nodes: dict[str, dict[str, Any] | None]) -> tuple[Delete, ...]:
-    """Delete pods not yet deleting; force-delete those stuck in deletion on a node known gone, or
-    bound to no node at all (no kubelet can be running them)."""
-    out = []
-    for p in pods:
-        meta = p["metadata"]
-        if not _deleting(p):
-            out.append(Delete("Pod", meta["name"], meta.get("uid")))
-        elif _stuck(p, now):
-            node_name = (p.get("spec") or {}).get("nodeName")
-            if not node_name or (node_name in nodes and node_gone(nodes[node_name], now)):
-                out.append(Delete("Pod", meta["name"], meta.get("uid"), force=True))
-    return tuple(out)
-
-
-def cleanup(
-    pods: list[dict[str, Any]], policy: str, now: datetime, nodes: dict[str, dict[str, Any] | None]
-) -> tuple[Delete, ...]:
-    """Pods to delete once the job has finished, per runPolicy.cleanPodPolicy."""
-    if policy == "None":
-        return ()
-    if policy == "All":
-        return _delete(pods, now, nodes)
-    return _delete([p for p in pods if pod_phase(p) not in ("Succeeded", "Failed")], now, nodes)
-
-
-def restart_delay(restarts: int, base: float = RESTART_DELAY_S, cap: float = RESTART_DELAY_CAP_S) -> float:
-    """Seconds before attempt ``restarts + 1``: base, 2*base, 4*base ... up to cap (Job-like)."""
-    return min(cap, base * float(2 ** min(restarts, 30)))
-
-
-# ------------------------------------------------------------------------------------------
-# the plan
-# ------------------------------------------------------------------------------------------
-
-
-def _finish(
-    job: dict[str, Any],
-    status: dict[str, Any],
-    pods: list[dict[str, Any]],
-    phase: str,
-    reason: str,
-    message: str,
-    policy: str,
-    observed: Observed,
-    ttl: int | None,
-) -> Plan:
-    now = observed.now
-    gen = job["metadata"].get("generation")
-    new = enter_phase(status, phase, reason, message, gen, now)
-    new["completionTime"] = rfc3339(now)
-    new.pop("nextAttemptTime", None)
-    return _plan(
-        job,
-        new,
-        events=[],
-        delete=cleanup(pods, policy, now, observed.nodes),
-        requeue_after=ttl if ttl else None,
-        delete_job=ttl == 0,
-    )
 
 
 def _plan(job: dict[str, Any], new_status: dict[str, Any], **kw: Any) -> Plan:
@@ -354,308 +199,279 @@ def _plan(job: dict[str, Any], new_status: dict[str, Any], **kw: Any) -> Plan:
     transition = None
     if (old.get("phase"), old.get("restartCount", 0)) != (new_status.get("phase"), new_status.get("restartCount", 0)):
         transition = new_status["phase"]
-        kind = "Warning" if transition in ("Restarting", "Failed") else "Normal"
+        kind = "Warning" if transition in (Phase.RESTARTING, Phase.FAILED) else "Normal"
         events.append(Event(kind, new_status.get("reason") or transition, new_status.get("message") or transition))
     status = new_status if new_status != old else None
     rest: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
     return Plan(status=status, events=tuple(events), transition=transition, **rest)
 
 
-def plan(
-    job: dict[str, Any],
-    observed: Observed,
-    *,
-    default_image: str = "",
-    restart_delay_s: float = RESTART_DELAY_S,
-    restart_delay_cap_s: float = RESTART_DELAY_CAP_S,
-) -> Plan:
-    """One reconcile pass for ``job`` (a FineTuneJob as the API returns it)."""
-    meta = job["metadata"]
-    uid, gen, now, nodes = meta.get("uid"), meta.get("generation"), observed.now, observed.nodes
-    old = job.get("status") or {}
-    status = copy.deepcopy(old)
-    status.setdefault("restartCount", 0)
-    if gen is not None:
-        status["observedGeneration"] = gen
-    # Only pods this job controls (a same-named job deleted earlier may leave pods behind).
-    pods = [
-        p
-        for p in observed.pods
-        if any(o.get("uid") == uid and o.get("controller") for o in p["metadata"].get("ownerReferences") or [])
-    ]
-    raw_spec = job.get("spec") or {}
-    policy = ((raw_spec.get("runPolicy") or {}).get("cleanPodPolicy")) or "Running"
-    if policy not in ("Running", "All", "None"):
-        policy = "Running"
+# ------------------------------------------------------------------------------------------
+# the pass object
+# ------------------------------------------------------------------------------------------
 
-    # Finished jobs stay finished: only cleanup and the TTL are left.
-    if old.get("phase") in TERMINAL_PHASES:
-        ttl = (raw_spec.get("runPolicy") or {}).get("ttlSecondsAfterFinished")
-        done = parse_time(old.get("completionTime"))
-        due = None if ttl is None or done is None else (done - now).total_seconds() + ttl
-        return _plan(
-            job,
-            status,
-            delete=cleanup(pods, policy, now, nodes),
-            delete_job=due is not None and due <= 0,
-            requeue_after=due if due is not None and due > 0 else None,
-            workloads=queue.release(job, observed.queue, now),  # Kueue: Finished, quota given back
+
+@dataclass
+class Pass:
+    """One reconcile pass in the making: the job, what was observed, and what the steps decided so
+    far (the next status, objects to create or update, when to come back). Each step of
+    :data:`STEPS` reads and extends it, then either ends the pass with a :class:`Plan` or returns
+    None to hand over to the next step."""
+
+    job: dict[str, Any]
+    observed: Observed
+    default_image: str = ""
+    restart_delay_s: float = RESTART_DELAY_S
+    restart_delay_cap_s: float = RESTART_DELAY_CAP_S
+    #: The next status (a deep copy of the stored one, edited by the steps).
+    status: dict[str, Any] = field(default_factory=dict)
+    #: The pods this job controls, any attempt.
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    create: list[dict[str, Any]] = field(default_factory=list)
+    update: list[dict[str, Any]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    #: Seconds until the earliest deadline a step knows of (None: no pass is due).
+    requeue: float | None = None
+    #: Set by :func:`invalid_spec` once the spec validated; the steps after it read :attr:`spec`.
+    parsed: FineTuneJobSpec | None = None
+    image: str = ""
+    #: The current attempt's pods by node index, and every other pod this job controls.
+    current: dict[int, dict[str, Any]] = field(default_factory=dict)
+    stale: list[dict[str, Any]] = field(default_factory=list)
+    #: Set by :func:`queue_admission` for a job that uses Kueue and is admitted (pods get its
+    #: flavors' node labels and tolerations); its Workload writes go out with whatever plan ends the pass.
+    gate: queue.Gate | None = None
+    workloads: list[queue.WorkloadWrite] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        meta = self.job["metadata"]
+        self.status = copy.deepcopy(self.job.get("status") or {})
+        self.status.setdefault("restartCount", 0)
+        if meta.get("generation") is not None:
+            self.status["observedGeneration"] = meta["generation"]
+        self.pods = [p for p in self.observed.pods if owned_by(p, meta.get("uid"))]
+
+    # ---- what the steps read --------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return str(self.job["metadata"]["name"])
+
+    @property
+    def generation(self) -> int | None:
+        gen = self.job["metadata"].get("generation")
+        return int(gen) if gen is not None else None
+
+    @property
+    def now(self) -> datetime:
+        return self.observed.now
+
+    @property
+    def raw_run_policy(self) -> dict[str, Any]:
+        """spec.runPolicy as stored (the steps before :func:`invalid_spec` cannot trust its types)."""
+        rp = (self.job.get("spec") or {}).get("runPolicy")
+        return rp if isinstance(rp, dict) else {}
+
+    @property
+    def spec(self) -> FineTuneJobSpec:
+        if self.parsed is None:
+            raise RuntimeError("Pass.spec is read before the invalid_spec step validated it")
+        return self.parsed
+
+    @property
+    def attempt(self) -> int:
+        return int(self.status["restartCount"])
+
+    @property
+    def live(self) -> list[dict[str, Any]]:
+        """The current attempt's pods that are not being deleted."""
+        return [p for p in self.current.values() if not deleting(p)]
+
+    @property
+    def node0(self) -> dict[str, Any] | None:
+        return self.current.get(0)
+
+    # ---- what the steps do ----------------------------------------------------------------
+
+    def wake(self, seconds: float) -> None:
+        """Come back in ``seconds`` at the latest."""
+        self.requeue = seconds if self.requeue is None else min(self.requeue, seconds)
+
+    def enter(self, phase: Phase, reason: str, message: str) -> None:
+        self.status = enter_phase(self.status, phase, reason, message, self.generation, self.now)
+
+    def delete(self, pods: list[dict[str, Any]]) -> tuple[Delete, ...]:
+        return delete(pods, self.now, self.observed.nodes)
+
+    def recheck_stuck(self) -> None:
+        """Come back to look at the node of a pod stuck in deletion (Node changes trigger no pass)."""
+        for pod in self.observed.pods:
+            due = parse_time(pod["metadata"].get("deletionTimestamp"))
+            if due is not None:
+                left = max(1.0, (due - self.now).total_seconds() + FORCE_DELETE_AFTER_S + 1)
+                self.wake(NODE_RECHECK_S if left <= 1.0 else left)
+
+    @property
+    def all_running(self) -> bool:
+        """Every node pod of the current attempt runs (or has finished successfully)."""
+        live = self.live
+        return len(live) == self.spec.numNodes and all(
+            pod_phase(pod) in (PodPhase.RUNNING, PodPhase.SUCCEEDED) for pod in live
         )
 
+    def plan(self, delete: tuple[Delete, ...] = (), **kw: Any) -> Plan:
+        """End the pass: the status so far, the creates, updates and events collected, ``delete``."""
+        return _plan(
+            self.job,
+            self.status,
+            events=self.events,
+            create=self.create,
+            update=self.update,
+            delete=delete,
+            requeue_after=self.requeue,
+            workloads=self.workloads,
+            **kw,
+        )
+
+    def finish(self, phase: Phase, reason: str, message: str, *, cleanup_policy: str | None = None) -> Plan:
+        """End the job: Succeeded or Failed, pods cleaned up per cleanPodPolicy, the TTL armed."""
+        if self.parsed is None:  # an invalid spec: its raw fields, as far as they make sense
+            policy, ttl = cleanup_policy or "Running", _raw_ttl(self)
+        else:
+            policy, ttl = self.spec.runPolicy.cleanPodPolicy, self.spec.runPolicy.ttlSecondsAfterFinished
+        self.enter(phase, reason, message)
+        self.status["completionTime"] = rfc3339(self.now)
+        self.status.pop("nextAttemptTime", None)
+        return _plan(
+            self.job,
+            self.status,
+            events=self.events,
+            delete=cleanup(self.pods, policy, self.now, self.observed.nodes),
+            requeue_after=ttl if ttl else None,
+            delete_job=ttl == 0,
+            workloads=self.workloads,
+        )
+
+
+#: A policy step: ends the pass with a Plan, or returns None to let the next step decide.
+Step = Callable[[Pass], Plan | None]
+
+
+def _raw_ttl(p: Pass) -> int | None:
+    """runPolicy.ttlSecondsAfterFinished as stored; None unless a non-negative integer (an object
+    that bypassed the CRD must not break the requeue arithmetic)."""
+    ttl = p.raw_run_policy.get("ttlSecondsAfterFinished")
+    return ttl if isinstance(ttl, int) and not isinstance(ttl, bool) and ttl >= 0 else None
+
+
+def _raw_clean_policy(p: Pass) -> str:
+    policy = p.raw_run_policy.get("cleanPodPolicy") or "Running"
+    return policy if policy in ("Running", "All", "None") else "Running"
+
+
+# ------------------------------------------------------------------------------------------
+# the steps, in order
+# ------------------------------------------------------------------------------------------
+
+
+def finished(p: Pass) -> Plan | None:
+    """Finished jobs stay finished: only cleanup and the TTL are left."""
+    if p.status.get("phase") not in TERMINAL_PHASES:
+        return None
+    ttl = _raw_ttl(p)
+    done = parse_time(p.status.get("completionTime"))
+    due = None if ttl is None or done is None else (done - p.now).total_seconds() + ttl
+    return _plan(
+        p.job,
+        p.status,
+        delete=cleanup(p.pods, _raw_clean_policy(p), p.now, p.observed.nodes),
+        delete_job=due is not None and due <= 0,
+        requeue_after=due if due is not None and due > 0 else None,
+        workloads=queue.release(p.job, p.observed.queue, p.now),  # Kueue: Finished, the quota given back
+    )
+
+
+def invalid_spec(p: Pass) -> Plan | None:
+    """A spec the API model refuses (or no image at all) fails the job once; a valid one is admitted:
+    the ConfigMap and Service that should exist, and the pods grouped by attempt."""
     try:
-        spec = parse_job_spec(raw_spec)
-        image = spec.image or default_image
+        spec = parse_job_spec(p.job.get("spec") or {})
+        image = spec.image or p.default_image
         if not image:
             raise ConfigError("spec.image: empty, and the controller has no default image (--default-image)")
     except ConfigError as err:
-        return _finish(
-            job,
-            status,
-            pods,
-            "Failed",
-            Reason.INVALID_SPEC,
-            str(err),
-            policy,
-            observed,
-            (raw_spec.get("runPolicy") or {}).get("ttlSecondsAfterFinished"),
-        )
-    rp = spec.runPolicy
+        return p.finish(Phase.FAILED, Reason.INVALID_SPEC, str(err), cleanup_policy=_raw_clean_policy(p))
+    p.parsed, p.image = spec, image
+    cm = builders.configmap(p.job)
+    if p.observed.configmap is None:
+        p.create.append(cm)
+    elif (p.observed.configmap.get("data") or {}) != cm["data"]:
+        p.update.append({**p.observed.configmap, "data": cm["data"]})
+    if p.observed.service is None:
+        p.create.append(builders.service(p.job, spec))
+    for pod in p.pods:
+        index = int_label(pod, naming.LABEL_INDEX)
+        if int_label(pod, naming.LABEL_ATTEMPT) == p.attempt and index is not None and 0 <= index < spec.numNodes:
+            p.current[index] = pod
+    p.stale = [pod for pod in p.pods if pod not in p.current.values()]
+    p.status["nodes"] = node_counts(spec.numNodes, p.live)
+    return None
 
-    create: list[dict[str, Any]] = []
-    update: list[dict[str, Any]] = []
-    cm = builders.configmap(job)
-    if observed.configmap is None:
-        create.append(cm)
-    elif (observed.configmap.get("data") or {}) != cm["data"]:
-        update.append({**observed.configmap, "data": cm["data"]})
-    if observed.service is None:
-        create.append(builders.service(job, spec))
 
-    attempt = int(status["restartCount"])
-    current = {}
-    for p in pods:
-        index = _int_label(p, naming.LABEL_INDEX)
-        if _int_label(p, naming.LABEL_ATTEMPT) == attempt and index is not None and 0 <= index < spec.numNodes:
-            current[index] = p
-    stale = [p for p in pods if p not in current.values()]
-    status["nodes"] = node_counts(spec.numNodes, [p for p in current.values() if not _deleting(p)])
+def _succeeded(pod: dict[str, Any] | None) -> bool:
+    return pod is not None and pod_phase(pod) == PodPhase.SUCCEEDED and not deleting(pod)
 
-    # Queue admission (controller/queue.py): a job labelled kueue.x-k8s.io/queue-name runs pods
-    # only while Kueue admits its Workload; waiting or evicted, it is Queued with no pods.
-    gate = _queue_gate(job, spec, image, attempt, current, pods, observed)
-    if gate is not None and gate.hold and gate.phase != "Suspended":
-        return _held(job, status, gate, spec, pods, observed, create, update, policy)
-    writes = gate.writes if gate is not None else ()
 
-    def with_writes(p: Plan) -> Plan:
-        return replace(p, workloads=p.workloads + writes) if writes else p
-
-    # Suspension: no pods, the clock stops (startTime is set again on resume).
-    if rp.suspend:
-        if status.get("phase") != "Suspended":
-            status = enter_phase(status, "Suspended", "Suspended", "runPolicy.suspend is true: pods deleted", gen, now)
-        status.pop("startTime", None)
-        status["nodes"] = node_counts(spec.numNodes, [])
-        status.pop("nextAttemptTime", None)
-        return with_writes(
-            _plan(
-                job,
-                status,
-                create=create + list(gate.create if gate else ()),
-                update=update,
-                delete=_delete(pods, now, nodes),
-            )
-        )
-    if status.get("phase") == "Suspended":
-        status = resume(status, gen, now)
-    if gate is not None and status.get("phase") == "Queued":
-        status = queue_admitted(status, gate, spec.numNodes, gen, now)
-    if status.get("phase") is None:
-        status = enter_phase(status, "Created", "Created", f"creating {spec.numNodes} node pod(s)", gen, now)
-    status.setdefault("startTime", rfc3339(now))
-
-    requeue = None
-    if rp.activeDeadlineSeconds is not None:
-        started = parse_time(status["startTime"]) or now
-        left = (started - now).total_seconds() + rp.activeDeadlineSeconds
-        if left <= 0:
-            return with_writes(
-                _finish(
-                    job,
-                    status,
-                    pods,
-                    "Failed",
-                    Reason.DEADLINE_EXCEEDED,
-                    f"the job ran longer than runPolicy.activeDeadlineSeconds={rp.activeDeadlineSeconds}",
-                    rp.cleanPodPolicy,
-                    observed,
-                    rp.ttlSecondsAfterFinished,
-                )
-            )
-        requeue = left
-
-    node0 = current.get(0)
-    if node0 is not None and pod_phase(node0) == "Succeeded" and not _deleting(node0):
-        # The trainer's own final figures; /progress only if it left none (it stops serving on exit).
-        if not _set_final_progress(status, node0) and observed.progress:
-            status["progress"] = progress_status(observed.progress)
-        return with_writes(
-            _finish(
-                job,
-                status,
-                pods,
-                "Succeeded",
-                "Succeeded",
-                completed_message(node0["metadata"]["name"], _trainer_terminated(node0)),
-                rp.cleanPodPolicy,
-                observed,
-                rp.ttlSecondsAfterFinished,
-            )
-        )
-
-    failures = [f for f in (classify(p) for _, p in sorted(current.items(), key=lambda kv: kv[0])) if f]
-    if status["phase"] == "Running":
-        missing = [i for i in range(spec.numNodes) if i not in current]
-        failures += [
-            Failure(True, Reason.POD_DELETED, f"{naming.pod_name(meta['name'], i)} disappeared", True) for i in missing
-        ]
-    cause = judge(failures)
-    if cause is not None and not cause.retryable:
-        _set_final_progress(status, node0)  # rank 0's progress at its verdict, when node 0 has exited
-        return with_writes(
-            _finish(
-                job,
-                status,
-                pods,
-                "Failed",
-                cause.reason,
-                cause.message,
-                rp.cleanPodPolicy,
-                observed,
-                rp.ttlSecondsAfterFinished,
-            )
-        )
-    if cause is not None:
-        disrupted = int(status.get("disruptedAttempts", 0))
-        failed = int(status.get("failedAttempts", max(0, attempt - disrupted)))  # jobs from before these fields
-        counted = failed + (disrupted if rp.countDisruptions else 0)
-        if cause.disruption and disrupted >= rp.disruptionLimit:
-            return with_writes(
-                _finish(
-                    job,
-                    status,
-                    pods,
-                    "Failed",
-                    Reason.DISRUPTION_LIMIT_EXCEEDED,
-                    f"{cause.message}; runPolicy.disruptionLimit={rp.disruptionLimit} restarts used",
-                    rp.cleanPodPolicy,
-                    observed,
-                    rp.ttlSecondsAfterFinished,
-                )
-            )
-        if (not cause.disruption or rp.countDisruptions) and counted >= rp.backoffLimit:
-            return with_writes(
-                _finish(
-                    job,
-                    status,
-                    pods,
-                    "Failed",
-                    Reason.BACKOFF_LIMIT_EXCEEDED,
-                    f"{cause.message}; runPolicy.backoffLimit={rp.backoffLimit} restarts used",
-                    rp.cleanPodPolicy,
-                    observed,
-                    rp.ttlSecondsAfterFinished,
-                )
-            )
-        if cause.disruption:
-            status["disruptedAttempts"] = disrupted = disrupted + 1
-            used = f"disruption {disrupted}/{rp.disruptionLimit}" + (
-                f", backoff {counted + 1}/{rp.backoffLimit}"
-                if rp.countDisruptions
-                else ", not counted against backoffLimit"
-            )
-        else:
-            status["failedAttempts"] = failed = failed + 1
-            used = f"backoff {counted + 1}/{rp.backoffLimit}"
-        status.setdefault("failedAttempts", failed)
-        status.setdefault("disruptedAttempts", disrupted)
-        delay = restart_delay(attempt, restart_delay_s, restart_delay_cap_s)
-        status["restartCount"] = attempt + 1
-        status["nextAttemptTime"] = rfc3339(now + timedelta(seconds=delay))
-        status = enter_phase(
-            status,
-            "Restarting",
-            cause.reason,
-            f"{cause.message}; restart {attempt + 1} ({used}), all pods recreated in {delay:.0f}s",
-            gen,
-            now,
-        )
-        status["nodes"] = node_counts(spec.numNodes, [])
-        wake = delay if requeue is None else min(requeue, delay)
-        return with_writes(
-            _plan(job, status, create=create, update=update, delete=_delete(pods, now, nodes), requeue_after=wake)
-        )
-
-    # Steady state: drop stale pods, create the missing ones whose names are free, once the
-    # restart delay (if any) is over.
-    taken = {p["metadata"]["name"] for p in observed.pods}  # foreign pods hold their names too
-    not_before = parse_time(status.get("nextAttemptTime"))
-    if not_before is not None and now < not_before:
-        wait = (not_before - now).total_seconds()
-        requeue = wait if requeue is None else min(requeue, wait)
-    else:
-        status.pop("nextAttemptTime", None)
-        for i in range(spec.numNodes):
-            if i not in current and naming.pod_name(meta["name"], i) not in taken:
-                node = builders.pod(job, spec, i, attempt, image)
-                create.append(queue.place(node, gate) if gate is not None else node)
-    live = [p for p in current.values() if not _deleting(p)]
-    if len(live) == spec.numNodes and all(pod_phase(p) in ("Running", "Succeeded") for p in live):
-        if status["phase"] != "Running":
-            status = enter_phase(status, "Running", "Running", f"all {spec.numNodes} node pod(s) running", gen, now)
-        if observed.progress:
-            status["progress"] = progress_status(observed.progress)
-    for p in observed.pods:  # come back to look at the node of a pod stuck in deletion
-        due = parse_time(p["metadata"].get("deletionTimestamp"))
-        if due is not None:
-            left = max(1.0, (due - now).total_seconds() + FORCE_DELETE_AFTER_S + 1)
-            if left <= 1.0:
-                left = NODE_RECHECK_S
-            requeue = left if requeue is None else min(requeue, left)
-    return with_writes(
-        _plan(job, status, create=create, update=update, delete=_delete(stale, now, nodes), requeue_after=requeue)
+def queue_admission(p: Pass) -> Plan | None:
+    """Kueue (controller/queue.py), for a job labelled kueue.x-k8s.io/queue-name: no pods until its
+    Workload is admitted. Waiting or evicted, the job is Queued with no pods (all deleted, none
+    counted as a failure) and the pass ends here; admitted, it goes on with the flavors' node
+    labels and tolerations for its pods, Created if it was Queued."""
+    gate = queue.admit(
+        p.job,
+        template_pod=builders.pod(p.job, p.spec, 0, p.attempt, p.image),
+        num_nodes=p.spec.numNodes,
+        suspend=p.spec.runPolicy.suspend,
+        pods=p.pods,
+        pods_running=p.all_running,
+        observed=p.observed.queue,
+        now=p.now,
     )
-
-
-# ------------------------------------------------------------------------------------------
-# queue admission (Kueue): the glue between plan() and controller/queue.py
-# ------------------------------------------------------------------------------------------
-
-
-def _queue_gate(
-    job: dict[str, Any],
-    spec: Any,
-    image: str,
-    attempt: int,
-    current: dict[int, dict[str, Any]],
-    pods: list[dict[str, Any]],
-    observed: Observed,
-) -> queue.Gate | None:
-    """controller/queue.py's verdict for this job (None: it does not use Kueue)."""
-    if queue.queue_name(job) is None:
+    if gate is None:
         return None
-    live = [p for p in current.values() if not _deleting(p)]
-    running = len(live) == spec.numNodes and all(pod_phase(p) in ("Running", "Succeeded") for p in live)
-    return queue.admit(
-        job,
-        template_pod=builders.pod(job, spec, 0, attempt, image),
-        num_nodes=spec.numNodes,
-        suspend=spec.runPolicy.suspend,
-        pods=pods,
-        pods_running=running,
-        observed=observed.queue,
-        now=observed.now,
-    )
+    p.workloads += gate.writes
+    p.create += gate.create
+    if gate.hold and gate.phase == Phase.FAILED:
+        return p.finish(Phase.FAILED, gate.reason, gate.message)
+    if gate.hold and gate.phase == Phase.SUSPENDED:
+        return None  # the suspend step deletes the pods; the Workload is inactive
+    if gate.hold:
+        if gate.phase == Phase.QUEUED and p.status.get("phase") == Phase.SUSPENDED:
+            p.status = resume(p.status, p.generation, p.now)  # the Suspended condition goes False
+        if gate.phase is not None and (p.status.get("phase"), p.status.get("reason"), p.status.get("message")) != (
+            gate.phase,
+            gate.reason,
+            gate.message,
+        ):
+            p.enter(Phase(gate.phase), gate.reason, gate.message)
+        p.status["nodes"] = node_counts(p.spec.numNodes, [])
+        p.status["queue"] = _queue_status(p.job, gate, gate.message if gate.phase == Phase.QUEUED else None)
+        for key in ("startTime", "attemptStartTime", "nextAttemptTime"):  # the clocks run only while admitted
+            p.status.pop(key, None)
+        if gate.requeue_after is not None:
+            p.wake(gate.requeue_after)
+        p.recheck_stuck()
+        return p.plan(delete=p.delete(p.pods))
+    p.gate = gate
+    if p.status.get("phase") == Phase.QUEUED:
+        where = f"ClusterQueue {gate.admitted_by}" if gate.admitted_by else "Kueue"
+        message = f"admitted by {where}: creating {p.spec.numNodes} node pod(s)"
+        p.status["conditions"] = set_condition(
+            p.status.get("conditions") or [], Phase.QUEUED, "False", Reason.ADMITTED, message, p.generation, p.now
+        )
+        p.enter(Phase.CREATED, Reason.ADMITTED, message)
+    p.status["queue"] = _queue_status(p.job, gate, None)
+    return None
 
 
 def _queue_status(job: dict[str, Any], gate: queue.Gate, pending: str | None) -> dict[str, Any]:
@@ -670,66 +486,274 @@ def _queue_status(job: dict[str, Any], gate: queue.Gate, pending: str | None) ->
     return out
 
 
-def _held(
-    job: dict[str, Any],
-    status: dict[str, Any],
-    gate: queue.Gate,
-    spec: Any,
-    pods: list[dict[str, Any]],
-    observed: Observed,
-    create: list[dict[str, Any]],
-    update: list[dict[str, Any]],
-    policy: str,
-) -> Plan:
-    """Kueue holds the job: no pods (all deleted, none counted as a failure), the phase the gate says."""
-    now, gen = observed.now, job["metadata"].get("generation")
-    if gate.phase == "Failed":
-        p = _finish(
-            job,
-            status,
-            pods,
-            "Failed",
-            gate.reason,
-            gate.message,
-            policy,
-            observed,
-            spec.runPolicy.ttlSecondsAfterFinished,
+def suspend(p: Pass) -> Plan | None:
+    """runPolicy.suspend: no pods, the clock stops (startTime is set again on resume). A suspend
+    seen after node 0 has succeeded leaves the success to the success step. Leaving suspension
+    waits until the suspended pods are gone (their deletion is no disruption), then makes the job
+    Created again; a job's first pass makes it Created."""
+    if p.spec.runPolicy.suspend and not _succeeded(p.node0):
+        if p.status.get("phase") != Phase.SUSPENDED:
+            p.enter(Phase.SUSPENDED, Reason.SUSPENDED, "runPolicy.suspend is true: pods deleted")
+        p.status.pop("startTime", None)
+        p.status.pop("attemptStartTime", None)
+        p.status["nodes"] = node_counts(p.spec.numNodes, [])
+        p.status.pop("nextAttemptTime", None)
+        p.recheck_stuck()
+        return p.plan(delete=p.delete(p.pods))
+    if p.status.get("phase") == Phase.SUSPENDED:
+        if p.pods:
+            p.status["message"] = (
+                f"runPolicy.suspend is false: waiting for {len(p.pods)} pod(s) of the suspended run to terminate"
+            )
+            p.recheck_stuck()
+            return p.plan(delete=p.delete(p.pods))
+        p.status = resume(p.status, p.generation, p.now)
+    if p.status.get("phase") is None:
+        p.enter(Phase.CREATED, Reason.CREATED, f"creating {p.spec.numNodes} node pod(s)")
+    p.status.setdefault("startTime", rfc3339(p.now))
+    return None
+
+
+def deadline(p: Pass) -> Plan | None:
+    """runPolicy.activeDeadlineSeconds, counted from startTime."""
+    limit = p.spec.runPolicy.activeDeadlineSeconds
+    if limit is None:
+        return None
+    started = parse_time(p.status.get("startTime")) or p.now
+    left = (started - p.now).total_seconds() + limit
+    if left <= 0:
+        return p.finish(
+            Phase.FAILED,
+            Reason.DEADLINE_EXCEEDED,
+            f"the job ran longer than runPolicy.activeDeadlineSeconds={limit}",
         )
-        return replace(p, workloads=p.workloads + gate.writes)
-    if gate.phase == "Queued" and status.get("phase") == "Suspended":
-        status = resume(status, gen, now)  # the Suspended condition goes False; Queued follows
-    if gate.phase is not None and (status.get("phase"), status.get("reason"), status.get("message")) != (
-        gate.phase,
-        gate.reason,
-        gate.message,
-    ):
-        status = enter_phase(status, gate.phase, gate.reason, gate.message, gen, now)
-    status["nodes"] = node_counts(spec.numNodes, [])
-    status["queue"] = _queue_status(job, gate, gate.message if gate.phase == "Queued" else None)
-    status.pop("startTime", None)  # the clock (activeDeadlineSeconds) runs only while admitted
-    status.pop("nextAttemptTime", None)
-    return _plan(
-        job,
-        status,
-        create=create + list(gate.create),
-        update=update,
-        delete=_delete(pods, now, observed.nodes),
-        requeue_after=gate.requeue_after,
-        workloads=gate.writes,
+    p.wake(left)
+    return None
+
+
+def success(p: Pass) -> Plan | None:
+    """Node 0 exiting 0 is the job's success (the other nodes are cleaned up)."""
+    node0 = p.node0
+    if node0 is None or pod_phase(node0) != PodPhase.SUCCEEDED or deleting(node0):
+        return None
+    # The trainer's own final figures; /progress only if it left none (it stops serving on exit).
+    if not _set_final_progress(p.status, node0) and p.observed.progress:
+        p.status["progress"] = progress_status(p.observed.progress)
+    return p.finish(
+        Phase.SUCCEEDED, Reason.SUCCEEDED, completed_message(node0["metadata"]["name"], trainer_terminated(node0))
     )
 
 
-def queue_admitted(
-    status: dict[str, Any], gate: queue.Gate, num_nodes: int, gen: int | None, now: datetime
-) -> dict[str, Any]:
-    """Leaving Queued: Kueue admitted the job; its pods are created in this pass."""
-    from .status import set_condition
+def failure_policy(p: Pass) -> Plan | None:
+    """The attempt judged from all its failed pods together (:func:`judge`): a final verdict fails
+    the job; a failure or disruption restarts it while backoffLimit / disruptionLimit allow."""
+    rp = p.spec.runPolicy
+    failures = [f for f in (classify(pod) for _, pod in sorted(p.current.items(), key=lambda kv: kv[0])) if f]
+    if p.status["phase"] == Phase.RUNNING:
+        missing = [i for i in range(p.spec.numNodes) if i not in p.current]
+        failures += [
+            Failure(True, Reason.POD_DELETED, f"{naming.pod_name(p.name, i)} disappeared", True) for i in missing
+        ]
+    if failures:
+        failures += _lost_peers(p)
+    cause = judge(failures)
+    if cause is None:
+        return None
+    if not cause.disruption:
+        left = _settle_left(p, failures)
+        if left > 0:  # a peer may still turn out evicted or lost: judge when it is known
+            p.wake(left)
+            return p.plan(delete=p.delete(p.stale))
+    if not cause.retryable:
+        _set_final_progress(p.status, p.node0)  # rank 0's progress at its verdict, when node 0 has exited
+        return p.finish(Phase.FAILED, cause.reason, cause.message)
+    attempt = p.attempt
+    disrupted = int(p.status.get("disruptedAttempts", 0))
+    failed = int(p.status.get("failedAttempts", max(0, attempt - disrupted)))  # jobs from before these fields
+    counted = failed + (disrupted if rp.countDisruptions else 0)
+    if cause.disruption and disrupted >= rp.disruptionLimit:
+        return p.finish(
+            Phase.FAILED,
+            Reason.DISRUPTION_LIMIT_EXCEEDED,
+            f"{cause.message}; runPolicy.disruptionLimit={rp.disruptionLimit} restarts used",
+        )
+    if (not cause.disruption or rp.countDisruptions) and counted >= rp.backoffLimit:
+        return p.finish(
+            Phase.FAILED,
+            Reason.BACKOFF_LIMIT_EXCEEDED,
+            f"{cause.message}; runPolicy.backoffLimit={rp.backoffLimit} restarts used",
+        )
+    if cause.disruption:
+        p.status["disruptedAttempts"] = disrupted = disrupted + 1
+        used = f"disruption {disrupted}/{rp.disruptionLimit}" + (
+            f", backoff {counted + 1}/{rp.backoffLimit}"
+            if rp.countDisruptions
+            else ", not counted against backoffLimit"
+        )
+    else:
+        p.status["failedAttempts"] = failed = failed + 1
+        used = f"backoff {counted + 1}/{rp.backoffLimit}"
+    p.status.setdefault("failedAttempts", failed)
+    p.status.setdefault("disruptedAttempts", disrupted)
+    delay = restart_delay(attempt, p.restart_delay_s, p.restart_delay_cap_s)
+    p.status["restartCount"] = attempt + 1
+    p.status.pop("attemptStartTime", None)
+    p.status["nextAttemptTime"] = rfc3339(p.now + timedelta(seconds=delay))
+    p.enter(
+        Phase.RESTARTING,
+        cause.reason,
+        f"{cause.message}; restart {attempt + 1} ({used}), all pods recreated in {delay:.0f}s",
+    )
+    p.status["nodes"] = node_counts(p.spec.numNodes, [])
+    p.wake(delay)
+    return p.plan(delete=p.delete(p.pods))
 
-    where = f"ClusterQueue {gate.admitted_by}" if gate.admitted_by else "Kueue"
-    message = f"admitted by {where}: creating {num_nodes} node pod(s)"
-    conds = set_condition(status.get("conditions") or [], "Queued", "False", Reason.ADMITTED, message, gen, now)
-    out = enter_phase({**status, "conditions": conds}, "Created", Reason.ADMITTED, message, gen, now)
-    out["queue"] = {k: v for k, v in (status.get("queue") or {}).items() if k != "pending"}
-    if gate.admitted_by:
-        out["queue"]["clusterQueue"] = gate.admitted_by
+
+def _lost_peers(p: Pass) -> list[Failure]:
+    """Running pods of the attempt whose Node is gone or not Ready: a disruption, found when a
+    peer's failure is judged (the pod's own status may lag by minutes)."""
+    out = []
+    for _, pod in sorted(p.current.items(), key=lambda kv: kv[0]):
+        node_name = (pod.get("spec") or {}).get("nodeName")
+        if pod_phase(pod) != PodPhase.RUNNING or classify(pod) is not None or node_name not in p.observed.nodes:
+            continue
+        why = node_unhealthy(p.observed.nodes[node_name])
+        if why:
+            out.append(Failure(True, Reason.NODE_LOST, f"{pod['metadata']['name']}: {why}", True))
     return out
+
+
+def _settle_left(p: Pass, failures: list[Failure]) -> float:
+    """Seconds until a failed attempt may be judged: 0 once every pod is terminal, or when no
+    failure carries a finishedAt (the trainer never ran: nothing to wait for)."""
+    if all(terminal(pod) for pod in p.current.values()):
+        return 0.0
+    times = [t for t in (parse_time(f.at) for f in failures) if t is not None]
+    if not times:
+        return 0.0
+    return (min(times) - p.now).total_seconds() + SETTLE_S
+
+
+def _pods_waiting(p: Pass, cause: Waiting | None) -> None:
+    """The PodsWaiting condition: True with the cause (and a Warning event when the cause is new),
+    False once nothing holds the pods back."""
+    conds = p.status.get("conditions") or []
+    old = next((c for c in conds if c.get("type") == PODS_WAITING), None)
+    if cause is None:
+        if old is not None and old.get("status") == "True":
+            p.status["conditions"] = set_condition(
+                conds, PODS_WAITING, "False", Reason.PODS_STARTED, "no node pod is held back", p.generation, p.now
+            )
+        return
+    if old is None or old.get("status") != "True" or old.get("reason") != cause.reason:
+        p.events.append(Event("Warning", cause.reason, cause.message))
+    p.status["conditions"] = set_condition(
+        conds, PODS_WAITING, "True", cause.reason, cause.message, p.generation, p.now
+    )
+
+
+def start_deadline(p: Pass) -> Plan | None:
+    """Pods that wait (image pull, container config, no node fits) or that the API server refused:
+    the cause on the job (condition PodsWaiting, a Warning event), never a failure counted against
+    backoffLimit; runPolicy.startDeadlineSeconds after the attempt's pods were created the job fails
+    with that cause. An image name the runtime rejects, or a pod the API server finds invalid (422),
+    cannot get better: InvalidSpec at once."""
+    if p.status["phase"] == Phase.RUNNING or p.all_running:
+        _pods_waiting(p, None)
+        return None
+    missing = {naming.pod_name(p.name, i) for i in range(p.spec.numNodes) if i not in p.current}
+    err = p.observed.create_error
+    if err is not None and err.name not in missing | {o["metadata"]["name"] for o in p.create}:
+        err = None  # it exists by now
+    if err is not None and err.status == 422:
+        return p.finish(
+            Phase.FAILED, Reason.INVALID_SPEC, f"the API server refused {err.kind} {err.name}: {err.message}"
+        )
+    held = [w for w in (waiting(pod) for _, pod in sorted(p.current.items(), key=lambda kv: kv[0])) if w]
+    bad = next((w for w in held if w.reason == INVALID_IMAGE_NAME), None)
+    if bad is not None:
+        _pods_waiting(p, bad)
+        return p.finish(Phase.FAILED, Reason.INVALID_SPEC, bad.message)
+    cause = held[0] if held else None
+    if cause is None and err is not None:
+        cause = Waiting(Reason.POD_CREATE_FAILED, f"creating {err.kind} {err.name}: {err.message}")
+    _pods_waiting(p, cause)
+    limit = p.spec.runPolicy.startDeadlineSeconds
+    started = parse_time(p.status.get("attemptStartTime"))
+    if limit is None or started is None:
+        return None
+    left = (started - p.now).total_seconds() + limit
+    if left > 0:
+        p.wake(left)
+        return None
+    running = sum(1 for pod in p.live if pod_phase(pod) in (PodPhase.RUNNING, PodPhase.SUCCEEDED))
+    text = cause.message if cause else f"{p.spec.numNodes - running} of {p.spec.numNodes} node pod(s) not running"
+    return p.finish(
+        Phase.FAILED,
+        cause.reason if cause else Reason.START_DEADLINE_EXCEEDED,
+        f"{text}; not all node pods running within runPolicy.startDeadlineSeconds={limit}",
+    )
+
+
+def start_pods(p: Pass) -> Plan:
+    """Steady state: drop stale pods, create the missing ones whose names are free once the
+    restart delay (if any) is over; Running when all pods run."""
+    taken = {pod["metadata"]["name"] for pod in p.observed.pods}  # foreign pods hold their names too
+    not_before = parse_time(p.status.get("nextAttemptTime"))
+    if not_before is not None and p.now < not_before:
+        p.wake((not_before - p.now).total_seconds())
+    else:
+        p.status.pop("nextAttemptTime", None)
+        for i in range(p.spec.numNodes):
+            if i not in p.current and naming.pod_name(p.name, i) not in taken:
+                node = builders.pod(p.job, p.spec, i, p.attempt, p.image)
+                p.create.append(queue.place(node, p.gate) if p.gate is not None else node)
+    if "attemptStartTime" not in p.status and (p.current or any(o["kind"] == "Pod" for o in p.create)):
+        p.status["attemptStartTime"] = rfc3339(p.now)  # runPolicy.startDeadlineSeconds counts from here
+    if p.all_running:
+        if p.status["phase"] != Phase.RUNNING:
+            p.enter(Phase.RUNNING, Reason.RUNNING, f"all {p.spec.numNodes} node pod(s) running")
+        if p.observed.progress:
+            p.status["progress"] = progress_status(p.observed.progress)
+    p.recheck_stuck()
+    return p.plan(delete=p.delete(p.stale))
+
+
+#: The policies, in the order they decide (JobSet's shape: one function per policy). The first
+#: step that returns a Plan ends the pass; the last one always does. A new run-policy field lands
+#: as a step of its own, inserted where it must decide.
+STEPS: Sequence[Step] = (
+    finished,
+    invalid_spec,
+    queue_admission,
+    suspend,
+    deadline,
+    success,
+    failure_policy,
+    start_deadline,
+    start_pods,
+)
+
+
+def plan(
+    job: dict[str, Any],
+    observed: Observed,
+    *,
+    default_image: str = "",
+    restart_delay_s: float = RESTART_DELAY_S,
+    restart_delay_cap_s: float = RESTART_DELAY_CAP_S,
+    steps: Sequence[Step] = STEPS,
+) -> Plan:
+    """One reconcile pass for ``job`` (a FineTuneJob as the API returns it)."""
+    p = Pass(
+        job,
+        observed,
+        default_image=default_image,
+        restart_delay_s=restart_delay_s,
+        restart_delay_cap_s=restart_delay_cap_s,
+    )
+    for step in steps:
+        decided = step(p)
+        if decided is not None:
+            return decided
+    raise RuntimeError("the last reconcile step must always return a Plan")

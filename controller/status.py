@@ -9,21 +9,22 @@ status equal to the stored one and the shell writes nothing.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from enum import StrEnum
 from typing import Any
 
-from kubeclip.api import Reason, read_termination_message
+from kubeclip.api import Phase, Reason, read_termination_message
 
 from .times import rfc3339
 
 #: For each phase: the condition it sets True, and the conditions it turns False if present.
-_PHASE_CONDITIONS = {
-    "Queued": ("Queued", ("Running", "Restarting")),
-    "Created": ("Created", ()),
-    "Running": ("Running", ("Restarting", "Suspended")),
-    "Restarting": ("Restarting", ("Running",)),
-    "Suspended": ("Suspended", ("Running", "Restarting")),
-    "Succeeded": ("Succeeded", ("Running", "Restarting")),
-    "Failed": ("Failed", ("Running", "Restarting")),
+_PHASE_CONDITIONS: dict[Phase, tuple[Phase, tuple[Phase, ...]]] = {
+    Phase.QUEUED: (Phase.QUEUED, (Phase.RUNNING, Phase.RESTARTING)),
+    Phase.CREATED: (Phase.CREATED, ()),
+    Phase.RUNNING: (Phase.RUNNING, (Phase.RESTARTING, Phase.SUSPENDED)),
+    Phase.RESTARTING: (Phase.RESTARTING, (Phase.RUNNING,)),
+    Phase.SUSPENDED: (Phase.SUSPENDED, (Phase.RUNNING, Phase.RESTARTING)),
+    Phase.SUCCEEDED: (Phase.SUCCEEDED, (Phase.RUNNING, Phase.RESTARTING)),
+    Phase.FAILED: (Phase.FAILED, (Phase.RUNNING, Phase.RESTARTING)),
 }
 
 
@@ -37,6 +38,7 @@ def set_condition(
     now: datetime,
 ) -> list[dict[str, Any]]:
     """Return a new list with condition ``type_`` set; its transition time moves only on a flip."""
+    type_, reason = str(type_), str(reason)  # plain strings in the status, not enum members
     out = [dict(c) for c in conditions]
     old = next((c for c in out if c.get("type") == type_), None)
     new = {
@@ -56,11 +58,11 @@ def set_condition(
 
 
 def enter_phase(
-    status: dict[str, Any], phase: str, reason: str, message: str, generation: int | None, now: datetime
+    status: dict[str, Any], phase: Phase, reason: str, message: str, generation: int | None, now: datetime
 ) -> dict[str, Any]:
     """The status after moving to ``phase`` (conditions updated; other fields untouched)."""
     out = dict(status)
-    out["phase"], out["reason"], out["message"] = phase, reason, message
+    out["phase"], out["reason"], out["message"] = str(phase), str(reason), message
     conds = list(status.get("conditions") or [])
     true_type, false_types = _PHASE_CONDITIONS[phase]
     conds = set_condition(conds, true_type, "True", reason, message, generation, now)
@@ -75,7 +77,7 @@ def resume(status: dict[str, Any], generation: int | None, now: datetime) -> dic
     """Leaving Suspended: the Suspended condition goes False and the job is Created again."""
     conds = set_condition(
         status.get("conditions") or [],
-        "Suspended",
+        Phase.SUSPENDED,
         "False",
         Reason.RESUMED,
         "runPolicy.suspend is false",
@@ -83,22 +85,37 @@ def resume(status: dict[str, Any], generation: int | None, now: datetime) -> dic
         now,
     )
     return enter_phase(
-        {**status, "conditions": conds}, "Created", Reason.RESUMED, "pods recreated after suspension", generation, now
+        {**status, "conditions": conds},
+        Phase.CREATED,
+        Reason.RESUMED,
+        "pods recreated after suspension",
+        generation,
+        now,
     )
 
 
+class PodPhase(StrEnum):
+    """A pod's ``status.phase`` (Kubernetes' vocabulary, not the job's :class:`Phase`)."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    UNKNOWN = "Unknown"
+
+
 def pod_phase(pod: dict[str, Any]) -> str:
-    return (pod.get("status") or {}).get("phase") or "Pending"
+    return (pod.get("status") or {}).get("phase") or PodPhase.PENDING
 
 
 def node_counts(total: int, pods: list[dict[str, Any]]) -> dict[str, int]:
     phases = [pod_phase(p) for p in pods]
     return {
         "total": total,
-        "pending": phases.count("Pending"),
-        "running": phases.count("Running"),
-        "succeeded": phases.count("Succeeded"),
-        "failed": phases.count("Failed") + phases.count("Unknown"),
+        "pending": phases.count(PodPhase.PENDING),
+        "running": phases.count(PodPhase.RUNNING),
+        "succeeded": phases.count(PodPhase.SUCCEEDED),
+        "failed": phases.count(PodPhase.FAILED) + phases.count(PodPhase.UNKNOWN),
     }
 
 

@@ -19,11 +19,11 @@ from typing import Any
 from kubeclip.api import TERMINAL_PHASES, MetricsSpec
 
 from . import metrics, naming, queue
-from .kube import Conflict, Kube, Terminating, describe_error
+from .kube import Conflict, Kube, Refused, Terminating, describe_error
 from .progress import progress_url, read_progress
-from .reconcile import Observed, Plan, plan
+from .reconcile import CreateError, Observed, Plan, plan
 from .settings import Settings
-from .status import pod_phase
+from .status import PodPhase, pod_phase
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,9 @@ class Worker:
         #: (the event loop) takes due keys out of it; only the methods below touch it.
         self._due: dict[tuple[str, str], float] = {}
         self._errors: dict[tuple[str, str], int] = {}
+        #: (namespace, name) -> (job uid, the last create the API server refused); the next pass
+        #: shows it on the job. Guarded by ``_mu``.
+        self._refused: dict[tuple[str, str], tuple[str, CreateError]] = {}
 
     def reconcile(self, namespace: str, name: str) -> None:
         key = (namespace, name)
@@ -65,6 +68,7 @@ class Worker:
         with self._mu:
             self._due.pop((namespace, name), None)
             self._errors.pop((namespace, name), None)
+            self._refused.pop((namespace, name), None)
 
     def schedule(self, key: tuple[str, str], delay: float | None) -> None:
         """Run a pass for ``key`` in ``delay`` seconds (None: no pass is due)."""
@@ -105,6 +109,12 @@ class Worker:
         except Conflict as err:
             log.info("conflict, will retry: %s", err, extra={"job": f"{namespace}/{name}"})
             self.schedule(key, 0.5)
+        except Refused as err:  # shown on the job by the next pass; retried with backoff
+            with self._mu:
+                n = self._errors[key] = self._errors.get(key, 0) + 1
+            delay = min(60.0, 0.5 * 2**n)
+            log.warning("create refused (retry in %.1fs): %s", delay, err, extra={"job": f"{namespace}/{name}"})
+            self.schedule(key, delay)
         except Terminating as err:
             log.info(
                 "namespace terminating, job left to the garbage collector: %s",
@@ -146,7 +156,7 @@ class Worker:
                     p
                     for p in pods
                     if (p["metadata"].get("labels") or {}).get(naming.LABEL_INDEX) == "0"
-                    and pod_phase(p) in ("Running", "Succeeded")
+                    and pod_phase(p) in (PodPhase.RUNNING, PodPhase.SUCCEEDED)
                 ),
                 None,
             )
@@ -154,6 +164,9 @@ class Worker:
             url = progress_url(node0, port, self.s) if node0 is not None and port else None
             if url:
                 progress = read_progress(url, self.s.progress_timeout_s)
+        key = (job["metadata"]["namespace"], job["metadata"]["name"])
+        with self._mu:
+            uid, refused = self._refused.get(key, (None, None))
         observed = Observed(
             pods=tuple(pods),
             service=svc,
@@ -161,6 +174,7 @@ class Worker:
             progress=progress,
             now=self.clock(),
             nodes=nodes,
+            create_error=refused if uid == job["metadata"].get("uid") else None,
             queue=self.kube.observe_queue(job) if queue.queue_name(job) else queue.Observed(),
         )
         return plan(
@@ -186,11 +200,23 @@ class Worker:
                 )
         for ev in p.events:
             self.kube.event(job, ev)
-        for obj in p.create:
-            self.kube.create(obj)
-        for obj in p.update:
+        for obj in p.update:  # first: pods are never created against an outdated job.yaml
             self.kube.update(obj)
-        for w in p.workloads:
+        key = (ns, job["metadata"]["name"])
+        for obj in p.create:
+            try:
+                self.kube.create(obj)
+            except Refused as err:
+                with self._mu:
+                    self._refused[key] = (
+                        job["metadata"].get("uid"),
+                        CreateError(err.kind, err.name, err.status, err.message),
+                    )
+                raise
+        if p.create:
+            with self._mu:
+                self._refused.pop(key, None)
+        for w in p.workloads:  # after the creates: the Workload exists before it is written
             self.kube.write_workload(w)
         for d in p.delete:
             self.kube.delete(ns, d)

@@ -47,7 +47,17 @@ from .job import (
     parse_job_spec,
 )
 from .progress import LastCheckpoint, Progress
-from .status import TERMINAL_PHASES, Condition, FineTuneJobStatus, NodeCounts, ProgressStatus, QueueStatus, Reason
+from .status import (
+    PODS_WAITING,
+    TERMINAL_PHASES,
+    Condition,
+    FineTuneJobStatus,
+    NodeCounts,
+    Phase,
+    ProgressStatus,
+    QueueStatus,
+    Reason,
+)
 from .termination import (
     FINAL_PROGRESS_MARKER,
     TERMINATION_MESSAGE_MAX_BYTES,
@@ -94,6 +104,7 @@ __all__ = [
     "GPU_RESOURCE",
     "KIND",
     "LOWER_IS_BETTER",
+    "PODS_WAITING",
     "PRESERVE",
     "RESERVED_ENV",
     "RESERVED_KEY_RE",
@@ -119,6 +130,7 @@ __all__ = [
     "NodeCounts",
     "NonFiniteLoss",
     "OutputSpec",
+    "Phase",
     "Progress",
     "ProgressStatus",
     "QueueStatus",

@@ -100,6 +100,10 @@ class LocalObjectReference(Strict):
 
 
 CleanPodPolicy = Literal["Running", "All", "None"]
+#: runPolicy.startDeadlineSeconds's default: long enough for a cold pull of a multi-GB CUDA image
+#: and for a cluster autoscaler to add a node (both typically minutes), short enough that a typo
+#: in the image name or an impossible resource request ends the job within the hour, not never.
+DEFAULT_START_DEADLINE_S = 600
 
 
 class RunPolicy(Strict):
@@ -115,6 +119,13 @@ class RunPolicy(Strict):
     )
     activeDeadlineSeconds: int | None = Field(
         default=None, ge=1, description="Fail the job (DeadlineExceeded) this long after it started."
+    )
+    startDeadlineSeconds: int | None = Field(
+        default=DEFAULT_START_DEADLINE_S,
+        ge=1,
+        description="Fail the job when its pods are not all running this long after the attempt's pods "
+        "were created (image not pullable, no node fits, pods refused). It fails with the waiting reason "
+        "(e.g. ImagePullBackOff, Unschedulable) and does not use backoffLimit. Null: wait forever.",
     )
     ttlSecondsAfterFinished: int | None = Field(
         default=None, ge=0, description="Delete the job (and its children) this long after it finished."

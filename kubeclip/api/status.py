@@ -6,12 +6,28 @@ Who uses it: ``controller/crd.py`` (the status schema), ``controller/status.py``
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Phase = Literal["Queued", "Created", "Running", "Restarting", "Succeeded", "Failed", "Suspended"]
-TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+
+class Phase(StrEnum):
+    """``status.phase``; each phase also sets the condition of the same type."""
+
+    QUEUED = "Queued"
+    CREATED = "Created"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
+#: The condition (beside one per phase) that says why the current attempt's pods are not all
+#: running yet: an image that cannot be pulled, no node that fits, a pod the API server refused.
+PODS_WAITING = "PodsWaiting"
 
 
 class _Status(BaseModel):
@@ -21,7 +37,7 @@ class _Status(BaseModel):
 class Condition(_Status):
     """metav1.Condition."""
 
-    type: str = Field(description="Queued, Created, Running, Restarting, Succeeded, Failed or Suspended.")
+    type: str = Field(description="Queued, Created, Running, Restarting, Succeeded, Failed, Suspended or PodsWaiting.")
     status: Literal["True", "False", "Unknown"]
     reason: str = Field(description="CamelCase machine-readable reason.")
     message: str = Field(default="", description="Human-readable details.")
@@ -111,6 +127,11 @@ class FineTuneJobStatus(_Status):
         description="Restarting: the next attempt's pods are created at this time (exponential delay, RFC 3339).",
     )
     startTime: str | None = Field(default=None, description="When the pods were first created (RFC 3339).")
+    attemptStartTime: str | None = Field(
+        default=None,
+        description="When the current attempt's pods were first created (RFC 3339); "
+        "runPolicy.startDeadlineSeconds counts from it.",
+    )
     completionTime: str | None = Field(default=None, description="When the job succeeded or failed (RFC 3339).")
     progress: ProgressStatus | None = Field(default=None, description="The trainer's progress.")
     queue: QueueStatus | None = Field(
@@ -118,11 +139,15 @@ class FineTuneJobStatus(_Status):
     )
 
 
-class Reason:
+class Reason(StrEnum):
     """The ``reason`` of the job's conditions and events that the controller itself sets (beside the
     trainer's verdicts in :data:`kubeclip.api.contracts.FINAL_EXIT_CODES` and the pods' own
-    reasons such as ``Evicted`` or ``OOMKilled``, which it passes through)."""
+    reasons such as ``Evicted``, ``ImagePullBackOff`` or ``Unschedulable``, which it passes through)."""
 
+    CREATED = "Created"
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
     INVALID_SPEC = "InvalidSpec"
     RESUMED = "Resumed"
     DISRUPTED = "Disrupted"
@@ -137,6 +162,12 @@ class Reason:
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     DISRUPTION_LIMIT_EXCEEDED = "DisruptionLimitExceeded"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+    #: A child object the API server refused to create (quota, Pod Security, admission webhook).
+    POD_CREATE_FAILED = "PodCreateFailed"
+    #: Pods not all running within runPolicy.startDeadlineSeconds, no more specific cause known.
+    START_DEADLINE_EXCEEDED = "StartDeadlineExceeded"
+    #: The PodsWaiting condition turned False: nothing holds the pods back any more.
+    PODS_STARTED = "PodsStarted"
     QUEUED = "Queued"
     ADMITTED = "Admitted"
     QUEUE_UNAVAILABLE = "KueueNotInstalled"

@@ -568,3 +568,98 @@ def test_creating_in_a_deleted_namespace_is_terminating_not_an_error(cluster):
     cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": gone}, "data": {}}
     with pytest.raises(Terminating, match="not found"):
         kube.create(cm)
+
+
+# ---- issue #18: nothing hangs without a reason; the ConfigMap before the pods --------------------
+
+
+def _condition(custom, ns, name, type_):
+    return next((c for c in _status(custom, ns, name).get("conditions") or [] if c["type"] == type_), None)
+
+
+def _warnings(core, ns, name):
+    events = core.list_namespaced_event(ns, field_selector=f"involvedObject.name={name}").items
+    return {(e.reason, e.message) for e in events if e.type == "Warning"}
+
+
+def test_a_pod_create_refused_by_a_quota_shows_on_the_job_until_the_quota_goes(cluster, operator, namespace, api):
+    """A 403 on pod create (here a ResourceQuota) is a condition and a Warning event on the job,
+    not only a log line; once the quota is gone the pods are created."""
+    core, custom = api
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-pods", "namespace": namespace}}
+    _apply(cluster, {**quota, "spec": {"hard": {"pods": "0"}}})
+    _apply(cluster, job_manifest("quota", namespace))
+    cond = wait_for(
+        lambda: (c := _condition(custom, namespace, "quota", "PodsWaiting")) and c["status"] == "True" and c,
+        30,
+        what="PodsWaiting on a refused create",
+    )
+    assert cond["reason"] == "PodCreateFailed" and "quota" in cond["message"] and "403" in cond["message"]
+    assert any(r == "PodCreateFailed" and "quota" in m for r, m in _warnings(core, namespace, "quota"))
+    st = _status(custom, namespace, "quota")
+    assert st["phase"] == "Created" and st["restartCount"] == 0
+    core.delete_namespaced_resource_quota("no-pods", namespace)
+    _wait_pods(core, namespace, "quota", 2, timeout=60)
+    _run_all(core, namespace, "quota")
+    _wait_phase(custom, namespace, "quota", "Running")
+    assert _condition(custom, namespace, "quota", "PodsWaiting")["status"] == "False"
+
+
+def test_a_pod_the_api_server_finds_invalid_fails_the_job_as_invalid_spec(cluster, operator, namespace, api):
+    """requests above limits pass the CRD but the API server refuses the pod (422): no retry loop."""
+    core, custom = api
+    _apply(cluster, job_manifest("toobig", namespace, resources={"limits": {"cpu": "1"}, "requests": {"cpu": "2"}}))
+    st = _wait_phase(custom, namespace, "toobig", "Failed")
+    assert st["reason"] == "InvalidSpec" and "422" in st["message"] and "toobig-node-" in st["message"]
+    assert not _pods(core, namespace, "toobig") and st["restartCount"] == 0
+
+
+def test_a_waiting_pod_is_shown_and_fails_the_job_at_the_start_deadline(cluster, operator, namespace, api):
+    """ImagePullBackOff (as the kubelet writes it) is on the job within seconds, counts as no
+    failure, and ends the job at runPolicy.startDeadlineSeconds without using backoffLimit."""
+    core, custom = api
+    _apply(cluster, job_manifest("pull", namespace, runPolicy={"startDeadlineSeconds": 8, "backoffLimit": 0}))
+    _wait_pods(core, namespace, "pull", 2)
+    set_pod_status(core, namespace, "pull-node-0", "Running")
+    waiting = {"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "nope:1"'}}
+    container = {
+        "name": "trainer",
+        "ready": False,
+        "restartCount": 0,
+        "image": "nope:1",
+        "imageID": "",
+        "state": waiting,
+    }
+    core.patch_namespaced_pod_status(
+        "pull-node-1", namespace, {"status": {"phase": "Pending", "containerStatuses": [container]}}
+    )
+    cond = wait_for(
+        lambda: (c := _condition(custom, namespace, "pull", "PodsWaiting")) and c["status"] == "True" and c,
+        5,
+        what="PodsWaiting ImagePullBackOff",
+    )
+    assert cond["reason"] == "ImagePullBackOff" and 'pull-node-1: Back-off pulling image "nope:1"' == cond["message"]
+    assert ("ImagePullBackOff", cond["message"]) in _warnings(core, namespace, "pull")
+    st = _wait_phase(custom, namespace, "pull", "Failed", timeout=20)
+    assert st["reason"] == "ImagePullBackOff" and "startDeadlineSeconds=8" in st["message"]
+    assert st["restartCount"] == 0 and st.get("failedAttempts", 0) == 0
+
+
+def test_kube_update_surfaces_a_conflict(cluster, namespace):
+    """Kube.update must not swallow a 409: the pass stops before creating pods and is retried."""
+    from controller.kube import Conflict, Kube
+
+    cm = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "c", "namespace": namespace},
+        "data": {"job.yaml": "a"},
+    }
+    with cluster.api_client() as api_client:
+        kube = Kube(api_client)
+        kube.create(cm)
+        read = kube._get(kube.core.read_namespaced_config_map, "c", namespace)
+        kube.update({**read, "data": {"job.yaml": "b"}})  # current resourceVersion: fine
+        with pytest.raises(Conflict):
+            kube.update({**read, "data": {"job.yaml": "c"}})  # the version read before that update
+        assert kube._get(kube.core.read_namespaced_config_map, "c", namespace)["data"] == {"job.yaml": "b"}

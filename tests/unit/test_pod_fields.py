@@ -39,11 +39,11 @@ def test_the_fields_reach_the_pods_and_kubeclips_labels_win():
     labels = p["metadata"]["labels"]
     assert labels["cost-center"] == "vision" and labels["app.kubernetes.io/part-of"] == "search"
     assert labels[naming.LABEL_JOB] == "j" and labels[naming.LABEL_INDEX] == "1"
-    assert p["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
+    assert p["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
     assert p["spec"]["schedulerName"] == "volcano" and p["spec"]["runtimeClassName"] == "gvisor"
     assert p["spec"]["topologySpreadConstraints"] == [SPREAD]
     plain = node_pod()
-    assert "annotations" not in plain["metadata"]
+    assert "sidecar.istio.io/inject" not in plain["metadata"]["annotations"]
     assert not {"schedulerName", "runtimeClassName", "topologySpreadConstraints"} & set(plain["spec"])
 
 

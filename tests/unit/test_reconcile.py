@@ -86,9 +86,9 @@ def children(j):
     return {"configmap": builders.configmap(j), "service": svc}
 
 
-def observe(j, pods=(), progress=None, now=NOW, with_children=True):
+def observe(j, pods=(), progress=None, now=NOW, with_children=True, nodes=None):
     kw = children(j) if with_children else {}
-    return Observed(pods=tuple(pods), progress=progress, now=now, **kw)
+    return Observed(pods=tuple(pods), progress=progress, now=now, nodes=nodes or {}, **kw)
 
 
 def run(j, pods=(), **kw):
@@ -103,53 +103,83 @@ def names(objs):
     return sorted(o["metadata"]["name"] for o in objs)
 
 
-# ---- first pass -------------------------------------------------------------------------------
+def _running_job(backoff=2, **kw):
+    _, j = run(job(runPolicy={"backoffLimit": backoff, **kw}), [])
+    _, j = run(j, [pod(0), pod(1)])
+    assert j["status"]["phase"] == "Running"
+    return j
 
 
-def test_new_job_creates_configmap_service_and_all_pods():
-    j = job()
-    p = plan(j, observe(j, with_children=False))
-    assert [o["kind"] for o in p.create] == ["ConfigMap", "Service", "Pod", "Pod"]
-    assert names(p.create) == ["j", "j-config", "j-node-0", "j-node-1"]
-    assert p.status["phase"] == "Created" and p.status["startTime"] == rfc3339(NOW)
-    assert p.status["restartCount"] == 0 and p.status["observedGeneration"] == 1
-    assert [c["type"] for c in p.status["conditions"]] == ["Created"]
-    assert p.transition == "Created" and [e.reason for e in p.events] == ["Created"]
+def _node(name, ready="True", since=NOW - timedelta(hours=1), taints=()):
+    return {
+        "metadata": {"name": name},
+        "spec": {"taints": list(taints)},
+        "status": {"conditions": [{"type": "Ready", "status": ready, "lastTransitionTime": rfc3339(since)}]},
+    }
 
 
-def test_configmap_holds_only_the_trainer_part_and_the_trainer_accepts_it():
-    j = job(volumes=[{"name": "d", "hostPath": {"path": "/x"}}], volumeMounts=[{"name": "d", "mountPath": "/data"}])
-    cm = next(o for o in plan(j, observe(j, with_children=False)).create if o["kind"] == "ConfigMap")
-    doc = yaml.safe_load(cm["data"]["job.yaml"])
-    assert "volumes" not in doc["spec"] and "image" not in doc["spec"]
-    name, spec = parse_manifest(doc)
-    assert name == "j" and spec.numNodes == 2 and spec.dataset.trainCsv == "/data/train.csv"
+EVICTED = [
+    {
+        "type": "DisruptionTarget",
+        "status": "True",
+        "reason": "EvictionByEvictionAPI",
+        "message": "Eviction API: evicting",
+    }
+]
 
 
-def test_unchanged_world_plans_nothing():
-    j = job()
-    _, j = run(j, [])
-    p, j = run(j, [pod(0), pod(1)])
-    assert p.status["phase"] == "Running"
-    again = plan(j, observe(j, [pod(0), pod(1)]))
-    assert again.empty and again.status is None
+def finished_at(p, seconds_before_now):
+    """Give a failed pod's trainer container a finishedAt (the kubelet always sets one)."""
+    term = p["status"]["containerStatuses"][0]["state"]["terminated"]
+    term["finishedAt"] = rfc3339(NOW - timedelta(seconds=seconds_before_now))
+    return p
 
 
-def test_pending_pods_keep_created_and_running_when_all_run():
-    _, j = run(job(), [])
-    p, j = run(j, [pod(0), pod(1, "Pending")])
-    assert p.status is None or p.status["phase"] == "Created"
-    assert j["status"]["nodes"]["pending"] == 1 and j["status"]["nodes"]["running"] == 1
-    p, j = run(j, [pod(0), pod(1)])
-    assert j["status"]["phase"] == "Running" and [e.reason for e in p.events] == ["Running"]
-    running = next(c for c in j["status"]["conditions"] if c["type"] == "Running")
-    assert running["status"] == "True" and running["observedGeneration"] == 1
+def on_node(p, node):
+    p["spec"] = {"nodeName": node}
+    return p
 
 
-def test_missing_pod_before_running_is_just_created():
-    _, j = run(job(), [])
-    p = plan(j, observe(j, [pod(0, "Pending")]))
-    assert names(p.create) == ["j-node-1"] and not p.delete and j["status"]["restartCount"] == 0
+def waiting_pod(i, reason, message="", attempt=0):
+    p = pod(i, "Pending", attempt)
+    p["status"]["containerStatuses"] = [
+        {"name": "trainer", "state": {"waiting": {"reason": reason, "message": message}}}
+    ]
+    return p
+
+
+def unschedulable_pod(i, message="0/1 nodes are available: 1 Insufficient cpu.", attempt=0):
+    p = pod(i, "Pending", attempt)
+    p["status"]["conditions"] = [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}
+    ]
+    return p
+
+
+def condition(j, type_):
+    return next((c for c in j["status"].get("conditions") or [] if c["type"] == type_), None)
+
+
+# ---- step: finished (a terminal job: cleanup and TTL only) ---------------------------------------
+
+
+def test_terminal_job_stays_terminal_and_ttl_deletes_it():
+    j = _running_job(ttlSecondsAfterFinished=60)
+    p, j = run(j, [pod(0, "Succeeded", exit_code=0), pod(1, "Succeeded", exit_code=0)])
+    assert p.requeue_after == 60 and not p.delete_job
+    later = plan(j, observe(j, [pod(0, "Failed", exit_code=137)], now=NOW + timedelta(seconds=30)))
+    assert later.status is None and not later.delete_job and later.requeue_after == pytest.approx(30)
+    due = plan(j, observe(j, [], now=NOW + timedelta(seconds=60)))
+    assert due.delete_job and due.status is None
+
+
+def test_ttl_zero_deletes_at_once():
+    j = _running_job(ttlSecondsAfterFinished=0)
+    p, _ = run(j, [pod(0, "Succeeded", exit_code=0), pod(1)])
+    assert p.delete_job
+
+
+# ---- step: invalid_spec (and the children a valid spec needs) ------------------------------------
 
 
 def test_invalid_spec_fails_once_and_never_loops():
@@ -178,7 +208,104 @@ def test_cross_field_rules_are_enforced_without_the_crd():
     assert "numProcPerNode" in plan(j, observe(j)).status["message"]
 
 
-# ---- failures ---------------------------------------------------------------------------------
+def test_configmap_holds_only_the_trainer_part_and_the_trainer_accepts_it():
+    j = job(volumes=[{"name": "d", "hostPath": {"path": "/x"}}], volumeMounts=[{"name": "d", "mountPath": "/data"}])
+    cm = next(o for o in plan(j, observe(j, with_children=False)).create if o["kind"] == "ConfigMap")
+    doc = yaml.safe_load(cm["data"]["job.yaml"])
+    assert "volumes" not in doc["spec"] and "image" not in doc["spec"]
+    name, spec = parse_manifest(doc)
+    assert name == "j" and spec.numNodes == 2 and spec.dataset.trainCsv == "/data/train.csv"
+
+
+def test_configmap_drift_is_repaired():
+    j = _running_job()
+    obs = observe(j, [pod(0), pod(1)])
+    stale_cm = copy.deepcopy(obs.configmap)
+    stale_cm["data"]["job.yaml"] = "old"
+    p = plan(j, Observed(pods=obs.pods, service=obs.service, configmap=stale_cm, now=NOW))
+    assert len(p.update) == 1 and p.update[0]["data"] == obs.configmap["data"]
+
+
+def test_an_invalid_spec_with_a_nonsense_ttl_still_plans_a_number():
+    """An object that bypassed the CRD: the raw TTL is not trusted for the requeue arithmetic."""
+    p = plan(*(lambda j: (j, observe(j)))(job(training={"batchSize": 0}, runPolicy={"ttlSecondsAfterFinished": "1h"})))
+    assert p.status["reason"] == "InvalidSpec" and p.requeue_after is None and not p.delete_job
+
+
+# ---- step: suspend -------------------------------------------------------------------------------
+
+
+def test_suspend_deletes_pods_and_resume_recreates_them():
+    j = _running_job()
+    j["spec"]["runPolicy"]["suspend"] = True
+    p, j = run(j, [pod(0), pod(1)])
+    assert j["status"]["phase"] == "Suspended" and sorted(d.name for d in p.delete) == ["j-node-0", "j-node-1"]
+    assert "startTime" not in j["status"] and not any(o["kind"] == "Pod" for o in p.create)
+    assert next(c for c in j["status"]["conditions"] if c["type"] == "Running")["status"] == "False"
+    p2, j = run(j, [])
+    assert p2.status is None and p2.empty
+    j["spec"]["runPolicy"]["suspend"] = False
+    p, j = run(j, [], now=NOW + timedelta(seconds=5))
+    assert j["status"]["phase"] == "Created" and j["status"]["reason"] == "Resumed"
+    assert names(p.create) == ["j-node-0", "j-node-1"] and j["status"]["startTime"] == rfc3339(
+        NOW + timedelta(seconds=5)
+    )
+    assert next(c for c in j["status"]["conditions"] if c["type"] == "Suspended")["status"] == "False"
+    assert j["status"]["restartCount"] == 0
+
+
+def test_resuming_while_the_suspended_pods_terminate_is_not_a_disruption():
+    """issue #18 (7): the suspended pods still terminating when suspend goes false are the
+    suspension's, not a disruption (disruptionLimit=0 would fail the job)."""
+    j = _running_job(disruptionLimit=0)
+    j["spec"]["runPolicy"]["suspend"] = True
+    _, j = run(j, [pod(0), pod(1)])
+    j["spec"]["runPolicy"]["suspend"] = False
+    terminating = [pod(0, deleting=True), pod(1, deleting=True)]
+    p, j = run(j, terminating, now=NOW + timedelta(seconds=2))
+    assert j["status"]["phase"] == "Suspended" and "waiting for 2 pod(s)" in j["status"]["message"]
+    assert not p.create and j["status"]["restartCount"] == 0 and not j["status"].get("disruptedAttempts")
+    assert p.requeue_after is not None  # back to check the terminating pods' node
+    p, j = run(j, [], now=NOW + timedelta(seconds=20))
+    assert (j["status"]["phase"], j["status"]["reason"]) == ("Created", "Resumed")
+    assert names(p.create) == ["j-node-0", "j-node-1"] and j["status"]["restartCount"] == 0
+
+
+def test_a_suspend_seen_after_node0_succeeded_keeps_the_success():
+    """issue #18 (7): the run is over; a late suspend must not delete node 0 and lose the success."""
+    j = _running_job()
+    j["spec"]["runPolicy"]["suspend"] = True
+    p, j = run(j, [pod(0, "Succeeded", exit_code=0), pod(1)])
+    assert j["status"]["phase"] == "Succeeded" and [d.name for d in p.delete] == ["j-node-1"]
+
+
+# ---- step: deadline ------------------------------------------------------------------------------
+
+
+def test_active_deadline():
+    j = _running_job(activeDeadlineSeconds=100)
+    p = plan(j, observe(j, [pod(0), pod(1)], now=NOW + timedelta(seconds=40)))
+    assert p.requeue_after == pytest.approx(60) and p.status is None
+    p, j = run(j, [pod(0), pod(1)], now=NOW + timedelta(seconds=100))
+    assert (j["status"]["phase"], j["status"]["reason"]) == ("Failed", "DeadlineExceeded")
+    assert sorted(d.name for d in p.delete) == ["j-node-0", "j-node-1"]
+
+
+# ---- step: success -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "policy, deleted", [("Running", ["j-node-1"]), ("All", ["j-node-0", "j-node-1"]), ("None", [])]
+)
+def test_node0_success_and_clean_pod_policy(policy, deleted):
+    j = _running_job(cleanPodPolicy=policy)
+    p, j = run(j, [pod(0, "Succeeded", exit_code=0), pod(1)])
+    assert j["status"]["phase"] == "Succeeded" and j["status"]["completionTime"] == rfc3339(NOW)
+    assert sorted(d.name for d in p.delete) == deleted
+    assert p.transition == "Succeeded" and p.events[0].reason == "Succeeded"
+
+
+# ---- step: failure_policy (pods classified, the attempt judged, the limits) ----------------------
 
 
 @pytest.mark.parametrize(
@@ -234,13 +361,6 @@ def test_healthy_pods_are_not_failures():
         and classify(pod(0, "Pending")) is None
         and classify(pod(0, "Succeeded", exit_code=0)) is None
     )
-
-
-def _running_job(backoff=2, **kw):
-    _, j = run(job(runPolicy={"backoffLimit": backoff, **kw}), [])
-    _, j = run(j, [pod(0), pod(1)])
-    assert j["status"]["phase"] == "Running"
-    return j
 
 
 def test_non_retryable_exit_fails_with_the_termination_message():
@@ -352,6 +472,16 @@ def test_the_first_failure_of_an_attempt_is_its_cause():
     assert j["status"]["reason"] == "Killed" and "SIGSEGV" in j["status"]["message"]
 
 
+def test_knock_on_exit_with_an_eviction_in_the_same_attempt_restarts_without_using_backoff():
+    """node 1 evicted, node 0's collective breaks (exit 1): the attempt was disrupted, not failed."""
+    j = _running_job(backoff=0)
+    p, j = run(j, [pod(0, "Failed", exit_code=1), pod(1, "Failed", exit_code=143, conditions=EVICTED)])
+    assert (j["status"]["phase"], j["status"]["reason"]) == ("Restarting", "EvictionByEvictionAPI")
+    assert j["status"]["restartCount"] == 1 and j["status"]["disruptedAttempts"] == 1
+    assert j["status"].get("failedAttempts", 0) == 0  # backoffLimit=0 is untouched
+    assert sorted(d.name for d in p.delete) == ["j-node-0", "j-node-1"] and not p.create
+
+
 def test_pod_vanishing_while_running_is_a_restart():
     j = _running_job()
     p, j = run(j, [pod(0)])
@@ -361,6 +491,174 @@ def test_pod_vanishing_while_running_is_a_restart():
         and j["status"]["restartCount"] == 1
     )
     assert [d.name for d in p.delete] == ["j-node-0"]
+
+
+def test_a_knock_on_exit_waits_for_the_settle_window_before_it_is_judged():
+    """issue #18 (8): node 0 exits 1 while node 1 still runs; its eviction may still be on the way.
+    The attempt is judged when all pods are terminal or SETTLE_S after the first failure."""
+    from controller.reconcile import SETTLE_S
+
+    j = _running_job(backoff=0)
+    knock_on = finished_at(pod(0, "Failed", exit_code=1), 5)
+    p, j = run(j, [knock_on, pod(1)])
+    assert j["status"]["phase"] == "Running" and not p.delete and p.requeue_after == pytest.approx(SETTLE_S - 5)
+    # the eviction lands within the window: a disruption, backoffLimit=0 untouched
+    _, j2 = run(j, [knock_on, pod(1, "Failed", pod_reason="Evicted")], now=NOW + timedelta(seconds=10))
+    assert (j2["status"]["phase"], j2["status"]["reason"]) == ("Restarting", "Evicted")
+    # nothing else happens: judged at the end of the window, a failure
+    _, j3 = run(j, [knock_on, pod(1)], now=NOW + timedelta(seconds=SETTLE_S - 5))
+    assert (j3["status"]["phase"], j3["status"]["reason"]) == ("Failed", "BackoffLimitExceeded")
+
+
+def test_an_attempt_whose_pods_are_all_terminal_is_judged_at_once():
+    j = _running_job(backoff=0)
+    pods = [finished_at(pod(0, "Failed", exit_code=1), 1), finished_at(pod(1, "Failed", exit_code=1), 1)]
+    _, j = run(j, pods)
+    assert (j["status"]["phase"], j["status"]["reason"]) == ("Failed", "BackoffLimitExceeded")
+
+
+@pytest.mark.parametrize(
+    "node, disrupted",
+    [
+        (None, True),  # the Node object is gone
+        (_node("n1", ready="Unknown"), True),  # NotReady: enough to explain a peer's knock-on exit
+        (_node("n1", taints=[{"key": "node.kubernetes.io/out-of-service", "effect": "NoExecute"}]), True),
+        (_node("n1"), False),
+    ],
+)
+def test_a_failed_attempt_checks_the_node_of_peers_still_running(node, disrupted):
+    """issue #18 (8): node 1's pod still says Running, but its node is lost: node 0's exit 1 is the
+    knock-on of a disruption, not a failure (backoffLimit=0 would end the job)."""
+    j = _running_job(backoff=0)
+    pods = [finished_at(pod(0, "Failed", exit_code=1), 120), on_node(pod(1), "n1")]
+    _, j = run(j, pods, nodes={"n1": node})
+    if disrupted:
+        assert (j["status"]["phase"], j["status"]["reason"]) == ("Restarting", "NodeLost")
+        assert j["status"]["disruptedAttempts"] == 1 and j["status"].get("failedAttempts", 0) == 0
+    else:
+        assert (j["status"]["phase"], j["status"]["reason"]) == ("Failed", "BackoffLimitExceeded")
+
+
+def test_an_oom_kill_is_the_cause_on_a_finished_at_tie():
+    """issue #18 (8): finishedAt has one-second resolution; on a tie the OOM kill is the root cause."""
+    j = _running_job()
+    pods = [
+        finished_at(pod(0, "Failed", exit_code=1), 3),
+        finished_at(pod(1, "Failed", exit_code=137, reason="OOMKilled"), 3),
+    ]
+    _, j = run(j, pods)
+    assert (j["status"]["phase"], j["status"]["reason"]) == ("Restarting", "OOMKilled")
+
+
+# ---- step: start_deadline (waiting pods, refused creates, runPolicy.startDeadlineSeconds) ----------
+
+
+@pytest.mark.parametrize(
+    "held, reason",
+    [
+        (waiting_pod(1, "ImagePullBackOff", 'Back-off pulling image "nope:1"'), "ImagePullBackOff"),
+        (waiting_pod(1, "ErrImagePull", "rpc error: not found"), "ErrImagePull"),
+        (waiting_pod(1, "CreateContainerConfigError", 'secret "s" not found'), "CreateContainerConfigError"),
+        (unschedulable_pod(1), "Unschedulable"),
+    ],
+)
+def test_a_waiting_pod_shows_its_reason_and_fails_the_job_at_the_start_deadline(held, reason):
+    """issue #18 (5): the reason is on the job (condition + one Warning event), it is no failure,
+    and runPolicy.startDeadlineSeconds ends the job with it without using backoffLimit."""
+    _, j = run(job(runPolicy={"startDeadlineSeconds": 120}), [])
+    assert j["status"]["attemptStartTime"] == rfc3339(NOW)
+    p, j = run(j, [pod(0), held], now=NOW + timedelta(seconds=20))
+    cond = condition(j, "PodsWaiting")
+    assert cond["status"] == "True" and cond["reason"] == reason and "j-node-1" in cond["message"]
+    assert [(e.type, e.reason) for e in p.events] == [("Warning", reason)]
+    assert j["status"]["phase"] == "Created" and p.requeue_after == pytest.approx(100)
+    again, j = run(j, [pod(0), held], now=NOW + timedelta(seconds=60))
+    assert not again.events  # one event per cause, not per pass
+    p, j = run(j, [pod(0), held], now=NOW + timedelta(seconds=120))
+    assert (j["status"]["phase"], j["status"]["reason"]) == ("Failed", reason)
+    assert "startDeadlineSeconds=120" in j["status"]["message"] and "j-node-1" in j["status"]["message"]
+    assert j["status"]["restartCount"] == 0 and not j["status"].get("failedAttempts")
+
+
+def test_a_waiting_cause_clears_once_the_pods_run():
+    _, j = run(job(), [])
+    _, j = run(j, [pod(0), waiting_pod(1, "ImagePullBackOff")])
+    p, j = run(j, [pod(0), pod(1)])
+    assert j["status"]["phase"] == "Running" and condition(j, "PodsWaiting")["status"] == "False"
+    assert [e.reason for e in p.events] == ["Running"]
+
+
+def test_an_invalid_image_name_fails_as_invalid_spec_at_once():
+    _, j = run(job(), [])
+    _, j = run(j, [pod(0), waiting_pod(1, "InvalidImageName", 'Failed to apply default image tag "Bad:Tag"')])
+    assert (j["status"]["phase"], j["status"]["reason"]) == ("Failed", "InvalidSpec")
+    assert "Bad:Tag" in j["status"]["message"] and not j["status"].get("failedAttempts")
+
+
+def test_a_refused_pod_create_is_shown_on_the_job_and_a_422_is_invalid_spec():
+    from controller.reconcile import CreateError
+
+    _, j = run(job(), [])
+    quota = CreateError("Pod", "j-node-1", 403, '403 Forbidden: pods "j-node-1" is forbidden: exceeded quota: q')
+    p = plan(j, Observed(pods=(pod(0),), now=NOW, create_error=quota, **children(j)))
+    cond = next(c for c in p.status["conditions"] if c["type"] == "PodsWaiting")
+    assert (cond["status"], cond["reason"]) == ("True", "PodCreateFailed") and "exceeded quota" in cond["message"]
+    assert [(e.type, e.reason) for e in p.events] == [("Warning", "PodCreateFailed")]
+    assert names(p.create) == ["j-node-1"]  # tried again (the worker backs off)
+    # the pod exists by now: an old refusal is not shown
+    assert plan(j, Observed(pods=(pod(0), pod(1, "Pending")), now=NOW, create_error=quota, **children(j))).events == ()
+    invalid = CreateError("Pod", "j-node-1", 422, '422 Unprocessable Entity: Pod "j-node-1" is invalid')
+    p = plan(j, Observed(pods=(pod(0),), now=NOW, create_error=invalid, **children(j)))
+    assert (p.status["phase"], p.status["reason"]) == ("Failed", "InvalidSpec") and "is invalid" in p.status["message"]
+
+
+def test_start_deadline_default_and_null():
+    from kubeclip.api import RunPolicy
+
+    assert RunPolicy().startDeadlineSeconds == 600
+    _, j = run(job(runPolicy={"startDeadlineSeconds": None}), [])
+    p, j = run(j, [pod(0), unschedulable_pod(1)], now=NOW + timedelta(days=2))
+    assert j["status"]["phase"] == "Created" and p.requeue_after is None
+
+
+# ---- step: start_pods (create what is missing, Running, progress, stuck deletions) ---------------
+
+
+def test_new_job_creates_configmap_service_and_all_pods():
+    j = job()
+    p = plan(j, observe(j, with_children=False))
+    assert [o["kind"] for o in p.create] == ["ConfigMap", "Service", "Pod", "Pod"]
+    assert names(p.create) == ["j", "j-config", "j-node-0", "j-node-1"]
+    assert p.status["phase"] == "Created" and p.status["startTime"] == rfc3339(NOW)
+    assert p.status["restartCount"] == 0 and p.status["observedGeneration"] == 1
+    assert [c["type"] for c in p.status["conditions"]] == ["Created"]
+    assert p.transition == "Created" and [e.reason for e in p.events] == ["Created"]
+
+
+def test_unchanged_world_plans_nothing():
+    j = job()
+    _, j = run(j, [])
+    p, j = run(j, [pod(0), pod(1)])
+    assert p.status["phase"] == "Running"
+    again = plan(j, observe(j, [pod(0), pod(1)]))
+    assert again.empty and again.status is None
+
+
+def test_pending_pods_keep_created_and_running_when_all_run():
+    _, j = run(job(), [])
+    p, j = run(j, [pod(0), pod(1, "Pending")])
+    assert p.status is None or p.status["phase"] == "Created"
+    assert j["status"]["nodes"]["pending"] == 1 and j["status"]["nodes"]["running"] == 1
+    p, j = run(j, [pod(0), pod(1)])
+    assert j["status"]["phase"] == "Running" and [e.reason for e in p.events] == ["Running"]
+    running = next(c for c in j["status"]["conditions"] if c["type"] == "Running")
+    assert running["status"] == "True" and running["observedGeneration"] == 1
+
+
+def test_missing_pod_before_running_is_just_created():
+    _, j = run(job(), [])
+    p = plan(j, observe(j, [pod(0, "Pending")]))
+    assert names(p.create) == ["j-node-1"] and not p.delete and j["status"]["restartCount"] == 0
 
 
 def test_stale_pods_of_an_older_attempt_are_deleted_never_counted():
@@ -377,64 +675,6 @@ def test_foreign_pods_are_ignored():
     p = plan(j, observe(j, [pod(0, "Failed", exit_code=1, owner="someone-else")]))
     assert (p.status is None or p.status["phase"] == "Created") and not p.delete
     assert names(p.create) == ["j-node-1"]  # node 0's name is taken: wait for it to go
-
-
-# ---- success, cleanup, ttl, deadline, suspend --------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "policy, deleted", [("Running", ["j-node-1"]), ("All", ["j-node-0", "j-node-1"]), ("None", [])]
-)
-def test_node0_success_and_clean_pod_policy(policy, deleted):
-    j = _running_job(cleanPodPolicy=policy)
-    p, j = run(j, [pod(0, "Succeeded", exit_code=0), pod(1)])
-    assert j["status"]["phase"] == "Succeeded" and j["status"]["completionTime"] == rfc3339(NOW)
-    assert sorted(d.name for d in p.delete) == deleted
-    assert p.transition == "Succeeded" and p.events[0].reason == "Succeeded"
-
-
-def test_terminal_job_stays_terminal_and_ttl_deletes_it():
-    j = _running_job(ttlSecondsAfterFinished=60)
-    p, j = run(j, [pod(0, "Succeeded", exit_code=0), pod(1, "Succeeded", exit_code=0)])
-    assert p.requeue_after == 60 and not p.delete_job
-    later = plan(j, observe(j, [pod(0, "Failed", exit_code=137)], now=NOW + timedelta(seconds=30)))
-    assert later.status is None and not later.delete_job and later.requeue_after == pytest.approx(30)
-    due = plan(j, observe(j, [], now=NOW + timedelta(seconds=60)))
-    assert due.delete_job and due.status is None
-
-
-def test_ttl_zero_deletes_at_once():
-    j = _running_job(ttlSecondsAfterFinished=0)
-    p, _ = run(j, [pod(0, "Succeeded", exit_code=0), pod(1)])
-    assert p.delete_job
-
-
-def test_active_deadline():
-    j = _running_job(activeDeadlineSeconds=100)
-    p = plan(j, observe(j, [pod(0), pod(1)], now=NOW + timedelta(seconds=40)))
-    assert p.requeue_after == pytest.approx(60) and p.status is None
-    p, j = run(j, [pod(0), pod(1)], now=NOW + timedelta(seconds=100))
-    assert (j["status"]["phase"], j["status"]["reason"]) == ("Failed", "DeadlineExceeded")
-    assert sorted(d.name for d in p.delete) == ["j-node-0", "j-node-1"]
-
-
-def test_suspend_deletes_pods_and_resume_recreates_them():
-    j = _running_job()
-    j["spec"]["runPolicy"]["suspend"] = True
-    p, j = run(j, [pod(0), pod(1)])
-    assert j["status"]["phase"] == "Suspended" and sorted(d.name for d in p.delete) == ["j-node-0", "j-node-1"]
-    assert "startTime" not in j["status"] and not any(o["kind"] == "Pod" for o in p.create)
-    assert next(c for c in j["status"]["conditions"] if c["type"] == "Running")["status"] == "False"
-    p2, j = run(j, [])
-    assert p2.status is None and p2.empty
-    j["spec"]["runPolicy"]["suspend"] = False
-    p, j = run(j, [], now=NOW + timedelta(seconds=5))
-    assert j["status"]["phase"] == "Created" and j["status"]["reason"] == "Resumed"
-    assert names(p.create) == ["j-node-0", "j-node-1"] and j["status"]["startTime"] == rfc3339(
-        NOW + timedelta(seconds=5)
-    )
-    assert next(c for c in j["status"]["conditions"] if c["type"] == "Suspended")["status"] == "False"
-    assert j["status"]["restartCount"] == 0
 
 
 def test_progress_lands_in_status_only_when_it_changes():
@@ -460,21 +700,20 @@ def test_progress_lands_in_status_only_when_it_changes():
     assert plan(j, observe(j, [pod(0), pod(1)], progress=prog)).status is None
 
 
-def test_configmap_drift_is_repaired():
+def test_a_checkpoint_fallback_reported_by_the_trainer_becomes_one_warning_event():
     j = _running_job()
-    obs = observe(j, [pod(0), pod(1)])
-    stale_cm = copy.deepcopy(obs.configmap)
-    stale_cm["data"]["job.yaml"] = "old"
-    p = plan(j, Observed(pods=obs.pods, service=obs.service, configmap=stale_cm, now=NOW))
-    assert len(p.update) == 1 and p.update[0]["data"] == obs.configmap["data"]
-
-
-def _node(name, ready="True", since=NOW - timedelta(hours=1), taints=()):
-    return {
-        "metadata": {"name": name},
-        "spec": {"taints": list(taints)},
-        "status": {"conditions": [{"type": "Ready", "status": ready, "lastTransitionTime": rfc3339(since)}]},
+    prog = {
+        "phase": "training",
+        "step": 20,
+        "totalSteps": 100,
+        "skippedCheckpoints": ["step-00000030.pt: truncated file"],
     }
+    p, j = run(j, [pod(0), pod(1)], progress=prog)
+    assert [(e.type, e.reason) for e in p.events] == [("Warning", "CheckpointFallback")]
+    assert "step-00000030.pt: truncated file" in p.events[0].message
+    assert j["status"]["progress"]["skippedCheckpoints"] == ["step-00000030.pt: truncated file"]
+    again = plan(j, observe(j, [pod(0), pod(1)], progress={**prog, "step": 21}))
+    assert not again.events  # posted once, not on every progress poll
 
 
 @pytest.mark.parametrize(
@@ -482,8 +721,9 @@ def _node(name, ready="True", since=NOW - timedelta(hours=1), taints=()):
     [
         (None, True),  # the Node object is gone
         (_node("n1", taints=[{"key": "node.kubernetes.io/out-of-service", "effect": "NoExecute"}]), True),
-        (_node("n1", ready="Unknown", since=NOW - timedelta(seconds=301)), True),
-        (_node("n1", ready="Unknown", since=NOW - timedelta(seconds=60)), False),  # not long enough
+        # NotReady, however long, is not gone: its kubelet may still run the pod (issue #18, 1)
+        (_node("n1", ready="Unknown", since=NOW - timedelta(hours=2)), False),
+        (_node("n1", ready="False", since=NOW - timedelta(seconds=301)), False),
         (_node("n1"), False),  # a Ready node's kubelet will finish the deletion
     ],
 )
@@ -511,39 +751,59 @@ def test_pod_stuck_in_deletion_is_force_deleted_only_when_its_node_is_gone(node,
     )
 
 
-# ---- failure policy: the attempt judged as a whole (issue #9) ---------------------------------
+def test_pods_carry_the_hash_of_the_config_they_were_created_against():
+    from controller.builders import config_hash
 
-EVICTED = [
-    {
-        "type": "DisruptionTarget",
-        "status": "True",
-        "reason": "EvictionByEvictionAPI",
-        "message": "Eviction API: evicting",
-    }
-]
+    j = job()
+    pods = [o for o in plan(j, observe(j, with_children=False)).create if o["kind"] == "Pod"]
+    assert {o["metadata"]["annotations"][naming.ANNOTATION_CONFIG_HASH] for o in pods} == {config_hash(j)}
+    assert config_hash(job(training={"epochs": 2})) != config_hash(j)
+    assert config_hash(job(image="other:2")) == config_hash(j)  # only what the trainer reads
 
 
-def test_knock_on_exit_with_an_eviction_in_the_same_attempt_restarts_without_using_backoff():
-    """node 1 evicted, node 0's collective breaks (exit 1): the attempt was disrupted, not failed."""
-    j = _running_job(backoff=0)
-    p, j = run(j, [pod(0, "Failed", exit_code=1), pod(1, "Failed", exit_code=143, conditions=EVICTED)])
-    assert (j["status"]["phase"], j["status"]["reason"]) == ("Restarting", "EvictionByEvictionAPI")
-    assert j["status"]["restartCount"] == 1 and j["status"]["disruptedAttempts"] == 1
-    assert j["status"].get("failedAttempts", 0) == 0  # backoffLimit=0 is untouched
-    assert sorted(d.name for d in p.delete) == ["j-node-0", "j-node-1"] and not p.create
+def test_configmap_drift_and_pod_creates_in_one_pass_update_the_configmap_first():
+    """issue #18 (10): unsuspending with a changed trainer spec creates pods in the same pass as the
+    ConfigMap update; the plan's order puts the update first (the worker applies it first)."""
+    from controller.reconcile import Plan
 
-
-def test_a_checkpoint_fallback_reported_by_the_trainer_becomes_one_warning_event():
     j = _running_job()
-    prog = {
-        "phase": "training",
-        "step": 20,
-        "totalSteps": 100,
-        "skippedCheckpoints": ["step-00000030.pt: truncated file"],
-    }
-    p, j = run(j, [pod(0), pod(1)], progress=prog)
-    assert [(e.type, e.reason) for e in p.events] == [("Warning", "CheckpointFallback")]
-    assert "step-00000030.pt: truncated file" in p.events[0].message
-    assert j["status"]["progress"]["skippedCheckpoints"] == ["step-00000030.pt: truncated file"]
-    again = plan(j, observe(j, [pod(0), pod(1)], progress={**prog, "step": 21}))
-    assert not again.events  # posted once, not on every progress poll
+    j["spec"]["runPolicy"]["suspend"] = True
+    _, j = run(j, [pod(0), pod(1)])
+    old_cm = children(j)["configmap"]
+    j["spec"]["runPolicy"]["suspend"] = False
+    j["spec"]["training"] = {"epochs": 3}
+    p = plan(j, Observed(pods=(), now=NOW, configmap=old_cm, service=children(j)["service"]))
+    assert (
+        len(p.update) == 1
+        and "epochs: 3" in p.update[0]["data"]["job.yaml"]
+        and names(p.create) == ["j-node-0", "j-node-1"]
+    )
+    assert "updates, creates" in Plan.__doc__
+
+
+# ---- the step sequence ---------------------------------------------------------------------------
+
+
+def test_the_policies_decide_in_a_fixed_order_and_a_step_can_be_inserted():
+    from controller.reconcile import STEPS, Pass
+
+    assert [s.__name__ for s in STEPS] == [
+        "finished",
+        "invalid_spec",
+        "queue_admission",
+        "suspend",
+        "deadline",
+        "success",
+        "failure_policy",
+        "start_deadline",
+        "start_pods",
+    ]
+
+    def hold(p: Pass):  # e.g. a queue that has not admitted the job: no pods, a reason
+        return p.plan()
+
+    steps = [*STEPS[:2], hold, *STEPS[2:]]
+    j = job()
+    p = plan(j, observe(j, with_children=False), steps=steps)
+    assert [o["kind"] for o in p.create] == ["ConfigMap", "Service"]  # children of a valid spec, no pods
+    assert plan(job(training={"batchSize": 0}), observe(j), steps=steps).status["reason"] == "InvalidSpec"

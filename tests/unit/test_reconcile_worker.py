@@ -119,3 +119,67 @@ def test_due_store_is_safe_while_passes_write_it():
     t.join()
     taken.extend(w.take_due(float("inf")))
     assert sorted(taken) == sorted(keys)
+
+
+class OrderKube(FakeKube):
+    """Records every write in order; the ConfigMap it reports is an outdated one."""
+
+    def __init__(self, job, stale_cm, update_error=None, refuse=None):
+        super().__init__(job)
+        self.stale_cm, self.update_error, self.refuse = stale_cm, update_error, refuse
+        self.calls = []
+
+    def observe(self, job):
+        return [], None, self.stale_cm, {}
+
+    def update(self, obj):
+        self.calls.append(("update", obj["metadata"]["name"]))
+        if self.update_error:
+            raise self.update_error
+
+    def create(self, obj):
+        self.calls.append(("create", obj["metadata"]["name"]))
+        if self.refuse and obj["metadata"]["name"] == self.refuse.name:
+            raise self.refuse
+        super().create(obj)
+
+
+def _stale_cm():
+    from controller import builders
+
+    cm = builders.configmap({**JOB, "spec": {**JOB["spec"], "training": {"epochs": 9}}})
+    cm["metadata"]["resourceVersion"] = "3"
+    return cm
+
+
+def test_the_configmap_is_updated_before_any_pod_is_created():
+    """issue #18 (10): pods never start on the old job.yaml."""
+    kube = OrderKube(JOB, _stale_cm())
+    Worker(kube, Settings(), clock=CLOCK).reconcile("ns", "j")
+    assert kube.calls[0] == ("update", "j-config") and ("create", "j-node-0") in kube.calls
+
+
+def test_a_conflict_on_the_configmap_update_stops_the_pass_before_pods_and_retries():
+    from controller.kube import Conflict
+
+    kube = OrderKube(JOB, _stale_cm(), update_error=Conflict("ConfigMap j-config: 409 Conflict"))
+    w = Worker(kube, Settings(), clock=CLOCK)
+    t0 = time.monotonic()
+    w.reconcile("ns", "j")
+    assert kube.calls == [("update", "j-config")] and w.due_at(("ns", "j")) - t0 < 1.0
+
+
+def test_a_refused_create_is_shown_on_the_job_by_the_next_pass():
+    """issue #18 (5): a 403 from a ResourceQuota is not only logged: condition + Warning event."""
+    from controller.kube import Refused
+
+    events = []
+    kube = OrderKube(JOB, None, refuse=Refused("Pod", "j-node-0", 403, "403 Forbidden: exceeded quota: q"))
+    kube.event = lambda job, ev: events.append(ev)
+    w = Worker(kube, Settings(), clock=CLOCK)
+    w.reconcile("ns", "j")
+    assert w.due_at(("ns", "j")) is not None  # retried with backoff
+    w.reconcile("ns", "j")
+    cond = next(c for c in kube.statuses[-1]["conditions"] if c["type"] == "PodsWaiting")
+    assert (cond["reason"], cond["status"]) == ("PodCreateFailed", "True") and "exceeded quota" in cond["message"]
+    assert ("Warning", "PodCreateFailed") in [(e.type, e.reason) for e in events]

@@ -1,0 +1,91 @@
+"""Jobs whose pods never start, on the real node: the reason is on the job, and the job ends.
+
+Who uses it: ``make e2e``. Issue #18 (5): a job with an image that does not exist, and a job whose
+pods request more CPU than the node has, each show the kubelet's or the scheduler's reason in
+``kubectl describe ftj`` (condition PodsWaiting and a Warning event) within 60 s, and end ``Failed``
+with that reason at ``runPolicy.startDeadlineSeconds`` without spending ``backoffLimit``. The pods
+never run, so no dataset is needed.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import pytest
+from e2e_helpers import debug, ftj, wait_for
+
+pytestmark = pytest.mark.e2e
+
+#: Short enough for the suite, long enough that the 60 s "shown on the job" check comes first.
+START_DEADLINE_S = 75
+
+
+def _manifest(name: str, *, image: str | None = None, cpu: str = "100m") -> str:
+    spec: dict = {
+        "model": {"name": "local-dir:/data/penguins/models/tiny-vit-64"},
+        "dataset": {"trainCsv": "/data/penguins/train.csv"},
+        "output": {"path": f"/data/runs/{name}"},
+        "numNodes": 1,
+        "numProcPerNode": 1,
+        "resources": {"requests": {"cpu": cpu, "memory": "128Mi"}, "limits": {"memory": "1Gi"}},
+        "runPolicy": {"backoffLimit": 1, "startDeadlineSeconds": START_DEADLINE_S},
+    }
+    if image:
+        spec["image"] = image
+    return json.dumps(
+        {"apiVersion": "kubeclip.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": spec}
+    )
+
+
+def _time(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def _shown_then_failed(kube, ns: str, name: str, reasons: tuple[str, ...]) -> None:
+    explain = debug(kube, ns, name)
+    described = wait_for(
+        lambda: (
+            (out := kube.kubectl("-n", ns, "describe", "ftj", name, check=False).stdout)
+            and any(r in out for r in reasons)
+            and out
+        ),
+        60,
+        f"{ns}/{name}: one of {reasons} in kubectl describe ftj",
+        explain,
+        every_s=2,
+    )
+    assert "PodsWaiting" in described and "Warning" in described, described
+    status = ftj(kube, ns, name)["status"]
+    assert status["phase"] in ("Created", "Restarting"), status
+    status = wait_for(
+        lambda: (st := ftj(kube, ns, name).get("status") or {}).get("phase") in ("Failed", "Succeeded") and st,
+        START_DEADLINE_S + 60,
+        f"{ns}/{name} Failed at startDeadlineSeconds",
+        explain,
+        every_s=2,
+    )
+    assert status["phase"] == "Failed" and status["reason"] in reasons, status
+    assert f"startDeadlineSeconds={START_DEADLINE_S}" in status["message"], status
+    assert status["restartCount"] == 0 and status.get("failedAttempts", 0) == 0, status  # backoffLimit untouched
+    waited = (_time(status["completionTime"]) - _time(status["attemptStartTime"])).total_seconds()
+    assert START_DEADLINE_S <= waited < START_DEADLINE_S + 30, status
+
+
+def test_an_image_that_does_not_exist_is_shown_and_ends_at_the_start_deadline(kube, namespace):
+    kube.kubectl(
+        "-n",
+        namespace,
+        "apply",
+        "-f",
+        "-",
+        input=_manifest("nopull", image="kubeclip.local/no-such-image:0"),
+    )
+    _shown_then_failed(kube, namespace, "nopull", ("ImagePullBackOff", "ErrImagePull"))
+
+
+def test_pods_no_node_can_fit_are_shown_as_unschedulable_and_end_at_the_start_deadline(kube, namespace):
+    kube.kubectl("-n", namespace, "apply", "-f", "-", input=_manifest("toobig", cpu="1000"))
+    _shown_then_failed(kube, namespace, "toobig", ("Unschedulable",))
+    # the scheduler's own words reach the job
+    assert "Insufficient cpu" in ftj(kube, namespace, "toobig")["status"]["message"]
