@@ -272,9 +272,10 @@ class Kube:
             priority = self._get_cluster("workloadpriorityclasses", priority_name)
         return queue.Observed(workloads=tuple(workloads), flavors=flavors, priority=priority)
 
-    def write_workload(self, w: queue.WorkloadWrite) -> None:
+    def write_workload(self, w: queue.WorkloadWrite) -> str | None:
         """PUT a Workload (finalizers, spec.active) or its status; its resourceVersion makes a
-        concurrent writer (Kueue) a Conflict, and the pass runs again on fresh data."""
+        concurrent writer (Kueue) a Conflict, and the pass runs again on fresh data. Returns the
+        new resourceVersion (None when the Workload is gone)."""
         meta = w.body["metadata"]
         args = (queue.GROUP, queue.VERSION, meta["namespace"], queue.WORKLOADS, meta["name"], w.body)
         fn = (
@@ -283,13 +284,14 @@ class Kube:
             else self.custom.replace_namespaced_custom_object
         )
         try:
-            fn(*args, _request_timeout=self.timeout)
+            out = cast(dict[str, Any], fn(*args, _request_timeout=self.timeout))
         except ApiException as err:
             if err.status == 404:
-                return
+                return None
             if err.status == 409:
                 raise Conflict(f"workload {meta['name']}: {err.reason}") from None
             raise
+        return cast(str | None, (out.get("metadata") or {}).get("resourceVersion"))
 
     def get_node(self, name: str) -> dict[str, Any] | None:
         try:

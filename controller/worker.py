@@ -216,8 +216,16 @@ class Worker:
         if p.create:
             with self._mu:
                 self._refused.pop(key, None)
-        for w in p.workloads:  # after the creates: the Workload exists before it is written
-            self.kube.write_workload(w)
+        # After the creates. Writes of one pass come from the same read; a second write to the same
+        # Workload (Finished, then the finalizer off) carries the version the first one left.
+        versions: dict[str, str | None] = {}
+        for w in p.workloads:
+            name = w.body["metadata"]["name"]
+            if name in versions:
+                w = queue.WorkloadWrite(
+                    w.what, {**w.body, "metadata": {**w.body["metadata"], "resourceVersion": versions[name]}}
+                )
+            versions[name] = self.kube.write_workload(w)
         for d in p.delete:
             self.kube.delete(ns, d)
         if p.create or p.delete:

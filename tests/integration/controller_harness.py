@@ -62,7 +62,18 @@ def install_crd(kubectl: Callable[..., Any]) -> bool:
     """Apply the chart's CRD; True when this call created it (so the caller may delete it)."""
     existed = kubectl("get", "crd", "finetunejobs.kubeclip.dev", check=False).returncode == 0
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    kubectl("wait", "--for=condition=Established", "crd/finetunejobs.kubeclip.dev", "--timeout=60s")
+    # kubectl wait fails at once ("accessor error") while a new CRD has no status yet: retry it.
+    wait_for(
+        lambda: (
+            kubectl(
+                "wait", "--for=condition=Established", "crd/finetunejobs.kubeclip.dev", "--timeout=30s", check=False
+            ).returncode
+            == 0
+        ),
+        60,
+        0.5,
+        "the FineTuneJob CRD Established",
+    )
     return not existed
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 import uuid
 from pathlib import Path
@@ -39,11 +40,7 @@ FINALIZER = "kueue.x-k8s.io/resource-in-use"
 
 def kueue_crds() -> list[Path]:
     moddir = REPO / "hack/kueue"
-    version = next(
-        line.split()[1]
-        for line in (moddir / "go.mod").read_text().splitlines()
-        if line.strip().startswith("require sigs.k8s.io/kueue")
-    )
+    version = re.search(r"sigs\.k8s\.io/kueue\s+(v\S+)", (moddir / "go.mod").read_text()).group(1)  # type: ignore[union-attr]
     out = subprocess.run(
         ["go", "mod", "download", "-json", f"sigs.k8s.io/kueue@{version}"],
         cwd=moddir,
@@ -154,7 +151,17 @@ def kueue_crds_applied(cluster):
     files = kueue_crds()
     assert len(files) == 11, files
     cluster.kubectl("apply", "--server-side", *[a for f in files for a in ("-f", str(f))])
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/workloads.kueue.x-k8s.io")
+    wait_for(
+        lambda: (
+            cluster.kubectl(
+                "wait", "--for=condition=Established", "--timeout=30s", "crd/workloads.kueue.x-k8s.io", check=False
+            ).returncode
+            == 0
+        ),
+        60,
+        0.5,
+        "Kueue's Workload CRD Established",
+    )
     flavor = {
         "apiVersion": "kueue.x-k8s.io/v1beta2",
         "kind": "ResourceFlavor",
@@ -174,7 +181,7 @@ def test_queued_admitted_evicted_requeued_readmitted_and_finished(
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(_labelled_job("q", namespace, numNodes=2)))
     # A Workload that Kueue's CRD accepts; the job Queued with no pod.
     wait_for(lambda: _status(custom, namespace, "q").get("phase") == "Queued", 30, 0.3, "Queued")
-    wl = _workload(custom, namespace, "q")
+    wl = wait_for(lambda: _workload(custom, namespace, "q"), 30, 0.3, "the Workload")  # created after the status
     assert wl["spec"]["queueName"] == "team-a" and wl["spec"]["podSets"][0]["count"] == 2
     assert wl["metadata"]["finalizers"] == [FINALIZER]
     assert wl["metadata"]["ownerReferences"][0]["uid"] == _ftj(custom, namespace, "q")["metadata"]["uid"]
@@ -261,7 +268,7 @@ def test_deleting_a_queued_job_lets_its_workload_go(cluster, operator, kueue_crd
     _, custom = api
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(_labelled_job("gone", namespace)))
     wait_for(lambda: _status(custom, namespace, "gone").get("phase") == "Queued", 30, 0.3, "Queued")
-    _workload(custom, namespace, "gone")
+    wait_for(lambda: _workload(custom, namespace, "gone"), 30, 0.3, "the Workload")
     cluster.kubectl("-n", namespace, "delete", "ftj", "gone", "--wait=false")
 
     def let_go():
@@ -280,6 +287,7 @@ def test_suspend_is_the_workloads_active_false(cluster, operator, kueue_crds_app
     _, custom = api
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(_labelled_job("sus", namespace)))
     wait_for(lambda: _status(custom, namespace, "sus").get("phase") == "Queued", 30, 0.3, "Queued")
+    wait_for(lambda: _workload(custom, namespace, "sus"), 30, 0.3, "the Workload")
     custom.patch_namespaced_custom_object(
         "kubeclip.dev", "v1alpha1", namespace, "finetunejobs", "sus", {"spec": {"runPolicy": {"suspend": True}}}
     )
