@@ -143,8 +143,19 @@ class Worker:
     def _release_workloads(self, namespace: str, name: str) -> None:
         """A deleted job's Kueue Workloads: Finished and the finalizer off, so the quota is freed
         (Kueue leaves an owned Workload's finalizer to its job's controller)."""
-        for w in queue.release_orphans(self.kube.leftover_workloads(namespace, name), self.clock()):
-            self.kube.write_workload(w)
+        self._write_workloads(queue.release_orphans(self.kube.leftover_workloads(namespace, name), self.clock()))
+
+    def _write_workloads(self, writes: tuple[queue.WorkloadWrite, ...]) -> None:
+        """Writes of one pass come from the same read: a second write to the same Workload
+        (Finished, then the finalizer off) carries the version the first one left."""
+        versions: dict[str, str | None] = {}
+        for w in writes:
+            name = w.body["metadata"]["name"]
+            if name in versions:
+                w = queue.WorkloadWrite(
+                    w.what, {**w.body, "metadata": {**w.body["metadata"], "resourceVersion": versions[name]}}
+                )
+            versions[name] = self.kube.write_workload(w)
 
     def plan_for(self, job: dict[str, Any]) -> Plan:
         pods, svc, cm, nodes = self.kube.observe(job)
@@ -216,16 +227,7 @@ class Worker:
         if p.create:
             with self._mu:
                 self._refused.pop(key, None)
-        # After the creates. Writes of one pass come from the same read; a second write to the same
-        # Workload (Finished, then the finalizer off) carries the version the first one left.
-        versions: dict[str, str | None] = {}
-        for w in p.workloads:
-            name = w.body["metadata"]["name"]
-            if name in versions:
-                w = queue.WorkloadWrite(
-                    w.what, {**w.body, "metadata": {**w.body["metadata"], "resourceVersion": versions[name]}}
-                )
-            versions[name] = self.kube.write_workload(w)
+        self._write_workloads(p.workloads)  # after the creates: a Workload exists before it is written
         for d in p.delete:
             self.kube.delete(ns, d)
         if p.create or p.delete:
