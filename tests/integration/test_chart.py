@@ -353,11 +353,34 @@ def test_admission_policy_follows_the_values(tmp_path):
         return [v["expression"] for v in policies[0]["spec"]["validations"]]
 
     default = validations({})
-    assert len(default) == 2 and "hostPath" in default[0] and "serviceAccountName" in default[1]
+    assert len(default) == 6 and "hostPath" in default[0] and "serviceAccountName" in default[1]
+    fields = ["schedulerName", "runtimeClassName", "podLabels", "podAnnotations"]
+    assert [f for f, v in zip(fields, default[2:], strict=True) if f"object.spec.{f}" in v] == fields
+    assert all("in []" in v for v in default[2:])  # pod fields: refused until the values list names
     assert validations({"admission": {"allowHostPath": True}}) == default[1:]
-    assert validations({"admission": {"allowServiceAccounts": True}}) == default[:1]
-    assert validations({"admission": {"allowHostPath": True, "allowServiceAccounts": True}}) == []
+    assert validations({"admission": {"allowServiceAccounts": True}}) == default[:1] + default[2:]
+    everything = {
+        "allowHostPath": True,
+        "allowServiceAccounts": True,
+        "allowedSchedulerNames": ["*"],
+        "allowedRuntimeClassNames": ["*"],
+        "allowedPodLabelKeys": ["*"],
+        "allowedPodAnnotationKeys": ["*"],
+    }
+    assert validations({"admission": everything}) == []
+    listed = validations({"admission": {"allowedSchedulerNames": ["volcano"], "allowedPodLabelKeys": ["cost-center"]}})
+    assert "object.spec.schedulerName in ['volcano']" in listed[2] and "k in ['cost-center']" in listed[4]
     assert validations({"admission": {"enabled": False}}) == []
+
+
+def test_kueue_rbac_follows_the_value(tmp_path):
+    rules = yaml.safe_load((CHART / "files" / "rbac-rules.yaml").read_text())
+    off, on = render(tmp_path, {}), render(tmp_path, {"kueue": {"enabled": True}})
+    roles = {r["metadata"]["name"]: r["rules"] for r in by_kind(on, "ClusterRole")}
+    assert roles["kc-kubeclip"] == rules["namespaced"] + rules["kueue"]
+    assert roles["kc-kubeclip-nodes"] == rules["cluster"] + rules["kueueCluster"]
+    assert not any("kueue.x-k8s.io" in str(r["rules"]) for r in by_kind(off, "ClusterRole"))
+    assert {"workloads/status", "workloads/finalizers"} <= {res for r in rules["kueue"] for res in r["resources"]}
 
 
 def test_network_policy_lets_in_only_trainers_monitoring_and_the_controller(tmp_path):
