@@ -6,6 +6,14 @@ plan. Nothing here talks to the API or reads the clock, so the whole failure pol
 with plain dicts (``tests/unit/test_reconcile*.py``). The pass is level-triggered: it rebuilds
 the status from what exists and never asks "what just happened".
 
+The policy is a sequence of steps (:data:`STEPS`, JobSet's shape: one function per policy) over
+one :class:`Pass` object: ``finished`` (cleanup, TTL), ``invalid_spec``, ``suspend``,
+``deadline``, ``success``, ``failure_policy``, ``start_deadline`` (waiting pods, refused creates,
+``runPolicy.startDeadlineSeconds``), ``start_pods``. Each step either ends the pass with a
+:class:`Plan` or returns None and leaves the decision to the next; a new run-policy field is one
+more step where it must decide (``plan(..., steps=...)`` takes another sequence). Reading pods
+and Nodes (classify, judge, node gone, waiting reasons) lives in :mod:`controller.pods`.
+
 The restart bookkeeping is kept in the objects themselves: every pod carries the attempt it was
 created for (label ``kubeclip.dev/attempt`` = ``status.restartCount`` at creation). All failed
 pods of the current attempt are judged together (:func:`judge`, the Job controller's shape: a

@@ -582,27 +582,29 @@ def _warnings(core, ns, name):
     return {(e.reason, e.message) for e in events if e.type == "Warning"}
 
 
-def test_a_pod_create_refused_by_a_quota_shows_on_the_job_until_the_quota_goes(cluster, operator, namespace, api):
-    """A 403 on pod create (here a ResourceQuota) is a condition and a Warning event on the job,
-    not only a log line; once the quota is gone the pods are created."""
+def test_a_pod_create_refused_by_pod_security_shows_on_the_job_until_it_is_allowed(cluster, operator, namespace, api):
+    """A 403 on pod create (here Pod Security admission refusing a hostPath volume) is a condition
+    and a Warning event on the job, not only a log line; once the namespace allows the pods, they
+    are created."""
     core, custom = api
-    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-pods", "namespace": namespace}}
-    _apply(cluster, {**quota, "spec": {"hard": {"pods": "0"}}})
-    _apply(cluster, job_manifest("quota", namespace))
+    enforce = "pod-security.kubernetes.io/enforce"
+    cluster.kubectl("label", "namespace", namespace, f"{enforce}=baseline")
+    host = [{"name": "data", "hostPath": {"path": "/var/tmp/kubeclip-data"}}]
+    _apply(cluster, job_manifest("psa", namespace, volumes=host))
     cond = wait_for(
-        lambda: (c := _condition(custom, namespace, "quota", "PodsWaiting")) and c["status"] == "True" and c,
+        lambda: (c := _condition(custom, namespace, "psa", "PodsWaiting")) and c["status"] == "True" and c,
         30,
         what="PodsWaiting on a refused create",
     )
-    assert cond["reason"] == "PodCreateFailed" and "quota" in cond["message"] and "403" in cond["message"]
-    assert any(r == "PodCreateFailed" and "quota" in m for r, m in _warnings(core, namespace, "quota"))
-    st = _status(custom, namespace, "quota")
-    assert st["phase"] == "Created" and st["restartCount"] == 0
-    core.delete_namespaced_resource_quota("no-pods", namespace)
-    _wait_pods(core, namespace, "quota", 2, timeout=60)
-    _run_all(core, namespace, "quota")
-    _wait_phase(custom, namespace, "quota", "Running")
-    assert _condition(custom, namespace, "quota", "PodsWaiting")["status"] == "False"
+    assert cond["reason"] == "PodCreateFailed" and "403" in cond["message"] and "PodSecurity" in cond["message"]
+    assert any(r == "PodCreateFailed" and "hostPath" in m for r, m in _warnings(core, namespace, "psa"))
+    st = _status(custom, namespace, "psa")
+    assert st["phase"] == "Created" and st["restartCount"] == 0 and not _pods(core, namespace, "psa")
+    cluster.kubectl("label", "namespace", namespace, f"{enforce}-")
+    _wait_pods(core, namespace, "psa", 2, timeout=60)
+    _run_all(core, namespace, "psa")
+    _wait_phase(custom, namespace, "psa", "Running")
+    assert _condition(custom, namespace, "psa", "PodsWaiting")["status"] == "False"
 
 
 def test_a_pod_the_api_server_finds_invalid_fails_the_job_as_invalid_spec(cluster, operator, namespace, api):
