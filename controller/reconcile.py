@@ -7,7 +7,8 @@ with plain dicts (``tests/unit/test_reconcile*.py``). The pass is level-triggere
 the status from what exists and never asks "what just happened".
 
 The policy is a sequence of steps (:data:`STEPS`, JobSet's shape: one function per policy) over
-one :class:`Pass` object: ``finished`` (cleanup, TTL), ``invalid_spec``, ``suspend``,
+one :class:`Pass` object: ``finished`` (cleanup, TTL), ``invalid_spec``, ``queue_admission``
+(Kueue, :mod:`controller.queue`), ``suspend``,
 ``deadline``, ``success``, ``failure_policy``, ``start_deadline`` (waiting pods, refused creates,
 ``runPolicy.startDeadlineSeconds``), ``start_pods``. Each step either ends the pass with a
 :class:`Plan` or returns None and leaves the decision to the next; a new run-policy field is one
