@@ -8,7 +8,8 @@ tests (tests/e2e/test_kueue.py). It runs after `make cluster-up images deploy` a
 2. renders Kueue's own manifests from that same Go module the way its releases are made
    (``kubectl kustomize config/default``: CRDs with their conversion-webhook stanzas, RBAC, the
    manager Deployment, internal certificate management, webhooks) and changes only what is local:
-   - the manager's image (nothing can be pulled here) and its CPU request (one small node);
+   - the manager's image (nothing can be pulled here), its user (uid 65532, as Kueue's distroless
+     image) and its CPU request (one small node);
    - its Configuration: ``integrations.externalFrameworks: [FineTuneJob.v1alpha1.kubeclip.dev]``, no
      built-in integration but batch/job (none has a queue-name label here), ``waitForPodsReady``
      on (kubeclip writes PodsReady; a job whose pods do not all run within 5 min is evicted);
@@ -178,6 +179,9 @@ def render(mod: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
             tmpl["metadata"].setdefault("annotations", {})["kubeclip.dev/image-key"] = (
                 deploy.image_key("kueue") or "unknown"
             )
+            # Kueue's own image is distroless "nonroot" (uid 65532); a scratch image has no user of its
+            # own, and the manager runs with runAsNonRoot: the uid goes into the pod instead.
+            tmpl["spec"].setdefault("securityContext", {})["runAsUser"] = 65532
             for c in tmpl["spec"]["containers"]:
                 if c["name"] == "manager":
                     c["image"], c["imagePullPolicy"] = IMAGE, "IfNotPresent"
