@@ -110,7 +110,8 @@ def service(job: dict[str, Any], spec: FineTuneJobSpec) -> dict[str, Any]:
 
 
 def node_env(job: dict[str, Any], spec: FineTuneJobSpec, index: int) -> list[dict[str, Any]]:
-    """torchrun's PET_* variables, the PyTorchJob-style ones, and the job's identity."""
+    """torchrun's PET_* variables, the PyTorchJob-style ones, and the job's identity (its uid owns
+    the output directory: ``trainer.ownership``)."""
     name, ns = job["metadata"]["name"], job["metadata"]["namespace"]
     master = naming.master_addr(name, ns)
     values = {
@@ -119,6 +120,8 @@ def node_env(job: dict[str, Any], spec: FineTuneJobSpec, index: int) -> list[dic
         "PET_NODE_RANK": index,
         "PET_MASTER_ADDR": master,
         "PET_MASTER_PORT": DEFAULT_MASTER_PORT,
+        # torchrun waits this long for its ranks after SIGTERM (they checkpoint; torch's default is 30 s)
+        "PET_SHUTDOWN_TIMEOUT": spec.terminationGracePeriodSeconds,
         "MASTER_ADDR": master,
         "MASTER_PORT": DEFAULT_MASTER_PORT,
         "WORLD_SIZE": spec.numNodes * spec.numProcPerNode,
@@ -127,6 +130,7 @@ def node_env(job: dict[str, Any], spec: FineTuneJobSpec, index: int) -> list[dic
         "NPROC_PER_NODE": spec.numProcPerNode,
         "KUBECLIP_JOB_NAME": name,
         "KUBECLIP_NAMESPACE": ns,
+        "KUBECLIP_JOB_UID": job["metadata"].get("uid", ""),
     }
     return [{"name": k, "value": str(v)} for k, v in values.items()]
 
@@ -189,6 +193,8 @@ def pod(job: dict[str, Any], spec: FineTuneJobSpec, index: int, attempt: int, im
         "hostname": naming.pod_name(name, index),
         "subdomain": naming.service_name(name),
         "restartPolicy": "Never",
+        # SIGTERM -> SIGKILL: long enough for the ranks to finish a step and write a checkpoint
+        "terminationGracePeriodSeconds": spec.terminationGracePeriodSeconds,
         "enableServiceLinks": False,
         "securityContext": {
             "runAsNonRoot": True,

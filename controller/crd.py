@@ -29,6 +29,7 @@ from kubeclip.api import (
     KIND,
     RESERVED_ENV,
     RESERVED_KEY_RE,
+    RESERVED_ENV_PREFIXES,
     RESERVED_VOLUMES,
     SHM_PATH,
     FineTuneJobSpec,
@@ -160,8 +161,12 @@ def _add_rules(spec: dict[str, Any]) -> None:
     ]
     props["env"]["x-kubernetes-validations"] = [
         {
-            "rule": f"self.all(e, !(e.name in {_quote(RESERVED_ENV)}))",
-            "message": "this variable is set by the controller",
+            "rule": f"self.all(e, !(e.name in {_quote(RESERVED_ENV)})"
+            + "".join(f" && !e.name.startsWith('{p}')" for p in RESERVED_ENV_PREFIXES)
+            + ")",
+            "message": "this variable is set by the controller or reserved for it (the topology, "
+            + ", ".join(f"{p}*" for p in RESERVED_ENV_PREFIXES)
+            + ")",
         }
     ]
     for key in ("podLabels", "podAnnotations"):

@@ -103,6 +103,7 @@ class Kube:
         self.core = client.CoreV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
         self.coord = client.CoordinationV1Api(self.api)
+        self.net = client.NetworkingV1Api(self.api)
 
     # ---- jobs ------------------------------------------------------------------------------
 
@@ -318,6 +319,7 @@ class Kube:
             "Pod": self.core.create_namespaced_pod,
             "Service": self.core.create_namespaced_service,
             "ConfigMap": self.core.create_namespaced_config_map,
+            "NetworkPolicy": self.net.create_namespaced_network_policy,
         }
         try:
             if kind == "Workload":

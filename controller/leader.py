@@ -1,10 +1,18 @@
 """Leader election through a ``coordination.k8s.io/v1`` Lease, so several replicas are safe.
 
 Who uses it and why it exists: :func:`controller.operator.main` waits in :meth:`Elector.acquire`
-before it starts kopf, and runs :meth:`Elector.keep` beside it; losing the lease stops the
-operator and the process exits non-zero, so Kubernetes restarts it as a fresh candidate (what
-client-go's leaderelection does too). kopf's own peering (its KopfPeering CRDs) is not used:
-kopf runs ``standalone``. :func:`decide` is the pure rule, tested without an API server.
+before it starts kopf, and runs :meth:`Elector.keep` beside it until the shutdown has drained
+every pass. Losing the lease ends the process at once (the operator's ``on_lost`` exits without
+waiting for kopf or the passes in flight), so Kubernetes restarts it as a fresh candidate (what
+client-go's leaderelection and controller-runtime do too). kopf's own peering (its KopfPeering
+CRDs) is not used: kopf runs ``standalone``. :func:`decide` is the pure rule, tested without an
+API server.
+
+Two leaders must never overlap. A standby takes over once the record has not changed for
+``lease_duration_s`` of *its* time since it saw it, which is no earlier than the start of our last
+successful renewal. So the leader keeps one deadline, ``renew_deadline_s`` after the start of its
+last successful renewal, across all its attempts: each attempt gets only the time left, and the
+leader gives up when it runs out, before any standby could take over.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -86,6 +95,14 @@ class Elector:
         self.kube, self.s = kube, settings
         self.lost = False
         self._observed: Observation | None = None
+        #: ``time.monotonic()`` at the start of the last successful acquire or renewal.
+        self.renewed_at: float | None = None
+
+    @property
+    def renew_deadline_s(self) -> float:
+        """Seconds after a successful renewal's start by which the next one must succeed; never
+        more than the lease duration (a misconfigured deadline must not outlive the lease)."""
+        return min(self.s.renew_deadline_s, self.s.lease_duration_s)
 
     def _try(self) -> bool:
         lease = self.kube.get_lease(self.s.lease_namespace, self.s.lease_name)
@@ -101,18 +118,23 @@ class Elector:
             return False
         return self.kube.write_lease(self.s.lease_namespace, self.s.lease_name, new, lease)
 
-    async def _attempt(self) -> bool:
-        """One get-and-write of the Lease, abandoned after the renew deadline (each API call also
-        has its own timeout, see Kube): a hung call counts as a failed attempt, never blocks."""
+    async def _attempt(self, timeout: float) -> bool:
+        """One get-and-write of the Lease, abandoned after ``timeout`` seconds (each API call also
+        has its own timeout, see Kube): a hung call counts as a failed attempt, never blocks. On
+        success :attr:`renewed_at` is the attempt's start."""
+        started = time.monotonic()
         try:
             fut = asyncio.get_running_loop().run_in_executor(None, self._try)
-            return await asyncio.wait_for(fut, self.s.renew_deadline_s)
+            ok = await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
-            log.warning("lease attempt timed out after %.0fs", self.s.renew_deadline_s)
+            log.warning("lease attempt timed out after %.1fs", timeout)
             return False
         except Exception as err:  # an API hiccup is a failed attempt, not a crash
             log.warning("lease attempt failed: %s", err)
             return False
+        if ok:
+            self.renewed_at = started
+        return ok
 
     async def acquire(self, stop: asyncio.Event) -> bool:
         log.info(
@@ -120,7 +142,7 @@ class Elector:
             extra={"lease": f"{self.s.lease_namespace}/{self.s.lease_name}", "identity": self.s.identity},
         )
         while not stop.is_set():
-            if await self._attempt():
+            if await self._attempt(self.renew_deadline_s):
                 log.info("became leader", extra={"identity": self.s.identity})
                 return True
             try:
@@ -129,22 +151,32 @@ class Elector:
                 pass
         return False
 
-    async def keep(self, stop: asyncio.Event) -> None:
-        """Renew every retry period; give up (set ``lost`` and ``stop``) after the renew deadline."""
-        loop = asyncio.get_running_loop()
-        last_ok = loop.time()
-        while not stop.is_set():
+    async def keep(self, done: asyncio.Event, on_lost: Callable[[], None] | None = None) -> None:
+        """Renew every retry period until ``done`` is set. Every attempt shares one deadline,
+        :attr:`renew_deadline_s` after the start of the last successful renewal; when it passes,
+        set :attr:`lost` and call ``on_lost`` (the operator exits there) — before the lease could
+        expire for a standby."""
+        if self.renewed_at is None:
+            self.renewed_at = time.monotonic()
+        while not done.is_set():
+            deadline = self.renewed_at + self.renew_deadline_s
+            pause = min(self.s.retry_period_s, max(0.0, deadline - time.monotonic()))
             try:
-                await asyncio.wait_for(stop.wait(), self.s.retry_period_s)
+                await asyncio.wait_for(done.wait(), pause)
                 return
             except asyncio.TimeoutError:
                 pass
-            if await self._attempt():
-                last_ok = loop.time()
-            elif loop.time() - last_ok > self.s.renew_deadline_s:
-                log.error("lost leadership: could not renew the lease in %.0fs", self.s.renew_deadline_s)
+            left = deadline - time.monotonic()
+            if left > 0 and await self._attempt(left):
+                continue
+            if time.monotonic() >= deadline:
+                log.error(
+                    "lost leadership: could not renew the lease within %.1fs of the last renewal",
+                    self.renew_deadline_s,
+                )
                 self.lost = True
-                stop.set()
+                if on_lost is not None:
+                    on_lost()
                 return
 
     def release(self) -> None:

@@ -16,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -73,7 +75,41 @@ def setup_logging(level: str) -> None:
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
 
-def build_registry(worker: Worker) -> kopf.OperatorRegistry:
+class Passes:
+    """The reconcile passes in flight. kopf's handlers and the resync loop start every pass
+    through :meth:`run`; after :meth:`close` none starts, and :meth:`drain` waits for the ones
+    running, so that the lease is released only when no pass of this replica can still write."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._running = 0
+        self._closed = False
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._running += 1
+        try:
+            fn(*args)
+        finally:
+            with self._cond:
+                self._running -= 1
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+
+    def drain(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` seconds) until no pass runs; False if some still do."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._running == 0, timeout)
+
+
+def build_registry(worker: Worker, passes: Passes | None = None) -> kopf.OperatorRegistry:
+    run = (passes or Passes()).run
+
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
@@ -86,12 +122,13 @@ def build_registry(worker: Worker) -> kopf.OperatorRegistry:
     @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=registry)
     def job_event(event: kopf.RawEvent, namespace: str | None, name: str, **_: Any) -> None:
         ns = cast(str, namespace)  # FineTuneJobs are namespaced: kopf always passes the namespace
-        # DELETED too: the pass finds the job gone and lets its Kueue Workload (if any) go.
-        worker.reconcile(ns, name)
+        if event.get("type") == "DELETED":
+            worker.forget(ns, name)  # then one more pass: it finds the job gone and lets its Kueue Workload go
+        run(worker.reconcile, ns, name)
 
     @kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT}, registry=registry)
     def pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
-        worker.reconcile(cast(str, namespace), labels[LABEL_JOB])  # pods are namespaced: never None
+        run(worker.reconcile, cast(str, namespace), labels[LABEL_JOB])  # pods are namespaced: never None
 
     return registry
 
@@ -121,7 +158,9 @@ class Health:
         return runner
 
 
-async def resync_loop(worker: Worker, s: Settings, stop: asyncio.Event, pool: ThreadPoolExecutor) -> None:
+async def resync_loop(
+    worker: Worker, s: Settings, stop: asyncio.Event, pool: ThreadPoolExecutor, passes: Passes
+) -> None:
     """Due passes (deadlines, TTLs, retries) every second; progress polls; a periodic full pass."""
     loop = asyncio.get_running_loop()
     namespaces = () if s.all_namespaces or not s.namespaces else s.namespaces
@@ -134,7 +173,7 @@ async def resync_loop(worker: Worker, s: Settings, stop: asyncio.Event, pool: Th
             pass
         now = time.monotonic()
         for key in worker.take_due(now):
-            loop.run_in_executor(pool, worker.reconcile, *key)
+            loop.run_in_executor(pool, passes.run, worker.reconcile, *key)
         full = now - last_full >= s.full_resync_s
         if not full and now - last_poll < s.progress_interval_s:
             continue
@@ -150,15 +189,62 @@ async def resync_loop(worker: Worker, s: Settings, stop: asyncio.Event, pool: Th
         for j in jobs:
             phase = (j.get("status") or {}).get("phase")
             if (full and phase not in TERMINAL_PHASES) or phase in (Phase.RUNNING, Phase.RESTARTING):
-                loop.run_in_executor(pool, worker.reconcile, j["metadata"]["namespace"], j["metadata"]["name"])
+                loop.run_in_executor(
+                    pool, passes.run, worker.reconcile, j["metadata"]["namespace"], j["metadata"]["name"]
+                )
 
 
 #: Exit code when a background task (resync loop, lease renewal) or kopf itself died: the
 #: Deployment restarts the process instead of leaving a leader that no longer polls progress,
 #: deadlines or TTLs.
 EXIT_TASK_DIED = 3
+#: Exit code when leadership is lost: the process ends at once, passes in flight included.
+EXIT_LOST = 1
+#: Exit code when passes were still running DRAIN_TIMEOUT_S after a stop: the lease is left to
+#: expire (not released) and the process ends at once, so no pass outlives this replica's lease.
+EXIT_NOT_DRAINED = 4
 #: How long kopf may take to stop once the stop flag is set.
 STOP_TIMEOUT_S = 30.0
+#: How long a clean stop waits for the passes in flight (each API call has its own timeout),
+#: renewing the lease meanwhile; within the chart's 30 s termination grace period.
+DRAIN_TIMEOUT_S = 20.0
+
+
+def exit_now(code: int) -> None:
+    """End the process at once: no pass, kopf task or thread of this replica runs on."""
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(code)
+
+
+def exit_lost() -> None:
+    """:meth:`Elector.keep`'s ``on_lost``: another replica may lead as soon as the lease expires,
+    so nothing of this one may still be writing by then."""
+    exit_now(EXIT_LOST)
+
+
+async def drain_and_release(
+    passes: Passes,
+    elector: Elector | None,
+    renewing: asyncio.Event,
+    renewer: asyncio.Task[Any] | None = None,
+    timeout: float = DRAIN_TIMEOUT_S,
+) -> bool:
+    """The end of a clean stop: no new pass starts; the ones in flight finish while the lease is
+    still renewed; then renewals stop (``renewer``, the :meth:`Elector.keep` task, is awaited so
+    that no renewal races the release) and the lease is released. True when drained; otherwise
+    the lease is not released (it expires on its own, after this process has ended)."""
+    passes.close()
+    drained = await asyncio.get_running_loop().run_in_executor(None, passes.drain, timeout)
+    renewing.set()
+    if renewer is not None and elector is not None:
+        await asyncio.wait({renewer}, timeout=elector.renew_deadline_s + 1.0)
+    if not drained:
+        log.error("passes still running %.0fs after the stop: leaving the lease to expire", timeout)
+        return False
+    if elector is not None and not elector.lost:
+        await asyncio.get_running_loop().run_in_executor(None, elector.release)
+    return True
 
 
 async def supervise(
@@ -239,10 +325,14 @@ async def run(s: Settings) -> int:
             metrics.IS_LEADER.set(1)
         pool = ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix="resync")
         worker = Worker(kube, s)
+        passes = Passes()
+        renewing = asyncio.Event()  # set once the passes have drained: renewals stop then
         #: Tasks that must run as long as the operator does; one that ends early ends the process.
-        background = {asyncio.create_task(resync_loop(worker, s, stop, pool)): "resync loop"}
+        background = {asyncio.create_task(resync_loop(worker, s, stop, pool, passes)): "resync loop"}
+        renewer = None
         if elector is not None:
-            background[asyncio.create_task(elector.keep(stop))] = "lease renewal"
+            renewer = asyncio.create_task(elector.keep(renewing, on_lost=exit_lost))
+            background[renewer] = "lease renewal"
         ready = asyncio.Event()
 
         async def mark_ready() -> None:
@@ -255,7 +345,7 @@ async def run(s: Settings) -> int:
         clusterwide = s.all_namespaces or not s.namespaces
         kopf_task = asyncio.create_task(
             kopf.operator(
-                registry=build_registry(worker),
+                registry=build_registry(worker, passes),
                 settings=kopf_settings(s),
                 standalone=True,
                 clusterwide=clusterwide,
@@ -265,19 +355,21 @@ async def run(s: Settings) -> int:
             )
         )
         died = await supervise(kopf_task, background, stop)
+        pool.shutdown(wait=False, cancel_futures=True)  # queued passes are dropped; running ones drain
+        drained = await drain_and_release(passes, elector, renewing, renewer)
+        metrics.IS_LEADER.set(0)
         for t in [*background, helper]:
             t.cancel()
         await asyncio.gather(*background, helper, return_exceptions=True)
-        pool.shutdown(wait=False, cancel_futures=True)
+        if not drained:
+            exit_now(EXIT_NOT_DRAINED)
         if died:
             return EXIT_TASK_DIED
         if elector is not None and elector.lost:
-            return 1
+            return EXIT_LOST
         return 0
     finally:
         metrics.IS_LEADER.set(0)
-        if elector is not None and not elector.lost:
-            await loop.run_in_executor(None, elector.release)
         if runner is not None:
             await runner.cleanup()
 
@@ -295,7 +387,7 @@ def main(
     log_level: str = "INFO",
 ) -> int:
     """Run the controller until SIGTERM; the exit code: 0 clean stop, 1 leadership lost, 2 no config,
-    3 a background task died."""
+    3 a background task died, 4 passes still running after the stop's drain timeout."""
     kw: dict[str, Any] = {}
     if lease_name:
         kw["lease_name"] = lease_name

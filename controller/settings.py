@@ -9,6 +9,7 @@ progress reader at a local HTTP server, since no kubelet runs pods there).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from dataclasses import dataclass, field
@@ -24,6 +25,15 @@ def _env_float(name: str, default: float) -> float:
 def _env_int(name: str) -> int | None:
     value = os.environ.get(name)
     return int(value) if value else None
+
+
+def _env_labels(name: str) -> tuple[tuple[str, str], ...]:
+    """A JSON object of label -> value (the chart's controller selector labels); empty when unset or bad."""
+    try:
+        data = json.loads(os.environ.get(name) or "{}")
+    except ValueError:
+        return ()
+    return tuple(sorted((str(k), str(v)) for k, v in data.items())) if isinstance(data, dict) else ()
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,18 @@ class Settings:
     progress_port: int | None = field(default_factory=lambda: _env_int("KUBECLIP_PROGRESS_PORT"))
     #: HTTP timeout of one progress read, seconds: a hung trainer must not stall the pass long.
     progress_timeout_s: float = 2.0
+    #: Create one NetworkPolicy per job (controller/netpol.py): its pods accept connections only from
+    #: its own pods, the monitoring namespace and this controller. KUBECLIP_NETWORK_POLICY=0 turns it off.
+    network_policy: bool = field(default_factory=lambda: os.environ.get("KUBECLIP_NETWORK_POLICY", "1") != "0")
+    #: The namespace whose Prometheus may scrape the trainers' metrics port; empty: none.
+    monitoring_namespace: str = field(
+        default_factory=lambda: os.environ.get("KUBECLIP_MONITORING_NAMESPACE", "monitoring")
+    )
+    #: Labels of this controller's pods (JSON object, from the chart): only they, in the controller's
+    #: namespace (``lease_namespace``), may read /progress. Empty: any pod of that namespace.
+    controller_pod_labels: tuple[tuple[str, str], ...] = field(
+        default_factory=lambda: _env_labels("KUBECLIP_CONTROLLER_POD_LABELS")
+    )
     #: Delay before a job's next attempt after a restart, doubling per restart up to the cap
     #: (seconds; the Job controller's 10 s -> 6 min). Tests shorten them.
     restart_delay_s: float = field(default_factory=lambda: _env_float("KUBECLIP_RESTART_DELAY_SECONDS", 10.0))

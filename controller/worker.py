@@ -18,7 +18,7 @@ from typing import Any
 
 from kubeclip.api import TERMINAL_PHASES, MetricsSpec
 
-from . import metrics, naming, queue
+from . import metrics, naming, netpol, queue
 from .kube import Conflict, Kube, Refused, Terminating, describe_error
 from .progress import progress_url, read_progress
 from .reconcile import CreateError, Observed, Plan, plan
@@ -174,7 +174,8 @@ class Worker:
             port = ((job.get("spec") or {}).get("metrics") or {}).get("port", MetricsSpec().port)
             url = progress_url(node0, port, self.s) if node0 is not None and port else None
             if url:
-                progress = read_progress(url, self.s.progress_timeout_s)
+                meta = job["metadata"]
+                progress = read_progress(url, self.s.progress_timeout_s, job=f"{meta['namespace']}/{meta['name']}")
         key = (job["metadata"]["namespace"], job["metadata"]["name"])
         with self._mu:
             uid, refused = self._refused.get(key, (None, None))
@@ -214,7 +215,11 @@ class Worker:
         for obj in p.update:  # first: pods are never created against an outdated job.yaml
             self.kube.update(obj)
         key = (ns, job["metadata"]["name"])
-        for obj in p.create:
+        creates = list(p.create)
+        if self.s.network_policy and any(o["kind"] == "Service" for o in creates):
+            # With the Service, once per job, before its pods: they are never reachable unguarded.
+            creates.insert(0, netpol.network_policy(job, self.s))
+        for obj in creates:
             try:
                 self.kube.create(obj)
             except Refused as err:

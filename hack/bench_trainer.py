@@ -28,6 +28,18 @@ open_clip_train 3.3.0 passes ``device_ids`` to DDP for a CPU module and dies at 
 
 Prints one ``trainer_bench <mode>: ...`` line per mode (1 process, 2 processes) with the ratios
 kubeclip / open_clip_train, and writes every run's figures to ``runs/bench-trainer/results.json``.
+
+The data-scale row (``--data-scale-only`` runs just it, ``--skip-data-scale`` leaves it out):
+the pod entrypoint ``python -m trainer.node`` with 2 ranks x ``--scale-workers`` loader workers
+on a ``--scale-rows``-row CSV (default 1 M rows repeating 2,000 generated 32-px images, each
+row its own caption) and on a 128-row CSV of the same images; measured up to 2 s after the
+eighth step (then the tree is killed): peak PSS of the whole process tree (node process, ranks,
+workers, preflight children) counting anonymous memory, the mapped row cache and shared-memory
+batches (shared libraries left out: their PSS depends on every other torch process of the
+machine), and time to first step. The figure is the big CSV's PSS minus the small one's,
+beside the CSV's size on disk. The same runs with the trainer before the row table (commit
+``BASELINE_REF``, extracted with ``git archive``; ``--baseline-repo DIR`` uses another checkout)
+give the before/after figure.
 """
 
 from __future__ import annotations
@@ -48,6 +60,9 @@ from peer import dataset, measure, oc_log, peer_env  # noqa: E402
 CACHE = Path(os.environ.get("KUBECLIP_BENCH_CACHE", Path.home() / ".cache" / "kubeclip" / "bench"))
 TINY = REPO / "hack" / "peer" / "tiny_model"
 PY = sys.executable
+#: The last commit before the node-shared row table (trainer/rowtable.py): the data-scale row's
+#: "today's code" figure.
+BASELINE_REF = "d546a84"
 SHOWN = ("samples_per_s", "time_to_first_step_s", "max_single_proc_rss_mb", "val_loss", "wall_s", "cpu_s")
 
 
@@ -165,6 +180,162 @@ def run_ours(work: Path, data: dict, a, name: str, ddp: bool) -> dict:
     return res
 
 
+def scale_csvs(work: Path, rows: int) -> tuple[Path, Path]:
+    """A ``rows``-row CSV and a 128-row one over the same 2,000 generated images."""
+    import csv
+
+    from trainer.sample_data import generate
+
+    train, _ = generate(work / "scale-images", n=2000, val_n=32, size=32, seed=0)
+    base_rows = list(csv.reader(train.read_text().splitlines()))[1:]
+    out = {}
+    for name, n in (("big", rows), ("small", 128)):
+        path = work / "scale-images" / f"scale-{name}-{n}.csv"
+        if not path.is_file():
+            tmp = path.with_suffix(".tmp")
+            with open(tmp, "w", newline="") as f:
+                w = csv.writer(f, lineterminator="\n")
+                w.writerow(["filepath", "caption"])
+                w.writerows((base_rows[i % 2000][0], f"{base_rows[i % 2000][1]}, sample {i}") for i in range(n))
+            tmp.rename(path)
+        out[name] = path
+    return out["big"], out["small"]
+
+
+def run_scale(work: Path, csv_path: Path, repo: Path, workers: int, name: str) -> dict:
+    """The pod entrypoint on ``csv_path`` with the trainer of ``repo``; stopped 2 s after step 8."""
+    run = work / name
+    shutil.rmtree(run, ignore_errors=True)
+    run.mkdir(parents=True)
+    manifest = run / "job.yaml"
+    manifest.write_text(
+        json.dumps(
+            {
+                "apiVersion": "kubeclip.dev/v1alpha1",
+                "kind": "FineTuneJob",
+                "metadata": {"name": name},
+                "spec": {
+                    "model": {"name": f"local-dir:{TINY}"},
+                    "dataset": {"trainCsv": str(csv_path), "separator": ","},
+                    "training": {
+                        "epochs": 1,
+                        "batchSize": 8,
+                        "workers": workers,
+                        "precision": "fp32",
+                        "seed": 0,
+                        "checkpointEverySteps": 0,
+                        "logEverySteps": 1,
+                    },
+                    "output": {"path": str(run / "out")},
+                    "metrics": {"port": 0},
+                    "numProcPerNode": 2,
+                },
+            }
+        )
+    )
+    cache = run / "row-cache"  # cold: the row table is built inside the measured run
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(repo), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        PET_MASTER_PORT=str(measure_free_port()),
+        KUBECLIP_ROW_CACHE=str(cache),
+        OMP_NUM_THREADS="1",
+    )
+    env.pop("KUBECLIP_PREFLIGHT_DONE", None)
+    cmd = [PY, "-m", "trainer.node", manifest]
+    res = measure.run(
+        cmd,
+        run,
+        run / f"{name}.console.log",
+        env=env,
+        marker="step 1/",
+        stop_marker="step 8/",  # every loader worker has delivered a batch by then
+        stop_after_marker_s=2.0,
+        # the mapped rows; loader batches in flight (a prefix to match, nothing is written there)
+        anon_pss_also=(str(cache), "/dev/shm/", "/memfd:"),  # noqa: S108
+    )
+    if res["time_to_first_step_s"] is None:
+        raise SystemExit(f"[bench] {name}: no first step; see {run / f'{name}.console.log'}")
+    res["row_cache_mb"] = round(sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) / 2**20, 1)
+    shutil.rmtree(run / "out", ignore_errors=True)
+    shutil.rmtree(cache, ignore_errors=True)
+    return res
+
+
+def measure_free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def baseline_tree(work: Path, ref: str) -> Path | None:
+    """``trainer/`` and ``kubeclip/`` of commit ``ref`` extracted under ``work`` (``git archive``:
+    nothing of this checkout changes); None when git or the commit is not there."""
+    import subprocess
+    import tarfile
+
+    dest = work / f"baseline-{ref}"
+    if (dest / "trainer" / "node.py").is_file():
+        return dest
+    try:
+        raw = subprocess.run(
+            ["git", "-C", str(REPO), "archive", "--format=tar", ref, "trainer", "kubeclip"],
+            capture_output=True,
+            check=True,
+            timeout=120,
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as err:
+        print(f"[bench] data-scale: no baseline (git archive {ref}: {err})", file=sys.stderr)
+        return None
+    import io
+
+    tmp = work / f".baseline-{ref}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        tar.extractall(tmp, filter="data")
+    tmp.rename(dest)
+    return dest
+
+
+def data_scale(work: Path, a) -> dict:
+    """The data-scale row: PSS growth (big CSV minus 128 rows) and time to first step, per trainer."""
+    big, small = scale_csvs(work, a.scale_rows)
+    csv_mb = round(big.stat().st_size / 2**20, 1)
+    base = (
+        Path(a.baseline_repo).resolve()
+        if a.baseline_repo
+        else (baseline_tree(work, a.baseline_ref) if a.baseline_ref else None)
+    )
+    trainers = [("kubeclip", REPO)] + ([("baseline", base)] if base else [])
+    row: dict = {"rows": a.scale_rows, "csv_mb": csv_mb, "ranks": 2, "results": {}}
+    for workers in a.scale_workers:
+        for label, repo in trainers:
+            r_small = run_scale(work, small, repo, workers, f"scale-{label}-w{workers}-small")
+            r_big = run_scale(work, big, repo, workers, f"scale-{label}-w{workers}-big")
+            growth = round(r_big["peak_tree_anon_pss_mb"] - r_small["peak_tree_anon_pss_mb"], 1)
+            res = {
+                "pss_growth_mb": growth,
+                "pss_growth_over_csv": round(growth / csv_mb, 2),
+                "time_to_first_step_s": r_big["time_to_first_step_s"],
+                "time_to_first_step_small_s": r_small["time_to_first_step_s"],
+                "peak_data_pss_mb": r_big["peak_tree_anon_pss_mb"],
+                "peak_data_pss_small_mb": r_small["peak_tree_anon_pss_mb"],
+                "whole_tree_pss_growth_mb": round(r_big["peak_tree_pss_mb"] - r_small["peak_tree_pss_mb"], 1),
+                "row_cache_mb": r_big["row_cache_mb"],
+            }
+            row["results"][f"{label} x{workers} workers"] = res
+            print(f"[bench] data-scale {label} {workers} workers: {json.dumps(res)}", file=sys.stderr)
+    parts = [
+        f"{k}: PSS growth {v['pss_growth_mb']} MB ({v['pss_growth_over_csv']}x the CSV), "
+        f"first step {v['time_to_first_step_s']} s"
+        for k, v in row["results"].items()
+    ]
+    print(f"trainer_bench data-scale ({a.scale_rows} rows, CSV {csv_mb} MB, 2 ranks): " + "; ".join(parts))
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=512)
@@ -179,9 +350,27 @@ def main() -> None:
     ap.add_argument("--skip-ddp", action="store_true", help="skip the 2-process gloo DDP comparison")
     ap.add_argument("--work", default=str(REPO / "runs" / "bench-trainer"))
     ap.add_argument("--wheels", type=Path, default=None, help="install the peer offline from the wheels in this folder")
+    ap.add_argument("--skip-data-scale", action="store_true", help="leave out the data-scale row")
+    ap.add_argument("--data-scale-only", action="store_true", help="run only the data-scale row")
+    ap.add_argument("--scale-rows", type=int, default=1_000_000)
+    ap.add_argument("--scale-workers", type=lambda v: [int(x) for x in v.split(",")], default=[2])
+    ap.add_argument(
+        "--baseline-repo", default=None, help="run the data-scale row's baseline with this checkout's trainer"
+    )
+    ap.add_argument(
+        "--baseline-ref",
+        default=BASELINE_REF,
+        help="else extract the trainer of this git commit for the baseline ('' for none; default: the last "
+        "commit before the node-shared row table)",
+    )
     a = ap.parse_args()
     work = Path(a.work).resolve()  # the runs start in their own folders
     work.mkdir(parents=True, exist_ok=True)
+    if a.data_scale_only:
+        row = data_scale(work, a)
+        (work / "data-scale.json").write_text(json.dumps(row, indent=1))
+        print(f"[bench] details: {work / 'data-scale.json'}", file=sys.stderr)
+        return
     peer = peer_env.ensure(CACHE / "cpu-peer", a.wheels)
     data = dataset.make(work / "data", a.n, a.size, val_n=max(32, a.n // 8))
     modes = [("single", False)] + ([] if a.skip_ddp else [("ddp2", True)])
@@ -232,6 +421,8 @@ def main() -> None:
             f"({row['cpu_s']['kubeclip']} vs {row['cpu_s']['open_clip_train']}), val loss kubeclip "
             f"{row['val_loss']['kubeclip']} vs open_clip_train {row['val_loss']['open_clip_train']}"
         )
+    if not a.skip_data_scale:
+        report["runs"]["data-scale"] = data_scale(work, a)
     (work / "results.json").write_text(json.dumps(report, indent=1, default=str))
     print(f"[bench] details: {work / 'results.json'}", file=sys.stderr)
 

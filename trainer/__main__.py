@@ -9,8 +9,12 @@ torch and open_clip (``trainer.preflight.BackgroundPreflight``); a bad dataset e
 as the child finds it. Exit codes: 0 done, ``EXIT_CONFIG`` (2) bad manifest or a model that does
 not fit it (``trainer.model.ModelError``), ``EXIT_PREFLIGHT`` (3) bad dataset (one line on stderr
 and in /dev/termination-log), the other final verdicts of ``kubeclip.api.TrainerVerdict``
-(4 non-finite loss, 5 checkpoint mismatch, also one line, followed in the termination message by
-rank 0's final progress), 1 anything else.
+(4 non-finite loss, 5 checkpoint mismatch, 7 output owned by another job, 8 no readable
+checkpoint, 9 an image that does not decode; also one line, followed in the termination message by
+rank 0's final progress), ``128 + N`` stopped by signal N (SIGTERM, SIGINT) at a step boundary
+after a checkpoint (``trainer.preemption``), 1 anything else (a crash: its exception and the
+last traceback lines go to the termination log and torchrun's error file, ``trainer.failure``).
+A ``spec.training.precision`` this device cannot run (fp16 or amp without a GPU) is exit 2.
 ``KUBECLIP_PREFLIGHT_DONE=1`` (set by ``trainer.node`` and ``kubeclip run``, which ran it
 already) skips the image checks here; the child then only reads the tables.
 """
@@ -29,7 +33,6 @@ from kubeclip.api import (  # noqa: E402
     EXIT_CONFIG,
     EXIT_PREFLIGHT,
     ConfigError,
-    OutputSpec,
     TrainerVerdict,
     load_manifest,
     termination_log_path,
@@ -45,8 +48,8 @@ def parse_args(argv):
 
 def load(manifest: str, output: str | None):
     job, spec = load_manifest(manifest)
-    if output:
-        spec = spec.model_copy(update={"output": OutputSpec(path=output)})
+    if output:  # the other output fields (tensorboard) stay as the manifest says
+        spec = spec.model_copy(update={"output": spec.output.model_copy(update={"path": output})})
     return job, spec
 
 
@@ -83,6 +86,21 @@ def main(argv=None) -> int:
         return fail(f"preflight: {err}", EXIT_PREFLIGHT, echo=rank0)
     if rank0 and not checked:
         print(report.summary(), file=sys.stderr, flush=True)
+        from kubeclip.api import OutputInUse
+        from trainer.node import claim_output
+
+        try:  # a bare torchrun: nothing claimed the output before this process (trainer.ownership)
+            claim_output(job, spec)
+        except OutputInUse as err:
+            return fail(str(err), err.exit_code)
+
+    from trainer.failure import record
+    from trainer.precision import device_refusal
+    from trainer.preemption import Preempted
+
+    refused = device_refusal(spec.training.precision)
+    if refused:  # e.g. fp16 on a machine without a GPU: a config this device cannot run
+        return record(fail(f"config: {refused}", EXIT_CONFIG, echo=rank0), f"config: {refused}")
 
     from trainer.train import train
 
@@ -90,9 +108,18 @@ def main(argv=None) -> int:
         train(job, spec, report, started_at=STARTED)
     except TrainerVerdict as err:  # deterministic: a final verdict for the controller (docs/contracts.md)
         # Rank 0's line carries its final progress; the node's other ranks do not write over it.
-        return fail(str(err), err.exit_code, echo=rank0, progress=err.progress, overwrite=rank0)
+        code = fail(str(err), err.exit_code, echo=rank0, progress=err.progress, overwrite=rank0)
+        return record(code, str(err))
     except ModelError as err:  # the model does not fit the spec (e.g. CoCa, too many unlocked groups)
-        return fail(f"config: {err}", EXIT_CONFIG, echo=rank0)
+        return record(fail(f"config: {err}", EXIT_CONFIG, echo=rank0), f"config: {err}")
+    except Preempted as err:  # SIGTERM/SIGINT: stopped at a step boundary after a checkpoint
+        # every node's termination message says where the run stopped; node 0's is rank 0's line
+        return record(fail(str(err), err.exit_code, echo=rank0, overwrite=rank0), str(err))
+    except Exception as err:  # a crash: its cause where people look (console, termination message)
+        from trainer.failure import crashed
+
+        crashed(err)
+        raise
     return 0
 
 

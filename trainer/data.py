@@ -12,17 +12,40 @@ Two properties exact resume depends on:
   loads it (open_clip_train's does). The sampler hands ``(epoch, index)`` pairs to the dataset,
   so persistent workers need no side channel to learn the epoch.
 
-Rows are numpy object arrays, not Python lists: forked workers touching list items would copy
-the pages holding them (reference counts), numpy arrays of str stay shared.
+Rows come from ``trainer.rowtable``: bytes and offsets in files every process of the node maps
+read-only, so forked workers and the other local ranks share one copy (numpy object arrays did
+not stay shared: reading a string writes its reference count, copying the page it is on).
 """
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
+from kubeclip.api import DataError
 from trainer.preflight import Table
+from trainer.truncate import TokenCut
+
+
+def image_error(path: str, index: int, err: BaseException) -> DataError | None:
+    """A :class:`DataError` (final: exit 9, one line) when reading image ``path`` failed in a way
+    a retry repeats (not an image, truncated, missing, too large); None for I/O errors a retry may
+    not see again (EIO, ESTALE on a network volume: those carry an errno, PIL's decode errors do not)."""
+    from PIL import Image, UnidentifiedImageError
+
+    deterministic = (UnidentifiedImageError, FileNotFoundError, IsADirectoryError, ValueError, SyntaxError)
+    if isinstance(err, (*deterministic, Image.DecompressionBombError)) or (
+        isinstance(err, OSError) and err.errno is None
+    ):
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        return DataError(
+            f"data: image {path} (row {index} of the CSV's data rows) cannot be read: {reason}; "
+            "fix or remove that row (the preflight decodes only a sample of the images)"
+        )
+    return None
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -48,12 +71,16 @@ class CaptionDataset(Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         from PIL import Image
 
-        with Image.open(self.paths[index]) as im:
-            im = im.convert("RGB")
-            if self.augment:
-                image = self._seeded(im, sample_seed(self.seed, epoch, index))
-            else:
-                image = self.transform(im)
+        path = self.paths[index]
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            raise (image_error(path, index, err) or err) from None
+        if self.augment:
+            image = self._seeded(im, sample_seed(self.seed, epoch, index))
+        else:
+            image = self.transform(im)
         tokens = self.tokenizer([str(self.captions[index])])[0]
         return image, tokens
 
@@ -96,13 +123,23 @@ class ShardedBatchSampler:
             yield [(self.epoch, int(i)) for i in mine[b * bs : (b + 1) * bs]]
 
 
-def train_loader(dataset: CaptionDataset, sampler: ShardedBatchSampler, workers: int, pin: bool) -> DataLoader:
+def collate(items: list, cut: TokenCut | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, tokens)`` of a batch; ``cut`` (``trainer.truncate``) trims the tokens to the batch's
+    bucketed exact text length, here on the CPU in the loader worker."""
+    images, tokens = default_collate(items)
+    return images, (cut(tokens) if cut is not None else tokens)
+
+
+def train_loader(
+    dataset: CaptionDataset, sampler: ShardedBatchSampler, workers: int, pin: bool, cut: TokenCut | None = None
+) -> DataLoader:
     return DataLoader(
         dataset,
         batch_sampler=sampler,
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=pin,
+        collate_fn=functools.partial(collate, cut=cut),
         # Its own generator: creating an iterator must not consume the global RNG stream.
         generator=torch.Generator().manual_seed(0),
     )

@@ -6,7 +6,8 @@ Each validation row is one (image, caption) pair; the caption of row i is the on
 for image i. Recall@k is the fraction of queries whose match ranks in the top k; the mean rank is
 1-based. ``val_loss`` is the training objective (open_clip's CLIP loss, or its SigLIP loss for a
 model with a ``logit_bias``) per batch of ``batch_size`` rows, averaged over rows — the quantity
-the training loss estimates, so the two can be compared.
+the training loss estimates, so the two can be compared. Features are compared in fp32 whatever
+``spec.training.precision`` the model runs in.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from trainer.loss import contrastive_loss
+from trainer.precision import input_dtype
 
 KS = (1, 5, 10)
 
@@ -25,8 +27,9 @@ def evaluate(model, loader, device, autocast) -> dict[str, float]:
     images, texts, loss_sum, n = [], [], 0.0, 0
     scale = model.logit_scale.exp().float()
     bias = model.logit_bias.float() if getattr(model, "logit_bias", None) is not None else None
+    dtype = input_dtype(model)  # a pure bf16/fp16 model takes its images in its own dtype
     for image, tokens in loader:
-        image = image.to(device, non_blocking=True)
+        image = image.to(device, dtype, non_blocking=True)
         tokens = tokens.to(device, non_blocking=True)
         with autocast():
             img = model.encode_image(image, normalize=True).float()

@@ -237,18 +237,19 @@ class Forgetting:
         if self.start is None:  # captured in __init__ whenever spec.export.sweeps()
             raise RuntimeError("the WiSE-FT sweep needs the start weights, which were not kept")
         table = []
+        dtypes = wiseft.model_dtypes(model)  # a pure bf16/fp16 model: mixes rounded as it evaluates them
         for alpha in spec.alphas():
             if alpha == 0.0:
                 result = self.base
             elif alpha == 1.0 and not use_best and self.last:
                 result = self.last
             else:
-                model.load_state_dict(wiseft.interpolate(self.start, ft, alpha))
+                model.load_state_dict(wiseft.interpolate(self.start, ft, alpha, dtypes))
                 result = self.evaluate_all(model)
             table.append({"alpha": alpha, **result})
         model.load_state_dict(ft)
         alpha, reason = wiseft.select(table, spec)
-        state = ft if alpha == 1.0 else wiseft.interpolate(self.start, ft, alpha)
+        state = ft if alpha == 1.0 else wiseft.interpolate(self.start, ft, alpha, dtypes)
         final_metrics.update(wiseft=table, exported_alpha=alpha, export_policy=reason)
         lines = wiseft.table_lines(table)
         log.info("WiSE-FT (%s weights):\n  %s\n%s", "best" if use_best else "last", "\n  ".join(lines), reason)
@@ -260,7 +261,7 @@ class Forgetting:
                     config,
                     {"alpha": a, **{k: v for k, v in e.items() if k != "alpha"}},
                     self.spec.output.path,
-                    state=ft if a == 1.0 else wiseft.interpolate(self.start, ft, a),
+                    state=ft if a == 1.0 else wiseft.interpolate(self.start, ft, a, dtypes),
                     name=f"wiseft/alpha-{a:.2f}",
                 )
                 log.info("alpha %.2f exported to %s", a, path)

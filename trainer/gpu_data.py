@@ -28,6 +28,7 @@ on the CPU (logged once).
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import queue
@@ -40,8 +41,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from trainer.data import ShardedBatchSampler, sample_seed
+from trainer.data import ShardedBatchSampler, image_error, sample_seed
 from trainer.preflight import Table
+from trainer.truncate import TokenCut
 
 log = logging.getLogger("trainer")
 
@@ -144,31 +146,37 @@ class RawCaptionDataset(Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         from PIL import Image
 
-        with open(self.paths[index], "rb") as f:
-            raw = bytearray(f.read())
-        with Image.open(io.BytesIO(raw)) as im:  # header only, unless we fall back to decoding here
-            box = crop_box(self.plan, im, sample_seed(self.seed, epoch, index))
-            if raw.startswith(JPEG_MAGIC) and im.mode in ("RGB", "L"):
-                data, is_jpeg = torch.frombuffer(raw, dtype=torch.uint8), True
-            else:
-                pixels = np.asarray(im.convert("RGB"))
-                data, is_jpeg = torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous(), False
+        path = self.paths[index]
+        try:
+            with open(path, "rb") as f:
+                raw = bytearray(f.read())
+            with Image.open(io.BytesIO(raw)) as im:  # header only, unless we fall back to decoding here
+                box = crop_box(self.plan, im, sample_seed(self.seed, epoch, index))
+                if raw.startswith(JPEG_MAGIC) and im.mode in ("RGB", "L"):
+                    data, is_jpeg = torch.frombuffer(raw, dtype=torch.uint8), True
+                else:
+                    pixels = np.asarray(im.convert("RGB"))
+                    data, is_jpeg = torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous(), False
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            raise (image_error(path, index, err) or err) from None
         tokens = self.tokenizer([str(self.captions[index])])[0]
         return is_jpeg, data, torch.tensor(box, dtype=torch.int64), tokens
 
 
-def collate_raw(items: list) -> dict:
+def collate_raw(items: list, cut: TokenCut | None = None) -> dict:
     """One batch: all JPEG bytes in one flat uint8 tensor (one pinned copy, one transfer), lengths,
-    boxes, tokens; decoded pixels of the fallback files as a list."""
+    boxes, tokens (cut by ``cut`` to the batch's exact text length, ``trainer.truncate``); decoded
+    pixels of the fallback files as a list."""
     is_jpeg = [it[0] for it in items]
     blobs = [it[1] for it in items if it[0]]
+    tokens = torch.stack([it[3] for it in items])
     return {
         "is_jpeg": is_jpeg,
         "jpeg": torch.cat(blobs) if blobs else torch.empty(0, dtype=torch.uint8),
         "jpeg_lengths": [len(b) for b in blobs],
         "pixels": [it[1] for it in items if not it[0]],
         "boxes": torch.stack([it[2] for it in items]),
-        "tokens": torch.stack([it[3] for it in items]),
+        "tokens": cut(tokens) if cut is not None else tokens,
     }
 
 
@@ -365,21 +373,30 @@ class DeviceLoader:
         return Prefetcher(iter(self.loader), self.decoder, self.decoder.device)
 
 
-def raw_loader(dataset: RawCaptionDataset, sampler: ShardedBatchSampler, workers: int, pin: bool) -> DataLoader:
+def raw_loader(
+    dataset: RawCaptionDataset, sampler: ShardedBatchSampler, workers: int, pin: bool, cut: TokenCut | None = None
+) -> DataLoader:
     return DataLoader(
         dataset,
         batch_sampler=sampler,
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=pin,
-        collate_fn=collate_raw,
+        collate_fn=functools.partial(collate_raw, cut=cut),
         prefetch_factor=4 if workers > 0 else None,
         generator=torch.Generator().manual_seed(0),
     )
 
 
 def gpu_train_loader(
-    table: Table, transform, tokenizer, seed: int, sampler: ShardedBatchSampler, workers: int, device: torch.device
+    table: Table,
+    transform,
+    tokenizer,
+    seed: int,
+    sampler: ShardedBatchSampler,
+    workers: int,
+    device: torch.device,
+    cut: TokenCut | None = None,
 ) -> DeviceLoader | None:
     """The GPU-decoding loader for a CUDA run, or None when ``transform`` is not one it reproduces."""
     plan = plan_from_transform(transform)
@@ -388,4 +405,4 @@ def gpu_train_loader(
         return None
     dataset = RawCaptionDataset(table, plan, tokenizer, seed)
     log.info("GPU data path: JPEG decode, crop/resize to %d px and normalisation on %s", plan.size, device)
-    return DeviceLoader(raw_loader(dataset, sampler, workers, pin=True), BatchDecoder(plan, device))
+    return DeviceLoader(raw_loader(dataset, sampler, workers, pin=True, cut=cut), BatchDecoder(plan, device))

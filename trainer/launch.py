@@ -7,7 +7,10 @@ before any process or torch import), then starts the training processes with PyT
 launcher API (what torchrun uses: a c10d rendezvous on a free local port, gloo on CPU), each
 running ``python -m trainer JOB.yaml``. While they train it draws a progress bar from
 ``<output>/progress.json`` (rank 0 writes it) and, at the end, prints where the model went.
-With a progress bar the processes' own logs go to ``<output>/logs/`` instead of the terminal.
+With a progress bar the processes' own logs go to ``<output>/logs/`` instead of the terminal; a
+failed run prints the first failed rank's error (its last traceback lines, ``trainer.failure``).
+Ctrl-C or SIGTERM: the ranks finish their step and write a checkpoint (``trainer.preemption``); the
+same command resumes there. Exit code: 0, 2 / 3, the failing rank's, or ``128 + N`` for signal N.
 """
 
 from __future__ import annotations
@@ -19,7 +22,11 @@ import threading
 import uuid
 from pathlib import Path
 
-from kubeclip.api import EXIT_CONFIG, EXIT_PREFLIGHT, ConfigError
+from kubeclip.api import EXIT_CONFIG, EXIT_PREFLIGHT, ConfigError, OutputInUse
+
+#: How long the launcher waits, after Ctrl-C or SIGTERM, for the ranks to finish their step and
+#: write a checkpoint before it kills them (torch's default is 30 s).
+SHUTDOWN_TIMEOUT_S = 300
 
 
 def _progress_bar(output: str, stop: threading.Event) -> None:
@@ -70,10 +77,11 @@ def _free_port() -> int:
 def run_local(manifest: Path, nproc: int | None = None, output: str | None = None, quiet: bool = False) -> int:
     """Run the manifest locally; return the process exit code (0, 2, 3, or the failing rank's)."""
     from trainer.__main__ import load
+    from trainer.node import claim_output
     from trainer.preflight import PreflightError, run_preflight
 
     try:
-        _job, spec = load(str(manifest), output)
+        job, spec = load(str(manifest), output)
     except ConfigError as err:
         print(f"config: {err}", file=sys.stderr)
         return EXIT_CONFIG
@@ -86,12 +94,26 @@ def run_local(manifest: Path, nproc: int | None = None, output: str | None = Non
     except PreflightError as err:
         print(f"preflight: {err}", file=sys.stderr)
         return EXIT_PREFLIGHT
+    summary = report.summary()
+    del report  # the processes map the node's copy of the rows (trainer.rowtable)
     out = spec.output.path
-    print(f"{report.summary()}; starting {n} process(es), output {out}", file=sys.stderr, flush=True)
+    try:
+        claim_output(job, spec)  # a stable local identity: local:<metadata.name>
+    except OutputInUse as err:
+        print(err, file=sys.stderr)
+        return err.exit_code
+    print(f"{summary}; starting {n} process(es), output {out}", file=sys.stderr, flush=True)
 
-    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException, Std
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from trainer.precision import device_refusal
+
+    refused = device_refusal(spec.training.precision)
+    if refused:
+        print(f"config: {refused}", file=sys.stderr)
+        return EXIT_CONFIG
 
     os.environ["KUBECLIP_PREFLIGHT_DONE"] = "1"
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
@@ -113,6 +135,8 @@ def run_local(manifest: Path, nproc: int | None = None, output: str | None = Non
         monitor_interval=0.2,
         start_method="spawn",
         logs_specs=logs,
+        # SIGINT/SIGTERM: the ranks finish their step and write a checkpoint (trainer.preemption)
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
     )
     args = ["-m", "trainer", str(manifest)] + (["--output", output] if output else [])
     stop = threading.Event()
@@ -120,24 +144,27 @@ def run_local(manifest: Path, nproc: int | None = None, output: str | None = Non
     if not quiet:
         bar = threading.Thread(target=_progress_bar, args=(out, stop), daemon=True)
         bar.start()
-    rc = 0
+    rc, said = 0, []  # said: printed once the progress bar has stopped
     try:
         elastic_launch(config, sys.executable)(*args)
     except ChildFailedError as err:
-        codes = [f.exitcode for f in err.failures.values()]
-        code = next((c for c in codes if c not in (0, None)), 1)
-        rc = 128 - code if code < 0 else code  # killed by signal N -> 128+N, like a shell
-        if not quiet:
-            print(f"training failed (exit {rc}); process logs under {logs_dir}/{run_id}", file=sys.stderr)
-    except KeyboardInterrupt:
-        rc = 128 + signal.SIGINT
+        # torchrun names the run's log directory <run_id>_<random>
+        run_logs = next(iter(sorted(logs_dir.glob(f"{run_id}_*"))), logs_dir / run_id)
+        rc, said = _failure_lines(err, run_logs)
+    except (SignalException, KeyboardInterrupt) as err:  # Ctrl-C, or SIGTERM from a container runtime
+        sig = int(err.sigval) if isinstance(err, SignalException) else int(signal.SIGINT)
+        rc = 128 + sig
+        from trainer.checkpoint import latest
+
+        ck = latest(out)
+        where = f"; the newest checkpoint is {ck}: run the same command to resume there" if ck else ""
+        said = [f"stopped by {signal.Signals(sig).name}{where}"]
     finally:
         stop.set()
         if bar is not None:
             bar.join(timeout=5)
     if rc:
-        if not quiet:
-            _tail_logs(logs_dir / run_id)
+        print("\n".join(said), file=sys.stderr)
         return rc
     final = Path(out) / "final"
     print(f"model: {final.resolve()}  (open_clip.create_model_and_transforms('local-dir:{final.resolve()}'))")
@@ -147,8 +174,26 @@ def run_local(manifest: Path, nproc: int | None = None, output: str | None = Non
     return 0
 
 
-def _tail_logs(root: Path, lines: int = 15) -> None:
-    for f in sorted(root.glob("**/stderr.log"))[:1]:
-        tail = f.read_text(errors="replace").splitlines()[-lines:]
-        print(f"--- last lines of {f} ---", file=sys.stderr)
-        print("\n".join(tail), file=sys.stderr)
+def _failure_lines(err, logs: Path) -> tuple[int, list[str]]:
+    """The exit code and what to print: the first failed rank's cause (its last traceback lines,
+    ``trainer.failure``), then where the logs are."""
+    from trainer.failure import console_lines, first_failure
+
+    found = first_failure(err.failures)
+    if found is None:
+        return 1, [f"training failed; process logs under {logs}"]
+    rank, failure = found
+    code = failure.exitcode
+    rc = 128 - code if code < 0 else code  # killed by signal N -> 128+N, like a shell
+    lines = console_lines(failure)
+    if code < 0:
+        lines.append(f"rank {rank} (pid {failure.pid}) killed by {signal.Signals(-code).name}")
+    elif not lines:  # nothing recorded (the rank died before the trainer could): its log tail
+        lines = _log_tail(logs, failure.local_rank)
+    return rc, [*lines, f"training failed (exit {rc}); process logs under {logs}"]
+
+
+def _log_tail(root: Path, local_rank: int, lines: int = 15) -> list[str]:
+    for f in sorted(root.glob(f"attempt_*/{local_rank}/stderr.log"))[:1]:
+        return f.read_text(errors="replace").splitlines()[-lines:]
+    return []

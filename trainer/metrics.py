@@ -32,8 +32,13 @@ WAIT_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.
 
 
 class TrainerMetrics:
-    def __init__(self, job: str, output: str, epochs: int, total_steps: int):
+    def __init__(self, job: str, output: str, epochs: int, total_steps: int, tensorboard: bool = False):
         self.job = job
+        self.board = None  # spec.output.tensorboard: the same figures as TensorBoard event files
+        if tensorboard:
+            from trainer.tensorboard import Board
+
+            self.board = Board(output)
         self.progress_path = Path(output) / "progress.json"
         self.registry = r = CollectorRegistry()
         lab = ["finetunejob"]
@@ -111,6 +116,13 @@ class TrainerMetrics:
         with self._lock:
             self.progress = self.progress.model_copy(update=dict(fields, updatedAt=time.time()))
             data = self.progress.model_dump_json()
+        if self.board is not None and fields.get("loss") is not None:
+            train = {
+                "loss": fields["loss"],
+                "lr": fields.get("learningRate"),
+                "samples_per_second": fields.get("samplesPerSecond"),
+            }
+            self.board.scalars("train", train, self.progress.step)
         tmp = self.progress_path.with_name(f".progress.json.tmp-{os.getpid()}")
         self.progress_path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(data)
@@ -123,12 +135,16 @@ class TrainerMetrics:
             self._mean_rank.labels(self.job, set_, direction).set(result[f"{direction}_mean_rank"])
         self._eval_loss.labels(self.job, set_).set(result["val_loss"])
         self.update(**{"eval" if set_ == "val" else set_: progress_eval(result)})
+        if self.board is not None:
+            self.board.scalars(set_, progress_eval(result), self.progress.step)
 
     def record_baseline(self, result: dict[str, float], set_: str) -> None:
         for direction in ("image_to_text", "text_to_image"):
             for k in (1, 5, 10):
                 self._base_recall.labels(self.job, set_, direction, str(k)).set(result[f"{direction}_R@{k}"])
         self.update(**{"baseline" if set_ == "val" else f"{set_}Baseline": progress_eval(result)})
+        if self.board is not None:
+            self.board.scalars(f"baseline/{set_}", progress_eval(result), self.progress.step)
 
     def record_zeroshot(self, result: dict[str, float], baseline: bool = False) -> None:
         gauge = self._base_zeroshot if baseline else self._zeroshot
@@ -141,6 +157,9 @@ class TrainerMetrics:
                 }
             }
         )
+        if self.board is not None:
+            top = {k: v for k, v in result.items() if k.startswith("top")}
+            self.board.scalars("baseline/zeroshot" if baseline else "zeroshot", top, self.progress.step)
 
     def record_checkpoint(self, path: str, step: int) -> None:
         now = time.time()
@@ -207,6 +226,8 @@ class TrainerMetrics:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+        if self.board is not None:
+            self.board.close()
 
 
 def progress_eval(result: dict[str, float]) -> dict[str, float]:

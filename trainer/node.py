@@ -12,8 +12,12 @@ Who runs it: the pods the controller creates (``docs/contracts.md``, "Pods").
    signal handling as the ``torchrun`` command), which reads its topology from the ``PET_*``
    variables the controller sets (``PET_NNODES``, ``PET_NPROC_PER_NODE``, ``PET_NODE_RANK``,
    ``PET_MASTER_ADDR``, ``PET_MASTER_PORT``), with the same rendezvous timeout.
+   Before that, node 0 claims the output directory for this job (``trainer.ownership``: another
+   job's marker ends the pod with exit 7, ``OutputInUse``), the other nodes check it, and the
+   preflight's tables are dropped: the training processes map the node's shared copy of the rows
+   (``trainer.rowtable``), which the preflight built.
 4. It turns the way torchrun ended into the container's exit code and termination message: the
-   first failed worker's own exit code (2..6 are the trainer's verdicts, which wrote their line
+   first failed worker's own exit code (2..5 and 7..9 are the trainer's verdicts, which wrote their line
    already), ``128+N`` for a worker killed by signal N (SIGSEGV, SIGBUS from a full /dev/shm,
    an NCCL abort) with that signal named, and 6 for a rendezvous that timed out. The ``torchrun``
    command itself exits 1 for all of these, which the controller could not tell apart.
@@ -21,6 +25,7 @@ Who runs it: the pods the controller creates (``docs/contracts.md``, "Pods").
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -34,6 +39,7 @@ from kubeclip.api import (
     EXIT_PREFLIGHT,
     EXIT_RENDEZVOUS_TIMEOUT,
     ConfigError,
+    OutputInUse,
     load_manifest,
     termination_log_path,
 )
@@ -132,7 +138,11 @@ def run_torchrun(args: list[str], *, termination_log: str | None = None) -> int:
                 fail(f"rank {rank} exited with code {failure.exitcode}: {detail.splitlines()[-1]}", 0)
         return failure.exitcode
     except SignalException as err:  # this pod was told to stop (deletion, eviction)
-        return fail(f"torchrun stopped by {_signal_name(err.sigval)}", 128 + int(err.sigval))
+        line = f"torchrun stopped by {_signal_name(err.sigval)}"
+        if _has_content(termination_log):  # rank 0 said where it stopped and checkpointed (trainer.preemption)
+            print(line, file=sys.stderr, flush=True)
+            return 128 + int(err.sigval)
+        return fail(line, 128 + int(err.sigval))
     except (RendezvousError, DistStoreError) as err:
         line = " ".join(str(err).split())
         return fail(f"rendezvous: {line[:300]}", EXIT_RENDEZVOUS_TIMEOUT)
@@ -145,6 +155,24 @@ def _has_content(path: str) -> bool:
         return False
 
 
+def claim_output(job: str, spec, node_rank: int = 0) -> None:
+    """Node 0 (or the one process of ``kubeclip run``) makes this job the owner of
+    ``spec.output.path``; other nodes only check it. Raises :class:`OutputInUse`."""
+    from trainer import ownership
+
+    owner = ownership.identity(job)
+    if node_rank == 0:
+        previous = ownership.claim(spec.output.path, owner, spec.output.takeOver)
+        if previous is not None:
+            print(
+                f"output: {spec.output.path} taken over from job {previous.describe()} (spec.output.takeOver)",
+                file=sys.stderr,
+                flush=True,
+            )
+    elif not spec.output.takeOver:
+        ownership.check(spec.output.path, owner)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
@@ -154,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.preflight import PreflightError, fail, run_preflight
 
     try:
-        _, spec = load_manifest(manifest)
+        job, spec = load_manifest(manifest)
     except ConfigError as err:
         return fail(f"config: {err}", EXIT_CONFIG)
     try:
@@ -162,7 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     except PreflightError as err:
         return fail(f"preflight: {err}", EXIT_PREFLIGHT)
     print(report.summary(), file=sys.stderr, flush=True)
+    del report  # the ranks map the node's copy of the rows; this process keeps nothing of them
+    gc.collect()
     env = torchrun_env(spec, os.environ)
+    try:
+        claim_output(job, spec, node_rank=int(env["PET_NODE_RANK"]))
+    except OutputInUse as err:
+        return fail(str(err), err.exit_code)
     if int(env["PET_NODE_RANK"]) != 0 and int(env["PET_NNODES"]) > 1:
         try:
             wait_for_master(

@@ -10,7 +10,8 @@ caller exits with ``kubeclip.api.EXIT_PREFLIGHT`` and writes that line to
 ``/dev/termination-log``. ``docs/trainer.md`` lists each message and its fix.
 
 :func:`read_table` is also what the data loader uses to read the CSV, so the trainer trains on
-exactly the rows the preflight checked.
+exactly the rows the preflight checked; it builds the node's shared, memory-mapped copy of them
+(``trainer.rowtable``) once and every later reader maps it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kubeclip.api import TERMINATION_MESSAGE_MAX_BYTES, Progress, TrainerSpec, termination_log_path, termination_message
+from trainer import rowtable
+from trainer.rowtable import RowTable
 
 #: Separators tried when ``spec.dataset.separator`` is empty, in order of preference.
 CANDIDATE_SEPARATORS = (",", "\t", ";", "|")
@@ -40,12 +43,15 @@ def _sep_name(sep: str) -> str:
 
 @dataclass(frozen=True)
 class Table:
-    """One checked CSV: absolute image paths and captions as numpy arrays (not lists: see STYLE)."""
+    """Image paths and captions held in memory (tests, benches); what :func:`read_table` returns
+    instead is a :class:`trainer.rowtable.RowTable` with the same attributes, mapped from a
+    node-local cache and shared by every process of the node."""
 
     csv: str
     separator: str
-    paths: object  # numpy array of str
-    captions: object  # numpy array of str
+    paths: object  # sequence of str: numpy array, list or rowtable.StringColumn
+    captions: object
+    digest: str = ""  # SHA-256 of the CSV's bytes, when known
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -53,8 +59,8 @@ class Table:
 
 @dataclass(frozen=True)
 class DatasetReport:
-    train: Table
-    val: Table | None
+    train: Table | RowTable
+    val: Table | RowTable | None
     #: retention and zero-shot tables (``trainer.evalsets.EvalTables``), when the spec has them
     extra: object | None = None
 
@@ -100,11 +106,10 @@ def detect_separator(header: str, wanted: tuple[str, ...]) -> str | None:
     return best if counts[best] else None
 
 
-def read_table(csv: str, spec: TrainerSpec, what: str = "spec.dataset.trainCsv") -> Table:
-    """Read and check one CSV: separator, columns, encoding, empty rows. Images are not touched."""
-    import numpy as np
-    import pandas as pd
-
+def read_table(csv: str, spec: TrainerSpec, what: str = "spec.dataset.trainCsv") -> RowTable:
+    """Read and check one CSV: separator, columns, encoding, empty rows. Images are not touched.
+    The rows come back as a :class:`trainer.rowtable.RowTable`, built once per node and mapped by
+    every process (see that module)."""
     ds = spec.dataset
     path = Path(csv)
     header = _read_header(path, what)
@@ -132,8 +137,24 @@ def read_table(csv: str, spec: TrainerSpec, what: str = "spec.dataset.trainCsv")
         raise PreflightError(
             f"{what} {path}: column {keys} not found with separator {_sep_name(sep)}; columns found: {columns}{hint}"
         )
+    base = str(Path(ds.root) if ds.root else path.resolve().parent)
+    settings = {"separator": sep, "columns": list(wanted), "base": base}
+    return rowtable.load_or_build(path, settings, base, lambda: _checked_chunks(path, sep, wanted, what))
+
+
+def _checked_chunks(path: Path, sep: str, wanted: tuple[str, str], what: str):
+    """``(stripped image paths, captions)`` per chunk of rows, from the same ``pd.read_csv`` call as
+    reading the file whole; raises :class:`PreflightError` (bad encoding, malformed CSV, no rows,
+    empty values) after the whole file is read, with the same counts and lines as before."""
+    import numpy as np
+    import pandas as pd
+
+    image_col, caption_col = wanted
+    rows = 0
+    empty: dict[str, list[int]] = {image_col: [], caption_col: []}
+    empty_count = {image_col: 0, caption_col: 0}
     try:
-        df = pd.read_csv(
+        with pd.read_csv(
             path,
             sep=sep,
             usecols=list(wanted),
@@ -142,7 +163,17 @@ def read_table(csv: str, spec: TrainerSpec, what: str = "spec.dataset.trainCsv")
             encoding="utf-8",
             engine="c",
             skipinitialspace=True,
-        )
+            chunksize=rowtable.CHUNK_ROWS,
+        ) as reader:
+            for df in reader:
+                stripped = df[image_col].str.strip().to_numpy(dtype=object)
+                captions = df[caption_col].to_numpy(dtype=object)
+                for col, values in ((image_col, stripped), (caption_col, df[caption_col].str.strip().to_numpy())):
+                    at = np.flatnonzero(values == "")
+                    empty_count[col] += len(at)
+                    empty[col].extend(int(i) + rows for i in at[: SHOW_PATHS - len(empty[col])])
+                rows += len(df)
+                yield stripped, captions
     except UnicodeDecodeError as err:
         raise PreflightError(
             f"{what} {path}: not UTF-8 ({err.reason} at byte {err.start}); re-save the file as UTF-8"
@@ -153,23 +184,17 @@ def read_table(csv: str, spec: TrainerSpec, what: str = "spec.dataset.trainCsv")
         ) from None
     except pd.errors.EmptyDataError:
         raise PreflightError(f"{what} {path}: empty file") from None
-    if len(df) == 0:
+    if rows == 0:
         raise PreflightError(f"{what} {path}: the header is there but the dataset has no rows")
-    for col, key in ((ds.imageColumn, "imageColumn"), (ds.captionColumn, "captionColumn")):
-        empty = np.flatnonzero(df[col].str.strip().to_numpy() == "")
-        if len(empty):
-            lines = ", ".join(str(i + 2) for i in empty[:SHOW_PATHS])
+    for col, key in ((image_col, "imageColumn"), (caption_col, "captionColumn")):
+        if empty_count[col]:
+            lines = ", ".join(str(i + 2) for i in empty[col])
             raise PreflightError(
-                f"{what} {path}: {len(empty)} of {len(df)} rows have an empty '{col}' (spec.dataset.{key}), first at line(s) {lines}"
+                f"{what} {path}: {empty_count[col]} of {rows} rows have an empty '{col}' (spec.dataset.{key}), first at line(s) {lines}"
             )
-    base = Path(ds.root) if ds.root else path.resolve().parent
-    rel = df[ds.imageColumn].str.strip().to_numpy(dtype=object)
-    paths = np.array([p if os.path.isabs(p) else os.path.join(base, p) for p in rel], dtype=object)
-    captions = df[ds.captionColumn].to_numpy(dtype=object)
-    return Table(csv=str(path), separator=sep, paths=paths, captions=captions)
 
 
-def check_images(table: Table, what: str) -> None:
+def check_images(table: Table | RowTable, what: str) -> None:
     """Every image must exist; a spread sample of them must open as an image (header decode)."""
     from PIL import Image, UnidentifiedImageError
 
@@ -331,7 +356,7 @@ class BackgroundPreflight:
     still ends the run within about a second: the child prints the one line, writes
     ``/dev/termination-log`` and signals the parent (SIGUSR1), whose handler exits with
     ``EXIT_PREFLIGHT`` wherever it is in its imports. On success the child sends the checked
-    tables back through a pipe (pickled numpy arrays).
+    tables back through a pipe (row tables pickle as their cache folder: the rows do not travel).
 
     Fork happens before torch is imported (no threads yet), so it is safe.
     """

@@ -14,9 +14,12 @@ The loop is a :class:`Recipe` in named pieces, read in this order: :meth:`Recipe
 then per epoch :meth:`Recipe.train_epoch`, which runs :meth:`Recipe.train_step` (set lr →
 :func:`forward_backward` over the micro-batches → clip → AdamW step) and, at its end,
 :meth:`Recipe.evaluate` and :meth:`Recipe.save_checkpoint`; finally :meth:`Recipe.export_final`.
-Everything the loop changes lives in one :class:`LoopState`.
+Everything the loop changes lives in one :class:`LoopState`. A step reads nothing back from the
+GPU: the loss stays on the device until a log step, checkpoint or epoch end (``trainer.fastpath``).
 A run restarted with the same command continues from the newest checkpoint in
 ``<output>/checkpoints`` at the exact step (see ``trainer.checkpoint`` and ``trainer.data``).
+On SIGTERM/SIGINT the ranks stop together at a step boundary after a checkpoint there
+(``trainer.preemption``).
 """
 
 from __future__ import annotations
@@ -35,35 +38,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from kubeclip.api import NonFiniteLoss, TrainerSpec, TrainerVerdict, termination_log_path, termination_message
-from trainer import checkpoint, distributed
+from kubeclip.api import TrainerSpec, TrainerVerdict, termination_log_path, termination_message
+from trainer import checkpoint, distributed, precision, truncate
 from trainer.data import CaptionDataset, ShardedBatchSampler, eval_loader, train_loader
 from trainer.evaluate import evaluate
 from trainer.export import export
+from trainer.fastpath import CompileClock, LossWatch, compile_step
 from trainer.forgetting import Forgetting
 from trainer.loss import make_loss
 from trainer.model import build, is_siglip, param_groups
 from trainer.optim import adamw, default_warmup, lr_at, set_lr
+from trainer.preemption import Preempted, StopRequest, shield_workers
 from trainer.preflight import DatasetReport, read_table, write_termination_log
 
 log = logging.getLogger("trainer")
 
 #: CLIP clamps its learned temperature to at most 100 (logit_scale = ln 100) for stability.
 MAX_LOGIT_SCALE = math.log(100)
-
-
-def precision_setup(precision: str, device: torch.device):
-    """Return ``(model dtype, autocast factory, needs GradScaler)``; CPU runs amp modes in fp32."""
-    cuda = device.type == "cuda"
-    if precision == "bf16":
-        return torch.bfloat16, contextlib.nullcontext, False
-    if precision == "fp16" and cuda:
-        return torch.float16, contextlib.nullcontext, False
-    if cuda and precision == "amp_bf16":
-        return torch.float32, lambda: torch.autocast("cuda", dtype=torch.bfloat16), False
-    if cuda and precision in ("amp", "amp_fp16"):
-        return torch.float32, lambda: torch.autocast("cuda", dtype=torch.float16), True
-    return torch.float32, contextlib.nullcontext, False
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -88,8 +79,9 @@ def forward_backward(
     micro_batches: list,
     autocast=contextlib.nullcontext,
     scaler: torch.amp.GradScaler | None = None,
-) -> float:
-    """Accumulate into ``.grad`` the gradient of the loss of all ``micro_batches`` together; return that loss.
+) -> torch.Tensor:
+    """Accumulate into ``.grad`` the gradient of the loss of all ``micro_batches`` together; return that
+    loss, detached, on the device (reading it is a host sync: the loop does so only at log steps).
 
     One micro-batch: one forward and backward. Several (``gradAccumSteps``): open_clip's feature
     cache — a no-grad forward of every micro-batch first, then per micro-batch a forward with grad
@@ -97,8 +89,10 @@ def forward_backward(
     summed over the micro-steps is that of the loss of the whole accumulated batch; the logit
     scale/bias enter the loss with grad in the last micro-step only, so theirs is counted once
     (open_clip_train counts it once per micro-step). DDP syncs only in the last micro-step.
+    ``ddp`` may be ``torch.compile``'d; the no-grad cache forward runs the plain model.
     """
-    model = getattr(ddp, "module", ddp)
+    model = getattr(ddp, "_orig_mod", ddp)
+    model = getattr(model, "module", model)
     k = len(micro_batches)
     cached = []
     if k > 1:
@@ -119,7 +113,7 @@ def forward_backward(
                     bias = bias.detach() if bias is not None else None
                 loss = loss_fn(img, txt, scale, bias)
             (scaler.scale(loss) if scaler is not None else loss).backward()
-    return loss.item()
+    return loss.detach()
 
 
 @dataclass
@@ -129,7 +123,7 @@ class LoopState:
     step: int = 0  # optimizer steps done
     epoch: int = 0  # the epoch the run (re)started in, then the current one
     step_in_epoch: int = 0  # where in ``epoch`` the run (re)started
-    loss: float = float("nan")  # loss of the last optimizer step
+    loss: float = float("nan")  # loss of the last logged optimizer step (read from the device at log steps)
     lr: float = 0.0
     epoch_losses: list[float] = field(default_factory=list)  # mean training loss of each epoch run here
     last_eval: dict = field(default_factory=dict)
@@ -138,7 +132,8 @@ class LoopState:
     steady_samples: int = 0
     steady_wait: float = 0.0  # of which waiting for the next batch
     first_step_at: float | None = None
-    last_progress_write: float = 0.0
+    wait_since_log: float = 0.0  # data wait and steps since the last log line (its data_wait is their mean)
+    steps_since_log: int = 0
 
 
 class Recipe:
@@ -158,6 +153,8 @@ class Recipe:
         t = self.t
         self.t_train = time.time()
         self.topo = topo = distributed.setup()
+        # SIGTERM/SIGINT: finish the step, checkpoint, stop (trainer.preemption); before loader workers fork
+        self.stop = StopRequest(topo.world)
         level, fmt = (
             (logging.INFO, "%(asctime)s %(message)s")
             if topo.is_main
@@ -182,10 +179,16 @@ class Recipe:
     def _setup_model(self) -> None:
         t, topo = self.t, self.topo
         self.model, tf_train, self.tf_val, self.tokenizer, self.oc_config = build(self.spec, topo.device)
-        self.dtype, self.autocast, use_scaler = precision_setup(t.precision, topo.device)
+        self.dtype, self.autocast, use_scaler = precision.setup(t.precision, topo.device)
         if self.dtype != torch.float32:
             self.model.to(self.dtype)
+        # Exact text truncation (trainer.truncate): the collate cuts each batch to its longest caption.
+        self.cut, why = truncate.enable(self.model) if t.truncateText else (None, "spec.training.truncateText false")
+        log.info("text truncation %s: %s", "on" if self.cut else "off", why)
         self.ddp = distributed.wrap(self.model, topo)
+        self.step_module = compile_step(self.ddp, t.compile)  # what train_step runs (eval runs self.model)
+        self.compile_clock = CompileClock(t.compile)
+        self.losses = LossWatch(topo.device)
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         self.loss_fn = make_loss(
             is_siglip(self.model), topo.rank, topo.world, local_loss=t.localLoss, gather_with_grad=t.gatherWithGrad
@@ -198,17 +201,20 @@ class Recipe:
         self.val_table = None
         if spec.dataset.valCsv:
             self.val_table = report.val if report else read_table(spec.dataset.valCsv, spec, "spec.dataset.valCsv")
+        # The dataset's identity goes into every checkpoint's fingerprint (trainer.checkpoint).
+        self.dataset_identity = checkpoint.dataset_identity(self.train_table, self.val_table)
         self.sampler = ShardedBatchSampler(len(self.train_table), t.batchSize, topo.world, topo.rank, t.seed)
         self.loader = None
         if topo.device.type == "cuda" and t.gpuDecode:  # JPEG decode, crop and resize on the GPU (trainer.gpu_data)
             from trainer.gpu_data import gpu_train_loader
 
             self.loader = gpu_train_loader(
-                self.train_table, self.tf_train, self.tokenizer, t.seed, self.sampler, t.workers, topo.device
+                self.train_table, self.tf_train, self.tokenizer, t.seed, self.sampler, t.workers, topo.device, self.cut
             )
         if self.loader is None:
             dataset = CaptionDataset(self.train_table, self.tf_train, self.tokenizer, t.seed, augment=True)
-            self.loader = train_loader(dataset, self.sampler, t.workers, topo.device.type == "cuda")
+            self.loader = train_loader(dataset, self.sampler, t.workers, topo.device.type == "cuda", self.cut)
+        shield_workers(self.loader)  # SIGTERM reaches the loader workers too: the rank decides (trainer.preemption)
         self.steps_per_epoch = self.sampler.batches_per_epoch // t.gradAccumSteps
         self.total_steps = self.steps_per_epoch * t.epochs
         self.warmup = t.warmupSteps if t.warmupSteps is not None else default_warmup(self.total_steps)
@@ -221,7 +227,7 @@ class Recipe:
         # Every rank reads the newest readable checkpoint (falling back past unreadable ones, refusing
         # one written under a config it cannot resume: exit 5); rank 0's choice wins if a rank differs.
         self.skipped_checkpoints: list[str] = []
-        found, ck = checkpoint.load_latest(self.out, self.spec, self.skipped_checkpoints)
+        found, ck = checkpoint.load_latest(self.out, self.spec, self.skipped_checkpoints, self.dataset_identity)
         self.latest = distributed.broadcast_object(str(found or ""), self.topo)
         if self.latest != str(found or ""):
             ck = checkpoint.load(Path(self.latest)) if self.latest else None
@@ -260,7 +266,9 @@ class Recipe:
         from trainer.metrics import TrainerMetrics
 
         t, s = self.t, self.state
-        self.metrics = TrainerMetrics(self.job, self.out, t.epochs, self.total_steps)
+        self.metrics = TrainerMetrics(
+            self.job, self.out, t.epochs, self.total_steps, tensorboard=self.spec.output.tensorboard
+        )
         self.metrics.serve(self.spec.metrics.port)
         self.metrics.step.set(s.step)
         self.metrics.update(phase="training", step=s.step, epoch=s.epoch, skippedCheckpoints=self.skipped_checkpoints)
@@ -274,12 +282,16 @@ class Recipe:
             t.epochs,
             self.global_batch,
             self.warmup,
-            t.precision,
+            precision.describe(t.precision, self.topo.device),
         )
 
     # ---- one optimizer step, one epoch ------------------------------------------------------
     def train_step(self, batches) -> float:
-        """Set lr, forward/backward every micro-batch, clip, AdamW step; return the data wait (s)."""
+        """Set lr, forward/backward every micro-batch, clip, AdamW step; return the data wait (s).
+
+        No host sync: the loss stays on the device (:class:`trainer.fastpath.LossWatch`); the loop
+        checks it at log steps, before checkpoints and at epoch ends.
+        """
         t, s = self.t, self.state
         s.lr = lr_at(s.step, t.learningRate, self.warmup, self.total_steps)
         set_lr(self.opt, s.lr)
@@ -294,12 +306,10 @@ class Recipe:
                     tokens.to(self.topo.device, non_blocking=True),
                 )
             )
-        s.loss = forward_backward(self.ddp, self.loss_fn, micro, self.autocast, self.scaler)
-        if not math.isfinite(s.loss):  # the same on every rank (a global-batch loss): all stop
-            raise NonFiniteLoss(
-                f"training: loss is {s.loss} at step {s.step + 1} (epoch {s.epoch}); lower "
-                "training.learningRate or set training.gradClipNorm"
-            )
+        self.compile_clock.start([(tuple(im.shape), tuple(tok.shape)) for im, tok in micro])
+        loss = forward_backward(self.step_module, self.loss_fn, micro, self.autocast, self.scaler)
+        # the same on every rank (a global-batch loss), so every rank stops at the same check
+        self.losses.observe(loss, s.step + 1)
         if self.scaler is not None:
             self.scaler.unscale_(self.opt)
         if t.gradClipNorm:
@@ -326,23 +336,50 @@ class Recipe:
             self.sampler.set_position(epoch, first_s * t.gradAccumSteps)
             batches = iter(self.loader)
         t_prev = time.perf_counter()
-        losses: list[float] = []
+        self.losses.take_mean()  # the epoch's mean starts here
+        cuda = self.topo.device.type == "cuda"
         for i in range(first_s, self.steps_per_epoch):
             wait = self.train_step(batches)
-            losses.append(s.loss)
+            compiled = self.compile_clock.stop(sync=cuda)
             now = time.perf_counter()
             dt, t_prev = now - t_prev, now
-            self._record_step(dt, wait, steady=i != first_s)  # an epoch's first step waits for loader start-up
-            if t.checkpointEverySteps and s.step % t.checkpointEverySteps == 0 and i + 1 < self.steps_per_epoch:
+            ckpt = bool(
+                t.checkpointEverySteps and s.step % t.checkpointEverySteps == 0 and i + 1 < self.steps_per_epoch
+            )
+            logged = self.is_log_step(s.step)
+            if logged or ckpt:  # the only host syncs of the loop: the non-finite check, the logged loss
+                self.losses.check(epoch)
+            # an epoch's first step waits for loader start-up, a compiling step for the compiler
+            self._record_step(dt, wait, steady=i != first_s and compiled is None, logged=logged)
+            self._stop_if_signalled(epoch, i + 1)
+            if ckpt:
                 self.save_checkpoint(epoch, i + 1)
-        if losses:
-            s.epoch_losses.append(sum(losses) / len(losses))
+        self.losses.check(epoch)  # before the epoch's eval and checkpoint
+        mean = self.losses.take_mean()
+        if mean is not None:
+            s.epoch_losses.append(mean)
         s.last_eval = self.evaluate() or s.last_eval
         s.evaluated_last = epoch == t.epochs - 1
         self.save_checkpoint(epoch + 1, 0)
 
-    def _record_step(self, dt: float, wait: float, steady: bool) -> None:
-        """Throughput bookkeeping on every rank; log line, Prometheus metrics and progress.json on rank 0."""
+    def _stop_if_signalled(self, epoch: int, step_in_epoch: int) -> None:
+        """At a step boundary: if any rank got SIGTERM/SIGINT, checkpoint here and raise :class:`Preempted`."""
+        signum = self.stop.agreed()
+        if not signum:
+            return
+        self.losses.check(epoch)  # never checkpoint a non-finite model (the loss stays on the device until here)
+        self.save_checkpoint(epoch, step_in_epoch)
+        raise Preempted(signum, self.state.step, str(checkpoint.latest(self.out)))  # written before the barrier
+
+    def is_log_step(self, step: int) -> bool:
+        return step == 1 or step % self.t.logEverySteps == 0 or step == self.total_steps
+
+    def _record_step(self, dt: float, wait: float, steady: bool, logged: bool) -> None:
+        """Throughput bookkeeping on every rank; log line, Prometheus metrics and progress.json on rank 0.
+
+        Per step only host-side figures; the loss and logit scale (device values: a sync) and
+        progress.json at log steps only.
+        """
         s, gb = self.state, self.global_batch
         if steady:
             s.steady_time += dt
@@ -366,16 +403,19 @@ class Recipe:
         m.epoch.set(s.epoch)
         m.samples.inc(gb)
         m.sps.set(sps)
-        m.loss.set(s.loss)
         m.lr.set(s.lr)
-        m.logit_scale.set(self.model.logit_scale.exp().item())
         m.step_seconds.observe(dt)
         m.data_wait.observe(wait)
+        s.wait_since_log += wait
+        s.steps_since_log += 1
         m.data_wait_share.set(s.steady_wait / s.steady_time if s.steady_time else wait / dt)
         if self.topo.device.type == "cuda":
             m.gpu_mem.set(torch.cuda.max_memory_allocated(self.topo.device))
-        every, total, now = self.t.logEverySteps, self.total_steps, time.perf_counter()
-        if s.step == 1 or s.step % every == 0 or s.step == total:
+        total = self.total_steps
+        if logged:
+            s.loss = float(self.losses.last)
+            m.loss.set(s.loss)
+            m.logit_scale.set(float(self.model.logit_scale.detach().exp()))
             log.info(
                 "step %d/%d epoch %d loss %.4f lr %.3g samples/s %.1f data_wait %.3fs",
                 s.step,
@@ -384,10 +424,9 @@ class Recipe:
                 s.loss,
                 s.lr,
                 sps,
-                wait,
+                s.wait_since_log / s.steps_since_log,
             )
-        if s.step == 1 or s.step % every == 0 or now - s.last_progress_write > 1.0 or s.step == total:
-            s.last_progress_write = now
+            s.wait_since_log, s.steps_since_log = 0.0, 0
             m.update(
                 epoch=s.epoch,
                 step=s.step,
@@ -409,7 +448,7 @@ class Recipe:
         result: dict = {}
         m = self.metrics
         if m is not None and self.val_table is not None:
-            m.update(phase="evaluating")
+            m.update(phase="evaluating", step=self.state.step)  # the step the eval's figures belong to
             val_ds = CaptionDataset(self.val_table, self.tf_val, self.tokenizer, self.t.seed, augment=False)
             result = evaluate(self.model, eval_loader(val_ds, self.t.batchSize, 0), self.topo.device, self.autocast)
             m.record_eval(result)
@@ -442,7 +481,9 @@ class Recipe:
                 "world": self.topo.world,
                 "rng": rngs,
             }
-            path = checkpoint.save(self.out, self.state.step, state, self.t.keepCheckpoints, spec=self.spec)
+            path = checkpoint.save(
+                self.out, self.state.step, state, self.t.keepCheckpoints, spec=self.spec, dataset=self.dataset_identity
+            )
             self.metrics.record_checkpoint(str(path), self.state.step)
         distributed.barrier(self.topo)
 
@@ -476,6 +517,9 @@ class Recipe:
             rank_weight_digests=digests,
             wall_seconds=round(time.time() - self.t_start, 2),
             first_step_seconds=round(s.first_step_at - self.t_start, 3) if s.first_step_at else None,
+            compile_seconds=round(self.compile_clock.seconds, 2) if self.t.compile else None,
+            compiled_graphs=self.compile_clock.graphs if self.t.compile else None,
+            text_truncation=self.cut is not None,
         )
         export_state, message = self.watch.finish(self.model, final, self.oc_config)  # WiSE-FT sweep, selection
         path = export(self.model, self.oc_config, final, self.out, state=export_state)
@@ -516,6 +560,7 @@ class Recipe:
         return final
 
     def cleanup(self) -> None:
+        self.stop.close()
         distributed.barrier(self.topo)
         distributed.teardown()
 

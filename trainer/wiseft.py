@@ -5,7 +5,8 @@ Who uses it: ``trainer.forgetting`` (rank 0, at the end of a run), the tests.
 :func:`interpolate` is the whole method: ``(1 - alpha) * start + alpha * finetuned`` for every
 floating-point tensor of the state dict, computed in fp32 on the CPU in exactly that order (so a
 test can recompute it bit for bit); integer buffers are taken from the fine-tuned weights.
-Alpha 0 gives the start weights and alpha 1 the fine-tuned ones, exactly.
+Alpha 0 gives the start weights and alpha 1 the fine-tuned ones, exactly. A model trained in pure
+``bf16``/``fp16`` evaluates each mix rounded to its dtype, and that rounded mix is what is exported.
 
 :func:`select` applies ``spec.export.select`` to the evaluated table; :func:`table_lines` formats
 the table for the log and the job's status message.
@@ -30,18 +31,31 @@ def cpu_state(model_or_state) -> dict[str, torch.Tensor]:
 
 
 def interpolate(
-    start: dict[str, torch.Tensor], finetuned: dict[str, torch.Tensor], alpha: float
+    start: dict[str, torch.Tensor],
+    finetuned: dict[str, torch.Tensor],
+    alpha: float,
+    dtypes: dict[str, torch.dtype] | None = None,
 ) -> dict[str, torch.Tensor]:
+    """The mix at ``alpha``; with ``dtypes`` (the model's, under ``precision: bf16``/``fp16``) each
+    mixed tensor is rounded to its model dtype (and held in fp32 again): the weights the model
+    evaluates after loading the mix are then exactly the ones exported."""
     if start.keys() != finetuned.keys():
         raise ValueError("start and fine-tuned weights have different parameters")
     out = {}
     for k, f in finetuned.items():
         s = start[k]
         if f.is_floating_point():
-            out[k] = (1.0 - alpha) * s.float() + alpha * f.float()
+            mixed = (1.0 - alpha) * s.float() + alpha * f.float()
+            dtype = (dtypes or {}).get(k, torch.float32)
+            out[k] = mixed.to(dtype).float() if dtype != torch.float32 and dtype.is_floating_point else mixed
         else:
             out[k] = f.clone()
     return out
+
+
+def model_dtypes(model: torch.nn.Module) -> dict[str, torch.dtype]:
+    """Each state-dict entry's dtype in ``model`` (for :func:`interpolate`)."""
+    return {k: v.dtype for k, v in model.state_dict().items()}
 
 
 def _r1(entry: dict, part: str) -> float | None:

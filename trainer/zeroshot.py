@@ -13,6 +13,7 @@ import open_clip
 import torch
 
 from trainer.data import CaptionDataset, eval_loader
+from trainer.precision import input_dtype
 from trainer.preflight import Table
 
 
@@ -34,9 +35,10 @@ def accuracy(
     hits1 = hits5 = 0
     seen = 0
     k = min(5, len(classes))
+    dtype = input_dtype(model)  # a pure bf16/fp16 model takes its images in its own dtype
     for images, _ in eval_loader(ds, batch_size, 0):
         with autocast():
-            feats = model.encode_image(images.to(device), normalize=True).float()
+            feats = model.encode_image(images.to(device, dtype), normalize=True).float()
         top = (feats @ weights).topk(k, dim=1).indices.cpu()
         t = truth[seen : seen + len(images)].unsqueeze(1)
         hits1 += (top[:, :1] == t).any(dim=1).sum().item()

@@ -9,12 +9,22 @@ device_ids=[device], ...)`` even when ``device`` is the CPU, and PyTorch rejects
 for a CPU module, so every CPU DDP run of it stops at start-up. With ``KUBECLIP_PEER_CPU_DDP_FIX=1``
 this module replaces ``torch.nn.parallel.DistributedDataParallel`` by a subclass that drops
 ``device_ids``/``output_device`` when they name the CPU, and changes nothing else.
+
+``hack/bench_gpu.py`` also starts the peer through this module, with
+``KUBECLIP_PEER_WAIT_LOG=FILE``: every ``next()`` on a ``DataLoader`` iterator in the main process is
+timed (what kubeclip's loop reports as its data wait: the time blocked getting the next batch),
+and the list of ``[end time, seconds]`` pairs is written to FILE as JSON at exit. The peer's own
+``Data (t)`` also contains the GPU drain of its log steps' ``.item()``, so the bench uses this
+instead, the same quantity for both trainers. Nothing else changes.
 """
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
 import sys
+import time
 
 import torch
 
@@ -36,9 +46,28 @@ def install_cpu_ddp_fix() -> None:
     torch.nn.parallel.DistributedDataParallel = CpuTolerantDDP
 
 
+def install_wait_log(path: str) -> None:
+    from torch.utils.data import dataloader
+
+    calls: list[list[float]] = []
+    base = dataloader._BaseDataLoaderIter.__next__
+
+    def timed_next(self):
+        t0 = time.perf_counter()
+        try:
+            return base(self)
+        finally:
+            calls.append([time.time(), time.perf_counter() - t0])
+
+    dataloader._BaseDataLoaderIter.__next__ = timed_next  # type: ignore[method-assign]
+    atexit.register(lambda: open(path, "w").write(json.dumps(calls)))
+
+
 if __name__ == "__main__":
     if os.environ.get("KUBECLIP_PEER_CPU_DDP_FIX") == "1":
         install_cpu_ddp_fix()
+    if os.environ.get("KUBECLIP_PEER_WAIT_LOG"):
+        install_wait_log(os.environ["KUBECLIP_PEER_WAIT_LOG"])
     from open_clip_train.main import main
 
     main(sys.argv[1:])

@@ -23,12 +23,24 @@ EXIT_CHECKPOINT_MISMATCH = 5
 #: Exit code of a rendezvous that timed out (node 0 never reachable, a node never joined):
 #: retryable, the next attempt may find all nodes scheduled.
 EXIT_RENDEZVOUS_TIMEOUT = 6
+#: Exit code of an output directory that another job owns (its marker file): not retryable; set
+#: ``spec.output.takeOver`` to take it over on purpose.
+EXIT_OUTPUT_IN_USE = 7
+#: Exit code of checkpoints that exist but none of which can be read: the same files fail the same
+#: way on a retry (move them away to start over).
+EXIT_CHECKPOINT_UNREADABLE = 8
+#: Exit code of a dataset row that cannot be used (an image that does not decode, outside the
+#: preflight's sample): the same row comes back on a retry.
+EXIT_DATA = 9
 #: The exit codes that are the trainer's own final verdicts: the controller never retries them.
 FINAL_EXIT_CODES = {
     EXIT_CONFIG: "InvalidConfig",
     EXIT_PREFLIGHT: "PreflightFailed",
     EXIT_NONFINITE: "NonFiniteLoss",
     EXIT_CHECKPOINT_MISMATCH: "CheckpointMismatch",
+    EXIT_OUTPUT_IN_USE: "OutputInUse",
+    EXIT_CHECKPOINT_UNREADABLE: "CheckpointUnreadable",
+    EXIT_DATA: "DataError",
 }
 
 
@@ -51,6 +63,32 @@ class CheckpointMismatch(TrainerVerdict):
     """The latest checkpoint was written under a config that it cannot resume (a field changed)."""
 
     exit_code = EXIT_CHECKPOINT_MISMATCH
+
+
+class OutputInUse(TrainerVerdict):
+    """The output directory carries another job's owner marker (``spec.output.takeOver`` is off)."""
+
+    exit_code = EXIT_OUTPUT_IN_USE
+
+
+class CheckpointUnreadable(TrainerVerdict):
+    """Checkpoints exist in the output but none of them can be read."""
+
+    exit_code = EXIT_CHECKPOINT_UNREADABLE
+
+
+class DataError(TrainerVerdict):
+    """A dataset row cannot be used (an image that does not decode). Raised in a loader worker,
+    it reaches the training process re-raised by the DataLoader with the worker's traceback in its
+    message: ``str()`` keeps only the original one line."""
+
+    exit_code = EXIT_DATA
+
+    def __init__(self, message: str = ""):
+        if "Traceback" in message:  # DataLoader's ExceptionWrapper: "Caught DataError in ...\nTraceback...\nX: line"
+            last = message.rstrip().splitlines()[-1]
+            message = last.split("DataError: ", 1)[-1]
+        super().__init__(message)
 
 
 #: Where Kubernetes reads a container's termination message from.

@@ -104,6 +104,9 @@ CleanPodPolicy = Literal["Running", "All", "None"]
 #: and for a cluster autoscaler to add a node (both typically minutes), short enough that a typo
 #: in the image name or an impossible resource request ends the job within the hour, not never.
 DEFAULT_START_DEADLINE_S = 600
+#: spec.terminationGracePeriodSeconds by default: Kubernetes' 30 s is too short to finish a step and
+#: write a ViT-L checkpoint (weights and AdamW moments, ~5 GB) to network storage.
+DEFAULT_TERMINATION_GRACE_S = 300
 
 
 class RunPolicy(Strict):
@@ -219,6 +222,14 @@ class FineTuneJobSpec(TrainerSpec):
         json_schema_extra={"items": PRESERVE},
     )
     runPolicy: RunPolicy = Field(default_factory=RunPolicy, description="Restarts, deadlines, cleanup, suspension.")
+    terminationGracePeriodSeconds: int = Field(
+        default=DEFAULT_TERMINATION_GRACE_S,
+        ge=1,
+        le=86400,
+        description="Seconds between SIGTERM and SIGKILL when a pod is evicted, preempted or deleted: the "
+        "ranks finish their step and node 0 writes a checkpoint there, so the next attempt resumes at that "
+        "step. Allow one step plus one checkpoint write (model and AdamW state: ~3x the weights).",
+    )
 
     @model_validator(mode="after")
     def _cross_field(self) -> FineTuneJobSpec:
@@ -230,6 +241,8 @@ class FineTuneJobSpec(TrainerSpec):
 
 
 #: Environment the controller sets on every trainer pod; spec.env may not override it.
+#: (torchrun reads every ``PET_*`` variable as a flag, e.g. ``PET_RDZV_ENDPOINT``; the trainer
+#: reads ``KUBECLIP_*``: both prefixes are reserved whole, see :data:`RESERVED_ENV_PREFIXES`.)
 RESERVED_ENV = (
     "MASTER_ADDR",
     "MASTER_PORT",
@@ -242,9 +255,20 @@ RESERVED_ENV = (
     "PET_NODE_RANK",
     "PET_MASTER_ADDR",
     "PET_MASTER_PORT",
+    "PET_SHUTDOWN_TIMEOUT",
     "KUBECLIP_JOB_NAME",
     "KUBECLIP_NAMESPACE",
 )
+#: Prefixes of environment names spec.env may not use: torchrun's flags and the trainer's own
+#: switches, so the topology and the trainer's behaviour stay the controller's.
+RESERVED_ENV_PREFIXES = ("PET_", "KUBECLIP_")
+
+
+def is_reserved_env(name: str) -> bool:
+    """Whether spec.env may not set ``name`` (:data:`RESERVED_ENV` or a reserved prefix)."""
+    return name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIXES)
+
+
 #: Where the job's ConfigMap is mounted, and the volume name it uses.
 CONFIG_DIR = "/etc/kubeclip"
 CONFIG_VOLUME = "kubeclip-config"
@@ -282,8 +306,10 @@ def cross_field_errors(spec: FineTuneJobSpec) -> list[str]:
             if field == "podAnnotations" and len(value) > MAX_ANNOTATION_VALUE:
                 errors.append(f"spec.podAnnotations[{key[:80]}]: longer than {MAX_ANNOTATION_VALUE} characters")
     for e in spec.env:
-        if e.name in RESERVED_ENV:
-            errors.append(f"spec.env: {e.name} is set by the controller")
+        if is_reserved_env(e.name):
+            errors.append(
+                f"spec.env: {e.name} is set by the controller or reserved for it (the topology, PET_*, KUBECLIP_*)"
+            )
     if spec.resources is not None:
         for kind in ("limits", "requests"):
             gpus = getattr(spec.resources, kind).get(GPU_RESOURCE)

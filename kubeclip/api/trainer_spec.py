@@ -45,6 +45,7 @@ CLUSTER_KEYS = frozenset(
         "runtimeClassName",
         "topologySpreadConstraints",
         "runPolicy",
+        "terminationGracePeriodSeconds",
     }
 )
 
@@ -99,7 +100,9 @@ class TrainingSpec(Strict):
     )
     precision: Precision = Field(
         default="amp_bf16",
-        description="Numeric precision. amp_* use autocast on GPU; on CPU every mode but bf16 runs in fp32.",
+        description="Numeric precision: fp32; amp_bf16 / amp (= amp_fp16) autocast in bf16 / fp16 over fp32 "
+        "weights; bf16 / fp16 weights and compute in that dtype. fp16, amp and amp_fp16 need a GPU (refused "
+        "on CPU); bf16 and amp_bf16 need bf16 support (any CPU, GPUs from Ampere on).",
     )
     gradAccumSteps: int = Field(default=1, ge=1, le=4096, description="Micro-batches accumulated per optimizer step.")
     gradClipNorm: float | None = Field(default=None, gt=0, description="Clip gradients to this global L2 norm.")
@@ -151,6 +154,18 @@ class TrainingSpec(Strict):
         description="On GPU, decode JPEGs with nvJPEG and crop/resize/normalise on the GPU (loader workers only "
         "read files); false: PIL in the loader workers, as on CPU. Ignored on CPU.",
     )
+    compile: bool = Field(
+        default=False,
+        description="torch.compile the training step's model (after the DDP wrap); the compile time (tens of "
+        "seconds per text length) is logged and reported apart from throughput. Off by default until measured "
+        "on a GPU (BENCHMARKS.md).",
+    )
+    truncateText: bool = Field(
+        default=True,
+        description="Run the text tower on each batch's longest caption (rounded up to 16/32/48/64/77 tokens) "
+        "instead of the full context. Exact (same features) and applied only for causal text towers with "
+        "end-of-text pooling (open_clip's CLIP text transformer); other towers always get the full length.",
+    )
     checkpointEverySteps: int = Field(
         default=500, ge=0, description="Write a resumable checkpoint every N optimizer steps (0: only at epoch ends)."
     )
@@ -172,6 +187,19 @@ class OutputSpec(Strict):
     path: str = Field(
         min_length=1,
         description="Directory for checkpoints, progress.json, metrics.json and the final model (final/).",
+    )
+    tensorboard: bool = Field(
+        default=False,
+        description="Also write TensorBoard event files under <path>/tensorboard (rank 0): training loss, "
+        "learning rate, samples/s, eval recalls and loss, retention and zero-shot accuracy. View them with "
+        "tensorboard --logdir <path>/tensorboard.",
+    )
+    takeOver: bool = Field(
+        default=False,
+        description="The first run of a job writes an owner marker (.kubeclip-owner.json: the job's uid and name) "
+        "into path; a job whose marker is not there refuses the directory (exit 7, OutputInUse) so two jobs never "
+        "prune each other's checkpoints. true: take the directory over on purpose (a re-applied job continuing "
+        "another's checkpoints, which it resumes only when the config and dataset fingerprint match).",
     )
 
 

@@ -54,7 +54,7 @@ ALL_ON = {
 }
 VALUE_SETS = {
     "default": {},
-    "namespaced": {"watch": {"namespaces": ["team-a", "team-b"]}, "networkPolicy": {"enabled": True}},
+    "namespaced": {"watch": {"namespaces": ["team-a", "team-b"]}},
     "all-on": ALL_ON,
     "external-sa-no-crds": {
         "crds": {"enabled": False},
@@ -339,7 +339,7 @@ def test_rbac_rules_come_from_the_controller_file(tmp_path):
 
 
 def test_admission_policy_follows_the_values(tmp_path):
-    def validations(values):
+    def policy(values):
         docs = render(tmp_path, values)
         policies, bindings = (
             by_kind(docs, "ValidatingAdmissionPolicy"),
@@ -347,30 +347,46 @@ def test_admission_policy_follows_the_values(tmp_path):
         )
         assert len(policies) == len(bindings) <= 1
         if not policies:
-            return []
+            return None
         assert bindings[0]["spec"] == {"policyName": policies[0]["metadata"]["name"], "validationActions": ["Deny"]}
         assert policies[0]["spec"]["matchConstraints"]["resourceRules"][0]["resources"] == ["finetunejobs"]
-        return [v["expression"] for v in policies[0]["spec"]["validations"]]
+        return "\n".join(v["expression"] for v in policies[0]["spec"]["validations"])
 
-    default = validations({})
-    assert len(default) == 6 and "hostPath" in default[0] and "serviceAccountName" in default[1]
+    restricted = (
+        "'configMap', 'csi', 'downwardAPI', 'emptyDir', 'ephemeral', 'persistentVolumeClaim', 'projected', 'secret'"
+    )
+    default = policy({})
+    assert f"['name', {restricted}]" in default  # an allow-list: the volume's name, then its one type
+    assert "['clusterTrustBundle', 'configMap', 'downwardAPI', 'secret']" in default  # projected sources
+    assert "serviceAccountName" in default and "hostPath" not in default and "nfs" not in default
+    assert "'hostPath'" in policy({"admission": {"allowHostPath": True}})
+    assert "'nfs'" in policy({"admission": {"extraVolumeTypes": ["nfs"]}})
+    assert "'serviceAccountToken'" in policy({"admission": {"allowServiceAccountTokenVolumes": True}})
+    assert "serviceAccountName" not in policy({"admission": {"allowServiceAccounts": True}})
+    assert "'csi'" not in policy({"admission": {"allowedVolumeTypes": ["persistentVolumeClaim"]}})
+    assert policy({"admission": {"enabled": False}}) is None
+    # The pod fields a job author sets: refused until the values list names (``"*"``: any).
     fields = ["schedulerName", "runtimeClassName", "podLabels", "podAnnotations"]
-    assert [f for f, v in zip(fields, default[2:], strict=True) if f"object.spec.{f}" in v] == fields
-    assert all("in []" in v for v in default[2:])  # pod fields: refused until the values list names
-    assert validations({"admission": {"allowHostPath": True}}) == default[1:]
-    assert validations({"admission": {"allowServiceAccounts": True}}) == default[:1] + default[2:]
+    assert all(f"object.spec.{f}" in default for f in fields) and default.count(" in []") == 4
     everything = {
-        "allowHostPath": True,
-        "allowServiceAccounts": True,
         "allowedSchedulerNames": ["*"],
         "allowedRuntimeClassNames": ["*"],
         "allowedPodLabelKeys": ["*"],
         "allowedPodAnnotationKeys": ["*"],
     }
-    assert validations({"admission": everything}) == []
-    listed = validations({"admission": {"allowedSchedulerNames": ["volcano"], "allowedPodLabelKeys": ["cost-center"]}})
-    assert "object.spec.schedulerName in ['volcano']" in listed[2] and "k in ['cost-center']" in listed[4]
-    assert validations({"admission": {"enabled": False}}) == []
+    assert not any(f"object.spec.{f}" in policy({"admission": everything}) for f in fields)
+    listed = policy({"admission": {"allowedSchedulerNames": ["volcano"], "allowedPodLabelKeys": ["cost-center"]}})
+    assert "object.spec.schedulerName in ['volcano']" in listed and "k in ['cost-center']" in listed
+    # Type names are letters only (they land in CEL string literals).
+    bad = helm(
+        "template",
+        "kc",
+        str(CHART),
+        "-f",
+        str(values_file(tmp_path, {"admission": {"extraVolumeTypes": ["x'y"]}})),
+        check=False,
+    )
+    assert bad.returncode != 0 and "extraVolumeTypes" in bad.stderr
 
 
 def test_kueue_rbac_follows_the_value(tmp_path):
@@ -383,39 +399,24 @@ def test_kueue_rbac_follows_the_value(tmp_path):
     assert {"workloads/status", "workloads/finalizers"} <= {res for r in rules["kueue"] for res in r["resources"]}
 
 
-def test_network_policy_lets_in_only_trainers_monitoring_and_the_controller(tmp_path):
-    from controller import builders
-    from kubeclip.api import FineTuneJobSpec
+def test_network_policy_is_the_controllers_per_job_policy_on_by_default(tmp_path):
+    """The chart ships no NetworkPolicy of its own: it tells the controller (env) to create one per
+    job (controller/netpol.py), which lets in the job's pods, the monitoring namespace and the
+    controller's pods — the labels passed here are the Deployment's own."""
 
-    docs = render(tmp_path, VALUE_SETS["namespaced"])
-    policies = by_kind(docs, "NetworkPolicy")
-    assert sorted(p["metadata"]["namespace"] for p in policies) == ["team-a", "team-b"]
-    spec = policies[0]["spec"]
-    assert spec["policyTypes"] == ["Ingress"] and len(spec["ingress"]) == 3
-    peers, monitoring, controller = spec["ingress"]
-    assert "ports" not in peers and peers["from"][0]["podSelector"] == spec["podSelector"]
-    assert monitoring["ports"] == [{"port": "metrics"}] == controller["ports"]
-    assert monitoring["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
-    (dep,) = by_kind(docs, "Deployment")
-    assert (
-        controller["from"][0]["podSelector"]["matchLabels"].items()
-        <= dep["spec"]["template"]["metadata"]["labels"].items()
-    )
-    # The policy selects the pods the controller builds, and their metrics port has that name.
-    job = yaml.safe_load((ROOT / "examples" / "finetune-multinode.yaml").read_text())
-    job["metadata"].update(namespace="team-a", uid="0000")
-    pod = builders.pod(job, FineTuneJobSpec.model_validate(job["spec"]), 1, 0, "trainer:test")
-    assert all(e["key"] in pod["metadata"]["labels"] for e in spec["podSelector"]["matchExpressions"])
-    assert "metrics" in {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
-    failed = helm(
-        "template",
-        "kc",
-        str(CHART),
-        "-f",
-        str(values_file(tmp_path, {"networkPolicy": {"enabled": True}})),
-        check=False,
-    )
-    assert failed.returncode != 0 and "networkPolicy.enabled needs networkPolicy.namespaces" in failed.stderr
+    def env(values):
+        (dep,) = by_kind(render(tmp_path, values), "Deployment")
+        container = dep["spec"]["template"]["spec"]["containers"][0]
+        return dep, {e["name"]: e.get("value") for e in container["env"]}
+
+    dep, default = env({})
+    assert not by_kind(render(tmp_path, {}), "NetworkPolicy")
+    assert default["KUBECLIP_NETWORK_POLICY"] == "1"
+    assert default["KUBECLIP_MONITORING_NAMESPACE"] == "monitoring"
+    labels = json.loads(default["KUBECLIP_CONTROLLER_POD_LABELS"])
+    assert labels and labels.items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    _, off = env({"networkPolicy": {"enabled": False, "monitoringNamespace": "prom"}})
+    assert off["KUBECLIP_NETWORK_POLICY"] == "0" and off["KUBECLIP_MONITORING_NAMESPACE"] == "prom"
 
 
 def test_monitors_target_the_contract_ports(tmp_path):

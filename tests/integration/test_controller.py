@@ -665,3 +665,47 @@ def test_kube_update_surfaces_a_conflict(cluster, namespace):
         with pytest.raises(Conflict):
             kube.update({**read, "data": {"job.yaml": "c"}})  # the version read before that update
         assert kube._get(kube.core.read_namespaced_config_map, "c", namespace)["data"] == {"job.yaml": "b"}
+
+
+def test_a_knock_on_exit_next_to_a_peer_on_a_not_ready_node_is_a_disruption(cluster, operator, namespace, api):
+    """issue #18 (8): node 0 exits 1 while node 1's pod still says Running, but its Node is NotReady:
+    the controller reads the Node and counts a disruption (backoffLimit=0 would end the job)."""
+    core, custom = api
+    node = f"kubeclip-notready-{uuid.uuid4().hex[:6]}"
+    core.create_node({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}})
+    try:
+        ready = {
+            "type": "Ready",
+            "status": "Unknown",
+            "reason": "NodeStatusUnknown",
+            "message": "Kubelet stopped posting",
+        }
+        core.patch_node_status(
+            node, {"status": {"conditions": [{**ready, "lastHeartbeatTime": "2026-01-01T00:00:00Z"}]}}
+        )
+        _apply(cluster, job_manifest("lost", namespace, runPolicy={"backoffLimit": 0}))
+        _wait_pods(core, namespace, "lost", 2)
+        binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "lost-node-1"}}
+        core.create_namespaced_pod_binding(
+            "lost-node-1", namespace, {**binding, "target": {"kind": "Node", "name": node}}, _preload_content=False
+        )
+        _run_all(core, namespace, "lost")
+        _wait_phase(custom, namespace, "lost", "Running")
+        set_pod_status(core, namespace, "lost-node-0", "Failed", exit_code=1, message="RuntimeError: peer gone")
+        st = _wait_phase(custom, namespace, "lost", "Restarting")
+        assert (st["reason"], st["restartCount"], st["disruptedAttempts"], st.get("failedAttempts", 0)) == (
+            "NodeLost",
+            1,
+            1,
+            0,
+        )
+        assert "lost-node-1: its node is NotReady" in st["message"]
+        # issue #18 (1): a NotReady node is not gone: its pod is deleted gracefully, never forced, and
+        # the next attempt's node 1 waits for the name (node 0 is recreated).
+        _wait_pods(core, namespace, "lost", 1, attempt=1)
+        old = core.read_namespaced_pod("lost-node-1", namespace)
+        assert old.metadata.deletion_timestamp is not None and old.metadata.labels["kubeclip.dev/attempt"] == "0"
+    finally:
+        core.delete_node(node)
+        if any(p.metadata.name == "lost-node-1" for p in _pods(core, namespace, "lost")):
+            core.delete_namespaced_pod("lost-node-1", namespace, grace_period_seconds=0)

@@ -197,6 +197,9 @@ class ControlPlane:
     netns: str | None = None
     node_ip: str | None = None
     kubeconfig_name: str = "kubeconfig"  # the one-node cluster keeps ``kubeconfig`` for the host's relay
+    #: Admission plugins enabled on top of the API server's defaults (``--enable-admission-plugins``),
+    #: e.g. ``OwnerReferencesPermissionEnforcement`` as OpenShift runs it. Empty: the defaults only.
+    admission_plugins: tuple[str, ...] = ()
     server: str = ""
     kubeconfig: Path = field(init=False)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict, init=False)
@@ -344,6 +347,7 @@ class ControlPlane:
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--allow-privileged=true",
+                *([f"--enable-admission-plugins={','.join(self.admission_plugins)}"] if self.admission_plugins else []),
                 *node,
                 "--v=1",
             ],

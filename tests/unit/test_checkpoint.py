@@ -8,16 +8,24 @@ through ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from kubeclip.api import CheckpointMismatch, parse_spec
+from kubeclip.api import (
+    EXIT_CHECKPOINT_UNREADABLE,
+    FINAL_EXIT_CODES,
+    CheckpointMismatch,
+    CheckpointUnreadable,
+    parse_spec,
+)
 from trainer import checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -83,12 +91,53 @@ def test_checkpoints_are_loaded_weights_only_and_a_code_pickle_is_refused(tmp_pa
     assert path.name == "step-00000010.pt" and st["step"] == 10
 
 
-def test_no_readable_checkpoint_is_an_error_not_a_silent_fresh_start(tmp_path):
+def test_no_readable_checkpoint_is_a_final_one_line_verdict_not_a_silent_fresh_start(tmp_path):
     out = str(tmp_path)
     checkpoint.save(out, 10, state(10), keep=3).write_bytes(b"garbage")
-    with pytest.raises(OSError, match=r"none of the 1 checkpoint\(s\) in .* can be read .*move them away"):
+    with pytest.raises(
+        CheckpointUnreadable, match=r"none of the 1 checkpoint\(s\) in .* can be read .*move them away"
+    ) as e:
         checkpoint.load_latest(out)
+    # A retry reads the same files: the controller must not retry it (issue 18, item 11).
+    assert e.value.exit_code == EXIT_CHECKPOINT_UNREADABLE and EXIT_CHECKPOINT_UNREADABLE in FINAL_EXIT_CODES
+    assert "\n" not in str(e.value)
     assert checkpoint.load_latest(str(tmp_path / "empty")) == (None, None)
+
+
+def test_temp_names_are_unique_per_write_not_per_pid(tmp_path):
+    final = tmp_path / "step-00000001.pt"
+    names = {checkpoint.temp_name(final).name for _ in range(100)}
+    assert len(names) == 100 and all(checkpoint.TEMP.match(n) for n in names)
+
+
+def test_another_writers_in_flight_temp_survives_a_save_and_a_stale_one_goes(tmp_path):
+    """Two containers have equal PIDs: a temp file named after a PID that is not ours may be a
+    live writer's (another job on the same volume). Only stale temps are removed."""
+    out = str(tmp_path)
+    d = checkpoint.directory(out)
+    d.mkdir(parents=True)
+    in_flight = d / f".step-00000007.pt.tmp-{os.getpid() + 1}"  # the old naming, another writer
+    in_flight.write_bytes(b"half written")
+    stale = d / ".step-00000003.pt.tmp-0123abcd0123abcd"
+    stale.write_bytes(b"dead")
+    old = time.time() - checkpoint.DEAD_TEMP_AGE_S - 60
+    os.utime(stale, (old, old))
+    checkpoint.save(out, 10, state(10), keep=3)
+    assert in_flight.read_bytes() == b"half written"
+    assert not stale.exists()
+
+
+def test_another_dataset_does_not_resume_the_checkpoint(tmp_path):
+    out = str(tmp_path)
+    s = spec()
+    first = {"dataset.trainCsv": "sha256:aaa (96 rows)", "dataset.valCsv": "none"}
+    checkpoint.save(out, 10, state(10), keep=3, spec=s, dataset=first)
+    assert checkpoint.load_latest(out, s, dataset=first)[1]["step"] == 10
+    other = {"dataset.trainCsv": "sha256:bbb (96 rows)", "dataset.valCsv": "none"}
+    with pytest.raises(
+        CheckpointMismatch, match=r"spec.dataset.trainCsv was 'sha256:aaa \(96 rows\)', now 'sha256:bbb"
+    ):
+        checkpoint.load_latest(out, s, dataset=other)
 
 
 def test_rng_states_round_trip_through_weights_only_loading(tmp_path):
@@ -139,6 +188,9 @@ def test_a_failed_write_leaves_no_temporary_file_and_the_previous_checkpoint(tmp
 def test_temporary_files_of_dead_writers_are_removed_by_the_next_save(tmp_path):
     d = checkpoint.directory(str(tmp_path))
     d.mkdir(parents=True)
-    (d / ".step-00000005.pt.tmp-999999").write_bytes(b"x" * 1000)
+    dead = d / ".step-00000005.pt.tmp-999999"
+    dead.write_bytes(b"x" * 1000)
+    old = time.time() - checkpoint.DEAD_TEMP_AGE_S - 1  # untouched for longer than any live write
+    os.utime(dead, (old, old))
     checkpoint.save(str(tmp_path), 6, {"w": torch.zeros(1)}, keep=2)
     assert sorted(p.name for p in d.iterdir()) == ["step-00000006.pt"]

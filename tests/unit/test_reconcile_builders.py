@@ -50,6 +50,7 @@ def test_env_per_rank_is_pytorchjob_and_torchrun_style():
         assert env["RANK"] == env["NODE_RANK"] == env["PET_NODE_RANK"] == str(i)
         assert env["NPROC_PER_NODE"] == env["PET_NPROC_PER_NODE"] == "4"
         assert env["KUBECLIP_JOB_NAME"] == "pen" and env["KUBECLIP_NAMESPACE"] == "ml"
+        assert env["KUBECLIP_JOB_UID"] == "u-1"  # owns the output directory (trainer.ownership)
         assert env["NCCL_DEBUG"] == "WARN" and env["TOKEN"] == {"secretKeyRef": {"name": "s", "key": "k"}}
 
 
@@ -135,3 +136,22 @@ def test_headless_service_publishes_not_ready_addresses():
 def test_longest_allowed_name_fits_a_hostname():
     name = "a" * naming.MAX_JOB_NAME
     assert len(naming.pod_name(name, 1023)) == 63
+
+
+def test_termination_grace_period_is_the_specs_and_torchrun_waits_as_long():
+    """SIGTERM -> SIGKILL leaves the ranks time to finish a step and checkpoint (trainer.preemption)."""
+    import pytest
+
+    from kubeclip.api import ConfigError
+
+    p = _pod(0)
+    assert p["spec"]["terminationGracePeriodSeconds"] == 300  # the documented default
+    assert _env(p)["PET_SHUTDOWN_TIMEOUT"] == "300"
+    spec = parse_job_spec({**JOB["spec"], "terminationGracePeriodSeconds": 900})
+    p = builders.pod(JOB, spec, 1, 0, "reg/trainer:1")
+    assert p["spec"]["terminationGracePeriodSeconds"] == 900 and _env(p)["PET_SHUTDOWN_TIMEOUT"] == "900"
+    for bad in (0, 86401, "1h"):
+        with pytest.raises(ConfigError, match="terminationGracePeriodSeconds"):
+            parse_job_spec({**JOB["spec"], "terminationGracePeriodSeconds": bad})
+    with pytest.raises(ConfigError, match="PET_SHUTDOWN_TIMEOUT"):
+        parse_job_spec({**JOB["spec"], "env": [{"name": "PET_SHUTDOWN_TIMEOUT", "value": "5"}]})

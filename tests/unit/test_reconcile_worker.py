@@ -56,7 +56,8 @@ def test_one_pass_creates_children_then_converges():
     kube = FakeKube(JOB)
     w = Worker(kube, Settings(), clock=CLOCK)
     w.reconcile("ns", "j")
-    assert kube.created == ["j-config", "j", "j-node-0"] and kube.statuses[-1]["phase"] == "Created"
+    # The job's NetworkPolicy (named like the job, controller/netpol.py) before its other children.
+    assert kube.created == ["j", "j-config", "j", "j-node-0"] and kube.statuses[-1]["phase"] == "Created"
 
 
 def test_burst_of_triggers_coalesces_into_at_most_two_passes():

@@ -106,3 +106,11 @@ installing a controller that cannot read its own objects.
 {{- define "kubeclip.admissionName" -}}
 {{- printf "%s-finetunejobs" (include "kubeclip.fullname" . | trunc 50 | trimSuffix "-") -}}
 {{- end -}}
+
+{{- /* A list of strings as CEL string literals, comma-separated: 'a', 'b'. The values schema
+limits volume and source type names to letters, so nothing here needs escaping. */ -}}
+{{- define "kubeclip.celStrings" -}}
+{{- $out := list }}
+{{- range . }}{{ $out = append $out (printf "'%s'" .) }}{{ end }}
+{{- $out | join ", " }}
+{{- end }}
