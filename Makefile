@@ -8,7 +8,7 @@ STAMP := $(VENV)/.kubeclip-installed
 export KUBECLIP_TOOLS ?= $(CURDIR)/.tools
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test test-unit bench bench-gpu tools cluster-up cluster-down images deploy monitoring-up e2e crd lint clean
+.PHONY: help venv demo test test-unit bench bench-gpu tools cluster-up cluster-down images deploy monitoring-up kueue-up e2e crd lint clean
 
 help:
 	@echo "make demo     fine-tune a tiny OpenCLIP model locally on a generated dataset (2 processes)"
@@ -21,7 +21,8 @@ help:
 	@echo "make images   build kubeclip-controller:dev and kubeclip-trainer:dev from ./Dockerfile (buildah) into the node"
 	@echo "make deploy   helm install helm/kubeclip into kubeclip-system with the dev images"
 	@echo "make monitoring-up  the Prometheus Operator + Prometheus on the node, scraping kubeclip (.cluster/prometheus-url)"
-	@echo "make e2e      cluster-up + images + deploy + monitoring-up, then the end-to-end tests on the node (tests/e2e)"
+	@echo "make kueue-up Kueue v0.17.0 on the node (FineTuneJob as an external framework, a ResourceFlavor; hack/kueue.py)"
+	@echo "make e2e      cluster-up + images + deploy + monitoring-up + kueue-up, then the end-to-end tests on the node (tests/e2e)"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -70,7 +71,11 @@ monitoring-up: venv
 	bash hack/tools.sh monitoring
 	$(PY) hack/monitoring.py up
 
-e2e: cluster-up images deploy monitoring-up
+kueue-up: venv
+	bash hack/tools.sh kueue
+	$(PY) hack/kueue.py up
+
+e2e: cluster-up images deploy monitoring-up kueue-up
 	$(PY) -m pytest -m e2e tests/e2e $(PYTEST_ARGS)
 
 crd: venv

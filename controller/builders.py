@@ -217,6 +217,9 @@ def pod(job: dict[str, Any], spec: FineTuneJobSpec, index: int, attempt: int, im
         "priorityClassName": spec.priorityClassName,
         "serviceAccountName": spec.serviceAccountName,
         "imagePullSecrets": [s.model_dump() for s in spec.imagePullSecrets] or None,
+        "schedulerName": spec.schedulerName,
+        "runtimeClassName": spec.runtimeClassName,
+        "topologySpreadConstraints": [dict(c) for c in spec.topologySpreadConstraints] or None,
     }
     pod_spec.update({k: v for k, v in optional.items() if v})
     if not spec.serviceAccountName:
@@ -224,5 +227,8 @@ def pod(job: dict[str, Any], spec: FineTuneJobSpec, index: int, attempt: int, im
         pod_spec["automountServiceAccountToken"] = False
     labels = {naming.LABEL_INDEX: str(index), naming.LABEL_ATTEMPT: str(attempt)}
     meta = _meta(job, naming.pod_name(name, index), labels)
-    meta["annotations"] = {naming.ANNOTATION_CONFIG_HASH: config_hash(job)}
+    # The job's own labels and annotations first: the controller's keys win (the API refuses
+    # kubeclip.dev/* keys anyway; this keeps an older CRD from taking a pod out of its job).
+    meta["labels"] = {**spec.podLabels, **meta["labels"]}
+    meta["annotations"] = {**spec.podAnnotations, naming.ANNOTATION_CONFIG_HASH: config_hash(job)}
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}

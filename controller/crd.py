@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel
 
 from kubeclip.api import (
+    ALLOWED_KEY_RE,
     API_GROUP,
     API_VERSION,
     CONFIG_DIR,
@@ -28,6 +29,7 @@ from kubeclip.api import (
     KIND,
     RESERVED_ENV,
     RESERVED_ENV_PREFIXES,
+    RESERVED_KEY_RE,
     RESERVED_VOLUMES,
     SHM_PATH,
     FineTuneJobSpec,
@@ -112,6 +114,11 @@ def _quote(items: tuple[str, ...]) -> str:
     return "[" + ", ".join(f"'{i}'" for i in items) + "]"
 
 
+def _cel_re(pattern: str) -> str:
+    """A Python regular expression as the body of a single-quoted CEL string (backslashes doubled)."""
+    return pattern.replace("\\", "\\\\")
+
+
 def _add_rules(spec: dict[str, Any]) -> None:
     """CEL rules for what one field's schema cannot say (mirrors api.cross_field_errors)."""
     props = spec["properties"]
@@ -162,6 +169,14 @@ def _add_rules(spec: dict[str, Any]) -> None:
             + ")",
         }
     ]
+    for key in ("podLabels", "podAnnotations"):
+        props[key]["x-kubernetes-validations"] = [
+            {
+                "rule": f"self.all(k, !k.matches('{_cel_re(RESERVED_KEY_RE)}') || k.matches('{_cel_re(ALLOWED_KEY_RE)}'))",
+                "message": "keys under kubeclip.dev, kubernetes.io, k8s.io and x-k8s.io are reserved "
+                "(app.kubernetes.io is allowed)",
+            }
+        ]
     procs = "(has(self.numProcPerNode) ? self.numProcPerNode : 1)"
     gpu_rules = []
     for kind in ("limits", "requests"):
@@ -262,6 +277,7 @@ PRINTER_COLUMNS = [
     {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss"},
     {"name": "R@1", "type": "number", "jsonPath": ".status.progress.recallAt1"},
     {"name": "R@1 vs base", "type": "number", "jsonPath": ".status.progress.recallAt1Gain"},
+    {"name": "Queue", "type": "string", "jsonPath": ".status.queue.pending"},
     {"name": "Retention drop", "type": "number", "jsonPath": ".status.progress.retentionDrop", "priority": 1},
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restartCount", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

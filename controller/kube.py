@@ -22,6 +22,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kubeclip.api import API_GROUP, API_VERSION, KIND, TERMINAL_PHASES
 
+from . import queue
 from .crd import PLURAL
 from .naming import LABEL_JOB, MANAGER
 from .reconcile import Delete, Event
@@ -207,6 +208,92 @@ class Kube:
                 nodes[node_name] = self.get_node(node_name)
         return pods, svc, cm, nodes
 
+    # ---- Kueue (controller/queue.py) ---------------------------------------------------------
+
+    def list_workloads(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
+        """The Workloads labelled with the job's name (raises ApiException 404 without Kueue's CRDs)."""
+        listed = self.custom.list_namespaced_custom_object(
+            queue.GROUP,
+            queue.VERSION,
+            namespace,
+            queue.WORKLOADS,
+            label_selector=f"{LABEL_JOB}={job_name}",
+            _request_timeout=self.timeout,
+        )
+        return cast(list[dict[str, Any]], cast(dict[str, Any], listed)["items"])
+
+    def leftover_workloads(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
+        """list_workloads, or none where Kueue is not installed or the chart's Kueue RBAC is off."""
+        try:
+            return self.list_workloads(namespace, job_name)
+        except ApiException as err:
+            if err.status in (403, 404):
+                return []
+            raise
+
+    def _get_cluster(self, plural: str, name: str) -> dict[str, Any] | None:
+        try:
+            return cast(
+                dict[str, Any],
+                self.custom.get_cluster_custom_object(
+                    queue.GROUP, queue.VERSION, plural, name, _request_timeout=self.timeout
+                ),
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def observe_queue(self, job: dict[str, Any]) -> queue.Observed:
+        """What controller/queue.py needs: the job's Workloads, the ResourceFlavors its admission
+        names, the WorkloadPriorityClass its label names. Only for jobs with the queue label (and
+        for finished ones that may still hold a Workload)."""
+        meta = job["metadata"]
+        if queue.queue_name(job) is None:
+            return queue.Observed()
+        try:
+            workloads = self.list_workloads(meta["namespace"], meta["name"])
+        except ApiException as err:
+            if err.status == 404:
+                return queue.Observed(api=False)
+            if err.status == 403:
+                return queue.Observed(api=False, forbidden=True)
+            raise
+        if (job.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            return queue.Observed(workloads=tuple(workloads))
+        flavors: dict[str, dict[str, Any] | None] = {}
+        for wl in workloads:
+            for psa in ((wl.get("status") or {}).get("admission") or {}).get("podSetAssignments") or []:
+                for name in (psa.get("flavors") or {}).values():
+                    if name not in flavors:
+                        flavors[name] = self._get_cluster("resourceflavors", name)
+        priority = None
+        priority_name = (meta.get("labels") or {}).get(queue.PRIORITY_LABEL)
+        if priority_name and not workloads:  # read once, when the Workload is made
+            priority = self._get_cluster("workloadpriorityclasses", priority_name)
+        return queue.Observed(workloads=tuple(workloads), flavors=flavors, priority=priority)
+
+    def write_workload(self, w: queue.WorkloadWrite) -> str | None:
+        """PUT a Workload (finalizers, spec.active) or its status; its resourceVersion makes a
+        concurrent writer (Kueue) a Conflict, and the pass runs again on fresh data. Returns the
+        new resourceVersion (None when the Workload is gone)."""
+        meta = w.body["metadata"]
+        args = (queue.GROUP, queue.VERSION, meta["namespace"], queue.WORKLOADS, meta["name"], w.body)
+        fn = (
+            self.custom.replace_namespaced_custom_object_status
+            if w.what == "status"
+            else self.custom.replace_namespaced_custom_object
+        )
+        try:
+            out = cast(dict[str, Any], fn(*args, _request_timeout=self.timeout))
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            if err.status == 409:
+                raise Conflict(f"workload {meta['name']}: {err.reason}") from None
+            raise
+        return cast(str | None, (out.get("metadata") or {}).get("resourceVersion"))
+
     def get_node(self, name: str) -> dict[str, Any] | None:
         try:
             return _raw(self.core.read_node(name, _preload_content=False, _request_timeout=self.timeout))
@@ -234,8 +321,13 @@ class Kube:
             "ConfigMap": self.core.create_namespaced_config_map,
             "NetworkPolicy": self.net.create_namespaced_network_policy,
         }
-        fn = creators[kind]
         try:
+            if kind == "Workload":
+                self.custom.create_namespaced_custom_object(
+                    queue.GROUP, queue.VERSION, ns, queue.WORKLOADS, obj, _request_timeout=self.timeout
+                )
+                return
+            fn = creators[kind]
             _done(fn(ns, obj, _preload_content=False, _request_timeout=self.timeout))
         except ApiException as err:
             _check_terminating(err)

@@ -123,8 +123,7 @@ def build_registry(worker: Worker, passes: Passes | None = None) -> kopf.Operato
     def job_event(event: kopf.RawEvent, namespace: str | None, name: str, **_: Any) -> None:
         ns = cast(str, namespace)  # FineTuneJobs are namespaced: kopf always passes the namespace
         if event.get("type") == "DELETED":
-            worker.forget(ns, name)
-            return
+            worker.forget(ns, name)  # then one more pass: it finds the job gone and lets its Kueue Workload go
         run(worker.reconcile, ns, name)
 
     @kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT}, registry=registry)

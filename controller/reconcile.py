@@ -7,7 +7,8 @@ with plain dicts (``tests/unit/test_reconcile*.py``). The pass is level-triggere
 the status from what exists and never asks "what just happened".
 
 The policy is a sequence of steps (:data:`STEPS`, JobSet's shape: one function per policy) over
-one :class:`Pass` object: ``finished`` (cleanup, TTL), ``invalid_spec``, ``suspend``,
+one :class:`Pass` object: ``finished`` (cleanup, TTL), ``invalid_spec``, ``queue_admission``
+(Kueue, :mod:`controller.queue`), ``suspend``,
 ``deadline``, ``success``, ``failure_policy``, ``start_deadline`` (waiting pods, refused creates,
 ``runPolicy.startDeadlineSeconds``), ``start_pods``. Each step either ends the pass with a
 :class:`Plan` or returns None and leaves the decision to the next; a new run-policy field is one
@@ -36,7 +37,7 @@ from typing import Any
 
 from kubeclip.api import PODS_WAITING, TERMINAL_PHASES, ConfigError, FineTuneJobSpec, Phase, Reason, parse_job_spec
 
-from . import builders, naming
+from . import builders, naming, queue
 from .pods import (
     FORCE_DELETE_AFTER_S,
     INVALID_IMAGE_NAME,
@@ -93,6 +94,7 @@ __all__ = [
     "judge",
     "node_gone",
     "plan",
+    "queue_admission",
     "restart_delay",
 ]
 
@@ -123,6 +125,7 @@ class Observed:
     now: datetime = field(default_factory=lambda: datetime(1970, 1, 1, tzinfo=timezone.utc))
     nodes: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     create_error: CreateError | None = None
+    queue: queue.Observed = field(default_factory=queue.Observed)  # Kueue: the job's Workload (controller/queue.py)
 
 
 #: While a pod is stuck in deletion the job is looked at again this often (Node changes trigger
@@ -159,10 +162,13 @@ class Plan:
     delete_job: bool = False
     requeue_after: float | None = None  # seconds until a deadline/TTL is due
     transition: str | None = None  # the phase entered by this pass (metrics)
+    workloads: tuple[queue.WorkloadWrite, ...] = ()  # Kueue Workload writes, after the creates
 
     @property
     def empty(self) -> bool:
-        return not (self.status or self.events or self.create or self.update or self.delete or self.delete_job)
+        return not (
+            self.status or self.events or self.create or self.update or self.delete or self.delete_job or self.workloads
+        )
 
 
 def restart_delay(restarts: int, base: float = RESTART_DELAY_S, cap: float = RESTART_DELAY_CAP_S) -> float:
@@ -241,6 +247,10 @@ class Pass:
     #: The current attempt's pods by node index, and every other pod this job controls.
     current: dict[int, dict[str, Any]] = field(default_factory=dict)
     stale: list[dict[str, Any]] = field(default_factory=list)
+    #: Set by :func:`queue_admission` for a job that uses Kueue and is admitted (pods get its
+    #: flavors' node labels and tolerations); its Workload writes go out with whatever plan ends the pass.
+    gate: queue.Gate | None = None
+    workloads: list[queue.WorkloadWrite] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         meta = self.job["metadata"]
@@ -328,6 +338,7 @@ class Pass:
             update=self.update,
             delete=delete,
             requeue_after=self.requeue,
+            workloads=self.workloads,
             **kw,
         )
 
@@ -347,6 +358,7 @@ class Pass:
             delete=cleanup(self.pods, policy, self.now, self.observed.nodes),
             requeue_after=ttl if ttl else None,
             delete_job=ttl == 0,
+            workloads=self.workloads,
         )
 
 
@@ -384,6 +396,7 @@ def finished(p: Pass) -> Plan | None:
         delete=cleanup(p.pods, _raw_clean_policy(p), p.now, p.observed.nodes),
         delete_job=due is not None and due <= 0,
         requeue_after=due if due is not None and due > 0 else None,
+        workloads=queue.release(p.job, p.observed.queue, p.now),  # Kueue: Finished, the quota given back
     )
 
 
@@ -416,6 +429,70 @@ def invalid_spec(p: Pass) -> Plan | None:
 
 def _succeeded(pod: dict[str, Any] | None) -> bool:
     return pod is not None and pod_phase(pod) == PodPhase.SUCCEEDED and not deleting(pod)
+
+
+def queue_admission(p: Pass) -> Plan | None:
+    """Kueue (controller/queue.py), for a job labelled kueue.x-k8s.io/queue-name: no pods until its
+    Workload is admitted. Waiting or evicted, the job is Queued with no pods (all deleted, none
+    counted as a failure) and the pass ends here; admitted, it goes on with the flavors' node
+    labels and tolerations for its pods, Created if it was Queued."""
+    gate = queue.admit(
+        p.job,
+        template_pod=builders.pod(p.job, p.spec, 0, p.attempt, p.image),
+        num_nodes=p.spec.numNodes,
+        suspend=p.spec.runPolicy.suspend,
+        pods=p.pods,
+        pods_running=p.all_running,
+        observed=p.observed.queue,
+        now=p.now,
+    )
+    if gate is None:
+        return None
+    p.workloads += gate.writes
+    p.create += gate.create
+    if gate.hold and gate.phase == Phase.FAILED:
+        return p.finish(Phase.FAILED, gate.reason, gate.message)
+    if gate.hold and gate.phase == Phase.SUSPENDED:
+        return None  # the suspend step deletes the pods; the Workload is inactive
+    if gate.hold:
+        if gate.phase == Phase.QUEUED and p.status.get("phase") == Phase.SUSPENDED:
+            p.status = resume(p.status, p.generation, p.now)  # the Suspended condition goes False
+        if gate.phase is not None and (p.status.get("phase"), p.status.get("reason"), p.status.get("message")) != (
+            gate.phase,
+            gate.reason,
+            gate.message,
+        ):
+            p.enter(Phase(gate.phase), gate.reason, gate.message)
+        p.status["nodes"] = node_counts(p.spec.numNodes, [])
+        p.status["queue"] = _queue_status(p.job, gate, gate.message if gate.phase == Phase.QUEUED else None)
+        for key in ("startTime", "attemptStartTime", "nextAttemptTime"):  # the clocks run only while admitted
+            p.status.pop(key, None)
+        if gate.requeue_after is not None:
+            p.wake(gate.requeue_after)
+        p.recheck_stuck()
+        return p.plan(delete=p.delete(p.pods))
+    p.gate = gate
+    if p.status.get("phase") == Phase.QUEUED:
+        where = f"ClusterQueue {gate.admitted_by}" if gate.admitted_by else "Kueue"
+        message = f"admitted by {where}: creating {p.spec.numNodes} node pod(s)"
+        p.status["conditions"] = set_condition(
+            p.status.get("conditions") or [], Phase.QUEUED, "False", Reason.ADMITTED, message, p.generation, p.now
+        )
+        p.enter(Phase.CREATED, Reason.ADMITTED, message)
+    p.status["queue"] = _queue_status(p.job, gate, None)
+    return None
+
+
+def _queue_status(job: dict[str, Any], gate: queue.Gate, pending: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "localQueue": queue.queue_name(job),
+        "workload": queue.workload_name(job["metadata"]["name"]),
+    }
+    if gate.admitted_by:
+        out["clusterQueue"] = gate.admitted_by
+    if pending:
+        out["pending"] = pending[:512]
+    return out
 
 
 def suspend(p: Pass) -> Plan | None:
@@ -638,7 +715,8 @@ def start_pods(p: Pass) -> Plan:
         p.status.pop("nextAttemptTime", None)
         for i in range(p.spec.numNodes):
             if i not in p.current and naming.pod_name(p.name, i) not in taken:
-                p.create.append(builders.pod(p.job, p.spec, i, p.attempt, p.image))
+                node = builders.pod(p.job, p.spec, i, p.attempt, p.image)
+                p.create.append(queue.place(node, p.gate) if p.gate is not None else node)
     if "attemptStartTime" not in p.status and (p.current or any(o["kind"] == "Pod" for o in p.create)):
         p.status["attemptStartTime"] = rfc3339(p.now)  # runPolicy.startDeadlineSeconds counts from here
     if p.all_running:
@@ -656,6 +734,7 @@ def start_pods(p: Pass) -> Plan:
 STEPS: Sequence[Step] = (
     finished,
     invalid_spec,
+    queue_admission,
     suspend,
     deadline,
     success,

@@ -18,6 +18,7 @@ from .times import rfc3339
 
 #: For each phase: the condition it sets True, and the conditions it turns False if present.
 _PHASE_CONDITIONS: dict[Phase, tuple[Phase, tuple[Phase, ...]]] = {
+    Phase.QUEUED: (Phase.QUEUED, (Phase.RUNNING, Phase.RESTARTING)),
     Phase.CREATED: (Phase.CREATED, ()),
     Phase.RUNNING: (Phase.RUNNING, (Phase.RESTARTING, Phase.SUSPENDED)),
     Phase.RESTARTING: (Phase.RESTARTING, (Phase.RUNNING,)),

@@ -18,7 +18,7 @@ from typing import Any
 
 from kubeclip.api import TERMINAL_PHASES, MetricsSpec
 
-from . import metrics, naming, netpol
+from . import metrics, naming, netpol, queue
 from .kube import Conflict, Kube, Refused, Terminating, describe_error
 from .progress import progress_url, read_progress
 from .reconcile import CreateError, Observed, Plan, plan
@@ -98,6 +98,7 @@ class Worker:
             job = self.kube.get_job(namespace, name)
             if job is None:
                 self.forget(namespace, name)
+                self._release_workloads(namespace, name)
                 return None
             p = self.plan_for(job)
             self.apply(job, p)
@@ -139,6 +140,23 @@ class Worker:
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - t0)
         return None
 
+    def _release_workloads(self, namespace: str, name: str) -> None:
+        """A deleted job's Kueue Workloads: Finished and the finalizer off, so the quota is freed
+        (Kueue leaves an owned Workload's finalizer to its job's controller)."""
+        self._write_workloads(queue.release_orphans(self.kube.leftover_workloads(namespace, name), self.clock()))
+
+    def _write_workloads(self, writes: tuple[queue.WorkloadWrite, ...]) -> None:
+        """Writes of one pass come from the same read: a second write to the same Workload
+        (Finished, then the finalizer off) carries the version the first one left."""
+        versions: dict[str, str | None] = {}
+        for w in writes:
+            name = w.body["metadata"]["name"]
+            if name in versions:
+                w = queue.WorkloadWrite(
+                    w.what, {**w.body, "metadata": {**w.body["metadata"], "resourceVersion": versions[name]}}
+                )
+            versions[name] = self.kube.write_workload(w)
+
     def plan_for(self, job: dict[str, Any]) -> Plan:
         pods, svc, cm, nodes = self.kube.observe(job)
         progress = None
@@ -169,6 +187,7 @@ class Worker:
             now=self.clock(),
             nodes=nodes,
             create_error=refused if uid == job["metadata"].get("uid") else None,
+            queue=self.kube.observe_queue(job) if queue.queue_name(job) else queue.Observed(),
         )
         return plan(
             job,
@@ -213,6 +232,7 @@ class Worker:
         if p.create:
             with self._mu:
                 self._refused.pop(key, None)
+        self._write_workloads(p.workloads)  # after the creates: a Workload exists before it is written
         for d in p.delete:
             self.kube.delete(ns, d)
         if p.create or p.delete:

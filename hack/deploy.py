@@ -105,6 +105,8 @@ def deploy(watch_namespaces: list[str] | None = None, timeout_s: int = 300) -> f
     ]
     if monitoring_up():
         argv += ["-f", str(MONITORING_VALUES)]
+    if (CLUSTER_DIR / "kueue-up").exists():  # `make kueue-up` ran: the controller's Workload RBAC (hack/kueue.py)
+        argv += ["--set", "kueue.enabled=true"]
     # `make images deploy` rolls the controller onto the image just built (same :dev tag)
     key = image_key("kubeclip-controller")
     if key:

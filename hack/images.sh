@@ -9,6 +9,8 @@
 #                           kubeclip.local/prometheus-config-reloader:dev (static Go binaries from
 #                           hack/tools.sh monitoring) and kubeclip.local/prometheus:v3.5.0 (static Go build
 #                           of github.com/prometheus/prometheus), each in a scratch image, imported into the node
+#   hack/images.sh kueue    `make kueue-up`: kubeclip.local/kueue:dev (static Go build of sigs.k8s.io/kueue
+#                           cmd/kueue v0.17.0 from hack/tools.sh kueue) in a scratch image, imported into the node
 #   hack/images.sh app      `make images`: both targets of ./Dockerfile, unmodified, on local bases of the
 #                           same shape as the official ones (which cannot be pulled here):
 #                             kubeclip.local/python:3.11-bookworm  debootstrap bookworm + python3.11 (PYTHON_IMAGE)
@@ -101,6 +103,11 @@ monitoring_images() {
   import_into_node prometheus prometheus-operator prometheus-config-reloader
 }
 
+kueue_images() {
+  scratch_image kueue kubeclip.local/kueue:dev '["/manager"]' "$BIN/kueue:/manager"
+  import_into_node kueue
+}
+
 # --- app images ---------------------------------------------------------------------------------
 python_base() {  # -> kubeclip.local/python:3.11-bookworm (the shape of python:3.11-slim-bookworm)
   local key
@@ -189,6 +196,7 @@ case "${1:-}" in
   system) system_images ;;
   import) shift; import_into_node "$@" ;;
   monitoring) monitoring_images ;;
+  kueue) kueue_images ;;
   base) python_base; torch_base ;;
   app)
     python_base
@@ -197,5 +205,5 @@ case "${1:-}" in
     target kubeclip-trainer trainer trainer "$TORCH_KEY" --build-arg "TORCH_IMAGE=kubeclip.local/torch:$TORCH_VERSION"
     import_into_node python kubeclip-controller kubeclip-trainer   # python: for examples/dataset-pvc.yaml's loader
     ;;
-  *) echo "usage: $0 system|app|monitoring|import NAME..." >&2; exit 2 ;;
+  *) echo "usage: $0 system|app|monitoring|kueue|import NAME..." >&2; exit 2 ;;
 esac

@@ -24,6 +24,9 @@
 #   containerd, runc, CNI plugins, buildah,  Debian packages, installed with apt when missing
 #   socat, debootstrap, iptables, gcc, busybox-static
 #
+# `hack/tools.sh kueue` also makes what `make kueue-up` (hack/kueue.py) needs:
+#   kueue                                    go build of sigs.k8s.io/kueue cmd/kueue (hack/kueue, own go.mod)
+#
 # Idempotent: each binary has a stamp recording what it was built from; a second run only checks
 # stamps (seconds). If KUBEBUILDER_ASSETS holds kube-apiserver/etcd/kubectl, those are linked instead.
 set -euo pipefail
@@ -194,5 +197,11 @@ if [[ "${1:-}" == monitoring ]]; then
     touch "$PROM_SRC/.ready"
   fi
   go_build prometheus ./cmd/prometheus "$PROM_SRC" "$PROM_LDFLAGS" 0
+fi
+if [[ "${1:-}" == kueue ]]; then
+  KUEUE_DIR=$REPO/hack/kueue
+  KUEUE_VERSION=$(awk '$1 == "sigs.k8s.io/kueue" {print $2}' "$KUEUE_DIR/go.mod")
+  KUEUE_LDFLAGS="-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION -X sigs.k8s.io/kueue/pkg/version.GitCommit=kubeclip-local"
+  go_build kueue sigs.k8s.io/kueue/cmd/kueue "$KUEUE_DIR" "$KUEUE_LDFLAGS" 0
 fi
 log "ready in $BIN: $(cd "$BIN" && ls | tr '\n' ' ')"

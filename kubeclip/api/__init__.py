@@ -31,12 +31,14 @@ from .contracts import (
     TrainerVerdict,
 )
 from .job import (
+    ALLOWED_KEY_RE,
     CONFIG_DIR,
     CONFIG_VOLUME,
     GPU_RESOURCE,
     PRESERVE,
     RESERVED_ENV,
     RESERVED_ENV_PREFIXES,
+    RESERVED_KEY_RE,
     RESERVED_VOLUMES,
     SHM_PATH,
     SHM_VOLUME,
@@ -60,6 +62,7 @@ from .status import (
     NodeCounts,
     Phase,
     ProgressStatus,
+    QueueStatus,
     Reason,
 )
 from .termination import (
@@ -90,6 +93,7 @@ from .trainer_spec import (
 )
 
 __all__ = [
+    "ALLOWED_KEY_RE",
     "API_GROUP",
     "API_VERSION",
     "CLUSTER_KEYS",
@@ -114,6 +118,7 @@ __all__ = [
     "PRESERVE",
     "RESERVED_ENV",
     "RESERVED_ENV_PREFIXES",
+    "RESERVED_KEY_RE",
     "RESERVED_VOLUMES",
     "SHM_PATH",
     "SHM_VOLUME",
@@ -142,6 +147,7 @@ __all__ = [
     "Phase",
     "Progress",
     "ProgressStatus",
+    "QueueStatus",
     "Reason",
     "ResourceRequirements",
     "RunPolicy",

@@ -10,6 +10,7 @@ API server still validates them when the pod is created.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationError, model_validator
@@ -24,6 +25,24 @@ PRESERVE: JsonDict = {"x-kubernetes-preserve-unknown-fields": True}
 Quantity = int | str
 
 _NAME_RE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+#: A DNS subdomain (schedulerName, runtimeClassName).
+_SUBDOMAIN_RE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+#: A label or annotation key: an optional DNS-subdomain prefix and "/", then a name of 63 at most.
+_KEY_RE = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+_LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+#: Keys the pods' labels and annotations may not carry, whatever the cluster's admission policy
+#: allows: kubeclip's own (the controller finds its pods by them), Kubernetes' (``kubernetes.io``,
+#: ``k8s.io``: AppArmor and seccomp annotations among them) and its SIG projects' (``x-k8s.io``:
+#: Kueue's pod integration would take the pods over). ``app.kubernetes.io/*`` (the recommended
+#: labels) stays allowed. Mirrored by a CEL rule (controller/crd.py).
+RESERVED_KEY_RE = r"^([^/]*\.)?(kubeclip\.dev|x-k8s\.io|kubernetes\.io|k8s\.io)/"
+ALLOWED_KEY_RE = r"^app\.kubernetes\.io/"
+#: At most this many pod labels / annotations, and this many bytes of annotations in all.
+MAX_POD_LABELS = 32
+MAX_POD_ANNOTATIONS = 32
+MAX_ANNOTATION_VALUE = 4096
 
 
 class ResourceRequirements(Strict):
@@ -169,6 +188,39 @@ class FineTuneJobSpec(TrainerSpec):
     )
     priorityClassName: str | None = Field(default=None, max_length=253, description="PriorityClass of the pods.")
     serviceAccountName: str | None = Field(default=None, max_length=253, description="ServiceAccount the pods run as.")
+    podLabels: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=MAX_POD_LABELS,
+        description="Extra labels of the node pods (cost centre, sidecar opt-outs). Keys under kubeclip.dev, "
+        "kubernetes.io, k8s.io or x-k8s.io (but app.kubernetes.io) are refused; the controller's own labels win. "
+        "The chart's admission policy may restrict the keys further (admission.allowedPodLabelKeys).",
+    )
+    podAnnotations: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=MAX_POD_ANNOTATIONS,
+        description="Extra annotations of the node pods; the same reserved keys as podLabels "
+        "(admission.allowedPodAnnotationKeys).",
+    )
+    schedulerName: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=_SUBDOMAIN_RE,
+        description="Scheduler of the node pods (e.g. a gang scheduler); only names the chart's admission "
+        "policy lists (admission.allowedSchedulerNames).",
+    )
+    runtimeClassName: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=_SUBDOMAIN_RE,
+        description="RuntimeClass of the node pods; only names the chart's admission policy lists "
+        "(admission.allowedRuntimeClassNames).",
+    )
+    topologySpreadConstraints: list[dict[str, Any]] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Kubernetes TopologySpreadConstraints of the node pods (e.g. one node pod per zone).",
+        json_schema_extra={"items": PRESERVE},
+    )
     runPolicy: RunPolicy = Field(default_factory=RunPolicy, description="Restarts, deadlines, cleanup, suspension.")
     terminationGracePeriodSeconds: int = Field(
         default=DEFAULT_TERMINATION_GRACE_S,
@@ -243,6 +295,16 @@ def cross_field_errors(spec: FineTuneJobSpec) -> list[str]:
             errors.append(f"spec.volumeMounts: {CONFIG_DIR} is reserved for the job config")
         if m.mountPath.rstrip("/") == SHM_PATH:
             errors.append(f"spec.volumeMounts: {SHM_PATH} is mounted by the controller")
+    for field, values in (("podLabels", spec.podLabels), ("podAnnotations", spec.podAnnotations)):
+        for key, value in values.items():
+            if not _KEY_RE.match(key) or len(key) > 317:
+                errors.append(f"spec.{field}: {key[:80]!r} is not a valid key")
+            elif re.match(RESERVED_KEY_RE, key) and not re.match(ALLOWED_KEY_RE, key):
+                errors.append(f"spec.{field}: {key} is reserved (kubeclip.dev, kubernetes.io, k8s.io, x-k8s.io)")
+            if field == "podLabels" and not _LABEL_VALUE_RE.match(value):
+                errors.append(f"spec.podLabels[{key[:80]}]: {value[:80]!r} is not a valid label value")
+            if field == "podAnnotations" and len(value) > MAX_ANNOTATION_VALUE:
+                errors.append(f"spec.podAnnotations[{key[:80]}]: longer than {MAX_ANNOTATION_VALUE} characters")
     for e in spec.env:
         if is_reserved_env(e.name):
             errors.append(

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class Phase(StrEnum):
     """``status.phase``; each phase also sets the condition of the same type."""
 
+    QUEUED = "Queued"
     CREATED = "Created"
     RUNNING = "Running"
     RESTARTING = "Restarting"
@@ -36,7 +37,7 @@ class _Status(BaseModel):
 class Condition(_Status):
     """metav1.Condition."""
 
-    type: str = Field(description="Created, Running, Restarting, Succeeded, Failed, Suspended or PodsWaiting.")
+    type: str = Field(description="Queued, Created, Running, Restarting, Succeeded, Failed, Suspended or PodsWaiting.")
     status: Literal["True", "False", "Unknown"]
     reason: str = Field(description="CamelCase machine-readable reason.")
     message: str = Field(default="", description="Human-readable details.")
@@ -91,9 +92,21 @@ class ProgressStatus(_Status):
     updatedAt: str | None = Field(default=None, description="When the trainer reported this (RFC 3339).")
 
 
+class QueueStatus(_Status):
+    """Where a job labelled kueue.x-k8s.io/queue-name stands in Kueue."""
+
+    localQueue: str | None = Field(default=None, description="The LocalQueue the job asked for (its label).")
+    workload: str | None = Field(default=None, description="The job's kueue.x-k8s.io Workload.")
+    clusterQueue: str | None = Field(default=None, description="The ClusterQueue that admitted it, while admitted.")
+    pending: str | None = Field(
+        default=None, description="While Queued: why Kueue has not admitted it (Kueue's own message)."
+    )
+
+
 class FineTuneJobStatus(_Status):
     phase: Phase | None = Field(
-        default=None, description="Created, Running, Restarting, Succeeded, Failed or Suspended."
+        default=None,
+        description="Queued (waiting for Kueue to admit it), Created, Running, Restarting, Succeeded, Failed or Suspended.",
     )
     reason: str | None = Field(default=None, description="Reason of the latest phase transition.")
     message: str | None = Field(default=None, description="Message of the latest phase transition.")
@@ -121,6 +134,9 @@ class FineTuneJobStatus(_Status):
     )
     completionTime: str | None = Field(default=None, description="When the job succeeded or failed (RFC 3339).")
     progress: ProgressStatus | None = Field(default=None, description="The trainer's progress.")
+    queue: QueueStatus | None = Field(
+        default=None, description="Kueue admission (jobs with kueue.x-k8s.io/queue-name)."
+    )
 
 
 class Reason(StrEnum):
@@ -152,3 +168,7 @@ class Reason(StrEnum):
     START_DEADLINE_EXCEEDED = "StartDeadlineExceeded"
     #: The PodsWaiting condition turned False: nothing holds the pods back any more.
     PODS_STARTED = "PodsStarted"
+    QUEUED = "Queued"
+    ADMITTED = "Admitted"
+    QUEUE_UNAVAILABLE = "KueueNotInstalled"
+    QUEUE_PRIORITY_CLASS_MISSING = "PriorityClassNotFound"

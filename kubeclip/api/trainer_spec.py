@@ -39,6 +39,11 @@ CLUSTER_KEYS = frozenset(
         "affinity",
         "priorityClassName",
         "serviceAccountName",
+        "podLabels",
+        "podAnnotations",
+        "schedulerName",
+        "runtimeClassName",
+        "topologySpreadConstraints",
         "runPolicy",
         "terminationGracePeriodSeconds",
     }

@@ -62,7 +62,18 @@ def install_crd(kubectl: Callable[..., Any]) -> bool:
     """Apply the chart's CRD; True when this call created it (so the caller may delete it)."""
     existed = kubectl("get", "crd", "finetunejobs.kubeclip.dev", check=False).returncode == 0
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    kubectl("wait", "--for=condition=Established", "crd/finetunejobs.kubeclip.dev", "--timeout=60s")
+    # kubectl wait fails at once ("accessor error") while a new CRD has no status yet: retry it.
+    wait_for(
+        lambda: (
+            kubectl(
+                "wait", "--for=condition=Established", "crd/finetunejobs.kubeclip.dev", "--timeout=30s", check=False
+            ).returncode
+            == 0
+        ),
+        60,
+        0.5,
+        "the FineTuneJob CRD Established",
+    )
     return not existed
 
 
@@ -97,7 +108,9 @@ def grant_lease(cluster: Any, namespace: str, lease_name: str) -> None:
     )
 
 
-def controller_kubeconfig(cluster: Any, sa_namespace: str, out: Path, lease_name: str = "kubeclip-controller") -> Path:
+def controller_kubeconfig(
+    cluster: Any, sa_namespace: str, out: Path, lease_name: str = "kubeclip-controller", *, kueue: bool = False
+) -> Path:
     """A kubeconfig whose user is ServiceAccount ``kubeclip-controller`` with the shipped rules only:
     ``namespaced`` and ``cluster`` in ClusterRoles (the chart's cluster-wide mode), ``lease`` in a
     Role in ``sa_namespace`` for ``lease_name`` only (more names: :func:`grant_lease`)."""
@@ -110,7 +123,10 @@ def controller_kubeconfig(cluster: Any, sa_namespace: str, out: Path, lease_name
             "metadata": {"name": "kubeclip-controller", "namespace": sa_namespace},
         },
     ]
-    for suffix, key in (("", "namespaced"), ("-cluster", "cluster")):
+    sets = [("", "namespaced"), ("-cluster", "cluster")]
+    if kueue:  # the chart's kueue.enabled: the Workload rules too
+        sets += [("-kueue", "kueue"), ("-kueue-cluster", "kueueCluster")]
+    for suffix, key in sets:
         docs += [
             {
                 "apiVersion": "rbac.authorization.k8s.io/v1",

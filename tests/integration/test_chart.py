@@ -365,6 +365,18 @@ def test_admission_policy_follows_the_values(tmp_path):
     assert "serviceAccountName" not in policy({"admission": {"allowServiceAccounts": True}})
     assert "'csi'" not in policy({"admission": {"allowedVolumeTypes": ["persistentVolumeClaim"]}})
     assert policy({"admission": {"enabled": False}}) is None
+    # The pod fields a job author sets: refused until the values list names (``"*"``: any).
+    fields = ["schedulerName", "runtimeClassName", "podLabels", "podAnnotations"]
+    assert all(f"object.spec.{f}" in default for f in fields) and default.count(" in []") == 4
+    everything = {
+        "allowedSchedulerNames": ["*"],
+        "allowedRuntimeClassNames": ["*"],
+        "allowedPodLabelKeys": ["*"],
+        "allowedPodAnnotationKeys": ["*"],
+    }
+    assert not any(f"object.spec.{f}" in policy({"admission": everything}) for f in fields)
+    listed = policy({"admission": {"allowedSchedulerNames": ["volcano"], "allowedPodLabelKeys": ["cost-center"]}})
+    assert "object.spec.schedulerName in ['volcano']" in listed and "k in ['cost-center']" in listed
     # Type names are letters only (they land in CEL string literals).
     bad = helm(
         "template",
@@ -375,6 +387,16 @@ def test_admission_policy_follows_the_values(tmp_path):
         check=False,
     )
     assert bad.returncode != 0 and "extraVolumeTypes" in bad.stderr
+
+
+def test_kueue_rbac_follows_the_value(tmp_path):
+    rules = yaml.safe_load((CHART / "files" / "rbac-rules.yaml").read_text())
+    off, on = render(tmp_path, {}), render(tmp_path, {"kueue": {"enabled": True}})
+    roles = {r["metadata"]["name"]: r["rules"] for r in by_kind(on, "ClusterRole")}
+    assert roles["kc-kubeclip"] == rules["namespaced"] + rules["kueue"]
+    assert roles["kc-kubeclip-nodes"] == rules["cluster"] + rules["kueueCluster"]
+    assert not any("kueue.x-k8s.io" in str(r["rules"]) for r in by_kind(off, "ClusterRole"))
+    assert {"workloads/status", "workloads/finalizers"} <= {res for r in rules["kueue"] for res in r["resources"]}
 
 
 def test_network_policy_is_the_controllers_per_job_policy_on_by_default(tmp_path):

@@ -79,6 +79,7 @@ def test_names_columns_status_and_rules():
         "Loss",
         "R@1",
         "R@1 vs base",
+        "Queue",
         "Retention drop",
         "Restarts",
         "Age",

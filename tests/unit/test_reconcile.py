@@ -790,6 +790,7 @@ def test_the_policies_decide_in_a_fixed_order_and_a_step_can_be_inserted():
     assert [s.__name__ for s in STEPS] == [
         "finished",
         "invalid_spec",
+        "queue_admission",
         "suspend",
         "deadline",
         "success",

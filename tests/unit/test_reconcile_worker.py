@@ -31,6 +31,9 @@ class FakeKube:
     def observe(self, job):
         return [], None, None, {}
 
+    def leftover_workloads(self, ns, name):  # Kueue Workloads a deleted job left (none here)
+        return []
+
     def write_status(self, job, status):
         self.statuses.append(status)
         self.job = {**job, "status": status}
