@@ -30,8 +30,6 @@ tests (tests/e2e/test_kueue.py). It runs after `make cluster-up images deploy` a
 
 from __future__ import annotations
 
-import json
-import re
 import shutil
 import subprocess
 import sys
@@ -46,6 +44,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "hack"))
 
 import deploy  # noqa: E402
+from addons import AddonError, go_module_dir, kubectl, wait_for  # noqa: E402
 from support import netns  # noqa: E402
 from support.node import NAME  # noqa: E402
 
@@ -111,43 +110,8 @@ spec:
 """
 
 
-class KueueError(Exception):
-    pass
-
-
-def kubectl(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [deploy._tool("kubectl"), f"--kubeconfig={CLUSTER_DIR / 'kubeconfig'}", *args],
-        input=input,
-        capture_output=True,
-        text=True,
-    )
-    if check and proc.returncode != 0:
-        raise KueueError(f"kubectl {' '.join(args[:4])}: {proc.stderr.strip() or proc.stdout.strip()}")
-    return proc
-
-
 def module_dir() -> Path:
-    """Kueue's Go module (go.mod of hack/kueue), downloaded if the cache lacks it."""
-    moddir = REPO / "hack/kueue"
-    version = re.search(re.escape(MODULE) + r"\s+(v\S+)", (moddir / "go.mod").read_text()).group(1)  # type: ignore[union-attr]
-    out = subprocess.run(
-        ["go", "mod", "download", "-json", f"{MODULE}@{version}"],
-        cwd=moddir,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return Path(json.loads(out.stdout)["Dir"])
-
-
-def wait_for(what: str, ok, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if ok():
-            return
-        time.sleep(2)
-    raise KueueError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+    return go_module_dir(REPO / "hack/kueue", MODULE)
 
 
 def _own_kinds_only(webhook: dict[str, Any]) -> bool:
@@ -208,7 +172,7 @@ def install(mod: Path) -> None:
     if out.returncode != 0:
         pods = kubectl("-n", NAMESPACE, "describe", "pods", check=False).stdout[-3000:]
         logs = kubectl("-n", NAMESPACE, "logs", f"deployment/{DEPLOYMENT}", "--tail=30", check=False).stdout
-        raise KueueError(f"Kueue's manager is not available: {out.stderr.strip()}\n{pods}\n{logs}")
+        raise AddonError(f"Kueue's manager is not available: {out.stderr.strip()}\n{pods}\n{logs}")
 
 
 def create_flavor() -> None:
@@ -226,8 +190,8 @@ def create_flavor() -> None:
 
     try:
         wait_for(f"ResourceFlavor {FLAVOR} (through Kueue's webhook)", applied, 180)
-    except KueueError as err:
-        raise KueueError(f"{err}: {last[0] if last else ''}") from None
+    except AddonError as err:
+        raise AddonError(f"{err}: {last[0] if last else ''}") from None
 
 
 def marker() -> Path:
@@ -258,7 +222,7 @@ def up() -> int:
         t = time.monotonic()
         deploy.deploy(deploy.current_watch_namespaces())
         steps.append(f"kubeclip with kueue.enabled {time.monotonic() - t:.1f}s")
-    except (KueueError, subprocess.CalledProcessError) as e:
+    except (AddonError, subprocess.CalledProcessError) as e:
         print(f"kueue-up failed: {e}", file=sys.stderr)
         return 1
     print(f"kueue up in {time.monotonic() - t0:.1f}s ({', '.join(steps)})")

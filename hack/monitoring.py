@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -38,6 +37,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "hack"))
 
 import deploy  # noqa: E402
+from addons import AddonError, go_module_dir, kubectl, wait_for  # noqa: E402
 from support import netns  # noqa: E402
 from support.controlplane import free_port  # noqa: E402
 from support.node import NAME, RUN_DIR  # noqa: E402
@@ -49,43 +49,8 @@ PROMETHEUS_SOCK = RUN_DIR / "prometheus.sock"
 MODULE = "github.com/prometheus-operator/prometheus-operator"
 
 
-class MonitoringError(Exception):
-    pass
-
-
-def kubectl(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [deploy._tool("kubectl"), f"--kubeconfig={CLUSTER_DIR / 'kubeconfig'}", *args],
-        input=input,
-        capture_output=True,
-        text=True,
-    )
-    if check and proc.returncode != 0:
-        raise MonitoringError(f"kubectl {' '.join(args[:4])}: {proc.stderr.strip() or proc.stdout.strip()}")
-    return proc
-
-
 def module_dir() -> Path:
-    """The operator's Go module (go.mod of hack/prometheus-operator), downloaded if the cache lacks it."""
-    moddir = REPO / "hack/prometheus-operator"
-    version = re.search(re.escape(MODULE) + r"\s+(v\S+)", (moddir / "go.mod").read_text()).group(1)  # type: ignore[union-attr]
-    out = subprocess.run(
-        ["go", "mod", "download", "-json", f"{MODULE}@{version}"],
-        cwd=moddir,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return Path(json.loads(out.stdout)["Dir"])
-
-
-def wait_for(what: str, ok, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if ok():
-            return
-        time.sleep(2)
-    raise MonitoringError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+    return go_module_dir(REPO / "hack/prometheus-operator", MODULE)
 
 
 def _with_image_keys(manifest: Path) -> str:
@@ -111,7 +76,7 @@ def install_operator(mod: Path) -> None:
     out = kubectl("-n", NAMESPACE, "rollout", "status", "deployment/prometheus-operator", "--timeout=180s", check=False)
     if out.returncode != 0:
         pods = kubectl("-n", NAMESPACE, "describe", "pods", check=False).stdout[-3000:]
-        raise MonitoringError(f"the Prometheus Operator is not available: {out.stderr.strip()}\n{pods}")
+        raise AddonError(f"the Prometheus Operator is not available: {out.stderr.strip()}\n{pods}")
 
 
 def run_prometheus() -> str:
@@ -129,7 +94,7 @@ def run_prometheus() -> str:
     if out.returncode != 0:
         pods = kubectl("-n", NAMESPACE, "describe", "pods", "-l", "prometheus=kubeclip", check=False).stdout[-3000:]
         logs = kubectl("-n", NAMESPACE, "logs", "deployment/prometheus-operator", "--tail=30", check=False).stdout
-        raise MonitoringError(f"Prometheus is not ready: {out.stderr.strip()}\n{pods}\n{logs}")
+        raise AddonError(f"Prometheus is not ready: {out.stderr.strip()}\n{pods}\n{logs}")
     return kubectl("-n", NAMESPACE, "get", "service/prometheus", "-o", "jsonpath={.spec.clusterIP}").stdout.strip()
 
 
@@ -231,7 +196,7 @@ def up() -> int:
         deploy.deploy(deploy.current_watch_namespaces())
         wait_for_kubeclip_config(url)
         steps.append(f"kubeclip monitors loaded {time.monotonic() - t:.1f}s")
-    except (MonitoringError, subprocess.CalledProcessError) as e:
+    except (AddonError, subprocess.CalledProcessError) as e:
         print(f"monitoring-up failed: {e}", file=sys.stderr)
         return 1
     print(f"monitoring up in {time.monotonic() - t0:.1f}s ({', '.join(steps)})")

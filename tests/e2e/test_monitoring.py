@@ -66,7 +66,7 @@ def prom(kube) -> Prometheus:
     url = url_file.read_text().strip()
     try:  # the operator's rendered configuration reaches Prometheus a minute or so after `helm upgrade`
         monitoring.wait_for_kubeclip_config(url, timeout_s=240)
-    except monitoring.MonitoringError as e:
+    except monitoring.AddonError as e:
         pytest.fail(str(e), pytrace=False)
     return Prometheus(url)
 
