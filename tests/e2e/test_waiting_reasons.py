@@ -48,10 +48,14 @@ def _shown_then_failed(kube, ns: str, name: str, reasons: tuple[str, ...]) -> No
         lambda: (
             (out := kube.kubectl("-n", ns, "describe", "ftj", name, check=False).stdout)
             and any(r in out for r in reasons)
+            # the Warning event is recorded in the same pass that patches the condition; describe can read
+            # the event before the status patch lands, so wait for both (all within the 60 s)
+            and "PodsWaiting" in out
+            and "Warning" in out
             and out
         ),
         60,
-        f"{ns}/{name}: one of {reasons} in kubectl describe ftj",
+        f"{ns}/{name}: one of {reasons}, condition PodsWaiting and a Warning event in kubectl describe ftj",
         explain,
         every_s=2,
     )
