@@ -9,12 +9,11 @@ reads the clock.
 
 from __future__ import annotations
 
-import signal
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from kubeclip.api import EXIT_RENDEZVOUS_TIMEOUT, FINAL_EXIT_CODES, Reason
+from kubeclip.api import EXIT_RENDEZVOUS_TIMEOUT, FINAL_EXIT_CODES, SIGNAL_EXIT_BASE, Reason, signal_name
 
 from . import naming
 from .status import PodPhase, pod_phase, termination_text
@@ -103,13 +102,6 @@ def trainer_terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def _signal_name(code: int) -> str:
-    try:
-        return signal.Signals(code - 128).name
-    except ValueError:
-        return f"signal {code - 128}"
-
-
 def deleting(pod: dict[str, Any]) -> bool:
     return bool(pod["metadata"].get("deletionTimestamp"))
 
@@ -164,7 +156,8 @@ def classify(pod: dict[str, Any]) -> Failure | None:
         return Failure(
             True,
             Reason.KILLED,
-            f"{name} killed by {_signal_name(code)} (exit code {code})" + (f": {detail}" if detail else ""),
+            f"{name} killed by {signal_name(code - SIGNAL_EXIT_BASE)} (exit code {code})"
+            + (f": {detail}" if detail else ""),
             at=at,
         )
     if code in FINAL_EXIT_CODES:

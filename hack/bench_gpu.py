@@ -409,6 +409,7 @@ def profile_variant(
     import torch
 
     from trainer.__main__ import load
+    from trainer.preflight import read_tables
     from trainer.train import Recipe
 
     run = a.work / "profile" / name
@@ -420,7 +421,7 @@ def profile_variant(
     doc["spec"]["training"]["truncateText"] = trunc
     manifest.write_text(json.dumps(doc))
     job, spec = load(str(manifest), None)
-    r = Recipe(job, spec)
+    r = Recipe(job, spec, read_tables(spec))
     cuda = device == "cuda"
     try:
         r.setup()
@@ -497,7 +498,7 @@ def decode_throughput(csv: Path, model: str, batch: int, batches: int, device: s
     import torch
 
     from trainer.gpu_data import BatchDecoder, RawCaptionDataset, collate_raw, plan_from_transform
-    from trainer.preflight import Table
+    from trainer.table import Table
 
     _, tf, _ = open_clip.create_model_and_transforms(model, aug_cfg={"scale": (0.9, 1.0)})
     plan = plan_from_transform(tf)

@@ -38,7 +38,7 @@ def eval_untrained(spec) -> dict:
     from trainer.data import CaptionDataset, eval_loader
     from trainer.evaluate import evaluate
     from trainer.model import build
-    from trainer.preflight import read_table
+    from trainer.table import read_table
 
     torch.manual_seed(spec.training.seed)
     model, _, tf_val, tok, _ = build(spec, torch.device("cpu"))

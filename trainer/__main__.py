@@ -6,7 +6,7 @@ Who runs it: ``torchrun -m trainer`` (started by ``trainer.node`` in a pod, or b
 Order matters for start-up time: the manifest is validated (pydantic) before anything else, and
 the dataset preflight (pandas, image checks) runs in a forked child while this process imports
 torch and open_clip (``trainer.preflight.BackgroundPreflight``); a bad dataset ends the run as soon
-as the child finds it. Exit codes: 0 done, ``EXIT_CONFIG`` (2) bad manifest or a model that does
+as the child finds it. Every one-line failure goes out through ``trainer.exits.fail``. Exit codes: 0 done, ``EXIT_CONFIG`` (2) bad manifest or a model that does
 not fit it (``trainer.model.ModelError``), ``EXIT_PREFLIGHT`` (3) bad dataset (one line on stderr
 and in /dev/termination-log), the other final verdicts of ``kubeclip.api.TrainerVerdict``
 (4 non-finite loss, 5 checkpoint mismatch, 7 output owned by another job, 8 no readable
@@ -63,7 +63,9 @@ def main(argv=None) -> int:
             print(f"config: {err}", file=sys.stderr)
         return EXIT_CONFIG
 
-    from trainer.preflight import BackgroundPreflight, PreflightError, fail
+    from trainer.exits import fail
+    from trainer.preflight import BackgroundPreflight
+    from trainer.table import PreflightError
 
     # The preflight (pandas, image checks) runs in a forked child while this process imports
     # torch and open_clip below; a bad dataset still exits 3 within about a second.

@@ -136,7 +136,10 @@ def check_resumable(state: dict, spec: TrainerSpec, path: Path, dataset: dict[st
 
 def rng_state() -> dict:
     """Every RNG of this process, as tensors and plain Python values (weights_only-loadable)."""
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    legacy = np.random.get_state()
+    if isinstance(legacy, dict):  # only a global generator other than MT19937 has no legacy state
+        raise RuntimeError(f"numpy's global generator is {legacy.get('bit_generator')}, expected MT19937")
+    name, keys, pos, has_gauss, gauss = legacy
     state = {
         "python": random.getstate(),
         "numpy": {

@@ -12,6 +12,10 @@ Two properties exact resume depends on:
   loads it (open_clip_train's does). The sampler hands ``(epoch, index)`` pairs to the dataset,
   so persistent workers need no side channel to learn the epoch.
 
+Both data paths share this module's seeded RNG (:func:`seeded_rng`) and loader factory
+(:func:`batch_loader`): the GPU path (``trainer.gpu_data``) differs only in what a worker returns
+and how a batch is collated.
+
 Rows come from ``trainer.rowtable``: bytes and offsets in files every process of the node maps
 read-only, so forked workers and the other local ranks share one copy (numpy object arrays did
 not stay shared: reading a string writes its reference count, copying the page it is on).
@@ -19,14 +23,17 @@ not stay shared: reading a string writes its reference count, copying the page i
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
 from kubeclip.api import DataError
-from trainer.preflight import Table
+from trainer.table import Rows
 from trainer.truncate import TokenCut
 
 
@@ -53,10 +60,25 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
+@contextlib.contextmanager
+def seeded_rng(seed: int) -> Iterator[None]:
+    """torch's global generator seeded with ``seed`` inside the block, which is where torchvision's
+    random transforms (``RandomResizedCrop``) draw from. In a loader worker that generator belongs to
+    the worker alone, so it is simply seeded; in the training process (``workers=0``, evaluation) it
+    is forked, so the training RNG stream is the same after the block as before it."""
+    if get_worker_info() is not None:
+        torch.manual_seed(seed)
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 class CaptionDataset(Dataset):
     """``dataset[(epoch, i)]`` → ``(image tensor, token ids)``; augmentation seeded per sample."""
 
-    def __init__(self, table: Table, transform, tokenizer, seed: int, augment: bool):
+    def __init__(self, table: Rows, transform, tokenizer, seed: int, augment: bool):
         self.paths = table.paths
         self.captions = table.captions
         self.transform = transform
@@ -73,27 +95,17 @@ class CaptionDataset(Dataset):
 
         path = self.paths[index]
         try:
-            with Image.open(path) as im:
-                im = im.convert("RGB")
+            with Image.open(path) as file:
+                im = file.convert("RGB")
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
             raise (image_error(path, index, err) or err) from None
         if self.augment:
-            image = self._seeded(im, sample_seed(self.seed, epoch, index))
+            with seeded_rng(sample_seed(self.seed, epoch, index)):
+                image = self.transform(im)
         else:
             image = self.transform(im)
         tokens = self.tokenizer([str(self.captions[index])])[0]
         return image, tokens
-
-    def _seeded(self, im, seed: int):
-        # torchvision's random transforms draw from torch's global generator. In a worker that
-        # generator belongs to the worker alone; in the main process (workers=0) we fork it so
-        # the training RNG stream is untouched.
-        if get_worker_info() is not None:
-            torch.manual_seed(seed)
-            return self.transform(im)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.transform(im)
 
 
 class ShardedBatchSampler:
@@ -130,19 +142,35 @@ def collate(items: list, cut: TokenCut | None = None) -> tuple[torch.Tensor, tor
     return images, (cut(tokens) if cut is not None else tokens)
 
 
-def train_loader(
-    dataset: CaptionDataset, sampler: ShardedBatchSampler, workers: int, pin: bool, cut: TokenCut | None = None
+def batch_loader(
+    dataset: Dataset,
+    sampler: ShardedBatchSampler,
+    workers: int,
+    pin: bool,
+    collate_fn: Callable[[list], Any],
+    prefetch_factor: int | None = None,
 ) -> DataLoader:
+    """The training ``DataLoader`` of both data paths: ``sampler``'s batches (the data position and
+    order, ``ShardedBatchSampler``), persistent workers, ``prefetch_factor`` batches per worker
+    ahead (torch's default when None; only with workers)."""
     return DataLoader(
         dataset,
         batch_sampler=sampler,
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=pin,
-        collate_fn=functools.partial(collate, cut=cut),
+        collate_fn=collate_fn,
+        prefetch_factor=prefetch_factor if workers > 0 else None,
         # Its own generator: creating an iterator must not consume the global RNG stream.
         generator=torch.Generator().manual_seed(0),
     )
+
+
+def train_loader(
+    dataset: CaptionDataset, sampler: ShardedBatchSampler, workers: int, pin: bool, cut: TokenCut | None = None
+) -> DataLoader:
+    """The PIL path's training loader: decoded, augmented image tensors, tokens cut by ``cut``."""
+    return batch_loader(dataset, sampler, workers, pin, functools.partial(collate, cut=cut))
 
 
 def eval_loader(dataset: CaptionDataset, batch_size: int, workers: int) -> DataLoader:

@@ -1,13 +1,14 @@
 """The extra eval sets of a run: the retention CSV and the zero-shot CSV, read and checked.
 
 Who uses it: ``trainer.preflight`` (``run_preflight`` and ``read_tables`` call :func:`read`, so a
-bad retention or zero-shot CSV fails the preflight with one line, like a bad train/val CSV), and
-``trainer.forgetting`` (which evaluates the tables). It imports no torch: the preflight runs
-before torch is imported.
+bad retention or zero-shot CSV fails the preflight with one line, like a bad train/val CSV; the
+preflight checks their images too), and ``trainer.forgetting`` (which evaluates the tables,
+handed over in ``DatasetReport.eval_sets``). It imports no torch: the preflight runs before
+torch is imported.
 
 Both CSVs follow the training CSV's rules (separator detection, ``spec.dataset.root``, relative
 paths against the CSV's directory, UTF-8, no empty cells) because they are read by the same
-``trainer.preflight.read_table``. The retention CSV has the image and caption columns of the
+``trainer.table.read_table``. The retention CSV has the image and caption columns of the
 dataset; the zero-shot CSV has the image column and ``spec.evaluation.zeroShot.labelColumn``.
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kubeclip.api import TrainerSpec
-from trainer.preflight import PreflightError, Table, check_images, read_table
+from trainer.table import PreflightError, Rows, read_table
 
 RETENTION = "spec.evaluation.retentionCsv"
 ZEROSHOT = "spec.evaluation.zeroShot.csv"
@@ -24,8 +25,10 @@ ZEROSHOT = "spec.evaluation.zeroShot.csv"
 
 @dataclass(frozen=True)
 class EvalTables:
-    retention: Table | None = None
-    zeroshot: Table | None = None  #: ``captions`` holds the class name of each image
+    """The tables of the extra eval sets; each None when the spec has no such set."""
+
+    retention: Rows | None = None
+    zeroshot: Rows | None = None  #: ``captions`` holds the class name of each image
 
     def summary(self) -> str:
         parts = []
@@ -36,7 +39,7 @@ class EvalTables:
         return ", ".join(parts)
 
 
-def _read_zeroshot(spec: TrainerSpec) -> Table:
+def _read_zeroshot(spec: TrainerSpec) -> Rows:
     zs = spec.evaluation.zeroShot
     if zs is None:
         raise ValueError("spec.evaluation.zeroShot is not set")
@@ -59,14 +62,9 @@ def _read_zeroshot(spec: TrainerSpec) -> Table:
     return table
 
 
-def read(spec: TrainerSpec, images: bool = True) -> EvalTables:
-    """Read (and with ``images``, check the images of) the retention and zero-shot CSVs."""
+def read(spec: TrainerSpec) -> EvalTables:
+    """Read and check the retention and zero-shot CSVs (their images: ``trainer.preflight``)."""
     ev = spec.evaluation
     retention = read_table(ev.retentionCsv, spec, RETENTION) if ev.retentionCsv else None
     zeroshot = _read_zeroshot(spec) if ev.zeroShot else None
-    if images:
-        if retention is not None:
-            check_images(retention, RETENTION)
-        if zeroshot is not None:
-            check_images(zeroshot, ZEROSHOT)
     return EvalTables(retention=retention, zeroshot=zeroshot)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from kubeclip.api import termination_log_path
+from trainer.exits import has_content, write_termination_log
 
 #: Traceback lines kept for the console (the exception's own line and the frames just above it).
 TAIL_LINES = 8
@@ -70,17 +71,11 @@ def record(code: int, line: str) -> int:
 def crashed(err: BaseException) -> None:
     """An uncaught exception: summary and traceback tail into the error file, the summary into an
     empty termination log (the first rank to fail wins; later knock-on failures do not overwrite)."""
-    from trainer.preflight import write_termination_log
-
     line = summary(err)
     tail = "".join(traceback.format_exception(type(err), err, err.__traceback__)).rstrip().splitlines()
     _write_error_file(line, tail[-TAIL_LINES:])
     path = termination_log_path()
-    try:
-        written = os.path.getsize(path) > 0
-    except OSError:
-        written = False
-    if not written:
+    if not has_content(path):
         write_termination_log(line, path)
 
 

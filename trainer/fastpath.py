@@ -84,7 +84,8 @@ def compile_step(module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
     for knob in ("recompile_limit", "cache_size_limit"):  # the newer name, and the older one torch still reads
         if hasattr(torch._dynamo.config, knob):
             setattr(torch._dynamo.config, knob, max(getattr(torch._dynamo.config, knob), 16))
-    return torch.compile(module, dynamic=False)
+    # torch.compile(nn.Module) returns an OptimizedModule (an nn.Module); its annotation says Callable
+    return torch.compile(module, dynamic=False)  # type: ignore[return-value]
 
 
 class CompileClock:

@@ -2,7 +2,7 @@
 
 Who uses it: ``trainer.train``, through these calls (the only lines the loop needs)::
 
-    watch = Forgetting(spec, topo, model, val_table, report, tf_val, tokenizer, autocast)
+    watch = Forgetting(spec, topo, model, val_table, report.eval_sets, tf_val, tokenizer, autocast)
                                                     # after the model is built and broadcast
     watch.baseline(model, metrics)                  # before the first optimizer step
     watch.after_eval(model, epoch, step, result, metrics)  # rank 0, after each val eval
@@ -38,10 +38,15 @@ import logging
 import os
 from pathlib import Path
 
+import torch
+
 from kubeclip.api import LOWER_IS_BETTER, TrainerSpec
-from trainer import distributed, evalsets, wiseft
+from trainer import distributed, wiseft
 from trainer.data import CaptionDataset, eval_loader
+from trainer.distributed import Topology
+from trainer.evalsets import EvalTables
 from trainer.evaluate import evaluate
+from trainer.table import Rows
 
 log = logging.getLogger("trainer")
 
@@ -61,21 +66,30 @@ def _read_json(path: Path):
 
 
 class Forgetting:
-    def __init__(self, spec: TrainerSpec, topo, model, val_table, report, transform, tokenizer, autocast):
+    def __init__(
+        self,
+        spec: TrainerSpec,
+        topo: Topology,
+        model: torch.nn.Module,
+        val_table: Rows | None,
+        eval_sets: EvalTables,
+        transform,
+        tokenizer,
+        autocast,
+    ):
         self.spec, self.topo, self.main = spec, topo, topo.is_main
         self.val = val_table
         self.transform, self.tokenizer, self.autocast = transform, tokenizer, autocast
         self.device = topo.device
         self.dir = Path(spec.output.path) / "checkpoints"
-        self.tables = evalsets.EvalTables()
+        #: the retention and zero-shot tables the preflight read (rank 0 evaluates them)
+        self.tables = eval_sets if self.main and val_table is not None else EvalTables()
         self.start: dict | None = None
         self.base: dict = {}
         self.last: dict = {}  # latest {"val", "retention", "zeroshot"} of the fine-tuned model
         self.evals = {"metric": spec.evaluation.metric, "evals": [], "stopped": False}
         if not self.main or val_table is None:
             return
-        extra = getattr(report, "extra", None) if report is not None else None
-        self.tables = extra if extra is not None else evalsets.read(spec, images=False)
         if spec.export.sweeps():
             self.start = wiseft.cpu_state(model)
         self.evals = _read_json(self.dir / "evals.json") or self.evals

@@ -39,10 +39,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
-from trainer.data import ShardedBatchSampler, image_error, sample_seed
-from trainer.preflight import Table
+from trainer.data import ShardedBatchSampler, batch_loader, image_error, sample_seed, seeded_rng
+from trainer.table import Rows
 from trainer.truncate import TokenCut
 
 log = logging.getLogger("trainer")
@@ -73,8 +73,10 @@ def plan_from_transform(transform: Any) -> Preprocess | None:
     norm = steps[-1] if steps else None
     if not isinstance(norm, T.Normalize) or names[-2:-1] not in (["MaybeToTensor"], ["ToTensor"]):
         return None
-    mean = tuple(float(x) for x in norm.mean)
-    std = tuple(float(x) for x in norm.std)
+    if len(norm.mean) != 3 or len(norm.std) != 3:
+        return None
+    mean = (float(norm.mean[0]), float(norm.mean[1]), float(norm.mean[2]))
+    std = (float(norm.std[0]), float(norm.std[1]), float(norm.std[2]))
     head = [s for s in steps[:-2] if type(s).__name__ not in ("MaybeConvertMode", "_convert_to_rgb")]
     if len(head) == 1 and isinstance(head[0], T.RandomResizedCrop):
         rrc = head[0]
@@ -117,12 +119,9 @@ def crop_box(plan: Preprocess, image, seed: int) -> tuple[int, int, int, int]:
         return 0, 0, h, w
     from torchvision.transforms import RandomResizedCrop
 
-    if get_worker_info() is not None:  # the worker's generator is its own
-        torch.manual_seed(seed)
-        return tuple(RandomResizedCrop.get_params(image, list(plan.scale), list(plan.ratio)))
-    with torch.random.fork_rng(devices=[]):  # in the main process: leave the training RNG alone
-        torch.manual_seed(seed)
-        return tuple(RandomResizedCrop.get_params(image, list(plan.scale), list(plan.ratio)))
+    with seeded_rng(seed):
+        top, left, height, width = RandomResizedCrop.get_params(image, list(plan.scale), list(plan.ratio))
+    return top, left, height, width
 
 
 class RawCaptionDataset(Dataset):
@@ -132,7 +131,7 @@ class RawCaptionDataset(Dataset):
     pixels (C, H, W) from PIL (PNG, CMYK or odd JPEGs).
     """
 
-    def __init__(self, table: Table, plan: Preprocess, tokenizer, seed: int):
+    def __init__(self, table: Rows, plan: Preprocess, tokenizer, seed: int):
         self.paths = table.paths
         self.captions = table.captions
         self.plan = plan
@@ -376,20 +375,12 @@ class DeviceLoader:
 def raw_loader(
     dataset: RawCaptionDataset, sampler: ShardedBatchSampler, workers: int, pin: bool, cut: TokenCut | None = None
 ) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        pin_memory=pin,
-        collate_fn=functools.partial(collate_raw, cut=cut),
-        prefetch_factor=4 if workers > 0 else None,
-        generator=torch.Generator().manual_seed(0),
-    )
+    """The GPU path's training loader: file bytes and crop boxes, four batches ahead per worker."""
+    return batch_loader(dataset, sampler, workers, pin, functools.partial(collate_raw, cut=cut), prefetch_factor=4)
 
 
 def gpu_train_loader(
-    table: Table,
+    table: Rows,
     transform,
     tokenizer,
     seed: int,

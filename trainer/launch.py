@@ -22,7 +22,7 @@ import threading
 import uuid
 from pathlib import Path
 
-from kubeclip.api import EXIT_CONFIG, EXIT_PREFLIGHT, ConfigError, OutputInUse
+from kubeclip.api import EXIT_CONFIG, EXIT_PREFLIGHT, SIGNAL_EXIT_BASE, ConfigError, OutputInUse, signal_name
 
 #: How long the launcher waits, after Ctrl-C or SIGTERM, for the ranks to finish their step and
 #: write a checkpoint before it kills them (torch's default is 30 s).
@@ -78,7 +78,8 @@ def run_local(manifest: Path, nproc: int | None = None, output: str | None = Non
     """Run the manifest locally; return the process exit code (0, 2, 3, or the failing rank's)."""
     from trainer.__main__ import load
     from trainer.node import claim_output
-    from trainer.preflight import PreflightError, run_preflight
+    from trainer.preflight import run_preflight
+    from trainer.table import PreflightError
 
     try:
         job, spec = load(str(manifest), output)
@@ -144,7 +145,8 @@ def run_local(manifest: Path, nproc: int | None = None, output: str | None = Non
     if not quiet:
         bar = threading.Thread(target=_progress_bar, args=(out, stop), daemon=True)
         bar.start()
-    rc, said = 0, []  # said: printed once the progress bar has stopped
+    rc = 0
+    said: list[str] = []  # printed once the progress bar has stopped
     try:
         elastic_launch(config, sys.executable)(*args)
     except ChildFailedError as err:
@@ -153,12 +155,12 @@ def run_local(manifest: Path, nproc: int | None = None, output: str | None = Non
         rc, said = _failure_lines(err, run_logs)
     except (SignalException, KeyboardInterrupt) as err:  # Ctrl-C, or SIGTERM from a container runtime
         sig = int(err.sigval) if isinstance(err, SignalException) else int(signal.SIGINT)
-        rc = 128 + sig
+        rc = SIGNAL_EXIT_BASE + sig
         from trainer.checkpoint import latest
 
         ck = latest(out)
         where = f"; the newest checkpoint is {ck}: run the same command to resume there" if ck else ""
-        said = [f"stopped by {signal.Signals(sig).name}{where}"]
+        said = [f"stopped by {signal_name(sig)}{where}"]
     finally:
         stop.set()
         if bar is not None:
@@ -184,10 +186,10 @@ def _failure_lines(err, logs: Path) -> tuple[int, list[str]]:
         return 1, [f"training failed; process logs under {logs}"]
     rank, failure = found
     code = failure.exitcode
-    rc = 128 - code if code < 0 else code  # killed by signal N -> 128+N, like a shell
+    rc = SIGNAL_EXIT_BASE - code if code < 0 else code  # killed by signal N -> 128+N, like a shell
     lines = console_lines(failure)
     if code < 0:
-        lines.append(f"rank {rank} (pid {failure.pid}) killed by {signal.Signals(-code).name}")
+        lines.append(f"rank {rank} (pid {failure.pid}) killed by {signal_name(-code)}")
     elif not lines:  # nothing recorded (the rank died before the trainer could): its log tail
         lines = _log_tail(logs, failure.local_rank)
     return rc, [*lines, f"training failed (exit {rc}); process logs under {logs}"]

@@ -74,13 +74,13 @@ def _text_groups(model: torch.nn.Module) -> int | None:
     """How many groups open_clip's ``lock_text_tower`` can unlock; None: a tower it groups itself (HF)."""
     text = getattr(model, "text", model)
     transformer = getattr(text, "transformer", None)
-    if not hasattr(transformer, "resblocks"):
+    if transformer is None or not hasattr(transformer, "resblocks"):
         return None
     # embeddings, each block but the last, last block + ln_final, projection (when there is one)
     return len(transformer.resblocks) + 1 + (getattr(text, "text_projection", None) is not None)
 
 
-def lock_towers(model: torch.nn.Module, t: TrainingSpec) -> None:
+def lock_towers(model: open_clip.CLIP | open_clip.CustomTextCLIP, t: TrainingSpec) -> None:
     """Freeze the towers as ``t`` asks, after checking the unlocked counts against this model."""
     if t.lockImage:
         groups = _image_groups(model.visual)
@@ -151,7 +151,8 @@ def no_decay(name: str, param) -> bool:
 
 def param_groups(model, weight_decay: float) -> list[dict]:
     """Trainable parameters in two AdamW groups: decayed matrices, and everything :func:`no_decay` names."""
-    decay, other = [], []
+    decay: list[torch.nn.Parameter] = []
+    other: list[torch.nn.Parameter] = []
     for n, p in model.named_parameters():
         if p.requires_grad:
             (other if no_decay(n, p) else decay).append(p)

@@ -27,25 +27,28 @@ from __future__ import annotations
 
 import gc
 import os
-import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from kubeclip.api import (
     DEFAULT_MASTER_PORT,
     EXIT_CONFIG,
     EXIT_PREFLIGHT,
     EXIT_RENDEZVOUS_TIMEOUT,
+    SIGNAL_EXIT_BASE,
     ConfigError,
     OutputInUse,
+    TrainerSpec,
     load_manifest,
+    signal_name,
     termination_log_path,
 )
+from trainer import exits
 
 
-def torchrun_env(spec, environ: dict) -> dict:
+def torchrun_env(spec: TrainerSpec, environ: Mapping[str, str]) -> dict[str, str]:
     """The environment torchrun starts with: PET_* from the pod, else derived from the spec."""
     env = dict(environ)
     env.setdefault("PET_NNODES", str(spec.numNodes))
@@ -98,13 +101,6 @@ def wait_for_master(
         time.sleep(interval_s)
 
 
-def _signal_name(n: int) -> str:
-    try:
-        return signal.Signals(n).name
-    except ValueError:
-        return f"signal {n}"
-
-
 def run_torchrun(args: list[str], *, termination_log: str | None = None) -> int:
     """Run torchrun's agent here with ``args`` (torchrun's own command line); return the exit code
     that carries the real cause, and write the cause to ``termination_log`` (default
@@ -115,14 +111,10 @@ def run_torchrun(args: list[str], *, termination_log: str | None = None) -> int:
     from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.run import parse_args, run
 
-    from trainer.preflight import write_termination_log
-
     termination_log = termination_log or termination_log_path()
 
     def fail(line: str, code: int) -> int:
-        print(line, file=sys.stderr, flush=True)
-        write_termination_log(line, termination_log)
-        return code
+        return exits.fail(line, code, path=termination_log)
 
     try:
         run(parse_args(args))
@@ -131,31 +123,24 @@ def run_torchrun(args: list[str], *, termination_log: str | None = None) -> int:
         rank, failure = err.get_first_failure()
         if failure.exitcode < 0:  # the worker died from a signal: report it the shell's way
             sig = -failure.exitcode
-            return fail(f"rank {rank} (pid {failure.pid}) killed by {_signal_name(sig)}", 128 + sig)
-        if not _has_content(termination_log):  # the trainer's verdicts wrote their own line
+            return fail(f"rank {rank} (pid {failure.pid}) killed by {signal_name(sig)}", SIGNAL_EXIT_BASE + sig)
+        if not exits.has_content(termination_log):  # the trainer's verdicts wrote their own line
             detail = (failure.message or "").strip()
             if detail and "enable traceback" not in detail:
                 fail(f"rank {rank} exited with code {failure.exitcode}: {detail.splitlines()[-1]}", 0)
         return failure.exitcode
     except SignalException as err:  # this pod was told to stop (deletion, eviction)
-        line = f"torchrun stopped by {_signal_name(err.sigval)}"
-        if _has_content(termination_log):  # rank 0 said where it stopped and checkpointed (trainer.preemption)
+        line = f"torchrun stopped by {signal_name(err.sigval)}"
+        if exits.has_content(termination_log):  # rank 0 said where it stopped and checkpointed (trainer.preemption)
             print(line, file=sys.stderr, flush=True)
-            return 128 + int(err.sigval)
-        return fail(line, 128 + int(err.sigval))
+            return SIGNAL_EXIT_BASE + int(err.sigval)
+        return fail(line, SIGNAL_EXIT_BASE + int(err.sigval))
     except (RendezvousError, DistStoreError) as err:
         line = " ".join(str(err).split())
         return fail(f"rendezvous: {line[:300]}", EXIT_RENDEZVOUS_TIMEOUT)
 
 
-def _has_content(path: str) -> bool:
-    try:
-        return os.path.getsize(path) > 0
-    except OSError:
-        return False
-
-
-def claim_output(job: str, spec, node_rank: int = 0) -> None:
+def claim_output(job: str, spec: TrainerSpec, node_rank: int = 0) -> None:
     """Node 0 (or the one process of ``kubeclip run``) makes this job the owner of
     ``spec.output.path``; other nodes only check it. Raises :class:`OutputInUse`."""
     from trainer import ownership
@@ -179,16 +164,17 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m trainer.node JOB.yaml", file=sys.stderr)
         return EXIT_CONFIG
     manifest = argv[0]
-    from trainer.preflight import PreflightError, fail, run_preflight
+    from trainer.preflight import run_preflight
+    from trainer.table import PreflightError
 
     try:
         job, spec = load_manifest(manifest)
     except ConfigError as err:
-        return fail(f"config: {err}", EXIT_CONFIG)
+        return exits.fail(f"config: {err}", EXIT_CONFIG)
     try:
         report = run_preflight(spec, world=spec.numNodes * spec.numProcPerNode)
     except PreflightError as err:
-        return fail(f"preflight: {err}", EXIT_PREFLIGHT)
+        return exits.fail(f"preflight: {err}", EXIT_PREFLIGHT)
     print(report.summary(), file=sys.stderr, flush=True)
     del report  # the ranks map the node's copy of the rows; this process keeps nothing of them
     gc.collect()
@@ -196,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         claim_output(job, spec, node_rank=int(env["PET_NODE_RANK"]))
     except OutputInUse as err:
-        return fail(str(err), err.exit_code)
+        return exits.fail(str(err), err.exit_code)
     if int(env["PET_NODE_RANK"]) != 0 and int(env["PET_NNODES"]) > 1:
         try:
             wait_for_master(
@@ -206,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                 log=lambda line: print(line, file=sys.stderr, flush=True),
             )
         except RendezvousTimeout as err:
-            return fail(str(err), EXIT_RENDEZVOUS_TIMEOUT)
+            return exits.fail(str(err), EXIT_RENDEZVOUS_TIMEOUT)
     os.environ.clear()
     os.environ.update(env)  # torchrun's arguments default to the PET_* variables; workers inherit the rest
     sys.stderr.flush()

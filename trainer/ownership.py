@@ -64,7 +64,9 @@ def read(output: str | Path) -> Owner | None:
     except OSError as err:
         raise OutputInUse(f"output: cannot read the owner marker {path}: {err.strerror or err}") from None
     try:
-        data = json.loads(raw.decode("utf-8")) if len(raw) <= _MAX_MARKER_BYTES else None
+        if len(raw) > _MAX_MARKER_BYTES:
+            raise ValueError("too large")
+        data = json.loads(raw.decode("utf-8"))
         return Owner(uid=str(data["uid"]), job=str(data["job"]), namespace=str(data.get("namespace", "")))
     except (ValueError, TypeError, KeyError):
         raise OutputInUse(

@@ -101,6 +101,14 @@ def _kill_workers_at_exit() -> None:
     atexit.register(kill)
 
 
+def _own_group() -> dist.ProcessGroup:
+    """A new gloo group of all ranks (torch types a group this rank is not in as an int: not here)."""
+    group = dist.new_group(backend="gloo")
+    if not isinstance(group, dist.ProcessGroup):
+        raise RuntimeError("this rank is not a member of a process group of all ranks")
+    return group
+
+
 class StopRequest:
     """Installs the SIGTERM/SIGINT handlers of this rank; :meth:`agreed` is the step-boundary check.
 
@@ -114,7 +122,7 @@ class StopRequest:
         self.world = world
         # A gloo group of its own: on GPUs the check never waits for the CUDA stream (NCCL would),
         # and its all-reduces never interleave with the loop's collectives.
-        self.group = dist.new_group(backend="gloo") if world > 1 else None
+        self.group = _own_group() if world > 1 else None
         self._sent = torch.zeros(1, dtype=torch.int32)  # this boundary's flag, being reduced
         self._work: Any = None  # the all-reduce started at the previous boundary
         self._last_boundary: float | None = None

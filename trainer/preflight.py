@@ -5,196 +5,51 @@ Who uses it: ``trainer.node`` (the pod entrypoint, before it runs torchrun), ``t
 before). It imports pandas and PIL only, never torch, so a wrong separator fails fast instead of
 after a minute of imports and model loading.
 
-Every problem is a :class:`PreflightError` whose ``str()`` is ONE line a person can act on; the
-caller exits with ``kubeclip.api.EXIT_PREFLIGHT`` and writes that line to
-``/dev/termination-log``. ``docs/trainer.md`` lists each message and its fix.
-
-:func:`read_table` is also what the data loader uses to read the CSV, so the trainer trains on
-exactly the rows the preflight checked; it builds the node's shared, memory-mapped copy of them
-(``trainer.rowtable``) once and every later reader maps it.
+What it holds: the checks. The CSVs are read by ``trainer.table`` (separator, columns, encoding,
+empty cells) and the retention and zero-shot CSVs by ``trainer.evalsets``; here come the checks
+that are not about reading a CSV (every image exists, a sample decodes, the model and the output
+are usable, one optimizer step's worth of rows) and :class:`DatasetReport`, the checked tables
+the run then trains on. Every problem is a :class:`trainer.table.PreflightError` whose ``str()``
+is ONE line a person can act on; the caller exits with ``kubeclip.api.EXIT_PREFLIGHT`` and writes
+that line to ``/dev/termination-log`` (``trainer.exits``). ``docs/trainer.md`` lists each message
+and its fix.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from kubeclip.api import TERMINATION_MESSAGE_MAX_BYTES, Progress, TrainerSpec, termination_log_path, termination_message
-from trainer import rowtable
-from trainer.rowtable import RowTable
+from kubeclip.api import TrainerSpec
+from trainer import evalsets
+from trainer.evalsets import EvalTables
+from trainer.exits import write_termination_log
+from trainer.table import SHOW_PATHS, PreflightError, Rows, read_table, separator_name
 
-#: Separators tried when ``spec.dataset.separator`` is empty, in order of preference.
-CANDIDATE_SEPARATORS = (",", "\t", ";", "|")
-#: How many offending paths a message shows.
-SHOW_PATHS = 3
 #: Images whose header is decoded (evenly spaced over the file); existence is checked for all.
 DECODE_LIMIT = 2000
 
 
-class PreflightError(Exception):
-    """A dataset problem the user must fix; ``str()`` is one line. Not retryable."""
-
-
-def _sep_name(sep: str) -> str:
-    return {"\t": "'\\t' (tab)", ",": "','", ";": "';'", "|": "'|'"}.get(sep, repr(sep))
-
-
-@dataclass(frozen=True)
-class Table:
-    """Image paths and captions held in memory (tests, benches); what :func:`read_table` returns
-    instead is a :class:`trainer.rowtable.RowTable` with the same attributes, mapped from a
-    node-local cache and shared by every process of the node."""
-
-    csv: str
-    separator: str
-    paths: object  # sequence of str: numpy array, list or rowtable.StringColumn
-    captions: object
-    digest: str = ""  # SHA-256 of the CSV's bytes, when known
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-
 @dataclass(frozen=True)
 class DatasetReport:
-    train: Table | RowTable
-    val: Table | RowTable | None
-    #: retention and zero-shot tables (``trainer.evalsets.EvalTables``), when the spec has them
-    extra: object | None = None
+    """The checked tables of a run: what ``trainer.train`` trains and evaluates on."""
+
+    train: Rows
+    val: Rows | None
+    #: retention and zero-shot tables, when the spec has them
+    eval_sets: EvalTables = field(default_factory=EvalTables)
 
     def summary(self) -> str:
         val = f", val {len(self.val)} rows" if self.val is not None else ", no valCsv"
-        more = self.extra.summary() if self.extra is not None else ""
-        return f"preflight ok: train {len(self.train)} rows (separator {_sep_name(self.train.separator)}){val}" + (
+        more = self.eval_sets.summary()
+        return f"preflight ok: train {len(self.train)} rows (separator {separator_name(self.train.separator)}){val}" + (
             f", {more}" if more else ""
         )
 
 
-def _read_header(csv: Path, what: str) -> str:
-    try:
-        with open(csv, "rb") as f:
-            raw = f.readline()
-    except FileNotFoundError:
-        raise PreflightError(f"{what} {csv}: file not found") from None
-    except IsADirectoryError:
-        raise PreflightError(f"{what} {csv}: is a directory, expected a CSV file") from None
-    except OSError as err:
-        raise PreflightError(f"{what} {csv}: cannot read: {err.strerror}") from None
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    try:
-        return raw.decode("utf-8").rstrip("\r\n")
-    except UnicodeDecodeError as err:
-        raise PreflightError(
-            f"{what} {csv}: not UTF-8 (byte 0x{raw[err.start]:02x} in the header line); re-save the file as UTF-8"
-        ) from None
-
-
-def _split_header(header: str, sep: str) -> list[str]:
-    return [c.strip().strip('"') for c in header.split(sep)]
-
-
-def detect_separator(header: str, wanted: tuple[str, ...]) -> str | None:
-    """The separator that splits the header into all ``wanted`` columns, else the most frequent one."""
-    for sep in CANDIDATE_SEPARATORS:
-        if set(wanted) <= set(_split_header(header, sep)):
-            return sep
-    counts = {sep: header.count(sep) for sep in CANDIDATE_SEPARATORS}
-    best = max(counts, key=lambda s: counts[s])
-    return best if counts[best] else None
-
-
-def read_table(csv: str, spec: TrainerSpec, what: str = "spec.dataset.trainCsv") -> RowTable:
-    """Read and check one CSV: separator, columns, encoding, empty rows. Images are not touched.
-    The rows come back as a :class:`trainer.rowtable.RowTable`, built once per node and mapped by
-    every process (see that module)."""
-    ds = spec.dataset
-    path = Path(csv)
-    header = _read_header(path, what)
-    if not header.strip():
-        raise PreflightError(
-            f"{what} {path}: empty file (expected a header line with '{ds.imageColumn}' and '{ds.captionColumn}')"
-        )
-    wanted = (ds.imageColumn, ds.captionColumn)
-    sep = ds.separator or detect_separator(header, wanted) or ","
-    columns = _split_header(header, sep)
-    missing = [c for c in wanted if c not in columns]
-    if missing:
-        likely = detect_separator(header, wanted)
-        fits = likely is not None and set(wanted) <= set(_split_header(header, likely))
-        if fits and likely != sep:
-            hint = f"; the header splits into these columns with separator {_sep_name(likely)}: set spec.dataset.separator to it (or leave it empty to detect)"
-        else:
-            hint = (
-                f"; set spec.dataset.imageColumn/captionColumn to the right names"
-                f" (likely separator {_sep_name(likely) if likely else 'none found'})"
-            )
-        keys = " and ".join(
-            f"'{c}' (spec.dataset.{'imageColumn' if c == ds.imageColumn else 'captionColumn'})" for c in missing
-        )
-        raise PreflightError(
-            f"{what} {path}: column {keys} not found with separator {_sep_name(sep)}; columns found: {columns}{hint}"
-        )
-    base = str(Path(ds.root) if ds.root else path.resolve().parent)
-    settings = {"separator": sep, "columns": list(wanted), "base": base}
-    return rowtable.load_or_build(path, settings, base, lambda: _checked_chunks(path, sep, wanted, what))
-
-
-def _checked_chunks(path: Path, sep: str, wanted: tuple[str, str], what: str):
-    """``(stripped image paths, captions)`` per chunk of rows, from the same ``pd.read_csv`` call as
-    reading the file whole; raises :class:`PreflightError` (bad encoding, malformed CSV, no rows,
-    empty values) after the whole file is read, with the same counts and lines as before."""
-    import numpy as np
-    import pandas as pd
-
-    image_col, caption_col = wanted
-    rows = 0
-    empty: dict[str, list[int]] = {image_col: [], caption_col: []}
-    empty_count = {image_col: 0, caption_col: 0}
-    try:
-        with pd.read_csv(
-            path,
-            sep=sep,
-            usecols=list(wanted),
-            dtype=str,
-            keep_default_na=False,
-            encoding="utf-8",
-            engine="c",
-            skipinitialspace=True,
-            chunksize=rowtable.CHUNK_ROWS,
-        ) as reader:
-            for df in reader:
-                stripped = df[image_col].str.strip().to_numpy(dtype=object)
-                captions = df[caption_col].to_numpy(dtype=object)
-                for col, values in ((image_col, stripped), (caption_col, df[caption_col].str.strip().to_numpy())):
-                    at = np.flatnonzero(values == "")
-                    empty_count[col] += len(at)
-                    empty[col].extend(int(i) + rows for i in at[: SHOW_PATHS - len(empty[col])])
-                rows += len(df)
-                yield stripped, captions
-    except UnicodeDecodeError as err:
-        raise PreflightError(
-            f"{what} {path}: not UTF-8 ({err.reason} at byte {err.start}); re-save the file as UTF-8"
-        ) from None
-    except pd.errors.ParserError as err:
-        raise PreflightError(
-            f"{what} {path}: malformed CSV with separator {_sep_name(sep)}: {str(err).strip().splitlines()[-1]}"
-        ) from None
-    except pd.errors.EmptyDataError:
-        raise PreflightError(f"{what} {path}: empty file") from None
-    if rows == 0:
-        raise PreflightError(f"{what} {path}: the header is there but the dataset has no rows")
-    for col, key in ((image_col, "imageColumn"), (caption_col, "captionColumn")):
-        if empty_count[col]:
-            lines = ", ".join(str(i + 2) for i in empty[col])
-            raise PreflightError(
-                f"{what} {path}: {empty_count[col]} of {rows} rows have an empty '{col}' (spec.dataset.{key}), first at line(s) {lines}"
-            )
-
-
-def check_images(table: Table | RowTable, what: str) -> None:
+def check_images(table: Rows, what: str) -> None:
     """Every image must exist; a spread sample of them must open as an image (header decode)."""
     from PIL import Image, UnidentifiedImageError
 
@@ -303,48 +158,18 @@ def run_preflight(spec: TrainerSpec, world: int | None = None) -> DatasetReport:
     check_images(train, "spec.dataset.trainCsv")
     if val is not None:
         check_images(val, "spec.dataset.valCsv")
-    from trainer import evalsets  # retention and zero-shot CSVs: same rules, same one-line errors
-
-    return DatasetReport(train=train, val=val, extra=evalsets.read(spec, images=True))
-
-
-def write_termination_log(message: str, path: str) -> None:
-    """Kubernetes shows this file's content in the pod status; write it only where it exists."""
-    if os.path.exists(path):
-        try:
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(message.encode("utf-8")[:TERMINATION_MESSAGE_MAX_BYTES].decode("utf-8", errors="ignore"))
-        except OSError:
-            pass
-
-
-def fail(line: str, code: int, *, echo: bool = True, progress: Progress | None = None, overwrite: bool = True) -> int:
-    """End a run on a one-line error: stderr (when ``echo``), the pod's termination log (followed by
-    rank 0's final ``progress`` when given), exit code. ``overwrite=False``: leave a termination log
-    that another process of the container wrote already (rank 0's verdict with its progress)."""
-    if echo:
-        print(line, file=sys.stderr)
-    path = termination_log_path()
-    if overwrite or not _has_content(path):
-        write_termination_log(termination_message(line, progress), path)
-    return code
-
-
-def _has_content(path: str) -> bool:
-    try:
-        return os.path.getsize(path) > 0
-    except OSError:
-        return False
+    eval_sets = evalsets.read(spec)  # retention and zero-shot CSVs: same rules, same one-line errors
+    if eval_sets.retention is not None:
+        check_images(eval_sets.retention, evalsets.RETENTION)
+    if eval_sets.zeroshot is not None:
+        check_images(eval_sets.zeroshot, evalsets.ZEROSHOT)
+    return DatasetReport(train=train, val=val, eval_sets=eval_sets)
 
 
 def read_tables(spec: TrainerSpec) -> DatasetReport:
     """The tables only, without the image checks (a launcher ran the full preflight already)."""
-    from trainer import evalsets
-
     val = read_table(spec.dataset.valCsv, spec, "spec.dataset.valCsv") if spec.dataset.valCsv else None
-    return DatasetReport(
-        train=read_table(spec.dataset.trainCsv, spec), val=val, extra=evalsets.read(spec, images=False)
-    )
+    return DatasetReport(train=read_table(spec.dataset.trainCsv, spec), val=val, eval_sets=evalsets.read(spec))
 
 
 class BackgroundPreflight:
@@ -369,17 +194,18 @@ class BackgroundPreflight:
         self._pid = os.fork()
         if self._pid == 0:  # the child: check, report, exit without running any parent cleanup
             os.close(self._read)
+            payload: tuple[str, DatasetReport | str]
             try:
-                report = read_tables(spec) if tables_only else run_preflight(spec)
-                payload = ("ok", report)
+                payload = ("ok", read_tables(spec) if tables_only else run_preflight(spec))
             except PreflightError as err:
                 payload = ("failed", f"preflight: {err}")
             except BaseException as err:
                 payload = ("error", f"{type(err).__name__}: {err}")
             if payload[0] == "failed":
+                line = str(payload[1])
                 if announce:
-                    print(payload[1], file=sys.stderr, flush=True)
-                write_termination_log(payload[1], termination_log)
+                    print(line, file=sys.stderr, flush=True)
+                write_termination_log(line, termination_log)
                 os.kill(os.getppid(), signal.SIGUSR1)
             with os.fdopen(write, "wb") as f:
                 f.write(pickle.dumps(payload))

@@ -1,6 +1,6 @@
 """A CSV's rows in a compact, memory-mapped form that every process of a node shares.
 
-Who uses it: ``trainer.preflight.read_table`` (every CSV the trainer reads: train, val, retention,
+Who uses it: ``trainer.table.read_table`` (every CSV the trainer reads: train, val, retention,
 zero-shot), and through it the data loaders of ``trainer.data`` and ``trainer.gpu_data``.
 
 Why it exists: one million rows held as numpy object arrays cost ~490 MiB per process (issue 21), and they
@@ -19,8 +19,8 @@ training processes only map it. The CSV is parsed in chunks by the same pandas c
 messages are those of reading it whole; only one chunk's Python strings exist at a time.
 
 The cache: ``$KUBECLIP_ROW_CACHE``, else ``<tmp>/kubeclip-rows-<uid>``; where it cannot be
-written (a read-only root filesystem) the rows are held in memory per process, as before, with
-a warning. An entry is keyed by the
+written (a read-only root filesystem) :func:`open_cache` raises and the reader holds the rows in
+memory per process, as before, with a warning (``trainer.table.Table``). An entry is keyed by the
 CSV's real path, size, mtime and inode, the columns, separator and root it was read with, and this
 format's version; a changed CSV gets a new entry. Each table also carries the SHA-256 of the
 CSV's bytes (:attr:`RowTable.digest`): the dataset identity in checkpoint fingerprints
@@ -142,7 +142,7 @@ class RowTable:
         return (RowTable, (str(self.directory),))
 
 
-def _key(csv: Path, settings: dict) -> str:
+def _key(csv: Path, settings: dict[str, Any]) -> str:
     st = os.stat(csv)
     ident = {
         "format": FORMAT,
@@ -156,7 +156,8 @@ def _key(csv: Path, settings: dict) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _sha256(csv: Path) -> str:
+def sha256_of(csv: Path) -> str:
+    """The SHA-256 of a file's bytes, as hex (a table's :attr:`RowTable.digest`)."""
     with open(csv, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
@@ -182,42 +183,33 @@ class _Writer:
         np.save(offsets_path, offsets.astype(dtype))
 
 
-def _in_memory(csv: Path, settings: dict, base: str, chunks: Callable[[], Iterator[tuple[Any, Any]]]) -> Any:
-    """The fallback without a writable cache: the same rows as numpy object arrays."""
-    from trainer.preflight import Table
-
-    rel: list[str] = []
-    cap: list[str] = []
-    for r, c in chunks():
-        rel.extend(r)
-        cap.extend(c)
-    paths = np.array([p if os.path.isabs(p) else os.path.join(base, p) for p in rel], dtype=object)
-    return Table(str(csv), settings["separator"], paths, np.array(cap, dtype=object), digest=_sha256(csv))
+def open_cache() -> Path:
+    """The row cache directory, created when missing; raises :class:`OSError` when it cannot be
+    written or cannot be trusted (the caller then holds the rows in memory)."""
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = os.stat(root)
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:  # in a shared /tmp, someone else's folder
+        raise PermissionError(13, "not owned by this user, or writable by others")
+    if not os.access(root, os.W_OK):
+        raise PermissionError(13, "not writable")
+    return root
 
 
 def load_or_build(
+    root: Path,
     csv: Path,
-    settings: dict,
+    settings: dict[str, Any],
     base: str,
     chunks: Callable[[], Iterator[tuple[Any, Any]]],
 ) -> RowTable:
-    """Map the cached table of ``csv`` read with ``settings``; build it first when missing.
+    """Map the cached table of ``csv`` read with ``settings`` (in ``root``, from :func:`open_cache`);
+    build it first when missing.
 
     ``chunks()`` yields ``(image paths, captions)`` sequences of str chunk by chunk (the caller's
     parser and checks; whatever it raises propagates and nothing is published). ``base`` is
     joined to relative image paths on access.
     """
-    root = cache_root()
-    try:
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        st = os.stat(root)
-        if st.st_uid != os.getuid() or st.st_mode & 0o022:  # in a shared /tmp, someone else's folder
-            raise PermissionError(13, "not owned by this user, or writable by others")
-        if not os.access(root, os.W_OK):
-            raise PermissionError(13, "not writable")
-    except OSError as err:  # a read-only /tmp: the rows stay in this process (not shared)
-        log.warning("row cache %s not writable (%s): holding %s in memory", root, err.strerror or err, csv)
-        return _in_memory(csv, settings, base, chunks)
     key = _key(csv, settings)
     final = root / key
     if (final / "meta.json").is_file():
@@ -239,7 +231,7 @@ def load_or_build(
                         captions.add(cap)
                 paths.finish(tmp / "paths.off.npy")
                 captions.finish(tmp / "captions.off.npy")
-                meta = {"csv": str(csv), "separator": settings["separator"], "base": base, "sha256": _sha256(csv)}
+                meta = {"csv": str(csv), "separator": settings["separator"], "base": base, "sha256": sha256_of(csv)}
                 (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
                 try:
                     os.rename(tmp, final)

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ from kubeclip.api import TrainerSpec, TrainerVerdict, termination_log_path, term
 from trainer import checkpoint, distributed, precision, truncate
 from trainer.data import CaptionDataset, ShardedBatchSampler, eval_loader, train_loader
 from trainer.evaluate import evaluate
+from trainer.exits import write_termination_log
 from trainer.export import export
 from trainer.fastpath import CompileClock, LossWatch, compile_step
 from trainer.forgetting import Forgetting
@@ -49,7 +50,13 @@ from trainer.loss import make_loss
 from trainer.model import build, is_siglip, param_groups
 from trainer.optim import adamw, default_warmup, lr_at, set_lr
 from trainer.preemption import Preempted, StopRequest, shield_workers
-from trainer.preflight import DatasetReport, read_table, write_termination_log
+from trainer.preflight import DatasetReport
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
+    from trainer.gpu_data import DeviceLoader
+    from trainer.metrics import TrainerMetrics
 
 log = logging.getLogger("trainer")
 
@@ -98,10 +105,11 @@ def forward_backward(
     if k > 1:
         with torch.no_grad(), autocast():
             cached = [_outputs(model(images, tokens))[:2] for images, tokens in micro_batches]
-    loss = None
+    loss: torch.Tensor | None = None
+    no_sync = getattr(ddp, "no_sync", None)  # DDP's (also through a compiled module); absent on one process
     for j, (images, tokens) in enumerate(micro_batches):
         last = j == k - 1
-        sync = ddp.no_sync() if not last and hasattr(ddp, "no_sync") else contextlib.nullcontext()
+        sync = no_sync() if not last and no_sync is not None else contextlib.nullcontext()
         with sync:
             with autocast():
                 img, txt, scale, bias = _outputs(ddp(images, tokens))
@@ -113,6 +121,8 @@ def forward_backward(
                     bias = bias.detach() if bias is not None else None
                 loss = loss_fn(img, txt, scale, bias)
             (scaler.scale(loss) if scaler is not None else loss).backward()
+    if loss is None:
+        raise ValueError("forward_backward needs at least one micro-batch")
     return loss.detach()
 
 
@@ -139,14 +149,12 @@ class LoopState:
 class Recipe:
     """One rank of a fine-tuning run, in named pieces (torchtune's recipe shape)."""
 
-    def __init__(
-        self, job: str, spec: TrainerSpec, report: DatasetReport | None = None, started_at: float | None = None
-    ):
+    def __init__(self, job: str, spec: TrainerSpec, report: DatasetReport, started_at: float | None = None):
         self.job, self.spec, self.t, self.report = job, spec, spec.training, report
         self.out = spec.output.path
         self.t_start = started_at or time.time()
         self.state = LoopState()
-        self.metrics = None
+        self.metrics: TrainerMetrics | None = None  # rank 0's, from _setup_metrics
 
     # ---- setup ------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -170,7 +178,14 @@ class Recipe:
         # Baseline, retention/zero-shot evals, best weights, WiSE-FT; keeps θ_start, so it is made
         # from the built model before a checkpoint's weights are loaded into it.
         self.watch = Forgetting(
-            self.spec, topo, self.model, self.val_table, self.report, self.tf_val, self.tokenizer, self.autocast
+            self.spec,
+            topo,
+            self.model,
+            self.val_table,
+            self.report.eval_sets,
+            self.tf_val,
+            self.tokenizer,
+            self.autocast,
         )
         ck = self._resume_position()
         self._setup_optimizer(ck)
@@ -196,24 +211,23 @@ class Recipe:
         self.tf_train = tf_train
 
     def _setup_data(self) -> None:
-        t, topo, spec, report = self.t, self.topo, self.spec, self.report
-        self.train_table = report.train if report else read_table(spec.dataset.trainCsv, spec)
-        self.val_table = None
-        if spec.dataset.valCsv:
-            self.val_table = report.val if report else read_table(spec.dataset.valCsv, spec, "spec.dataset.valCsv")
+        t, topo = self.t, self.topo
+        # The preflight's tables (trainer.preflight): the rows it checked, mapped from the node's copy.
+        self.train_table, self.val_table = self.report.train, self.report.val
         # The dataset's identity goes into every checkpoint's fingerprint (trainer.checkpoint).
         self.dataset_identity = checkpoint.dataset_identity(self.train_table, self.val_table)
         self.sampler = ShardedBatchSampler(len(self.train_table), t.batchSize, topo.world, topo.rank, t.seed)
-        self.loader = None
+        loader: DataLoader | DeviceLoader | None = None
         if topo.device.type == "cuda" and t.gpuDecode:  # JPEG decode, crop and resize on the GPU (trainer.gpu_data)
             from trainer.gpu_data import gpu_train_loader
 
-            self.loader = gpu_train_loader(
+            loader = gpu_train_loader(
                 self.train_table, self.tf_train, self.tokenizer, t.seed, self.sampler, t.workers, topo.device, self.cut
             )
-        if self.loader is None:
+        if loader is None:
             dataset = CaptionDataset(self.train_table, self.tf_train, self.tokenizer, t.seed, augment=True)
-            self.loader = train_loader(dataset, self.sampler, t.workers, topo.device.type == "cuda", self.cut)
+            loader = train_loader(dataset, self.sampler, t.workers, topo.device.type == "cuda", self.cut)
+        self.loader: DataLoader | DeviceLoader = loader
         shield_workers(self.loader)  # SIGTERM reaches the loader workers too: the rank decides (trainer.preemption)
         self.steps_per_epoch = self.sampler.batches_per_epoch // t.gradAccumSteps
         self.total_steps = self.steps_per_epoch * t.epochs
@@ -266,12 +280,12 @@ class Recipe:
         from trainer.metrics import TrainerMetrics
 
         t, s = self.t, self.state
-        self.metrics = TrainerMetrics(
+        self.metrics = metrics = TrainerMetrics(
             self.job, self.out, t.epochs, self.total_steps, tensorboard=self.spec.output.tensorboard
         )
-        self.metrics.serve(self.spec.metrics.port)
-        self.metrics.step.set(s.step)
-        self.metrics.update(phase="training", step=s.step, epoch=s.epoch, skippedCheckpoints=self.skipped_checkpoints)
+        metrics.serve(self.spec.metrics.port)
+        metrics.step.set(s.step)
+        metrics.update(phase="training", step=s.step, epoch=s.epoch, skippedCheckpoints=self.skipped_checkpoints)
         log.info(
             "training %s: %d processes on %s, %d steps (%d/epoch x %d epochs), global batch %d, warmup %d, precision %s",
             self.job,
@@ -484,7 +498,8 @@ class Recipe:
             path = checkpoint.save(
                 self.out, self.state.step, state, self.t.keepCheckpoints, spec=self.spec, dataset=self.dataset_identity
             )
-            self.metrics.record_checkpoint(str(path), self.state.step)
+            if self.metrics is not None:
+                self.metrics.record_checkpoint(str(path), self.state.step)
         distributed.barrier(self.topo)
 
     def export_final(self) -> dict:
@@ -565,6 +580,6 @@ class Recipe:
         distributed.teardown()
 
 
-def train(job: str, spec: TrainerSpec, report: DatasetReport | None = None, started_at: float | None = None) -> dict:
+def train(job: str, spec: TrainerSpec, report: DatasetReport, started_at: float | None = None) -> dict:
     """Run one rank of the job; ``started_at``: process start, for the start-up time in the log."""
     return Recipe(job, spec, report, started_at).run()

@@ -48,8 +48,10 @@ class TokenCut:
         """Exact length (last pooled position + 1), rounded up to a bucket."""
         if self.pool_type == "argmax":
             pooled = tokens.argmax(dim=-1)
+        elif self.eos_id is not None:
+            pooled = tokens.eq(self.eos_id).int().argmax(dim=-1)
         else:
-            pooled = (tokens == self.eos_id).int().argmax(dim=-1)
+            raise ValueError("TokenCut with pool_type 'eos' needs eos_id")
         need = int(pooled.max()) + 1 if tokens.numel() else 1
         return next((b for b in self.sizes() if b >= need), self.context_length)
 
@@ -123,7 +125,8 @@ def enable(model: torch.nn.Module) -> tuple[TokenCut | None, str]:
         return None, why
     kind, tower = _text_tower(model)
     if kind == "clip":
-        model.encode_text = types.MethodType(_clip_encode_text, model)
+        # torch types a module's dynamic attributes as Tensor | Module; this one is open_clip's method
+        model.encode_text = types.MethodType(_clip_encode_text, model)  # type: ignore[assignment]
     else:
         tower._embeds = types.MethodType(_sliced_embeds, tower)
     return cut, why

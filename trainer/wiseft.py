@@ -68,15 +68,20 @@ def select(table: list[dict], policy: ExportSpec) -> tuple[float, str]:
     if policy.select == "finetuned":
         return 1.0, "select finetuned: the fine-tuned weights (alpha 1)"
     if policy.select == "alpha":
+        if policy.alpha is None:  # ExportSpec refuses this; the same line if a spec bypassed it
+            raise ValueError("select: alpha needs spec.export.alpha")
         return float(policy.alpha), f"select alpha: the fixed alpha {policy.alpha:g}"
+    limit = policy.maxRetentionDrop
+    if limit is None:
+        raise ValueError("select: bestWithinRetentionDrop needs spec.export.maxRetentionDrop")
     start = next(e for e in table if e["alpha"] == 0.0)
     base = _r1(start, "retention")
-    limit = policy.maxRetentionDrop
-    ok = [
-        e
-        for e in table
-        if base is not None and _r1(e, "retention") is not None and base - _r1(e, "retention") <= limit + 1e-12
-    ]
+
+    def within(entry: dict) -> bool:
+        kept = _r1(entry, "retention")
+        return base is not None and kept is not None and base - kept <= limit + 1e-12
+
+    ok = [e for e in table if within(e)]
     best = max(ok, key=lambda e: (_r1(e, "val") or 0.0, e["alpha"]))  # alpha 0 always qualifies
     return float(best["alpha"]), (
         f"select bestWithinRetentionDrop {limit:g}: alpha {best['alpha']:g} has the best val R@1 "

@@ -14,12 +14,12 @@ import torch
 
 from trainer.data import CaptionDataset, eval_loader
 from trainer.precision import input_dtype
-from trainer.preflight import Table
+from trainer.table import Rows
 
 
 @torch.no_grad()
 def accuracy(
-    model, table: Table, transform, tokenizer, templates: list[str], batch_size: int, device, autocast
+    model, table: Rows, transform, tokenizer, templates: list[str], batch_size: int, device, autocast
 ) -> dict[str, float]:
     was_training = model.training
     model.eval()

@@ -22,6 +22,7 @@ from .contracts import (
     EXIT_PREFLIGHT,
     EXIT_RENDEZVOUS_TIMEOUT,
     FINAL_EXIT_CODES,
+    SIGNAL_EXIT_BASE,
     TERMINATION_LOG,
     CheckpointMismatch,
     CheckpointUnreadable,
@@ -29,6 +30,7 @@ from .contracts import (
     NonFiniteLoss,
     OutputInUse,
     TrainerVerdict,
+    signal_name,
 )
 from .job import (
     ALLOWED_KEY_RE,
@@ -122,6 +124,7 @@ __all__ = [
     "RESERVED_VOLUMES",
     "SHM_PATH",
     "SHM_VOLUME",
+    "SIGNAL_EXIT_BASE",
     "TERMINAL_PHASES",
     "TERMINATION_LOG",
     "TERMINATION_MESSAGE_MAX_BYTES",
@@ -167,6 +170,7 @@ __all__ = [
     "parse_manifest",
     "parse_spec",
     "read_termination_message",
+    "signal_name",
     "termination_log_path",
     "termination_message",
     "trainer_part",

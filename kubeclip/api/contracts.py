@@ -7,6 +7,7 @@ Who uses it: the trainer exits with these codes and raises the verdicts; the con
 
 from __future__ import annotations
 
+import signal
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -32,6 +33,20 @@ EXIT_CHECKPOINT_UNREADABLE = 8
 #: Exit code of a dataset row that cannot be used (an image that does not decode, outside the
 #: preflight's sample): the same row comes back on a retry.
 EXIT_DATA = 9
+#: A process killed by signal N exits with ``SIGNAL_EXIT_BASE + N`` (the shell's rule): ``trainer.node``
+#: exits so for a worker killed by a signal, and Kubernetes reports a container killed so the same way.
+SIGNAL_EXIT_BASE = 128
+
+
+def signal_name(signum: int) -> str:
+    """The name of signal ``signum`` (``SIGKILL``), or ``signal N`` for a number this platform does
+    not name; for messages about a process killed by it (exit code ``SIGNAL_EXIT_BASE + signum``)."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
 #: The exit codes that are the trainer's own final verdicts: the controller never retries them.
 FINAL_EXIT_CODES = {
     EXIT_CONFIG: "InvalidConfig",

@@ -91,10 +91,11 @@ def logged_losses(stderr: str) -> dict[int, float]:
 
 def test_the_optimizer_step_reads_nothing_back_from_the_device(root, monkeypatch):
     from trainer.__main__ import load
+    from trainer.preflight import read_tables
     from trainer.train import Recipe
 
     job, spec = load(str(manifest(root, "nosync", "start.safetensors", {"logEverySteps": 100})), None)
-    recipe = Recipe(job, spec)
+    recipe = Recipe(job, spec, read_tables(spec))
     recipe.setup()
     reads: list[str] = []
     in_step = [False]

@@ -19,7 +19,8 @@ from PIL import Image
 from controller.status import completed_message, progress_status
 from kubeclip.api import ConfigError, ExportSpec, parse_spec
 from trainer import wiseft
-from trainer.preflight import PreflightError, run_preflight
+from trainer.preflight import run_preflight
+from trainer.table import PreflightError
 
 
 def write_csv(path: Path, header: str, rows: list[str]) -> Path:
@@ -107,8 +108,8 @@ def test_a_good_retention_and_zeroshot_csv_pass_and_are_reported(data):
         spec(data, evaluation={"retentionCsv": str(data / "ret.csv"), "zeroShot": {"csv": str(data / "zs.csv")}}),
         world=1,
     )
-    assert len(report.extra.retention) == 4 and report.extra.retention.separator == ";"
-    assert sorted(set(report.extra.zeroshot.captions)) == ["cat", "dog"]
+    assert len(report.eval_sets.retention) == 4 and report.eval_sets.retention.separator == ";"
+    assert sorted(set(report.eval_sets.zeroshot.captions)) == ["cat", "dog"]
     assert "retention 4 rows, zero-shot 6 images / 2 classes" in report.summary()
 
 

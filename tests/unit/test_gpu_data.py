@@ -28,7 +28,7 @@ from trainer.gpu_data import (  # noqa: E402
     plan_from_transform,
     raw_loader,
 )
-from trainer.preflight import Table  # noqa: E402
+from trainer.table import Table  # noqa: E402
 
 torch.set_num_threads(1)
 

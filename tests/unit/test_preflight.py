@@ -14,7 +14,9 @@ import pytest
 from PIL import Image
 
 from kubeclip.api import EXIT_PREFLIGHT, parse_spec
-from trainer.preflight import PreflightError, detect_separator, run_preflight, write_termination_log
+from trainer.exits import write_termination_log
+from trainer.preflight import run_preflight
+from trainer.table import PreflightError, detect_separator
 
 REPO = Path(__file__).resolve().parents[2]
 

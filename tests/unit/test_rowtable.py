@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from kubeclip.api import parse_spec
 from trainer import rowtable
 from trainer.data import ShardedBatchSampler
-from trainer.preflight import PreflightError, read_table
+from trainer.table import PreflightError, read_table
 
 
 @pytest.fixture(autouse=True)
