@@ -10,6 +10,8 @@ from __future__ import annotations
 import signal
 from typing import TYPE_CHECKING
 
+from .status import Reason
+
 if TYPE_CHECKING:
     from .progress import Progress
 
@@ -49,13 +51,13 @@ def signal_name(signum: int) -> str:
 
 #: The exit codes that are the trainer's own final verdicts: the controller never retries them.
 FINAL_EXIT_CODES = {
-    EXIT_CONFIG: "InvalidConfig",
-    EXIT_PREFLIGHT: "PreflightFailed",
-    EXIT_NONFINITE: "NonFiniteLoss",
-    EXIT_CHECKPOINT_MISMATCH: "CheckpointMismatch",
-    EXIT_OUTPUT_IN_USE: "OutputInUse",
-    EXIT_CHECKPOINT_UNREADABLE: "CheckpointUnreadable",
-    EXIT_DATA: "DataError",
+    EXIT_CONFIG: Reason.INVALID_CONFIG,
+    EXIT_PREFLIGHT: Reason.PREFLIGHT_FAILED,
+    EXIT_NONFINITE: Reason.NON_FINITE_LOSS,
+    EXIT_CHECKPOINT_MISMATCH: Reason.CHECKPOINT_MISMATCH,
+    EXIT_OUTPUT_IN_USE: Reason.OUTPUT_IN_USE,
+    EXIT_CHECKPOINT_UNREADABLE: Reason.CHECKPOINT_UNREADABLE,
+    EXIT_DATA: Reason.DATA_ERROR,
 }
 
 

@@ -140,10 +140,20 @@ class FineTuneJobStatus(_Status):
 
 
 class Reason(StrEnum):
-    """The ``reason`` of the job's conditions and events that the controller itself sets (beside the
-    trainer's verdicts in :data:`kubeclip.api.contracts.FINAL_EXIT_CODES` and the pods' own
-    reasons such as ``Evicted``, ``ImagePullBackOff`` or ``Unschedulable``, which it passes through)."""
+    """The ``reason`` of the job's conditions and events: the trainer's final verdicts (one per exit
+    code of :data:`kubeclip.api.contracts.FINAL_EXIT_CODES`) and those the controller itself sets;
+    beside them the pods' own reasons such as ``Evicted``, ``ImagePullBackOff`` or ``Unschedulable``,
+    which it passes through."""
 
+    #: The trainer's final verdicts, by exit code (:data:`kubeclip.api.contracts.FINAL_EXIT_CODES`).
+    INVALID_CONFIG = "InvalidConfig"
+    PREFLIGHT_FAILED = "PreflightFailed"
+    NON_FINITE_LOSS = "NonFiniteLoss"
+    CHECKPOINT_MISMATCH = "CheckpointMismatch"
+    OUTPUT_IN_USE = "OutputInUse"
+    CHECKPOINT_UNREADABLE = "CheckpointUnreadable"
+    DATA_ERROR = "DataError"
+    #: The controller's own.
     CREATED = "Created"
     RUNNING = "Running"
     SUSPENDED = "Suspended"

@@ -14,7 +14,6 @@ import pytest
 from PIL import Image
 
 from kubeclip.api import EXIT_PREFLIGHT, parse_spec
-from trainer.exits import write_termination_log
 from trainer.preflight import run_preflight
 from trainer.table import PreflightError, detect_separator
 
@@ -191,15 +190,6 @@ def test_local_dir_model_without_config(data):
 def test_detect_separator_falls_back_to_the_most_frequent():
     assert detect_separator("a;b;c", ("x", "y")) == ";"
     assert detect_separator("single", ("x", "y")) is None
-
-
-def test_termination_log_is_written_only_where_it_exists(tmp_path):
-    target = tmp_path / "termination-log"
-    write_termination_log("preflight: boom", str(target))
-    assert not target.exists()
-    target.write_text("")
-    write_termination_log("preflight: boom", str(target))
-    assert target.read_text() == "preflight: boom"
 
 
 def bad_job(tmp: Path, names: list[str]) -> Path:
