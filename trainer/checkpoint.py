@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from kubeclip.api import CheckpointMismatch, CheckpointUnreadable, TrainerSpec
+from trainer.table import Rows
 
 NAME = re.compile(r"^step-(\d{8})\.pt$")
 #: Temporary files of this module (``-<hex>``: unique per write) and of older versions (``-<pid>``).
@@ -88,7 +89,7 @@ def latest(output: str) -> Path | None:
     return found[-1] if found else None
 
 
-def dataset_identity(train: Any, val: Any = None) -> dict[str, str]:
+def dataset_identity(train: Rows, val: Rows | None = None) -> dict[str, str]:
     """``{"dataset.trainCsv": "sha256:<hex> (<n> rows)", "dataset.valCsv": ...}`` of the tables the
     run trains and evaluates on (``trainer.rowtable.RowTable.digest``: the SHA-256 of the CSV's
     bytes, computed once per node while the table is built). The content, not the path or the
@@ -96,8 +97,7 @@ def dataset_identity(train: Any, val: Any = None) -> dict[str, str]:
     edited CSV under the same name is not."""
     out = {}
     for key, table in (("dataset.trainCsv", train), ("dataset.valCsv", val)):
-        digest = getattr(table, "digest", None) if table is not None else None
-        out[key] = f"sha256:{digest} ({len(table)} rows)" if digest else "none"
+        out[key] = f"sha256:{table.digest} ({len(table)} rows)" if table is not None and table.digest else "none"
     return out
 
 

@@ -34,7 +34,6 @@ import fcntl
 import hashlib
 import itertools
 import json
-import logging
 import mmap
 import operator
 import os
@@ -51,8 +50,6 @@ import numpy as np
 FORMAT = 1
 #: Rows parsed per pandas chunk: bounds the Python strings alive while building (~10 MB).
 CHUNK_ROWS = 100_000
-
-log = logging.getLogger(__name__)
 
 
 def cache_root() -> Path:
