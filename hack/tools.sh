@@ -204,4 +204,5 @@ if [[ "${1:-}" == kueue ]]; then
   KUEUE_LDFLAGS="-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION -X sigs.k8s.io/kueue/pkg/version.GitCommit=kubeclip-local"
   go_build kueue sigs.k8s.io/kueue/cmd/kueue "$KUEUE_DIR" "$KUEUE_LDFLAGS" 0
 fi
-log "ready in $BIN: $(cd "$BIN" && ls | tr '\n' ' ')"
+built=("$BIN"/*)
+log "ready in $BIN: ${built[*]##*/}"
