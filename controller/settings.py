@@ -63,6 +63,9 @@ def setting(
 
 @dataclass(frozen=True)
 class Settings:
+    """Every tunable of the operator process; ``Settings()`` is the defaults, with no environment read
+    (only :meth:`load` reads it), so tests build exactly the settings they name."""
+
     namespaces: tuple[str, ...] = setting(
         (),
         help="Watch only this namespace (repeatable); none: every namespace.",
