@@ -17,6 +17,12 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 
 
+@app.callback()
+def _commands() -> None:
+    """Keeps ``kubeclip`` a group of commands even where only one is installed (typer would otherwise
+    make the trainer image's lone ``run`` the command itself, and ``kubeclip run job.yaml`` would fail)."""
+
+
 def _installed(package: str) -> bool:
     """Each image installs one side: the controller image has no ``trainer`` package, the trainer
     image no ``controller`` package, and a command of the missing side is not offered at all."""
