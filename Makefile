@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo     fine-tune a tiny OpenCLIP model locally on a generated dataset (2 processes)"
 	@echo "make test     the whole test suite (builds the test control plane on first use)"
-	@echo "make lint     ruff format + ruff check + mypy + import-linter (also part of make test)"
+	@echo "make lint     ruff format + ruff check + mypy + import-linter + shellcheck (also part of make test)"
 	@echo "make bench    kubeclip vs open_clip_train side by side, plus the controller at scale"
 	@echo "make bench-gpu  the same on one GPU: ViT-B-32, bf16 autocast, batch 256 (BENCH_GPU_ARGS=--wheels DIR offline)"
 	@echo "make tools    build/fetch kube-apiserver, etcd, kubectl, helm, promtool into $(KUBECLIP_TOOLS)/bin"
@@ -81,13 +81,15 @@ e2e: cluster-up images deploy monitoring-up kueue-up
 crd: venv
 	$(VENV)/bin/kubeclip crd > helm/kubeclip/files/crd-finetunejobs.yaml
 
-# ruff (format + lint), mypy (strict on kubeclip/ and controller/), import-linter; the same hooks
-# run before each commit with `pre-commit install` (.pre-commit-config.yaml).
+# ruff (format + lint), mypy (strict on kubeclip/ and controller/), import-linter, shellcheck (every
+# tracked shell script: *.sh and whatever starts with a bash/sh shebang, such as .ci/run); the same
+# hooks run before each commit with `pre-commit install` (.pre-commit-config.yaml).
 lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/shellcheck $$(git grep -lIE '^#!.*(bash|/sh)')
 
 clean:
 	rm -rf .cluster out runs

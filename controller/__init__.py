@@ -1,7 +1,7 @@
 """The FineTuneJob controller (``kubeclip operator`` / ``python -m controller``).
 
-Layering (checked by import-linter): the pure modules (:mod:`.api`, :mod:`.crd`, :mod:`.naming`,
-:mod:`.builders`, :mod:`.status`, :mod:`.reconcile`, :mod:`.settings`) import neither kopf nor
-kubernetes; :mod:`.kube` is the only module that talks to the API server and :mod:`.operator`
-the only one that imports kopf. See ``docs/controller.md``.
+Layering (checked by import-linter, ``make lint``): only :mod:`.kube` (the one module that talks to
+the API server) and :mod:`.operator` (the kopf handlers) import the Kubernetes client or kopf; every
+other module, the planner (:mod:`.reconcile`) and its steps included, is pure and tested with plain
+data; no two modules import each other, even through function-level imports. See ``docs/controller.md``.
 """

@@ -1,64 +1,81 @@
-"""The operator's command line, defined once: ``kubeclip operator`` and ``python -m controller``.
+"""The operator's command line, derived from :class:`controller.settings.Settings`.
 
 Who uses it and why it exists: :mod:`kubeclip.cli` registers :func:`operator` as its ``operator``
-command and ``controller/__main__.py`` runs it alone, so both entry points take the same flags
-with the same defaults, and those defaults come from :class:`controller.settings.Settings`.
-It imports typer only; kopf and the kubernetes client load when the command runs.
+command and ``controller/__main__.py`` runs it alone, so both entry points take the same flags.
+Every Settings field is one option (its flags, help text and environment variable come from the
+field's metadata), so a new setting needs no edit here. It imports typer only; kopf and the
+kubernetes client load when the command runs.
 """
 
 from __future__ import annotations
 
-from dataclasses import fields
-from typing import Annotated, Any
+import inspect
+import os
+from collections.abc import Callable
+from dataclasses import MISSING, Field, fields
+from typing import Annotated, Any, get_type_hints
 
 import typer
 
-from .settings import Settings
+from .settings import Settings, SettingsError
 
 
-def _default(name: str) -> Any:
-    """A Settings field's plain default (fields with an environment-dependent default factory are
-    resolved at run time by Settings itself, so the flag defaults to None)."""
+def _option_type(f: Field[Any], hint: Any) -> Any:
+    """The type typer parses a field's flag into; None always means "not given"."""
+    if f.metadata["parse"] is not None:
+        return str | None  # text, parsed by Settings.load like the environment variable
+    if hint == tuple[str, ...]:
+        return list[str] | None  # a repeatable flag
+    return hint | None
+
+
+def _help(f: Field[Any]) -> str:
+    text = f.metadata["help"]
+    if f.default is not MISSING and f.default not in ((), None):
+        text += f" (default {f.default})"
+    if f.metadata["env"]:
+        text += f" (env {f.metadata['env']})"
+    return str(text)
+
+
+def options() -> list[inspect.Parameter]:
+    """One keyword parameter per Settings field, annotated with its typer option."""
+    hints = get_type_hints(Settings)
+    params = []
     for f in fields(Settings):
-        if f.name == name:
-            return f.default
-    raise KeyError(name)
+        flags = f.metadata["flags"] or (f"--{f.name.replace('_', '-')}",)
+        if hints[f.name] is bool and not f.metadata["flags"]:
+            flags = (f"{flags[0]}/--no-{flags[0][2:]}",)
+        option = typer.Option(*flags, help=_help(f), show_default=False)
+        # A type built at run time: what typer reads, which mypy cannot check statically.
+        annotation = Annotated[_option_type(f, hints[f.name]), option]  # type: ignore[valid-type]
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation))
+    return params
 
 
-def operator(
-    namespace: Annotated[
-        list[str] | None, typer.Option("--namespace", "-n", help="Watch only this namespace (repeatable).")
-    ] = None,
-    all_namespaces: Annotated[
-        bool, typer.Option("--all-namespaces", "-A", help="Watch every namespace (default when no --namespace).")
-    ] = False,
-    metrics_port: Annotated[int, typer.Option(help="Prometheus /metrics port (0: off).")] = _default("metrics_port"),
-    health_port: Annotated[int, typer.Option(help="/healthz and /readyz port (0: off).")] = _default("health_port"),
-    leader_election: Annotated[
-        bool, typer.Option("--leader-election/--no-leader-election", help="Reconcile only while holding the Lease.")
-    ] = _default("leader_election"),
-    lease_name: Annotated[str | None, typer.Option(help=f"Lease name (default {_default('lease_name')}).")] = None,
-    lease_namespace: Annotated[
-        str | None, typer.Option(help="Lease namespace (default $POD_NAMESPACE, else default).")
-    ] = None,
-    default_image: Annotated[
-        str | None, typer.Option(help="Trainer image for jobs without spec.image ($KUBECLIP_DEFAULT_IMAGE).")
-    ] = None,
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = _default("log_level"),
-) -> None:
-    """Run the FineTuneJob controller (KUBECONFIG, then in-cluster config)."""
-    from .operator import main as operator_main
+def settings_command(run: Callable[[Settings], int]) -> Callable[..., None]:
+    """A typer command taking every Settings field as an option: it builds the Settings (flags, then
+    the environment, then the defaults) and exits with what ``run`` returns."""
 
-    raise typer.Exit(
-        operator_main(
-            namespaces=list(namespace or []),
-            all_namespaces=all_namespaces,
-            metrics_port=metrics_port,
-            health_port=health_port,
-            leader_election=leader_election,
-            lease_name=lease_name,
-            lease_namespace=lease_namespace,
-            default_image=default_image,
-            log_level=log_level,
-        )
-    )
+    def command(**given: Any) -> None:
+        try:
+            settings = Settings.load(given, os.environ)
+        except SettingsError as err:
+            raise typer.BadParameter(str(err)) from None
+        raise typer.Exit(run(settings))
+
+    params = options()
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = "Run the FineTuneJob controller (KUBECONFIG, then in-cluster config)."
+    command.__name__ = "operator"
+    return command
+
+
+def _run(settings: Settings) -> int:
+    from .operator import main
+
+    return main(settings)
+
+
+operator = settings_command(_run)

@@ -34,6 +34,7 @@ from kubeclip.api import (
     SHM_PATH,
     FineTuneJobSpec,
     FineTuneJobStatus,
+    Phase,
     TrainerSpec,
 )
 
@@ -247,7 +248,7 @@ def openapi_schema() -> dict[str, Any]:
 
 
 #: Phases in which the trainer part of the spec may change: not yet started, or suspended.
-MUTABLE_PHASES = ("Suspended",)
+MUTABLE_PHASES = (Phase.SUSPENDED,)
 
 
 def immutability_rules() -> list[dict[str, Any]]:

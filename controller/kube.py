@@ -259,7 +259,7 @@ class Kube:
             if err.status == 403:
                 return queue.Observed(api=False, forbidden=True)
             raise
-        if (job.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        if (job.get("status") or {}).get("phase") in TERMINAL_PHASES:
             return queue.Observed(workloads=tuple(workloads))
         flavors: dict[str, dict[str, Any] | None] = {}
         for wl in workloads:

@@ -163,7 +163,7 @@ async def resync_loop(
 ) -> None:
     """Due passes (deadlines, TTLs, retries) every second; progress polls; a periodic full pass."""
     loop = asyncio.get_running_loop()
-    namespaces = () if s.all_namespaces or not s.namespaces else s.namespaces
+    namespaces = () if s.clusterwide else s.namespaces
     last_poll = last_full = time.monotonic()
     while not stop.is_set():
         try:
@@ -342,7 +342,7 @@ async def run(s: Settings) -> int:
 
         helper = asyncio.create_task(mark_ready())
         health.ready = False
-        clusterwide = s.all_namespaces or not s.namespaces
+        clusterwide = s.clusterwide
         kopf_task = asyncio.create_task(
             kopf.operator(
                 registry=build_registry(worker, passes),
@@ -374,36 +374,9 @@ async def run(s: Settings) -> int:
             await runner.cleanup()
 
 
-def main(
-    namespaces: list[str] | tuple[str, ...] = (),
-    all_namespaces: bool = False,
-    *,
-    metrics_port: int = 8080,
-    health_port: int = 8081,
-    leader_election: bool = True,
-    lease_name: str | None = None,
-    lease_namespace: str | None = None,
-    default_image: str | None = None,
-    log_level: str = "INFO",
-) -> int:
+def main(s: Settings) -> int:
     """Run the controller until SIGTERM; the exit code: 0 clean stop, 1 leadership lost, 2 no config,
     3 a background task died, 4 passes still running after the stop's drain timeout."""
-    kw: dict[str, Any] = {}
-    if lease_name:
-        kw["lease_name"] = lease_name
-    if lease_namespace:
-        kw["lease_namespace"] = lease_namespace
-    if default_image is not None:
-        kw["default_image"] = default_image
-    s = Settings(
-        namespaces=tuple(namespaces),
-        all_namespaces=all_namespaces or not namespaces,
-        metrics_port=metrics_port,
-        health_port=health_port,
-        leader_election=leader_election,
-        log_level=log_level,
-        **kw,
-    )
     setup_logging(s.log_level)
     log.info("starting", extra={"settings": {k: v for k, v in vars(s).items()}})
     return asyncio.run(run(s))

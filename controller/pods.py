@@ -150,7 +150,7 @@ def classify(pod: dict[str, Any]) -> Failure | None:
     detail = termination_text(term)
     at = term.get("finishedAt") or ""
     text = f"{name} exited with code {code}" + (f": {detail}" if detail else "")
-    if term.get("reason") == "OOMKilled":
+    if term.get("reason") == Reason.OOM_KILLED:  # the kubelet's reason, passed through as ours
         return Failure(True, Reason.OOM_KILLED, f"{name} was OOMKilled (exit code {code})", at=at)
     if code >= 128:
         return Failure(

@@ -30,9 +30,10 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
-from kubeclip.api import Reason
+from kubeclip.api import Phase, Reason
 
 from . import naming
 from .status import set_condition
@@ -45,6 +46,31 @@ GROUP = "kueue.x-k8s.io"
 VERSION = "v1beta2"
 WORKLOADS = "workloads"
 POD_SET = "node"
+#: What a Workload left by a deleted job says when it is finished.
+ORPHANED = "the FineTuneJob that owned this Workload was deleted"
+
+
+class WorkloadCondition(StrEnum):
+    """The Workload condition types this step reads and writes (Kueue's vocabulary, not the job's)."""
+
+    QUOTA_RESERVED = "QuotaReserved"
+    ADMITTED = "Admitted"
+    EVICTED = "Evicted"
+    PODS_READY = "PodsReady"
+    REQUEUED = "Requeued"
+    FINISHED = "Finished"
+
+
+class WorkloadReason(StrEnum):
+    """The reasons this step writes on Workload conditions (the ones Kueue itself uses for them)."""
+
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    PENDING = "Pending"
+    NO_RESERVATION = "NoReservation"
+    WAIT_FOR_START = "WaitForStart"
+
+
 #: How often a Queued job is looked at again when nothing changes (a Workload event also wakes it).
 QUEUED_RECHECK_S = 5.0
 
@@ -80,7 +106,7 @@ class Gate:
     merged in. ``create``/``writes`` go out either way; ``admitted_by`` names the ClusterQueue."""
 
     hold: bool = False
-    phase: str | None = None
+    phase: Phase | None = None
     reason: str = ""
     message: str = ""
     create: tuple[dict[str, Any], ...] = ()
@@ -168,10 +194,10 @@ def build_workload(
 def _finish(wl: dict[str, Any], reason: str, message: str, now: datetime) -> tuple[WorkloadWrite, ...]:
     """``Finished`` on the Workload's status, then its finalizer off (each only if not done yet)."""
     out = []
-    if not _true(wl, "Finished"):
+    if not _true(wl, WorkloadCondition.FINISHED):
         status = copy.deepcopy(wl.get("status") or {})
         status["conditions"] = set_condition(
-            status.get("conditions") or [], "Finished", "True", reason, message, None, now
+            status.get("conditions") or [], WorkloadCondition.FINISHED, "True", reason, message, None, now
         )
         out.append(WorkloadWrite("status", {**wl, "status": status}))
     finalizers = list(wl["metadata"].get("finalizers") or [])
@@ -186,14 +212,14 @@ def release(job: dict[str, Any], observed: Observed, now: datetime) -> tuple[Wor
     finalizer off, so Kueue gives the quota to the next job."""
     uid = job["metadata"].get("uid")
     phase = (job.get("status") or {}).get("phase")
-    reason = "Succeeded" if phase == "Succeeded" else "Failed"
+    reason = WorkloadReason.SUCCEEDED if phase == Phase.SUCCEEDED else WorkloadReason.FAILED
     message = (job.get("status") or {}).get("message") or f"the FineTuneJob {phase or 'ended'}"
     out: list[WorkloadWrite] = []
     for wl in observed.workloads:
         if _owned_by(wl, uid):
             out += _finish(wl, reason, message[:1024], now)
         else:
-            out += _finish(wl, "Failed", "the FineTuneJob that owned this Workload was deleted", now)
+            out += _finish(wl, WorkloadReason.FAILED, ORPHANED, now)
     return tuple(out)
 
 
@@ -201,13 +227,13 @@ def release_orphans(workloads: list[dict[str, Any]], now: datetime) -> tuple[Wor
     """For a job that no longer exists: every Workload it left is finished and let go."""
     out: list[WorkloadWrite] = []
     for wl in workloads:
-        out += _finish(wl, "Failed", "the FineTuneJob that owned this Workload was deleted", now)
+        out += _finish(wl, WorkloadReason.FAILED, ORPHANED, now)
     return tuple(out)
 
 
 def _pending_message(wl: dict[str, Any]) -> str:
     """Kueue's reason a Workload is not admitted (QuotaReserved=False's message), else a default."""
-    for type_ in ("QuotaReserved", "Admitted"):
+    for type_ in (WorkloadCondition.QUOTA_RESERVED, WorkloadCondition.ADMITTED):
         c = _cond(wl, type_)
         if c is not None and c.get("status") == "False" and c.get("message"):
             return str(c["message"])
@@ -219,14 +245,30 @@ def _give_back(wl: dict[str, Any], evicted: dict[str, Any], now: datetime) -> Wo
     status = copy.deepcopy(wl.get("status") or {})
     status.pop("admission", None)
     conds = status.get("conditions") or []
-    why = evicted.get("reason") or "Evicted"
+    why = evicted.get("reason") or WorkloadCondition.EVICTED
     text = f"the pods are gone after the eviction ({evicted.get('message') or why})"
-    conds = set_condition(conds, "QuotaReserved", "False", "Pending", text, None, now)
-    if _cond(wl, "Admitted") is not None:
-        conds = set_condition(conds, "Admitted", "False", "NoReservation", "the workload has no reservation", None, now)
-    if _cond(wl, "PodsReady") is not None:
-        conds = set_condition(conds, "PodsReady", "False", "WaitForStart", "evicted: no pods run", None, now)
-    conds = set_condition(conds, "Requeued", "True", why, text, None, now)
+    conds = set_condition(conds, WorkloadCondition.QUOTA_RESERVED, "False", WorkloadReason.PENDING, text, None, now)
+    if _cond(wl, WorkloadCondition.ADMITTED) is not None:
+        conds = set_condition(
+            conds,
+            WorkloadCondition.ADMITTED,
+            "False",
+            WorkloadReason.NO_RESERVATION,
+            "the workload has no reservation",
+            None,
+            now,
+        )
+    if _cond(wl, WorkloadCondition.PODS_READY) is not None:
+        conds = set_condition(
+            conds,
+            WorkloadCondition.PODS_READY,
+            "False",
+            WorkloadReason.WAIT_FOR_START,
+            "evicted: no pods run",
+            None,
+            now,
+        )
+    conds = set_condition(conds, WorkloadCondition.REQUEUED, "True", why, text, None, now)
     status["conditions"] = conds
     return WorkloadWrite("status", {**wl, "status": status})
 
@@ -254,7 +296,7 @@ def admit(
     if observed.forbidden:
         return Gate(
             hold=True,
-            phase="Failed",
+            phase=Phase.FAILED,
             reason=Reason.QUEUE_UNAVAILABLE,
             message=f"label {QUEUE_LABEL}={queue} asks for Kueue, but the controller may not read "
             f"{GROUP} Workloads: install the chart with kueue.enabled=true, or remove the label",
@@ -262,7 +304,7 @@ def admit(
     if not observed.api:
         return Gate(
             hold=True,
-            phase="Failed",
+            phase=Phase.FAILED,
             reason=Reason.QUEUE_UNAVAILABLE,
             message=f"label {QUEUE_LABEL}={queue} asks for Kueue, but this cluster has no {GROUP}/{VERSION} "
             "Workload API: install Kueue, or remove the label",
@@ -272,13 +314,13 @@ def admit(
     writes: list[WorkloadWrite] = []
     for wl in observed.workloads:
         if wl not in mine:
-            writes += _finish(wl, "Failed", "the FineTuneJob that owned this Workload was deleted", now)
+            writes += _finish(wl, WorkloadReason.FAILED, ORPHANED, now)
     priority_name = (meta.get("labels") or {}).get(PRIORITY_LABEL)
     if not mine:
         if priority_name and observed.priority is None:
             return Gate(
                 hold=True,
-                phase="Queued",
+                phase=Phase.QUEUED,
                 reason=Reason.QUEUE_PRIORITY_CLASS_MISSING,
                 message=f"WorkloadPriorityClass {priority_name} ({PRIORITY_LABEL}) does not exist",
                 writes=tuple(writes),
@@ -287,8 +329,8 @@ def admit(
         wl = build_workload(job, template_pod, num_nodes, not suspend, observed.priority if priority_name else None)
         return Gate(
             hold=True,
-            phase="Suspended" if suspend else "Queued",
-            reason="Suspended" if suspend else Reason.QUEUED,
+            phase=Phase.SUSPENDED if suspend else Phase.QUEUED,
+            reason=Reason.SUSPENDED if suspend else Reason.QUEUED,
             message="runPolicy.suspend is true: pods deleted"
             if suspend
             else f"Workload {wl['metadata']['name']} created in LocalQueue {queue}: waiting for Kueue to admit it",
@@ -302,32 +344,32 @@ def admit(
     if suspend:
         return Gate(
             hold=True,
-            phase="Suspended",
-            reason="Suspended",
+            phase=Phase.SUSPENDED,
+            reason=Reason.SUSPENDED,
             message="runPolicy.suspend is true: pods deleted",
             writes=tuple(writes),
         )
 
-    evicted = _cond(wl, "Evicted")
+    evicted = _cond(wl, WorkloadCondition.EVICTED)
     if evicted is not None and evicted.get("status") == "True":
-        why = evicted.get("reason") or "Evicted"
+        why = evicted.get("reason") or WorkloadCondition.EVICTED
         text = evicted.get("message") or "evicted by Kueue"
         if not pods and (wl.get("status") or {}).get("admission") is not None:
             writes.append(_give_back(wl, evicted, now))
         return Gate(
             hold=True,
-            phase="Queued",
-            reason=f"Evicted{why}" if why != "Evicted" else why,
+            phase=Phase.QUEUED,
+            reason=f"Evicted{why}" if why != WorkloadCondition.EVICTED else why,
             message=f"evicted by Kueue ({why}): {text}; pods stopped, waiting to be admitted again",
             writes=tuple(writes),
             requeue_after=2.0 if pods else QUEUED_RECHECK_S,
         )
     admission = (wl.get("status") or {}).get("admission")
-    if not _true(wl, "Admitted") or admission is None:
+    if not _true(wl, WorkloadCondition.ADMITTED) or admission is None:
         text = _pending_message(wl)
         return Gate(
             hold=True,
-            phase="Queued",
+            phase=Phase.QUEUED,
             reason=Reason.QUEUED,
             message=f"waiting in LocalQueue {queue}: {text}",
             writes=tuple(writes),
@@ -351,7 +393,7 @@ def admit(
             fspec = flavor.get("spec") or {}
             labels.update(fspec.get("nodeLabels") or {})
             tolerations += [t for t in fspec.get("tolerations") or [] if t not in tolerations]
-    if pods_running and not _true(wl, "PodsReady"):
+    if pods_running and not _true(wl, WorkloadCondition.PODS_READY):
         status = copy.deepcopy(wl.get("status") or {})
         status["conditions"] = set_condition(
             status.get("conditions") or [],

@@ -33,9 +33,19 @@ import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, get_args
 
-from kubeclip.api import PODS_WAITING, TERMINAL_PHASES, ConfigError, FineTuneJobSpec, Phase, Reason, parse_job_spec
+from kubeclip.api import (
+    PODS_WAITING,
+    TERMINAL_PHASES,
+    CleanPodPolicy,
+    ConfigError,
+    FineTuneJobSpec,
+    Phase,
+    Reason,
+    RunPolicy,
+    parse_job_spec,
+)
 
 from . import builders, naming, queue
 from .pods import (
@@ -345,7 +355,7 @@ class Pass:
     def finish(self, phase: Phase, reason: str, message: str, *, cleanup_policy: str | None = None) -> Plan:
         """End the job: Succeeded or Failed, pods cleaned up per cleanPodPolicy, the TTL armed."""
         if self.parsed is None:  # an invalid spec: its raw fields, as far as they make sense
-            policy, ttl = cleanup_policy or "Running", _raw_ttl(self)
+            policy, ttl = cleanup_policy or DEFAULT_CLEAN_POLICY, _raw_ttl(self)
         else:
             policy, ttl = self.spec.runPolicy.cleanPodPolicy, self.spec.runPolicy.ttlSecondsAfterFinished
         self.enter(phase, reason, message)
@@ -373,9 +383,13 @@ def _raw_ttl(p: Pass) -> int | None:
     return ttl if isinstance(ttl, int) and not isinstance(ttl, bool) and ttl >= 0 else None
 
 
+#: runPolicy.cleanPodPolicy's default, for a job whose spec does not parse.
+DEFAULT_CLEAN_POLICY: str = RunPolicy.model_fields["cleanPodPolicy"].default
+
+
 def _raw_clean_policy(p: Pass) -> str:
-    policy = p.raw_run_policy.get("cleanPodPolicy") or "Running"
-    return policy if policy in ("Running", "All", "None") else "Running"
+    policy = p.raw_run_policy.get("cleanPodPolicy") or DEFAULT_CLEAN_POLICY
+    return policy if policy in get_args(CleanPodPolicy) else DEFAULT_CLEAN_POLICY
 
 
 # ------------------------------------------------------------------------------------------

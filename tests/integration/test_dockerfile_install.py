@@ -6,11 +6,13 @@ each target in a clean virtualenv — the ``RUN ... pip install`` lines are pars
 Dockerfile, so the test cannot drift from it — then runs the installed entry points.
 
 * controller: a brand-new venv, real resolution of ``./[controller]`` from PyPI (network), then
-  ``kubeclip crd`` and ``python -m controller --help`` must work and torch must NOT be importable.
+  ``kubeclip crd`` and ``python -m controller --help`` must work, ``kubeclip run`` must not be offered
+  and torch must NOT be importable.
 * trainer: the base image already holds torch 2.14.1; its stand-in is this project's venv, made
   visible to a fresh venv through a ``.pth`` file (kubeclip itself filtered out), exactly as
   pip would find torch in ``pytorch/pytorch``. The test checks pip kept that torch (the pin
-  matches the base) and that the trainer entry points import from the installed copy.
+  matches the base), that the trainer entry points import from the installed copy and that
+  ``kubeclip crd``/``operator`` (controller commands) are not offered.
 """
 
 from __future__ import annotations
@@ -59,6 +61,15 @@ def test_controller_stage_installs_without_torch(tmp_path):
     )
     assert helped.returncode == 0, helped.stdout + helped.stderr
     assert "operator" in (helped.stdout + helped.stderr).lower() or "usage" in helped.stdout.lower()
+    no_trainer = subprocess.run(
+        [str(venv / "bin" / "kubeclip"), "run", "job.yaml"],
+        cwd=elsewhere,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert no_trainer.returncode == 2 and "No such command" in no_trainer.stderr, no_trainer.stdout + no_trainer.stderr
     no_torch = run_py(venv / "bin" / "python", "import torch", elsewhere)
     assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
     # The API package is installed with kubeclip; no trainer code is.
@@ -123,3 +134,14 @@ def test_trainer_stage_installs_over_the_base_torch(tmp_path):
         timeout=120,
     )
     assert helped.returncode == 0 and "run" in helped.stdout, helped.stdout + helped.stderr
+    # The trainer image has no controller package: its commands are not offered.
+    for command in ("crd", "operator"):
+        absent = subprocess.run(
+            [str(venv / "bin" / "kubeclip"), command],
+            cwd=elsewhere,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert absent.returncode == 2 and "No such command" in absent.stderr, absent.stdout + absent.stderr
