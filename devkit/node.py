@@ -1,7 +1,8 @@
 """The node of the local one-node cluster: containerd + runc + CNI, kubelet, kube-proxy, the host relay.
 
 Who uses it: ``hack/cluster.py`` (``make cluster-up`` / ``make cluster-down``) and, through it, the e2e
-tests (tests/e2e). It exists because kubeclip's promises are kept inside pods, and the API-server-only
+tests (tests/e2e); ``hack/monitoring.py``, ``hack/kueue.py`` and some e2e tests read its names
+(``NAME``, ``RUN_DIR``, ``NODE_IP``). It exists because kubeclip's promises are kept inside pods, and the API-server-only
 control plane of the fast tests (``controlplane.py``) runs none.
 
 Layout (``NAME`` = ``kubeclip``, one cluster per machine):
