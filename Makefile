@@ -81,7 +81,7 @@ e2e: cluster-up images deploy monitoring-up kueue-up
 crd: venv
 	$(VENV)/bin/kubeclip crd > helm/kubeclip/files/crd-finetunejobs.yaml
 
-# ruff (format + lint), mypy (strict on kubeclip/ and controller/), import-linter; the same hooks
+# ruff (format + lint), mypy (strict on kubeclip/, controller/ and devkit/), import-linter; the same hooks
 # run before each commit with `pre-commit install` (.pre-commit-config.yaml).
 lint: venv
 	$(VENV)/bin/ruff format --check .
