@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: venv
-	$(PY) hack/demo.py
+	$(PY) -m hack.demo
 
 tools:
 	bash hack/tools.sh
@@ -45,35 +45,35 @@ test-unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 bench: venv tools
-	$(PY) hack/bench_trainer.py
-	$(PY) hack/bench_controller.py
+	$(PY) -m hack.bench_trainer
+	$(PY) -m hack.bench_controller
 
 # One GPU: kubeclip vs open_clip_train 3.3.0, ViT-B-32 (hack/bench_gpu.py --help for the knobs).
 BENCH_GPU_ARGS ?=
 bench-gpu: venv
-	$(PY) hack/bench_gpu.py $(BENCH_GPU_ARGS)
+	$(PY) -m hack.bench_gpu $(BENCH_GPU_ARGS)
 
 cluster-up: venv
 	bash hack/tools.sh node
-	$(PY) hack/cluster.py up
+	$(PY) -m hack.cluster up
 
 cluster-down: venv
-	$(PY) hack/cluster.py down
+	$(PY) -m hack.cluster down
 
 images: venv
 	bash hack/tools.sh node
 	KUBECLIP_PYTHON=$(PY) bash hack/images.sh app
 
 deploy: venv
-	$(PY) hack/deploy.py
+	$(PY) -m hack.deploy
 
 monitoring-up: venv
 	bash hack/tools.sh monitoring
-	$(PY) hack/monitoring.py up
+	$(PY) -m hack.monitoring up
 
 kueue-up: venv
 	bash hack/tools.sh kueue
-	$(PY) hack/kueue.py up
+	$(PY) -m hack.kueue up
 
 e2e: cluster-up images deploy monitoring-up kueue-up
 	$(PY) -m pytest -m e2e tests/e2e $(PYTEST_ARGS)
@@ -81,9 +81,9 @@ e2e: cluster-up images deploy monitoring-up kueue-up
 crd: venv
 	$(VENV)/bin/kubeclip crd > helm/kubeclip/files/crd-finetunejobs.yaml
 
-# ruff (format + lint), mypy (strict on kubeclip/ and controller/), import-linter, shellcheck (every
-# tracked shell script: *.sh and whatever starts with a bash/sh shebang, such as .ci/run); the same
-# hooks run before each commit with `pre-commit install` (.pre-commit-config.yaml).
+# ruff (format + lint), mypy (strict on kubeclip/, controller/ and devkit/; check_untyped_defs on trainer/),
+# import-linter, shellcheck (every tracked shell script: *.sh and whatever starts with a bash/sh shebang,
+# such as .ci/run); the same hooks run before each commit with `pre-commit install` (.pre-commit-config.yaml).
 lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .

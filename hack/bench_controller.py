@@ -1,11 +1,11 @@
 """Controller at scale: create N FineTuneJobs at once and measure how fast every job gets its pods.
 
-    python hack/bench_controller.py [N] [--nodes 2]      # N defaults to $KUBECLIP_BENCH_JOBS or 1000
+    python -m hack.bench_controller [N] [--nodes 2]      # N defaults to $KUBECLIP_BENCH_JOBS or 1000
 
 Who uses it: ``make bench`` (N=1000; the test suite applies N=100 without timing assertions, in
 tests/integration/test_controller_failover.py). It starts the test suite's real control plane
-(etcd + kube-apiserver + controller manager, no kubelet), runs ``python -m controller`` as a
-subprocess with leader election on, creates the jobs from 16 client threads, and prints:
+(etcd + kube-apiserver + controller manager, no kubelet: ``devkit.controlplane``), runs
+``python -m controller`` as a subprocess (``devkit.operator``) with leader election on, creates the jobs from 16 client threads, and prints:
 time until every job has all its pods and a status, the per-job delay from the job's creation to
 its last pod's creation (p50/p95/max, 1 s resolution: API timestamps), the controller's reconcile
 duration (its own histogram), and the controller's RSS (current and peak).
@@ -24,12 +24,10 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests/integration")]
-
-from controller_harness import Operator, install_crd, job_manifest  # noqa: E402
-from support.cluster import Cluster  # noqa: E402
-from support.controlplane import ControlPlane, find_binary, new_workdir  # noqa: E402
+from devkit.cluster import Cluster
+from devkit.controlplane import ControlPlane, find_binary, new_workdir
+from devkit.jobs import cluster_job
+from devkit.operator import Operator, install_crd
 
 
 def _ts(s) -> float:
@@ -57,7 +55,7 @@ def _histogram_quantile(text: str, name: str, q: float) -> float:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("n", nargs="?", type=int, default=int(os.environ.get("KUBECLIP_BENCH_JOBS", "1000")))
     p.add_argument("--nodes", type=int, default=2, help="numNodes of every job")
     a = p.parse_args()
@@ -101,7 +99,7 @@ def main() -> int:
                 stop.wait(0.5)
 
         threading.Thread(target=sample, daemon=True).start()
-        docs = [job_manifest(f"bench-{i}", ns, numNodes=nodes) for i in range(n)]
+        docs = [cluster_job(f"bench-{i}", ns, numNodes=nodes) for i in range(n)]
         t0 = time.time()
         with ThreadPoolExecutor(16) as pool:
             list(

@@ -46,7 +46,7 @@ How the end-to-end figures are measured, the same way for both trainers:
 The ratio is kubeclip's best configuration over the peer's best, both by mean samples/s over
 their windows.
 
-    python hack/bench_gpu.py [--wheels DIR] [--rounds 2] [--steps 100 --warmup-steps 30] [--out DIR]
+    python -m hack.bench_gpu [--wheels DIR] [--rounds 2] [--steps 100 --warmup-steps 30] [--out DIR]
 
 ``--device cpu`` with a ``local-dir:`` model runs the same pipeline without a GPU (the test does
 this; no utilization, no kernel counts).
@@ -69,10 +69,9 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "hack"), str(REPO)]
-
-from peer import dataset, measure, oc_log, peer_env  # noqa: E402
+from devkit.jobs import local_job
+from devkit.paths import REPO
+from hack.peer import dataset, measure, oc_log, peer_env
 
 CACHE = Path(os.environ.get("KUBECLIP_BENCH_CACHE", Path.home() / ".cache" / "kubeclip" / "bench"))
 
@@ -309,35 +308,27 @@ def run_peer(peer: tuple, work: Path, csv: Path, a, device: str, name: str, comp
 
 def kubeclip_manifest(run: Path, csv: Path, a, compiled: bool, gpu_decode: bool) -> Path:
     manifest = run / "job.yaml"
-    manifest.write_text(
-        json.dumps(
-            {
-                "apiVersion": "kubeclip.dev/v1alpha1",
-                "kind": "FineTuneJob",
-                "metadata": {"name": "bench-gpu"},
-                "spec": {
-                    "model": {"name": a.model},
-                    "dataset": {"trainCsv": str(csv), "separator": ","},
-                    "training": {
-                        "epochs": 1,
-                        "batchSize": a.batch,
-                        "learningRate": a.lr,
-                        "warmupSteps": a.lr_warmup,
-                        "weightDecay": 0.2,
-                        "workers": a.workers,
-                        "precision": a.precision,
-                        "seed": 0,
-                        "checkpointEverySteps": 0,
-                        "logEverySteps": a.log_every,
-                        "gpuDecode": gpu_decode,
-                        "compile": compiled,
-                    },
-                    "output": {"path": str(run / "out")},
-                    "metrics": {"port": 0},
-                },
-            }
-        )
+    doc = local_job(
+        "bench-gpu",
+        model=a.model,
+        train_csv=csv,
+        dataset={"separator": ","},
+        output=run / "out",
+        training={
+            "epochs": 1,
+            "batchSize": a.batch,
+            "learningRate": a.lr,
+            "warmupSteps": a.lr_warmup,
+            "weightDecay": 0.2,
+            "workers": a.workers,
+            "precision": a.precision,
+            "checkpointEverySteps": 0,
+            "logEverySteps": a.log_every,
+            "gpuDecode": gpu_decode,
+            "compile": compiled,
+        },
     )
+    manifest.write_text(json.dumps(doc))  # JSON (a YAML subset): profile_variant reads it back with json
     return manifest
 
 

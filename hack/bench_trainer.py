@@ -24,7 +24,7 @@ reuses the project's torch instead of downloading it again (``--wheels DIR``: of
 2-process runs go through ``hack/peer/oc_train.py`` with ``KUBECLIP_PEER_CPU_DDP_FIX=1``:
 open_clip_train 3.3.0 passes ``device_ids`` to DDP for a CPU module and dies at start-up otherwise.
 
-    python hack/bench_trainer.py [--repeat 3] [--skip-ddp] [--n 512 --epochs 2 --batch 32 --workers 2]
+    python -m hack.bench_trainer [--repeat 3] [--skip-ddp] [--n 512 --epochs 2 --batch 32 --workers 2]
 
 Prints one ``trainer_bench <mode>: ...`` line per mode (1 process, 2 processes) with the ratios
 kubeclip / open_clip_train, and writes every run's figures to ``runs/bench-trainer/results.json``.
@@ -52,10 +52,10 @@ import statistics
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "hack"))
-
-from peer import dataset, measure, oc_log, peer_env  # noqa: E402
+from devkit.jobs import local_job
+from devkit.paths import REPO
+from devkit.ports import free_port
+from hack.peer import dataset, measure, oc_log, peer_env
 
 CACHE = Path(os.environ.get("KUBECLIP_BENCH_CACHE", Path.home() / ".cache" / "kubeclip" / "bench"))
 TINY = REPO / "hack" / "peer" / "tiny_model"
@@ -142,33 +142,25 @@ def run_ours(work: Path, data: dict, a, name: str, ddp: bool) -> dict:
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
     manifest = run / "job.yaml"
-    manifest.write_text(
-        json.dumps(
-            {
-                "apiVersion": "kubeclip.dev/v1alpha1",
-                "kind": "FineTuneJob",
-                "metadata": {"name": name},
-                "spec": {
-                    "model": {"name": f"local-dir:{TINY}"},
-                    "dataset": {"trainCsv": str(data["train"]), "valCsv": str(data["val"]), "separator": ","},
-                    "training": {
-                        "epochs": a.epochs,
-                        "batchSize": a.batch,
-                        "learningRate": a.lr,
-                        "warmupSteps": a.warmup,
-                        "weightDecay": a.wd,
-                        "workers": a.workers,
-                        "precision": "fp32",
-                        "seed": 0,
-                        "checkpointEverySteps": 0,
-                        "logEverySteps": 1,
-                    },
-                    "output": {"path": str(run / "out")},
-                    "metrics": {"port": 0},
-                },
-            }
-        )
+    doc = local_job(
+        name,
+        model=f"local-dir:{TINY}",
+        train_csv=data["train"],
+        val_csv=data["val"],
+        dataset={"separator": ","},
+        output=run / "out",
+        training={
+            "epochs": a.epochs,
+            "batchSize": a.batch,
+            "learningRate": a.lr,
+            "warmupSteps": a.warmup,
+            "weightDecay": a.wd,
+            "workers": a.workers,
+            "checkpointEverySteps": 0,
+            "logEverySteps": 1,
+        },
     )
+    manifest.write_text(json.dumps(doc))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
     if ddp:
         cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", 2, "-m", "trainer", manifest]
@@ -208,36 +200,21 @@ def run_scale(work: Path, csv_path: Path, repo: Path, workers: int, name: str) -
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
     manifest = run / "job.yaml"
-    manifest.write_text(
-        json.dumps(
-            {
-                "apiVersion": "kubeclip.dev/v1alpha1",
-                "kind": "FineTuneJob",
-                "metadata": {"name": name},
-                "spec": {
-                    "model": {"name": f"local-dir:{TINY}"},
-                    "dataset": {"trainCsv": str(csv_path), "separator": ","},
-                    "training": {
-                        "epochs": 1,
-                        "batchSize": 8,
-                        "workers": workers,
-                        "precision": "fp32",
-                        "seed": 0,
-                        "checkpointEverySteps": 0,
-                        "logEverySteps": 1,
-                    },
-                    "output": {"path": str(run / "out")},
-                    "metrics": {"port": 0},
-                    "numProcPerNode": 2,
-                },
-            }
-        )
+    doc = local_job(
+        name,
+        model=f"local-dir:{TINY}",
+        train_csv=csv_path,
+        dataset={"separator": ","},
+        output=run / "out",
+        training={"epochs": 1, "batchSize": 8, "workers": workers, "checkpointEverySteps": 0, "logEverySteps": 1},
+        numProcPerNode=2,
     )
+    manifest.write_text(json.dumps(doc))
     cache = run / "row-cache"  # cold: the row table is built inside the measured run
     env = dict(
         os.environ,
         PYTHONPATH=os.pathsep.join([str(repo), *filter(None, [os.environ.get("PYTHONPATH")])]),
-        PET_MASTER_PORT=str(measure_free_port()),
+        PET_MASTER_PORT=str(free_port()),
         KUBECLIP_ROW_CACHE=str(cache),
         OMP_NUM_THREADS="1",
     )
@@ -260,14 +237,6 @@ def run_scale(work: Path, csv_path: Path, repo: Path, workers: int, name: str) -
     shutil.rmtree(run / "out", ignore_errors=True)
     shutil.rmtree(cache, ignore_errors=True)
     return res
-
-
-def measure_free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def baseline_tree(work: Path, ref: str) -> Path | None:

@@ -3,14 +3,14 @@
 Who uses it: people trying kubeclip end to end (`make cluster-up images deploy`, then `kubectl apply
 -f examples/...`) and the e2e tests (tests/e2e), which expect the cluster to be up. It assembles:
 etcd, kube-apiserver, kube-controller-manager (default controllers), kube-scheduler
-(tests/support/controlplane.py), containerd + runc + CNI bridge, kubelet, kube-proxy and the host
-relay (tests/support/node.py), all inside the network namespace `kubeclip`; then CoreDNS and
+(devkit/controlplane.py), containerd + runc + CNI bridge, kubelet, kube-proxy and the host
+relay (devkit/node.py), all inside the network namespace `kubeclip`; then CoreDNS and
 local-path-provisioner (the default StorageClass) as real Deployments (hack/node/*.yaml) on images
 built by hack/images.sh. The processes outlive this script; .cluster/state.json records them and
 `down` stops them, unmounts what they mounted and deletes the namespace. Needs root.
 
-    python hack/cluster.py up     # prints: export KUBECONFIG=<repo>/.cluster/kubeconfig
-    python hack/cluster.py down   # exit status 1 if anything (process, mount, namespace) is left
+    python -m hack.cluster up     # prints: export KUBECONFIG=<repo>/.cluster/kubeconfig
+    python -m hack.cluster down   # exit status 1 if anything (process, mount, namespace) is left
 """
 
 from __future__ import annotations
@@ -23,14 +23,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-
-from support import netns  # noqa: E402
-from support.controlplane import SERVICE_CIDR, ControlPlane, ControlPlaneError, client_bin_dir  # noqa: E402
-from support.node import NAME, NODE_IP, RUN_DIR, TIMINGS, Node, teardown  # noqa: E402
-
-CLUSTER_DIR = Path(os.environ.get("KUBECLIP_CLUSTER_DIR") or REPO / ".cluster")
+from devkit import netns
+from devkit.controlplane import SERVICE_CIDR, ControlPlane, ControlPlaneError, client_bin_dir
+from devkit.node import NAME, NODE_IP, RUN_DIR, TIMINGS, Node, teardown
+from devkit.paths import CLUSTER_DIR, REPO
 
 
 def _alive(pid: int) -> bool:
@@ -104,9 +100,9 @@ def up() -> int:
                 cp.write_state(host_port=node.host_port)
             step(name, t)
         t = time.monotonic()
-        node.kubectl("apply", "-f", str(REPO / "hack/node/coredns.yaml"))
+        node.kube.kubectl("apply", "-f", str(REPO / "hack/node/coredns.yaml"))
         (CLUSTER_DIR / "volumes").mkdir(exist_ok=True)
-        node.kubectl(
+        node.kube.kubectl(
             "apply",
             "-f",
             "-",
@@ -115,9 +111,11 @@ def up() -> int:
             .replace("VOLUMES_DIR", str((CLUSTER_DIR / "volumes").resolve())),
         )
         for ns, deploy in (("kube-system", "coredns"), ("local-path-storage", "local-path-provisioner")):
-            out = node.kubectl("-n", ns, "rollout", "status", f"deployment/{deploy}", "--timeout=180s", check=False)
+            out = node.kube.kubectl(
+                "-n", ns, "rollout", "status", f"deployment/{deploy}", "--timeout=180s", check=False
+            )
             if out.returncode != 0:
-                pods = node.kubectl("-n", ns, "describe", "pods", check=False).stdout[-3000:]
+                pods = node.kube.kubectl("-n", ns, "describe", "pods", check=False).stdout[-3000:]
                 raise ControlPlaneError(f"{deploy} not available: {out.stderr.strip()}\n{pods}")
         step("CoreDNS + local-path", t)
     except (ControlPlaneError, netns.NetnsError, subprocess.CalledProcessError) as e:
@@ -151,5 +149,5 @@ def down() -> int:
 if __name__ == "__main__":
     cmds = {"up": up, "down": down}
     if len(sys.argv) != 2 or sys.argv[1] not in cmds:
-        sys.exit(f"usage: {sys.argv[0]} up|down")
+        sys.exit("usage: python -m hack.cluster up|down")
     sys.exit(cmds[sys.argv[1]]())

@@ -20,12 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.chdir(REPO)  # the example manifest's paths are relative to the repository
+from devkit.paths import REPO
+from kubeclip.api import load_manifest
+from trainer.sample_data import DEMO, generate
 
-from kubeclip.api import load_manifest  # noqa: E402
-from trainer.sample_data import DEMO, generate  # noqa: E402
+os.chdir(REPO)  # the example manifest's paths are relative to the repository
 
 MANIFEST = REPO / "examples" / "local-cpu.yaml"
 KEYS = ("val_loss", "image_to_text_R@1", "image_to_text_R@5", "text_to_image_R@1", "text_to_image_R@5")

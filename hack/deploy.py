@@ -5,22 +5,20 @@ Who uses it: people after `make cluster-up images` and the e2e tests (tests/e2e)
 in-cluster, under the chart's ServiceAccount and RBAC, from ``kubeclip-controller:dev``; a
 FineTuneJob without ``spec.image`` gets ``kubeclip-trainer:dev``.
 
-    python hack/deploy.py                          # cluster-wide (ClusterRole)
-    python hack/deploy.py --watch-namespaces a,b   # only namespaces a and b (a Role in each)
+    python -m hack.deploy                          # cluster-wide (ClusterRole)
+    python -m hack.deploy --watch-namespaces a,b   # only namespaces a and b (a Role in each)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-CLUSTER_DIR = Path(os.environ.get("KUBECLIP_CLUSTER_DIR") or REPO / ".cluster")
+from devkit.cluster import local_cluster
+from devkit.paths import CLUSTER_DIR, REPO, tools_dir
+
 RELEASE = "kubeclip"
 NAMESPACE = "kubeclip-system"
 # The label the local Prometheus selects monitors and rules by (hack/monitoring/prometheus.yaml), as
@@ -36,38 +34,16 @@ def monitoring_up() -> bool:
 
 def current_watch_namespaces() -> list[str]:
     """watch.namespaces of the installed release ([] when cluster-wide or not installed)."""
-    proc = subprocess.run(
-        [
-            _tool("helm"),
-            f"--kubeconfig={CLUSTER_DIR / 'kubeconfig'}",
-            "get",
-            "values",
-            RELEASE,
-            "-n",
-            NAMESPACE,
-            "-o",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    proc = local_cluster().helm("get", "values", RELEASE, "-n", NAMESPACE, "-o", "json", check=False)
     if proc.returncode != 0:
         return []
     return list(((json.loads(proc.stdout or "{}") or {}).get("watch") or {}).get("namespaces") or [])
 
 
-def _tools_dir() -> Path:
-    return Path(os.environ.get("KUBECLIP_TOOLS") or REPO / ".tools")
-
-
-def _tool(name: str) -> str:
-    return str(_tools_dir() / "bin" / name)
-
-
 def image_key(name: str) -> str | None:
     """The hash of image NAME's inputs (hack/images.sh writes it beside the image), None before its build.
     Tags such as :dev stay the same across rebuilds; this as a pod annotation makes a rebuild roll the pods."""
-    key = _tools_dir() / "images" / f"{name}.key"
+    key = tools_dir() / "images" / f"{name}.key"
     return key.read_text().strip() if key.exists() else None
 
 
@@ -80,9 +56,8 @@ def deploy(watch_namespaces: list[str] | None = None, timeout_s: int = 300) -> f
     if not kubeconfig.exists():
         raise SystemExit(f"no cluster: {kubeconfig} missing (run `make cluster-up images` first)")
     t0 = time.monotonic()
+    kube = local_cluster()
     argv = [
-        _tool("helm"),
-        f"--kubeconfig={kubeconfig}",
         "upgrade",
         "--install",
         RELEASE,
@@ -111,13 +86,9 @@ def deploy(watch_namespaces: list[str] | None = None, timeout_s: int = 300) -> f
     key = image_key("kubeclip-controller")
     if key:
         argv += ["--set-string", f"podAnnotations.kubeclip\\.dev/image-key={key}"]
-    proc = subprocess.run(argv, capture_output=True, text=True)
+    proc = kube.helm(*argv, check=False, timeout=timeout_s + 60)
     if proc.returncode != 0:
-        pods = subprocess.run(
-            [_tool("kubectl"), f"--kubeconfig={kubeconfig}", "-n", NAMESPACE, "describe", "pods"],
-            capture_output=True,
-            text=True,
-        ).stdout[-3000:]
+        pods = kube.kubectl("-n", NAMESPACE, "describe", "pods", check=False).stdout[-3000:]
         raise SystemExit(f"helm install failed: {proc.stderr.strip()}\n{pods}")
     return time.monotonic() - t0
 

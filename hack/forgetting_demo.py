@@ -1,6 +1,6 @@
 """Forgetting demo: pre-train a tiny CLIP on one domain, fine-tune on another, sweep WiSE-FT.
 
-Who uses it: a person (``python hack/forgetting_demo.py --out runs/forgetting``) for the README's
+Who uses it: a person (``python -m hack.forgetting_demo --out runs/forgetting``) for the README's
 "Keep what CLIP knew" table; ``tests/integration/test_forgetting.py`` builds the same setup
 through :func:`setup`. Everything is generated here: domain A is ``trainer.sample_data``'s shapes
 ("a red circle at the top left"), domain B its bars ("stripes: 3 vertical cyan bars on black").
@@ -19,16 +19,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
+from devkit import jobs
+from devkit.paths import REPO
+from devkit.tiny_model import tiny_model
 
-TINY = {
-    "model_cfg": {
-        "embed_dim": 64,
-        "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "head_width": 32, "layers": 1, "mlp_ratio": 2.0},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
-    },
-    "preprocess_cfg": {"size": 32, "interpolation": "bilinear", "resize_mode": "shortest"},
-}
 PLACES = ("at the top left", "at the top right", "at the bottom left", "at the bottom right", "in the middle")
 TEMPLATES = [f"a {{}} {p}" for p in PLACES]
 
@@ -47,34 +41,21 @@ def zeroshot_csv(val_csv: Path) -> Path:
 def job(
     root: Path, name: str, model: str, train_csv: Path, val_csv: Path, out: Path, training: dict, extra: dict
 ) -> Path:
-    doc = {
-        "apiVersion": "kubeclip.dev/v1alpha1",
-        "kind": "FineTuneJob",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"name": model},
-            "dataset": {"trainCsv": str(train_csv), "valCsv": str(val_csv)},
-            "training": {
-                "precision": "fp32",
-                "seed": 0,
-                "workers": 0,
-                "checkpointEverySteps": 0,
-                "logEverySteps": 50,
-                **training,
-            },
-            "output": {"path": str(out)},
-            "metrics": {"port": 0},
-            **extra,
-        },
-    }
-    path = root / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    doc = jobs.local_job(
+        name,
+        model=model,
+        train_csv=train_csv,
+        val_csv=val_csv,
+        output=out,
+        training={"workers": 0, "checkpointEverySteps": 0, "logEverySteps": 50, **training},
+        **extra,
+    )
+    return jobs.write(doc, root / f"{name}.yaml")
 
 
 def run(manifest: Path, log: Path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     with open(log, "w") as f:
         rc = subprocess.call(
             [sys.executable, "-m", "trainer", str(manifest)], stdout=f, stderr=subprocess.STDOUT, env=env
@@ -103,15 +84,13 @@ def setup(
 
     a_train, a_val = generate(root / "data-a", n=n_a, val_n=val_n, size=32, seed=0)
     b_train, b_val = generate(root / "data-b", n=n_b, val_n=val_n, size=32, seed=0, domain="bars")
-    tiny = root / "tiny"
-    tiny.mkdir(parents=True, exist_ok=True)
-    (tiny / "open_clip_config.json").write_text(json.dumps(TINY))
+    tiny = tiny_model(root, name="tiny")
     pre_out = root / "pretrain"
     if not (pre_out / "final" / "metrics.json").is_file():
         pre = job(
             root,
             "pretrain",
-            f"local-dir:{tiny}",
+            tiny,
             a_train,
             a_val,
             pre_out,

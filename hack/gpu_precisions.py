@@ -4,7 +4,7 @@ Who uses it: a person (or the lead) on a machine with a GPU, for what the CPU te
 (``fp16``, ``amp``, ``amp_fp16``; ``bf16`` and ``amp_bf16`` are in tests/integration/
 test_trainer_precision.py on CPU too)::
 
-    python hack/gpu_precisions.py [--out runs/gpu-precisions] [--precision fp16 --precision amp ...]
+    python -m hack.gpu_precisions [--out runs/gpu-precisions] [--precision fp16 --precision amp ...]
 
 For each precision it runs ``python -m trainer`` (one process, the GPU) on a generated dataset
 (96 train / 32 val PNGs, ``trainer.sample_data``) with a tiny random OpenCLIP model for 2 epochs
@@ -24,49 +24,33 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
+from devkit import jobs
+from devkit.tiny_model import tiny_model
 
 PRECISIONS = ("fp32", "amp", "amp_fp16", "amp_bf16", "bf16", "fp16")
-TINY = {
-    "model_cfg": {
-        "embed_dim": 64,
-        "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "head_width": 32, "layers": 1, "mlp_ratio": 2.0},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
-    },
-    "preprocess_cfg": {"size": 32, "interpolation": "bilinear", "resize_mode": "shortest"},
-}
 
 
 def manifest(root: Path, precision: str, train: Path, val: Path, zeroshot: Path) -> Path:
-    model = root / "tiny-model"
-    model.mkdir(parents=True, exist_ok=True)
-    (model / "open_clip_config.json").write_text(json.dumps(TINY))
-    doc = {
-        "apiVersion": "kubeclip.dev/v1alpha1",
-        "kind": "FineTuneJob",
-        "metadata": {"name": f"gpu-{precision.replace('_', '-')}"},
-        "spec": {
-            "model": {"name": f"local-dir:{model}"},
-            "dataset": {"trainCsv": str(train), "valCsv": str(val)},
-            "training": {
-                "precision": precision,
-                "epochs": 2,
-                "batchSize": 16,
-                "learningRate": 1e-3,
-                "warmupSteps": 2,
-                "workers": 2,
-                "seed": 0,
-                "checkpointEverySteps": 0,
-            },
-            "evaluation": {"retentionCsv": str(val), "zeroShot": {"csv": str(zeroshot)}},
-            "export": {"wiseFtAlphas": [0.5], "select": "alpha", "alpha": 0.5},
-            "output": {"path": str(root / precision)},
-            "metrics": {"port": 0, "finalScrapeWaitSeconds": 0},
+    doc = jobs.local_job(
+        f"gpu-{precision.replace('_', '-')}",
+        model=tiny_model(root),
+        train_csv=train,
+        val_csv=val,
+        output=root / precision,
+        training={
+            "precision": precision,
+            "epochs": 2,
+            "batchSize": 16,
+            "learningRate": 1e-3,
+            "warmupSteps": 2,
+            "workers": 2,
+            "checkpointEverySteps": 0,
         },
-    }
-    path = root / f"{precision}.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+        evaluation={"retentionCsv": str(val), "zeroShot": {"csv": str(zeroshot)}},
+        export={"wiseFtAlphas": [0.5], "select": "alpha", "alpha": 0.5},
+        metrics={"port": 0, "finalScrapeWaitSeconds": 0},
+    )
+    return jobs.write(doc, root / f"{precision}.yaml")
 
 
 def zeroshot_csv(val: Path) -> Path:

@@ -25,7 +25,7 @@ tests (tests/e2e/test_kueue.py). It runs after `make cluster-up images deploy` a
    ``kueue.enabled=true`` (the controller's Workload RBAC; hack/deploy.py keeps it on while
    ``.cluster/kueue-up`` exists).
 
-    python hack/kueue.py up        # then: the ClusterQueue / LocalQueue commands it prints
+    python -m hack.kueue up        # then: the ClusterQueue / LocalQueue commands it prints
 """
 
 from __future__ import annotations
@@ -39,16 +39,16 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(REPO / "hack"))
+from devkit import netns
+from devkit.cluster import local_cluster
+from devkit.node import NAME
+from devkit.paths import CLUSTER_DIR, REPO
+from devkit.wait import WaitTimeout, wait_for
+from hack import deploy
+from hack.addons import AddonError, go_module_dir
 
-import deploy  # noqa: E402
-from addons import AddonError, go_module_dir, kubectl, wait_for  # noqa: E402
-from support import netns  # noqa: E402
-from support.node import NAME  # noqa: E402
-
-CLUSTER_DIR = deploy.CLUSTER_DIR
+#: kubectl against the local cluster; one call may take 10 min (``rollout status --timeout=300s`` and more).
+kubectl = local_cluster(command_timeout_s=600).kubectl
 NAMESPACE = "kueue-system"
 DEPLOYMENT = "kueue-controller-manager"
 MODULE = "sigs.k8s.io/kueue"
@@ -189,8 +189,8 @@ def create_flavor() -> None:
         return out.returncode == 0
 
     try:
-        wait_for(f"ResourceFlavor {FLAVOR} (through Kueue's webhook)", applied, 180)
-    except AddonError as err:
+        wait_for(applied, 180, f"ResourceFlavor {FLAVOR} (through Kueue's webhook)", every_s=2)
+    except WaitTimeout as err:
         raise AddonError(f"{err}: {last[0] if last else ''}") from None
 
 
@@ -222,7 +222,7 @@ def up() -> int:
         t = time.monotonic()
         deploy.deploy(deploy.current_watch_namespaces())
         steps.append(f"kubeclip with kueue.enabled {time.monotonic() - t:.1f}s")
-    except (AddonError, subprocess.CalledProcessError) as e:
+    except (AddonError, WaitTimeout, subprocess.CalledProcessError) as e:
         print(f"kueue-up failed: {e}", file=sys.stderr)
         return 1
     print(f"kueue up in {time.monotonic() - t0:.1f}s ({', '.join(steps)})")
@@ -234,5 +234,5 @@ def up() -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["up"]:
-        sys.exit(f"usage: {sys.argv[0]} up")
+        sys.exit("usage: python -m hack.kueue up")
     sys.exit(up())

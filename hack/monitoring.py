@@ -18,7 +18,7 @@ monitoring e2e tests (tests/e2e/test_monitoring.py). It runs after `make cluster
    ConfigMap are switched on with that label (hack/deploy.py does so whenever monitoring is up), and
    waits until Prometheus has loaded the configuration the operator renders from them.
 
-    python hack/monitoring.py up
+    python -m hack.monitoring up
 """
 
 from __future__ import annotations
@@ -32,17 +32,17 @@ import time
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(REPO / "hack"))
+from devkit import netns
+from devkit.cluster import local_cluster
+from devkit.node import NAME, RUN_DIR
+from devkit.paths import CLUSTER_DIR, REPO
+from devkit.ports import free_port
+from devkit.wait import WaitTimeout, wait_for
+from hack import deploy
+from hack.addons import AddonError, go_module_dir
 
-import deploy  # noqa: E402
-from addons import AddonError, go_module_dir, kubectl, wait_for  # noqa: E402
-from support import netns  # noqa: E402
-from support.controlplane import free_port  # noqa: E402
-from support.node import NAME, RUN_DIR  # noqa: E402
-
-CLUSTER_DIR = deploy.CLUSTER_DIR
+#: kubectl against the local cluster; one call may take 10 min (``rollout status --timeout=300s`` and more).
+kubectl = local_cluster(command_timeout_s=600).kubectl
 NAMESPACE = "monitoring"
 RELEASE_LABEL = deploy.MONITORING_RELEASE_LABEL
 PROMETHEUS_SOCK = RUN_DIR / "prometheus.sock"
@@ -84,9 +84,10 @@ def run_prometheus() -> str:
     manifest = _with_image_keys(REPO / "hack/monitoring/prometheus.yaml").replace("RELEASE_LABEL", RELEASE_LABEL)
     kubectl("apply", "-f", "-", input=manifest)
     wait_for(
-        "the operator to create statefulset/prometheus-kubeclip",
         lambda: kubectl("-n", NAMESPACE, "get", "statefulset/prometheus-kubeclip", check=False).returncode == 0,
         120,
+        "the operator to create statefulset/prometheus-kubeclip",
+        every_s=2,
     )
     out = kubectl(
         "-n", NAMESPACE, "rollout", "status", "statefulset/prometheus-kubeclip", "--timeout=240s", check=False
@@ -129,7 +130,7 @@ def start_relay(cluster_ip: str) -> str:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         state["pgids"][name] = proc.pid
         if name == "prometheus-relay-in":
-            wait_for("the relay's socket", PROMETHEUS_SOCK.exists, 10)
+            wait_for(PROMETHEUS_SOCK.exists, 10, "the relay's socket")
     state_path.write_text(json.dumps(state, indent=2))
     url = f"http://127.0.0.1:{port}"
 
@@ -140,7 +141,7 @@ def start_relay(cluster_ip: str) -> str:
         except OSError:
             return False
 
-    wait_for(f"Prometheus through the host relay ({url})", ready, 60)
+    wait_for(ready, 60, f"Prometheus through the host relay ({url})", every_s=2)
     (CLUSTER_DIR / "prometheus-url").write_text(url + "\n")
     return url
 
@@ -169,7 +170,9 @@ def wait_for_kubeclip_config(url: str, timeout_s: float = 300) -> None:
             and "kubeclip.finetunejobs" in groups
         )
 
-    wait_for("Prometheus to load kubeclip's PodMonitor, ServiceMonitor and PrometheusRule", loaded, timeout_s)
+    wait_for(
+        loaded, timeout_s, "Prometheus to load kubeclip's PodMonitor, ServiceMonitor and PrometheusRule", every_s=2
+    )
 
 
 def up() -> int:
@@ -196,7 +199,7 @@ def up() -> int:
         deploy.deploy(deploy.current_watch_namespaces())
         wait_for_kubeclip_config(url)
         steps.append(f"kubeclip monitors loaded {time.monotonic() - t:.1f}s")
-    except (AddonError, subprocess.CalledProcessError) as e:
+    except (AddonError, WaitTimeout, subprocess.CalledProcessError) as e:
         print(f"monitoring-up failed: {e}", file=sys.stderr)
         return 1
     print(f"monitoring up in {time.monotonic() - t0:.1f}s ({', '.join(steps)})")
@@ -207,5 +210,5 @@ def up() -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["up"]:
-        sys.exit(f"usage: {sys.argv[0]} up")
+        sys.exit("usage: python -m hack.monitoring up")
     sys.exit(up())

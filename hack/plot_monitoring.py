@@ -5,7 +5,7 @@ written by the e2e test ``tests/e2e/test_monitoring.py`` (each dashboard panel's
 variables substituted, and the range results the local Prometheus returned for the run). Nothing is
 computed here beyond the plot: the numbers are the scraped series.
 
-    python hack/plot_monitoring.py [--run .cluster/monitoring-run.json] [--out docs/img/monitoring-run.png]
+    python -m hack.plot_monitoring [--run .cluster/monitoring-run.json] [--out docs/img/monitoring-run.png]
 
 Needs matplotlib (``pip install '.[plot]'``).
 """

@@ -1,12 +1,12 @@
 """Shared pytest fixtures: a real control plane for the whole session, a fresh namespace per test.
 
 Who uses it: every test marked ``cluster`` (controller, chart, RBAC and smoke tests). The control
-plane is ``tests/support/controlplane.py`` (etcd + kube-apiserver + kube-controller-manager running
+plane is ``devkit/controlplane.py`` (etcd + kube-apiserver + kube-controller-manager running
 only the garbage collector, serviceaccount and namespace controllers); it is started once, on first
 use, and torn down at the end of the session — also when tests fail or pytest is interrupted.
 
 Fixtures:
-  cluster    session: ``Cluster`` (tests/support/cluster.py) with ``.kubeconfig``, ``.server``,
+  cluster    session: ``Cluster`` (devkit/cluster.py) with ``.kubeconfig``, ``.server``,
              ``.bin``, ``.kubectl(...)``, ``.helm(...)``, ``.api_client(...)``, ``.env()``,
              ``.restart_controller_manager()`` (after installing a CRD whose objects own others).
   namespace  function: name of a new namespace holding its ``default`` ServiceAccount; deleted after.
@@ -18,17 +18,13 @@ from __future__ import annotations
 
 import re
 import shutil
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/: makes `support` importable
-
-from support.cluster import Cluster
-from support.controlplane import ControlPlane, ControlPlaneError, client_bin_dir, find_binary, new_workdir
+from devkit.cluster import Cluster
+from devkit.controlplane import ControlPlane, ControlPlaneError, client_bin_dir, find_binary, new_workdir
 
 # How long the namespace fixture waits for the serviceaccount controller to create `default`.
 DEFAULT_SA_WAIT_S = 30.0

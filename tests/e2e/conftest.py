@@ -16,17 +16,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+from e2e_helpers import CONTROLLER_NS
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(REPO / "hack"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from e2e_helpers import CLUSTER_DIR, CONTROLLER_NS  # noqa: E402
-from support import netns  # noqa: E402
-from support.cluster import Cluster  # noqa: E402
-from support.controlplane import client_bin_dir  # noqa: E402
-from support.node import NAME  # noqa: E402
+from devkit import netns
+from devkit.cluster import Cluster, local_cluster
+from devkit.node import NAME
+from devkit.paths import CLUSTER_DIR, REPO
 
 
 def pytest_collection_modifyitems(items):
@@ -46,7 +41,7 @@ def kube() -> Cluster:
     state = CLUSTER_DIR / "state.json"
     if not state.exists() or not netns.exists(NAME):
         pytest.fail("no local cluster: run `make cluster-up images deploy` (`make e2e` does)", pytrace=False)
-    c = Cluster(kubeconfig=str(CLUSTER_DIR / "kubeconfig"), server="", bin=str(client_bin_dir()))
+    c = local_cluster()
     out = c.kubectl("-n", CONTROLLER_NS, "get", "deploy", "-o", "name", check=False)
     if "kubeclip" not in out.stdout:
         pytest.fail("kubeclip is not deployed: run `make images deploy` (`make e2e` does)", pytrace=False)

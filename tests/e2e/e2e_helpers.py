@@ -1,21 +1,23 @@
-"""Helpers of the end-to-end tests (tests/e2e): load the dataset, write a FineTuneJob, wait, explain.
+"""Helpers of the end-to-end tests (tests/e2e): load the dataset, write a FineTuneJob, explain.
 
 Who uses it: the e2e test modules and their conftest. A module of its own (not conftest) so the test
-modules can import it by a name no other test directory uses.
+modules can import it by a name no other test directory uses. Polling (``devkit.wait.wait_for``),
+the cluster handle (``devkit.cluster``) and the job document (``devkit.jobs.cluster_job``) are the
+dev kit's.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
-import pytest
 import yaml
-from support.cluster import Cluster
 
-REPO = Path(__file__).resolve().parents[2]
-CLUSTER_DIR = REPO / ".cluster"
+from devkit.cluster import Cluster
+from devkit.jobs import cluster_job
+from devkit.paths import REPO
+from devkit.wait import wait_for
+
 CONTROLLER_NS = "kubeclip-system"
 
 
@@ -43,7 +45,8 @@ def load_dataset(kube: Cluster, ns: str, data_dir: Path) -> None:
         lambda: "waiting for `kubectl cp`" in kube.kubectl("-n", ns, "logs", "dataset-loader", check=False).stdout,
         240,
         "dataset-loader waiting for kubectl cp",
-        explain,
+        every_s=1,
+        explain=explain,
     )
     kube.kubectl("-n", ns, "cp", str(data_dir), "dataset-loader:/data/penguins", timeout=300)
     listing = kube.kubectl(
@@ -72,54 +75,39 @@ def ftj_manifest(
 ) -> str:
     """The multi-node example, CPU-sized: 2 nodes x 1 process, the tiny model, no spec.image.
     ``extra``: more spec keys (e.g. ``evaluation``), added on top."""
-    doc = {
-        "apiVersion": "kubeclip.dev/v1alpha1",
-        "kind": "FineTuneJob",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"name": "local-dir:/data/penguins/models/tiny-vit-64"},
-            "dataset": {
-                "trainCsv": f"/data/penguins/{train_csv}",
-                "valCsv": "/data/penguins/val.csv",
-                "separator": separator,
-            },
-            "training": {
-                "epochs": epochs,
-                "batchSize": 8,
-                "learningRate": 5.0e-4,
-                "warmupSteps": 2,
-                "precision": "fp32",
-                "workers": 0,
-                "seed": 0,
-                "checkpointEverySteps": checkpoint_every,
-                "logEverySteps": 1,
-            },
-            "output": {"path": f"/data/runs/{name}"},
-            "numNodes": 2,
-            "numProcPerNode": 1,
-            "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "3Gi"}},
-            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "kubeclip-datasets"}}],
-            "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-            "runPolicy": {"backoffLimit": backoff},
-            **(extra or {}),
+    doc = cluster_job(
+        name,
+        claim="kubeclip-datasets",
+        image=None,
+        model={"name": "local-dir:/data/penguins/models/tiny-vit-64"},
+        dataset={
+            "trainCsv": f"/data/penguins/{train_csv}",
+            "valCsv": "/data/penguins/val.csv",
+            "separator": separator,
         },
-    }
+        training={
+            "epochs": epochs,
+            "batchSize": 8,
+            "learningRate": 5.0e-4,
+            "warmupSteps": 2,
+            "precision": "fp32",
+            "workers": 0,
+            "seed": 0,
+            "checkpointEverySteps": checkpoint_every,
+            "logEverySteps": 1,
+        },
+        output={"path": f"/data/runs/{name}"},
+        numNodes=2,
+        numProcPerNode=1,
+        resources={"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "3Gi"}},
+        runPolicy={"backoffLimit": backoff},
+        **(extra or {}),
+    )
     return json.dumps(doc)
 
 
 def ftj(kube: Cluster, ns: str, name: str) -> dict:
     return json.loads(kube.kubectl("-n", ns, "get", "ftj", name, "-o", "json").stdout)
-
-
-def wait_for(ok, timeout_s: float, what: str, explain=None, every_s: float = 1.0):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        v = ok()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout_s:.0f} s\n{explain() if explain else ''}", pytrace=False)
-        time.sleep(every_s)
 
 
 def debug(kube: Cluster, ns: str, name: str):

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from e2e_helpers import ftj_manifest, wait_for
+from e2e_helpers import ftj_manifest
+
+from devkit.wait import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -44,6 +46,7 @@ def test_an_admitted_job_gets_its_network_policy(kube, namespace):
             lambda: kube.kubectl("-n", namespace, "get", "networkpolicy", "guarded", "-o", "json", check=False).stdout,
             60,
             "the controller to create the job's NetworkPolicy",
+            every_s=1,
         )
         spec = json.loads(np)["spec"]
         assert spec["podSelector"] == {"matchLabels": {"kubeclip.dev/job-name": "guarded"}}

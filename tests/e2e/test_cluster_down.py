@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from e2e_helpers import CLUSTER_DIR, REPO
-from support import netns
-from support.node import NAME, RUN_DIR, _cgroup_pids, _pids_of_shims, mounts_under
+
+from devkit import netns
+from devkit.node import NAME, RUN_DIR, _cgroup_pids, _pids_of_shims, mounts_under
+from devkit.paths import CLUSTER_DIR, REPO
 
 pytestmark = [pytest.mark.e2e, pytest.mark.last]
 
@@ -38,7 +39,7 @@ def test_cluster_down_leaves_no_process_mount_or_namespace(kube):
     assert _cluster_processes() and _pids_of_shims() and _cgroup_pids()
     assert mounts_under(CLUSTER_DIR, RUN_DIR)
     proc = subprocess.run(
-        [sys.executable, str(REPO / "hack/cluster.py"), "down"], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "hack.cluster", "down"], cwd=REPO, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert _cluster_processes() == []

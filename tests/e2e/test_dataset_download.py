@@ -3,7 +3,7 @@ tarball over HTTP and unpacks it into its claim.
 
 Who uses it: ``make e2e``. The tarball is the e2e dataset (``dataset_dir``) packed by the test and
 served by this process from an address inside the cluster's own network namespace (the node IP
-``10.250.0.2`` in ``kubeclip``, bound through ``support.netns.call_in``): the pod reaches it over
+``10.250.0.2`` in ``kubeclip``, bound through ``devkit.netns.call_in``): the pod reaches it over
 the pod bridge like any in-cluster server, and nothing listens in the machine's own network. The
 loader runs on the local base image (Debian bookworm's Python 3.11.2, which has no tarfile
 extraction filters): the example's own member checks are what keep the unpacking safe there.
@@ -17,9 +17,11 @@ import tarfile
 import threading
 
 import pytest
-from e2e_helpers import dataset_pvc, pv_dir, wait_for
-from support import netns
-from support.node import NAME, NODE_IP
+from e2e_helpers import dataset_pvc, pv_dir
+
+from devkit import netns
+from devkit.node import NAME, NODE_IP
+from devkit.wait import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -65,7 +67,7 @@ def test_download_mode_unpacks_the_tarball_into_the_claim(kube, namespace, datas
         kube.kubectl("-n", namespace, *args, check=False).stdout
         for args in (("describe", "pod", "dataset-loader"), ("logs", "dataset-loader"))
     )
-    wait_for(lambda: phase() in ("Succeeded", "Failed"), 240, "dataset-loader finished", explain)
+    wait_for(lambda: phase() in ("Succeeded", "Failed"), 240, "dataset-loader finished", explain=explain, every_s=1)
     log = kube.kubectl("-n", namespace, "logs", "dataset-loader").stdout
     assert phase() == "Succeeded", explain()
     assert served == ["/penguins.tar.gz"], served

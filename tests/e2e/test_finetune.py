@@ -15,7 +15,10 @@ import sys
 from datetime import datetime
 
 import pytest
-from e2e_helpers import CONTROLLER_NS, REPO, debug, ftj, ftj_manifest, load_dataset, pv_dir, wait_for
+from e2e_helpers import CONTROLLER_NS, debug, ftj, ftj_manifest, load_dataset, pv_dir
+
+from devkit.paths import REPO
+from devkit.wait import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +33,7 @@ def _run_until(kube, ns, name, phases, timeout_s):
         lambda: _phase(kube, ns, name) in phases and _phase(kube, ns, name),
         timeout_s,
         f"{ns}/{name} in {phases}",
-        explain,
+        explain=explain,
         every_s=2,
     )
 
@@ -77,7 +80,7 @@ def test_multinode_cpu_job_succeeds_with_loadable_model(kube, namespace, dataset
             seen.update(cells)
         return _phase(kube, namespace, "penguins") in ("Succeeded", "Failed")
 
-    wait_for(watch, 600, "penguins finished", explain, every_s=2)
+    wait_for(watch, 600, "penguins finished", explain=explain, every_s=2)
     status = ftj(kube, namespace, "penguins")["status"]
     assert status["phase"] == "Succeeded", explain()
     assert seen, "kubectl get ftj never showed progress, loss and R@1 together while Running"
@@ -150,7 +153,7 @@ def _kill_mid_run(kube, namespace, dataset_dir, name, kill) -> None:
         lambda: ((ftj(kube, namespace, name).get("status") or {}).get("progress") or {}).get("lastCheckpointStep"),
         600,
         f"{name}: first checkpoint",
-        explain,
+        explain=explain,
         every_s=2,
     )
     ckpt_step = int(ftj(kube, namespace, name)["status"]["progress"]["lastCheckpointStep"])
@@ -199,7 +202,7 @@ def test_controller_pod_deleted_mid_run_new_one_takes_over(kube, namespace, data
     kube.kubectl("-n", namespace, "apply", "-f", "-", input=ftj_manifest("takeover", epochs=10))
     explain = debug(kube, namespace, "takeover")
     _run_until(kube, namespace, "takeover", ("Running",), 300)
-    wait_for(lambda: _step(kube, namespace, "takeover") > 0, 300, "takeover: progress", explain, every_s=2)
+    wait_for(lambda: _step(kube, namespace, "takeover") > 0, 300, "takeover: progress", explain=explain, every_s=2)
     pods_before = _pod_uids(kube, namespace, "takeover")
     old = kube.kubectl("-n", CONTROLLER_NS, "get", "pods", "-o", "jsonpath={.items[*].metadata.name}").stdout.split()
     kube.kubectl("-n", CONTROLLER_NS, "delete", "pod", *old)
@@ -212,7 +215,8 @@ def test_controller_pod_deleted_mid_run_new_one_takes_over(kube, namespace, data
         ),
         240,
         "a new controller pod",
-        explain,
+        explain=explain,
+        every_s=1,
     )
     step_at_takeover = _step(kube, namespace, "takeover")
     pods_now = _pod_uids(kube, namespace, "takeover")
@@ -224,7 +228,7 @@ def test_controller_pod_deleted_mid_run_new_one_takes_over(kube, namespace, data
         ),
         300,
         "progress after takeover",
-        explain,
+        explain=explain,
         every_s=2,
     )
     _run_until(kube, namespace, "takeover", ("Succeeded", "Failed"), 900)

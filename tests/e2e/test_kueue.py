@@ -16,7 +16,10 @@ import sys
 import uuid
 
 import pytest
-from e2e_helpers import REPO, debug, ftj, ftj_manifest, load_dataset, pv_dir, wait_for
+from e2e_helpers import debug, ftj, ftj_manifest, load_dataset, pv_dir
+
+from devkit.paths import REPO
+from devkit.wait import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -53,7 +56,7 @@ def _until(kube, ns, name, phases, timeout_s, explain):
         lambda: _phase(kube, ns, name) in phases and _phase(kube, ns, name),
         timeout_s,
         f"{ns}/{name} in {phases}",
-        explain,
+        explain=explain,
         every_s=2,
     )
 
@@ -133,7 +136,9 @@ def test_quota_runs_one_job_while_the_other_waits_queued_with_kueues_message(kub
             return None
         return next(n for n, p in phases.items() if p == "Running"), next(n for n, p in phases.items() if p == "Queued")
 
-    running, waiting = wait_for(one_running_one_waiting, 300, "one job Running, one Queued", ex["first"], every_s=2)
+    running, waiting = wait_for(
+        one_running_one_waiting, 300, "one job Running, one Queued", explain=ex["first"], every_s=2
+    )
     st = _status(kube, namespace, waiting)
     assert _pods(kube, namespace, waiting) == [], st
     assert "insufficient unused quota for cpu" in st["message"], st
@@ -175,7 +180,7 @@ def test_preempted_job_goes_back_to_queued_and_resumes_from_its_checkpoint(kube,
         lambda: (_status(kube, namespace, "low").get("progress") or {}).get("lastCheckpointStep"),
         600,
         "low: first checkpoint",
-        ex_low,
+        explain=ex_low,
         every_s=2,
     )
     ckpt_step = int(_status(kube, namespace, "low")["progress"]["lastCheckpointStep"])
@@ -186,7 +191,7 @@ def test_preempted_job_goes_back_to_queued_and_resumes_from_its_checkpoint(kube,
     st = _status(kube, namespace, "low")
     assert "Preempted" in st["reason"] and "evicted by Kueue" in st["message"], st
     assert (st["restartCount"], st.get("failedAttempts", 0), st.get("disruptedAttempts", 0)) == (0, 0, 0), st
-    wait_for(lambda: _pods(kube, namespace, "low") == [], 120, "low's pods gone", ex_low)
+    wait_for(lambda: _pods(kube, namespace, "low") == [], 120, "low's pods gone", explain=ex_low, every_s=1)
     _until(kube, namespace, "high", ("Succeeded", "Failed"), 900, ex_high)
     assert _phase(kube, namespace, "high") == "Succeeded", ex_high()
     # Re-admitted once the high one is done: it resumes from its checkpoint and succeeds.
@@ -226,6 +231,7 @@ def test_kueue_stopped_mid_run_leaves_jobs_without_the_label_alone(kube, namespa
             ),
             120,
             "Kueue's manager gone",
+            every_s=1,
         )
         # A pod of any kind can still be created (Kueue's pod webhooks are not installed), and a
         # second label-less FineTuneJob starts and finishes beside the first.

@@ -26,9 +26,12 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-import monitoring  # hack/monitoring.py (conftest puts hack/ on sys.path)
 import pytest
-from e2e_helpers import CLUSTER_DIR, CONTROLLER_NS, REPO, debug, ftj, ftj_manifest, load_dataset, wait_for
+from e2e_helpers import CONTROLLER_NS, debug, ftj, ftj_manifest, load_dataset
+
+from devkit.paths import CLUSTER_DIR, REPO
+from devkit.wait import WaitTimeout, wait_for
+from hack import monitoring
 
 pytestmark = pytest.mark.e2e
 
@@ -66,7 +69,7 @@ def prom(kube) -> Prometheus:
     url = url_file.read_text().strip()
     try:  # the operator's rendered configuration reaches Prometheus a minute or so after `helm upgrade`
         monitoring.wait_for_kubeclip_config(url, timeout_s=240)
-    except monitoring.AddonError as e:
+    except WaitTimeout as e:
         pytest.fail(str(e), pytrace=False)
     return Prometheus(url)
 
@@ -124,7 +127,7 @@ def run(kube, prom, ns, dataset_dir) -> dict:
                 targets["controller"] = t
         return (ftj(kube, ns, name).get("status") or {}).get("phase") in ("Succeeded", "Failed")
 
-    wait_for(watch, 900, f"{ns}/{name} finished", explain, every_s=3)
+    wait_for(watch, 900, f"{ns}/{name} finished", explain=explain, every_s=3)
     status = ftj(kube, ns, name)["status"]
     assert status["phase"] == "Succeeded", explain()
     time.sleep(12)  # two more scrape + evaluation intervals (5 s) for the controller's final counters
@@ -196,7 +199,7 @@ def _wait_alert(prom: Prometheus, name: str, timeout_s: float, match: dict | Non
         lambda: _firing(prom, name, match),
         timeout_s,
         f"{name} firing",
-        lambda: json.dumps(prom.get("/api/v1/alerts"), indent=1)[-3000:],
+        explain=lambda: json.dumps(prom.get("/api/v1/alerts"), indent=1)[-3000:],
         every_s=3,
     )
 
@@ -222,10 +225,10 @@ def test_a_failed_job_fires_kubeclip_job_failed(kube, prom, ns, run):
         lambda: (ftj(kube, ns, "badcsv").get("status") or {}).get("phase") == "Failed",
         300,
         "badcsv Failed",
-        debug(kube, ns, "badcsv"),
+        explain=debug(kube, ns, "badcsv"),
         every_s=2,
     )
-    wait_for(lambda: _failed_total(prom) >= failed_before + 1, 60, "the failure counted by Prometheus")
+    wait_for(lambda: _failed_total(prom) >= failed_before + 1, 60, "the failure counted by Prometheus", every_s=1)
     alert = _wait_alert(prom, "KubeclipJobFailed", 120, {"reason": "PreflightFailed"})
     assert alert["labels"]["severity"] == "critical"
     if before is None:
@@ -258,7 +261,7 @@ def test_a_frozen_trainer_fires_kubeclip_training_stalled(kube, prom, ns, run):
         lambda: ((ftj(kube, ns, name).get("status") or {}).get("progress") or {}).get("step", 0) >= 3,
         600,
         f"{name} training",
-        explain,
+        explain=explain,
         every_s=2,
     )
     pids = _pod_pids(kube, ns, f"{name}-node-1")
@@ -274,7 +277,7 @@ def test_a_frozen_trainer_fires_kubeclip_training_stalled(kube, prom, ns, run):
         ),
         180,
         "no KubeclipTrainingStalled alert for the running job",
-        lambda: json.dumps(prom.get("/api/v1/alerts"), indent=1)[-3000:],
+        explain=lambda: json.dumps(prom.get("/api/v1/alerts"), indent=1)[-3000:],
         every_s=3,
     )
     t0 = time.time()

@@ -15,8 +15,10 @@ import json
 import re
 
 import pytest
-from e2e_helpers import debug, ftj, ftj_manifest, load_dataset, wait_for
+from e2e_helpers import debug, ftj, ftj_manifest, load_dataset
 from test_finetune import _phase, _run_until, _step
+
+from devkit.wait import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +36,7 @@ def test_node_0_deleted_mid_run_resumes_at_the_step_it_reached(kube, namespace, 
         lambda: (s := _step(kube, namespace, name)) >= STEPS_PER_EPOCH and s,
         900,
         f"{name}: past the first epoch",
-        explain,
+        explain=explain,
         every_s=0.5,
     )
     assert _phase(kube, namespace, name) == "Running"

@@ -11,8 +11,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from deploy import deploy
-from e2e_helpers import debug, ftj, ftj_manifest, load_dataset, wait_for
+from e2e_helpers import debug, ftj, ftj_manifest, load_dataset
+
+from devkit.wait import wait_for
+from hack.deploy import deploy
 
 pytestmark = pytest.mark.e2e
 
@@ -38,7 +40,7 @@ def test_namespaced_rbac_mode_reconciles_only_watched_namespaces(kube, namespace
             lambda: (ftj(kube, namespace, "watched").get("status") or {}).get("phase") == "Failed",
             240,
             "watched job Failed under namespaced RBAC",
-            debug(kube, namespace, "watched"),
+            explain=debug(kube, namespace, "watched"),
             every_s=2,
         )
         assert not (ftj(kube, other_namespace, "unwatched").get("status") or {}).get("phase")
@@ -50,6 +52,6 @@ def test_namespaced_rbac_mode_reconciles_only_watched_namespaces(kube, namespace
         lambda: (ftj(kube, other_namespace, "unwatched").get("status") or {}).get("phase"),
         120,
         "unwatched job reconciled after going cluster-wide",
-        debug(kube, other_namespace, "unwatched"),
+        explain=debug(kube, other_namespace, "unwatched"),
         every_s=2,
     )

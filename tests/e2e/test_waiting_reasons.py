@@ -13,7 +13,10 @@ import json
 from datetime import datetime
 
 import pytest
-from e2e_helpers import debug, ftj, wait_for
+from e2e_helpers import debug, ftj
+
+from devkit.jobs import finetunejob
+from devkit.wait import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -33,9 +36,7 @@ def _manifest(name: str, *, image: str | None = None, cpu: str = "100m") -> str:
     }
     if image:
         spec["image"] = image
-    return json.dumps(
-        {"apiVersion": "kubeclip.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": spec}
-    )
+    return json.dumps(finetunejob(name, spec))
 
 
 def _time(stamp: str) -> datetime:
@@ -56,7 +57,7 @@ def _shown_then_failed(kube, ns: str, name: str, reasons: tuple[str, ...]) -> No
         ),
         60,
         f"{ns}/{name}: one of {reasons}, condition PodsWaiting and a Warning event in kubectl describe ftj",
-        explain,
+        explain=explain,
         every_s=2,
     )
     assert "PodsWaiting" in described and "Warning" in described, described
@@ -66,7 +67,7 @@ def _shown_then_failed(kube, ns: str, name: str, reasons: tuple[str, ...]) -> No
         lambda: (st := ftj(kube, ns, name).get("status") or {}).get("phase") in ("Failed", "Succeeded") and st,
         START_DEADLINE_S + 60,
         f"{ns}/{name} Failed at startDeadlineSeconds",
-        explain,
+        explain=explain,
         every_s=2,
     )
     assert status["phase"] == "Failed" and status["reason"] in reasons, status

@@ -27,15 +27,15 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
+import crd_jsonschema  # tests/crd_jsonschema.py: pytest puts tests/ first on the import path for tests/conftest.py
 import kubernetes_validate
 import pytest
 import yaml
 
+from devkit.controlplane import find_binary
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "kubeclip"
-sys.path.insert(0, str(ROOT / "tests"))
-import crd_jsonschema  # noqa: E402
-from support.controlplane import find_binary  # noqa: E402
 
 CRD_NAME = "finetunejobs.kubeclip.dev"
 MONITORING = {"ServiceMonitor": "servicemonitors", "PodMonitor": "podmonitors", "PrometheusRule": "prometheusrules"}

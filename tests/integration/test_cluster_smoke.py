@@ -1,6 +1,6 @@
 """Smoke tests proving the test control plane is a real Kubernetes API server, not a mock.
 
-Who uses it: anyone changing hack/tools.sh, tests/support/ or the Go pins in hack/go/; a failure
+Who uses it: anyone changing hack/tools.sh, devkit/ (the local cluster) or the Go pins in hack/go/; a failure
 here means every other cluster test is suspect. Each test checks a behaviour mocks get wrong:
 CEL validation at create time, label selectors, the status subresource, optimistic concurrency,
 RBAC with impersonation, the real kubectl and helm, and garbage collection of owned objects.

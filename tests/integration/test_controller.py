@@ -16,16 +16,12 @@ import uuid
 
 import pytest
 import yaml
-from controller_harness import (
-    REPO,
-    Operator,
-    controller_kubeconfig,
-    install_crd,
-    job_manifest,
-    set_pod_status,
-    wait_for,
-)
+from controller_harness import controller_kubeconfig, set_pod_status
 
+from devkit.jobs import cluster_job
+from devkit.operator import Operator, install_crd
+from devkit.paths import REPO
+from devkit.wait import wait_for
 from kubeclip.api import parse_manifest
 
 pytestmark = [pytest.mark.cluster]
@@ -135,7 +131,7 @@ def _wait_phase(custom, ns, name, phase, timeout=30):
     return wait_for(
         lambda: _status(custom, ns, name).get("phase") == phase and _status(custom, ns, name),
         timeout,
-        what=f"{name} phase {phase} (now {_status(custom, ns, name).get('phase')})",
+        f"{name} phase {phase} (now {_status(custom, ns, name).get('phase')})",
     )
 
 
@@ -146,7 +142,7 @@ def _wait_pods(core, ns, job, n, attempt=None, timeout=30):
             pods = [p for p in pods if p.metadata.labels.get("kubeclip.dev/attempt") == str(attempt)]
         return len(pods) == n and pods
 
-    return wait_for(ok, timeout, what=f"{n} pods of {job}")
+    return wait_for(ok, timeout, f"{n} pods of {job}")
 
 
 def _run_all(core, ns, job):
@@ -230,12 +226,12 @@ def test_example_job_gets_configmap_service_and_restricted_pods(cluster, operato
     assert not meta.get("finalizers") and not any("kopf" in k for k in (meta.get("annotations") or {}))
     out = cluster.kubectl("get", "ftj", "-n", namespace).stdout
     assert out.split()[:6] == ["NAME", "PHASE", "NODES", "PROGRESS", "LOSS", "R@1"] and "Created" in out
-    assert wait_for(lambda: "Created" in _events(core, namespace, name), 10, what="Created event")
+    assert wait_for(lambda: "Created" in _events(core, namespace, name), 10, "Created event")
 
 
 def test_running_progress_success_and_clean_pod_policy(cluster, operator, namespace, api):
     core, custom = api
-    _apply(cluster, job_manifest("ok", namespace))
+    _apply(cluster, cluster_job("ok", namespace))
     _wait_pods(core, namespace, "ok", 2)
     PROGRESS.clear()
     PROGRESS.update(
@@ -260,7 +256,7 @@ def test_running_progress_success_and_clean_pod_policy(cluster, operator, namesp
             and _status(custom, namespace, "ok")
         ),
         15,
-        what="progress in status",
+        "progress in status",
     )
     assert st["progress"]["summary"] == "epoch 1/2 step 30/100" and st["progress"]["recallAt1"] == 0.25
     assert st["nodes"]["running"] == 2
@@ -270,12 +266,8 @@ def test_running_progress_success_and_clean_pod_policy(cluster, operator, namesp
     st = _wait_phase(custom, namespace, "ok", "Succeeded")
     assert st["completionTime"] and any(c["type"] == "Succeeded" and c["status"] == "True" for c in st["conditions"])
     # cleanPodPolicy Running: node 1 (still running) is deleted, node 0 (done) stays for its logs.
-    wait_for(
-        lambda: [p.metadata.name for p in _pods(core, namespace, "ok")] == ["ok-node-0"], 15, what="node 1 cleaned up"
-    )
-    assert wait_for(
-        lambda: {"Created", "Running", "Succeeded"} <= set(_events(core, namespace, "ok")), 10, what="events"
-    )
+    wait_for(lambda: [p.metadata.name for p in _pods(core, namespace, "ok")] == ["ok-node-0"], 15, "node 1 cleaned up")
+    assert wait_for(lambda: {"Created", "Running", "Succeeded"} <= set(_events(core, namespace, "ok")), 10, "events")
     assert operator.metric("kubeclip_controller_jobs_succeeded_total") >= 1
 
 
@@ -285,13 +277,13 @@ def test_a_short_run_ends_with_the_final_progress_from_node0_termination_message
     from kubeclip.api import Progress, termination_message
 
     core, custom = api
-    _apply(cluster, job_manifest("short", namespace))
+    _apply(cluster, cluster_job("short", namespace))
     _wait_pods(core, namespace, "short", 2)
     PROGRESS.clear()
     PROGRESS.update({"phase": "training", "epoch": 1, "epochs": 2, "step": 30, "totalSteps": 100, "loss": 2.5})
     PROGRESS["eval"] = {"image_to_text_R@1": 0.25}
     _run_all(core, namespace, "short")
-    wait_for(lambda: (_status(custom, namespace, "short").get("progress") or {}).get("step") == 30, 15, what="polled")
+    wait_for(lambda: (_status(custom, namespace, "short").get("progress") or {}).get("step") == 30, 15, "polled")
     final = Progress(
         phase="done",
         epoch=1,
@@ -315,7 +307,7 @@ def test_a_short_run_ends_with_the_final_progress_from_node0_termination_message
     out = cluster.kubectl("get", "ftj", "short", "-n", namespace).stdout
     assert "epoch 1/2 step 100/100" in out and "0.75" in out and "0.5" in out, out
     # a finished job keeps it: later passes (resync, the cleanup of node 1) change nothing
-    wait_for(lambda: [p.metadata.name for p in _pods(core, namespace, "short")] == ["short-node-0"], 15, what="cleanup")
+    wait_for(lambda: [p.metadata.name for p in _pods(core, namespace, "short")] == ["short-node-0"], 15, "cleanup")
     assert _status(custom, namespace, "short")["progress"] == pr
 
 
@@ -323,12 +315,12 @@ def test_a_garbage_termination_message_still_succeeds_with_the_polled_progress(c
     from kubeclip.api import FINAL_PROGRESS_MARKER
 
     core, custom = api
-    _apply(cluster, job_manifest("garbage", namespace))
+    _apply(cluster, cluster_job("garbage", namespace))
     _wait_pods(core, namespace, "garbage", 2)
     PROGRESS.clear()
     PROGRESS.update({"phase": "training", "epoch": 0, "epochs": 2, "step": 7, "totalSteps": 100})
     _run_all(core, namespace, "garbage")
-    wait_for(lambda: (_status(custom, namespace, "garbage").get("progress") or {}).get("step") == 7, 15, what="polled")
+    wait_for(lambda: (_status(custom, namespace, "garbage").get("progress") or {}).get("step") == 7, 15, "polled")
     message = "done\n" + FINAL_PROGRESS_MARKER + '{"step": 1e400, "phase": "done"'
     set_pod_status(core, namespace, "garbage-node-0", "Succeeded", exit_code=0, message=message)
     st = _wait_phase(custom, namespace, "garbage", "Succeeded")
@@ -337,7 +329,7 @@ def test_a_garbage_termination_message_still_succeeds_with_the_polled_progress(c
 
 def test_non_retryable_exit_fails_with_termination_message(cluster, operator, namespace, api):
     core, custom = api
-    _apply(cluster, job_manifest("bad-data", namespace))
+    _apply(cluster, cluster_job("bad-data", namespace))
     _wait_pods(core, namespace, "bad-data", 2)
     _run_all(core, namespace, "bad-data")
     _wait_phase(custom, namespace, "bad-data", "Running")
@@ -349,14 +341,14 @@ def test_non_retryable_exit_fails_with_termination_message(cluster, operator, na
     assert failed["reason"] == "PreflightFailed" and "12 image files missing" in failed["message"]
     assert st["restartCount"] == 0
     wait_for(
-        lambda: [p.metadata.name for p in _pods(core, namespace, "bad-data")] == ["bad-data-node-1"], 15, what="cleanup"
+        lambda: [p.metadata.name for p in _pods(core, namespace, "bad-data")] == ["bad-data-node-1"], 15, "cleanup"
     )
     assert "PreflightFailed" in _events(core, namespace, "bad-data")
 
 
 def test_retryable_failures_restart_until_backoff_limit(cluster, operator, namespace, api):
     core, custom = api
-    _apply(cluster, job_manifest("flaky", namespace, runPolicy={"backoffLimit": 1}))
+    _apply(cluster, cluster_job("flaky", namespace, runPolicy={"backoffLimit": 1}))
     first = _wait_pods(core, namespace, "flaky", 2)
     _run_all(core, namespace, "flaky")
     _wait_phase(custom, namespace, "flaky", "Running")
@@ -378,7 +370,7 @@ def test_retryable_failures_restart_until_backoff_limit(cluster, operator, names
 
 def test_deleted_pod_is_a_disruption_that_does_not_use_backoff(cluster, operator, namespace, api):
     core, custom = api
-    _apply(cluster, job_manifest("evicted", namespace, runPolicy={"backoffLimit": 0}))
+    _apply(cluster, cluster_job("evicted", namespace, runPolicy={"backoffLimit": 0}))
     _wait_pods(core, namespace, "evicted", 2)
     _run_all(core, namespace, "evicted")
     _wait_phase(custom, namespace, "evicted", "Running")
@@ -393,7 +385,7 @@ def test_eviction_with_a_knock_on_exit_in_the_same_attempt_restarts(cluster, ope
     """node 1 evicted (DisruptionTarget, as the Eviction API writes it) and node 0's broken
     collective (exit 1) seen in one pass: a disrupted attempt, restarted, backoffLimit=0 untouched."""
     core, custom = api
-    _apply(cluster, job_manifest("knock", namespace, runPolicy={"backoffLimit": 0}))
+    _apply(cluster, cluster_job("knock", namespace, runPolicy={"backoffLimit": 0}))
     _wait_pods(core, namespace, "knock", 2)
     _run_all(core, namespace, "knock")
     _wait_phase(custom, namespace, "knock", "Running")
@@ -421,24 +413,24 @@ def test_eviction_with_a_knock_on_exit_in_the_same_attempt_restarts(cluster, ope
 
 def test_active_deadline(cluster, operator, namespace, api):
     core, custom = api
-    _apply(cluster, job_manifest("slow", namespace, runPolicy={"activeDeadlineSeconds": 3}))
+    _apply(cluster, cluster_job("slow", namespace, runPolicy={"activeDeadlineSeconds": 3}))
     _wait_pods(core, namespace, "slow", 2)
     _run_all(core, namespace, "slow")
     st = _wait_phase(custom, namespace, "slow", "Failed", timeout=20)
     assert st["reason"] == "DeadlineExceeded"
-    wait_for(lambda: not _pods(core, namespace, "slow"), 15, what="pods deleted")
+    wait_for(lambda: not _pods(core, namespace, "slow"), 15, "pods deleted")
 
 
 def test_suspend_and_resume(cluster, operator, namespace, api):
     core, custom = api
-    _apply(cluster, job_manifest("pause", namespace))
+    _apply(cluster, cluster_job("pause", namespace))
     _wait_pods(core, namespace, "pause", 2)
     custom.patch_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, "pause", {"spec": {"runPolicy": {"suspend": True}}}
     )
     st = _wait_phase(custom, namespace, "pause", "Suspended")
     assert any(c["type"] == "Suspended" and c["status"] == "True" for c in st["conditions"])
-    wait_for(lambda: not _pods(core, namespace, "pause"), 15, what="pods deleted on suspend")
+    wait_for(lambda: not _pods(core, namespace, "pause"), 15, "pods deleted on suspend")
     custom.patch_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, "pause", {"spec": {"runPolicy": {"suspend": False}}}
     )
@@ -449,9 +441,7 @@ def test_suspend_and_resume(cluster, operator, namespace, api):
 
 def test_ttl_deletes_finished_job_and_children(cluster, operator, namespace, api):
     core, custom = api
-    _apply(
-        cluster, job_manifest("brief", namespace, runPolicy={"ttlSecondsAfterFinished": 2, "cleanPodPolicy": "None"})
-    )
+    _apply(cluster, cluster_job("brief", namespace, runPolicy={"ttlSecondsAfterFinished": 2, "cleanPodPolicy": "None"}))
     _wait_pods(core, namespace, "brief", 2)
     _run_all(core, namespace, "brief")
     set_pod_status(core, namespace, "brief-node-0", "Succeeded", exit_code=0)
@@ -460,7 +450,7 @@ def test_ttl_deletes_finished_job_and_children(cluster, operator, namespace, api
     wait_for(
         lambda: cluster.kubectl("get", "ftj", "brief", "-n", namespace, check=False).returncode != 0,
         20,
-        what="job deleted by TTL",
+        "job deleted by TTL",
     )
     # The garbage collector follows the owner references.
     wait_for(
@@ -469,7 +459,7 @@ def test_ttl_deletes_finished_job_and_children(cluster, operator, namespace, api
             and not core.list_namespaced_config_map(namespace, label_selector="kubeclip.dev/job-name=brief").items
         ),
         60,
-        what="children garbage-collected",
+        "children garbage-collected",
     )
 
 
@@ -501,7 +491,7 @@ def test_ttl_deletes_finished_job_and_children(cluster, operator, namespace, api
     ],
 )
 def test_crd_rejects_invalid_specs(cluster, crd, namespace, name, change, error):
-    doc = job_manifest(name, namespace, **change)
+    doc = cluster_job(name, namespace, **change)
     if name == "gpu-mismatch":
         doc["spec"]["volumeMounts"] = []
         doc["spec"]["volumes"] = []
@@ -510,7 +500,7 @@ def test_crd_rejects_invalid_specs(cluster, crd, namespace, name, change, error)
 
 
 def test_good_gpu_spec_and_nullable_fields_are_accepted(cluster, crd, namespace):
-    doc = job_manifest(
+    doc = cluster_job(
         "gpus",
         namespace,
         numProcPerNode=4,
@@ -523,7 +513,7 @@ def test_good_gpu_spec_and_nullable_fields_are_accepted(cluster, crd, namespace)
 
 def test_spec_the_crd_cannot_judge_fails_as_invalid_spec(cluster, operator, namespace, api):
     core, custom = api
-    doc = job_manifest("no-image", namespace)
+    doc = cluster_job("no-image", namespace)
     del doc["spec"]["image"]  # and the controller runs without --default-image
     _apply(cluster, doc)
     st = _wait_phase(custom, namespace, "no-image", "Failed")
@@ -590,11 +580,11 @@ def test_a_pod_create_refused_by_pod_security_shows_on_the_job_until_it_is_allow
     enforce = "pod-security.kubernetes.io/enforce"
     cluster.kubectl("label", "namespace", namespace, f"{enforce}=baseline")
     host = [{"name": "data", "hostPath": {"path": "/var/tmp/kubeclip-data"}}]
-    _apply(cluster, job_manifest("psa", namespace, volumes=host))
+    _apply(cluster, cluster_job("psa", namespace, volumes=host))
     cond = wait_for(
         lambda: (c := _condition(custom, namespace, "psa", "PodsWaiting")) and c["status"] == "True" and c,
         30,
-        what="PodsWaiting on a refused create",
+        "PodsWaiting on a refused create",
     )
     assert cond["reason"] == "PodCreateFailed" and "403" in cond["message"] and "PodSecurity" in cond["message"]
     assert any(r == "PodCreateFailed" and "hostPath" in m for r, m in _warnings(core, namespace, "psa"))
@@ -610,7 +600,7 @@ def test_a_pod_create_refused_by_pod_security_shows_on_the_job_until_it_is_allow
 def test_a_pod_the_api_server_finds_invalid_fails_the_job_as_invalid_spec(cluster, operator, namespace, api):
     """requests above limits pass the CRD but the API server refuses the pod (422): no retry loop."""
     core, custom = api
-    _apply(cluster, job_manifest("toobig", namespace, resources={"limits": {"cpu": "1"}, "requests": {"cpu": "2"}}))
+    _apply(cluster, cluster_job("toobig", namespace, resources={"limits": {"cpu": "1"}, "requests": {"cpu": "2"}}))
     st = _wait_phase(custom, namespace, "toobig", "Failed")
     assert st["reason"] == "InvalidSpec" and "422" in st["message"] and "toobig-node-" in st["message"]
     assert not _pods(core, namespace, "toobig") and st["restartCount"] == 0
@@ -620,7 +610,7 @@ def test_a_waiting_pod_is_shown_and_fails_the_job_at_the_start_deadline(cluster,
     """ImagePullBackOff (as the kubelet writes it) is on the job within seconds, counts as no
     failure, and ends the job at runPolicy.startDeadlineSeconds without using backoffLimit."""
     core, custom = api
-    _apply(cluster, job_manifest("pull", namespace, runPolicy={"startDeadlineSeconds": 8, "backoffLimit": 0}))
+    _apply(cluster, cluster_job("pull", namespace, runPolicy={"startDeadlineSeconds": 8, "backoffLimit": 0}))
     _wait_pods(core, namespace, "pull", 2)
     set_pod_status(core, namespace, "pull-node-0", "Running")
     waiting = {"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "nope:1"'}}
@@ -638,7 +628,7 @@ def test_a_waiting_pod_is_shown_and_fails_the_job_at_the_start_deadline(cluster,
     cond = wait_for(
         lambda: (c := _condition(custom, namespace, "pull", "PodsWaiting")) and c["status"] == "True" and c,
         5,
-        what="PodsWaiting ImagePullBackOff",
+        "PodsWaiting ImagePullBackOff",
     )
     assert cond["reason"] == "ImagePullBackOff" and 'pull-node-1: Back-off pulling image "nope:1"' == cond["message"]
     assert ("ImagePullBackOff", cond["message"]) in _warnings(core, namespace, "pull")
@@ -683,7 +673,7 @@ def test_a_knock_on_exit_next_to_a_peer_on_a_not_ready_node_is_a_disruption(clus
         core.patch_node_status(
             node, {"status": {"conditions": [{**ready, "lastHeartbeatTime": "2026-01-01T00:00:00Z"}]}}
         )
-        _apply(cluster, job_manifest("lost", namespace, runPolicy={"backoffLimit": 0}))
+        _apply(cluster, cluster_job("lost", namespace, runPolicy={"backoffLimit": 0}))
         _wait_pods(core, namespace, "lost", 2)
         binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "lost-node-1"}}
         core.create_namespaced_pod_binding(

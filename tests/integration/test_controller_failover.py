@@ -13,15 +13,11 @@ import uuid
 
 import pytest
 import yaml
-from controller_harness import (
-    Operator,
-    controller_kubeconfig,
-    grant_lease,
-    install_crd,
-    job_manifest,
-    set_pod_status,
-    wait_for,
-)
+from controller_harness import controller_kubeconfig, grant_lease, set_pod_status
+
+from devkit.jobs import cluster_job
+from devkit.operator import Operator, install_crd
+from devkit.wait import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -131,16 +127,16 @@ def test_sigkill_mid_reconcile_with_standby_takeover(cluster, setup, namespace, 
     sys_ns = setup[0]
     a = _start(setup, namespace, "a")
     b = _start(setup, namespace, "b")  # standby: ready, but not reconciling
-    assert wait_for(lambda: a.metric("kubeclip_controller_leader") == 1, 10, what="a leads")
+    assert wait_for(lambda: a.metric("kubeclip_controller_leader") == 1, 10, "a leads")
     assert b.metric("kubeclip_controller_leader") == 0
     n, nodes = 12, 3
-    docs = [job_manifest(f"job-{i}", namespace, numNodes=nodes) for i in range(n)]
+    docs = [cluster_job(f"job-{i}", namespace, numNodes=nodes) for i in range(n)]
     cluster.kubectl("apply", "-f", "-", input="\n---\n".join(yaml.safe_dump(d) for d in docs))
     # Kill the leader as soon as it has started creating pods: mid-reconcile for most jobs.
-    wait_for(lambda: core.list_namespaced_pod(namespace).items, 30, 0.05, "first pod")
+    wait_for(lambda: core.list_namespaced_pod(namespace).items, 30, "first pod", every_s=0.05)
     a.stop(signal.SIGKILL)
-    wait_for(lambda: b.metric("kubeclip_controller_leader") == 1, 20, what="standby takes over")
-    wait_for(lambda: _converged(core, custom, namespace, n, nodes, 0), 60, what="every job has exactly its objects")
+    wait_for(lambda: b.metric("kubeclip_controller_leader") == 1, 20, "standby takes over")
+    wait_for(lambda: _converged(core, custom, namespace, n, nodes, 0), 60, "every job has exactly its objects")
     lease = coord.read_namespaced_lease(f"lease-{namespace}", sys_ns)
     assert lease.spec.lease_transitions >= 1
 
@@ -153,15 +149,15 @@ def test_sigkill_mid_reconcile_with_standby_takeover(cluster, setup, namespace, 
             (x.get("status") or {}).get("phase") == "Running" for x in _inventory(core, custom, namespace)[0].values()
         ),
         60,
-        what="all Running",
+        "all Running",
     )
     c = _start(setup, namespace, "c")  # the next standby
     for j in range(n):
         set_pod_status(core, namespace, f"job-{j}-node-1", "Failed", exit_code=137, reason="OOMKilled")
     time.sleep(0.3)
     b.stop(signal.SIGKILL)
-    wait_for(lambda: c.metric("kubeclip_controller_leader") == 1, 20, what="c takes over")
-    wait_for(lambda: _converged(core, custom, namespace, n, nodes, 1), 90, what="one restart per job, counted once")
+    wait_for(lambda: c.metric("kubeclip_controller_leader") == 1, 20, "c takes over")
+    wait_for(lambda: _converged(core, custom, namespace, n, nodes, 1), 90, "one restart per job, counted once")
     for j in range(n):
         reasons = [
             e.reason for e in core.list_namespaced_event(namespace, field_selector=f"involvedObject.name=job-{j}").items
@@ -177,15 +173,15 @@ def test_hundred_jobs_all_get_their_pods(cluster, setup, namespace, api):
     core, custom, _ = api
     op = _start(setup, namespace, "scale")
     n = 100
-    docs = [job_manifest(f"s-{i}", namespace, numNodes=2) for i in range(n)]
+    docs = [cluster_job(f"s-{i}", namespace, numNodes=2) for i in range(n)]
     cluster.kubectl("apply", "-f", "-", input="\n---\n".join(yaml.safe_dump(d) for d in docs), timeout=300)
-    wait_for(lambda: _converged(core, custom, namespace, n, 2, 0), 240, 1.0, what="100 jobs with 2 pods each")
+    wait_for(lambda: _converged(core, custom, namespace, n, 2, 0), 240, "100 jobs with 2 pods each", every_s=1.0)
     wait_for(
         lambda: all(
             (j.get("status") or {}).get("phase") == "Created" for j in _inventory(core, custom, namespace)[0].values()
         ),
         60,
-        what="every status written",
+        "every status written",
     )
     assert op.metric("kubeclip_controller_reconcile_errors_total") == 0
     assert op.stop() == 0

@@ -21,15 +21,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from controller_harness import (
-    REPO,
-    Operator,
-    controller_kubeconfig,
-    install_crd,
-    job_manifest,
-    set_pod_status,
-    wait_for,
-)
+from controller_harness import controller_kubeconfig, set_pod_status
+
+from devkit.jobs import cluster_job
+from devkit.operator import Operator, install_crd
+from devkit.paths import REPO
+from devkit.wait import wait_for
 
 pytestmark = [pytest.mark.cluster]
 
@@ -79,7 +76,7 @@ def api(cluster):
 
 
 def _labelled_job(name, ns, **spec):
-    doc = job_manifest(name, ns, resources={"requests": {"cpu": "1"}}, **spec)
+    doc = cluster_job(name, ns, resources={"requests": {"cpu": "1"}}, **spec)
     doc["metadata"].setdefault("labels", {})[QUEUE_LABEL] = "team-a"
     return doc
 
@@ -116,7 +113,7 @@ def _kueue_writes_status(custom, ns, name, mutate):
                 return False
             raise
 
-    wait_for(once, 20, 0.2, "a Workload status write")
+    wait_for(once, 20, "a Workload status write")
 
 
 def _cond(type_, status, reason, message="m"):
@@ -140,7 +137,7 @@ def test_a_labelled_job_without_kueues_crds_fails_fast_with_one_reason(cluster, 
     core, custom = api
     assert cluster.kubectl("get", "crd", "workloads.kueue.x-k8s.io", check=False).returncode != 0
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(_labelled_job("nokueue", namespace)))
-    wait_for(lambda: _status(custom, namespace, "nokueue").get("phase") == "Failed", 30, 0.3, "Failed")
+    wait_for(lambda: _status(custom, namespace, "nokueue").get("phase") == "Failed", 30, "Failed", every_s=0.3)
     st = _status(custom, namespace, "nokueue")
     assert st["reason"] == "KueueNotInstalled" and "install Kueue, or remove the label" in st["message"], st
     assert _pods(core, namespace, "nokueue") == []
@@ -159,8 +156,8 @@ def kueue_crds_applied(cluster):
             == 0
         ),
         60,
-        0.5,
         "Kueue's Workload CRD Established",
+        every_s=0.5,
     )
     flavor = {
         "apiVersion": "kueue.x-k8s.io/v1beta2",
@@ -180,15 +177,17 @@ def test_queued_admitted_evicted_requeued_readmitted_and_finished(
     core, custom = api
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(_labelled_job("q", namespace, numNodes=2)))
     # A Workload that Kueue's CRD accepts; the job Queued with no pod.
-    wait_for(lambda: _status(custom, namespace, "q").get("phase") == "Queued", 30, 0.3, "Queued")
-    wl = wait_for(lambda: _workload(custom, namespace, "q"), 30, 0.3, "the Workload")  # created after the status
+    wait_for(lambda: _status(custom, namespace, "q").get("phase") == "Queued", 30, "Queued", every_s=0.3)
+    wl = wait_for(
+        lambda: _workload(custom, namespace, "q"), 30, "the Workload", every_s=0.3
+    )  # created after the status
     assert wl["spec"]["queueName"] == "team-a" and wl["spec"]["podSets"][0]["count"] == 2
     assert wl["metadata"]["finalizers"] == [FINALIZER]
     assert wl["metadata"]["ownerReferences"][0]["uid"] == _ftj(custom, namespace, "q")["metadata"]["uid"]
     assert _pods(core, namespace, "q") == []
     msg = "couldn't assign flavors to pod set node: insufficient unused quota for cpu in flavor pool-a"
     _kueue_writes_status(custom, namespace, "q", lambda s: _set(s, _cond("QuotaReserved", "False", "Pending", msg)))
-    wait_for(lambda: msg in (_status(custom, namespace, "q").get("message") or ""), 30, 0.3, "Kueue's message")
+    wait_for(lambda: msg in (_status(custom, namespace, "q").get("message") or ""), 30, "Kueue's message", every_s=0.3)
     table = cluster.kubectl("-n", namespace, "get", "ftj", "q").stdout
     assert "Queued" in table and "insufficient unused quota" in table, table
 
@@ -203,7 +202,7 @@ def test_queued_admitted_evicted_requeued_readmitted_and_finished(
         _set(s, _cond("QuotaReserved", "True", "QuotaReserved"), _cond("Admitted", "True", "Admitted"))
 
     _kueue_writes_status(custom, namespace, "q", admit)
-    wait_for(lambda: len(_pods(core, namespace, "q")) == 2, 30, 0.3, "2 pods")
+    wait_for(lambda: len(_pods(core, namespace, "q")) == 2, 30, "2 pods", every_s=0.3)
     for p in _pods(core, namespace, "q"):
         assert p.spec.node_selector == {"pool": "a"}, p.spec.node_selector
         assert any(t.key == "pool" and t.effect == "NoSchedule" for t in p.spec.tolerations or [])
@@ -216,8 +215,8 @@ def test_queued_admitted_evicted_requeued_readmitted_and_finished(
             for c in _workload(custom, namespace, "q")["status"]["conditions"]
         ),
         30,
-        0.3,
         "PodsReady on the Workload",
+        every_s=0.3,
     )
     assert _status(custom, namespace, "q")["phase"] == "Running"
 
@@ -228,10 +227,15 @@ def test_queued_admitted_evicted_requeued_readmitted_and_finished(
         "q",
         lambda s: _set(s, _cond("Evicted", "True", "Preempted", "Preempted to accommodate a workload")),
     )
-    wait_for(lambda: _status(custom, namespace, "q").get("phase") == "Queued", 30, 0.3, "Queued after the eviction")
-    wait_for(lambda: not _pods(core, namespace, "q"), 30, 0.3, "pods deleted")
     wait_for(
-        lambda: "admission" not in (_workload(custom, namespace, "q").get("status") or {}), 30, 0.3, "quota given back"
+        lambda: _status(custom, namespace, "q").get("phase") == "Queued", 30, "Queued after the eviction", every_s=0.3
+    )
+    wait_for(lambda: not _pods(core, namespace, "q"), 30, "pods deleted", every_s=0.3)
+    wait_for(
+        lambda: "admission" not in (_workload(custom, namespace, "q").get("status") or {}),
+        30,
+        "quota given back",
+        every_s=0.3,
     )
     conds = {c["type"]: c for c in _workload(custom, namespace, "q")["status"]["conditions"]}
     assert conds["QuotaReserved"]["status"] == "False" and conds["Requeued"]["status"] == "True", conds
@@ -244,18 +248,18 @@ def test_queued_admitted_evicted_requeued_readmitted_and_finished(
         _set(s, _cond("Evicted", "False", "Admitted"), _cond("Requeued", "False", "Admitted"))
 
     _kueue_writes_status(custom, namespace, "q", readmit)
-    wait_for(lambda: len(_pods(core, namespace, "q")) == 2, 30, 0.3, "pods again")
+    wait_for(lambda: len(_pods(core, namespace, "q")) == 2, 30, "pods again", every_s=0.3)
     assert {p.metadata.labels["kubeclip.dev/attempt"] for p in _pods(core, namespace, "q")} == {"0"}
     for i in (0, 1):
         set_pod_status(core, namespace, f"q-node-{i}", "Running")
     set_pod_status(core, namespace, "q-node-0", "Succeeded", exit_code=0, message="done")
-    wait_for(lambda: _status(custom, namespace, "q").get("phase") == "Succeeded", 30, 0.3, "Succeeded")
+    wait_for(lambda: _status(custom, namespace, "q").get("phase") == "Succeeded", 30, "Succeeded", every_s=0.3)
     # Finished written, the finalizer let go: Kueue can give the quota to the next job.
     wait_for(
         lambda: FINALIZER not in (_workload(custom, namespace, "q")["metadata"].get("finalizers") or []),
         30,
-        0.3,
         "the finalizer removed",
+        every_s=0.3,
     )
     conds = {c["type"]: c for c in _workload(custom, namespace, "q")["status"]["conditions"]}
     assert conds["Finished"]["status"] == "True" and conds["Finished"]["reason"] == "Succeeded", conds
@@ -267,8 +271,8 @@ def test_queued_admitted_evicted_requeued_readmitted_and_finished(
 def test_deleting_a_queued_job_lets_its_workload_go(cluster, operator, kueue_crds_applied, namespace, api):
     _, custom = api
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(_labelled_job("gone", namespace)))
-    wait_for(lambda: _status(custom, namespace, "gone").get("phase") == "Queued", 30, 0.3, "Queued")
-    wait_for(lambda: _workload(custom, namespace, "gone"), 30, 0.3, "the Workload")
+    wait_for(lambda: _status(custom, namespace, "gone").get("phase") == "Queued", 30, "Queued", every_s=0.3)
+    wait_for(lambda: _workload(custom, namespace, "gone"), 30, "the Workload", every_s=0.3)
     cluster.kubectl("-n", namespace, "delete", "ftj", "gone", "--wait=false")
 
     def let_go():
@@ -280,16 +284,18 @@ def test_deleting_a_queued_job_lets_its_workload_go(cluster, operator, kueue_crd
             return err.status == 404
         return FINALIZER not in (wl["metadata"].get("finalizers") or [])
 
-    wait_for(let_go, 30, 0.3, "the deleted job's Workload let go")
+    wait_for(let_go, 30, "the deleted job's Workload let go", every_s=0.3)
 
 
 def test_suspend_is_the_workloads_active_false(cluster, operator, kueue_crds_applied, namespace, api):
     _, custom = api
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(_labelled_job("sus", namespace)))
-    wait_for(lambda: _status(custom, namespace, "sus").get("phase") == "Queued", 30, 0.3, "Queued")
-    wait_for(lambda: _workload(custom, namespace, "sus"), 30, 0.3, "the Workload")
+    wait_for(lambda: _status(custom, namespace, "sus").get("phase") == "Queued", 30, "Queued", every_s=0.3)
+    wait_for(lambda: _workload(custom, namespace, "sus"), 30, "the Workload", every_s=0.3)
     custom.patch_namespaced_custom_object(
         "kubeclip.dev", "v1alpha1", namespace, "finetunejobs", "sus", {"spec": {"runPolicy": {"suspend": True}}}
     )
-    wait_for(lambda: _workload(custom, namespace, "sus")["spec"].get("active") is False, 30, 0.3, "active: false")
+    wait_for(
+        lambda: _workload(custom, namespace, "sus")["spec"].get("active") is False, 30, "active: false", every_s=0.3
+    )
     assert _status(custom, namespace, "sus")["phase"] == "Suspended"

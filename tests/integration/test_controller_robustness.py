@@ -17,7 +17,11 @@ import subprocess
 import uuid
 
 import pytest
-from controller_harness import Operator, controller_kubeconfig, install_crd, job_manifest, wait_for
+from controller_harness import controller_kubeconfig
+
+from devkit.jobs import cluster_job
+from devkit.operator import Operator, install_crd
+from devkit.wait import wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -76,12 +80,12 @@ def test_a_dying_background_task_exits_non_zero_and_the_restart_takes_over(clust
     fresh = Operator(kubeconfig, d / "fresh.log", *args, env=ENV).start()
     try:
         fresh.wait_ready()
-        cluster.kubectl("apply", "-f", "-", input=json.dumps(job_manifest("after", namespace)))
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(cluster_job("after", namespace)))
         wait_for(
             lambda: cluster.kubectl("get", "pod", "after-node-1", "-n", namespace, check=False).returncode == 0,
             30,
-            0.5,
             "the restarted controller to create the job's pods",
+            every_s=0.5,
         )
         assert fresh.proc.poll() is None, fresh.log_tail()
     finally:

@@ -28,11 +28,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from controller_harness import controller_kubeconfig, install_crd, job_manifest, wait_for
-from support.cluster import Cluster
-from support.controlplane import ControlPlane, client_bin_dir, new_workdir
+from controller_harness import controller_kubeconfig
 
 from controller import builders
+from devkit.cluster import Cluster
+from devkit.controlplane import ControlPlane, client_bin_dir, new_workdir
+from devkit.jobs import cluster_job
+from devkit.operator import install_crd
+from devkit.wait import wait_for
 from kubeclip.api import parse_job_spec
 
 pytestmark = pytest.mark.cluster
@@ -67,7 +70,7 @@ def _patch(cluster, namespace, name, spec):
 
 
 def test_the_trainer_part_of_the_spec_is_immutable_while_the_job_runs(cluster, crd, namespace):
-    doc = job_manifest("immutable", namespace)
+    doc = cluster_job("immutable", namespace)
     assert _apply(cluster, doc).returncode == 0
     # Not started yet (no status): anything may change.
     assert _patch(cluster, namespace, "immutable", {"training": {"epochs": 3, "batchSize": 4}}).returncode == 0
@@ -105,16 +108,16 @@ def test_admission_allows_only_the_restricted_volume_types_unless_the_chart_wide
     mount = [{"name": "data", "mountPath": "/data"}]
 
     def with_volume(name, volume):
-        return job_manifest(name, namespace, volumes=[{"name": "data", **volume}], volumeMounts=mount)
+        return cluster_job(name, namespace, volumes=[{"name": "data", **volume}], volumeMounts=mount)
 
     token = {"projected": {"sources": [{"serviceAccountToken": {"path": "token", "audience": "api"}}]}}
     try:
         host = with_volume("hostpath", {"hostPath": {"path": "/var/lib"}})
         nfs = with_volume("nfs", {"nfs": {"server": "10.0.0.1", "path": "/exports"}})
         sa_token = with_volume("satoken", token)
-        sa = job_manifest("sa", namespace, serviceAccountName="cluster-admin-sa")
+        sa = cluster_job("sa", namespace, serviceAccountName="cluster-admin-sa")
         allowed = [
-            job_manifest("plain", namespace, serviceAccountName="default"),  # a persistentVolumeClaim
+            cluster_job("plain", namespace, serviceAccountName="default"),  # a persistentVolumeClaim
             with_volume("scratch", {"emptyDir": {"medium": "Memory"}}),
             with_volume("cm", {"configMap": {"name": "labels"}}),
             with_volume("secret", {"secret": {"secretName": "s3"}}),
@@ -130,7 +133,12 @@ def test_admission_allows_only_the_restricted_volume_types_unless_the_chart_wide
             return out.returncode != 0 and text in out.stderr and out.stderr
 
         # Policies reach the API server's admission through an informer: allow it a moment.
-        wait_for(lambda: refused(nfs, "spec.volumes: data (nfs): volume type not allowed here"), 30, 0.5, "nfs refused")
+        wait_for(
+            lambda: refused(nfs, "spec.volumes: data (nfs): volume type not allowed here"),
+            30,
+            "nfs refused",
+            every_s=0.5,
+        )
         assert refused(host, "spec.volumes: data (hostPath): volume type not allowed here")
         assert refused(sa_token, "projected volumes may hold only clusterTrustBundle, configMap, downwardAPI, secret")
         assert refused(sa, "only the namespace's default ServiceAccount is allowed here")
@@ -143,7 +151,7 @@ def test_admission_allows_only_the_restricted_volume_types_unless_the_chart_wide
             "admission": {"allowHostPath": True, "extraVolumeTypes": ["nfs"], "allowServiceAccountTokenVolumes": True},
         }
         cluster.helm("upgrade", release, str(CHART), "-n", namespace, "-f", _values(tmp_path, widened))
-        wait_for(lambda: _apply(cluster, nfs, dry_run=True).returncode == 0, 30, 0.5, "nfs to be allowed")
+        wait_for(lambda: _apply(cluster, nfs, dry_run=True).returncode == 0, 30, "nfs to be allowed", every_s=0.5)
         for doc in (host, nfs, sa_token):
             out = _apply(cluster, doc)
             assert out.returncode == 0, (doc["metadata"]["name"], out.stderr)
@@ -157,7 +165,7 @@ def test_admission_allows_only_the_restricted_volume_types_unless_the_chart_wide
     ["RANK", "MASTER_ADDR", "PET_RDZV_BACKEND", "PET_RDZV_ENDPOINT", "PET_MAX_RESTARTS", "KUBECLIP_PREFLIGHT_DONE"],
 )
 def test_the_crd_refuses_environment_the_controller_sets_or_reserves(cluster, crd, namespace, name):
-    doc = job_manifest("env", namespace, env=[{"name": name, "value": "x"}])
+    doc = cluster_job("env", namespace, env=[{"name": name, "value": "x"}])
     out = _apply(cluster, doc, dry_run=True)
     assert out.returncode != 0, f"{name} was accepted"
     assert "spec.env: Invalid value" in out.stderr and "set by the controller or reserved for it" in out.stderr
@@ -168,7 +176,7 @@ def test_the_crd_accepts_other_environment(cluster, crd, namespace):
     env = [
         {"name": n, "value": "1"} for n in ("NCCL_DEBUG", "PETS", "KUBECLIPX", "HF_HOME", "TORCH_NCCL_BLOCKING_WAIT")
     ]
-    assert _apply(cluster, job_manifest("env-ok", namespace, env=env), dry_run=True).returncode == 0
+    assert _apply(cluster, cluster_job("env-ok", namespace, env=env), dry_run=True).returncode == 0
 
 
 def test_a_pass_creates_the_jobs_network_policy_with_the_charts_rights(cluster, crd, namespace, tmp_path):
@@ -182,7 +190,7 @@ def test_a_pass_creates_the_jobs_network_policy_with_the_charts_rights(cluster, 
     cluster.kubectl("create", "namespace", system)
     try:
         kubeconfig = controller_kubeconfig(cluster, system, tmp_path / "kubeconfig")
-        assert _apply(cluster, job_manifest("guarded", namespace)).returncode == 0
+        assert _apply(cluster, cluster_job("guarded", namespace)).returncode == 0
         settings = Settings(
             lease_namespace=system,
             controller_pod_labels=(("app.kubernetes.io/name", "kubeclip"),),
@@ -234,7 +242,7 @@ def test_the_charts_rbac_creates_children_that_block_owner_deletion(enforcing, t
     controller = f"system:serviceaccount:{system}:{release}-kubeclip"  # the chart's ServiceAccount
 
     def children(name):
-        assert _apply(c, job_manifest(name, jobs), check=True).returncode == 0
+        assert _apply(c, cluster_job(name, jobs), check=True).returncode == 0
         job = json.loads(c.kubectl("get", "finetunejob", name, "-n", jobs, "-o", "json").stdout)
         spec = parse_job_spec(job["spec"])
         objs = [builders.configmap(job), builders.service(job, spec), builders.pod(job, spec, 0, 0, "img:1")]
@@ -254,7 +262,7 @@ def test_the_charts_rbac_creates_children_that_block_owner_deletion(enforcing, t
     assert len(kept) == len(role["rules"]) - 1
     c.kubectl("apply", "-f", "-", input=json.dumps({**role, "rules": kept}))
     objs = children("without-rule")
-    wait_for(lambda: "blockOwnerDeletion" in create(objs[0]).stderr, 30, 0.5, "the 403 without the rule")
+    wait_for(lambda: "blockOwnerDeletion" in create(objs[0]).stderr, 30, "the 403 without the rule", every_s=0.5)
     for obj in objs[1:]:
         out = create(obj)
         assert out.returncode != 0 and "cannot set blockOwnerDeletion" in out.stderr, (obj["kind"], out.stderr)

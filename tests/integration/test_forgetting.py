@@ -26,10 +26,10 @@ import subprocess
 import sys
 
 import pytest
-from trainer_helpers import REPO, VENV_BIN, dataset, env, tiny_model
+from trainer_helpers import VENV_BIN, dataset, env
 
-sys.path.insert(0, str(REPO / "hack"))
-import forgetting_demo
+from devkit.tiny_model import tiny_model
+from hack import forgetting_demo
 
 pytestmark = pytest.mark.slow
 

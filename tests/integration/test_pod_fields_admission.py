@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from controller_harness import install_crd, job_manifest, wait_for
+
+from devkit.jobs import cluster_job
+from devkit.operator import install_crd
+from devkit.wait import wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -38,29 +41,29 @@ def test_reserved_keys_are_refused_by_the_crd_and_unlisted_fields_by_the_chart(c
         ("podAnnotations", "container.apparmor.security.beta.kubernetes.io/trainer"),
         ("podLabels", "kueue.x-k8s.io/queue-name"),
     ):
-        out = _dry_run(cluster, job_manifest("reserved", namespace, **{field: {key: "x"}}))
+        out = _dry_run(cluster, cluster_job("reserved", namespace, **{field: {key: "x"}}))
         assert out.returncode != 0 and "are reserved" in out.stderr, (key, out.stderr)
-    assert (
-        _dry_run(cluster, job_manifest("ok", namespace, podLabels={"app.kubernetes.io/part-of": "x"})).returncode == 0
-    )
+    assert _dry_run(cluster, cluster_job("ok", namespace, podLabels={"app.kubernetes.io/part-of": "x"})).returncode == 0
 
     release = "pf-" + namespace[-6:]
     base = {"crds": {"enabled": False}}
     values = {**base, "admission": {"allowedSchedulerNames": ["volcano"], "allowedPodLabelKeys": ["cost-center"]}}
     cluster.helm("install", release, str(CHART), "-n", namespace, "-f", _values(tmp_path, values))
     try:
-        unlisted = job_manifest("unlisted", namespace, podLabels={"team": "a"})
+        unlisted = cluster_job("unlisted", namespace, podLabels={"team": "a"})
 
         def refused(doc, text):
             out = _dry_run(cluster, doc)
             return out.returncode != 0 and text in out.stderr and out.stderr
 
         # Policies reach the API server's admission through an informer: allow it a moment.
-        wait_for(lambda: refused(unlisted, "only the keys cost-center are allowed"), 30, 0.5, "podLabels refused")
-        assert refused(job_manifest("rc", namespace, runtimeClassName="gvisor"), "spec.runtimeClassName: not allowed")
-        assert refused(job_manifest("an", namespace, podAnnotations={"a": "b"}), "spec.podAnnotations: not allowed")
-        assert refused(job_manifest("sn", namespace, schedulerName="other"), "only volcano allowed")
-        listed = job_manifest(
+        wait_for(
+            lambda: refused(unlisted, "only the keys cost-center are allowed"), 30, "podLabels refused", every_s=0.5
+        )
+        assert refused(cluster_job("rc", namespace, runtimeClassName="gvisor"), "spec.runtimeClassName: not allowed")
+        assert refused(cluster_job("an", namespace, podAnnotations={"a": "b"}), "spec.podAnnotations: not allowed")
+        assert refused(cluster_job("sn", namespace, schedulerName="other"), "only volcano allowed")
+        listed = cluster_job(
             "listed",
             namespace,
             schedulerName="volcano",

@@ -25,9 +25,11 @@ import sys
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import save_file
-from trainer_helpers import dataset, env, tiny_model
+from trainer_helpers import dataset, env
+
+from devkit import jobs
+from devkit.tiny_model import tiny_model
 
 pytestmark = pytest.mark.slow
 
@@ -51,31 +53,24 @@ def root(tmp_path_factory):
 
 def manifest(root, name: str, pretrained: str, training: dict):
     train_csv, val_csv = dataset(root)
-    doc = {
-        "apiVersion": "kubeclip.dev/v1alpha1",
-        "kind": "FineTuneJob",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"name": f"local-dir:{root / 'tiny-model'}", "pretrained": str(root / pretrained)},
-            "dataset": {"trainCsv": str(train_csv), "valCsv": str(val_csv)},
-            "training": {
-                "precision": "fp32",
-                "seed": 0,
-                "learningRate": 1e-3,
-                "warmupSteps": 2,
-                "epochs": 1,
-                "batchSize": 16,
-                "workers": 0,
-                "checkpointEverySteps": 0,
-                **training,
-            },
-            "output": {"path": str(root / name)},
-            "metrics": {"port": 0},
+    doc = jobs.local_job(
+        name,
+        model=f"local-dir:{root / 'tiny-model'}",
+        pretrained=root / pretrained,
+        train_csv=train_csv,
+        val_csv=val_csv,
+        output=root / name,
+        training={
+            "learningRate": 1e-3,
+            "warmupSteps": 2,
+            "epochs": 1,
+            "batchSize": 16,
+            "workers": 0,
+            "checkpointEverySteps": 0,
+            **training,
         },
-    }
-    job = root / f"{name}.yaml"
-    job.write_text(yaml.safe_dump(doc))
-    return job
+    )
+    return jobs.write(doc, root / f"{name}.yaml")
 
 
 def run(root, name: str, pretrained: str, training: dict) -> subprocess.CompletedProcess:

@@ -14,13 +14,9 @@ import sys
 import pytest
 from trainer_helpers import REPO, env, manifest
 
+from devkit.ports import free_port
+
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pod_env(nproc: int) -> dict:

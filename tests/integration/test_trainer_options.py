@@ -22,9 +22,11 @@ import sys
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file, save_file
-from trainer_helpers import TINY_CONFIG, dataset, env, tiny_model
+from trainer_helpers import dataset, env
+
+from devkit import jobs
+from devkit.tiny_model import TINY_CONFIG, tiny_model
 
 pytestmark = pytest.mark.slow
 
@@ -51,30 +53,24 @@ def run(
 ) -> subprocess.CompletedProcess:
     train_csv, val_csv = dataset(root)
     out = root / name
-    doc = {
-        "apiVersion": "kubeclip.dev/v1alpha1",
-        "kind": "FineTuneJob",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"name": model_name, "pretrained": str(pretrained)},
-            "dataset": {"trainCsv": str(train_csv), "valCsv": str(val_csv)},
-            "training": {
-                "precision": "fp32",
-                "seed": 0,
-                "learningRate": 1e-3,
-                "warmupSteps": 2,
-                "epochs": 1,
-                "batchSize": 16,
-                "workers": 0,
-                "checkpointEverySteps": 0,
-                **training,
-            },
-            "output": {"path": str(out)},
-            "metrics": {"port": 0},
+    doc = jobs.local_job(
+        name,
+        model=model_name,
+        pretrained=pretrained,
+        train_csv=train_csv,
+        val_csv=val_csv,
+        output=out,
+        training={
+            "learningRate": 1e-3,
+            "warmupSteps": 2,
+            "epochs": 1,
+            "batchSize": 16,
+            "workers": 0,
+            "checkpointEverySteps": 0,
+            **training,
         },
-    }
-    job = root / f"{name}.yaml"
-    job.write_text(yaml.safe_dump(doc))
+    )
+    job = jobs.write(doc, root / f"{name}.yaml")
     return subprocess.run(
         [sys.executable, "-m", "trainer", str(job)],
         env={**env(), **(extra_env or {})},

@@ -16,14 +16,13 @@ import pytest
 import yaml
 from trainer_helpers import REPO, env, manifest
 
+from devkit.ports import free_port
 from kubeclip.api import EXIT_CHECKPOINT_MISMATCH, EXIT_DATA, EXIT_OUTPUT_IN_USE, FINAL_EXIT_CODES
 
 pytestmark = pytest.mark.slow
 
 
 def node_env(tmp: Path, name: str, uid: str) -> dict:
-    from test_trainer_node import free_port
-
     e = env()
     term = tmp / f"termination-{name}-{uid}"
     term.write_text("")

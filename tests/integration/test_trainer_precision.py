@@ -17,10 +17,9 @@ import sys
 
 import pytest
 import yaml
-from trainer_helpers import REPO, VENV_BIN, dataset, env, manifest
+from trainer_helpers import VENV_BIN, dataset, env, manifest
 
-sys.path.insert(0, str(REPO / "hack"))
-import forgetting_demo
+from hack import forgetting_demo
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,9 @@ import subprocess
 import sys
 
 import pytest
-from trainer_helpers import TINY_CONFIG, TINY_SIGLIP_CONFIG, VENV_BIN, env, manifest, tiny_model
+from trainer_helpers import VENV_BIN, env, manifest
+
+from devkit.tiny_model import TINY_CONFIG, TINY_SIGLIP_CONFIG, tiny_model
 
 pytestmark = pytest.mark.slow
 

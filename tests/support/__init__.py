@@ -1,1 +1,1 @@
-"""Test-suite support code: the real control plane (controlplane.py) and the handle tests use (cluster.py)."""
+"""Test-suite support code only the Dockerfile tests need (dockerfile.py); what scripts share with tests is in devkit/."""

@@ -7,12 +7,9 @@ The whole harness runs end to end in ``tests/integration/test_bench_gpu.py``.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hack"))
-
-from peer import dataset, oc_log
+from hack.peer import dataset, oc_log
 
 
 def read(folder: Path) -> list[tuple[str, bytes, str]]:

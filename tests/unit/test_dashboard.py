@@ -14,18 +14,16 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from devkit.controlplane import find_binary
+
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "helm" / "kubeclip" / "dashboards" / "kubeclip.json"
 CONTRACTS = ROOT / "docs" / "contracts.md"
-
-sys.path.insert(0, str(ROOT / "tests"))
-from support.controlplane import find_binary  # noqa: E402
 
 # What each required panel topic must query (the list).
 REQUIRED = {

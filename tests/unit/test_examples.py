@@ -14,9 +14,9 @@ controller's model and the trainer's config all evolve; this keeps the examples 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
+import crd_jsonschema  # tests/crd_jsonschema.py: pytest puts tests/ first on the import path for tests/conftest.py
 import kubernetes_validate
 import pytest
 import yaml
@@ -24,9 +24,6 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 CRD_FILE = ROOT / "helm" / "kubeclip" / "files" / "crd-finetunejobs.yaml"
-
-sys.path.insert(0, str(ROOT / "tests"))
-import crd_jsonschema  # noqa: E402
 
 # The examples this repository promises (README, issue #5); a missing one is a failure.
 PROMISED = {"finetune-minimal.yaml", "finetune-multinode.yaml", "dataset-pvc.yaml", "local-cpu.yaml"}

@@ -1,8 +1,11 @@
-"""What a test holds of the running control plane: kubeconfig, server URL, real kubectl/helm, API clients.
+"""A handle on a running cluster: kubeconfig, server URL, the real kubectl and helm, API clients.
 
-Who uses it: the ``cluster`` fixture in ``tests/conftest.py`` hands tests a ``Cluster``. It exists so
-every test talks to the API server the same three ways (kubectl, helm, the Python client) with the
-same admin credentials, and can act as another user through impersonation (RBAC tests).
+Who uses it: the ``cluster`` fixture in ``tests/conftest.py`` (the test control plane) and the
+``kube`` fixture of tests/e2e (the one-node cluster, :func:`local_cluster`); ``hack/cluster.py``,
+``hack/deploy.py``, ``hack/monitoring.py`` and ``hack/kueue.py`` (:func:`local_cluster`);
+``hack/bench_controller.py``. It exists so that everything talks to an API server the same three
+ways (kubectl, helm, the Python client) through one runner, with the same admin credentials, and
+can act as another user through impersonation (RBAC tests).
 """
 
 from __future__ import annotations
@@ -13,13 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .paths import CLUSTER_DIR, tools_bin
+
 
 @dataclass(frozen=True)
 class Cluster:
     kubeconfig: str  # path of the admin kubeconfig (user in group system:masters)
     server: str  # https://127.0.0.1:<port>
     bin: str  # directory holding kubectl, helm, promtool, ...
-    control_plane: Any = field(default=None, repr=False, compare=False)  # support.controlplane.ControlPlane
+    control_plane: Any = field(default=None, repr=False, compare=False)  # devkit.controlplane.ControlPlane
+    #: How long one kubectl/helm call may take unless the call says otherwise (``timeout=``).
+    command_timeout_s: float = 120
 
     def restart_controller_manager(self) -> None:
         """Call after installing a CRD whose objects own other objects: the garbage collector then
@@ -40,8 +47,8 @@ class Cluster:
         check: bool = True,
         as_user: str | None = None,
         as_groups: list[str] | None = None,
-        timeout: float = 120,
-    ) -> subprocess.CompletedProcess:
+        timeout: float | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         """Run the real kubectl against this cluster (text mode, output captured).
 
         ``as_user``/``as_groups`` become ``--as``/``--as-group`` (impersonation by the admin).
@@ -51,19 +58,19 @@ class Cluster:
         imp = [f"--as={as_user}"] if as_user else []
         imp += [f"--as-group={g}" for g in as_groups or []]
         argv = [str(Path(self.bin) / "kubectl"), f"--kubeconfig={self.kubeconfig}", *imp, *args]
-        return _run(argv, input, check, self.env(), timeout)
+        return _run(argv, input, check, self.env(), timeout or self.command_timeout_s)
 
-    def helm(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    def helm(self, *args: str, check: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
         """Run the real helm against this cluster (text mode, output captured)."""
         argv = [str(Path(self.bin) / "helm"), f"--kubeconfig={self.kubeconfig}", *args]
-        return _run(argv, None, check, self.env(), timeout)
+        return _run(argv, None, check, self.env(), timeout or max(self.command_timeout_s, 300))
 
-    def api_client(self, as_user: str | None = None, as_groups: list[str] | None = None):
+    def api_client(self, as_user: str | None = None, as_groups: list[str] | None = None) -> Any:
         """A ``kubernetes.client.ApiClient`` with admin credentials, optionally impersonating
         ``as_user`` / ``as_groups`` (sent as Impersonate-User / Impersonate-Group headers)."""
         from kubernetes import config
 
-        client = config.new_client_from_config(config_file=self.kubeconfig)
+        client = config.new_client_from_config(config_file=self.kubeconfig)  # type: ignore[no-untyped-call]
         if as_user:
             client.set_default_header("Impersonate-User", as_user)
         if as_groups:
@@ -71,7 +78,19 @@ class Cluster:
         return client
 
 
-def _impersonate_groups(client, groups: list[str]) -> None:
+def local_cluster(command_timeout_s: float = 120) -> Cluster:
+    """The one-node cluster of ``make cluster-up``: its host kubeconfig (``.cluster/kubeconfig``,
+    reaching the API server through the host relay) and the kubectl/helm of ``make tools``.
+    Whether it is up is the caller's question (``hack/cluster.py`` state, ``netns.exists``)."""
+    return Cluster(
+        kubeconfig=str(CLUSTER_DIR / "kubeconfig"),
+        server="",
+        bin=str(tools_bin()),
+        command_timeout_s=command_timeout_s,
+    )
+
+
+def _impersonate_groups(client: Any, groups: list[str]) -> None:
     """Send one Impersonate-Group header per group.
 
     ApiClient.default_headers is a plain dict (one value per name) and the API server does not split
@@ -83,7 +102,7 @@ def _impersonate_groups(client, groups: list[str]) -> None:
     pool = client.rest_client.pool_manager
     original = pool.request
 
-    def request(method, url, *args, headers=None, **kwargs):
+    def request(method: str, url: str, *args: Any, headers: Any = None, **kwargs: Any) -> Any:
         merged = urllib3.HTTPHeaderDict(headers or {})
         for g in groups:
             merged.add("Impersonate-Group", g)
@@ -100,7 +119,9 @@ class CommandFailed(subprocess.CalledProcessError):
         return f"{cmd} exited {self.returncode}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}"
 
 
-def _run(argv: list[str], input: str | None, check: bool, env: dict, timeout: float) -> subprocess.CompletedProcess:
+def _run(
+    argv: list[str], input: str | None, check: bool, env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(argv, input=input, capture_output=True, text=True, env=env, timeout=timeout)
     if check and proc.returncode != 0:
         raise CommandFailed(proc.returncode, argv, proc.stdout, proc.stderr)

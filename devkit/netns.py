@@ -1,7 +1,7 @@
 """The network namespace the local one-node cluster lives in, and how to talk into it.
 
-Who uses it: ``tests/support/node.py`` (the node's processes start inside the namespace) and
-``support/controlplane.py`` (health checks of an API server that listens only inside it). It exists
+Who uses it: ``devkit/node.py`` (the node's processes start inside the namespace) and
+``devkit/controlplane.py`` (health checks of an API server that listens only inside it). It exists
 because every pod address, the node IP and every port of the cluster stay in a namespace the cluster
 creates itself (``ip netns add``): nothing of it is reachable from, or reaches into, the machine's
 own network; the host reaches the API server only through a Unix-socket relay (``node.py``).

@@ -1,7 +1,8 @@
 """The node of the local one-node cluster: containerd + runc + CNI, kubelet, kube-proxy, the host relay.
 
 Who uses it: ``hack/cluster.py`` (``make cluster-up`` / ``make cluster-down``) and, through it, the e2e
-tests (tests/e2e). It exists because kubeclip's promises are kept inside pods, and the API-server-only
+tests (tests/e2e); ``hack/monitoring.py``, ``hack/kueue.py`` and some e2e tests read its names
+(``NAME``, ``RUN_DIR``, ``NODE_IP``). It exists because kubeclip's promises are kept inside pods, and the API-server-only
 control plane of the fast tests (``controlplane.py``) runs none.
 
 Layout (``NAME`` = ``kubeclip``, one cluster per machine):
@@ -27,10 +28,13 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from . import netns
-from .controlplane import ControlPlane, ControlPlaneError, find_binary, free_port, write_kubeconfig
+from .cluster import Cluster
+from .controlplane import ControlPlane, ControlPlaneError, client_bin_dir, find_binary, write_kubeconfig
+from .ports import free_port
 
 NAME = "kubeclip"
 NODE_NAME = "kubeclip-node"
@@ -42,7 +46,6 @@ CONTAINERD_SOCK = RUN_DIR / "containerd.sock"
 APISERVER_SOCK = RUN_DIR / "apiserver.sock"
 PAUSE_IMAGE = "kubeclip.local/pause:dev"
 CNI_BIN = Path("/usr/lib/cni")
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _write(path: Path, text: str) -> Path:
@@ -207,6 +210,10 @@ class Node:
         self.cp = cp
         self.workdir = cp.workdir
         self.host_port = 0
+        #: kubectl and helm from the host, through the relay (``<workdir>/kubeconfig``, written by start_relay)
+        self.kube = Cluster(
+            kubeconfig=str(self.workdir / "kubeconfig"), server="", bin=str(client_bin_dir()), command_timeout_s=300
+        )
 
     # ---------------------------------------------------------------- relay (host <-> namespace)
     def start_relay(self) -> None:
@@ -220,7 +227,7 @@ class Node:
             in_netns=False,
         )
         write_kubeconfig(self.workdir / "kubeconfig", f"https://127.0.0.1:{self.host_port}", self.workdir / "pki")
-        self._wait("the host relay", lambda: self.kubectl("get", "--raw=/readyz", check=False).returncode == 0, 30)
+        self._wait("the host relay", lambda: self.kube.kubectl("get", "--raw=/readyz", check=False).returncode == 0, 30)
 
     # ---------------------------------------------------------------- containerd
     def start_containerd(self) -> None:
@@ -232,7 +239,7 @@ class Node:
         )
         self._wait("containerd", lambda: self.ctr("version", check=False).returncode == 0, 60, "containerd")
 
-    def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             ["ctr", f"--address={CONTAINERD_SOCK}", "-n", "k8s.io", *args], capture_output=True, text=True
         )
@@ -277,7 +284,7 @@ class Node:
         self._wait(f"node {NODE_NAME} Ready", self._node_ready, 120, "kubelet")
 
     def _node_ready(self) -> bool:
-        out = self.kubectl(
+        out = self.kube.kubectl(
             "get", "node", NODE_NAME, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}", check=False
         )
         return out.returncode == 0 and out.stdout.strip() == "True"
@@ -287,19 +294,7 @@ class Node:
         self.cp.spawn("kube-proxy", [str(find_binary("kube-proxy")), f"--config={conf}", "--v=1"])
 
     # ---------------------------------------------------------------- helpers
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run(
-            [str(find_binary("kubectl")), f"--kubeconfig={self.workdir / 'kubeconfig'}", *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if check and proc.returncode != 0:
-            raise ControlPlaneError(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
-        return proc
-
-    def _wait(self, what: str, ok, timeout_s: float, log: str | None = None) -> None:
+    def _wait(self, what: str, ok: Callable[[], object], timeout_s: float, log: str | None = None) -> None:
         deadline = time.monotonic() + timeout_s
         while not ok():
             for name in self.cp.procs:

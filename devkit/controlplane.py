@@ -1,7 +1,7 @@
 """A real, throwaway Kubernetes control plane: etcd + kube-apiserver (+ kube-controller-manager).
 
-Who uses it: the session fixture ``cluster`` in ``tests/conftest.py`` and ``hack/cluster.py``
-(``make cluster-up`` / ``make cluster-down``). It exists because kubeclip is an operator and its
+Who uses it: the session fixture ``cluster`` in ``tests/conftest.py``, ``hack/cluster.py``
+(``make cluster-up`` / ``make cluster-down``) and ``hack/bench_controller.py``. It exists because kubeclip is an operator and its
 tests need what only a real API server does: CRD structural-schema and CEL validation, label
 selectors, the status subresource, resourceVersion conflicts, RBAC, impersonation, server-side
 defaults — the same idea as controller-runtime's envtest.
@@ -12,7 +12,7 @@ test dependencies. Binaries come from ``$KUBEBUILDER_ASSETS`` when it holds them
 
 There is no kubelet and no scheduler: pods can be created but never run; tests play the kubelet
 by patching pod status. (``make cluster-up`` runs the same control plane with ``netns``/``node_ip``
-set, inside the network namespace of a full one-node cluster: ``tests/support/node.py``; then the
+set, inside the network namespace of a full one-node cluster: ``devkit/node.py``; then the
 controller manager runs its default controllers.) kube-controller-manager, when built, runs only the garbage collector (so
 ownerReference cascades really happen), the serviceaccount controller (every namespace gets its
 ``default`` ServiceAccount, which the ServiceAccount admission plugin needs before pods can be
@@ -27,33 +27,35 @@ import ctypes
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, TypeVar, overload
 
 from . import netns as _netns
+from .paths import tools_bin
+from .ports import free_port
 
-REPO = Path(__file__).resolve().parents[2]
 SERVICE_CIDR = "10.96.0.0/16"
 READY_TIMEOUT_S = 180.0  # a cold kube-apiserver on 2 busy cores installs its CRD/RBAC bootstrap in ~5-20 s
 ADMIN_USER = "kubeclip-admin"
+T = TypeVar("T")
 
 
 class ControlPlaneError(RuntimeError):
     """The control plane could not be started; the message says what to do."""
 
 
-def tools_bin() -> Path:
-    """Where hack/tools.sh puts the binaries: $KUBECLIP_TOOLS/bin, default <repo>/.tools/bin."""
-    return Path(os.environ.get("KUBECLIP_TOOLS") or REPO / ".tools") / "bin"
-
-
+@overload
+def find_binary(name: str, required: Literal[True] = True) -> Path: ...
+@overload
+def find_binary(name: str, required: bool) -> Path | None: ...
 def find_binary(name: str, required: bool = True) -> Path | None:
     """$KUBEBUILDER_ASSETS/<name> when present (the envtest convention), else $KUBECLIP_TOOLS/bin/<name>."""
     candidates = []
@@ -79,12 +81,6 @@ def client_bin_dir() -> Path:
     if missing:
         raise ControlPlaneError(f"{', '.join(missing)} missing in {d}: run `make tools` (hack/tools.sh).")
     return d
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _die_with_parent() -> None:
@@ -202,7 +198,7 @@ class ControlPlane:
     admission_plugins: tuple[str, ...] = ()
     server: str = ""
     kubeconfig: Path = field(init=False)
-    procs: dict[str, subprocess.Popen] = field(default_factory=dict, init=False)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
@@ -247,16 +243,16 @@ class ControlPlane:
             )
         )
 
-    def _in_ns(self, fn):
+    def _in_ns(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` (a health probe) where the processes listen: inside ``netns`` when set."""
         return _netns.call_in(self.netns, fn) if self.netns else fn()
 
-    def spawn(self, name: str, argv: list[str], in_netns: bool = True) -> subprocess.Popen:
+    def spawn(self, name: str, argv: list[str], in_netns: bool = True) -> subprocess.Popen[bytes]:
         """Start ``argv`` (inside ``netns`` when set, unless ``in_netns`` is False) in its own process
         group, output to ``<name>.log``; ``stop()`` and ``state.json`` include it."""
         return self._spawn(name, argv, in_netns)
 
-    def _spawn(self, name: str, argv: list[str], in_netns: bool = True) -> subprocess.Popen:
+    def _spawn(self, name: str, argv: list[str], in_netns: bool = True) -> subprocess.Popen[bytes]:
         if self.netns and in_netns:
             argv = _netns.wrap(self.netns) + argv
         log = open(self.workdir / f"{name}.log", "ab")
@@ -305,7 +301,7 @@ class ControlPlane:
 
             def healthy() -> bool:
                 with urllib.request.urlopen(f"{self.etcd_url}/health", timeout=2) as r:
-                    return json.load(r).get("health") == "true"
+                    return bool(json.load(r).get("health") == "true")
 
             try:
                 if self._in_ns(healthy):
@@ -363,7 +359,7 @@ class ControlPlane:
 
             def ready() -> bool:
                 with urllib.request.urlopen(f"{self.server}/readyz", context=ctx, timeout=5) as r:
-                    return r.status == 200
+                    return bool(r.status == 200)
 
             try:
                 if self._in_ns(ready):
@@ -388,7 +384,7 @@ class ControlPlane:
         if kcm is None:
             raise ControlPlaneError("no kube-controller-manager running (make tools builds it)")
         _stop_group(kcm.pid, kcm)
-        self._start_controller_manager(Path(kcm.args[0]), wait_gc_s=timeout_s)
+        self._start_controller_manager(find_binary("kube-controller-manager"), wait_gc_s=timeout_s)
 
     def _start_controller_manager(self, kcm: Path, wait_gc_s: float = 0) -> None:
         log = self.workdir / "kube-controller-manager.log"
@@ -441,7 +437,7 @@ class ControlPlane:
         self.procs.clear()
 
 
-def _stop_group(pgid: int, proc: subprocess.Popen | None = None, grace_s: float = 10.0) -> None:
+def _stop_group(pgid: int, proc: subprocess.Popen[bytes] | None = None, grace_s: float = 10.0) -> None:
     try:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
