@@ -107,7 +107,12 @@ class TrainerMetrics:
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self.port: int | None = None
-        self._scrapes = 0  # GET /metrics answered so far (close() waits for one more at the end)
+        # GET /metrics begun (body generated) and answered (body written) so far. close() waits until
+        # more have been answered than had begun when it was called: one scrape that read the final values
+        # has reached Prometheus. Counting the start apart from the answer lets a scrape whose answer the
+        # client already holds, but whose handler has not counted it yet, still mean "Prometheus is there".
+        self._scrapes_begun = 0
+        self._scrapes = 0
         self._scraped = threading.Condition()
 
     # -- updates ---------------------------------------------------------------------------
@@ -175,6 +180,8 @@ class TrainerMetrics:
                 path = self.path.split("?", 1)[0]
                 scraped = False
                 if path == "/metrics":
+                    with metrics._scraped:
+                        metrics._scrapes_begun += 1
                     body, ctype = generate_latest(metrics.registry), CONTENT_TYPE_LATEST
                     scraped = True
                 elif path == "/progress":
@@ -213,7 +220,7 @@ class TrainerMetrics:
         whose /metrics nobody has scraped does not wait."""
         if self._server is not None and final_scrape_wait_s > 0:
             with self._scraped:
-                seen = self._scrapes
+                seen = self._scrapes_begun
                 if seen:
                     t0 = time.monotonic()
                     log.info("metrics: waiting up to %.0f s for a final scrape of /metrics", final_scrape_wait_s)
