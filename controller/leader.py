@@ -18,6 +18,7 @@ leader gives up when it runs out, before any standby could take over.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -145,10 +146,8 @@ class Elector:
             if await self._attempt(self.renew_deadline_s):
                 log.info("became leader", extra={"identity": self.s.identity})
                 return True
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.s.retry_period_s)
-            except asyncio.TimeoutError:
-                pass
         return False
 
     async def keep(self, done: asyncio.Event, on_lost: Callable[[], None] | None = None) -> None:

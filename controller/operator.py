@@ -378,5 +378,5 @@ def main(s: Settings) -> int:
     """Run the controller until SIGTERM; the exit code: 0 clean stop, 1 leadership lost, 2 no config,
     3 a background task died, 4 passes still running after the stop's drain timeout."""
     setup_logging(s.log_level)
-    log.info("starting", extra={"settings": {k: v for k, v in vars(s).items()}})
+    log.info("starting", extra={"settings": dict(vars(s))})
     return asyncio.run(run(s))

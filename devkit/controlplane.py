@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import contextlib
 import ctypes
 import json
 import os
@@ -255,16 +256,15 @@ class ControlPlane:
     def _spawn(self, name: str, argv: list[str], in_netns: bool = True) -> subprocess.Popen[bytes]:
         if self.netns and in_netns:
             argv = _netns.wrap(self.netns) + argv
-        log = open(self.workdir / f"{name}.log", "ab")
-        proc = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # own process group: stop() kills the whole group
-            preexec_fn=_die_with_parent if self.owned else None,
-        )
-        log.close()
+        with open(self.workdir / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
+            proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # own process group: stop() kills the whole group
+                preexec_fn=_die_with_parent if self.owned else None,
+            )
         self.procs[name] = proc
         return proc
 
@@ -453,10 +453,8 @@ def _stop_group(pgid: int, proc: subprocess.Popen[bytes] | None = None, grace_s:
             except ProcessLookupError:
                 break
         time.sleep(0.05)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     if proc is not None:
         proc.wait()
 

@@ -22,6 +22,7 @@ pause image is built locally (``hack/images.sh system``), nothing can be pulled.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -333,10 +334,8 @@ def _cgroup_pids(root: str = "kubepods") -> list[int]:
         base = hier / root
         if base.is_dir():
             for procs in base.rglob("cgroup.procs"):
-                try:
+                with contextlib.suppress(OSError):
                     pids.update(int(p) for p in procs.read_text().split())
-                except OSError:
-                    pass
     return sorted(pids)
 
 
@@ -345,14 +344,10 @@ def _remove_cgroups(root: str = "kubepods") -> None:
         base = hier / root
         if base.is_dir():
             for d in sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-                try:
+                with contextlib.suppress(OSError):
                     d.rmdir()
-                except OSError:
-                    pass
-            try:
+            with contextlib.suppress(OSError):
                 base.rmdir()
-            except OSError:
-                pass
 
 
 def mounts_under(*roots: Path) -> list[str]:
@@ -386,10 +381,8 @@ def _stop_groups(pgids: set[int], grace_s: float = 10.0) -> None:
     long-gone `cluster-up`, reaped by init in its own time) do not count as left."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pg in pgids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pg, sig)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + (grace_s if sig == signal.SIGTERM else 5)
         while _group_members(pgids) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -410,10 +403,8 @@ def teardown(workdir: Path, pgids: dict[str, int]) -> list[str]:
         _stop_groups({pgids["kubelet"]})
     TIMINGS["kubelet"] = time.monotonic() - t0
     for pid in _cgroup_pids() + _pids_of_shims():
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     control_plane = ("kube-apiserver", "etcd")
     _stop_groups({pg for name, pg in pgids.items() if name != "kubelet" and name not in control_plane})
     # a throwaway control plane: the apiserver's graceful shutdown (draining watches for ~10 s) buys nothing

@@ -71,16 +71,15 @@ class Operator:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Operator:
-        log = open(self.log_path, "ab")  # the child keeps its own descriptor; ours is closed below
-        self.proc = subprocess.Popen(
-            self.argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-            cwd=REPO,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )
-        log.close()
+        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=REPO,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
         return self
 
     def _running(self) -> subprocess.Popen[bytes]:
@@ -112,9 +111,8 @@ class Operator:
         """Sum of the samples named ``name`` (with ``labels`` as a substring of the label set)."""
         total = 0.0
         for line in self.metrics().splitlines():
-            if line.startswith(name + "{") or line.startswith(name + " "):
-                if labels in line:
-                    total += float(line.rsplit(" ", 1)[1])
+            if (line.startswith(name + "{") or line.startswith(name + " ")) and labels in line:
+                total += float(line.rsplit(" ", 1)[1])
         return total
 
     def rss_kb(self) -> tuple[int, int]:

@@ -14,6 +14,7 @@ duration (its own histogram), and the controller's RSS (current and peak).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -92,10 +93,8 @@ def main() -> int:
 
         def sample() -> None:
             while not stop.is_set():
-                try:
+                with contextlib.suppress(OSError):
                     peak[0] = max(peak[0], op.rss_kb()[0])
-                except OSError:
-                    pass
                 stop.wait(0.5)
 
         threading.Thread(target=sample, daemon=True).start()

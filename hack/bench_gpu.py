@@ -55,6 +55,7 @@ this; no utilization, no kernel counts).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import gc
 import json
@@ -193,10 +194,8 @@ class UtilSampler:
 
     def _read(self):
         for line in self.proc.stdout:
-            try:
+            with contextlib.suppress(ValueError):
                 self.samples.append((time.time(), float(line.strip())))
-            except ValueError:
-                pass
 
     def __exit__(self, *exc):
         if self.proc is not None:

@@ -162,10 +162,11 @@ def run_ours(work: Path, data: dict, a, name: str, ddp: bool) -> dict:
     )
     manifest.write_text(json.dumps(doc))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
-    if ddp:
-        cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", 2, "-m", "trainer", manifest]
-    else:
-        cmd = [PY, "-m", "trainer", manifest]
+    cmd = (
+        [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", 2, "-m", "trainer", manifest]
+        if ddp
+        else [PY, "-m", "trainer", manifest]
+    )
     res = measure.run(cmd, run, run / f"{name}.console.log", env=env, marker="step 1/")
     m = json.loads((run / "out" / "final" / "metrics.json").read_text())
     res.update(samples_per_s=m["samples_per_second"], val_loss=round(m["val_loss"], 4))

@@ -23,6 +23,7 @@ monitoring e2e tests (tests/e2e/test_monitoring.py). It runs after `make cluster
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -106,10 +107,8 @@ def start_relay(cluster_ip: str) -> str:
     for name in ("prometheus-relay-out", "prometheus-relay-in"):  # a second `monitoring-up` replaces the relay
         pgid = state["pgids"].pop(name, None)
         if pgid:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, 15)
-            except ProcessLookupError:
-                pass
     PROMETHEUS_SOCK.unlink(missing_ok=True)
     port = free_port()
     argvs = {
@@ -126,8 +125,8 @@ def start_relay(cluster_ip: str) -> str:
         ],
     }
     for name, argv in argvs.items():
-        log = open(CLUSTER_DIR / f"{name}.log", "ab")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(CLUSTER_DIR / f"{name}.log", "ab") as log:  # the relay keeps its own descriptor
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         state["pgids"][name] = proc.pid
         if name == "prometheus-relay-in":
             wait_for(PROMETHEUS_SOCK.exists, 10, "the relay's socket")

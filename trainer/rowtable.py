@@ -163,7 +163,7 @@ class _Writer:
     """Appends one column's values as UTF-8 bytes to a blob file and records their lengths."""
 
     def __init__(self, path: Path):
-        self.file = open(path, "wb")  # closed in finish() or by load_or_build
+        self.file = open(path, "wb")  # noqa: SIM115 (held across append() calls; closed in finish() or by load_or_build)
         self.lengths: list[np.ndarray] = []
 
     def add(self, values: Any) -> None:

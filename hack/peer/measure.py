@@ -16,6 +16,7 @@ can be missed) and the CPU seconds of the whole tree (``getrusage`` of waited-fo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import shutil
@@ -94,10 +95,8 @@ def kill_tree(root: int) -> None:
         found.append(pid)
         stack.extend(kids.get(pid, []))
     for pid in found:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def gpu_used_mib() -> int | None:

@@ -60,7 +60,12 @@ def install_wait_log(path: str) -> None:
             calls.append([time.time(), time.perf_counter() - t0])
 
     dataloader._BaseDataLoaderIter.__next__ = timed_next  # type: ignore[method-assign]
-    atexit.register(lambda: open(path, "w").write(json.dumps(calls)))
+
+    def write_calls() -> None:
+        with open(path, "w") as f:
+            f.write(json.dumps(calls))
+
+    atexit.register(write_calls)
 
 
 if __name__ == "__main__":

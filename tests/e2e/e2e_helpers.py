@@ -59,7 +59,9 @@ def load_dataset(kube: Cluster, ns: str, data_dir: Path) -> None:
         "-c",
         "import os; print(sorted(os.listdir('/data/penguins')), os.stat('/data/penguins/train.csv').st_uid)",
     ).stdout
-    assert "'train.csv'" in listing and "'val.csv'" in listing and listing.split()[-1] == "1000", listing
+    assert "'train.csv'" in listing, listing
+    assert "'val.csv'" in listing, listing
+    assert listing.split()[-1] == "1000", listing
     kube.kubectl("-n", ns, "delete", "pod", "dataset-loader", "--wait=false")
 
 

@@ -23,7 +23,7 @@ def _with_volume(name: str, volume: dict) -> str:
 
 
 @pytest.mark.parametrize(
-    "name, volume, error",
+    ("name", "volume", "error"),
     [
         ("nfs", {"nfs": {"server": "10.0.0.1", "path": "/exports"}}, "data (nfs): volume type not allowed here"),
         (
@@ -35,7 +35,8 @@ def _with_volume(name: str, volume: dict) -> str:
 )
 def test_the_charts_defaults_refuse_the_volume_at_apply(kube, namespace, name, volume, error):
     out = kube.kubectl("-n", namespace, "apply", "-f", "-", input=_with_volume(name, volume), check=False)
-    assert out.returncode != 0 and error in out.stderr, out.stderr
+    assert out.returncode != 0, out.stderr
+    assert error in out.stderr, out.stderr
     assert kube.kubectl("-n", namespace, "get", "ftj", name, check=False).returncode != 0
 
 

@@ -36,14 +36,18 @@ def _cluster_processes() -> list[str]:
 def test_cluster_down_leaves_no_process_mount_or_namespace(kube):
     # the cluster is really up: pods, their mounts and the namespace exist now
     assert netns.exists(NAME)
-    assert _cluster_processes() and _pids_of_shims() and _cgroup_pids()
+    assert _cluster_processes()
+    assert _pids_of_shims()
+    assert _cgroup_pids()
     assert mounts_under(CLUSTER_DIR, RUN_DIR)
     proc = subprocess.run(
         [sys.executable, "-m", "hack.cluster", "down"], cwd=REPO, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert _cluster_processes() == []
-    assert _pids_of_shims() == [] and _cgroup_pids() == []
+    assert _pids_of_shims() == []
+    assert _cgroup_pids() == []
     assert mounts_under(CLUSTER_DIR, RUN_DIR) == []
     assert not netns.exists(NAME)
-    assert not CLUSTER_DIR.exists() and not RUN_DIR.exists()
+    assert not CLUSTER_DIR.exists()
+    assert not RUN_DIR.exists()

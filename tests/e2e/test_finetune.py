@@ -84,13 +84,15 @@ def test_multinode_cpu_job_succeeds_with_loadable_model(kube, namespace, dataset
     status = ftj(kube, namespace, "penguins")["status"]
     assert status["phase"] == "Succeeded", explain()
     assert seen, "kubectl get ftj never showed progress, loss and R@1 together while Running"
-    assert 0.0 <= float(seen["R@1"]) <= 1.0 and float(seen["LOSS"]) > 0, seen
+    assert 0.0 <= float(seen["R@1"]) <= 1.0, seen
+    assert float(seen["LOSS"]) > 0, seen
     assert status.get("restartCount", 0) == 0
     # the final status is the finished run's (node 0's termination message), not the last poll:
     # 100 %, and the R@1 of the last eval, the one in final/metrics.json on the volume
     metrics = json.loads((pv_dir(kube, namespace) / "runs/penguins/final/metrics.json").read_text())
     progress = status["progress"]
-    assert progress["phase"] == "done" and progress["percent"] == 100, progress
+    assert progress["phase"] == "done", progress
+    assert progress["percent"] == 100, progress
     assert progress["step"] == progress["totalSteps"] == metrics["steps"], (progress, metrics["steps"])
     assert progress["recallAt1"] == round(metrics["image_to_text_R@1"], 4), (progress, metrics)
     cells = _columns(kube, namespace, "penguins")
@@ -109,7 +111,8 @@ def test_multinode_cpu_job_succeeds_with_loadable_model(kube, namespace, dataset
     out = subprocess.run(
         [sys.executable, "-c", code, str(final)], capture_output=True, text=True, cwd=REPO, timeout=300
     )
-    assert out.returncode == 0 and int(out.stdout.split()[-1]) > 1_000_000, out.stderr[-2000:]
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.split()[-1]) > 1_000_000, out.stderr[-2000:]
 
 
 def test_wrong_separator_fails_fast_with_preflight_line(kube, namespace, dataset_dir):
@@ -119,7 +122,8 @@ def test_wrong_separator_fails_fast_with_preflight_line(kube, namespace, dataset
     status = ftj(kube, namespace, "badsep")["status"]
     assert status["phase"] == "Failed"
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
-    assert "bad.csv" in failed["message"] and "separator" in failed["message"], failed
+    assert "bad.csv" in failed["message"], failed
+    assert "separator" in failed["message"], failed
     assert "\n" not in failed["message"].strip()
     assert status.get("restartCount", 0) == 0
     # within a minute of its pod starting (the pods are gone: cleanPodPolicy; their events remain)
@@ -137,7 +141,8 @@ def test_wrong_separator_fails_fast_with_preflight_line(kube, namespace, dataset
     failed_at = _time(failed["lastTransitionTime"])
     assert 0 < (failed_at - min(starts)).total_seconds() < 60, (starts, failed_at)
     describe = kube.kubectl("-n", namespace, "describe", "ftj", "badsep").stdout
-    assert "bad.csv" in describe and "separator" in describe, describe
+    assert "bad.csv" in describe, describe
+    assert "separator" in describe, describe
 
 
 def _kill_mid_run(kube, namespace, dataset_dir, name, kill) -> None:
@@ -164,7 +169,8 @@ def _kill_mid_run(kube, namespace, dataset_dir, name, kill) -> None:
     status = ftj(kube, namespace, name)["status"]
     assert status["phase"] == "Succeeded", explain()
     assert status["restartCount"] == 1, status
-    assert status.get("disruptedAttempts") == 1 and status.get("failedAttempts", 0) == 0, status
+    assert status.get("disruptedAttempts") == 1, status
+    assert status.get("failedAttempts", 0) == 0, status
     log0 = kube.kubectl("-n", namespace, "logs", f"{name}-node-0").stdout
     resumed = [line for line in log0.splitlines() if "resumed from" in line]
     assert resumed, log0[-3000:]
@@ -241,5 +247,6 @@ def test_controller_pod_deleted_mid_run_new_one_takes_over(kube, namespace, data
         ).stdout
     )["items"]
     uids = {e["involvedObject"]["uid"] for e in events if e["involvedObject"]["name"].startswith("takeover-node-")}
-    assert len(pods_before) == 2 and uids == set(pods_before), (pods_before, uids)
+    assert len(pods_before) == 2, (pods_before, uids)
+    assert uids == set(pods_before), (pods_before, uids)
     assert ftj(kube, namespace, "takeover")["status"].get("restartCount", 0) == 0

@@ -144,25 +144,29 @@ def test_quota_runs_one_job_while_the_other_waits_queued_with_kueues_message(kub
     assert "insufficient unused quota for cpu" in st["message"], st
     assert "insufficient unused quota" in st["queue"]["pending"], st
     queued = next(c for c in st["conditions"] if c["type"] == "Queued")
-    assert queued["status"] == "True" and "insufficient unused quota" in queued["message"]
+    assert queued["status"] == "True"
+    assert "insufficient unused quota" in queued["message"]
     table = kube.kubectl("-n", namespace, "get", "ftj", waiting).stdout
-    assert "Queued" in table and "insufficient unused quota" in table, table
+    assert "Queued" in table, table
+    assert "insufficient unused quota" in table, table
     assert _status(kube, namespace, running)["queue"]["clusterQueue"] == queues
     # The first finishes; Kueue gets its quota back (Finished, finalizer gone) and admits the second.
     _until(kube, namespace, running, ("Succeeded", "Failed"), 900, ex[running])
     assert _phase(kube, namespace, running) == "Succeeded", ex[running]()
     wl = _workload(kube, namespace, running)
-    assert _cond(wl, "Finished").get("status") == "True" and "kueue.x-k8s.io/resource-in-use" not in (
-        wl["metadata"].get("finalizers") or []
-    ), wl
+    assert _cond(wl, "Finished").get("status") == "True", wl
+    assert "kueue.x-k8s.io/resource-in-use" not in (wl["metadata"].get("finalizers") or []), wl
     _until(kube, namespace, waiting, ("Succeeded", "Failed"), 900, ex[waiting])
     st = _status(kube, namespace, waiting)
     assert st["phase"] == "Succeeded", ex[waiting]()
-    assert st["restartCount"] == 0 and st.get("failedAttempts", 0) == 0
+    assert st["restartCount"] == 0
+    assert st.get("failedAttempts", 0) == 0
     listing = kube.kubectl("-n", namespace, "get", "workloads").stdout
-    assert f"finetunejob-{waiting}" in listing and f"finetunejob-{running}" in listing, listing
+    assert f"finetunejob-{waiting}" in listing, listing
+    assert f"finetunejob-{running}" in listing, listing
     events = kube.kubectl("-n", namespace, "get", "events", "--field-selector", f"involvedObject.name={waiting}").stdout
-    assert "Queued" in events and "Admitted" in events, events
+    assert "Queued" in events, events
+    assert "Admitted" in events, events
 
 
 def test_preempted_job_goes_back_to_queued_and_resumes_from_its_checkpoint(kube, namespace, dataset_dir, queues):
@@ -189,7 +193,8 @@ def test_preempted_job_goes_back_to_queued_and_resumes_from_its_checkpoint(kube,
     # The low job's pods go and it is Queued again: no failure, nothing counted.
     _until(kube, namespace, "low", ("Queued",), 180, ex_low)
     st = _status(kube, namespace, "low")
-    assert "Preempted" in st["reason"] and "evicted by Kueue" in st["message"], st
+    assert "Preempted" in st["reason"], st
+    assert "evicted by Kueue" in st["message"], st
     assert (st["restartCount"], st.get("failedAttempts", 0), st.get("disruptedAttempts", 0)) == (0, 0, 0), st
     wait_for(lambda: _pods(kube, namespace, "low") == [], 120, "low's pods gone", explain=ex_low, every_s=1)
     _until(kube, namespace, "high", ("Succeeded", "Failed"), 900, ex_high)
@@ -198,7 +203,8 @@ def test_preempted_job_goes_back_to_queued_and_resumes_from_its_checkpoint(kube,
     _until(kube, namespace, "low", ("Succeeded", "Failed"), 1200, ex_low)
     st = _status(kube, namespace, "low")
     assert st["phase"] == "Succeeded", ex_low()
-    assert st.get("failedAttempts", 0) == 0 and st.get("disruptedAttempts", 0) == 0, st
+    assert st.get("failedAttempts", 0) == 0, st
+    assert st.get("disruptedAttempts", 0) == 0, st
     log0 = kube.kubectl("-n", namespace, "logs", "low-node-0").stdout
     resumed = [line for line in log0.splitlines() if "resumed from" in line]
     assert resumed, log0[-3000:]
@@ -211,7 +217,8 @@ def test_preempted_job_goes_back_to_queued_and_resumes_from_its_checkpoint(kube,
     out = subprocess.run(
         [sys.executable, "-c", code, str(final)], capture_output=True, text=True, cwd=REPO, timeout=300
     )
-    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("ok"), out.stderr[-2000:]
 
 
 def test_kueue_stopped_mid_run_leaves_jobs_without_the_label_alone(kube, namespace, dataset_dir):
@@ -263,7 +270,8 @@ def test_kueue_stopped_mid_run_leaves_jobs_without_the_label_alone(kube, namespa
         for name in ("plain", "plain2"):
             _until(kube, namespace, name, ("Succeeded", "Failed"), 900, debug(kube, namespace, name))
             st = _status(kube, namespace, name)
-            assert st["phase"] == "Succeeded" and st.get("restartCount", 0) == 0, st
+            assert st["phase"] == "Succeeded", st
+            assert st.get("restartCount", 0) == 0, st
             assert "queue" not in st
     finally:
         kube.kubectl("-n", "kueue-system", "scale", "deploy/kueue-controller-manager", "--replicas=1")

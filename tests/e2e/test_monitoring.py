@@ -16,6 +16,7 @@ alert go from inactive to firing (on a fresh ``make e2e`` cluster it does).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -139,7 +140,8 @@ def test_prometheus_scraped_the_controller_and_node_0_as_up(run):
     assert "controller" in targets, "the controller's ServiceMonitor target was never up"
     assert "trainer" in targets, "the job's node 0 (PodMonitor) was never an up target while it ran"
     t = targets["trainer"]
-    assert t["scrapeUrl"].endswith("/metrics") and t["scrapePool"].startswith("podMonitor/"), t
+    assert t["scrapeUrl"].endswith("/metrics"), t
+    assert t["scrapePool"].startswith("podMonitor/"), t
     assert targets["controller"]["scrapePool"].startswith("serviceMonitor/"), targets["controller"]
 
 
@@ -148,7 +150,8 @@ def test_series_carry_job_namespace_pod_and_step_reaches_total(prom, ns, run):
     series = prom.query_range(f'kubeclip_trainer_step{{namespace="{ns}"}}', run["start"], run["end"])
     assert series, "no kubeclip_trainer_step series for the job"
     for s in series:
-        assert s["metric"]["finetunejob"] == name and s["metric"]["namespace"] == ns, s["metric"]
+        assert s["metric"]["finetunejob"] == name, s["metric"]
+        assert s["metric"]["namespace"] == ns, s["metric"]
         assert s["metric"]["pod"] == f"{name}-node-0", s["metric"]
     reached = max(float(v) for s in series for _, v in s["values"])
     total = run["status"]["progress"]["totalSteps"]
@@ -297,8 +300,6 @@ def test_a_frozen_trainer_fires_kubeclip_training_stalled(kube, prom, ns, run):
         assert stalled == {name}, stalled
     finally:
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
         kube.kubectl("-n", ns, "delete", "ftj", name, "--wait=false", check=False)

@@ -47,14 +47,17 @@ def test_node_0_deleted_mid_run_resumes_at_the_step_it_reached(kube, namespace, 
     _run_until(kube, namespace, name, ("Succeeded", "Failed"), 900)
     status = ftj(kube, namespace, name)["status"]
     assert status["phase"] == "Succeeded", explain()
-    assert status["restartCount"] == 1 and status.get("disruptedAttempts") == 1, status
+    assert status["restartCount"] == 1, status
+    assert status.get("disruptedAttempts") == 1, status
     log0 = kube.kubectl("-n", namespace, "logs", f"{name}-node-0").stdout
     resumed = re.search(r"resumed from \S+/step-(\d+)\.pt: step (\d+) \(epoch (\d+), step (\d+) of it\)", log0)
     assert resumed, log0[-3000:]
     step, in_epoch = int(resumed.group(2)), int(resumed.group(4))
     # an epoch-end checkpoint resumes at "(epoch E+1, step 0 of it)"; only the SIGTERM one mid-epoch
     # (or right after an epoch's last step, before its eval: "step 6 of it")
-    assert step >= seen and 0 < in_epoch <= STEPS_PER_EPOCH, (resumed.group(0), seen)
+    assert step >= seen, (resumed.group(0), seen)
+    assert 0 < in_epoch <= STEPS_PER_EPOCH, (resumed.group(0), seen)
     # the first step the new attempt ran is the one after the checkpoint
     first = re.search(r"step (\d+)/\d+ epoch", log0)
-    assert first and int(first.group(1)) == step + 1, log0[-3000:]
+    assert first, log0[-3000:]
+    assert int(first.group(1)) == step + 1, log0[-3000:]

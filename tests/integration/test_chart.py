@@ -136,7 +136,11 @@ def test_rendered_objects_validate(tmp_path, name):
             value = doc["metadata"].get(key, "")
             assert len(value) <= 63, f"{kind} {key} {value!r} is longer than 63 characters"
         for label, value in doc["metadata"].get("labels", {}).items():
-            assert len(str(value)) <= 63 and re.fullmatch(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]?", str(value)), (
+            assert len(str(value)) <= 63, (
+                label,
+                value,
+            )
+            assert re.fullmatch(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]?", str(value)), (
                 label,
                 value,
             )
@@ -148,7 +152,8 @@ def test_monitor_validation_can_fail(tmp_path):
     monitor["spec"]["podMetricsEndpoints"][0]["interval"] = "every minute"
     monitor["spec"]["selektor"] = {}
     found = " ".join(crd_jsonschema.errors(prometheus_operator_crds()["PodMonitor"], monitor))
-    assert "selektor" in found and "interval" in found
+    assert "selektor" in found
+    assert "interval" in found
 
 
 def test_schema_rejects_unknown_and_mistyped_values(tmp_path):
@@ -160,7 +165,8 @@ def test_schema_rejects_unknown_and_mistyped_values(tmp_path):
         {"watch": {"namespaces": ["Not_A_Namespace"]}},
     ):
         proc = helm("template", "kc", str(CHART), "-f", str(values_file(tmp_path, bad)), check=False)
-        assert proc.returncode != 0 and "schema" in proc.stderr, (bad, proc.stderr)
+        assert proc.returncode != 0, (bad, proc.stderr)
+        assert "schema" in proc.stderr, (bad, proc.stderr)
 
 
 def test_schema_closes_every_object():
@@ -280,7 +286,9 @@ def test_controller_deployment(tmp_path):
     pod = dep["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     args = container["args"]
-    assert args[0] == "operator" and "--namespace=team-a" in args and "--all-namespaces" not in args
+    assert args[0] == "operator"
+    assert "--namespace=team-a" in args
+    assert "--all-namespaces" not in args
     assert {
         "--metrics-port=8080",
         "--health-port=8081",
@@ -294,10 +302,14 @@ def test_controller_deployment(tmp_path):
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"metrics": 8080, "health": 8081}
-    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    assert container["resources"]["requests"]
+    assert container["resources"]["limits"]["memory"]
     sc, psc = container["securityContext"], pod["securityContext"]
-    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"] and sc["runAsNonRoot"]
-    assert psc["runAsUser"] == 1000 and psc["seccompProfile"]["type"] == "RuntimeDefault"
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert sc["runAsNonRoot"]
+    assert psc["runAsUser"] == 1000
+    assert psc["seccompProfile"]["type"] == "RuntimeDefault"
     (svc,) = by_kind(docs, "Service")
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
@@ -306,7 +318,8 @@ def test_controller_deployment(tmp_path):
 def test_crd_template_is_the_generated_crd_with_keep_policy(tmp_path):
     generated = yaml.safe_load((CHART / "files" / "crd-finetunejobs.yaml").read_text())
     (crd,) = by_kind(render(tmp_path, {}), "CustomResourceDefinition")
-    assert crd["spec"] == generated["spec"] and crd["metadata"]["name"] == CRD_NAME
+    assert crd["spec"] == generated["spec"]
+    assert crd["metadata"]["name"] == CRD_NAME
     assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     (crd,) = by_kind(render(tmp_path, {"crds": {"keep": False}}), "CustomResourceDefinition")
     assert "helm.sh/resource-policy" not in crd["metadata"].get("annotations", {})
@@ -318,9 +331,8 @@ def test_rbac_rules_come_from_the_controller_file(tmp_path):
     sa = [{"kind": "ServiceAccount", "name": "kc-kubeclip", "namespace": "kubeclip-system"}]
     cluster = render(tmp_path, {})
     roles = {r["metadata"]["name"]: r for r in by_kind(cluster, "ClusterRole")}
-    assert (
-        roles["kc-kubeclip"]["rules"] == rules["namespaced"] and roles["kc-kubeclip-nodes"]["rules"] == rules["cluster"]
-    )
+    assert roles["kc-kubeclip"]["rules"] == rules["namespaced"]
+    assert roles["kc-kubeclip-nodes"]["rules"] == rules["cluster"]
     assert all(b["subjects"] == sa for b in by_kind(cluster, "ClusterRoleBinding"))
     # The Lease: a Role in the release namespace only, get/update by name, in both modes.
     (lease,) = by_kind(cluster, "Role")
@@ -358,7 +370,9 @@ def test_admission_policy_follows_the_values(tmp_path):
     default = policy({})
     assert f"['name', {restricted}]" in default  # an allow-list: the volume's name, then its one type
     assert "['clusterTrustBundle', 'configMap', 'downwardAPI', 'secret']" in default  # projected sources
-    assert "serviceAccountName" in default and "hostPath" not in default and "nfs" not in default
+    assert "serviceAccountName" in default
+    assert "hostPath" not in default
+    assert "nfs" not in default
     assert "'hostPath'" in policy({"admission": {"allowHostPath": True}})
     assert "'nfs'" in policy({"admission": {"extraVolumeTypes": ["nfs"]}})
     assert "'serviceAccountToken'" in policy({"admission": {"allowServiceAccountTokenVolumes": True}})
@@ -367,7 +381,8 @@ def test_admission_policy_follows_the_values(tmp_path):
     assert policy({"admission": {"enabled": False}}) is None
     # The pod fields a job author sets: refused until the values list names (``"*"``: any).
     fields = ["schedulerName", "runtimeClassName", "podLabels", "podAnnotations"]
-    assert all(f"object.spec.{f}" in default for f in fields) and default.count(" in []") == 4
+    assert all(f"object.spec.{f}" in default for f in fields)
+    assert default.count(" in []") == 4
     everything = {
         "allowedSchedulerNames": ["*"],
         "allowedRuntimeClassNames": ["*"],
@@ -376,7 +391,8 @@ def test_admission_policy_follows_the_values(tmp_path):
     }
     assert not any(f"object.spec.{f}" in policy({"admission": everything}) for f in fields)
     listed = policy({"admission": {"allowedSchedulerNames": ["volcano"], "allowedPodLabelKeys": ["cost-center"]}})
-    assert "object.spec.schedulerName in ['volcano']" in listed and "k in ['cost-center']" in listed
+    assert "object.spec.schedulerName in ['volcano']" in listed
+    assert "k in ['cost-center']" in listed
     # Type names are letters only (they land in CEL string literals).
     bad = helm(
         "template",
@@ -386,7 +402,8 @@ def test_admission_policy_follows_the_values(tmp_path):
         str(values_file(tmp_path, {"admission": {"extraVolumeTypes": ["x'y"]}})),
         check=False,
     )
-    assert bad.returncode != 0 and "extraVolumeTypes" in bad.stderr
+    assert bad.returncode != 0
+    assert "extraVolumeTypes" in bad.stderr
 
 
 def test_kueue_rbac_follows_the_value(tmp_path):
@@ -414,15 +431,18 @@ def test_network_policy_is_the_controllers_per_job_policy_on_by_default(tmp_path
     assert default["KUBECLIP_NETWORK_POLICY"] == "1"
     assert default["KUBECLIP_MONITORING_NAMESPACE"] == "monitoring"
     labels = json.loads(default["KUBECLIP_CONTROLLER_POD_LABELS"])
-    assert labels and labels.items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    assert labels
+    assert labels.items() <= dep["spec"]["template"]["metadata"]["labels"].items()
     _, off = env({"networkPolicy": {"enabled": False, "monitoringNamespace": "prom"}})
-    assert off["KUBECLIP_NETWORK_POLICY"] == "0" and off["KUBECLIP_MONITORING_NAMESPACE"] == "prom"
+    assert off["KUBECLIP_NETWORK_POLICY"] == "0"
+    assert off["KUBECLIP_MONITORING_NAMESPACE"] == "prom"
 
 
 def test_monitors_target_the_contract_ports(tmp_path):
     docs = render(tmp_path, ALL_ON)
     (sm,) = by_kind(docs, "ServiceMonitor")
-    assert sm["spec"]["endpoints"][0]["port"] == "metrics" and sm["metadata"]["labels"]["release"] == "prom"
+    assert sm["spec"]["endpoints"][0]["port"] == "metrics"
+    assert sm["metadata"]["labels"]["release"] == "prom"
     (pm,) = by_kind(docs, "PodMonitor")
     sel = pm["spec"]["selector"]
     assert sel["matchLabels"] == {"kubeclip.dev/node-index": "0"}
@@ -463,7 +483,8 @@ def test_alert_rules_pass_promtool_check(tmp_path):
     path = tmp_path / "rules.yaml"
     path.write_text(yaml.safe_dump(rules_of(render(tmp_path, ALL_ON))))
     proc = subprocess.run([str(find_binary("promtool")), "check", "rules", str(path)], capture_output=True, text=True)
-    assert proc.returncode == 0 and "SUCCESS: 6 rules found" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS: 6 rules found" in proc.stdout, proc.stdout + proc.stderr
 
 
 # Synthetic series (1 sample per minute) and the alerts they must, and must not, raise.
@@ -651,7 +672,8 @@ def test_alerts_fire_when_and_only_when_they_should(tmp_path):
     proc = subprocess.run(
         [str(find_binary("promtool")), "test", "rules", "tests.yaml"], cwd=tmp_path, capture_output=True, text=True
     )
-    assert proc.returncode == 0 and "SUCCESS" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS" in proc.stdout, proc.stdout + proc.stderr
 
 
 # ----------------------------------------------------------------------------- the real API server
@@ -710,7 +732,8 @@ def test_install_upgrade_uninstall(cluster, namespace, tmp_path):
             break
         time.sleep(1)
     assert explained.returncode == 0, explained.stderr
-    assert "numProcPerNode" in explained.stdout and "model" in explained.stdout
+    assert "numProcPerNode" in explained.stdout
+    assert "model" in explained.stdout
     dep = json.loads(cluster.kubectl("get", "deployment", fullname, "-n", namespace, "-o", "json").stdout)
     assert dep["spec"]["template"]["spec"]["serviceAccountName"] == fullname
     assert "--all-namespaces" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -734,7 +757,8 @@ def test_install_upgrade_uninstall(cluster, namespace, tmp_path):
     assert not _can(cluster, sa, "get", "secrets", namespace)
     assert not _can(cluster, sa, "update", "finetunejobs.kubeclip.dev", namespace)
     # Nodes: read by name only. The Lease: its own, in its own namespace only.
-    assert _can(cluster, sa, "get", "nodes", None) and not _can(cluster, sa, "list", "nodes", None)
+    assert _can(cluster, sa, "get", "nodes", None)
+    assert not _can(cluster, sa, "list", "nodes", None)
     assert _can(cluster, sa, "update", f"leases.coordination.k8s.io/{fullname}-leader", namespace)
     assert not _can(cluster, sa, "update", "leases.coordination.k8s.io/kube-scheduler", namespace)
     assert not _can(cluster, sa, "update", f"leases.coordination.k8s.io/{fullname}-leader", "default")

@@ -180,14 +180,18 @@ def test_example_job_gets_configmap_service_and_restricted_pods(cluster, operato
     cm = core.read_namespaced_config_map(f"{name}-config", namespace)
     manifest = yaml.safe_load(cm.data["job.yaml"])
     job_name, spec = parse_manifest(manifest)
-    assert job_name == name and spec.numNodes == 3 and spec.training.batchSize == 128
+    assert job_name == name
+    assert spec.numNodes == 3
+    assert spec.training.batchSize == 128
     assert not {"image", "volumes", "resources"} & set(manifest["spec"])
 
     svc = core.read_namespaced_service(name, namespace)
-    assert svc.spec.cluster_ip == "None" and svc.spec.selector == {"kubeclip.dev/job-name": name}
+    assert svc.spec.cluster_ip == "None"
+    assert svc.spec.selector == {"kubeclip.dev/job-name": name}
 
     for i, p in enumerate(pods):
-        assert p.metadata.name == f"{name}-node-{i}" and p.metadata.labels["kubeclip.dev/node-index"] == str(i)
+        assert p.metadata.name == f"{name}-node-{i}"
+        assert p.metadata.labels["kubeclip.dev/node-index"] == str(i)
         (ref,) = p.metadata.owner_references
         assert (ref.kind, ref.name, ref.uid, ref.controller, ref.block_owner_deletion) == (
             "FineTuneJob",
@@ -199,33 +203,35 @@ def test_example_job_gets_configmap_service_and_restricted_pods(cluster, operato
         c = p.spec.containers[0]
         env = {e.name: e.value for e in c.env}
         assert env["RANK"] == env["NODE_RANK"] == env["PET_NODE_RANK"] == str(i)
-        assert env["WORLD_SIZE"] == "6" and env["PET_NPROC_PER_NODE"] == "2" and env["PET_NNODES"] == "3"
-        assert env["MASTER_ADDR"] == f"{name}-node-0.{name}.{namespace}.svc" and env["MASTER_PORT"] == "23456"
+        assert env["WORLD_SIZE"] == "6"
+        assert env["PET_NPROC_PER_NODE"] == "2"
+        assert env["PET_NNODES"] == "3"
+        assert env["MASTER_ADDR"] == f"{name}-node-0.{name}.{namespace}.svc"
+        assert env["MASTER_PORT"] == "23456"
         assert c.command == ["python", "-m", "trainer.node", "/etc/kubeclip/job.yaml"]
-        assert c.security_context.allow_privilege_escalation is False and c.security_context.capabilities.drop == [
-            "ALL"
-        ]
-        assert (
-            p.spec.security_context.run_as_non_root and p.spec.security_context.seccomp_profile.type == "RuntimeDefault"
-        )
-        assert (
-            c.resources.limits["nvidia.com/gpu"] == "2"
-            and p.spec.hostname == p.metadata.name
-            and p.spec.subdomain == name
-        )
+        assert c.security_context.allow_privilege_escalation is False
+        assert c.security_context.capabilities.drop == ["ALL"]
+        assert p.spec.security_context.run_as_non_root
+        assert p.spec.security_context.seccomp_profile.type == "RuntimeDefault"
+        assert c.resources.limits["nvidia.com/gpu"] == "2"
+        assert p.spec.hostname == p.metadata.name
+        assert p.spec.subdomain == name
         assert p.spec.restart_policy == "Never"
 
     st = _wait_phase(custom, namespace, name, "Created")
-    assert st["nodes"]["total"] == 3 and st["restartCount"] == 0 and st["observedGeneration"] == 1
+    assert st["nodes"]["total"] == 3
+    assert st["restartCount"] == 0
+    assert st["observedGeneration"] == 1
     (cond,) = st["conditions"]
-    assert (cond["type"], cond["status"], cond["reason"]) == ("Created", "True", "Created") and cond[
-        "lastTransitionTime"
-    ]
+    assert (cond["type"], cond["status"], cond["reason"]) == ("Created", "True", "Created")
+    assert cond["lastTransitionTime"]
     # kopf keeps no state on the object: no finalizers, no annotations of its own.
     meta = _job(custom, namespace, name)["metadata"]
-    assert not meta.get("finalizers") and not any("kopf" in k for k in (meta.get("annotations") or {}))
+    assert not meta.get("finalizers")
+    assert not any("kopf" in k for k in (meta.get("annotations") or {}))
     out = cluster.kubectl("get", "ftj", "-n", namespace).stdout
-    assert out.split()[:6] == ["NAME", "PHASE", "NODES", "PROGRESS", "LOSS", "R@1"] and "Created" in out
+    assert out.split()[:6] == ["NAME", "PHASE", "NODES", "PROGRESS", "LOSS", "R@1"]
+    assert "Created" in out
     assert wait_for(lambda: "Created" in _events(core, namespace, name), 10, "Created event")
 
 
@@ -258,13 +264,17 @@ def test_running_progress_success_and_clean_pod_policy(cluster, operator, namesp
         15,
         "progress in status",
     )
-    assert st["progress"]["summary"] == "epoch 1/2 step 30/100" and st["progress"]["recallAt1"] == 0.25
+    assert st["progress"]["summary"] == "epoch 1/2 step 30/100"
+    assert st["progress"]["recallAt1"] == 0.25
     assert st["nodes"]["running"] == 2
     out = cluster.kubectl("get", "ftj", "ok", "-n", namespace).stdout
-    assert "epoch 1/2 step 30/100" in out and "2.5" in out and "0.25" in out
+    assert "epoch 1/2 step 30/100" in out
+    assert "2.5" in out
+    assert "0.25" in out
     set_pod_status(core, namespace, "ok-node-0", "Succeeded", exit_code=0)
     st = _wait_phase(custom, namespace, "ok", "Succeeded")
-    assert st["completionTime"] and any(c["type"] == "Succeeded" and c["status"] == "True" for c in st["conditions"])
+    assert st["completionTime"]
+    assert any(c["type"] == "Succeeded" and c["status"] == "True" for c in st["conditions"])
     # cleanPodPolicy Running: node 1 (still running) is deleted, node 0 (done) stays for its logs.
     wait_for(lambda: [p.metadata.name for p in _pods(core, namespace, "ok")] == ["ok-node-0"], 15, "node 1 cleaned up")
     assert wait_for(lambda: {"Created", "Running", "Succeeded"} <= set(_events(core, namespace, "ok")), 10, "events")
@@ -305,7 +315,9 @@ def test_a_short_run_ends_with_the_final_progress_from_node0_termination_message
     assert (pr["phase"], pr["step"], pr["totalSteps"], pr["percent"]) == ("done", 100, 100, 100), pr
     assert (pr["loss"], pr["recallAt1"], pr["recallAt1Gain"]) == (0.75, 0.5, 0.375), pr
     out = cluster.kubectl("get", "ftj", "short", "-n", namespace).stdout
-    assert "epoch 1/2 step 100/100" in out and "0.75" in out and "0.5" in out, out
+    assert "epoch 1/2 step 100/100" in out, out
+    assert "0.75" in out, out
+    assert "0.5" in out, out
     # a finished job keeps it: later passes (resync, the cleanup of node 1) change nothing
     wait_for(lambda: [p.metadata.name for p in _pods(core, namespace, "short")] == ["short-node-0"], 15, "cleanup")
     assert _status(custom, namespace, "short")["progress"] == pr
@@ -324,7 +336,8 @@ def test_a_garbage_termination_message_still_succeeds_with_the_polled_progress(c
     message = "done\n" + FINAL_PROGRESS_MARKER + '{"step": 1e400, "phase": "done"'
     set_pod_status(core, namespace, "garbage-node-0", "Succeeded", exit_code=0, message=message)
     st = _wait_phase(custom, namespace, "garbage", "Succeeded")
-    assert st["message"] == "garbage-node-0 completed: done" and st["progress"]["step"] == 7, st
+    assert st["message"] == "garbage-node-0 completed: done", st
+    assert st["progress"]["step"] == 7, st
 
 
 def test_non_retryable_exit_fails_with_termination_message(cluster, operator, namespace, api):
@@ -338,7 +351,8 @@ def test_non_retryable_exit_fails_with_termination_message(cluster, operator, na
     )
     st = _wait_phase(custom, namespace, "bad-data", "Failed")
     failed = next(c for c in st["conditions"] if c["type"] == "Failed")
-    assert failed["reason"] == "PreflightFailed" and "12 image files missing" in failed["message"]
+    assert failed["reason"] == "PreflightFailed"
+    assert "12 image files missing" in failed["message"]
     assert st["restartCount"] == 0
     wait_for(
         lambda: [p.metadata.name for p in _pods(core, namespace, "bad-data")] == ["bad-data-node-1"], 15, "cleanup"
@@ -356,13 +370,17 @@ def test_retryable_failures_restart_until_backoff_limit(cluster, operator, names
     second = _wait_pods(core, namespace, "flaky", 2, attempt=1)
     assert {p.metadata.uid for p in second}.isdisjoint({p.metadata.uid for p in first})
     st = _status(custom, namespace, "flaky")
-    assert st["restartCount"] == 1 and st["phase"] == "Restarting" and st["reason"] == "OOMKilled"
-    assert st["failedAttempts"] == 1 and st["disruptedAttempts"] == 0
+    assert st["restartCount"] == 1
+    assert st["phase"] == "Restarting"
+    assert st["reason"] == "OOMKilled"
+    assert st["failedAttempts"] == 1
+    assert st["disruptedAttempts"] == 0
     _run_all(core, namespace, "flaky")
     _wait_phase(custom, namespace, "flaky", "Running")
     set_pod_status(core, namespace, "flaky-node-0", "Failed", exit_code=143)
     st = _wait_phase(custom, namespace, "flaky", "Failed")
-    assert st["reason"] == "BackoffLimitExceeded" and st["restartCount"] == 1
+    assert st["reason"] == "BackoffLimitExceeded"
+    assert st["restartCount"] == 1
     # No third attempt is ever created.
     assert all(p.metadata.labels["kubeclip.dev/attempt"] == "1" for p in _pods(core, namespace, "flaky"))
     assert _events(core, namespace, "flaky").count("OOMKilled") == 1
@@ -377,8 +395,10 @@ def test_deleted_pod_is_a_disruption_that_does_not_use_backoff(cluster, operator
     core.delete_namespaced_pod("evicted-node-1", namespace)
     _wait_pods(core, namespace, "evicted", 2, attempt=1)
     st = _status(custom, namespace, "evicted")
-    assert st["restartCount"] == 1 and st["reason"] == "PodDeleted"
-    assert st["disruptedAttempts"] == 1 and st["failedAttempts"] == 0
+    assert st["restartCount"] == 1
+    assert st["reason"] == "PodDeleted"
+    assert st["disruptedAttempts"] == 1
+    assert st["failedAttempts"] == 0
 
 
 def test_eviction_with_a_knock_on_exit_in_the_same_attempt_restarts(cluster, operator, namespace, api):
@@ -436,7 +456,8 @@ def test_suspend_and_resume(cluster, operator, namespace, api):
     )
     _wait_pods(core, namespace, "pause", 2)
     st = _wait_phase(custom, namespace, "pause", "Created")
-    assert st["reason"] == "Resumed" and st["restartCount"] == 0
+    assert st["reason"] == "Resumed"
+    assert st["restartCount"] == 0
 
 
 def test_ttl_deletes_finished_job_and_children(cluster, operator, namespace, api):
@@ -464,7 +485,7 @@ def test_ttl_deletes_finished_job_and_children(cluster, operator, namespace, api
 
 
 @pytest.mark.parametrize(
-    "name, change, error",
+    ("name", "change", "error"),
     [
         ("zero-batch", {"training": {"batchSize": 0}}, "spec.training.batchSize"),
         ("frozen", {"training": {"lockImage": True, "lockText": True}}, "nothing would be trained"),
@@ -496,7 +517,8 @@ def test_crd_rejects_invalid_specs(cluster, crd, namespace, name, change, error)
         doc["spec"]["volumeMounts"] = []
         doc["spec"]["volumes"] = []
     res = _apply(cluster, doc, check=False)
-    assert res.returncode != 0 and error in res.stderr, res.stderr
+    assert res.returncode != 0, res.stderr
+    assert error in res.stderr, res.stderr
 
 
 def test_good_gpu_spec_and_nullable_fields_are_accepted(cluster, crd, namespace):
@@ -517,7 +539,8 @@ def test_spec_the_crd_cannot_judge_fails_as_invalid_spec(cluster, operator, name
     del doc["spec"]["image"]  # and the controller runs without --default-image
     _apply(cluster, doc)
     st = _wait_phase(custom, namespace, "no-image", "Failed")
-    assert st["reason"] == "InvalidSpec" and "spec.image" in st["message"]
+    assert st["reason"] == "InvalidSpec"
+    assert "spec.image" in st["message"]
     assert not _pods(core, namespace, "no-image")
     assert operator.proc.poll() is None
 
@@ -529,7 +552,8 @@ def test_kubectl_explain_is_useful(cluster, crd):
 
 
 def test_metrics_and_health(operator):
-    assert operator.get("/healthz")[0] == 200 and operator.get("/readyz")[0] == 200
+    assert operator.get("/healthz")[0] == 200
+    assert operator.get("/readyz")[0] == 200
     text = operator.metrics()
     for name in (
         "kubeclip_controller_jobs_created_total",
@@ -586,10 +610,14 @@ def test_a_pod_create_refused_by_pod_security_shows_on_the_job_until_it_is_allow
         30,
         "PodsWaiting on a refused create",
     )
-    assert cond["reason"] == "PodCreateFailed" and "403" in cond["message"] and "PodSecurity" in cond["message"]
+    assert cond["reason"] == "PodCreateFailed"
+    assert "403" in cond["message"]
+    assert "PodSecurity" in cond["message"]
     assert any(r == "PodCreateFailed" and "hostPath" in m for r, m in _warnings(core, namespace, "psa"))
     st = _status(custom, namespace, "psa")
-    assert st["phase"] == "Created" and st["restartCount"] == 0 and not _pods(core, namespace, "psa")
+    assert st["phase"] == "Created"
+    assert st["restartCount"] == 0
+    assert not _pods(core, namespace, "psa")
     cluster.kubectl("label", "namespace", namespace, f"{enforce}-")
     _wait_pods(core, namespace, "psa", 2, timeout=60)
     _run_all(core, namespace, "psa")
@@ -602,8 +630,11 @@ def test_a_pod_the_api_server_finds_invalid_fails_the_job_as_invalid_spec(cluste
     core, custom = api
     _apply(cluster, cluster_job("toobig", namespace, resources={"limits": {"cpu": "1"}, "requests": {"cpu": "2"}}))
     st = _wait_phase(custom, namespace, "toobig", "Failed")
-    assert st["reason"] == "InvalidSpec" and "422" in st["message"] and "toobig-node-" in st["message"]
-    assert not _pods(core, namespace, "toobig") and st["restartCount"] == 0
+    assert st["reason"] == "InvalidSpec"
+    assert "422" in st["message"]
+    assert "toobig-node-" in st["message"]
+    assert not _pods(core, namespace, "toobig")
+    assert st["restartCount"] == 0
 
 
 def test_a_waiting_pod_is_shown_and_fails_the_job_at_the_start_deadline(cluster, operator, namespace, api):
@@ -630,11 +661,14 @@ def test_a_waiting_pod_is_shown_and_fails_the_job_at_the_start_deadline(cluster,
         5,
         "PodsWaiting ImagePullBackOff",
     )
-    assert cond["reason"] == "ImagePullBackOff" and 'pull-node-1: Back-off pulling image "nope:1"' == cond["message"]
+    assert cond["reason"] == "ImagePullBackOff"
+    assert cond["message"] == 'pull-node-1: Back-off pulling image "nope:1"'
     assert ("ImagePullBackOff", cond["message"]) in _warnings(core, namespace, "pull")
     st = _wait_phase(custom, namespace, "pull", "Failed", timeout=20)
-    assert st["reason"] == "ImagePullBackOff" and "startDeadlineSeconds=8" in st["message"]
-    assert st["restartCount"] == 0 and st.get("failedAttempts", 0) == 0
+    assert st["reason"] == "ImagePullBackOff"
+    assert "startDeadlineSeconds=8" in st["message"]
+    assert st["restartCount"] == 0
+    assert st.get("failedAttempts", 0) == 0
 
 
 def test_kube_update_surfaces_a_conflict(cluster, namespace):
@@ -694,7 +728,8 @@ def test_a_knock_on_exit_next_to_a_peer_on_a_not_ready_node_is_a_disruption(clus
         # the next attempt's node 1 waits for the name (node 0 is recreated).
         _wait_pods(core, namespace, "lost", 1, attempt=1)
         old = core.read_namespaced_pod("lost-node-1", namespace)
-        assert old.metadata.deletion_timestamp is not None and old.metadata.labels["kubeclip.dev/attempt"] == "0"
+        assert old.metadata.deletion_timestamp is not None
+        assert old.metadata.labels["kubeclip.dev/attempt"] == "0"
     finally:
         core.delete_node(node)
         if any(p.metadata.name == "lost-node-1" for p in _pods(core, namespace, "lost")):

@@ -162,7 +162,8 @@ def test_sigkill_mid_reconcile_with_standby_takeover(cluster, setup, namespace, 
         reasons = [
             e.reason for e in core.list_namespaced_event(namespace, field_selector=f"involvedObject.name=job-{j}").items
         ]
-        assert reasons.count("Created") <= 1 and reasons.count("OOMKilled") <= 1, reasons
+        assert reasons.count("Created") <= 1, reasons
+        assert reasons.count("OOMKilled") <= 1, reasons
 
     assert c.stop() == 0  # SIGTERM: clean exit, lease handed back
     assert not coord.read_namespaced_lease(f"lease-{namespace}", sys_ns).spec.holder_identity

@@ -139,7 +139,8 @@ def test_a_labelled_job_without_kueues_crds_fails_fast_with_one_reason(cluster, 
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(_labelled_job("nokueue", namespace)))
     wait_for(lambda: _status(custom, namespace, "nokueue").get("phase") == "Failed", 30, "Failed", every_s=0.3)
     st = _status(custom, namespace, "nokueue")
-    assert st["reason"] == "KueueNotInstalled" and "install Kueue, or remove the label" in st["message"], st
+    assert st["reason"] == "KueueNotInstalled", st
+    assert "install Kueue, or remove the label" in st["message"], st
     assert _pods(core, namespace, "nokueue") == []
 
 
@@ -181,7 +182,8 @@ def test_queued_admitted_evicted_requeued_readmitted_and_finished(
     wl = wait_for(
         lambda: _workload(custom, namespace, "q"), 30, "the Workload", every_s=0.3
     )  # created after the status
-    assert wl["spec"]["queueName"] == "team-a" and wl["spec"]["podSets"][0]["count"] == 2
+    assert wl["spec"]["queueName"] == "team-a"
+    assert wl["spec"]["podSets"][0]["count"] == 2
     assert wl["metadata"]["finalizers"] == [FINALIZER]
     assert wl["metadata"]["ownerReferences"][0]["uid"] == _ftj(custom, namespace, "q")["metadata"]["uid"]
     assert _pods(core, namespace, "q") == []
@@ -189,7 +191,8 @@ def test_queued_admitted_evicted_requeued_readmitted_and_finished(
     _kueue_writes_status(custom, namespace, "q", lambda s: _set(s, _cond("QuotaReserved", "False", "Pending", msg)))
     wait_for(lambda: msg in (_status(custom, namespace, "q").get("message") or ""), 30, "Kueue's message", every_s=0.3)
     table = cluster.kubectl("-n", namespace, "get", "ftj", "q").stdout
-    assert "Queued" in table and "insufficient unused quota" in table, table
+    assert "Queued" in table, table
+    assert "insufficient unused quota" in table, table
 
     # Admitted: the pods, with the flavor's node labels and tolerations.
     def admit(s):
@@ -238,7 +241,8 @@ def test_queued_admitted_evicted_requeued_readmitted_and_finished(
         every_s=0.3,
     )
     conds = {c["type"]: c for c in _workload(custom, namespace, "q")["status"]["conditions"]}
-    assert conds["QuotaReserved"]["status"] == "False" and conds["Requeued"]["status"] == "True", conds
+    assert conds["QuotaReserved"]["status"] == "False", conds
+    assert conds["Requeued"]["status"] == "True", conds
     st = _status(custom, namespace, "q")
     assert (st.get("restartCount", 0), st.get("failedAttempts", 0), st.get("disruptedAttempts", 0)) == (0, 0, 0), st
 
@@ -262,7 +266,8 @@ def test_queued_admitted_evicted_requeued_readmitted_and_finished(
         every_s=0.3,
     )
     conds = {c["type"]: c for c in _workload(custom, namespace, "q")["status"]["conditions"]}
-    assert conds["Finished"]["status"] == "True" and conds["Finished"]["reason"] == "Succeeded", conds
+    assert conds["Finished"]["status"] == "True", conds
+    assert conds["Finished"]["reason"] == "Succeeded", conds
     events = cluster.kubectl("-n", namespace, "get", "events", "--field-selector", "involvedObject.name=q").stdout
     for reason in ("Queued", "Admitted", "EvictedPreempted", "Succeeded"):
         assert reason in events, events

@@ -71,7 +71,8 @@ def test_a_dying_background_task_exits_non_zero_and_the_restart_takes_over(clust
         except subprocess.TimeoutExpired:
             pytest.fail(f"the controller kept running with a dead resync loop:\n{dying.log_tail()}")
         assert rc == 3, dying.log_tail()
-        assert "resync loop died" in dying.log_path.read_text() and "injected" in dying.log_path.read_text()
+        assert "resync loop died" in dying.log_path.read_text()
+        assert "injected" in dying.log_path.read_text()
     finally:
         dying.stop(signal.SIGKILL)
 

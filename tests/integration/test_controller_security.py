@@ -81,7 +81,8 @@ def test_the_trainer_part_of_the_spec_is_immutable_while_the_job_runs(cluster, c
         ({"numNodes": 3}, "spec.numNodes"),
     ]:
         out = _patch(cluster, namespace, "immutable", change)
-        assert out.returncode != 0 and f"{field} cannot change while the job runs" in out.stderr, out.stderr
+        assert out.returncode != 0, out.stderr
+        assert f"{field} cannot change while the job runs" in out.stderr, out.stderr
     # Lifecycle and cluster keys stay mutable while it runs.
     assert _patch(cluster, namespace, "immutable", {"runPolicy": {"backoffLimit": 5}}).returncode == 0
     assert _patch(cluster, namespace, "immutable", {"runPolicy": {"backoffLimit": 5, "suspend": True}}).returncode == 0
@@ -168,7 +169,8 @@ def test_the_crd_refuses_environment_the_controller_sets_or_reserves(cluster, cr
     doc = cluster_job("env", namespace, env=[{"name": name, "value": "x"}])
     out = _apply(cluster, doc, dry_run=True)
     assert out.returncode != 0, f"{name} was accepted"
-    assert "spec.env: Invalid value" in out.stderr and "set by the controller or reserved for it" in out.stderr
+    assert "spec.env: Invalid value" in out.stderr
+    assert "set by the controller or reserved for it" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
@@ -265,4 +267,5 @@ def test_the_charts_rbac_creates_children_that_block_owner_deletion(enforcing, t
     wait_for(lambda: "blockOwnerDeletion" in create(objs[0]).stderr, 30, "the 403 without the rule", every_s=0.5)
     for obj in objs[1:]:
         out = create(obj)
-        assert out.returncode != 0 and "cannot set blockOwnerDeletion" in out.stderr, (obj["kind"], out.stderr)
+        assert out.returncode != 0, (obj["kind"], out.stderr)
+        assert "cannot set blockOwnerDeletion" in out.stderr, (obj["kind"], out.stderr)

@@ -50,7 +50,8 @@ def test_controller_stage_installs_without_torch(tmp_path):
         timeout=120,
     )
     assert crd.returncode == 0, crd.stderr
-    assert "kind: CustomResourceDefinition" in crd.stdout and "finetunejobs.kubeclip.dev" in crd.stdout
+    assert "kind: CustomResourceDefinition" in crd.stdout
+    assert "finetunejobs.kubeclip.dev" in crd.stdout
     helped = subprocess.run(
         [str(venv / "bin" / "python"), "-m", "controller", "--help"],
         cwd=elsewhere,
@@ -69,9 +70,11 @@ def test_controller_stage_installs_without_torch(tmp_path):
         text=True,
         timeout=120,
     )
-    assert no_trainer.returncode == 2 and "No such command" in no_trainer.stderr, no_trainer.stdout + no_trainer.stderr
+    assert no_trainer.returncode == 2, no_trainer.stdout + no_trainer.stderr
+    assert "No such command" in no_trainer.stderr, no_trainer.stdout + no_trainer.stderr
     no_torch = run_py(venv / "bin" / "python", "import torch", elsewhere)
-    assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
+    assert no_torch.returncode != 0
+    assert "No module named 'torch'" in no_torch.stderr
     # The API package is installed with kubeclip; no trainer code is.
     where = run_py(
         venv / "bin" / "python",
@@ -79,9 +82,9 @@ def test_controller_stage_installs_without_torch(tmp_path):
         "print(controller.__file__, importlib.util.find_spec('trainer'))",
         elsewhere,
     )
-    assert where.returncode == 0 and str(venv) in where.stdout and where.stdout.strip().endswith("None"), (
-        where.stdout + where.stderr
-    )
+    assert where.returncode == 0, where.stdout + where.stderr
+    assert str(venv) in where.stdout, where.stdout + where.stderr
+    assert where.stdout.strip().endswith("None"), where.stdout + where.stderr
 
 
 @pytest.mark.slow
@@ -121,7 +124,8 @@ def test_trainer_stage_installs_over_the_base_torch(tmp_path):
     )
     assert probe.returncode == 0, probe.stderr
     versions, torch_file, trainer_origin, has_node = probe.stdout.split("\n")[:4]
-    assert versions.startswith("2.14.1") and versions.endswith("3.3.0"), versions
+    assert versions.startswith("2.14.1"), versions
+    assert versions.endswith("3.3.0"), versions
     assert torch_file.startswith(str(base_site)), "pip replaced the base image's torch: the pins disagree"
     assert trainer_origin.startswith(str(venv)), trainer_origin
     assert has_node == "True", "trainer.node (the pod command, docs/contracts.md) is not installed"
@@ -133,7 +137,8 @@ def test_trainer_stage_installs_over_the_base_torch(tmp_path):
         text=True,
         timeout=120,
     )
-    assert helped.returncode == 0 and "run" in helped.stdout, helped.stdout + helped.stderr
+    assert helped.returncode == 0, helped.stdout + helped.stderr
+    assert "run" in helped.stdout, helped.stdout + helped.stderr
     # The trainer image has no controller package: its commands are not offered.
     for command in ("crd", "operator"):
         absent = subprocess.run(
@@ -144,4 +149,5 @@ def test_trainer_stage_installs_over_the_base_torch(tmp_path):
             text=True,
             timeout=120,
         )
-        assert absent.returncode == 2 and "No such command" in absent.stderr, absent.stdout + absent.stderr
+        assert absent.returncode == 2, absent.stdout + absent.stderr
+        assert "No such command" in absent.stderr, absent.stdout + absent.stderr

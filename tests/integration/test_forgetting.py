@@ -75,14 +75,17 @@ def test_metrics_json_holds_baseline_table_and_the_policy_choice(run):
     for e in m["wiseft"]:
         assert set(e) == {"alpha", "val", "retention", "zeroshot"}
         assert {R1, "text_to_image_R@1", "image_to_text_R@5", "val_loss"} <= set(e["val"]) <= set(m)
-        assert {R1, "val_loss"} <= set(e["retention"]) and {"top1", "top5"} <= set(e["zeroshot"])
+        assert {R1, "val_loss"} <= set(e["retention"])
+        assert {"top1", "top5"} <= set(e["zeroshot"])
     assert m["baseline"] == {k: m["wiseft"][0][k] for k in ("val", "retention", "zeroshot")}
-    assert m["retention"] == m["wiseft"][-1]["retention"] and m[R1] == m["wiseft"][-1]["val"][R1]
+    assert m["retention"] == m["wiseft"][-1]["retention"]
+    assert m[R1] == m["wiseft"][-1]["val"][R1]
     # The policy, recomputed here: best val R@1 among the alphas within MAX_DROP of the start's retention R@1.
     base = m["baseline"]["retention"][R1]
     allowed = [e for e in m["wiseft"] if base - e["retention"][R1] <= MAX_DROP]
     expected = max(allowed, key=lambda e: (e["val"][R1], e["alpha"]))["alpha"]
-    assert m["exported_alpha"] == expected and 0.0 < expected < 1.0, m["exported_alpha"]
+    assert m["exported_alpha"] == expected, m["exported_alpha"]
+    assert 0.0 < expected < 1.0, m["exported_alpha"]
     assert m["export_policy"].startswith(f"select bestWithinRetentionDrop {MAX_DROP:g}: alpha {expected:g}")
 
 
@@ -122,14 +125,12 @@ def test_log_progress_and_status_show_baseline_gain_and_the_table(run):
     from controller.status import progress_status
 
     log = run["log"]
-    assert (
-        "baseline (start model, step 0): val i2t R@1" in log and "retention i2t R@1" in log and "zero-shot top1" in log
-    )
-    assert (
-        "WiSE-FT (last weights):" in log
-        and "alpha 0.50  val i2t R@1" in log
-        and "select bestWithinRetentionDrop" in log
-    )
+    assert "baseline (start model, step 0): val i2t R@1" in log
+    assert "retention i2t R@1" in log
+    assert "zero-shot top1" in log
+    assert "WiSE-FT (last weights):" in log
+    assert "alpha 0.50  val i2t R@1" in log
+    assert "select bestWithinRetentionDrop" in log
     progress = json.loads((run["finetune"] / "progress.json").read_text())
     assert progress["message"].startswith(
         f"exported alpha {run['metrics']['exported_alpha']:g}: select bestWithinRetentionDrop"
@@ -186,8 +187,11 @@ def test_early_stopping_exports_the_best_epoch_and_stays_stopped_on_resume(tmp_p
 
     first = kubeclip_run("early.log")
     m = json.loads((out / "final" / "metrics.json").read_text())
-    assert m["stopped_early"] is True and m["steps"] == 18, (m["steps"], m.get("best"))
-    assert m["best"]["epoch"] == 0 and m["best"]["metric"] == "val_loss" and m["best"]["step"] == 6
+    assert m["stopped_early"] is True, (m["steps"], m.get("best"))
+    assert m["steps"] == 18, (m["steps"], m.get("best"))
+    assert m["best"]["epoch"] == 0
+    assert m["best"]["metric"] == "val_loss"
+    assert m["best"]["step"] == 6
     assert m["world_size"] == 2
     assert "early stopping: val_loss has not improved by more than 100 for 2 evals" in first
     epoch0 = load(next(p for p in list_checkpoints(str(out)) if p.name == "step-00000006.pt"))["model"]
@@ -196,7 +200,8 @@ def test_early_stopping_exports_the_best_epoch_and_stays_stopped_on_resume(tmp_p
     # The same command again: it resumes, sees it stopped, trains no further and exports the same weights.
     again_log = kubeclip_run("again.log")
     again = json.loads((out / "final" / "metrics.json").read_text())
-    assert again["steps"] == 18 and again["stopped_early"] is True
+    assert again["steps"] == 18
+    assert again["stopped_early"] is True
     assert "resumed from" in again_log
     final2 = load_file(str(out / "final" / "open_clip_model.safetensors"))
     assert all(torch.equal(final2[k], final[k]) for k in final)

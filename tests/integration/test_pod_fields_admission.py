@@ -42,7 +42,8 @@ def test_reserved_keys_are_refused_by_the_crd_and_unlisted_fields_by_the_chart(c
         ("podLabels", "kueue.x-k8s.io/queue-name"),
     ):
         out = _dry_run(cluster, cluster_job("reserved", namespace, **{field: {key: "x"}}))
-        assert out.returncode != 0 and "are reserved" in out.stderr, (key, out.stderr)
+        assert out.returncode != 0, (key, out.stderr)
+        assert "are reserved" in out.stderr, (key, out.stderr)
     assert _dry_run(cluster, cluster_job("ok", namespace, podLabels={"app.kubernetes.io/part-of": "x"})).returncode == 0
 
     release = "pf-" + namespace[-6:]

@@ -11,6 +11,7 @@ a bad answer is logged once per job, not on every pass.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -38,10 +39,8 @@ class _Server:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 outer.hits += 1
-                try:
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the reader hung up: as it should
                     answer(self)
-                except (BrokenPipeError, ConnectionResetError):  # the reader hung up: as it should
-                    pass
 
             def log_message(self, *args: object) -> None:
                 pass

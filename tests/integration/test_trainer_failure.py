@@ -46,9 +46,11 @@ def test_kubeclip_run_prints_the_failing_ranks_error_on_the_console(tmp_path):
     at = lines.index(ERROR)
     assert any(x.strip().startswith('File "') for x in lines[max(0, at - 8) : at]), lines[max(0, at - 8) : at]
     summary = [x for x in lines if x.startswith("rank ") and " failed: " in x]
-    assert summary and f"failed: {ERROR} (_weights_only_unpickler.py:" in summary[0], summary
+    assert summary, summary
+    assert f"failed: {ERROR} (_weights_only_unpickler.py:" in summary[0], summary
     where = [x.split("process logs under ", 1)[1] for x in lines if "training failed (exit 1); process logs under" in x]
-    assert where and (Path(where[0]) / "attempt_0").is_dir(), where  # the real directory (torchrun adds a suffix)
+    assert where, where
+    assert (Path(where[0]) / "attempt_0").is_dir(), where  # the real directory (torchrun adds a suffix)
 
 
 def test_the_pod_termination_message_carries_the_failing_ranks_error(tmp_path):
@@ -63,4 +65,5 @@ def test_the_pod_termination_message_carries_the_failing_ranks_error(tmp_path):
     assert proc.returncode == 1, proc.stderr[-4000:]
     message = termination_log.read_text()
     assert len(message.splitlines()) == 1, message
-    assert message.startswith(("rank 0 failed: ", "rank 1 failed: ")) and f"failed: {ERROR} (" in message, message
+    assert message.startswith(("rank 0 failed: ", "rank 1 failed: ")), message
+    assert f"failed: {ERROR} (" in message, message

@@ -133,7 +133,8 @@ def test_the_optimizer_step_reads_nothing_back_from_the_device(root, monkeypatch
     finally:
         recipe.metrics.close(0)
         recipe.cleanup()
-    assert recipe.state.step == 6 and len(recipe.state.epoch_losses) == 1
+    assert recipe.state.step == 6
+    assert len(recipe.state.epoch_losses) == 1
     assert reads == [], reads  # on a per-step check: one .item() per step
     assert torch.isfinite(torch.tensor(recipe.state.epoch_losses[0]))
 
@@ -150,9 +151,11 @@ def test_a_non_finite_loss_stops_the_run_at_the_next_check_with_the_same_verdict
     assert proc.returncode == 4, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == VERDICT_AT_2, stops_before
     losses = logged_losses(proc.stderr)
-    assert list(losses) == [1] and losses[1] > 1e30, losses  # step 1 logged (finite), never step 3
+    assert list(losses) == [1], losses
+    assert losses[1] > 1e30, losses  # step 1 logged (finite), never step 3
     progress = json.loads((root / name / "progress.json").read_text())
-    assert progress["phase"] == "failed" and progress["message"] == VERDICT_AT_2, progress
+    assert progress["phase"] == "failed", progress
+    assert progress["message"] == VERDICT_AT_2, progress
     assert progress["step"] == 1, progress  # written at log steps only
     from trainer.checkpoint import latest
 
@@ -165,12 +168,15 @@ def test_the_compiled_step_follows_the_eager_loss_trajectory(root):
     compiled = run(root, "compiled", "start.safetensors", {"logEverySteps": 1, "compile": True})
     assert compiled.returncode == 0, compiled.stderr[-3000:]
     a, b = logged_losses(eager.stderr), logged_losses(compiled.stderr)
-    assert list(a) == list(range(1, 7)) and list(b) == list(a), (a, b)
+    assert list(a) == list(range(1, 7)), (a, b)
+    assert list(b) == list(a), (a, b)
     assert a[6] < a[1]  # it trains
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=1e-3, abs=1e-4), (step, a, b)
     assert "compiled the step for input shapes" in compiled.stderr
     m = json.loads((root / "compiled" / "final" / "metrics.json").read_text())
     e = json.loads((root / "eager" / "final" / "metrics.json").read_text())
-    assert m["compile_seconds"] > 0 and m["compiled_graphs"] == 1, m
-    assert e["compile_seconds"] is None and e["compiled_graphs"] is None
+    assert m["compile_seconds"] > 0, m
+    assert m["compiled_graphs"] == 1, m
+    assert e["compile_seconds"] is None
+    assert e["compiled_graphs"] is None

@@ -52,7 +52,8 @@ def test_node_entrypoint_runs_torchrun_with_the_pet_env(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "preflight ok: train 96 rows" in proc.stderr
     m = json.loads((out / "final" / "metrics.json").read_text())
-    assert m["world_size"] == 2 and m["steps"] == 6
+    assert m["world_size"] == 2
+    assert m["steps"] == 6
 
 
 def test_node_entrypoint_exits_3_on_a_bad_dataset(tmp_path):
@@ -121,7 +122,9 @@ def _torchrun_here(tmp_path, how: str) -> tuple[int, str]:
 def test_a_worker_killed_by_a_signal_exits_128_plus_n_with_the_signal_named(tmp_path):
     """The torchrun command exits 1 here, which the controller would take for a trainer error."""
     code, message = _torchrun_here(tmp_path, "segv")
-    assert code == 128 + 11 and "rank 1" in message and "SIGSEGV" in message
+    assert code == 128 + 11
+    assert "rank 1" in message
+    assert "SIGSEGV" in message
 
 
 def test_a_workers_own_exit_code_reaches_the_container(tmp_path):
@@ -196,6 +199,5 @@ def test_resuming_across_a_changed_batch_size_is_refused_with_exit_5(tmp_path):
     )
     assert second.returncode == 5, second.stderr[-3000:]
     last = second.stderr.strip().splitlines()[-1]
-    assert "cannot resume this job: spec.training.batchSize was 8, now 4" in last and last.startswith(
-        "checkpoint step-"
-    )
+    assert "cannot resume this job: spec.training.batchSize was 8, now 4" in last
+    assert last.startswith("checkpoint step-")

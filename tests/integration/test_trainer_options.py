@@ -93,7 +93,8 @@ def test_lock_image_freezes_the_image_tower_and_trains_the_text_tower(setup):
     final = train(root, "lock-image", model_name, start_path, {"lockImage": True})
     visual = [k for k in start if k.startswith("visual.")]
     text = [k for k in start if k.startswith(("transformer.", "token_embedding", "text_projection", "ln_final"))]
-    assert visual and text
+    assert visual
+    assert text
     assert set(final) == set(start)
     assert all(torch.equal(final[k], start[k]) for k in visual), [
         k for k in visual if not torch.equal(final[k], start[k])
@@ -151,7 +152,8 @@ def test_lock_image_unlocked_groups_trains_exactly_the_last_groups(setup):
     final = train(root, "unlock-image-2", model_name, start_path, {"lockImage": True, "lockImageUnlockedGroups": 2})
     visual = {k for k in start if k.startswith("visual.")}
     intended = {k for k in visual if k.startswith(IMAGE_LAST_TWO_GROUPS)}
-    assert intended and intended != visual
+    assert intended
+    assert intended != visual
     assert changed(final, start, ("visual.",)) == intended
     assert len(changed(final, start, TEXT_TOWER)) > 5  # the text tower trained
 
@@ -193,7 +195,8 @@ def test_lock_image_freeze_bn_stats_keeps_the_running_statistics(tmp_path, freez
     params = (
         {k for k in start if k.startswith("visual.")} - stats - {k for k in start if k.endswith("num_batches_tracked")}
     )
-    assert len(stats) >= 10 and params
+    assert len(stats) >= 10
+    assert params
     assert not changed(final, start, tuple(params))  # locked weights never move
     moved = changed(final, start, tuple(stats))
     assert (not moved) if freeze else (moved == stats), sorted(moved)[:5]
@@ -220,10 +223,11 @@ def test_a_non_finite_loss_is_a_final_verdict_and_progress_says_failed(setup):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("training: loss is nan at step 1"), last
     progress = json.loads((root / "nan" / "progress.json").read_text())
-    assert progress["phase"] == "failed" and progress["message"].startswith("training: loss is nan"), progress
+    assert progress["phase"] == "failed", progress
+    assert progress["message"].startswith("training: loss is nan"), progress
     # the termination message: the same line for the job's Failed message, then rank 0's progress
     text, final = read_termination_message(termination_log.read_text())
     assert text == last
-    assert (
-        final is not None and final.phase == "failed" and (final.step, final.totalSteps) == (0, progress["totalSteps"])
-    )
+    assert final is not None
+    assert final.phase == "failed"
+    assert (final.step, final.totalSteps) == (0, progress["totalSteps"])

@@ -68,13 +68,15 @@ def test_a_second_job_on_the_same_output_is_refused_and_a_changed_dataset_never_
     done = run_node(first, node_env(tmp_path, "first", "uid-first"))
     assert done.returncode == 0, done.stderr[-3000:]
     before = snapshot(out)
-    assert any(k.startswith("checkpoints/step-") for k in before) and "final/open_clip_model.safetensors" in before
+    assert any(k.startswith("checkpoints/step-") for k in before)
+    assert "final/open_clip_model.safetensors" in before
 
     # Another job (another uid) pointed at the same path: one final line naming the owner, nothing touched.
     second = manifest(tmp_path, "second", out, training=training, nproc=1)
     e = node_env(tmp_path, "second", "uid-second")
     refused = run_node(second, e, timeout=120)
-    assert refused.returncode == EXIT_OUTPUT_IN_USE and FINAL_EXIT_CODES[EXIT_OUTPUT_IN_USE] == "OutputInUse"
+    assert refused.returncode == EXIT_OUTPUT_IN_USE
+    assert FINAL_EXIT_CODES[EXIT_OUTPUT_IN_USE] == "OutputInUse"
     line = refused.stderr.strip().splitlines()[-1]
     assert line.startswith(f"output: {out} belongs to job ml/first (uid uid-first)"), refused.stderr[-2000:]
     assert "spec.output.takeOver" in line
@@ -101,7 +103,8 @@ def test_a_second_job_on_the_same_output_is_refused_and_a_changed_dataset_never_
     assert f"output: {out} taken over from job ml/first (uid uid-first)" in mismatch.stderr
     line = Path(e["KUBECLIP_TERMINATION_LOG"]).read_text().splitlines()[0]
     assert line in mismatch.stderr.splitlines()
-    assert line.startswith("checkpoint step-") and "spec.dataset.trainCsv was 'sha256:" in line, line
+    assert line.startswith("checkpoint step-"), line
+    assert "spec.dataset.trainCsv was 'sha256:" in line, line
     assert "spec.dataset.root" in line  # the images resolve against another directory too
     assert snapshot(out) == before
 
@@ -123,7 +126,8 @@ def test_an_image_that_does_not_decode_is_a_final_one_line_verdict(tmp_path):
     victim.write_bytes(raw[: len(raw) // 2])
     e = node_env(tmp_path, "corrupt", "uid-corrupt")
     proc = run_node(job, e)
-    assert proc.returncode == EXIT_DATA and FINAL_EXIT_CODES[EXIT_DATA] == "DataError", proc.stderr[-3000:]
+    assert proc.returncode == EXIT_DATA, proc.stderr[-3000:]
+    assert FINAL_EXIT_CODES[EXIT_DATA] == "DataError", proc.stderr[-3000:]
     line = Path(e["KUBECLIP_TERMINATION_LOG"]).read_text().splitlines()[0]  # what kubectl describe shows
     assert line.startswith(f"data: image {victim} (row 4 of the CSV's data rows) cannot be read"), line
     assert line in proc.stderr.splitlines()

@@ -75,8 +75,10 @@ def test_pure_bf16_trains_evaluates_and_sweeps(bf16):
     assert m["steps"] == EPOCHS * STEPS_PER_EPOCH
     assert [e["alpha"] for e in m["wiseft"]] == [0.0, 0.5, 1.0]
     for e in m["wiseft"]:  # val, retention and zero-shot measured for every mix
-        assert 0.0 <= e["val"][R1] <= 1.0 and 0.0 <= e["retention"][R1] <= 1.0
-        assert 0.0 <= e["zeroshot"]["top1"] <= 1.0 and e["zeroshot"]["samples"] == 32
+        assert 0.0 <= e["val"][R1] <= 1.0
+        assert 0.0 <= e["retention"][R1] <= 1.0
+        assert 0.0 <= e["zeroshot"]["top1"] <= 1.0
+        assert e["zeroshot"]["samples"] == 32
     assert m["exported_alpha"] == 0.5
     assert "precision bf16" in bf16["log"]
 
@@ -88,7 +90,8 @@ def test_pure_bf16_checkpoint_holds_bf16_weights(bf16):
 
     state = load(latest(str(bf16["out"])))
     floats = [v for v in state["model"].values() if v.is_floating_point()]
-    assert floats and all(v.dtype == torch.bfloat16 for v in floats)
+    assert floats
+    assert all(v.dtype == torch.bfloat16 for v in floats)
 
 
 def test_pure_bf16_export_loads_in_open_clip_and_is_the_evaluated_mix(bf16):
@@ -108,7 +111,8 @@ def test_pure_bf16_export_loads_in_open_clip_and_is_the_evaluated_mix(bf16):
     assert all(torch.equal(loaded[k], weights[k]) for k in weights)
     with torch.no_grad():
         feats = model.encode_image(torch.rand(2, 3, 32, 32), normalize=True)
-    assert feats.shape == (2, 64) and torch.isfinite(feats).all()
+    assert feats.shape == (2, 64)
+    assert torch.isfinite(feats).all()
 
 
 def test_tensorboard_event_files_hold_the_runs_scalars(bf16):
@@ -121,7 +125,8 @@ def test_tensorboard_event_files_hold_the_runs_scalars(bf16):
     assert {"train/loss", "train/lr", "train/samples_per_second", f"val/{R1}", "val/val_loss"} <= tags
     assert {f"retention/{R1}", "zeroshot/top1", "zeroshot/top5", f"baseline/val/{R1}", "baseline/zeroshot/top1"} <= tags
     loss = acc.Scalars("train/loss")
-    assert loss[0].step == 1 and loss[-1].step == EPOCHS * STEPS_PER_EPOCH
+    assert loss[0].step == 1
+    assert loss[-1].step == EPOCHS * STEPS_PER_EPOCH
     assert loss[-1].value == pytest.approx(m["train_loss"], rel=1e-6)
     assert all(0 < e.value <= 1e-3 for e in acc.Scalars("train/lr"))
     # one eval per epoch end, at the step it ran; the last one is the run's final val figure
@@ -137,7 +142,8 @@ def test_amp_bf16_on_cpu_runs_end_to_end(tmp_path):
     proc = trainer(job(tmp_path, "amp_bf16"))
     assert proc.returncode == 0, proc.stderr[-4000:]
     m = json.loads((tmp_path / "out" / "final" / "metrics.json").read_text())
-    assert m["steps"] == EPOCHS * STEPS_PER_EPOCH and 0.0 <= m[R1] <= 1.0
+    assert m["steps"] == EPOCHS * STEPS_PER_EPOCH
+    assert 0.0 <= m[R1] <= 1.0
     assert "autocast bf16" in proc.stderr
 
 
@@ -150,7 +156,8 @@ def test_a_precision_the_cpu_cannot_run_is_refused_with_one_line(tmp_path, preci
     assert [x for x in proc.stderr.splitlines() if x.startswith("config:")] == [
         x for x in proc.stderr.splitlines() if line in x
     ]
-    assert line in proc.stderr and "Traceback" not in proc.stderr
+    assert line in proc.stderr
+    assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out" / "checkpoints").exists()
     run = subprocess.run(
         [str(VENV_BIN / "kubeclip"), "run", "--quiet", str(path)],
@@ -159,4 +166,6 @@ def test_a_precision_the_cpu_cannot_run_is_refused_with_one_line(tmp_path, preci
         env=cpu_env(),
         timeout=300,
     )
-    assert run.returncode == 2 and line in run.stderr and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert line in run.stderr, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]

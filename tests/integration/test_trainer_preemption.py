@@ -69,7 +69,8 @@ def assert_stopped_at(out: Path, seen: int) -> int:
     (stopped,) = steps
     # the current step finishes (the one in flight when the signal came, perhaps the next: the
     # ranks agree at a step boundary), and it is mid-epoch: no epoch-end checkpoint explains it
-    assert seen <= stopped <= seen + 3 and stopped < STEPS_PER_EPOCH, (seen, stopped)
+    assert seen <= stopped <= seen + 3, (seen, stopped)
+    assert stopped < STEPS_PER_EPOCH, (seen, stopped)
     assert not (out / "final").exists()
     return stopped
 
@@ -80,7 +81,8 @@ def assert_resumed_at(log: str, out: Path, stopped: int) -> None:
     first_logged = min(int(m) for m in re.findall(r"step (\d+)/\d+ epoch", log))
     assert first_logged == stopped + 1, first_logged  # the first step run is the one after the stop
     m = json.loads((out / "final" / "metrics.json").read_text())
-    assert m["steps"] == EPOCHS * STEPS_PER_EPOCH and m["world_size"] == 2
+    assert m["steps"] == EPOCHS * STEPS_PER_EPOCH
+    assert m["world_size"] == 2
 
 
 def test_sigterm_to_the_pod_entrypoint_checkpoints_and_the_next_attempt_resumes_there(tmp_path):
@@ -187,6 +189,8 @@ def test_a_rank_whose_peer_hangs_still_stops_on_sigterm(tmp_path):
             os.kill(ranks[1], signal.SIGKILL)
             proc.wait(timeout=120)
     text = (tmp_path / "hang.log").read_text()
-    assert _gone(ranks[0]) and took < 60, (took, text[-3000:])
-    assert "no step boundary within" in text and "stopping without a checkpoint" in text, text[-3000:]
+    assert _gone(ranks[0]), (took, text[-3000:])
+    assert took < 60, (took, text[-3000:])
+    assert "no step boundary within" in text, text[-3000:]
+    assert "stopping without a checkpoint" in text, text[-3000:]
     assert checkpoint_steps(out) == []

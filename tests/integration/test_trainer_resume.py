@@ -13,10 +13,12 @@ order-independent), so any difference at all would mean some state was not resto
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from trainer_helpers import VENV_BIN, env, manifest
@@ -43,7 +45,7 @@ def descendants(pid: int) -> list[int]:
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                stat = open(f"/proc/{entry}/stat").read()
+                stat = Path(f"/proc/{entry}/stat").read_text()
             except OSError:
                 continue
             ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
@@ -59,10 +61,8 @@ def descendants(pid: int) -> list[int]:
 def kill_tree(pid: int) -> int:
     procs = descendants(pid)
     for p in procs:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     return len(procs)
 
 
@@ -81,8 +81,8 @@ def test_sigkill_and_restart_gives_the_same_weights(tmp_path):
         assert torchrun(job_a, log).wait(timeout=600) == 0, (tmp_path / "a.log").read_text()[-3000:]
 
     # Run B: kill everything once the first checkpoint (step 3 of 6 in epoch 0) is committed.
-    log_b = open(tmp_path / "b1.log", "w")
-    proc = torchrun(job_b, log_b)
+    with open(tmp_path / "b1.log", "w") as log_b:  # torchrun keeps its own descriptor
+        proc = torchrun(job_b, log_b)
     ckpt_dir = out_b / "checkpoints"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -92,7 +92,6 @@ def test_sigkill_and_restart_gives_the_same_weights(tmp_path):
     assert proc.poll() is None, "run B ended before it could be killed:\n" + (tmp_path / "b1.log").read_text()[-3000:]
     assert kill_tree(proc.pid) >= 3  # torchrun + 2 ranks (+ their loader workers)
     assert proc.wait(timeout=60) == -signal.SIGKILL
-    log_b.close()
     time.sleep(0.5)  # let the killed ranks' sockets go
     assert not (out_b / "final").exists(), "run B finished before the kill: the test proves nothing"
     killed_at = sorted(p.name for p in ckpt_dir.iterdir() if p.name.startswith("step-"))

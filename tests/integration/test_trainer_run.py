@@ -55,15 +55,15 @@ def run(tmp_path_factory):
         out,
         training={"epochs": 4, "batchSize": 8, "workers": 1, "checkpointEverySteps": 4, "logEverySteps": 2},
     )
-    log = open(root / "console.log", "w")
     termination_log = root / "termination-log"  # what a pod's /dev/termination-log would hold
     termination_log.write_text("")
-    proc = subprocess.Popen(
-        [str(VENV_BIN / "kubeclip"), "run", str(job)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**env(), "KUBECLIP_TERMINATION_LOG": str(termination_log)},
-    )
+    with open(root / "console.log", "w") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            [str(VENV_BIN / "kubeclip"), "run", str(job)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**env(), "KUBECLIP_TERMINATION_LOG": str(termination_log)},
+        )
     scrapes = {}
     progress_path = out / "progress.json"
     deadline = time.time() + 600
@@ -83,7 +83,6 @@ def run(tmp_path_factory):
                 pass
         time.sleep(0.02)
     rc = proc.wait(timeout=60)
-    log.close()
     return {
         "rc": rc,
         "out": out,
@@ -103,9 +102,11 @@ def test_loss_decreases_and_ranks_agree(run):
     m = json.loads((run["out"] / "final" / "metrics.json").read_text())
     assert m["world_size"] == 2
     losses = m["epoch_train_loss"]
-    assert len(losses) == 4 and losses[-1] < losses[0] - 0.05, losses
+    assert len(losses) == 4, losses
+    assert losses[-1] < losses[0] - 0.05, losses
     digests = m["rank_weight_digests"]
-    assert len(digests) == 2 and digests[0] == digests[1], digests
+    assert len(digests) == 2, digests
+    assert digests[0] == digests[1], digests
 
 
 def test_final_metrics_keys(run):
@@ -123,7 +124,8 @@ def test_final_metrics_keys(run):
         assert isinstance(m[key], float), key
     assert 0.0 <= m["image_to_text_R@1"] <= m["image_to_text_R@5"] <= m["image_to_text_R@10"] <= 1.0
     # a share of step time; with one loader worker per rank on a busy CPU it is not exactly 0
-    assert isinstance(m["data_wait_share"], float) and 0.0 < m["data_wait_share"] < 1.0, m["data_wait_share"]
+    assert isinstance(m["data_wait_share"], float), m["data_wait_share"]
+    assert 0.0 < m["data_wait_share"] < 1.0, m["data_wait_share"]
     assert m["peak_gpu_memory_bytes"] == 0  # a CPU run
 
 
@@ -140,7 +142,8 @@ def test_data_wait_share_gauge_agrees_with_the_histograms(run):
         sample(text, "kubeclip_trainer_step_seconds_sum"),
     )
     # the gauge leaves out each epoch's first step (loader start-up), the histograms count it
-    assert 0.0 < share < 1.0 and 0.0 < wait < step, (share, wait, step)
+    assert 0.0 < share < 1.0, (share, wait, step)
+    assert 0.0 < wait < step, (share, wait, step)
 
 
 def test_export_reloads_through_open_clip_with_the_trained_weights(run):
@@ -175,10 +178,15 @@ def test_progress_endpoint_serves_the_progress_model(run):
     from kubeclip.api import Progress
 
     p = Progress.model_validate_json(run["scrapes"]["training"][1])
-    assert p.phase == "training" and p.totalSteps == 24 and 1 <= p.step <= 24
+    assert p.phase == "training"
+    assert p.totalSteps == 24
+    assert 1 <= p.step <= 24
     done = Progress.model_validate_json((run["out"] / "progress.json").read_text())
-    assert done.phase == "done" and done.step == 24 and done.modelPath == str(run["out"] / "final")
-    assert done.lastCheckpoint is not None and done.lastCheckpoint.step == 24
+    assert done.phase == "done"
+    assert done.step == 24
+    assert done.modelPath == str(run["out"] / "final")
+    assert done.lastCheckpoint is not None
+    assert done.lastCheckpoint.step == 24
 
 
 def test_termination_message_carries_the_final_progress_and_last_eval(run):
@@ -193,11 +201,13 @@ def test_termination_message_carries_the_final_progress_and_last_eval(run):
     m = json.loads((run["out"] / "final" / "metrics.json").read_text())
     assert text.startswith("last weights exported; val i2t R@1"), text
     assert final is not None, message
-    assert final.phase == "done" and final.step == final.totalSteps == m["steps"] == 24
+    assert final.phase == "done"
+    assert final.step == final.totalSteps == m["steps"] == 24
     assert final.eval["image_to_text_R@1"] == pytest.approx(m["image_to_text_R@1"], abs=1e-6)
     assert final.loss == pytest.approx(m["train_loss"], rel=1e-6)
     status = progress_status(final.model_dump(mode="json", exclude_unset=True))
-    assert status["percent"] == 100 and status["recallAt1"] == round(m["image_to_text_R@1"], 4)
+    assert status["percent"] == 100
+    assert status["recallAt1"] == round(m["image_to_text_R@1"], 4)
 
 
 def test_kubeclip_run_bad_csv_exits_3_with_the_preflight_line(tmp_path):
@@ -217,7 +227,8 @@ def test_kubeclip_run_bad_csv_exits_3_with_the_preflight_line(tmp_path):
     )
     assert proc.returncode == 3, proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
-    assert line.startswith("preflight: spec.dataset.trainCsv") and "columns found: ['path;caption']" in line
+    assert line.startswith("preflight: spec.dataset.trainCsv")
+    assert "columns found: ['path;caption']" in line
     assert "separator ';'" in line
     assert time.time() - t0 < 60
 
@@ -240,6 +251,8 @@ def test_the_shipped_local_example_runs_and_learns(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     m = json.loads((out / "final" / "metrics.json").read_text())
-    assert m["world_size"] == 2 and m["steps"] == 32
+    assert m["world_size"] == 2
+    assert m["steps"] == 32
     # chance level: val_loss ~ ln(32) = 3.47, R@1 = 1/64; the seeded run reaches ~1.96 and ~0.25
-    assert m["val_loss"] < 3.0 and m["image_to_text_R@1"] > 0.1, m
+    assert m["val_loss"] < 3.0, m
+    assert m["image_to_text_R@1"] > 0.1, m

@@ -25,8 +25,10 @@ def test_dataset_is_identical_serial_and_parallel(tmp_path):
     one = dataset.make(tmp_path / "one", n=80, size=32, procs=1)
     two = dataset.make(tmp_path / "two", n=80, size=32, procs=2)
     a, b = read(tmp_path / "one"), read(tmp_path / "two")
-    assert len(a) == 80 and a == b
-    assert one["val"] is None and two["train"].exists()
+    assert len(a) == 80
+    assert a == b
+    assert one["val"] is None
+    assert two["train"].exists()
     assert len({img for _, img, _ in a}) == 80  # varied content: no two images alike
     assert len({cap for _, _, cap in a}) > 40
 

@@ -71,10 +71,11 @@ def test_latest_unreadable_falls_back_to_the_previous_with_a_warning(tmp_path, c
     with caplog.at_level(logging.WARNING, logger="trainer.checkpoint"):
         skipped: list = []
         path, st = checkpoint.load_latest(out, skipped=skipped)
-    assert (
-        path.name == "step-00000010.pt" and st["step"] == 10 and torch.equal(st["model"]["w"], torch.full((4,), 10.0))
-    )
-    assert len(skipped) == 1 and skipped[0].startswith("step-00000020.pt: ")  # reported in progress -> Warning event
+    assert path.name == "step-00000010.pt"
+    assert st["step"] == 10
+    assert torch.equal(st["model"]["w"], torch.full((4,), 10.0))
+    assert len(skipped) == 1
+    assert skipped[0].startswith("step-00000020.pt: ")
     assert any(
         "step-00000020.pt cannot be read" in r.getMessage() and "falling back" in r.getMessage() for r in caplog.records
     )
@@ -88,7 +89,8 @@ def test_checkpoints_are_loaded_weights_only_and_a_code_pickle_is_refused(tmp_pa
     torch.save({"step": 20, "payload": RunsCode(marker)}, evil)
     path, st = checkpoint.load_latest(out)
     assert not marker.exists(), "loading a checkpoint ran code"
-    assert path.name == "step-00000010.pt" and st["step"] == 10
+    assert path.name == "step-00000010.pt"
+    assert st["step"] == 10
 
 
 def test_no_readable_checkpoint_is_a_final_one_line_verdict_not_a_silent_fresh_start(tmp_path):
@@ -99,7 +101,8 @@ def test_no_readable_checkpoint_is_a_final_one_line_verdict_not_a_silent_fresh_s
     ) as e:
         checkpoint.load_latest(out)
     # A retry reads the same files: the controller must not retry it (issue 18, item 11).
-    assert e.value.exit_code == EXIT_CHECKPOINT_UNREADABLE and EXIT_CHECKPOINT_UNREADABLE in FINAL_EXIT_CODES
+    assert e.value.exit_code == EXIT_CHECKPOINT_UNREADABLE
+    assert EXIT_CHECKPOINT_UNREADABLE in FINAL_EXIT_CODES
     assert "\n" not in str(e.value)
     assert checkpoint.load_latest(str(tmp_path / "empty")) == (None, None)
 
@@ -107,7 +110,8 @@ def test_no_readable_checkpoint_is_a_final_one_line_verdict_not_a_silent_fresh_s
 def test_temp_names_are_unique_per_write_not_per_pid(tmp_path):
     final = tmp_path / "step-00000001.pt"
     names = {checkpoint.temp_name(final).name for _ in range(100)}
-    assert len(names) == 100 and all(checkpoint.TEMP.match(n) for n in names)
+    assert len(names) == 100
+    assert all(checkpoint.TEMP.match(n) for n in names)
 
 
 def test_another_writers_in_flight_temp_survives_a_save_and_a_stale_one_goes(tmp_path):
@@ -157,8 +161,10 @@ def test_a_changed_field_that_breaks_resume_is_refused_by_name(tmp_path):
     with pytest.raises(CheckpointMismatch) as err:
         checkpoint.load_latest(out, spec(batchSize=16, lockText=True))
     line = str(err.value)
-    assert "\n" not in line and "step-00000010.pt cannot resume this job" in line
-    assert "spec.training.batchSize was 8, now 16" in line and "spec.training.lockText was False, now True" in line
+    assert "\n" not in line
+    assert "step-00000010.pt cannot resume this job" in line
+    assert "spec.training.batchSize was 8, now 16" in line
+    assert "spec.training.lockText was False, now True" in line
     assert err.value.exit_code == 5
 
 
@@ -181,7 +187,8 @@ def test_a_failed_write_leaves_no_temporary_file_and_the_previous_checkpoint(tmp
     proc = subprocess.run(
         [sys.executable, "-c", FULL_DISK, str(out)], capture_output=True, text=True, cwd=REPO, timeout=120
     )
-    assert proc.returncode == 0 and "failed:" in proc.stdout, proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "failed:" in proc.stdout, proc.stderr[-2000:]
     assert sorted(p.name for p in checkpoint.directory(str(out)).iterdir()) == ["step-00000001.pt"]
 
 

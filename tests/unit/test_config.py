@@ -41,7 +41,7 @@ def test_unknown_key_is_rejected_with_its_path():
 
 
 @pytest.mark.parametrize(
-    "training, where",
+    ("training", "where"),
     [
         ({"batchSize": 0}, "spec.training.batchSize"),
         ({"epochs": "many"}, "spec.training.epochs"),
@@ -60,14 +60,18 @@ def test_bad_values_name_the_key(training, where):
 
 def test_both_towers_locked_with_unlocked_groups_is_a_partial_fine_tune():
     t = parse_spec(dict(MINIMAL, training={"lockImage": True, "lockText": True, "lockTextUnlockedLayers": 2})).training
-    assert t.lockImage and t.lockText and t.lockTextUnlockedLayers == 2 and t.lockImageUnlockedGroups == 0
+    assert t.lockImage
+    assert t.lockText
+    assert t.lockTextUnlockedLayers == 2
+    assert t.lockImageUnlockedGroups == 0
     assert (t.localLoss, t.gatherWithGrad) == (False, False)  # open_clip's defaults
 
 
 def test_missing_required_keys():
     with pytest.raises(ConfigError) as err:
         parse_spec({"model": {"name": "x"}})
-    assert "spec.dataset" in str(err.value) and "spec.output" in str(err.value)
+    assert "spec.dataset" in str(err.value)
+    assert "spec.output" in str(err.value)
 
 
 def test_separator_must_be_one_character():
@@ -85,7 +89,8 @@ def test_manifest_kind_and_name():
     name, spec = parse_manifest(
         {"apiVersion": "kubeclip.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "cats"}, "spec": MINIMAL}
     )
-    assert name == "cats" and spec.model.name == "ViT-B-32"
+    assert name == "cats"
+    assert spec.model.name == "ViT-B-32"
     with pytest.raises(ConfigError, match="expected apiVersion"):
         parse_manifest({"apiVersion": "batch/v1", "kind": "Job", "spec": MINIMAL})
 

@@ -39,7 +39,8 @@ def test_schema_is_structural():
         assert "type" in node or node.get("x-kubernetes-int-or-string"), f"{path} has no type"
         assert not ("properties" in node and "additionalProperties" in node), path
         if "exclusiveMinimum" in node:
-            assert node["exclusiveMinimum"] is True and "minimum" in node, path
+            assert node["exclusiveMinimum"] is True, path
+            assert "minimum" in node, path
 
 
 def test_spec_fields_are_described_for_kubectl_explain():
@@ -48,7 +49,8 @@ def test_spec_fields_are_described_for_kubectl_explain():
         if path.count(".") == 1 and not path.endswith(("[]", "}")):  # every top-level spec field
             assert node.get("description"), f"{path} has no description"
     lr = spec["properties"]["training"]["properties"]["learningRate"]
-    assert "Default: 5e-05" in lr["description"] and lr["exclusiveMinimum"] is True
+    assert "Default: 5e-05" in lr["description"]
+    assert lr["exclusiveMinimum"] is True
 
 
 def test_nullable_and_embedded_types():
@@ -69,9 +71,12 @@ def test_names_columns_status_and_rules():
     c = crd()
     assert c["metadata"]["name"] == "finetunejobs.kubeclip.dev"
     names = c["spec"]["names"]
-    assert names["shortNames"] == ["ftj"] and names["categories"] == ["kubeclip"] and names["kind"] == "FineTuneJob"
+    assert names["shortNames"] == ["ftj"]
+    assert names["categories"] == ["kubeclip"]
+    assert names["kind"] == "FineTuneJob"
     v = c["spec"]["versions"][0]
-    assert v["name"] == "v1alpha1" and v["subresources"] == {"status": {}}
+    assert v["name"] == "v1alpha1"
+    assert v["subresources"] == {"status": {}}
     assert [col["name"] for col in v["additionalPrinterColumns"]] == [
         "Phase",
         "Nodes",
@@ -85,8 +90,10 @@ def test_names_columns_status_and_rules():
         "Age",
     ]
     rules = [r["rule"] for r in _walk_rules(_schema())]
-    assert any("metadata.name.size()" in r for r in rules) and any("lockImage" in r for r in rules)
-    assert any("volumeMounts.all" in r for r in rules) and any("nvidia.com/gpu" in r for r in rules)
+    assert any("metadata.name.size()" in r for r in rules)
+    assert any("lockImage" in r for r in rules)
+    assert any("volumeMounts.all" in r for r in rules)
+    assert any("nvidia.com/gpu" in r for r in rules)
 
 
 def _walk_rules(schema):

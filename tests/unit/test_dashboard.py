@@ -68,7 +68,8 @@ def expressions() -> list[tuple[str, str]]:
 
 def test_contract_parsing_finds_the_metrics():
     names, histograms = contract_metrics()
-    assert len(names) >= 20 and "kubeclip_trainer_loss" in names
+    assert len(names) >= 20
+    assert "kubeclip_trainer_loss" in names
     assert histograms == {
         "kubeclip_trainer_step_seconds",
         "kubeclip_trainer_data_wait_seconds",
@@ -91,14 +92,14 @@ def test_trainer_queries_honour_the_namespace_and_job_selectors():
     for ref, expr in expressions():
         for m in re.finditer(r"\bkubeclip_trainer_\w+(\{[^}]*\})?", expr):
             selector = m.group(1) or ""
-            assert 'namespace=~"$namespace"' in selector and 'finetunejob=~"$job"' in selector, (
-                f"panel {ref}: {m.group(0)}"
-            )
+            assert 'namespace=~"$namespace"' in selector, f"panel {ref}: {m.group(0)}"
+            assert 'finetunejob=~"$job"' in selector, f"panel {ref}: {m.group(0)}"
 
 
 def test_datasource_and_selectors_are_template_variables():
     variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
-    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
     for name, label in (("namespace", "namespace"), ("job", "finetunejob")):
         assert variables[name]["type"] == "query"
         assert f", {label})" in variables[name]["definition"]
@@ -120,7 +121,8 @@ def test_layout_ids_unique_and_panels_do_not_overlap():
     taken: dict[tuple[int, int], str] = {}
     for p in dashboard()["panels"]:
         g = p["gridPos"]
-        assert 0 <= g["x"] and g["x"] + g["w"] <= 24, p["title"]
+        assert g["x"] >= 0, p["title"]
+        assert g["x"] + g["w"] <= 24, p["title"]
         for x in range(g["x"], g["x"] + g["w"]):
             for y in range(g["y"], g["y"] + g["h"]):
                 assert (x, y) not in taken, f"{p['title']} overlaps {taken[(x, y)]}"
@@ -161,7 +163,8 @@ CORE_PANEL_TYPES = {"row", "timeseries", "stat", "gauge", "table", "bargauge", "
 def test_dashboard_is_valid_for_the_grafana_versions_it_targets():
     d = json.loads(DASHBOARD.read_text())
     assert d["schemaVersion"] == GRAFANA_SCHEMA_VERSION
-    assert d["uid"] and len(d["uid"]) <= 40  # Grafana's uid limit
+    assert d["uid"]
+    assert len(d["uid"]) <= 40
     panels = []
     stack = list(d["panels"])
     while stack:
@@ -175,4 +178,5 @@ def test_dashboard_is_valid_for_the_grafana_versions_it_targets():
             assert p["datasource"] == ds, p["title"]
             assert all(t.get("datasource", ds) == ds and t.get("refId") for t in p["targets"]), p["title"]
     variables = {v["name"]: v for v in d["templating"]["list"]}
-    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"

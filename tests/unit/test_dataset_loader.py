@@ -93,7 +93,8 @@ def test_a_dataset_tarball_is_unpacked_and_its_csvs_counted(python, served, tmp_
     proc = _load(python, f"{base}/good.tar.gz", dest)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [f"{dest / 'train.csv'} 2 rows", f"{dest / 'val.csv'} 1 rows"], proc.stdout
-    assert (dest / "train.csv").read_bytes() == TRAIN and (dest / "images/a.png").read_bytes() == b"\x89PNG-a"
+    assert (dest / "train.csv").read_bytes() == TRAIN
+    assert (dest / "images/a.png").read_bytes() == b"\x89PNG-a"
     assert sorted(p.name for p in dest.parent.iterdir()) == ["penguins"]  # the download is gone
 
 
@@ -119,8 +120,10 @@ def test_a_malicious_archive_is_refused_whole_with_one_line(python, case, served
     assert proc.returncode == 1, (proc.stdout, proc.stderr)
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith(f"dataset: {url}: refused member {members[1][0].name!r}"), line
-    assert list(dest.iterdir()) == [] and sorted(p.name for p in dest.parent.iterdir()) == ["penguins"]
-    assert not (tmp_path / "data" / "escape").exists() and not (tmp_path / "escape-abs").exists()
+    assert list(dest.iterdir()) == []
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["penguins"]
+    assert not (tmp_path / "data" / "escape").exists()
+    assert not (tmp_path / "escape-abs").exists()
 
 
 @pytest.mark.parametrize("python", PYTHONS.values(), ids=PYTHONS.keys())
@@ -130,4 +133,6 @@ def test_a_missing_download_or_a_non_tarball_is_one_line(python, served, tmp_pat
     for what, expect in (("missing.tar.gz", "HTTP Error 404"), ("not-a-tarball.tar.gz", "not a gzip file")):
         proc = _load(python, f"{base}/{what}", tmp_path / what / "penguins")
         (line,) = proc.stderr.strip().splitlines()
-        assert proc.returncode == 1 and line.startswith(f"dataset: {base}/{what}: ") and expect in line, line
+        assert proc.returncode == 1, line
+        assert line.startswith(f"dataset: {base}/{what}: "), line
+        assert expect in line, line

@@ -31,13 +31,16 @@ def test_targets_users_pins_and_labels():
     for target in ("controller", "trainer"):
         stage = by_stage[target]
         users = [rest for kw, rest in stage if kw == "USER"]
-        assert users and users[-1] == "1000:1000", f"{target} runs as 1000:1000, the chart's runAsUser"
+        assert users, f"{target} runs as 1000:1000, the chart's runAsUser"
+        assert users[-1] == "1000:1000", f"{target} runs as 1000:1000, the chart's runAsUser"
         labels = " ".join(rest for kw, rest in stage if kw == "LABEL")
         for key in ("title", "description", "version", "licenses", "source", "base.name"):
             assert f"org.opencontainers.image.{key}=" in labels, f"{target} lacks OCI label {key}"
     for name, image in bases.items():
         repo, _, tag = image.rpartition(":")
-        assert repo and re.search(r"\d", tag) and tag != "latest", f"stage {name}: base image {image} is not pinned"
+        assert repo, f"stage {name}: base image {image} is not pinned"
+        assert re.search(r"\d", tag), f"stage {name}: base image {image} is not pinned"
+        assert tag != "latest", f"stage {name}: base image {image} is not pinned"
     # The trainer base ships the very torch pyproject pins, so pip keeps it instead of pulling ~3 GB.
     pins = dict(re.findall(r'"(torch|open_clip_torch)==([\w.]+)"', (ROOT / "pyproject.toml").read_text()))
     assert bases["trainer"].split(":")[1].startswith(pins["torch"] + "-cuda"), bases["trainer"]
@@ -45,7 +48,8 @@ def test_targets_users_pins_and_labels():
     assert by_stage["controller"][-1] == ("CMD", '["operator"]')
     # The controller image holds the API package (inside kubeclip/) and nothing of the trainer.
     copied = {src for srcs, _ in copy_sources(by_stage["controller-build"]) for src in srcs}
-    assert "kubeclip/" in copied and not any(s.startswith("trainer") for s in copied), copied
+    assert "kubeclip/" in copied, copied
+    assert not any(s.startswith("trainer") for s in copied), copied
     assert ("ENTRYPOINT", '["kubeclip"]') in by_stage["controller"]
 
 

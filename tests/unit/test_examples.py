@@ -43,10 +43,10 @@ def crd() -> dict:
 
 
 def test_the_promised_examples_exist():
-    assert PROMISED <= {p.name for p in EXAMPLES}, f"missing: {PROMISED - {p.name for p in EXAMPLES}}"
+    assert {p.name for p in EXAMPLES} >= PROMISED, f"missing: {PROMISED - {p.name for p in EXAMPLES}}"
 
 
-@pytest.mark.parametrize("name,job", jobs(), ids=[n for n, _ in jobs()])
+@pytest.mark.parametrize(("name", "job"), jobs(), ids=[n for n, _ in jobs()])
 def test_job_matches_the_crd_schema(name, job):
     assert job["apiVersion"] == "kubeclip.dev/v1alpha1"
     assert crd_jsonschema.errors(crd(), job) == []
@@ -59,10 +59,11 @@ def test_the_schema_check_catches_a_typo():
     bad["spec"]["training"]["batchSzie"] = 8
     bad["spec"]["numNodes"] = "two"
     found = " ".join(crd_jsonschema.errors(crd(), bad))
-    assert "batchSzie" in found and "spec.numNodes" in found
+    assert "batchSzie" in found
+    assert "spec.numNodes" in found
 
 
-@pytest.mark.parametrize("name,job", jobs(), ids=[n for n, _ in jobs()])
+@pytest.mark.parametrize(("name", "job"), jobs(), ids=[n for n, _ in jobs()])
 def test_job_passes_the_controller_and_trainer_models(name, job):
     from kubeclip.api import FineTuneJobSpec, parse_spec
 
@@ -71,7 +72,9 @@ def test_job_passes_the_controller_and_trainer_models(name, job):
     assert job["metadata"]["name"]
     if name != "local-cpu.yaml":
         # The cluster examples run the trainer image and keep their data on a volume.
-        assert job["spec"]["image"] and job["spec"]["volumes"] and job["spec"]["volumeMounts"]
+        assert job["spec"]["image"]
+        assert job["spec"]["volumes"]
+        assert job["spec"]["volumeMounts"]
         mounts = [m["mountPath"] for m in job["spec"]["volumeMounts"]]
         for path in (spec.dataset.trainCsv, spec.dataset.valCsv, spec.output.path):
             assert any(path.startswith(m.rstrip("/") + "/") for m in mounts), f"{path} is not on a mounted volume"
@@ -81,17 +84,17 @@ def test_minimal_example_is_the_classic_guide():
     job = next(d for n, d in jobs() if n == "finetune-minimal.yaml")
     spec = job["spec"]
     assert spec["model"] == {"name": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"}
-    assert spec["training"]["learningRate"] == 5e-6 and spec["training"]["warmupSteps"] == 1000
-    assert spec["numProcPerNode"] == 6 and spec["resources"]["limits"]["nvidia.com/gpu"] == 6
+    assert spec["training"]["learningRate"] == 5e-6
+    assert spec["training"]["warmupSteps"] == 1000
+    assert spec["numProcPerNode"] == 6
+    assert spec["resources"]["limits"]["nvidia.com/gpu"] == 6
     assert any("persistentVolumeClaim" in v for v in spec["volumes"])
 
 
 def test_multinode_example_spans_several_gpu_nodes():
     job = next(d for n, d in jobs() if n == "finetune-multinode.yaml")
-    assert (
-        job["spec"]["numNodes"] > 1
-        and job["spec"]["resources"]["limits"]["nvidia.com/gpu"] == job["spec"]["numProcPerNode"]
-    )
+    assert job["spec"]["numNodes"] > 1
+    assert job["spec"]["resources"]["limits"]["nvidia.com/gpu"] == job["spec"]["numProcPerNode"]
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
@@ -127,7 +130,8 @@ def test_every_example_passes_server_side_dry_run(cluster, namespace):
     bad = cluster.kubectl(
         "apply", "--dry-run=server", "-n", namespace, "-f", "-", input=yaml.safe_dump(job), check=False
     )
-    assert bad.returncode != 0 and "nothing would be trained" in bad.stderr, bad.stderr
+    assert bad.returncode != 0, bad.stderr
+    assert "nothing would be trained" in bad.stderr, bad.stderr
 
 
 #: Where the trainer raises ``PreflightError``: the CSV reader, the eval sets, the other checks.

@@ -23,7 +23,8 @@ def test_the_termination_log_is_cut_to_what_kubernetes_keeps(tmp_path):
     target = tmp_path / "termination-log"
     target.write_text("")
     exits.write_termination_log("é" * 5000, str(target))  # 2 bytes each: cut on a character boundary
-    assert len(target.read_bytes()) == 4096 and target.read_text() == "é" * 2048
+    assert len(target.read_bytes()) == 4096
+    assert target.read_text() == "é" * 2048
 
 
 def test_fail_prints_writes_and_returns_the_code(tmp_path, monkeypatch, capsys):
@@ -40,7 +41,8 @@ def test_without_overwrite_the_first_writer_wins(tmp_path, capsys):
     """Rank 0's verdict stays; a knock-on failure of another rank of the container does not replace it."""
     target = tmp_path / "termination-log"
     target.write_text("")
-    assert not exits.has_content(str(target)) and not exits.has_content(str(tmp_path / "absent"))
+    assert not exits.has_content(str(target))
+    assert not exits.has_content(str(tmp_path / "absent"))
     exits.fail("loss is nan at step 3", NonFiniteLoss.exit_code, path=str(target), overwrite=False, echo=False)
     exits.fail("rank 1 failed: broken pipe", 1, path=str(target), overwrite=False, echo=False)
     assert read_termination_message(target.read_text()).text == "loss is nan at step 3"
@@ -50,6 +52,7 @@ def test_without_overwrite_the_first_writer_wins(tmp_path, capsys):
 
 
 def test_a_signal_is_named_as_the_shell_numbers_it():
-    assert signal_name(int(signal.SIGKILL)) == "SIGKILL" and signal_name(int(signal.SIGBUS)) == "SIGBUS"
+    assert signal_name(int(signal.SIGKILL)) == "SIGKILL"
+    assert signal_name(int(signal.SIGBUS)) == "SIGBUS"
     assert signal_name(137 - SIGNAL_EXIT_BASE) == "SIGKILL"  # a container that exited 137
     assert signal_name(200) == "signal 200"  # a number no signal of this platform has

@@ -39,14 +39,20 @@ def test_the_mean_covers_the_steps_since_the_last_take():
         w.observe(torch.tensor(loss, requires_grad=True) * 1, i)
     assert w.take_mean() == 3.0
     w.observe(torch.tensor(4.0), 4)
-    assert w.take_mean() == 4.0 and math.isclose(float(w.total), 0.0)
+    assert w.take_mean() == 4.0
+    assert math.isclose(float(w.total), 0.0)
 
 
 def test_compile_clock_times_only_steps_with_new_shapes():
     c = CompileClock(enabled=True)
-    assert c.start([((4, 3), (4, 16))]) and c.stop(sync=False) is not None
-    assert not c.start([((4, 3), (4, 16))]) and c.stop(sync=False) is None
-    assert c.start([((4, 3), (4, 16)), ((4, 3), (4, 32))]) and c.stop(sync=False) is not None
-    assert c.graphs == 2 and c.seconds > 0
+    assert c.start([((4, 3), (4, 16))])
+    assert c.stop(sync=False) is not None
+    assert not c.start([((4, 3), (4, 16))])
+    assert c.stop(sync=False) is None
+    assert c.start([((4, 3), (4, 16)), ((4, 3), (4, 32))])
+    assert c.stop(sync=False) is not None
+    assert c.graphs == 2
+    assert c.seconds > 0
     off = CompileClock(enabled=False)
-    assert not off.start([((4, 3), (4, 16))]) and off.stop(sync=False) is None
+    assert not off.start([((4, 3), (4, 16))])
+    assert off.stop(sync=False) is None

@@ -42,10 +42,13 @@ SUMMARY = "last weights exported; val i2t R@1 0.531 (start 0.125)"
 def test_the_message_is_the_text_then_one_progress_line_that_reads_back():
     msg = termination_message(SUMMARY, FINAL)
     text, last = msg.rsplit("\n", 1)
-    assert text == SUMMARY and last.startswith(FINAL_PROGRESS_MARKER)
-    assert "metricsPort" not in last and "message" not in json.loads(last[len(FINAL_PROGRESS_MARKER) :])
+    assert text == SUMMARY
+    assert last.startswith(FINAL_PROGRESS_MARKER)
+    assert "metricsPort" not in last
+    assert "message" not in json.loads(last[len(FINAL_PROGRESS_MARKER) :])
     back = read_termination_message(msg)
-    assert back.text == SUMMARY and back.progress is not None
+    assert back.text == SUMMARY
+    assert back.progress is not None
     assert back.progress.model_dump(exclude={"message", "metricsPort"}) == FINAL.model_dump(
         exclude={"message", "metricsPort"}
     )
@@ -58,8 +61,10 @@ def test_a_long_text_is_shortened_and_the_progress_kept_within_4096_bytes():
     msg = termination_message("exported alpha 0.5: ä " + table, FINAL)
     assert len(msg.encode("utf-8")) <= TERMINATION_MESSAGE_MAX_BYTES
     back = read_termination_message(msg)
-    assert back.text.startswith("exported alpha 0.5: ä alpha 0.00") and back.text.endswith("...")
-    assert back.progress is not None and back.progress.eval["image_to_text_R@1"] == 0.53125
+    assert back.text.startswith("exported alpha 0.5: ä alpha 0.00")
+    assert back.text.endswith("...")
+    assert back.progress is not None
+    assert back.progress.eval["image_to_text_R@1"] == 0.53125
     # Kubernetes keeps the last 4096 bytes: the message is all of them, the JSON intact
     assert read_termination_message(msg.encode()[-TERMINATION_MESSAGE_MAX_BYTES:].decode()).progress == back.progress
 
@@ -75,10 +80,12 @@ def test_a_progress_too_big_for_its_line_keeps_the_figures_status_shows():
     msg = termination_message(SUMMARY, big)
     assert len(msg.encode()) <= TERMINATION_MESSAGE_MAX_BYTES
     back = read_termination_message(msg)
-    assert back.text == SUMMARY and back.progress is not None
+    assert back.text == SUMMARY
+    assert back.progress is not None
     assert back.progress.eval == {"image_to_text_R@1": 0.53125, "text_to_image_R@1": 0.5}
     assert (back.progress.step, back.progress.totalSteps, back.progress.loss) == (100, 100, 0.812345)
-    assert back.progress.lastCheckpoint is None and back.progress.skippedCheckpoints == []
+    assert back.progress.lastCheckpoint is None
+    assert back.progress.skippedCheckpoints == []
 
 
 def test_no_progress_leaves_the_text_alone():
@@ -118,12 +125,17 @@ def test_node0_terminated_with_its_final_progress_succeeds_with_it_in_status():
         _running_job(), [pod(0, "Succeeded", exit_code=0, reason="Completed", message=msg), pod(1)], progress=POLLED
     )
     st = j["status"]
-    assert st["phase"] == "Succeeded" and st["message"] == f"j-node-0 completed: {SUMMARY}"
+    assert st["phase"] == "Succeeded"
+    assert st["message"] == f"j-node-0 completed: {SUMMARY}"
     pr = st["progress"]
     assert (pr["phase"], pr["step"], pr["totalSteps"], pr["percent"]) == ("done", 100, 100, 100)
-    assert pr["summary"] == "epoch 1/2 step 100/100" and pr["loss"] == 0.8123
-    assert pr["recallAt1"] == 0.5312 and pr["recallAt1Gain"] == 0.4062 and pr["etaSeconds"] == 0
-    assert pr["lastCheckpointStep"] == 100 and pr["updatedAt"] == "2026-01-02T03:04:05Z"
+    assert pr["summary"] == "epoch 1/2 step 100/100"
+    assert pr["loss"] == 0.8123
+    assert pr["recallAt1"] == 0.5312
+    assert pr["recallAt1Gain"] == 0.4062
+    assert pr["etaSeconds"] == 0
+    assert pr["lastCheckpointStep"] == 100
+    assert pr["updatedAt"] == "2026-01-02T03:04:05Z"
 
 
 def test_skipped_checkpoints_reported_while_it_ran_stay_in_status():
@@ -140,7 +152,8 @@ def test_a_garbage_final_progress_is_ignored_and_the_job_still_succeeds(line):
     msg = f"{SUMMARY}\n{line}"
     _, j = run(_running_job(), [pod(0, "Succeeded", exit_code=0, message=msg), pod(1)], progress=POLLED)
     st = j["status"]
-    assert st["phase"] == "Succeeded" and st["message"] == f"j-node-0 completed: {SUMMARY}"
+    assert st["phase"] == "Succeeded"
+    assert st["message"] == f"j-node-0 completed: {SUMMARY}"
     assert st["progress"]["step"] == 90  # the last poll, as without a final progress
 
 
@@ -151,11 +164,14 @@ def test_a_final_verdict_fails_with_rank0_progress_and_the_one_line_reason():
     _, j = run(_running_job(), [pod(0, "Failed", exit_code=4, message=msg), pod(1)], progress=POLLED)
     st = j["status"]
     assert (st["phase"], st["reason"]) == ("Failed", "NonFiniteLoss")
-    assert st["message"] == f"j-node-0 exited with code 4: {line}" and FINAL_PROGRESS_MARKER not in st["message"]
+    assert st["message"] == f"j-node-0 exited with code 4: {line}"
+    assert FINAL_PROGRESS_MARKER not in st["message"]
     assert (st["progress"]["phase"], st["progress"]["step"], st["progress"]["percent"]) == ("failed", 37, 37)
 
 
 def test_a_nan_eval_figure_is_left_out_and_the_rest_reads_back():
     nan = FINAL.model_copy(update={"eval": {"image_to_text_R@1": 0.5, "val_loss": float("nan")}})
     back = read_termination_message(termination_message(SUMMARY, nan)).progress
-    assert back is not None and back.eval == {"image_to_text_R@1": 0.5} and back.step == 100
+    assert back is not None
+    assert back.eval == {"image_to_text_R@1": 0.5}
+    assert back.step == 100

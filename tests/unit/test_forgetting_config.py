@@ -57,7 +57,7 @@ def spec(tmp: Path, evaluation=None, export=None, val=True):
 
 
 @pytest.mark.parametrize(
-    "export, evaluation, expected",
+    ("export", "evaluation", "expected"),
     [
         ({"wiseFtAlphas": [0.5, 1.5]}, None, "spec.export.wiseFtAlphas.1: Input should be less than or equal to 1"),
         ({"wiseFtAlphas": [-0.1]}, None, "spec.export.wiseFtAlphas.0: Input should be greater than or equal to 0"),
@@ -82,7 +82,8 @@ def spec(tmp: Path, evaluation=None, export=None, val=True):
 def test_bad_configs_fail_with_one_line_naming_the_key(data, export, evaluation, expected):
     with pytest.raises(ConfigError) as err:
         spec(data, evaluation=evaluation, export=export)
-    assert expected in str(err.value) and "\n" not in str(err.value)
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
 
 
 def test_forgetting_options_need_a_val_csv(data):
@@ -95,7 +96,8 @@ def test_forgetting_options_need_a_val_csv(data):
 def test_the_sweep_always_holds_0_and_1_and_the_fixed_alpha():
     assert ExportSpec(wiseFtAlphas=[0.5, 0.25, 0.5]).alphas() == [0.0, 0.25, 0.5, 1.0]
     assert ExportSpec(select="alpha", alpha=0.3).alphas() == [0.0, 0.3, 1.0]
-    assert not ExportSpec().sweeps() and ExportSpec(wiseFtAlphas=[0.5]).sweeps()
+    assert not ExportSpec().sweeps()
+    assert ExportSpec(wiseFtAlphas=[0.5]).sweeps()
 
 
 # ------------------------------------------------------------------------------------- preflight
@@ -108,13 +110,14 @@ def test_a_good_retention_and_zeroshot_csv_pass_and_are_reported(data):
         spec(data, evaluation={"retentionCsv": str(data / "ret.csv"), "zeroShot": {"csv": str(data / "zs.csv")}}),
         world=1,
     )
-    assert len(report.eval_sets.retention) == 4 and report.eval_sets.retention.separator == ";"
+    assert len(report.eval_sets.retention) == 4
+    assert report.eval_sets.retention.separator == ";"
     assert sorted(set(report.eval_sets.zeroshot.captions)) == ["cat", "dog"]
     assert "retention 4 rows, zero-shot 6 images / 2 classes" in report.summary()
 
 
 @pytest.mark.parametrize(
-    "which, header, rows, expected",
+    ("which", "header", "rows", "expected"),
     [
         (
             "retention",
@@ -174,7 +177,8 @@ def test_interpolation_is_exact_at_the_ends_and_the_formula_in_between():
     assert all(torch.equal(wiseft.interpolate(start, ft, 1.0)[k], ft[k]) for k in ("w", "b"))
     mid = wiseft.interpolate(start, ft, 0.3)
     assert torch.equal(mid["w"], 0.7 * start["w"] + 0.3 * ft["w"])
-    assert not torch.equal(mid["w"], start["w"]) and not torch.equal(mid["w"], ft["w"])
+    assert not torch.equal(mid["w"], start["w"])
+    assert not torch.equal(mid["w"], ft["w"])
     assert torch.equal(mid["n"], ft["n"])  # integer buffers are not mixed
     with pytest.raises(ValueError, match="different parameters"):
         wiseft.interpolate(start, {"w": ft["w"]}, 0.5)
@@ -198,7 +202,7 @@ TABLE = [
 
 
 @pytest.mark.parametrize(
-    "policy, alpha",
+    ("policy", "alpha"),
     [
         (ExportSpec(wiseFtAlphas=[0.25, 0.5, 0.75]), 1.0),
         (ExportSpec(select="alpha", alpha=0.25), 0.25),
@@ -210,14 +214,15 @@ TABLE = [
 )
 def test_selection_policies(policy, alpha):
     chosen, reason = wiseft.select(TABLE, policy)
-    assert chosen == alpha and policy.select in reason
+    assert chosen == alpha
+    assert policy.select in reason
 
 
 def test_table_lines_show_each_alpha():
     lines = wiseft.table_lines(TABLE)
-    assert (
-        len(lines) == 5 and lines[2].startswith("alpha 0.50  val i2t R@1 0.300") and "retention R@1 0.440" in lines[2]
-    )
+    assert len(lines) == 5
+    assert lines[2].startswith("alpha 0.50  val i2t R@1 0.300")
+    assert "retention R@1 0.440" in lines[2]
 
 
 # ----------------------------------------------------------------------------- controller status
@@ -234,9 +239,12 @@ def test_progress_maps_gain_and_forgetting_onto_status():
             "zeroShotBaseline": {"top1": 0.6},
         }
     )
-    assert status["recallAt1Gain"] == 0.3 and status["recallAt1Baseline"] == 0.1
-    assert status["retentionDrop"] == 0.25 and status["retentionRecallAt1"] == 0.25
-    assert status["zeroShotTop1"] == 0.3 and status["zeroShotTop1Baseline"] == 0.6
+    assert status["recallAt1Gain"] == 0.3
+    assert status["recallAt1Baseline"] == 0.1
+    assert status["retentionDrop"] == 0.25
+    assert status["retentionRecallAt1"] == 0.25
+    assert status["zeroShotTop1"] == 0.3
+    assert status["zeroShotTop1Baseline"] == 0.6
     assert "recallAt1Gain" not in progress_status({"eval": {"image_to_text_R@1": 0.4}})  # no baseline: no gain
 
 
@@ -253,4 +261,5 @@ def test_reconcile_puts_the_trainer_summary_in_the_succeeded_message():
 
     summary = "exported alpha 0.5: select bestWithinRetentionDrop 0.1: ...; alpha 0.00 val i2t R@1 0.027 ..."
     _, j = run(_running_job(), [pod(0, "Succeeded", exit_code=0, reason="Completed", message=summary), pod(1)])
-    assert j["status"]["phase"] == "Succeeded" and j["status"]["message"] == f"j-node-0 completed: {summary}"
+    assert j["status"]["phase"] == "Succeeded"
+    assert j["status"]["message"] == f"j-node-0 completed: {summary}"

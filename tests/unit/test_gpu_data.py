@@ -10,6 +10,7 @@ through a real DataLoader with worker processes, against the trainer's PIL path.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,8 +98,12 @@ def setup(tmp_path_factory):
 def test_plan_reads_open_clips_transforms(setup):
     train = plan_from_transform(setup["tf_train"])
     val = plan_from_transform(setup["tf_val"])
-    assert train.train and train.size == 48 and train.scale == (0.9, 1.0) and train.interpolation == "bicubic"
-    assert not val.train and val.size == 48
+    assert train.train
+    assert train.size == 48
+    assert train.scale == (0.9, 1.0)
+    assert train.interpolation == "bicubic"
+    assert not val.train
+    assert val.size == 48
     assert train.mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
     # colour jitter is a step the GPU path does not reproduce: the caller keeps the PIL path
     _, jitter, _ = setup["open_clip"].create_model_and_transforms(
@@ -111,7 +116,7 @@ def test_decode_jpeg_gives_pils_pixels(setup):
     from torchvision.io import ImageReadMode, decode_jpeg
 
     for p in setup["table"].paths[:4]:
-        data = torch.frombuffer(bytearray(open(p, "rb").read()), dtype=torch.uint8)
+        data = torch.frombuffer(bytearray(Path(p).read_bytes()), dtype=torch.uint8)
         ours = decode_jpeg([data], mode=ImageReadMode.RGB)[0]
         ref = torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1)
         assert ours.shape == ref.shape
@@ -129,10 +134,12 @@ def test_batch_matches_the_pil_path(setup, split):
     assert [it[0] for it in items] == [i not in (5, 9) for i in range(12)]  # PNG and CMYK fall back to PIL pixels
     images, tokens = BatchDecoder(plan, torch.device("cpu"))(collate_raw(items))
     want = torch.stack([ref[k][0] for k in keys])
-    assert images.shape == want.shape == (12, 3, 48, 48) and images.dtype == torch.float32
+    assert images.shape == want.shape == (12, 3, 48, 48)
+    assert images.dtype == torch.float32
     diff = (images - want).abs()
     # normalised units: 1/255/std ~ 0.015 per grey level; rounding differences of a few levels only
-    assert diff.mean() < 0.002 and diff.max() < 0.05, (diff.mean(), diff.max())
+    assert diff.mean() < 0.002, (diff.mean(), diff.max())
+    assert diff.max() < 0.05, (diff.mean(), diff.max())
     assert torch.equal(tokens, torch.stack([ref[k][1] for k in keys]))
     if split == "train":  # the crop is drawn per (seed, epoch, index): another epoch crops elsewhere
         other = torch.stack([ref[(3, i)][0] for i in range(12)])
@@ -184,7 +191,7 @@ def test_a_corrupt_jpeg_fails_loudly_not_silently(setup, tmp_path):
     plan = plan_from_transform(setup["tf_val"])
     good = setup["table"].paths[0]
     bad = tmp_path / "truncated.jpg"
-    blob = open(good, "rb").read()
+    blob = Path(good).read_bytes()
     bad.write_bytes(blob[: len(blob) // 3])  # a header that parses, then no image data
     table = Table(
         csv="mem", separator=",", paths=np.array([str(bad)], dtype=object), captions=np.array(["x"], dtype=object)

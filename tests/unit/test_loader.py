@@ -42,7 +42,8 @@ def test_the_same_seed_gives_the_same_order_and_draws_twice():
     first, again = batches(workers=0), batches(workers=0)
     assert [b[0] for b in first] == [b[0] for b in again]
     assert all(torch.equal(a[1], b[1]) for a, b in zip(first, again, strict=True))
-    assert len(first) == 10 and sorted(i for b in first for i in b[0]) == list(range(40))
+    assert len(first) == 10
+    assert sorted(i for b in first for i in b[0]) == list(range(40))
 
 
 def test_another_seed_or_epoch_gives_another_order():
@@ -74,11 +75,13 @@ def test_seeded_rng_repeats_a_draw_and_restores_the_stream():
     torch.manual_seed(5)
     with seeded_rng(42):
         b = torch.rand(4)
-    assert torch.equal(a, b) and torch.equal(torch.rand(1), after)
+    assert torch.equal(a, b)
+    assert torch.equal(torch.rand(1), after)
 
 
 def test_prefetch_applies_only_with_workers():
     sampler = ShardedBatchSampler(8, batch_size=2, world=1, rank=0, seed=0)
     assert batch_loader(Draws(8, 0), sampler, 0, False, default_collate, prefetch_factor=4).prefetch_factor is None
     with_workers = batch_loader(Draws(8, 0), sampler, 2, False, default_collate, prefetch_factor=4)
-    assert with_workers.prefetch_factor == 4 and with_workers.persistent_workers
+    assert with_workers.prefetch_factor == 4
+    assert with_workers.persistent_workers

@@ -30,11 +30,15 @@ def test_param_groups_decay_matrices_only():
     names = {id(p): n for n, p in model.named_parameters()}
     decayed_names = {names[id(p)] for p in decayed["params"]}
     other_names = {names[id(p)] for p in other["params"]}
-    assert decayed["weight_decay"] == 0.1 and other["weight_decay"] == 0.0
-    assert "logit_scale" in other_names and "visual.ln_post.weight" in other_names
-    assert "token_embedding.weight" in other_names and "visual.positional_embedding" in other_names
+    assert decayed["weight_decay"] == 0.1
+    assert other["weight_decay"] == 0.0
+    assert "logit_scale" in other_names
+    assert "visual.ln_post.weight" in other_names
+    assert "token_embedding.weight" in other_names
+    assert "visual.positional_embedding" in other_names
     assert all(not n.endswith(".bias") for n in decayed_names)
-    assert "visual.transformer.resblocks.0.mlp.c_fc.weight" in decayed_names and "text_projection" in decayed_names
+    assert "visual.transformer.resblocks.0.mlp.c_fc.weight" in decayed_names
+    assert "text_projection" in decayed_names
     assert decayed_names | other_names == {n for n, _ in model.named_parameters()}
 
 
@@ -49,7 +53,9 @@ def test_adamw_is_torch_fused_with_clip_betas_and_the_groups():
     model = tiny_clip()
     opt = adamw(param_groups(model, 0.1), torch.device("cpu"))
     assert isinstance(opt, torch.optim.AdamW)
-    assert opt.defaults["fused"] is True and opt.defaults["betas"] == BETAS and opt.defaults["eps"] == EPS
+    assert opt.defaults["fused"] is True
+    assert opt.defaults["betas"] == BETAS
+    assert opt.defaults["eps"] == EPS
     assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
     set_lr(opt, 0.25)
     assert [g["lr"] for g in opt.param_groups] == [0.25, 0.25]
@@ -66,4 +72,5 @@ def test_schedule():
     assert lr_at(4, 1.0, 4, 100) == pytest.approx(1.0)
     assert lr_at(52, 1.0, 4, 100) == pytest.approx(0.5)
     assert lr_at(100, 1.0, 4, 100) == pytest.approx(0.0, abs=1e-12)
-    assert default_warmup(1000) == 50 and default_warmup(3) == 1
+    assert default_warmup(1000) == 50
+    assert default_warmup(3) == 1

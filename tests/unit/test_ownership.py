@@ -27,7 +27,8 @@ def test_first_claim_owns_reclaim_is_silent_another_job_is_refused(tmp_path):
         ownership.claim(out, b)
     line = str(err.value)
     assert line.startswith(f"output: {out} belongs to job ml/a (uid uid-a), not this job ml/b (uid uid-b)")
-    assert "\n" not in line and err.value.exit_code == EXIT_OUTPUT_IN_USE
+    assert "\n" not in line
+    assert err.value.exit_code == EXIT_OUTPUT_IN_USE
     assert FINAL_EXIT_CODES[EXIT_OUTPUT_IN_USE] == "OutputInUse"
     with pytest.raises(OutputInUse):
         ownership.check(out, b)  # the other nodes refuse too

@@ -37,10 +37,13 @@ def test_the_fields_reach_the_pods_and_kubeclips_labels_win():
         topologySpreadConstraints=[SPREAD],
     )
     labels = p["metadata"]["labels"]
-    assert labels["cost-center"] == "vision" and labels["app.kubernetes.io/part-of"] == "search"
-    assert labels[naming.LABEL_JOB] == "j" and labels[naming.LABEL_INDEX] == "1"
+    assert labels["cost-center"] == "vision"
+    assert labels["app.kubernetes.io/part-of"] == "search"
+    assert labels[naming.LABEL_JOB] == "j"
+    assert labels[naming.LABEL_INDEX] == "1"
     assert p["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
-    assert p["spec"]["schedulerName"] == "volcano" and p["spec"]["runtimeClassName"] == "gvisor"
+    assert p["spec"]["schedulerName"] == "volcano"
+    assert p["spec"]["runtimeClassName"] == "gvisor"
     assert p["spec"]["topologySpreadConstraints"] == [SPREAD]
     plain = node_pod()
     assert "sidecar.istio.io/inject" not in plain["metadata"]["annotations"]
@@ -48,7 +51,7 @@ def test_the_fields_reach_the_pods_and_kubeclips_labels_win():
 
 
 @pytest.mark.parametrize(
-    "field,key",
+    ("field", "key"),
     [
         ("podLabels", "kubeclip.dev/job-name"),  # would move the pod into another job
         ("podLabels", "kueue.x-k8s.io/queue-name"),  # Kueue's pod integration would take the pod over
@@ -69,7 +72,8 @@ def test_reserved_or_invalid_keys_are_refused_by_the_model_and_the_crd_rule(fiel
     # The CEL rule's two regular expressions, as the API server reads them (RE2 == Python here).
     reserved, allowed = (p.replace("\\\\", "\\") for p in re.findall(r"matches\('([^']*)'\)", rule))
     if key != "bad key!":
-        assert re.match(reserved, key) and not re.match(allowed, key)
+        assert re.match(reserved, key)
+        assert not re.match(allowed, key)
 
 
 def test_label_values_and_sizes_are_bounded():

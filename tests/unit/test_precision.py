@@ -11,7 +11,8 @@ from trainer import failure, precision
 @pytest.mark.parametrize("mode", ["fp16", "amp", "amp_fp16"])
 def test_fp16_modes_are_refused_without_a_gpu_with_one_line(mode):
     line = precision.refusal(mode, cuda=False)
-    assert line is not None and "\n" not in line
+    assert line is not None
+    assert "\n" not in line
     assert line.startswith(f"spec.training.precision {mode}: needs a CUDA GPU")
     assert precision.refusal(mode, cuda=True) is None
 
@@ -32,10 +33,12 @@ def test_modes_mean_what_open_clip_train_means():
     assert precision.setup("bf16", cpu)[0] == torch.bfloat16
     assert precision.setup("fp16", cpu)[0] == torch.float16
     dtype, autocast, scaler = precision.setup("amp_bf16", cpu)
-    assert dtype == torch.float32 and not scaler
+    assert dtype == torch.float32
+    assert not scaler
     with autocast():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
-    assert precision.setup("amp", cpu)[2] and precision.setup("amp_fp16", cpu)[2]
+    assert precision.setup("amp", cpu)[2]
+    assert precision.setup("amp_fp16", cpu)[2]
     assert precision.setup("fp32", cpu)[:1] == (torch.float32,)
 
 
@@ -56,8 +59,8 @@ def test_a_crash_summary_is_one_bounded_line_with_where_it_was_raised(monkeypatc
     except RuntimeError as err:
         line = failure.summary(err)
     assert line.startswith("rank 3 failed: RuntimeError: Input type (float) and bias type")
-    assert line.endswith(f"(test_precision.py:{deep.__code__.co_firstlineno + 1} in deep)") and "\n" not in line
-    try:
+    assert line.endswith(f"(test_precision.py:{deep.__code__.co_firstlineno + 1} in deep)")
+    assert "\n" not in line
+    with pytest.raises(ValueError, match="x") as raised:
         raise ValueError("x" * 5000)
-    except ValueError as err:
-        assert len(failure.summary(err)) <= failure.MAX_LINE
+    assert len(failure.summary(raised.value)) <= failure.MAX_LINE

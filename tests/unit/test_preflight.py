@@ -109,7 +109,9 @@ def test_missing_images_are_counted_with_the_first_paths(data):
     write_csv(tmp / "train.csv", ["filepath", "caption"], rows)
     msg = fail(spec_for(tmp))
     assert "5 of 11 images not found" in msg
-    assert "gone0.png" in msg and "gone2.png" in msg and "gone3.png" not in msg  # first three only
+    assert "gone0.png" in msg
+    assert "gone2.png" in msg
+    assert "gone3.png" not in msg
 
 
 def test_unreadable_images_are_reported(data):
@@ -117,7 +119,8 @@ def test_unreadable_images_are_reported(data):
     (tmp / "img" / "broken.png").write_bytes(b"this is not a png")
     write_csv(tmp / "train.csv", ["filepath", "caption"], [[f"img/{n}", "c"] for n in [*names, "broken.png"]])
     msg = fail(spec_for(tmp))
-    assert "1 of 7 checked images cannot be read" in msg and "broken.png" in msg
+    assert "1 of 7 checked images cannot be read" in msg
+    assert "broken.png" in msg
 
 
 def test_empty_dataset(data):
@@ -141,7 +144,8 @@ def test_bad_encoding_in_the_body(data):
     rows = [[f"img/{n}", "café"] for n in names]
     write_csv(tmp / "train.csv", ["filepath", "caption"], rows, encoding="latin-1")
     msg = fail(spec_for(tmp))
-    assert "not UTF-8" in msg and "re-save" in msg
+    assert "not UTF-8" in msg
+    assert "re-save" in msg
 
 
 def test_bad_encoding_in_the_header(data):
@@ -155,7 +159,8 @@ def test_empty_captions_are_reported_with_line_numbers(data):
     rows = [[f"img/{n}", "c" if i != 2 else ""] for i, n in enumerate(names)]
     write_csv(tmp / "train.csv", ["filepath", "caption"], rows)
     msg = fail(spec_for(tmp))
-    assert "1 of 6 rows have an empty 'caption'" in msg and "line(s) 4" in msg
+    assert "1 of 6 rows have an empty 'caption'" in msg
+    assert "line(s) 4" in msg
 
 
 def test_batch_larger_than_the_data_counts_all_processes(data):
@@ -163,7 +168,8 @@ def test_batch_larger_than_the_data_counts_all_processes(data):
     write_csv(tmp / "train.csv", ["filepath", "caption"], [[f"img/{n}", "c"] for n in names])
     run_preflight(spec_for(tmp, batch=3), world=2)  # 6 rows = one global batch of 3 x 2: fine
     msg = fail(spec_for(tmp, batch=4), world=2)
-    assert "6 rows, fewer than one optimizer step needs" in msg and "batchSize 4 x 2 processes" in msg
+    assert "6 rows, fewer than one optimizer step needs" in msg
+    assert "batchSize 4 x 2 processes" in msg
 
 
 def test_val_csv_is_checked_too(data):
@@ -218,9 +224,8 @@ def test_pod_entrypoint_fails_with_one_line_without_importing_torch(data):
     )
     assert proc.returncode == EXIT_PREFLIGHT, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert (
-        lines[0].startswith("preflight: spec.dataset.trainCsv") and "columns found: ['filepath', 'title']" in lines[0]
-    )
+    assert lines[0].startswith("preflight: spec.dataset.trainCsv")
+    assert "columns found: ['filepath', 'title']" in lines[0]
     assert lines[1:] == ["no torch"]
 
 
@@ -232,7 +237,8 @@ def test_trainer_fails_with_one_line_before_building_a_model(data):
     )
     assert proc.returncode == EXIT_PREFLIGHT, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("preflight: spec.dataset.trainCsv"), proc.stderr
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("preflight: spec.dataset.trainCsv"), proc.stderr
 
 
 def test_free_space_is_checked_against_the_real_filesystem(tmp_path):

@@ -166,11 +166,15 @@ def condition(j, type_):
 def test_terminal_job_stays_terminal_and_ttl_deletes_it():
     j = _running_job(ttlSecondsAfterFinished=60)
     p, j = run(j, [pod(0, "Succeeded", exit_code=0), pod(1, "Succeeded", exit_code=0)])
-    assert p.requeue_after == 60 and not p.delete_job
+    assert p.requeue_after == 60
+    assert not p.delete_job
     later = plan(j, observe(j, [pod(0, "Failed", exit_code=137)], now=NOW + timedelta(seconds=30)))
-    assert later.status is None and not later.delete_job and later.requeue_after == pytest.approx(30)
+    assert later.status is None
+    assert not later.delete_job
+    assert later.requeue_after == pytest.approx(30)
     due = plan(j, observe(j, [], now=NOW + timedelta(seconds=60)))
-    assert due.delete_job and due.status is None
+    assert due.delete_job
+    assert due.status is None
 
 
 def test_ttl_zero_deletes_at_once():
@@ -185,10 +189,13 @@ def test_ttl_zero_deletes_at_once():
 def test_invalid_spec_fails_once_and_never_loops():
     j = job(training={"batchSize": 0})
     p, j = run(j, [])
-    assert p.status["phase"] == "Failed" and p.status["reason"] == "InvalidSpec"
-    assert "spec.training.batchSize" in p.status["message"] and not p.create
+    assert p.status["phase"] == "Failed"
+    assert p.status["reason"] == "InvalidSpec"
+    assert "spec.training.batchSize" in p.status["message"]
+    assert not p.create
     again = plan(j, observe(j))
-    assert again.empty and again.requeue_after is None
+    assert again.empty
+    assert again.requeue_after is None
 
 
 def test_no_image_anywhere_is_invalid_spec_but_default_image_works():
@@ -212,9 +219,12 @@ def test_configmap_holds_only_the_trainer_part_and_the_trainer_accepts_it():
     j = job(volumes=[{"name": "d", "hostPath": {"path": "/x"}}], volumeMounts=[{"name": "d", "mountPath": "/data"}])
     cm = next(o for o in plan(j, observe(j, with_children=False)).create if o["kind"] == "ConfigMap")
     doc = yaml.safe_load(cm["data"]["job.yaml"])
-    assert "volumes" not in doc["spec"] and "image" not in doc["spec"]
+    assert "volumes" not in doc["spec"]
+    assert "image" not in doc["spec"]
     name, spec = parse_manifest(doc)
-    assert name == "j" and spec.numNodes == 2 and spec.dataset.trainCsv == "/data/train.csv"
+    assert name == "j"
+    assert spec.numNodes == 2
+    assert spec.dataset.trainCsv == "/data/train.csv"
 
 
 def test_configmap_drift_is_repaired():
@@ -223,13 +233,16 @@ def test_configmap_drift_is_repaired():
     stale_cm = copy.deepcopy(obs.configmap)
     stale_cm["data"]["job.yaml"] = "old"
     p = plan(j, Observed(pods=obs.pods, service=obs.service, configmap=stale_cm, now=NOW))
-    assert len(p.update) == 1 and p.update[0]["data"] == obs.configmap["data"]
+    assert len(p.update) == 1
+    assert p.update[0]["data"] == obs.configmap["data"]
 
 
 def test_an_invalid_spec_with_a_nonsense_ttl_still_plans_a_number():
     """An object that bypassed the CRD: the raw TTL is not trusted for the requeue arithmetic."""
     p = plan(*(lambda j: (j, observe(j)))(job(training={"batchSize": 0}, runPolicy={"ttlSecondsAfterFinished": "1h"})))
-    assert p.status["reason"] == "InvalidSpec" and p.requeue_after is None and not p.delete_job
+    assert p.status["reason"] == "InvalidSpec"
+    assert p.requeue_after is None
+    assert not p.delete_job
 
 
 # ---- step: suspend -------------------------------------------------------------------------------
@@ -239,17 +252,20 @@ def test_suspend_deletes_pods_and_resume_recreates_them():
     j = _running_job()
     j["spec"]["runPolicy"]["suspend"] = True
     p, j = run(j, [pod(0), pod(1)])
-    assert j["status"]["phase"] == "Suspended" and sorted(d.name for d in p.delete) == ["j-node-0", "j-node-1"]
-    assert "startTime" not in j["status"] and not any(o["kind"] == "Pod" for o in p.create)
+    assert j["status"]["phase"] == "Suspended"
+    assert sorted(d.name for d in p.delete) == ["j-node-0", "j-node-1"]
+    assert "startTime" not in j["status"]
+    assert not any(o["kind"] == "Pod" for o in p.create)
     assert next(c for c in j["status"]["conditions"] if c["type"] == "Running")["status"] == "False"
     p2, j = run(j, [])
-    assert p2.status is None and p2.empty
+    assert p2.status is None
+    assert p2.empty
     j["spec"]["runPolicy"]["suspend"] = False
     p, j = run(j, [], now=NOW + timedelta(seconds=5))
-    assert j["status"]["phase"] == "Created" and j["status"]["reason"] == "Resumed"
-    assert names(p.create) == ["j-node-0", "j-node-1"] and j["status"]["startTime"] == rfc3339(
-        NOW + timedelta(seconds=5)
-    )
+    assert j["status"]["phase"] == "Created"
+    assert j["status"]["reason"] == "Resumed"
+    assert names(p.create) == ["j-node-0", "j-node-1"]
+    assert j["status"]["startTime"] == rfc3339(NOW + timedelta(seconds=5))
     assert next(c for c in j["status"]["conditions"] if c["type"] == "Suspended")["status"] == "False"
     assert j["status"]["restartCount"] == 0
 
@@ -263,12 +279,16 @@ def test_resuming_while_the_suspended_pods_terminate_is_not_a_disruption():
     j["spec"]["runPolicy"]["suspend"] = False
     terminating = [pod(0, deleting=True), pod(1, deleting=True)]
     p, j = run(j, terminating, now=NOW + timedelta(seconds=2))
-    assert j["status"]["phase"] == "Suspended" and "waiting for 2 pod(s)" in j["status"]["message"]
-    assert not p.create and j["status"]["restartCount"] == 0 and not j["status"].get("disruptedAttempts")
+    assert j["status"]["phase"] == "Suspended"
+    assert "waiting for 2 pod(s)" in j["status"]["message"]
+    assert not p.create
+    assert j["status"]["restartCount"] == 0
+    assert not j["status"].get("disruptedAttempts")
     assert p.requeue_after is not None  # back to check the terminating pods' node
     p, j = run(j, [], now=NOW + timedelta(seconds=20))
     assert (j["status"]["phase"], j["status"]["reason"]) == ("Created", "Resumed")
-    assert names(p.create) == ["j-node-0", "j-node-1"] and j["status"]["restartCount"] == 0
+    assert names(p.create) == ["j-node-0", "j-node-1"]
+    assert j["status"]["restartCount"] == 0
 
 
 def test_a_suspend_seen_after_node0_succeeded_keeps_the_success():
@@ -276,7 +296,8 @@ def test_a_suspend_seen_after_node0_succeeded_keeps_the_success():
     j = _running_job()
     j["spec"]["runPolicy"]["suspend"] = True
     p, j = run(j, [pod(0, "Succeeded", exit_code=0), pod(1)])
-    assert j["status"]["phase"] == "Succeeded" and [d.name for d in p.delete] == ["j-node-1"]
+    assert j["status"]["phase"] == "Succeeded"
+    assert [d.name for d in p.delete] == ["j-node-1"]
 
 
 # ---- step: deadline ------------------------------------------------------------------------------
@@ -285,7 +306,8 @@ def test_a_suspend_seen_after_node0_succeeded_keeps_the_success():
 def test_active_deadline():
     j = _running_job(activeDeadlineSeconds=100)
     p = plan(j, observe(j, [pod(0), pod(1)], now=NOW + timedelta(seconds=40)))
-    assert p.requeue_after == pytest.approx(60) and p.status is None
+    assert p.requeue_after == pytest.approx(60)
+    assert p.status is None
     p, j = run(j, [pod(0), pod(1)], now=NOW + timedelta(seconds=100))
     assert (j["status"]["phase"], j["status"]["reason"]) == ("Failed", "DeadlineExceeded")
     assert sorted(d.name for d in p.delete) == ["j-node-0", "j-node-1"]
@@ -295,21 +317,23 @@ def test_active_deadline():
 
 
 @pytest.mark.parametrize(
-    "policy, deleted", [("Running", ["j-node-1"]), ("All", ["j-node-0", "j-node-1"]), ("None", [])]
+    ("policy", "deleted"), [("Running", ["j-node-1"]), ("All", ["j-node-0", "j-node-1"]), ("None", [])]
 )
 def test_node0_success_and_clean_pod_policy(policy, deleted):
     j = _running_job(cleanPodPolicy=policy)
     p, j = run(j, [pod(0, "Succeeded", exit_code=0), pod(1)])
-    assert j["status"]["phase"] == "Succeeded" and j["status"]["completionTime"] == rfc3339(NOW)
+    assert j["status"]["phase"] == "Succeeded"
+    assert j["status"]["completionTime"] == rfc3339(NOW)
     assert sorted(d.name for d in p.delete) == deleted
-    assert p.transition == "Succeeded" and p.events[0].reason == "Succeeded"
+    assert p.transition == "Succeeded"
+    assert p.events[0].reason == "Succeeded"
 
 
 # ---- step: failure_policy (pods classified, the attempt judged, the limits) ----------------------
 
 
 @pytest.mark.parametrize(
-    "bad_pod, retryable, reason",
+    ("bad_pod", "retryable", "reason"),
     [
         (pod(1, "Failed", exit_code=137, reason="OOMKilled"), True, "OOMKilled"),
         (pod(1, "Failed", exit_code=143), True, "Killed"),
@@ -347,32 +371,37 @@ def test_node0_success_and_clean_pod_policy(policy, deleted):
 )
 def test_classify(bad_pod, retryable, reason):
     f = classify(bad_pod)
-    assert f is not None and (f.retryable, f.reason) == (retryable, reason)
+    assert f is not None
+    assert (f.retryable, f.reason) == (retryable, reason)
 
 
 def test_a_signal_is_named_in_the_message():
     f = classify(pod(1, "Failed", exit_code=139, message="rank 1 (local 1) died"))
-    assert f.retryable and not f.disruption and "SIGSEGV" in f.message and "rank 1 (local 1) died" in f.message
+    assert f.retryable
+    assert not f.disruption
+    assert "SIGSEGV" in f.message
+    assert "rank 1 (local 1) died" in f.message
 
 
 def test_healthy_pods_are_not_failures():
-    assert (
-        classify(pod(0)) is None
-        and classify(pod(0, "Pending")) is None
-        and classify(pod(0, "Succeeded", exit_code=0)) is None
-    )
+    assert classify(pod(0)) is None
+    assert classify(pod(0, "Pending")) is None
+    assert classify(pod(0, "Succeeded", exit_code=0)) is None
 
 
 def test_non_retryable_exit_fails_with_the_termination_message():
     j = _running_job()
     p, j = run(j, [pod(0), pod(1, "Failed", exit_code=3, message="train.csv: column 'caption' missing")])
-    assert j["status"]["phase"] == "Failed" and j["status"]["reason"] == "PreflightFailed"
+    assert j["status"]["phase"] == "Failed"
+    assert j["status"]["reason"] == "PreflightFailed"
     assert "column 'caption' missing" in j["status"]["message"]
     failed = next(c for c in j["status"]["conditions"] if c["type"] == "Failed")
-    assert failed["status"] == "True" and "column 'caption' missing" in failed["message"]
+    assert failed["status"] == "True"
+    assert "column 'caption' missing" in failed["message"]
     # cleanPodPolicy Running (default): the running node 0 is deleted, the failed pod kept for logs.
     assert p.delete == (Delete("Pod", "j-node-0", "pod-0-0"),)
-    assert p.events[0].type == "Warning" and j["status"]["completionTime"] == rfc3339(NOW)
+    assert p.events[0].type == "Warning"
+    assert j["status"]["completionTime"] == rfc3339(NOW)
 
 
 def test_backoff_limit_is_honoured_exactly():
@@ -380,31 +409,40 @@ def test_backoff_limit_is_honoured_exactly():
     j = _running_job(backoff=2)
     for attempt in (0, 1):
         p, j = run(j, [pod(0, attempt=attempt), pod(1, "Failed", attempt, exit_code=137, reason="OOMKilled")])
-        assert j["status"]["phase"] == "Restarting" and j["status"]["restartCount"] == attempt + 1
-        assert j["status"]["failedAttempts"] == attempt + 1 and j["status"]["disruptedAttempts"] == 0
-        assert sorted(d.name for d in p.delete) == ["j-node-0", "j-node-1"] and not p.create
+        assert j["status"]["phase"] == "Restarting"
+        assert j["status"]["restartCount"] == attempt + 1
+        assert j["status"]["failedAttempts"] == attempt + 1
+        assert j["status"]["disruptedAttempts"] == 0
+        assert sorted(d.name for d in p.delete) == ["j-node-0", "j-node-1"]
+        assert not p.create
         # Job-like delay before the next attempt: 10 s, then 20 s; in the status, the event and the requeue.
         delay = 10 * 2**attempt
-        assert j["status"]["nextAttemptTime"] == rfc3339(NOW + timedelta(seconds=delay)) and p.requeue_after == delay
-        assert f"in {delay}s" in p.events[0].message and p.events[0].type == "Warning"
+        assert j["status"]["nextAttemptTime"] == rfc3339(NOW + timedelta(seconds=delay))
+        assert p.requeue_after == delay
+        assert f"in {delay}s" in p.events[0].message
+        assert p.events[0].type == "Warning"
         # The same failed pods seen again (deletion not yet visible): nothing counted twice.
         again, j = run(
             j, [pod(0, attempt=attempt, deleting=True), pod(1, "Failed", attempt, exit_code=137, reason="OOMKilled")]
         )
-        assert j["status"]["restartCount"] == attempt + 1 and [d.name for d in again.delete] == ["j-node-1"]
+        assert j["status"]["restartCount"] == attempt + 1
+        assert [d.name for d in again.delete] == ["j-node-1"]
         # Old pods gone, but the delay is not over: nothing is created, the pass comes back in time.
         p, j = run(j, [], now=NOW + timedelta(seconds=delay - 4))
-        assert not p.create and p.requeue_after == pytest.approx(4)
+        assert not p.create
+        assert p.requeue_after == pytest.approx(4)
         # Old pods gone: the next attempt's pods are created with the new attempt label.
         p, j = run(j, [], now=NOW + timedelta(seconds=delay))
-        assert names(p.create) == ["j-node-0", "j-node-1"] and "nextAttemptTime" not in j["status"]
+        assert names(p.create) == ["j-node-0", "j-node-1"]
+        assert "nextAttemptTime" not in j["status"]
         assert {o["metadata"]["labels"][naming.LABEL_ATTEMPT] for o in p.create} == {str(attempt + 1)}
         p, j = run(j, [pod(0, attempt=attempt + 1), pod(1, attempt=attempt + 1)])
         assert j["status"]["phase"] == "Running"
         restarting = next(c for c in j["status"]["conditions"] if c["type"] == "Restarting")
         assert restarting["status"] == "False"
     p, j = run(j, [pod(0, attempt=2), pod(1, "Failed", 2, exit_code=137, reason="OOMKilled")])
-    assert j["status"]["phase"] == "Failed" and j["status"]["reason"] == "BackoffLimitExceeded"
+    assert j["status"]["phase"] == "Failed"
+    assert j["status"]["reason"] == "BackoffLimitExceeded"
     assert j["status"]["restartCount"] == 2
 
 
@@ -424,7 +462,8 @@ def test_disruptions_have_their_own_cap_and_do_not_use_backoff():
     for attempt in (0, 1):
         _, j = run(j, [pod(0, attempt=attempt), pod(1, "Failed", attempt, pod_reason="Evicted")])
         assert (j["status"]["phase"], j["status"]["reason"]) == ("Restarting", "Evicted")
-        assert j["status"]["disruptedAttempts"] == attempt + 1 and j["status"]["failedAttempts"] == 0
+        assert j["status"]["disruptedAttempts"] == attempt + 1
+        assert j["status"]["failedAttempts"] == 0
     _, j = run(j, [pod(0, attempt=2), pod(1, "Unknown", 2)])
     assert (j["status"]["phase"], j["status"]["reason"]) == ("Failed", "DisruptionLimitExceeded")
 
@@ -432,7 +471,8 @@ def test_disruptions_have_their_own_cap_and_do_not_use_backoff():
 def test_count_disruptions_opts_into_backoff_limit():
     j = _running_job(backoff=1, countDisruptions=True)
     _, j = run(j, [pod(0), pod(1, "Failed", pod_reason="Evicted")])
-    assert j["status"]["phase"] == "Restarting" and "backoff 1/1" in j["status"]["message"]
+    assert j["status"]["phase"] == "Restarting"
+    assert "backoff 1/1" in j["status"]["message"]
     _, j = run(j, [pod(0, attempt=1), pod(1, "Failed", 1, pod_reason="Evicted")])
     assert (j["status"]["phase"], j["status"]["reason"]) == ("Failed", "BackoffLimitExceeded")
 
@@ -441,11 +481,12 @@ def test_restart_delay_doubles_up_to_its_cap():
     from controller.reconcile import restart_delay
 
     assert [restart_delay(n) for n in range(8)] == [10, 20, 40, 80, 160, 320, 360, 360]
-    assert restart_delay(3, 1, 5) == 5 and restart_delay(10**6) == 360
+    assert restart_delay(3, 1, 5) == 5
+    assert restart_delay(10**6) == 360
 
 
 @pytest.mark.parametrize(
-    "pods, reason, retried",
+    ("pods", "reason", "retried"),
     [
         # eviction seen together with the knock-on exit of node 0, either order of nodes
         ([pod(0, "Failed", exit_code=1), pod(1, "Failed", pod_reason="Evicted")], "Evicted", True),
@@ -459,7 +500,8 @@ def test_restart_delay_doubles_up_to_its_cap():
 def test_an_attempt_is_judged_from_all_its_failures(pods, reason, retried):
     j = _running_job(backoff=0)
     _, j = run(j, pods)
-    assert j["status"]["reason"] == reason and j["status"]["phase"] == ("Restarting" if retried else "Failed")
+    assert j["status"]["reason"] == reason
+    assert j["status"]["phase"] == ("Restarting" if retried else "Failed")
 
 
 def test_the_first_failure_of_an_attempt_is_its_cause():
@@ -469,7 +511,8 @@ def test_the_first_failure_of_an_attempt_is_its_cause():
     first["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"] = "2026-01-02T03:04:00Z"
     later["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"] = "2026-01-02T03:04:03Z"
     _, j = run(j, [later, first])
-    assert j["status"]["reason"] == "Killed" and "SIGSEGV" in j["status"]["message"]
+    assert j["status"]["reason"] == "Killed"
+    assert "SIGSEGV" in j["status"]["message"]
 
 
 def test_knock_on_exit_with_an_eviction_in_the_same_attempt_restarts_without_using_backoff():
@@ -477,19 +520,19 @@ def test_knock_on_exit_with_an_eviction_in_the_same_attempt_restarts_without_usi
     j = _running_job(backoff=0)
     p, j = run(j, [pod(0, "Failed", exit_code=1), pod(1, "Failed", exit_code=143, conditions=EVICTED)])
     assert (j["status"]["phase"], j["status"]["reason"]) == ("Restarting", "EvictionByEvictionAPI")
-    assert j["status"]["restartCount"] == 1 and j["status"]["disruptedAttempts"] == 1
+    assert j["status"]["restartCount"] == 1
+    assert j["status"]["disruptedAttempts"] == 1
     assert j["status"].get("failedAttempts", 0) == 0  # backoffLimit=0 is untouched
-    assert sorted(d.name for d in p.delete) == ["j-node-0", "j-node-1"] and not p.create
+    assert sorted(d.name for d in p.delete) == ["j-node-0", "j-node-1"]
+    assert not p.create
 
 
 def test_pod_vanishing_while_running_is_a_restart():
     j = _running_job()
     p, j = run(j, [pod(0)])
-    assert (
-        j["status"]["phase"] == "Restarting"
-        and j["status"]["reason"] == "PodDeleted"
-        and j["status"]["restartCount"] == 1
-    )
+    assert j["status"]["phase"] == "Restarting"
+    assert j["status"]["reason"] == "PodDeleted"
+    assert j["status"]["restartCount"] == 1
     assert [d.name for d in p.delete] == ["j-node-0"]
 
 
@@ -501,7 +544,9 @@ def test_a_knock_on_exit_waits_for_the_settle_window_before_it_is_judged():
     j = _running_job(backoff=0)
     knock_on = finished_at(pod(0, "Failed", exit_code=1), 5)
     p, j = run(j, [knock_on, pod(1)])
-    assert j["status"]["phase"] == "Running" and not p.delete and p.requeue_after == pytest.approx(SETTLE_S - 5)
+    assert j["status"]["phase"] == "Running"
+    assert not p.delete
+    assert p.requeue_after == pytest.approx(SETTLE_S - 5)
     # the eviction lands within the window: a disruption, backoffLimit=0 untouched
     _, j2 = run(j, [knock_on, pod(1, "Failed", pod_reason="Evicted")], now=NOW + timedelta(seconds=10))
     assert (j2["status"]["phase"], j2["status"]["reason"]) == ("Restarting", "Evicted")
@@ -518,7 +563,7 @@ def test_an_attempt_whose_pods_are_all_terminal_is_judged_at_once():
 
 
 @pytest.mark.parametrize(
-    "node, disrupted",
+    ("node", "disrupted"),
     [
         (None, True),  # the Node object is gone
         (_node("n1", ready="Unknown"), True),  # NotReady: enough to explain a peer's knock-on exit
@@ -534,7 +579,8 @@ def test_a_failed_attempt_checks_the_node_of_peers_still_running(node, disrupted
     _, j = run(j, pods, nodes={"n1": node})
     if disrupted:
         assert (j["status"]["phase"], j["status"]["reason"]) == ("Restarting", "NodeLost")
-        assert j["status"]["disruptedAttempts"] == 1 and j["status"].get("failedAttempts", 0) == 0
+        assert j["status"]["disruptedAttempts"] == 1
+        assert j["status"].get("failedAttempts", 0) == 0
     else:
         assert (j["status"]["phase"], j["status"]["reason"]) == ("Failed", "BackoffLimitExceeded")
 
@@ -554,7 +600,7 @@ def test_an_oom_kill_is_the_cause_on_a_finished_at_tie():
 
 
 @pytest.mark.parametrize(
-    "held, reason",
+    ("held", "reason"),
     [
         (waiting_pod(1, "ImagePullBackOff", 'Back-off pulling image "nope:1"'), "ImagePullBackOff"),
         (waiting_pod(1, "ErrImagePull", "rpc error: not found"), "ErrImagePull"),
@@ -569,22 +615,28 @@ def test_a_waiting_pod_shows_its_reason_and_fails_the_job_at_the_start_deadline(
     assert j["status"]["attemptStartTime"] == rfc3339(NOW)
     p, j = run(j, [pod(0), held], now=NOW + timedelta(seconds=20))
     cond = condition(j, "PodsWaiting")
-    assert cond["status"] == "True" and cond["reason"] == reason and "j-node-1" in cond["message"]
+    assert cond["status"] == "True"
+    assert cond["reason"] == reason
+    assert "j-node-1" in cond["message"]
     assert [(e.type, e.reason) for e in p.events] == [("Warning", reason)]
-    assert j["status"]["phase"] == "Created" and p.requeue_after == pytest.approx(100)
+    assert j["status"]["phase"] == "Created"
+    assert p.requeue_after == pytest.approx(100)
     again, j = run(j, [pod(0), held], now=NOW + timedelta(seconds=60))
     assert not again.events  # one event per cause, not per pass
     p, j = run(j, [pod(0), held], now=NOW + timedelta(seconds=120))
     assert (j["status"]["phase"], j["status"]["reason"]) == ("Failed", reason)
-    assert "startDeadlineSeconds=120" in j["status"]["message"] and "j-node-1" in j["status"]["message"]
-    assert j["status"]["restartCount"] == 0 and not j["status"].get("failedAttempts")
+    assert "startDeadlineSeconds=120" in j["status"]["message"]
+    assert "j-node-1" in j["status"]["message"]
+    assert j["status"]["restartCount"] == 0
+    assert not j["status"].get("failedAttempts")
 
 
 def test_a_waiting_cause_clears_once_the_pods_run():
     _, j = run(job(), [])
     _, j = run(j, [pod(0), waiting_pod(1, "ImagePullBackOff")])
     p, j = run(j, [pod(0), pod(1)])
-    assert j["status"]["phase"] == "Running" and condition(j, "PodsWaiting")["status"] == "False"
+    assert j["status"]["phase"] == "Running"
+    assert condition(j, "PodsWaiting")["status"] == "False"
     assert [e.reason for e in p.events] == ["Running"]
 
 
@@ -592,7 +644,8 @@ def test_an_invalid_image_name_fails_as_invalid_spec_at_once():
     _, j = run(job(), [])
     _, j = run(j, [pod(0), waiting_pod(1, "InvalidImageName", 'Failed to apply default image tag "Bad:Tag"')])
     assert (j["status"]["phase"], j["status"]["reason"]) == ("Failed", "InvalidSpec")
-    assert "Bad:Tag" in j["status"]["message"] and not j["status"].get("failedAttempts")
+    assert "Bad:Tag" in j["status"]["message"]
+    assert not j["status"].get("failedAttempts")
 
 
 def test_a_refused_pod_create_is_shown_on_the_job_and_a_422_is_invalid_spec():
@@ -602,14 +655,16 @@ def test_a_refused_pod_create_is_shown_on_the_job_and_a_422_is_invalid_spec():
     quota = CreateError("Pod", "j-node-1", 403, '403 Forbidden: pods "j-node-1" is forbidden: exceeded quota: q')
     p = plan(j, Observed(pods=(pod(0),), now=NOW, create_error=quota, **children(j)))
     cond = next(c for c in p.status["conditions"] if c["type"] == "PodsWaiting")
-    assert (cond["status"], cond["reason"]) == ("True", "PodCreateFailed") and "exceeded quota" in cond["message"]
+    assert (cond["status"], cond["reason"]) == ("True", "PodCreateFailed")
+    assert "exceeded quota" in cond["message"]
     assert [(e.type, e.reason) for e in p.events] == [("Warning", "PodCreateFailed")]
     assert names(p.create) == ["j-node-1"]  # tried again (the worker backs off)
     # the pod exists by now: an old refusal is not shown
     assert plan(j, Observed(pods=(pod(0), pod(1, "Pending")), now=NOW, create_error=quota, **children(j))).events == ()
     invalid = CreateError("Pod", "j-node-1", 422, '422 Unprocessable Entity: Pod "j-node-1" is invalid')
     p = plan(j, Observed(pods=(pod(0),), now=NOW, create_error=invalid, **children(j)))
-    assert (p.status["phase"], p.status["reason"]) == ("Failed", "InvalidSpec") and "is invalid" in p.status["message"]
+    assert (p.status["phase"], p.status["reason"]) == ("Failed", "InvalidSpec")
+    assert "is invalid" in p.status["message"]
 
 
 def test_start_deadline_default_and_null():
@@ -618,7 +673,8 @@ def test_start_deadline_default_and_null():
     assert RunPolicy().startDeadlineSeconds == 600
     _, j = run(job(runPolicy={"startDeadlineSeconds": None}), [])
     p, j = run(j, [pod(0), unschedulable_pod(1)], now=NOW + timedelta(days=2))
-    assert j["status"]["phase"] == "Created" and p.requeue_after is None
+    assert j["status"]["phase"] == "Created"
+    assert p.requeue_after is None
 
 
 # ---- step: start_pods (create what is missing, Running, progress, stuck deletions) ---------------
@@ -629,10 +685,13 @@ def test_new_job_creates_configmap_service_and_all_pods():
     p = plan(j, observe(j, with_children=False))
     assert [o["kind"] for o in p.create] == ["ConfigMap", "Service", "Pod", "Pod"]
     assert names(p.create) == ["j", "j-config", "j-node-0", "j-node-1"]
-    assert p.status["phase"] == "Created" and p.status["startTime"] == rfc3339(NOW)
-    assert p.status["restartCount"] == 0 and p.status["observedGeneration"] == 1
+    assert p.status["phase"] == "Created"
+    assert p.status["startTime"] == rfc3339(NOW)
+    assert p.status["restartCount"] == 0
+    assert p.status["observedGeneration"] == 1
     assert [c["type"] for c in p.status["conditions"]] == ["Created"]
-    assert p.transition == "Created" and [e.reason for e in p.events] == ["Created"]
+    assert p.transition == "Created"
+    assert [e.reason for e in p.events] == ["Created"]
 
 
 def test_unchanged_world_plans_nothing():
@@ -641,24 +700,30 @@ def test_unchanged_world_plans_nothing():
     p, j = run(j, [pod(0), pod(1)])
     assert p.status["phase"] == "Running"
     again = plan(j, observe(j, [pod(0), pod(1)]))
-    assert again.empty and again.status is None
+    assert again.empty
+    assert again.status is None
 
 
 def test_pending_pods_keep_created_and_running_when_all_run():
     _, j = run(job(), [])
     p, j = run(j, [pod(0), pod(1, "Pending")])
     assert p.status is None or p.status["phase"] == "Created"
-    assert j["status"]["nodes"]["pending"] == 1 and j["status"]["nodes"]["running"] == 1
+    assert j["status"]["nodes"]["pending"] == 1
+    assert j["status"]["nodes"]["running"] == 1
     p, j = run(j, [pod(0), pod(1)])
-    assert j["status"]["phase"] == "Running" and [e.reason for e in p.events] == ["Running"]
+    assert j["status"]["phase"] == "Running"
+    assert [e.reason for e in p.events] == ["Running"]
     running = next(c for c in j["status"]["conditions"] if c["type"] == "Running")
-    assert running["status"] == "True" and running["observedGeneration"] == 1
+    assert running["status"] == "True"
+    assert running["observedGeneration"] == 1
 
 
 def test_missing_pod_before_running_is_just_created():
     _, j = run(job(), [])
     p = plan(j, observe(j, [pod(0, "Pending")]))
-    assert names(p.create) == ["j-node-1"] and not p.delete and j["status"]["restartCount"] == 0
+    assert names(p.create) == ["j-node-1"]
+    assert not p.delete
+    assert j["status"]["restartCount"] == 0
 
 
 def test_stale_pods_of_an_older_attempt_are_deleted_never_counted():
@@ -666,14 +731,16 @@ def test_stale_pods_of_an_older_attempt_are_deleted_never_counted():
     j["status"]["restartCount"] = 1
     j["status"]["phase"] = "Restarting"
     p = plan(j, observe(j, [pod(0, "Failed", 0, exit_code=137), pod(1, "Running", 1)]))
-    assert [d.name for d in p.delete] == ["j-node-0"] and not p.create
+    assert [d.name for d in p.delete] == ["j-node-0"]
+    assert not p.create
     assert p.status is None or p.status["restartCount"] == 1
 
 
 def test_foreign_pods_are_ignored():
     _, j = run(job(), [])
     p = plan(j, observe(j, [pod(0, "Failed", exit_code=1, owner="someone-else")]))
-    assert (p.status is None or p.status["phase"] == "Created") and not p.delete
+    assert p.status is None or p.status["phase"] == "Created"
+    assert not p.delete
     assert names(p.create) == ["j-node-1"]  # node 0's name is taken: wait for it to go
 
 
@@ -694,8 +761,12 @@ def test_progress_lands_in_status_only_when_it_changes():
     }
     p, j = run(j, [pod(0), pod(1)], progress=prog)
     pr = j["status"]["progress"]
-    assert pr["summary"] == "epoch 1/3 step 50/300" and pr["percent"] == 16 and pr["loss"] == 1.2346
-    assert pr["recallAt1"] == 0.4123 and pr["etaSeconds"] == 120 and pr["lastCheckpoint"] == "/out/checkpoints/step-50"
+    assert pr["summary"] == "epoch 1/3 step 50/300"
+    assert pr["percent"] == 16
+    assert pr["loss"] == 1.2346
+    assert pr["recallAt1"] == 0.4123
+    assert pr["etaSeconds"] == 120
+    assert pr["lastCheckpoint"] == "/out/checkpoints/step-50"
     assert not p.events  # progress is not a transition
     assert plan(j, observe(j, [pod(0), pod(1)], progress=prog)).status is None
 
@@ -717,7 +788,7 @@ def test_a_checkpoint_fallback_reported_by_the_trainer_becomes_one_warning_event
 
 
 @pytest.mark.parametrize(
-    "node, forced",
+    ("node", "forced"),
     [
         (None, True),  # the Node object is gone
         (_node("n1", taints=[{"key": "node.kubernetes.io/out-of-service", "effect": "NoExecute"}]), True),
@@ -736,7 +807,8 @@ def test_pod_stuck_in_deletion_is_force_deleted_only_when_its_node_is_gone(node,
     stuck["spec"] = {"nodeName": "n1"}
     stuck["metadata"]["deletionTimestamp"] = rfc3339(NOW - timedelta(seconds=5))
     p = plan(j, Observed(pods=(stuck,), now=NOW, nodes={"n1": node}, **children(j)))
-    assert not p.delete and names(p.create) == ["j-node-0"]  # node 1's name is still taken
+    assert not p.delete
+    assert names(p.create) == ["j-node-0"]
     assert p.requeue_after == pytest.approx(26)  # back when the grace is over
     stuck["metadata"]["deletionTimestamp"] = rfc3339(NOW - timedelta(seconds=31))
     p = plan(j, Observed(pods=(stuck,), now=NOW, nodes={"n1": node}, **children(j)))
@@ -773,11 +845,9 @@ def test_configmap_drift_and_pod_creates_in_one_pass_update_the_configmap_first(
     j["spec"]["runPolicy"]["suspend"] = False
     j["spec"]["training"] = {"epochs": 3}
     p = plan(j, Observed(pods=(), now=NOW, configmap=old_cm, service=children(j)["service"]))
-    assert (
-        len(p.update) == 1
-        and "epochs: 3" in p.update[0]["data"]["job.yaml"]
-        and names(p.create) == ["j-node-0", "j-node-1"]
-    )
+    assert len(p.update) == 1
+    assert "epochs: 3" in p.update[0]["data"]["job.yaml"]
+    assert names(p.create) == ["j-node-0", "j-node-1"]
     assert "updates, creates" in Plan.__doc__
 
 

@@ -30,7 +30,9 @@ def _spec(holder, renewed, duration=15, transitions=0):
 
 def test_free_lease_is_taken():
     new, _ = decide(None, "me", NOW, 15)
-    assert new["holderIdentity"] == "me" and new["leaseDurationSeconds"] == 15 and new["leaseTransitions"] == 0
+    assert new["holderIdentity"] == "me"
+    assert new["leaseDurationSeconds"] == 15
+    assert new["leaseTransitions"] == 0
 
 
 def test_another_holders_lease_expires_by_our_clock_not_by_its_renew_time():
@@ -42,7 +44,9 @@ def test_another_holders_lease_expires_by_our_clock_not_by_its_renew_time():
     new, seen = decide(stale, "me", NOW, 15, observed=seen, local_now=114.9)
     assert new is None
     new, _ = decide(stale, "me", NOW, 15, observed=seen, local_now=115.0)
-    assert new["holderIdentity"] == "me" and new["leaseTransitions"] == 4 and new["acquireTime"] == new["renewTime"]
+    assert new["holderIdentity"] == "me"
+    assert new["leaseTransitions"] == 4
+    assert new["acquireTime"] == new["renewTime"]
 
 
 def test_a_renewing_holder_keeps_its_lease_even_with_a_clock_far_ahead_or_behind():
@@ -58,11 +62,9 @@ def test_own_lease_is_renewed_without_a_transition():
     old = _spec("me", NOW - timedelta(seconds=2), transitions=2)
     old["acquireTime"] = "2025-12-31T23:00:00.000000Z"
     new, _ = decide(old, "me", NOW, 15)
-    assert (
-        new["leaseTransitions"] == 2
-        and new["acquireTime"] == old["acquireTime"]
-        and new["renewTime"] != old["renewTime"]
-    )
+    assert new["leaseTransitions"] == 2
+    assert new["acquireTime"] == old["acquireTime"]
+    assert new["renewTime"] != old["renewTime"]
 
 
 def test_released_lease_is_free():
@@ -152,7 +154,8 @@ def test_the_leader_gives_up_within_one_deadline_across_attempts_before_a_standb
         asyncio.run(scenario())
     finally:
         store.unhang.set()
-    assert leader.lost and "lost" in times
+    assert leader.lost
+    assert "lost" in times
     assert times["lost"] - leader.renewed_at <= deadline + 0.8, "gave up later than one renew deadline"
     assert times["lost"] < times["standby"], "two leaders overlapped"
     assert _holder(kube, namespace) == "standby"
@@ -269,4 +272,5 @@ def test_losing_the_lease_ends_the_process_at_once_passes_in_flight_included(clu
         proc.kill()
     assert code == 1, out
     assert time.monotonic() - t0 <= 2.0 + 1.5, "gave up later than the renew deadline"
-    assert "keep returned" not in out and "lost leadership" in out
+    assert "keep returned" not in out
+    assert "lost leadership" in out

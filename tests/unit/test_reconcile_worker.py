@@ -57,7 +57,8 @@ def test_one_pass_creates_children_then_converges():
     w = Worker(kube, Settings(), clock=CLOCK)
     w.reconcile("ns", "j")
     # The job's NetworkPolicy (named like the job, controller/netpol.py) before its other children.
-    assert kube.created == ["j", "j-config", "j", "j-node-0"] and kube.statuses[-1]["phase"] == "Created"
+    assert kube.created == ["j", "j-config", "j", "j-node-0"]
+    assert kube.statuses[-1]["phase"] == "Created"
 
 
 def test_burst_of_triggers_coalesces_into_at_most_two_passes():
@@ -93,7 +94,8 @@ def test_deleted_job_is_forgotten():
     w = Worker(kube, Settings(), clock=CLOCK)
     w.schedule(("ns", "j"), 1.0)
     w.reconcile("ns", "j")
-    assert w.due_at(("ns", "j")) is None and not kube.created
+    assert w.due_at(("ns", "j")) is None
+    assert not kube.created
 
 
 def test_due_store_is_safe_while_passes_write_it():
@@ -157,7 +159,8 @@ def test_the_configmap_is_updated_before_any_pod_is_created():
     """issue #18 (10): pods never start on the old job.yaml."""
     kube = OrderKube(JOB, _stale_cm())
     Worker(kube, Settings(), clock=CLOCK).reconcile("ns", "j")
-    assert kube.calls[0] == ("update", "j-config") and ("create", "j-node-0") in kube.calls
+    assert kube.calls[0] == ("update", "j-config")
+    assert ("create", "j-node-0") in kube.calls
 
 
 def test_a_conflict_on_the_configmap_update_stops_the_pass_before_pods_and_retries():
@@ -167,7 +170,8 @@ def test_a_conflict_on_the_configmap_update_stops_the_pass_before_pods_and_retri
     w = Worker(kube, Settings(), clock=CLOCK)
     t0 = time.monotonic()
     w.reconcile("ns", "j")
-    assert kube.calls == [("update", "j-config")] and w.due_at(("ns", "j")) - t0 < 1.0
+    assert kube.calls == [("update", "j-config")]
+    assert w.due_at(("ns", "j")) - t0 < 1.0
 
 
 def test_a_refused_create_is_shown_on_the_job_by_the_next_pass():
@@ -182,5 +186,6 @@ def test_a_refused_create_is_shown_on_the_job_by_the_next_pass():
     assert w.due_at(("ns", "j")) is not None  # retried with backoff
     w.reconcile("ns", "j")
     cond = next(c for c in kube.statuses[-1]["conditions"] if c["type"] == "PodsWaiting")
-    assert (cond["reason"], cond["status"]) == ("PodCreateFailed", "True") and "exceeded quota" in cond["message"]
+    assert (cond["reason"], cond["status"]) == ("PodCreateFailed", "True")
+    assert "exceeded quota" in cond["message"]
     assert ("Warning", "PodCreateFailed") in [(e.type, e.reason) for e in events]

@@ -81,9 +81,13 @@ def test_rows_are_those_of_a_whole_file_pandas_read(tmp_path):
     table = read_table(str(csv), spec_for(csv))
     paths, captions = reference(csv)
     assert len(table) == 53
-    assert list(table.paths) == paths and list(table.captions) == captions
-    assert table.paths[-1] == paths[-1] and table.captions[3] == captions[3] and table.paths[2:9:3] == paths[2:9:3]
-    assert table.separator == "," and len(table.digest) == 64
+    assert list(table.paths) == paths
+    assert list(table.captions) == captions
+    assert table.paths[-1] == paths[-1]
+    assert table.captions[3] == captions[3]
+    assert table.paths[2:9:3] == paths[2:9:3]
+    assert table.separator == ","
+    assert len(table.digest) == 64
     with pytest.raises(IndexError):
         table.paths[53]
 
@@ -113,9 +117,11 @@ def test_workers_and_ranks_read_the_same_rows_in_the_same_order_for_a_seed(tmp_p
         loader = DataLoader(Rows(table), batch_sampler=sampler, num_workers=2, collate_fn=list)
         for batch in loader:
             seen.append([row[:3] for row in batch])
-            assert len({row[3] for row in batch}) == 1 and batch[0][3] != os.getpid()  # read in a worker
+            assert len({row[3] for row in batch}) == 1
+            assert batch[0][3] != os.getpid()
         expected = [[(i, paths[i], captions[i]) for _, i in b] for b in ShardedBatchSampler(80, 4, 2, rank, seed=7)]
-        assert seen == expected and len(seen) == 10
+        assert seen == expected
+        assert len(seen) == 10
 
 
 def test_built_once_per_node_then_mapped(tmp_path, cache):
@@ -222,7 +228,8 @@ def test_pickles_as_its_directory(tmp_path):
     raw = pickle.dumps(table)
     assert len(raw) < 500  # the rows do not travel through the preflight's pipe
     again = pickle.loads(raw)  # noqa: S301 - our own object
-    assert list(again.captions) == list(table.captions) and again.digest == table.digest
+    assert list(again.captions) == list(table.captions)
+    assert again.digest == table.digest
 
 
 def test_without_a_writable_cache_the_rows_are_the_same_in_memory(tmp_path, monkeypatch):
@@ -233,7 +240,9 @@ def test_without_a_writable_cache_the_rows_are_the_same_in_memory(tmp_path, monk
     monkeypatch.setenv("KUBECLIP_ROW_CACHE", str(blocker / "cache"))  # cannot be created
     table = read_table(str(csv), spec_for(csv))
     paths, captions = reference(csv)
-    assert list(table.paths) == paths and list(table.captions) == captions and len(table.digest) == 64
+    assert list(table.paths) == paths
+    assert list(table.captions) == captions
+    assert len(table.digest) == 64
 
 
 def test_a_cache_folder_others_can_write_is_not_trusted(tmp_path, monkeypatch):
@@ -245,4 +254,5 @@ def test_a_cache_folder_others_can_write_is_not_trusted(tmp_path, monkeypatch):
     shared.chmod(0o777)
     monkeypatch.setenv("KUBECLIP_ROW_CACHE", str(shared))
     table = read_table(str(csv), spec_for(csv))
-    assert list(table.captions) == reference(csv)[1] and not any(shared.iterdir())
+    assert list(table.captions) == reference(csv)[1]
+    assert not any(shared.iterdir())

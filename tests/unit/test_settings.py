@@ -93,7 +93,8 @@ def test_environment_sets_a_setting_and_a_flag_wins(name, monkeypatch):
         numeric, text = HINTS[name] in (int, float, int | None), HINTS[name] in (str, str | None)
         argv = [flag, "7" if numeric else "flag-wins" if text else '{"x": "y"}']
     flagged = getattr(_parse(argv, monkeypatch, env), name)
-    assert flagged != value and flagged == getattr(_parse(argv, monkeypatch), name)
+    assert flagged != value
+    assert flagged == getattr(_parse(argv, monkeypatch), name)
 
 
 def test_defaults_without_flags_or_environment(monkeypatch):

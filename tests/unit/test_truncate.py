@@ -53,7 +53,8 @@ def test_cut_batches_give_the_full_length_features(tmp_path, custom_text):
     # the loaders' collate functions cut on the CPU: the longest caption has 15 tokens + SOT/EOT -> 16
     _, short = collate(list(zip(images, tokens, strict=True)), cut)
     raw = collate_raw([(True, torch.zeros(3, dtype=torch.uint8), torch.zeros(4), t) for t in tokens], cut)
-    assert short.shape == (4, 16) and torch.equal(raw["tokens"], short)
+    assert short.shape == (4, 16)
+    assert torch.equal(raw["tokens"], short)
     assert torch.equal(short, tokens[:, :16])
     with torch.no_grad():
         expected = full_model.encode_text(tokens)
@@ -96,5 +97,6 @@ def test_lengths_round_up_to_buckets_capped_at_the_context():
 def test_towers_where_a_cut_is_not_exact_are_left_alone(tmp_path, text, reason):
     model = make_model(tmp_path, True, **text)
     cut, why = truncate.enable(model)
-    assert cut is None and reason in why, why
+    assert cut is None, why
+    assert reason in why, why
     assert "_embeds" not in vars(model.text)  # untouched
