@@ -88,6 +88,14 @@ def setup(tmp_path_factory):
     return root, model_name, path, state
 
 
+@pytest.fixture(scope="module")
+def plain(setup):
+    """The run with no option (batchSize 16, as in ``run``): the reference of gradCheckpointing and of
+    gradAccumSteps 2 x 8 alike, trained once for both."""
+    root, model_name, start_path, _ = setup
+    return train(root, "plain", model_name, start_path, {})
+
+
 def test_lock_image_freezes_the_image_tower_and_trains_the_text_tower(setup):
     root, model_name, start_path, start = setup
     final = train(root, "lock-image", model_name, start_path, {"lockImage": True})
@@ -103,9 +111,8 @@ def test_lock_image_freezes_the_image_tower_and_trains_the_text_tower(setup):
     assert len(moved) > len(text) // 2, f"text tower barely trained: {len(moved)}/{len(text)} tensors changed"
 
 
-def test_grad_checkpointing_trains_the_same_weights(setup):
+def test_grad_checkpointing_trains_the_same_weights(setup, plain):
     root, model_name, start_path, start = setup
-    plain = train(root, "plain", model_name, start_path, {})
     ckpt = train(root, "grad-ckpt", model_name, start_path, {"gradCheckpointing": True})
     assert any(not torch.equal(plain[k], start[k]) for k in start), "the plain run did not train"
     # Same float ops recomputed in backward: expect equality up to reduction-order noise.
@@ -113,10 +120,10 @@ def test_grad_checkpointing_trains_the_same_weights(setup):
     assert not far, f"weights differ with gradCheckpointing: {far[:5]}"
 
 
-def test_grad_accumulation_trains_like_the_big_batch(setup):
-    """gradAccumSteps 2 x batchSize 8 (negatives span both micro-batches) == batchSize 16, step for step."""
+def test_grad_accumulation_trains_like_the_big_batch(setup, plain):
+    """gradAccumSteps 2 x batchSize 8 (negatives span both micro-batches) == batchSize 16 (the plain run), step for step."""
     root, model_name, start_path, start = setup
-    big = train(root, "batch16", model_name, start_path, {"batchSize": 16})
+    big = plain
     accum = train(root, "accum2x8", model_name, start_path, {"batchSize": 8, "gradAccumSteps": 2})
     assert any(not torch.equal(big[k], start[k]) for k in start), "the batch-16 run did not train"
     far = [
