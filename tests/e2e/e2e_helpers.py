@@ -9,6 +9,7 @@ dev kit's.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import yaml
@@ -131,3 +132,17 @@ def pv_dir(kube: Cluster, ns: str, claim: str = "kubeclip-datasets") -> Path:
     pv = kube.kubectl("-n", ns, "get", "pvc", claim, "-o", "jsonpath={.spec.volumeName}").stdout
     spec = json.loads(kube.kubectl("get", "pv", pv, "-o", "json").stdout)["spec"]
     return Path((spec.get("hostPath") or spec.get("local"))["path"])
+
+
+RESUMED = re.compile(r"resumed from \S+/step-(\d+)\.pt: step (\d+) \(epoch (\d+), step (\d+) of it\)")
+STEP_LOGGED = re.compile(r"step (\d+)/\d+ epoch")
+
+
+def resumed_and_stepped(kube: Cluster, ns: str, name: str) -> tuple[re.Match[str], int] | None:
+    """Node 0's log shows the resume (the match of :data:`RESUMED`) and the first step this attempt
+    ran (its number); None until both are there. A disruption test stops here: the resumed attempt
+    loaded the checkpoint and trained on from it. Running on to ``Succeeded`` would prove completion
+    again, which the 2-node job of test_finetune.py already proves."""
+    log0 = kube.kubectl("-n", ns, "logs", f"{name}-node-0", check=False).stdout
+    resumed, first = RESUMED.search(log0), STEP_LOGGED.search(log0)
+    return (resumed, int(first.group(1))) if resumed and first else None

@@ -4,21 +4,18 @@ FineTuneJob registered under integrations.externalFrameworks).
 Who uses it: ``make e2e``. The paths issue #17 lists: a ClusterQueue whose CPU quota fits one job
 runs two jobs one after the other (the second Queued with 0 pods and Kueue's message meanwhile); a
 high-priority job preempts a running low-priority one, which goes back to Queued without a failure,
-is re-admitted and resumes from its checkpoint; with Kueue's manager stopped, jobs without the
+is re-admitted and resumes from its checkpoint (then it is deleted: the resume is what is tested); with Kueue's manager stopped, jobs without the
 label (and any pod) are not held up by Kueue's webhooks.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import uuid
 
 import pytest
-from e2e_helpers import debug, ftj, ftj_manifest, load_dataset, pv_dir
+from e2e_helpers import debug, ftj, ftj_manifest, load_dataset, resumed_and_stepped
 
-from devkit.paths import REPO
 from devkit.wait import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -199,26 +196,25 @@ def test_preempted_job_goes_back_to_queued_and_resumes_from_its_checkpoint(kube,
     wait_for(lambda: _pods(kube, namespace, "low") == [], 120, "low's pods gone", explain=ex_low, every_s=1)
     _until(kube, namespace, "high", ("Succeeded", "Failed"), 900, ex_high)
     assert _phase(kube, namespace, "high") == "Succeeded", ex_high()
-    # Re-admitted once the high one is done: it resumes from its checkpoint and succeeds.
-    _until(kube, namespace, "low", ("Succeeded", "Failed"), 1200, ex_low)
+    # Re-admitted once the high one is done: it resumes from its checkpoint and trains on from it.
+    # That proves the resume; the job is then deleted instead of run to Succeeded (the high job
+    # here and test_finetune.py's 2-node job prove runs to the end).
+    resumed, first = wait_for(
+        lambda: _phase(kube, namespace, "low") == "Running" and resumed_and_stepped(kube, namespace, "low"),
+        900,
+        "low: re-admitted, Running, resumed and a step past it",
+        explain=ex_low,
+        every_s=2,
+    )
     st = _status(kube, namespace, "low")
-    assert st["phase"] == "Succeeded", ex_low()
     assert st.get("failedAttempts", 0) == 0, st
     assert st.get("disruptedAttempts", 0) == 0, st
-    log0 = kube.kubectl("-n", namespace, "logs", "low-node-0").stdout
-    resumed = [line for line in log0.splitlines() if "resumed from" in line]
-    assert resumed, log0[-3000:]
-    step = int(resumed[0].split("step ")[1].split()[0].rstrip("(,"))
-    assert step >= ckpt_step > 0, (resumed, ckpt_step)
+    step = int(resumed.group(2))
+    assert step >= ckpt_step > 0, (resumed.group(0), ckpt_step)
+    assert first == step + 1, (resumed.group(0), first)
     evictions = _workload(kube, namespace, "low")["status"].get("schedulingStats", {}).get("evictions") or []
     assert any(e.get("reason") == "Preempted" for e in evictions), evictions
-    final = pv_dir(kube, namespace) / "runs/low/final"
-    code = "import open_clip, sys; open_clip.create_model_and_transforms('local-dir:' + sys.argv[1]); print('ok')"
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(final)], capture_output=True, text=True, cwd=REPO, timeout=300
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+    kube.kubectl("-n", namespace, "delete", "ftj", "low", "--wait=false")
 
 
 def test_kueue_stopped_mid_run_leaves_jobs_without_the_label_alone(kube, namespace, dataset_dir):
