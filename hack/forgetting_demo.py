@@ -7,17 +7,35 @@ through :func:`setup`. Everything is generated here: domain A is ``trainer.sampl
 Step 1 trains a random tiny model on A (the "pretrained CLIP"); step 2 fine-tunes that model on B
 with A's val split as the retention set, A's val images labelled by colour and shape as the
 zero-shot set, and a WiSE-FT sweep. Both steps are plain ``python -m trainer JOB.yaml`` runs.
+
+Step 1 is the same training every time for the same inputs, and the slow one (20 epochs): with
+``setup(..., cache=DIR)`` (the test passes ``$KUBECLIP_CACHE/fixtures``, by default
+``~/.cache/kubeclip/fixtures``) its ``final/`` is kept under ``DIR/forgetting-pretrain-<sha256>``,
+the hash over everything that decides those weights (the job's spec without its paths, the model
+config, the generated data's bytes, the trainer's and API package's sources, the
+torch/open_clip/numpy/Pillow/Python versions, the CPU kind). A later run with the same inputs
+reuses it; any change trains it again. It is written to a temporary directory next to it and
+renamed into place, so a reader never sees a half-written model. Step 2, the fine-tune whose
+results are measured, always runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
+import platform
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
+from importlib.metadata import version
 from pathlib import Path
+
+import yaml
 
 from devkit import jobs
 from devkit.paths import REPO
@@ -64,6 +82,69 @@ def run(manifest: Path, log: Path) -> None:
         raise SystemExit(f"{manifest} failed ({rc}), see {log}:\n" + log.read_text()[-3000:])
 
 
+#: A kept pre-training unused this long is deleted by the next run that writes one (old keys pile up).
+CACHE_KEEP_S = 7 * 24 * 3600
+
+
+def pretrain_key(manifest: Path, model_dir: Path, data_dir: Path) -> str:
+    """sha256 over what decides the pre-trained weights: the job's spec (paths left out), the model
+    config and the generated data's files, the trainer's and API package's sources, the versions of
+    the numeric stack and the CPU kind."""
+    spec = yaml.safe_load(manifest.read_text())["spec"]
+    spec["model"]["name"] = "local-dir:"
+    spec["dataset"] = {k: Path(v).name if k.endswith("Csv") else v for k, v in spec["dataset"].items()}
+    spec["output"].pop("path")
+    inputs = {
+        "spec": spec,
+        "versions": {pkg: version(pkg) for pkg in ("torch", "open_clip_torch", "numpy", "pillow")},
+        "python": sys.version,
+        "machine": platform.machine(),
+    }
+    h = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode())
+    for base, pattern in [(model_dir, "*"), (data_dir, "*"), (REPO / "trainer", "*.py"), (REPO / "kubeclip", "*.py")]:
+        for f in sorted(p for p in base.rglob(pattern) if p.is_file() and p.name != ".generated"):
+            h.update(str(f.relative_to(base)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def pretrain(root: Path, model: str, a_train: Path, a_val: Path, training: dict, cache: Path | None) -> Path:
+    """Step 1: train ``model`` (``local-dir:DIR``) on domain A; return its ``final/`` (from ``cache`` when
+    it holds this exact run, see the module's docstring)."""
+    out = root / "pretrain"
+    manifest = job(root, "pretrain", model, a_train, a_val, out, training, {})
+    if cache is None:
+        if not (out / "final" / "metrics.json").is_file():
+            run(manifest, root / "pretrain.log")
+        return out / "final"
+    kept = (
+        cache / f"forgetting-pretrain-{pretrain_key(manifest, Path(model.removeprefix('local-dir:')), a_train.parent)}"
+    )
+    if (kept / "final" / "metrics.json").is_file():
+        os.utime(kept)  # in use: not pruned
+        return kept / "final"
+    run(manifest, root / "pretrain.log")
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{kept.name}-", dir=cache))
+    try:
+        shutil.copytree(out / "final", tmp / "final")
+        shutil.copy(root / "pretrain.log", tmp / "pretrain.log")
+        try:
+            tmp.rename(kept)
+        except OSError:  # another run renamed the same result into place first
+            if not (kept / "final" / "metrics.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for old in cache.glob("forgetting-pretrain-*"):
+        try:
+            unused_s = time.time() - old.stat().st_mtime
+        except OSError:  # pruned by another run meanwhile
+            continue
+        if old != kept and unused_s > CACHE_KEEP_S:
+            shutil.rmtree(old, ignore_errors=True)
+    return kept / "final"
+
+
 def setup(
     root: Path,
     *,
@@ -78,32 +159,23 @@ def setup(
     ft_seed=0,
     alphas=(0.25, 0.5, 0.75),
     select=None,
+    cache: Path | None = None,
 ) -> dict:
-    """Run both steps under ``root``; return the fine-tune's ``final/metrics.json`` and paths."""
+    """Run both steps under ``root`` (step 1 from ``cache`` when it holds it, see the module's docstring);
+    return the fine-tune's ``final/metrics.json`` and paths."""
     from trainer.sample_data import generate
 
     a_train, a_val = generate(root / "data-a", n=n_a, val_n=val_n, size=32, seed=0)
     b_train, b_val = generate(root / "data-b", n=n_b, val_n=val_n, size=32, seed=0, domain="bars")
     tiny = tiny_model(root, name="tiny")
-    pre_out = root / "pretrain"
-    if not (pre_out / "final" / "metrics.json").is_file():
-        pre = job(
-            root,
-            "pretrain",
-            tiny,
-            a_train,
-            a_val,
-            pre_out,
-            {"epochs": pre_epochs, "batchSize": batch, "learningRate": pre_lr, "warmupSteps": 5},
-            {},
-        )
-        run(pre, root / "pretrain.log")
+    pre_training = {"epochs": pre_epochs, "batchSize": batch, "learningRate": pre_lr, "warmupSteps": 5}
+    pre_final = pretrain(root, tiny, a_train, a_val, pre_training, cache)
     ft_out = root / "finetune"
     export = {"wiseFtAlphas": list(alphas), "allAlphas": True, **(select or {})}
     ft = job(
         root,
         "finetune",
-        f"local-dir:{pre_out / 'final'}",
+        f"local-dir:{pre_final}",
         b_train,
         b_val,
         ft_out,
@@ -119,7 +191,7 @@ def setup(
     run(ft, root / "finetune.log")
     return {
         "metrics": json.loads((ft_out / "final" / "metrics.json").read_text()),
-        "pretrain": pre_out / "final",
+        "pretrain": pre_final,
         "finetune": ft_out,
         "log": (root / "finetune.log").read_text(),
         "manifest": ft,
