@@ -4,12 +4,14 @@ Who uses it: ``make e2e``. Issue #18 (5): a job with an image that does not exis
 pods request more CPU than the node has, each show the kubelet's or the scheduler's reason in
 ``kubectl describe ftj`` (condition PodsWaiting and a Warning event) within 60 s, and end ``Failed``
 with that reason at ``runPolicy.startDeadlineSeconds`` without spending ``backoffLimit``. The pods
-never run, so no dataset is needed.
+never run, so no dataset is needed, and both jobs are watched at the same time.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
+from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import datetime
 
 import pytest
@@ -80,20 +82,39 @@ def _shown_then_failed(kube, ns: str, name: str, reasons: tuple[str, ...]) -> No
     assert START_DEADLINE_S <= waited < START_DEADLINE_S + 30, status
 
 
-def test_an_image_that_does_not_exist_is_shown_and_ends_at_the_start_deadline(kube, namespace):
-    kube.kubectl(
-        "-n",
-        namespace,
-        "apply",
-        "-f",
-        "-",
-        input=_manifest("nopull", image="kubeclip.local/no-such-image:0"),
-    )
-    _shown_then_failed(kube, namespace, "nopull", ("ImagePullBackOff", "ErrImagePull"))
+#: name: (manifest, the reasons one of which must be shown)
+JOBS = {
+    "nopull": (_manifest("nopull", image="kubeclip.local/no-such-image:0"), ("ImagePullBackOff", "ErrImagePull")),
+    "toobig": (_manifest("toobig", cpu="1000"), ("Unschedulable",)),
+}
 
 
-def test_pods_no_node_can_fit_are_shown_as_unschedulable_and_end_at_the_start_deadline(kube, namespace):
-    kube.kubectl("-n", namespace, "apply", "-f", "-", input=_manifest("toobig", cpu="1000"))
-    _shown_then_failed(kube, namespace, "toobig", ("Unschedulable",))
+@pytest.fixture(scope="module")
+def watched(kube):
+    """Both jobs applied at once in one namespace and watched side by side (each waits out its start
+    deadline; one after the other they took twice as long): {name: the Future of its watch}, whose
+    ``result()`` raises what the watch found wrong."""
+    ns = "e2e-waiting-" + uuid.uuid4().hex[:5]
+    kube.kubectl("create", "namespace", ns)
+    try:
+        with ThreadPoolExecutor(len(JOBS)) as pool:
+            futures = {}
+            for name, (manifest, reasons) in JOBS.items():
+                kube.kubectl("-n", ns, "apply", "-f", "-", input=manifest)
+                futures[name] = pool.submit(_shown_then_failed, kube, ns, name, reasons)
+            wait(futures.values())
+        yield ns, futures
+    finally:
+        kube.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_an_image_that_does_not_exist_is_shown_and_ends_at_the_start_deadline(watched):
+    _, futures = watched
+    futures["nopull"].result()
+
+
+def test_pods_no_node_can_fit_are_shown_as_unschedulable_and_end_at_the_start_deadline(kube, watched):
+    ns, futures = watched
+    futures["toobig"].result()
     # the scheduler's own words reach the job
-    assert "Insufficient cpu" in ftj(kube, namespace, "toobig")["status"]["message"]
+    assert "Insufficient cpu" in ftj(kube, ns, "toobig")["status"]["message"]
