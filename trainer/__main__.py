@@ -26,6 +26,7 @@ import time
 STARTED = time.time()  # first thing: the trainer reports its start-up time from here
 
 import argparse  # noqa: E402
+import gc  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 
@@ -126,4 +127,10 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Everything is written and closed. What is left is the interpreter's own shutdown, whose garbage
+    # collection walks every object torch and open_clip created at import (torch._dynamo and the
+    # rest): measured 1-3 s per process on 2 CPU cores, for every rank of every run. Frozen objects
+    # are skipped by that collection; atexit handlers (logging's flush among them) still run.
+    gc.freeze()
+    sys.exit(code)
