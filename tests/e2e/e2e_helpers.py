@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -146,3 +147,19 @@ def resumed_and_stepped(kube: Cluster, ns: str, name: str) -> tuple[re.Match[str
     log0 = kube.kubectl("-n", ns, "logs", f"{name}-node-0", check=False).stdout
     resumed, first = RESUMED.search(log0), STEP_LOGGED.search(log0)
     return (resumed, int(first.group(1))) if resumed and first else None
+
+
+def wait_resumed(
+    kube: Cluster, ns: str, name: str, explain: Callable[[], str], timeout_s: float = 600, what: str = ""
+) -> tuple[re.Match[str], int]:
+    """Wait until the job is Running again and :func:`resumed_and_stepped` holds; its answer."""
+    found: tuple[re.Match[str], int] = wait_for(
+        lambda: (
+            (ftj(kube, ns, name).get("status") or {}).get("phase") == "Running" and resumed_and_stepped(kube, ns, name)
+        ),
+        timeout_s,
+        f"{name}: {what or 'Running again'}, resumed and a step past it",
+        explain=explain,
+        every_s=2,
+    )
+    return found

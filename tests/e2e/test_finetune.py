@@ -16,7 +16,7 @@ import sys
 from datetime import datetime
 
 import pytest
-from e2e_helpers import CONTROLLER_NS, debug, ftj, ftj_manifest, load_dataset, pv_dir, resumed_and_stepped
+from e2e_helpers import CONTROLLER_NS, debug, ftj, ftj_manifest, load_dataset, pv_dir, wait_resumed
 
 from devkit.paths import REPO
 from devkit.wait import wait_for
@@ -168,13 +168,7 @@ def _kill_mid_run(kube, namespace, dataset_dir, name, kill) -> None:
     _run_until(kube, namespace, name, ("Restarting",), 120)
     # the next attempt resumed from the checkpoint and trained on from it: the resume is proven (the
     # 2-node job above proves a run to Succeeded), so the job is deleted instead of run to its end
-    resumed, first = wait_for(
-        lambda: _phase(kube, namespace, name) == "Running" and resumed_and_stepped(kube, namespace, name),
-        600,
-        f"{name}: Running again, resumed and a step past it",
-        explain=explain,
-        every_s=2,
-    )
+    resumed, first = wait_resumed(kube, namespace, name, explain)
     status = ftj(kube, namespace, name)["status"]
     assert status["restartCount"] == 1, status
     assert status.get("disruptedAttempts") == 1, status

@@ -14,7 +14,7 @@ import json
 import uuid
 
 import pytest
-from e2e_helpers import debug, ftj, ftj_manifest, load_dataset, resumed_and_stepped
+from e2e_helpers import debug, ftj, ftj_manifest, load_dataset, wait_resumed
 
 from devkit.wait import wait_for
 
@@ -199,13 +199,7 @@ def test_preempted_job_goes_back_to_queued_and_resumes_from_its_checkpoint(kube,
     # Re-admitted once the high one is done: it resumes from its checkpoint and trains on from it.
     # That proves the resume; the job is then deleted instead of run to Succeeded (the high job
     # here and test_finetune.py's 2-node job prove runs to the end).
-    resumed, first = wait_for(
-        lambda: _phase(kube, namespace, "low") == "Running" and resumed_and_stepped(kube, namespace, "low"),
-        900,
-        "low: re-admitted, Running, resumed and a step past it",
-        explain=ex_low,
-        every_s=2,
-    )
+    resumed, first = wait_resumed(kube, namespace, "low", ex_low, 900, "re-admitted, Running")
     st = _status(kube, namespace, "low")
     assert st.get("failedAttempts", 0) == 0, st
     assert st.get("disruptedAttempts", 0) == 0, st

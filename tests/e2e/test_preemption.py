@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from e2e_helpers import debug, ftj, ftj_manifest, load_dataset, resumed_and_stepped
+from e2e_helpers import debug, ftj, ftj_manifest, load_dataset, wait_resumed
 from test_finetune import _phase, _run_until, _step
 
 from devkit.wait import wait_for
@@ -46,13 +46,7 @@ def test_node_0_deleted_mid_run_resumes_at_the_step_it_reached(kube, namespace, 
     _run_until(kube, namespace, name, ("Restarting",), 400)
     # the next attempt resumed and ran a step past the checkpoint: proven, so the job is deleted
     # instead of run to Succeeded (test_finetune.py's 2-node job proves that)
-    resumed, first = wait_for(
-        lambda: _phase(kube, namespace, name) == "Running" and resumed_and_stepped(kube, namespace, name),
-        600,
-        f"{name}: Running again, resumed and a step past it",
-        explain=explain,
-        every_s=2,
-    )
+    resumed, first = wait_resumed(kube, namespace, name, explain)
     status = ftj(kube, namespace, name)["status"]
     assert status["restartCount"] == 1, status
     assert status.get("disruptedAttempts") == 1, status

@@ -23,7 +23,7 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from trainer_helpers import dataset, env
+from trainer_helpers import ONE_EPOCH, dataset, env
 
 from devkit import jobs
 from devkit.tiny_model import TINY_CONFIG, tiny_model
@@ -60,15 +60,7 @@ def run(
         train_csv=train_csv,
         val_csv=val_csv,
         output=out,
-        training={
-            "learningRate": 1e-3,
-            "warmupSteps": 2,
-            "epochs": 1,
-            "batchSize": 16,
-            "workers": 0,
-            "checkpointEverySteps": 0,
-            **training,
-        },
+        training={**ONE_EPOCH, **training},
     )
     job = jobs.write(doc, root / f"{name}.yaml")
     return subprocess.run(
