@@ -97,16 +97,43 @@ def _openssl(*args: str, cwd: Path) -> None:
         raise ControlPlaneError(f"openssl {' '.join(args)} failed:\n{proc.stderr}")
 
 
+#: openssl req arguments for a new EC P-256 key without a passphrase (generated in milliseconds).
+EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+
+
+def signed_cert(d: Path, name: str, subject: str, extfile: str) -> None:
+    """``<d>/<name>.key`` and ``<name>.crt`` for ``subject``, signed by ``<d>/ca.crt`` for 30 days
+    with the extensions in ``<d>/<extfile>`` (the control plane's certs and the node's kubelet cert)."""
+    _openssl("req", "-new", *EC_KEY, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject, cwd=d)
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        f"{name}.crt",
+        "-days",
+        "30",
+        "-extfile",
+        extfile,
+        cwd=d,
+    )
+
+
 def make_pki(d: Path, extra_ips: tuple[str, ...] = ()) -> None:
     """A CA, the apiserver's serving cert, an admin client cert (group system:masters) and the
     service-account signing key pair. EC P-256 keys: generated in milliseconds.
     ``extra_ips``: more IP SANs of the serving cert (the node IP of the one-node cluster)."""
     d.mkdir(parents=True, exist_ok=True)
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     _openssl(
         "req",
         "-x509",
-        *ec,
+        *EC_KEY,
         "-keyout",
         "ca.key",
         "-out",
@@ -128,25 +155,7 @@ def make_pki(d: Path, extra_ips: tuple[str, ...] = ()) -> None:
         ("server", "/CN=kube-apiserver", "server.ext"),
         ("admin", f"/O=system:masters/CN={ADMIN_USER}", "client.ext"),
     ):
-        _openssl("req", "-new", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subj, cwd=d)
-        _openssl(
-            "x509",
-            "-req",
-            "-in",
-            f"{name}.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            f"{name}.crt",
-            "-days",
-            "30",
-            "-extfile",
-            ext,
-            cwd=d,
-        )
+        signed_cert(d, name, subj, ext)
     _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "sa.key", cwd=d)
     _openssl("ec", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=d)
 

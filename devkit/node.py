@@ -34,7 +34,7 @@ from pathlib import Path
 
 from . import netns
 from .cluster import Cluster
-from .controlplane import ControlPlane, ControlPlaneError, client_bin_dir, find_binary, write_kubeconfig
+from .controlplane import ControlPlane, ControlPlaneError, client_bin_dir, find_binary, signed_cert, write_kubeconfig
 from .ports import free_port
 
 NAME = "kubeclip"
@@ -178,30 +178,7 @@ def kube_proxy_config(workdir: Path) -> str:
 def _kubelet_cert(pki: Path) -> None:
     """The kubelet's serving cert, signed by the cluster CA, for its IP (the API server dials it)."""
     (pki / "kubelet.ext").write_text(f"subjectAltName=IP:{NODE_IP},DNS:{NODE_NAME}\nextendedKeyUsage=serverAuth\n")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    for argv in (
-        ["req", "-new", *ec, "-keyout", "kubelet.key", "-out", "kubelet.csr", "-subj", f"/CN={NODE_NAME}"],
-        [
-            "x509",
-            "-req",
-            "-in",
-            "kubelet.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "kubelet.crt",
-            "-days",
-            "30",
-            "-extfile",
-            "kubelet.ext",
-        ],
-    ):
-        proc = subprocess.run(["openssl", *argv], cwd=pki, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise ControlPlaneError(f"openssl {' '.join(argv)}: {proc.stderr}")
+    signed_cert(pki, "kubelet", f"/CN={NODE_NAME}", "kubelet.ext")
 
 
 class Node:
