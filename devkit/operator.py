@@ -38,19 +38,21 @@ def install_crd(kubectl: Callable[..., Any]) -> bool:
     (so the caller may delete it)."""
     existed = kubectl("get", "crd", "finetunejobs.kubeclip.dev", check=False).returncode == 0
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    # kubectl wait fails at once ("accessor error") while a new CRD has no status yet: retry it.
+    wait_established(kubectl, "finetunejobs.kubeclip.dev")
+    return not existed
+
+
+def wait_established(kubectl: Callable[..., Any], crd: str, timeout_s: float = 60) -> None:
+    """Wait until the CRD named ``crd`` (``plural.group``) is Established. ``kubectl wait`` fails at
+    once ("accessor error") while a just-applied CRD has no status yet, so it is retried."""
     wait_for(
         lambda: (
-            kubectl(
-                "wait", "--for=condition=Established", "crd/finetunejobs.kubeclip.dev", "--timeout=30s", check=False
-            ).returncode
-            == 0
+            kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=30s", check=False).returncode == 0
         ),
-        60,
-        "the FineTuneJob CRD Established",
+        timeout_s,
+        f"the CRD {crd} Established",
         every_s=0.5,
     )
-    return not existed
 
 
 class Operator:

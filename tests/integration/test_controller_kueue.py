@@ -13,9 +13,6 @@ files `make kueue-up` applies.
 from __future__ import annotations
 
 import copy
-import json
-import re
-import subprocess
 import uuid
 from pathlib import Path
 
@@ -24,9 +21,10 @@ import yaml
 from controller_harness import controller_kubeconfig, set_pod_status
 
 from devkit.jobs import cluster_job
-from devkit.operator import Operator, install_crd
+from devkit.operator import Operator, install_crd, wait_established
 from devkit.paths import REPO
 from devkit.wait import wait_for
+from hack.addons import go_module_dir
 
 pytestmark = [pytest.mark.cluster]
 
@@ -36,16 +34,9 @@ FINALIZER = "kueue.x-k8s.io/resource-in-use"
 
 
 def kueue_crds() -> list[Path]:
-    moddir = REPO / "hack/kueue"
-    version = re.search(r"sigs\.k8s\.io/kueue\s+(v\S+)", (moddir / "go.mod").read_text()).group(1)  # type: ignore[union-attr]
-    out = subprocess.run(
-        ["go", "mod", "download", "-json", f"sigs.k8s.io/kueue@{version}"],
-        cwd=moddir,
-        capture_output=True,
-        text=True,
-        check=True,
+    return sorted(
+        (go_module_dir(REPO / "hack/kueue", "sigs.k8s.io/kueue") / "config/components/crd/bases").glob("*.yaml")
     )
-    return sorted((Path(json.loads(out.stdout)["Dir"]) / "config/components/crd/bases").glob("*.yaml"))
 
 
 @pytest.fixture(scope="module")
@@ -149,17 +140,7 @@ def kueue_crds_applied(cluster):
     files = kueue_crds()
     assert len(files) == 11, files
     cluster.kubectl("apply", "--server-side", *[a for f in files for a in ("-f", str(f))])
-    wait_for(
-        lambda: (
-            cluster.kubectl(
-                "wait", "--for=condition=Established", "--timeout=30s", "crd/workloads.kueue.x-k8s.io", check=False
-            ).returncode
-            == 0
-        ),
-        60,
-        "Kueue's Workload CRD Established",
-        every_s=0.5,
-    )
+    wait_established(cluster.kubectl, "workloads.kueue.x-k8s.io")
     flavor = {
         "apiVersion": "kueue.x-k8s.io/v1beta2",
         "kind": "ResourceFlavor",
