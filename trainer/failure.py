@@ -24,7 +24,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from kubeclip.api import termination_log_path
+from kubeclip.api import SIGNAL_EXIT_BASE, termination_log_path
 from trainer.exits import has_content, write_termination_log
 
 #: Traceback lines kept for the console (the exception's own line and the frames just above it).
@@ -46,14 +46,16 @@ def summary(err: BaseException) -> str:
     return line if len(line) <= MAX_LINE else line[: MAX_LINE - 3] + "..."
 
 
-def _write_error_file(message: str, tail: list[str]) -> None:
+def _write_error_file(message: str, tail: list[str], code: int) -> None:
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if not path:
         return
     data = {
         "message": message,  # a string: torchrun's ProcessFailure.message is this line
         "timestamp": int(time.time()),
-        "kubeclip": {"time": time.time(), "rank": int(os.environ.get("RANK", "0")), "tail": tail},
+        # ``exit``: the code this rank is exiting with; torchrun may SIGTERM it while it exits
+        # (a peer that failed in the same moment exited first), and then this is still its cause
+        "kubeclip": {"time": time.time(), "rank": int(os.environ.get("RANK", "0")), "tail": tail, "exit": code},
     }
     try:
         with open(path, "w", encoding="utf-8") as f:
@@ -64,7 +66,7 @@ def _write_error_file(message: str, tail: list[str]) -> None:
 
 def record(code: int, line: str) -> int:
     """A one-line failure (a verdict, a config error): into the error file; returns ``code``."""
-    _write_error_file(line, [line])
+    _write_error_file(line, [line], code)
     return code
 
 
@@ -73,10 +75,17 @@ def crashed(err: BaseException) -> None:
     empty termination log (the first rank to fail wins; later knock-on failures do not overwrite)."""
     line = summary(err)
     tail = "".join(traceback.format_exception(type(err), err, err.__traceback__)).rstrip().splitlines()
-    _write_error_file(line, tail[-TAIL_LINES:])
+    _write_error_file(line, tail[-TAIL_LINES:], 1)
     path = termination_log_path()
     if not has_content(path):
         write_termination_log(line, path)
+
+
+def _recorded(failure: Any) -> dict[str, Any]:
+    """What the rank wrote under ``kubeclip`` in its error file ({} when it wrote nothing)."""
+    data = getattr(failure, "error_file_data", None) or {}
+    info = data.get("kubeclip") if isinstance(data, dict) else None
+    return info if isinstance(info, dict) else {}
 
 
 def first_failure(failures: dict[int, Any]) -> tuple[int, Any] | None:
@@ -84,10 +93,9 @@ def first_failure(failures: dict[int, Any]) -> tuple[int, Any] | None:
     (torchrun's own pick uses whole seconds), else the first with an exit code."""
     timed = []
     for rank, f in failures.items():
-        data = getattr(f, "error_file_data", None) or {}
-        info = data.get("kubeclip") if isinstance(data, dict) else None
-        if isinstance(info, dict) and isinstance(info.get("time"), (int, float)):
-            timed.append((info["time"], rank, f))
+        at = _recorded(f).get("time")
+        if isinstance(at, (int, float)) and not isinstance(at, bool):
+            timed.append((at, rank, f))
     if timed:
         _, rank, f = min(timed, key=lambda t: (t[0], t[1]))
         return rank, f
@@ -97,13 +105,37 @@ def first_failure(failures: dict[int, Any]) -> tuple[int, Any] | None:
     return None
 
 
+def killed_by(failure: Any) -> int | None:
+    """The signal that ended this rank, when it was one and not its own failure: None when the rank
+    exited by itself, or when it recorded its failure (and its ``exit``) first and was only
+    stopped by torchrun's SIGTERM to the remaining ranks while it was exiting."""
+    code = failure.exitcode
+    if code >= 0:
+        return None
+    return None if _recorded_exit(failure) else -code
+
+
+def exit_code(failure: Any) -> int:
+    """The shell's exit code for this rank's failure: its own code; for a rank killed by signal N,
+    ``128 + N``, unless it had recorded its own failure first (see :func:`killed_by`)."""
+    if failure.exitcode >= 0:
+        return int(failure.exitcode)
+    sig = killed_by(failure)
+    return SIGNAL_EXIT_BASE + sig if sig is not None else _recorded_exit(failure)
+
+
+def _recorded_exit(failure: Any) -> int:
+    """The non-zero exit code the rank recorded before it ended, else 0."""
+    code = _recorded(failure).get("exit")
+    return code if isinstance(code, int) and not isinstance(code, bool) and 0 < code < 256 else 0
+
+
 def console_lines(failure: Any) -> list[str]:
     """What ``kubeclip run`` prints for a failed rank: the recorded traceback tail, else its message."""
-    data = getattr(failure, "error_file_data", None) or {}
-    info = data.get("kubeclip") if isinstance(data, dict) else None
-    if isinstance(info, dict) and isinstance(info.get("tail"), list):
-        lines = [str(x) for x in info["tail"]]
-        message = data.get("message")
+    tail = _recorded(failure).get("tail")
+    if isinstance(tail, list):
+        lines = [str(x) for x in tail]
+        message = (getattr(failure, "error_file_data", None) or {}).get("message")
         if isinstance(message, str) and message not in lines:
             lines.append(message)
         return lines

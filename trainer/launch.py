@@ -179,17 +179,17 @@ def run_local(manifest: Path, nproc: int | None = None, output: str | None = Non
 def _failure_lines(err, logs: Path) -> tuple[int, list[str]]:
     """The exit code and what to print: the first failed rank's cause (its last traceback lines,
     ``trainer.failure``), then where the logs are."""
-    from trainer.failure import console_lines, first_failure
+    from trainer.failure import console_lines, exit_code, first_failure, killed_by
 
     found = first_failure(err.failures)
     if found is None:
         return 1, [f"training failed; process logs under {logs}"]
     rank, failure = found
-    code = failure.exitcode
-    rc = SIGNAL_EXIT_BASE - code if code < 0 else code  # killed by signal N -> 128+N, like a shell
+    rc = exit_code(failure)  # killed by signal N -> 128+N, like a shell
     lines = console_lines(failure)
-    if code < 0:
-        lines.append(f"rank {rank} (pid {failure.pid}) killed by {signal_name(-code)}")
+    sig = killed_by(failure)
+    if sig is not None:
+        lines.append(f"rank {rank} (pid {failure.pid}) killed by {signal_name(sig)}")
     elif not lines:  # nothing recorded (the rank died before the trainer could): its log tail
         lines = _log_tail(logs, failure.local_rank)
     return rc, [*lines, f"training failed (exit {rc}); process logs under {logs}"]

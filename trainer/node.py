@@ -111,6 +111,8 @@ def run_torchrun(args: list[str], *, termination_log: str | None = None) -> int:
     from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.run import parse_args, run
 
+    from trainer.failure import exit_code, first_failure, killed_by
+
     termination_log = termination_log or termination_log_path()
 
     def fail(line: str, code: int) -> int:
@@ -120,15 +122,16 @@ def run_torchrun(args: list[str], *, termination_log: str | None = None) -> int:
         run(parse_args(args))
         return 0
     except ChildFailedError as err:
-        rank, failure = err.get_first_failure()
-        if failure.exitcode < 0:  # the worker died from a signal: report it the shell's way
-            sig = -failure.exitcode
+        rank, failure = first_failure(err.failures) or err.get_first_failure()
+        sig = killed_by(failure)
+        if sig is not None:  # the worker died from a signal: report it the shell's way
             return fail(f"rank {rank} (pid {failure.pid}) killed by {signal_name(sig)}", SIGNAL_EXIT_BASE + sig)
+        code = exit_code(failure)  # a rank that failed by itself, even if torchrun then SIGTERMed it
         if not exits.has_content(termination_log):  # the trainer's verdicts wrote their own line
             detail = (failure.message or "").strip()
             if detail and "enable traceback" not in detail:
-                fail(f"rank {rank} exited with code {failure.exitcode}: {detail.splitlines()[-1]}", 0)
-        return failure.exitcode
+                fail(f"rank {rank} exited with code {code}: {detail.splitlines()[-1]}", 0)
+        return code
     except SignalException as err:  # this pod was told to stop (deletion, eviction)
         line = f"torchrun stopped by {signal_name(err.sigval)}"
         if exits.has_content(termination_log):  # rank 0 said where it stopped and checkpointed (trainer.preemption)
