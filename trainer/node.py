@@ -111,7 +111,7 @@ def run_torchrun(args: list[str], *, termination_log: str | None = None) -> int:
     from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.run import parse_args, run
 
-    from trainer.failure import exit_code, first_failure, killed_by
+    from trainer.failure import exit_code, killed_by
 
     termination_log = termination_log or termination_log_path()
 
@@ -122,7 +122,7 @@ def run_torchrun(args: list[str], *, termination_log: str | None = None) -> int:
         run(parse_args(args))
         return 0
     except ChildFailedError as err:
-        rank, failure = first_failure(err.failures) or err.get_first_failure()
+        rank, failure = err.get_first_failure()
         sig = killed_by(failure)
         if sig is not None:  # the worker died from a signal: report it the shell's way
             return fail(f"rank {rank} (pid {failure.pid}) killed by {signal_name(sig)}", SIGNAL_EXIT_BASE + sig)
