@@ -191,6 +191,9 @@ class BackgroundPreflight:
         import signal
 
         self._read, write = os.pipe()
+        # The handler is in place before the fork: a child that fails at once (a small table, a
+        # parent slow to be scheduled) must not find SIGUSR1's default action, which kills us (-10)
+        signal.signal(signal.SIGUSR1, lambda *_: os._exit(exit_code))
         self._pid = os.fork()
         if self._pid == 0:  # the child: check, report, exit without running any parent cleanup
             os.close(self._read)
@@ -211,7 +214,6 @@ class BackgroundPreflight:
                 f.write(pickle.dumps(payload))
             os._exit(0)
         os.close(write)
-        signal.signal(signal.SIGUSR1, lambda *_: os._exit(exit_code))
 
     def result(self) -> DatasetReport:
         """Wait for the child; return its tables, or raise what it found."""
