@@ -147,6 +147,10 @@ def kubelet_config(workdir: Path) -> str:
                 "nodefs.inodesFree": "2%",
             },
             "serializeImagePulls": False,
+            # the kubelet refreshes mounted Secrets/ConfigMaps on a pod's periodic sync (default every 1 min):
+            # the Prometheus Operator's rendered configuration reached Prometheus ~75 s after `helm upgrade`.
+            # A one-pod-handful node syncs every 10 s at no measurable cost.
+            "syncFrequency": "10s",
             "maxPods": 110,
             "shutdownGracePeriod": "0s",
         },

@@ -587,6 +587,12 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def run_order(configs: list[str], rounds: int) -> list[tuple[str, int]]:
+    """(configuration, round index from 0) in the order they run: the configurations in order, reversed
+    every other round, so no configuration always runs first on a card that warms up over the bench."""
+    return [(who, rnd) for rnd in range(rounds) for who in (configs if rnd % 2 == 0 else configs[::-1])]
+
+
 def aggregate(runs: list[dict]) -> dict:
     """One configuration's windows: means of the figures, every window's samples/s kept."""
     out = dict(runs[-1])
@@ -745,34 +751,33 @@ def main(argv=None) -> None:
             save()
 
     by_config: dict[str, list] = {}
-    for rnd in range(a.rounds):
-        for who in configs if rnd % 2 == 0 else configs[::-1]:
-            if a.budget_s and time.time() - started > a.budget_s:
-                report["skipped"].append(f"{who} (round {rnd + 1})")
-                continue
-            try:  # one run failing still measures the others
-                if who.startswith("open_clip_train"):
-                    res = run_peer(peer, a.work, csv, a, a.device, who, compiled=who.endswith("_compile"))
-                else:
-                    res = run_kubeclip(
-                        a.work,
-                        csv,
-                        a,
-                        a.device,
-                        who,
-                        compiled=who.endswith("_compile"),
-                        gpu_decode=who != "kubeclip_pil",
-                    )
-            except SystemExit as e:
-                print(str(e), file=sys.stderr)
-                report["failed"].append(f"{who} round {rnd + 1}: {str(e).splitlines()[0]}")
-                save()
-                continue
-            res.update(config=who, round=rnd + 1)
-            report["runs"].append(res)
-            by_config.setdefault(who, []).append(res)
-            print(f"[bench] {who} round {rnd + 1}: {json.dumps(res)}", file=sys.stderr)
+    for who, rnd in run_order(configs, a.rounds):
+        if a.budget_s and time.time() - started > a.budget_s:
+            report["skipped"].append(f"{who} (round {rnd + 1})")
+            continue
+        try:  # one run failing still measures the others
+            if who.startswith("open_clip_train"):
+                res = run_peer(peer, a.work, csv, a, a.device, who, compiled=who.endswith("_compile"))
+            else:
+                res = run_kubeclip(
+                    a.work,
+                    csv,
+                    a,
+                    a.device,
+                    who,
+                    compiled=who.endswith("_compile"),
+                    gpu_decode=who != "kubeclip_pil",
+                )
+        except SystemExit as e:
+            print(str(e), file=sys.stderr)
+            report["failed"].append(f"{who} round {rnd + 1}: {str(e).splitlines()[0]}")
             save()
+            continue
+        res.update(config=who, round=rnd + 1)
+        report["runs"].append(res)
+        by_config.setdefault(who, []).append(res)
+        print(f"[bench] {who} round {rnd + 1}: {json.dumps(res)}", file=sys.stderr)
+        save()
     for who in configs:
         if who in by_config:
             agg = aggregate(by_config[who])

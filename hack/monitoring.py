@@ -153,9 +153,10 @@ def _get(url: str) -> dict:
 def wait_for_kubeclip_config(url: str, timeout_s: float = 300) -> None:
     """Until Prometheus has loaded what the operator rendered from kubeclip's monitors and rules.
 
-    The operator writes the configuration into a Secret; the kubelet refreshes the mounted copy about
-    once a minute and the config reloader then reloads Prometheus, so a job started right after
-    `helm upgrade` could otherwise run before anyone scrapes it."""
+    The operator writes the configuration into a Secret; the kubelet refreshes the mounted copy on its
+    next sync of the pod (every 10 s on the local node: devkit.node's syncFrequency; a minute by default)
+    and the config reloader then reloads Prometheus, so a job started right after `helm upgrade` could
+    otherwise run before anyone scrapes it."""
 
     def loaded() -> bool:
         try:

@@ -69,8 +69,11 @@ node_packages() {  # the node's Debian packages (also `hack/tools.sh packages`: 
   ensure_cmd /bin/busybox busybox-static
   [[ -f /usr/lib/x86_64-linux-gnu/libc.a ]] || ensure_cmd /usr/lib/x86_64-linux-gnu/libc.a libc6-dev   # static pause
 }
-if [[ "${1:-}" == packages ]]; then
+if [[ "${1:-}" == packages ]]; then   # .ci/run: every package up front, so the parallel steps after it never run apt
   node_packages
+  ensure_cmd npm npm
+  ensure_cmd unzip unzip
+  ensure_cmd openssl openssl
   exit 0
 fi
 

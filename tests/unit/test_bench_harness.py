@@ -1,4 +1,5 @@
-"""The bench harness (hack/peer): the dataset is the same whatever the process count; the peer's log parses.
+"""The bench harness (hack/peer, hack/bench_gpu): the dataset is the same whatever the process count; the peer's log
+parses; runs alternate over rounds and their windows average.
 
 ``make bench`` and ``make bench-gpu`` compare trainers on files this generator writes, in
 parallel processes on the GPU machine and serially in a small test: both must be byte-identical.
@@ -47,3 +48,33 @@ def test_open_clip_train_step_lines_parse(tmp_path):
         {"epoch": 0, "seen": 15104, "data_s": 0.003, "step_s": 0.157, "loss": 5.2642},
         {"epoch": 1, "seen": 256, "data_s": 1.25, "step_s": 1.5, "loss": 5.2479},
     ]
+
+
+def test_bench_gpu_alternates_the_order_every_other_round():
+    from hack.bench_gpu import run_order
+
+    assert run_order(["open_clip_train", "kubeclip"], 3) == [
+        ("open_clip_train", 0),
+        ("kubeclip", 0),
+        ("kubeclip", 1),
+        ("open_clip_train", 1),
+        ("open_clip_train", 2),
+        ("kubeclip", 2),
+    ]
+    assert run_order(["a", "b", "c"], 1) == [("a", 0), ("b", 0), ("c", 0)]
+
+
+def test_bench_gpu_aggregates_a_configurations_windows_into_their_means():
+    from hack.bench_gpu import aggregate
+
+    runs = [
+        {"samples_per_s": 100.0, "data_wait_share": 0.1, "wall_s": 30.0, "round": 1, "peak_gpu_mem_mib": None},
+        {"samples_per_s": 120.0, "data_wait_share": 0.3, "wall_s": 32.0, "round": 2, "peak_gpu_mem_mib": None},
+    ]
+    agg = aggregate(runs)
+    assert agg["windows"] == [100.0, 120.0]
+    assert agg["samples_per_s"] == 110.0
+    assert agg["data_wait_share"] == 0.2
+    assert agg["wall_s"] == 31.0
+    assert agg["peak_gpu_mem_mib"] is None  # no window measured it (CPU): not a made-up 0
+    assert agg["round"] == 2  # the other fields are the last window's
