@@ -9,10 +9,12 @@ each test's PVC by ``examples/dataset-pvc.yaml`` and ``kubectl cp`` (``e2e_helpe
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,8 +27,8 @@ from devkit.paths import CLUSTER_DIR, REPO
 
 
 def pytest_collection_modifyitems(items):
-    """test_monitoring.py runs first (its KubeclipJobFailed check needs a cluster where no job failed in the
-    last 15 minutes); tests marked ``last`` (cluster-down) run after all others."""
+    """test_monitoring.py runs first (its KubeclipJobFailed check needs a cluster where no preflight failure
+    happened in the last 15 minutes); tests marked ``last`` (cluster-down) run after all others."""
     items.sort(
         key=lambda item: (item.get_closest_marker("last") is not None, item.module.__name__ != "test_monitoring")
     )
@@ -46,6 +48,21 @@ def kube() -> Cluster:
     if "kubeclip" not in out.stdout:
         pytest.fail("kubeclip is not deployed: run `make images deploy` (`make e2e` does)", pytrace=False)
     return c
+
+
+@pytest.fixture(scope="session", autouse=True)
+def started_early(request) -> Iterator[dict[str, object]]:
+    """What the selected test modules start when the session begins: a module defining
+    ``start_early(request)`` (a context manager; it may take session fixtures with
+    ``request.getfixturevalue``) has it entered before the first test and left after the last; its value
+    is here under the module's ``__name__``. For jobs that mostly wait (test_waiting_reasons.py's start
+    deadlines, test_monitoring.py's frozen trainer): they wait beside the tests that run first."""
+    modules = sorted(
+        {item.module for item in request.session.items if hasattr(item.module, "start_early")},
+        key=lambda m: m.__name__,
+    )
+    with contextlib.ExitStack() as stack:
+        yield {m.__name__: stack.enter_context(m.start_early(request)) for m in modules}
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ selects, hack/monitoring/kubeclip-values.yaml) are what the operator turns into 
 configuration. After a real 2-node CPU FineTuneJob, every query of every panel of the shipped Grafana
 dashboard is run against that Prometheus with the dashboard's variables substituted, and must return
 data; a job with a bad CSV makes KubeclipJobFailed fire; a job whose node 1 is frozen with SIGSTOP
-makes KubeclipTrainingStalled fire. The run's series are saved to ``.cluster/monitoring-run.json``
+makes KubeclipTrainingStalled fire (that job starts with the session: ``start_early``). The run's series are saved to ``.cluster/monitoring-run.json``
 (``hack/plot_monitoring.py`` draws the README's figure from it).
 
 These tests run before the other e2e modules (conftest): KubeclipJobFailed counts failures of the last
@@ -20,10 +20,12 @@ import contextlib
 import json
 import os
 import signal
+import threading
 import time
 import urllib.parse
 import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
@@ -217,10 +219,12 @@ def _failed_total(prom: Prometheus) -> float:
 
 
 def test_a_failed_job_fires_kubeclip_job_failed(kube, prom, ns, run):
-    # KubeclipJobFailed has no job label (the controller counts failures by reason): a failure in the
-    # last 15 minutes, e.g. an earlier e2e run on this cluster, keeps it firing. Then the transition
-    # cannot be seen, and the test proves the rest: Prometheus counts this failure and the alert fires.
-    before = _firing(prom, "KubeclipJobFailed")
+    # KubeclipJobFailed has no job label (the controller counts failures by reason): a preflight failure
+    # in the last 15 minutes, e.g. an earlier e2e run on this cluster, keeps it firing for that reason.
+    # Then the transition cannot be seen, and the test proves the rest: Prometheus counts this failure
+    # and the alert fires. (Other reasons, such as the start deadlines test_waiting_reasons.py's jobs
+    # run into while this module runs, fire on their own series.)
+    before = _firing(prom, "KubeclipJobFailed", {"reason": "PreflightFailed"})
     failed_before = _failed_total(prom)
     t0 = time.time()
     kube.kubectl("-n", ns, "apply", "-f", "-", input=ftj_manifest("badcsv", train_csv="bad.csv", backoff=0))
@@ -256,50 +260,98 @@ def _pod_pids(kube, ns: str, pod: str) -> list[int]:
     return pids
 
 
-def test_a_frozen_trainer_fires_kubeclip_training_stalled(kube, prom, ns, run):
-    name = "frozen"
-    kube.kubectl("-n", ns, "apply", "-f", "-", input=ftj_manifest(name, epochs=200, checkpoint_every=50))
-    explain = debug(kube, ns, name)
-    wait_for(
-        lambda: ((ftj(kube, ns, name).get("status") or {}).get("progress") or {}).get("step", 0) >= 3,
-        600,
-        f"{name} training",
-        explain=explain,
-        every_s=2,
-    )
-    pids = _pod_pids(kube, ns, f"{name}-node-1")
+#: test_a_frozen_trainer_fires_kubeclip_training_stalled's job (its own namespace, started with the session)
+FROZEN = "frozen"
+
+
+def _freeze_when_training(kube, prom: Prometheus, ns: str, frozen: dict, stop: threading.Event) -> tuple[float, list]:
+    """Waits until the frozen job trains and no stall alert of it is pending or firing, then SIGSTOPs
+    node 1's trainer processes (their PIDs into ``frozen["pids"]`` first, for the SIGCONT at the end);
+    returns the time of the freeze and the PIDs. ``stop`` set: gives up (the session is ending)."""
+    explain = debug(kube, ns, FROZEN)
+
+    def stopping() -> None:
+        if stop.is_set():
+            raise RuntimeError("the session ended before the freeze")
+
+    def training() -> bool:
+        stopping()
+        return ((ftj(kube, ns, FROZEN).get("status") or {}).get("progress") or {}).get("step", 0) >= 3
+
+    wait_for(training, 600, f"{FROZEN} training", explain=explain, every_s=2)
+    pids = _pod_pids(kube, ns, f"{FROZEN}-node-1")
     assert pids, "found no trainer process of node 1 on this host"
     # A start-up longer than stalledFor (a loaded node) reads as a stall until the rule sees the steps
-    # advance: wait until no stall alert of this job is pending or firing, so the one below is the freeze's.
-    match = {"namespace": ns, "finetunejob": name}
+    # advance: wait until no stall alert of this job is pending or firing, so the one after is the freeze's.
+    match = {"namespace": ns, "finetunejob": FROZEN}
+
+    def no_alert() -> bool:
+        stopping()
+        return not any(
+            all(a["labels"].get(k) == v for k, v in match.items()) for a in prom.alerts("KubeclipTrainingStalled")
+        )
+
     wait_for(
-        lambda: (
-            not any(
-                all(a["labels"].get(k) == v for k, v in match.items()) for a in prom.alerts("KubeclipTrainingStalled")
-            )
-        ),
+        no_alert,
         180,
         "no KubeclipTrainingStalled alert for the running job",
         explain=lambda: json.dumps(prom.get("/api/v1/alerts"), indent=1)[-3000:],
         every_s=3,
     )
+    frozen["pids"] = pids
     t0 = time.time()
     for pid in pids:  # node 1 frozen: node 0 waits in its next all-reduce, still answering scrapes
         os.kill(pid, signal.SIGSTOP)
+    return t0, pids
+
+
+@contextlib.contextmanager
+def start_early(request):
+    """The frozen-trainer job starts with the session (conftest's ``started_early``): the stall alert
+    needs ``stalledFor`` + ``stalledAlertFor`` of a frozen step (105 s on the local cluster), which then
+    passes beside this module's other tests instead of after them. Yields (namespace, the Future of the
+    freeze: its time, or what went wrong)."""
+    kube = request.getfixturevalue("kube")
+    url_file = CLUSTER_DIR / "prometheus-url"
+    if not url_file.exists():
+        pytest.fail("no local Prometheus: run `make monitoring-up` (`make e2e` does)", pytrace=False)
+    prom = Prometheus(url_file.read_text().strip())
+    ns = "e2e-stalled-" + uuid.uuid4().hex[:5]
+    kube.kubectl("create", "namespace", ns)
+    frozen: dict = {}
+    stop = threading.Event()
+    pool = ThreadPoolExecutor(1)
     try:
+        load_dataset(kube, ns, request.getfixturevalue("dataset_dir"))
+        kube.kubectl("-n", ns, "apply", "-f", "-", input=ftj_manifest(FROZEN, epochs=200, checkpoint_every=50))
+        yield ns, pool.submit(_freeze_when_training, kube, prom, ns, frozen, stop)
+    finally:
+        stop.set()
+        pool.shutdown(wait=True)
+        for pid in frozen.get("pids", []):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        kube.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_a_frozen_trainer_fires_kubeclip_training_stalled(kube, prom, ns, run, started_early):
+    frozen_ns, freeze = started_early[__name__]
+    t0, pids = freeze.result(timeout=900)
+    try:
+        match = {"namespace": frozen_ns, "finetunejob": FROZEN}
         alert = _wait_alert(prom, "KubeclipTrainingStalled", 300, match)
         assert _since(alert) >= t0 - 5, alert  # became active after the freeze, not at the job's start
         assert alert["labels"]["severity"] == "critical"
-        assert alert["labels"]["pod"] == f"{name}-node-0", alert
-        # and only for it: the job that succeeded and the one that failed (its pods kept) have ended
+        assert alert["labels"]["pod"] == f"{FROZEN}-node-0", alert
+        # and only for it: not for this module's job that succeeded nor the one that failed (its pods kept)
         stalled = {
-            a["labels"].get("finetunejob")
+            (a["labels"].get("namespace"), a["labels"].get("finetunejob"))
             for a in prom.alerts("KubeclipTrainingStalled")
-            if a["labels"]["namespace"] == ns
+            if a["labels"].get("namespace") in (ns, frozen_ns)
         }
-        assert stalled == {name}, stalled
+        assert stalled == {(frozen_ns, FROZEN)}, stalled
     finally:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
-        kube.kubectl("-n", ns, "delete", "ftj", name, "--wait=false", check=False)
+        kube.kubectl("-n", frozen_ns, "delete", "ftj", FROZEN, "--wait=false", check=False)

@@ -4,14 +4,16 @@ Who uses it: ``make e2e``. Issue #18 (5): a job with an image that does not exis
 pods request more CPU than the node has, each show the kubelet's or the scheduler's reason in
 ``kubectl describe ftj`` (condition PodsWaiting and a Warning event) within 60 s, and end ``Failed``
 with that reason at ``runPolicy.startDeadlineSeconds`` without spending ``backoffLimit``. The pods
-never run, so no dataset is needed, and both jobs are watched at the same time.
+never run, so no dataset is needed; both jobs start with the e2e session and are watched at the same
+time, beside the tests that run before this module (conftest's ``started_early``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import pytest
@@ -89,23 +91,30 @@ JOBS = {
 }
 
 
-@pytest.fixture(scope="module")
-def watched(kube):
-    """Both jobs applied at once in one namespace and watched side by side (each waits out its start
-    deadline; one after the other they took twice as long): {name: the Future of its watch}, whose
-    ``result()`` raises what the watch found wrong."""
+@contextlib.contextmanager
+def start_early(request):
+    """Both jobs applied at once in one namespace when the e2e session begins (conftest's
+    ``started_early``) and watched side by side in threads: they only wait out their start deadlines,
+    which costs the suite nothing while the tests before this module run. Yields (namespace, {name:
+    the Future of its watch}); a Future's ``result()`` raises what its watch found wrong."""
+    kube = request.getfixturevalue("kube")
     ns = "e2e-waiting-" + uuid.uuid4().hex[:5]
     kube.kubectl("create", "namespace", ns)
+    pool = ThreadPoolExecutor(len(JOBS))
     try:
-        with ThreadPoolExecutor(len(JOBS)) as pool:
-            futures = {}
-            for name, (manifest, reasons) in JOBS.items():
-                kube.kubectl("-n", ns, "apply", "-f", "-", input=manifest)
-                futures[name] = pool.submit(_shown_then_failed, kube, ns, name, reasons)
-            wait(futures.values())
+        futures = {}
+        for name, (manifest, reasons) in JOBS.items():
+            kube.kubectl("-n", ns, "apply", "-f", "-", input=manifest)
+            futures[name] = pool.submit(_shown_then_failed, kube, ns, name, reasons)
         yield ns, futures
     finally:
+        pool.shutdown(wait=True)  # a watch ends by its own deadline (START_DEADLINE_S + 60 s at most)
         kube.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def watched(started_early):
+    return started_early[__name__]
 
 
 def test_an_image_that_does_not_exist_is_shown_and_ends_at_the_start_deadline(watched):

@@ -120,8 +120,10 @@ def replay(stage: list[tuple[str, str]], root: Path, env: dict[str, str]) -> int
                     shutil.copy2(source, target)
         elif kw == "RUN" and rest in pip_runs(stage):
             assert workdir is not None, "WORKDIR comes before the install"
+            # --no-cache-dir keeps the image small; here it would only make pip fetch every wheel again
+            # on each run, so the replay lets pip use this machine's cache (resolution still asks the index)
             proc = subprocess.run(
-                ["bash", "-eo", "pipefail", "-c", rest],
+                ["bash", "-eo", "pipefail", "-c", rest.replace(" --no-cache-dir", "")],
                 cwd=workdir,
                 env=env,
                 capture_output=True,
