@@ -519,6 +519,9 @@ RULE_TESTS = {
                 # "finished": its node 0 completed, so it is no longer a target (no series at all).
                 {"series": 'up{job="PODMONITOR_JOB",namespace="ml",pod="finished-node-0"}', "values": "1x10 _x60"},
                 {"series": 'up{job="PODMONITOR_JOB",namespace="ml",pod="healthy-node-0"}', "values": "1x70"},
+                # "pulling": node 0's pod exists but has never answered (its image is still being pulled,
+                # ImagePullBackOff): waiting, not stalled.
+                {"series": 'up{job="PODMONITOR_JOB",namespace="ml",pod="pulling-node-0"}', "values": "0x70"},
                 # "done" reached its last step: not stalled.
                 {"series": 'kubeclip_trainer_step{finetunejob="done",namespace="ml"}', "values": "0+100x10 1000x60"},
                 {"series": 'kubeclip_trainer_total_steps{finetunejob="done",namespace="ml"}', "values": "1000x70"},
