@@ -6,8 +6,9 @@ selects, hack/monitoring/kubeclip-values.yaml) are what the operator turns into 
 configuration. After a real 2-node CPU FineTuneJob, every query of every panel of the shipped Grafana
 dashboard is run against that Prometheus with the dashboard's variables substituted, and must return
 data; a job with a bad CSV makes KubeclipJobFailed fire; a job whose node 1 is frozen with SIGSTOP
-makes KubeclipTrainingStalled fire (that job starts with the session: ``start_early``). The run's series are saved to ``.cluster/monitoring-run.json``
-(``hack/plot_monitoring.py`` draws the README's figure from it).
+makes KubeclipTrainingStalled fire (that job starts with the session: ``start_early``). The run's
+series are saved to ``.cluster/monitoring-run.json`` (``hack/plot_monitoring.py`` draws the README's
+figure from it).
 
 These tests run before the other e2e modules (conftest): KubeclipJobFailed counts failures of the last
 15 minutes cluster-wide, so only on a cluster where no job failed just before can its test see the
